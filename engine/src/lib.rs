@@ -2,12 +2,24 @@
 //!
 //! Layers, bottom up:
 //! - `sys`: the only module with `unsafe`: raw io_uring rings (every setup flag, own
-//!   mapping for NO_MMAP / REGISTERED_FD_ONLY), registered memory, file syscalls. No policy.
+//!   mapping for NO_MMAP / REGISTERED_FD_ONLY), registered memory, file and socket
+//!   syscalls. No policy.
 //! - `config`: one typed configuration per run, one knob table, one `validate()`.
+//! - `uring`: builds a ring from the configuration; requested vs effective.
 //! - `probe`: what this kernel and device accept.
 //! - `fileio`: file I/O options (opcodes, registration, O_DIRECT, durability) on rings or
-//!   on the plain blocking backend; the `io-bench` benchmark.
+//!   on the plain blocking backend; `bench`: the `io-bench` benchmark.
 //! - `protocol`, `storage`, `http`, `server`: the recorder itself.
+#![deny(unsafe_code)]
 
+pub mod bench;
 pub mod config;
+pub mod fileio;
+pub mod http;
+pub mod probe;
 pub mod protocol;
+pub mod server;
+pub mod storage;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod uring;

@@ -1,0 +1,13 @@
+//! The only place in the engine with `unsafe`: raw io_uring rings, registered memory,
+//! file and socket syscalls. Mechanism only, no policy.
+//!
+//! Owners: `ring` and `bufring` (ring setup, mapping, submit/reap, registration, probing,
+//! provided-buffer rings); `mem` and `fs` and `fileops` (aligned arena, file syscalls,
+//! file opcodes with owned buffers); `netops` (socket opcodes with owned buffers).
+
+pub mod bufring;
+pub mod fileops;
+pub mod fs;
+pub mod mem;
+pub mod netops;
+pub mod ring;
