@@ -165,6 +165,59 @@ unsafe impl IoBuf for Box<[u8]> {
     }
 }
 
+// SAFETY: a Slot is a fixed range of its arena's mapping, kept mapped by the slot's
+// own reference to the arena; it moves without its memory moving.
+unsafe impl IoBuf for super::mem::Slot {
+    fn ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn ptr_mut(&mut self) -> *mut u8 {
+        self.as_ptr()
+    }
+    fn len(&self) -> usize {
+        super::mem::Slot::len(self)
+    }
+}
+
+/// A send/receive buffer: heap bytes (headers, acks) or an arena slot (file data read
+/// with READ / READ_FIXED, sent without another copy).
+#[derive(Debug)]
+pub enum NetBuf {
+    Heap(Vec<u8>),
+    Slot(super::mem::Slot),
+}
+
+impl NetBuf {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            NetBuf::Heap(v) => v,
+            NetBuf::Slot(s) => s.as_slice(),
+        }
+    }
+}
+
+// SAFETY: both variants are stable-address buffers (see their impls).
+unsafe impl IoBuf for NetBuf {
+    fn ptr(&self) -> *const u8 {
+        match self {
+            NetBuf::Heap(v) => v.ptr(),
+            NetBuf::Slot(s) => s.ptr(),
+        }
+    }
+    fn ptr_mut(&mut self) -> *mut u8 {
+        match self {
+            NetBuf::Heap(v) => v.ptr_mut(),
+            NetBuf::Slot(s) => s.ptr_mut(),
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            NetBuf::Heap(v) => IoBuf::len(v),
+            NetBuf::Slot(s) => IoBuf::len(s),
+        }
+    }
+}
+
 /// Why an operation could not be queued. The buffer (if any) comes back with it.
 #[derive(Debug)]
 pub enum SubmitError {
@@ -299,6 +352,8 @@ pub enum Completion<B> {
     Close { ctx: u64, res: Result<(), Errno> },
     /// ASYNC_CANCEL result: number of requests cancelled (with `all`), or 0.
     Cancel { ctx: u64, res: Result<u32, Errno> },
+    /// MSG_RING result (on the sending ring).
+    MsgRing { ctx: u64, res: Result<(), Errno> },
     /// TIMEOUT fired (`Ok(true)`, the kernel's -ETIME), completed by count
     /// (`Ok(false)`), or was cancelled (`Err(ECANCELED)`).
     Timeout { ctx: u64, res: Result<bool, Errno> },
@@ -331,6 +386,7 @@ enum Op<B> {
     Timeout {
         _ts: Box<types::Timespec>,
     },
+    MsgRing,
 }
 
 struct Slot<B> {
@@ -784,6 +840,16 @@ impl<B: IoBuf> NetOps<B> {
         self.push(ring, idx, &[e.user_data(ud)])
     }
 
+    /// MSG_RING (5.18+): posts a CQE with `target_user_data` and `value` as its res on
+    /// the ring `target_ring_fd` (a wake-up or hand-off notice between workers). The
+    /// target's CQE is not a netops one: give it a tag the target routes itself.
+    pub fn msg_ring<S: SqSink + ?Sized>(&mut self, ring: &mut S, target_ring_fd: RawFd, value: i32, target_user_data: u64, ctx: u64) -> Result<u64, Rejected<B>> {
+        let idx = self.alloc(Op::MsgRing, ctx).map_err(|e| self.reject(e))?;
+        let e = opcode::MsgRingData::new(types::Fd(target_ring_fd), value, target_user_data, None).build();
+        let ud = self.user_data(idx);
+        self.push(ring, idx, &[e.user_data(ud)])
+    }
+
     /// Turns one CQE into a completion. `None` when the CQE is not this table's (other
     /// tag), or is stale (generation mismatch: a bug upstream; asserted in debug).
     pub fn complete(&mut self, user_data: u64, res: i32, flags: u32) -> Option<Completion<B>> {
@@ -924,6 +990,10 @@ impl<B: IoBuf> NetOps<B> {
                     r => Err(Errno(-r)),
                 };
                 Some(Completion::Timeout { ctx, res: r })
+            }
+            Op::MsgRing => {
+                self.release(idx);
+                Some(Completion::MsgRing { ctx, res: res_to(res).map(|_| ()) })
             }
             Op::Free { .. } => unreachable!(),
         }
