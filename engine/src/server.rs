@@ -5,3 +5,7 @@ pub fn cli_main(_args: Vec<String>) -> std::process::ExitCode {
     eprintln!("recorder: this command is not built yet");
     std::process::ExitCode::from(2)
 }
+
+/// The io_uring backend (helper "uring-server"). Shim declaration on branch uring-server
+/// until server/mod.rs lands.
+pub mod uring;

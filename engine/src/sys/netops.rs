@@ -1330,3 +1330,220 @@ pub mod sockopt {
         }
     }
 }
+
+/// Pins the calling thread to `cpu` (sched_setaffinity), for `net.workers-pin = cores`.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("CPU {cpu} is beyond CPU_SETSIZE")));
+    }
+    // SAFETY: an all-zero cpu_set_t is valid; CPU_SET writes inside it (cpu < CPU_SETSIZE);
+    // sched_setaffinity reads `size_of` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A second, read-only O_DIRECT descriptor of the file open as `fd` (through
+/// /proc/self/fd), so a replay can be served with O_DIRECT reads while its writer or the
+/// page-cache readers keep their own descriptor.
+pub fn reopen_direct(fd: RawFd) -> io::Result<OwnedFd> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a formatted path");
+    // SAFETY: a valid NUL-terminated path; the result is checked.
+    let r = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECT | libc::O_CLOEXEC) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open returned a fresh fd that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// What a ring shared by socket and file operations must provide.
+pub trait MuxBase {
+    /// # Safety
+    /// As [`SqSink::push_sqe`].
+    unsafe fn base_push(&mut self, e: &Entry) -> bool;
+    fn base_sq_space(&self) -> usize;
+    fn base_submit(&mut self) -> io::Result<usize>;
+    /// Submits and waits for `want` CQEs, or until `timeout` passes.
+    fn base_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<usize>;
+    /// Pops one CQE: (user_data, res, flags).
+    fn base_pop(&mut self) -> Option<(u64, i32, u32)>;
+    /// # Safety
+    /// As `fileops::RingOps::register_buffers`.
+    unsafe fn base_register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()>;
+    fn base_register_files(&mut self, fds: &[RawFd]) -> io::Result<()>;
+    /// # Safety
+    /// As [`PbufRegistrar::register_pbuf_ring`].
+    unsafe fn base_register_pbuf_ring(&self, ring_addr: u64, entries: u16, bgid: u16) -> io::Result<()>;
+    fn base_unregister_pbuf_ring(&self, bgid: u16) -> io::Result<()>;
+}
+
+impl MuxBase for io_uring::IoUring {
+    unsafe fn base_push(&mut self, e: &Entry) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { self.push_sqe(e) }
+    }
+    fn base_sq_space(&self) -> usize {
+        self.sq_space()
+    }
+    fn base_submit(&mut self) -> io::Result<usize> {
+        self.submit()
+    }
+    fn base_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<usize> {
+        match timeout {
+            Some(t) => {
+                let ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.submitter().submit_with_args(want, &args)
+            }
+            None => self.submit_and_wait(want),
+        }
+    }
+    fn base_pop(&mut self) -> Option<(u64, i32, u32)> {
+        self.completion().next().map(|c| (c.user_data(), c.result(), c.flags()))
+    }
+    unsafe fn base_register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.submitter().register_buffers(iov) }
+    }
+    fn base_register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
+        self.submitter().register_files(fds)
+    }
+    unsafe fn base_register_pbuf_ring(&self, ring_addr: u64, entries: u16, bgid: u16) -> io::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.register_pbuf_ring(ring_addr, entries, bgid) }
+    }
+    fn base_unregister_pbuf_ring(&self, bgid: u16) -> io::Result<()> {
+        self.unregister_pbuf_ring(bgid)
+    }
+}
+
+/// `user_data` top byte of file operations on a [`MuxRing`].
+pub const MUX_TAG_FILE: u8 = 2;
+
+/// One ring shared by socket ops ([`NetOps`], any tag but [`MUX_TAG_FILE`]) and file ops
+/// (`sys::fileops::FileOps` through a [`FileView`]). CQEs are routed by the top byte of
+/// `user_data` into two queues, so each user sees only its own.
+pub struct MuxRing<R: MuxBase> {
+    pub ring: R,
+    file_cqes: std::collections::VecDeque<(u64, i32, u32)>,
+    other_cqes: std::collections::VecDeque<(u64, i32, u32)>,
+    /// io_uring_enter calls made through this value.
+    pub enters: u64,
+    /// IORING_SETUP_* bits in effect (recorded by the builder).
+    pub setup_flags: u32,
+}
+
+impl<R: MuxBase> MuxRing<R> {
+    pub fn new(ring: R, setup_flags: u32) -> Self {
+        MuxRing { ring, file_cqes: Default::default(), other_cqes: Default::default(), enters: 0, setup_flags }
+    }
+    /// Moves every CQE in the CQ to its user's queue.
+    pub fn route(&mut self) {
+        while let Some((ud, res, flags)) = self.ring.base_pop() {
+            if (ud >> 56) as u8 == MUX_TAG_FILE {
+                self.file_cqes.push_back((ud & ((1 << 56) - 1), res, flags));
+            } else {
+                self.other_cqes.push_back((ud, res, flags));
+            }
+        }
+    }
+    /// Next non-file CQE already routed.
+    pub fn pop_other(&mut self) -> Option<(u64, i32, u32)> {
+        self.other_cqes.pop_front()
+    }
+    pub fn has_routed(&self) -> bool {
+        !self.other_cqes.is_empty() || !self.file_cqes.is_empty()
+    }
+    /// Submits and waits for one CQE (or `timeout`); EINTR/EAGAIN/EBUSY/ETIME are not errors.
+    pub fn wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+        self.enters += 1;
+        match self.ring.base_wait(want, timeout) {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY | libc::ETIME)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl<R: MuxBase> SqSink for MuxRing<R> {
+    unsafe fn push_sqe(&mut self, e: &Entry) -> bool {
+        debug_assert!((e.get_user_data() >> 56) as u8 != MUX_TAG_FILE, "socket op uses the file tag");
+        // SAFETY: forwarded contract.
+        unsafe { self.ring.base_push(e) }
+    }
+    fn sq_space(&self) -> usize {
+        self.ring.base_sq_space()
+    }
+    fn flush(&mut self) -> io::Result<usize> {
+        self.enters += 1;
+        self.ring.base_submit()
+    }
+}
+
+impl<R: MuxBase> PbufRegistrar for MuxRing<R> {
+    unsafe fn register_pbuf_ring(&self, ring_addr: u64, entries: u16, bgid: u16) -> io::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.ring.base_register_pbuf_ring(ring_addr, entries, bgid) }
+    }
+    fn unregister_pbuf_ring(&self, bgid: u16) -> io::Result<()> {
+        self.ring.base_unregister_pbuf_ring(bgid)
+    }
+}
+
+/// `FileOps`' view of a [`MuxRing`]: tags its user_data with [`MUX_TAG_FILE`] and pops
+/// only file CQEs.
+pub struct FileView<R: MuxBase>(pub std::rc::Rc<std::cell::RefCell<MuxRing<R>>>);
+
+impl<R: MuxBase> super::fileops::RingOps for FileView<R> {
+    unsafe fn push_sqe(&mut self, sqe: &Entry) -> Result<(), ()> {
+        let ud = sqe.get_user_data();
+        assert!(ud >> 56 == 0, "fileops user_data {ud:#x} uses the tag byte");
+        let e = sqe.clone().user_data(ud | ((MUX_TAG_FILE as u64) << 56));
+        let mut s = self.0.borrow_mut();
+        // SAFETY: forwarded contract (same buffers; only user_data changed).
+        if unsafe { s.ring.base_push(&e) } {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+    fn submit(&mut self) -> io::Result<usize> {
+        let mut s = self.0.borrow_mut();
+        s.enters += 1;
+        s.ring.base_submit()
+    }
+    fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        let mut s = self.0.borrow_mut();
+        if s.file_cqes.len() < want {
+            s.wait(1, None)?;
+            s.route();
+        }
+        Ok(0)
+    }
+    fn pop(&mut self) -> Option<(u64, i32, u32)> {
+        let mut s = self.0.borrow_mut();
+        if s.file_cqes.is_empty() {
+            s.route();
+        }
+        s.file_cqes.pop_front()
+    }
+    unsafe fn register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.borrow_mut().ring.base_register_buffers(iov) }
+    }
+    fn register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
+        self.0.borrow_mut().ring.base_register_files(fds)
+    }
+    fn enter_calls(&self) -> u64 {
+        self.0.borrow().enters
+    }
+    fn setup_flags(&self) -> u32 {
+        self.0.borrow().setup_flags
+    }
+}
