@@ -83,12 +83,36 @@ impl ConnId {
 #[derive(Debug)]
 enum Req {
     Send(ConnId, Vec<u8>),
-    SendFile { conn: ConnId, file: Arc<File>, off: u64, len: u64, token: u64 },
+    SendFile {
+        conn: ConnId,
+        file: Arc<File>,
+        off: u64,
+        len: u64,
+        token: u64,
+    },
     Close(ConnId),
     Abort(ConnId),
-    Write { fd: RawFd, op: Option<WriteOp>, buf: Slot, len: usize, off: u64, rw_flags: i32, token: u64 },
-    Read { fd: RawFd, buf: Slot, len: usize, off: u64, token: u64 },
-    Fsync { fd: RawFd, datasync: bool, token: u64 },
+    Write {
+        fd: RawFd,
+        op: Option<WriteOp>,
+        buf: Slot,
+        len: usize,
+        off: u64,
+        rw_flags: i32,
+        token: u64,
+    },
+    Read {
+        fd: RawFd,
+        buf: Slot,
+        len: usize,
+        off: u64,
+        token: u64,
+    },
+    Fsync {
+        fd: RawFd,
+        datasync: bool,
+        token: u64,
+    },
 }
 
 /// What the service asks of the driver during a callback. Requests are executed in
@@ -110,7 +134,13 @@ impl Io {
     /// Queues `len` bytes of `file` from `off` on the connection's output, sent the way
     /// `net.send` / `net.serve-read` say. `Service::sent_file` reports the end with `token`.
     pub fn send_file(&mut self, conn: ConnId, file: Arc<File>, off: u64, len: u64, token: u64) {
-        self.reqs.push(Req::SendFile { conn, file, off, len, token });
+        self.reqs.push(Req::SendFile {
+            conn,
+            file,
+            off,
+            len,
+            token,
+        });
     }
     /// Closes the connection once its queued output is sent (receiving stops now).
     pub fn close(&mut self, conn: ConnId) {
@@ -130,16 +160,43 @@ impl Io {
     }
     /// Writes `buf[..len]` at `off` through the ring (`op` or `file.write-op`).
     #[allow(clippy::too_many_arguments)]
-    pub fn write(&mut self, fd: RawFd, op: Option<WriteOp>, buf: Slot, len: usize, off: u64, rw_flags: i32, token: u64) {
-        self.reqs.push(Req::Write { fd, op, buf, len, off, rw_flags, token });
+    pub fn write(
+        &mut self,
+        fd: RawFd,
+        op: Option<WriteOp>,
+        buf: Slot,
+        len: usize,
+        off: u64,
+        rw_flags: i32,
+        token: u64,
+    ) {
+        self.reqs.push(Req::Write {
+            fd,
+            op,
+            buf,
+            len,
+            off,
+            rw_flags,
+            token,
+        });
     }
     /// Reads up to `len` bytes at `off` into `buf` through the ring (`file.read-op`).
     pub fn read(&mut self, fd: RawFd, buf: Slot, len: usize, off: u64, token: u64) {
-        self.reqs.push(Req::Read { fd, buf, len, off, token });
+        self.reqs.push(Req::Read {
+            fd,
+            buf,
+            len,
+            off,
+            token,
+        });
     }
     /// IORING_OP_FSYNC (with IORING_FSYNC_DATASYNC when `datasync`).
     pub fn fsync(&mut self, fd: RawFd, datasync: bool, token: u64) {
-        self.reqs.push(Req::Fsync { fd, datasync, token });
+        self.reqs.push(Req::Fsync {
+            fd,
+            datasync,
+            token,
+        });
     }
     pub fn now(&self) -> Instant {
         self.now
@@ -302,7 +359,11 @@ pub type WorkerRing = io_uring::IoUring;
 type Shared = netops::MuxRing<WorkerRing>;
 type FileView = netops::FileView<WorkerRing>;
 
-fn build_ring(cfg: &Config, opts: &DriverOptions, first_fd: Option<RawFd>) -> Result<(WorkerRing, u32, u32), UringError> {
+fn build_ring(
+    cfg: &Config,
+    opts: &DriverOptions,
+    first_fd: Option<RawFd>,
+) -> Result<(WorkerRing, u32, u32), UringError> {
     let _ = cfg;
     let mut b = io_uring::IoUring::builder();
     let mut flags = 0u32;
@@ -314,13 +375,25 @@ fn build_ring(cfg: &Config, opts: &DriverOptions, first_fd: Option<RawFd>) -> Re
     let _ = first_fd;
     let ring = b
         .build(opts.sq_entries)
-        .map_err(|e| UringError::Unsupported { what: format!("io_uring_setup with {} SQ entries", opts.sq_entries), err: e })?;
+        .map_err(|e| UringError::Unsupported {
+            what: format!("io_uring_setup with {} SQ entries", opts.sq_entries),
+            err: e,
+        })?;
     Ok((ring, flags, flags))
 }
 
 fn fdinfo(fd: RawFd) -> String {
     std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
-        .map(|s| s.lines().filter(|l| !l.starts_with("SQE") && !l.starts_with("CQE") && !l.trim_start().starts_with(char::is_numeric)).collect::<Vec<_>>().join("\n"))
+        .map(|s| {
+            s.lines()
+                .filter(|l| {
+                    !l.starts_with("SQE")
+                        && !l.starts_with("CQE")
+                        && !l.trim_start().starts_with(char::is_numeric)
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
         .unwrap_or_default()
 }
 
@@ -403,7 +476,13 @@ struct Conn {
 /// Runs the io_uring backend until `shutdown` is set. `make_service(worker)` builds each
 /// worker's service on the worker's thread. The bound addresses and the per-worker ring
 /// reports are published in `handle` as soon as they are known.
-pub fn run<S, F>(cfg: &Config, opts: &DriverOptions, make_service: F, shutdown: Arc<AtomicBool>, handle: Arc<Handle>) -> Result<(), UringError>
+pub fn run<S, F>(
+    cfg: &Config,
+    opts: &DriverOptions,
+    make_service: F,
+    shutdown: Arc<AtomicBool>,
+    handle: Arc<Handle>,
+) -> Result<(), UringError>
 where
     S: Service,
     F: Fn(usize) -> S + Send + Sync,
@@ -418,17 +497,28 @@ where
     let per_worker = net.listeners == Listeners::Reuseport;
     let nl = if per_worker { nworkers } else { 1 };
     let mut listeners: Vec<Vec<(Port, TcpListener)>> = (0..nworkers).map(|_| Vec::new()).collect();
-    for (port, addr) in [(Port::Ingest, opts.ingest_addr), (Port::Http, opts.http_addr)] {
+    for (port, addr) in [
+        (Port::Ingest, opts.ingest_addr),
+        (Port::Http, opts.http_addr),
+    ] {
         let mut bound = addr;
         for i in 0..nl {
-            let l = sockopt::listen(bound, per_worker, net.listen_backlog as i32).map_err(|err| UringError::Listen { addr: bound, err })?;
-            bound = l.local_addr().map_err(|err| UringError::Listen { addr, err })?;
+            let l = sockopt::listen(bound, per_worker, net.listen_backlog as i32)
+                .map_err(|err| UringError::Listen { addr: bound, err })?;
+            bound = l
+                .local_addr()
+                .map_err(|err| UringError::Listen { addr, err })?;
             listeners[i].push((port, l));
         }
-        let slot = if port == Port::Ingest { &handle.ingest_addr } else { &handle.http_addr };
+        let slot = if port == Port::Ingest {
+            &handle.ingest_addr
+        } else {
+            &handle.http_addr
+        };
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
     }
-    let mailboxes: Arc<Vec<Mailbox>> = Arc::new((0..nworkers).map(|_| Mailbox::default()).collect());
+    let mailboxes: Arc<Vec<Mailbox>> =
+        Arc::new((0..nworkers).map(|_| Mailbox::default()).collect());
     let first_ring_fd: Arc<Mutex<Option<RawFd>>> = Arc::new(Mutex::new(None));
     let (first_tx, first_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut first_rx = Some(first_rx);
@@ -452,28 +542,37 @@ where
                     }
                 }
             }
-            let j = std::thread::Builder::new().name(format!("uring-w{w}")).spawn_scoped(scope, move || {
-                let r = Worker::setup(cfg, opts, w, ls, mailboxes, &first_ring_fd, &handle).and_then(|mut wk| {
-                    if w == 0 {
-                        let _ = first_tx.send(Ok(()));
+            let j = std::thread::Builder::new()
+                .name(format!("uring-w{w}"))
+                .spawn_scoped(scope, move || {
+                    let r = Worker::setup(cfg, opts, w, ls, mailboxes, &first_ring_fd, &handle)
+                        .and_then(|mut wk| {
+                            if w == 0 {
+                                let _ = first_tx.send(Ok(()));
+                            }
+                            let svc = make_service(w);
+                            wk.run(svc, &shutdown)
+                        });
+                    if let Err(e) = r {
+                        if w == 0 {
+                            let _ = first_tx.send(Err(e.to_string()));
+                        }
+                        // One worker failing stops the server: others see the flag.
+                        shutdown.store(true, Ordering::SeqCst);
+                        errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
                     }
-                    let svc = make_service(w);
-                    wk.run(svc, &shutdown)
                 });
-                if let Err(e) = r {
-                    if w == 0 {
-                        let _ = first_tx.send(Err(e.to_string()));
-                    }
-                    // One worker failing stops the server: others see the flag.
-                    shutdown.store(true, Ordering::SeqCst);
-                    errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
-                }
-            });
             match j {
                 Ok(j) => joins.push(j),
                 Err(e) => {
                     shutdown.store(true, Ordering::SeqCst);
-                    errors.lock().unwrap_or_else(|e| e.into_inner()).push(UringError::Worker { worker: w, err: format!("cannot start thread: {e}") });
+                    errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(UringError::Worker {
+                            worker: w,
+                            err: format!("cannot start thread: {e}"),
+                        });
                     break;
                 }
             }
@@ -482,11 +581,22 @@ where
         for j in joins {
             if j.join().is_err() {
                 shutdown.store(true, Ordering::SeqCst);
-                errors.lock().unwrap_or_else(|e| e.into_inner()).push(UringError::Worker { worker: usize::MAX, err: "a worker panicked".into() });
+                errors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(UringError::Worker {
+                        worker: usize::MAX,
+                        err: "a worker panicked".into(),
+                    });
             }
         }
     });
-    match errors.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().next() {
+    match errors
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .next()
+    {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -500,7 +610,10 @@ struct Mailbox {
 }
 
 fn conn_of(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
-    conns.get_mut(id.idx()).and_then(|c| c.as_mut()).filter(|c| c.gen == id.gen())
+    conns
+        .get_mut(id.idx())
+        .and_then(|c| c.as_mut())
+        .filter(|c| c.gen == id.gen())
 }
 
 struct Worker<'a> {
@@ -542,19 +655,31 @@ impl<'a> Worker<'a> {
         let cpu = match net.workers_pin {
             WorkersPin::None => None,
             WorkersPin::Cores => {
-                let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+                let n = std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1);
                 let cpu = id % n;
-                netops::pin_current_thread(cpu).map_err(|err| UringError::Unsupported { what: format!("pinning worker {id} to CPU {cpu}"), err })?;
+                netops::pin_current_thread(cpu).map_err(|err| UringError::Unsupported {
+                    what: format!("pinning worker {id} to CPU {cpu}"),
+                    err,
+                })?;
                 Some(cpu)
             }
         };
-        let first = if id == 0 { None } else { *first_ring_fd.lock().unwrap_or_else(|e| e.into_inner()) };
+        let first = if id == 0 {
+            None
+        } else {
+            *first_ring_fd.lock().unwrap_or_else(|e| e.into_inner())
+        };
         let (ring, requested, effective) = build_ring(cfg, opts, first)?;
         let ring_fd = ring.as_raw_fd();
         if id == 0 {
             *first_ring_fd.lock().unwrap_or_else(|e| e.into_inner()) = Some(ring_fd);
         }
-        *mailboxes[id].ring_fd.lock().unwrap_or_else(|e| e.into_inner()) = Some(ring_fd);
+        *mailboxes[id]
+            .ring_fd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(ring_fd);
         // The crate's ring hides the raw feature bits; sys::ring reports them once it is used here.
         let features = 0u32;
         let (sq, cq) = (ring.params().sq_entries(), ring.params().cq_entries());
@@ -566,18 +691,39 @@ impl<'a> Worker<'a> {
         // Arena: two slots per connection that streams a file at once is plenty; cap it.
         let slot_bytes = (net.serve_chunk_bytes as usize + 4096).next_multiple_of(4096);
         let slots = (maxc.min(256) * 2).max(16);
-        let arena = Arena::new(slots * slot_bytes, slot_bytes, 4096).map_err(|e| UringError::Unsupported { what: "worker arena".into(), err: io::Error::other(e.to_string()) })?;
-        let mut files = FileOps::new(netops::FileView(shared.clone()), slots + maxc.min(4096) + 64);
+        let arena = Arena::new(slots * slot_bytes, slot_bytes, 4096).map_err(|e| {
+            UringError::Unsupported {
+                what: "worker arena".into(),
+                err: io::Error::other(e.to_string()),
+            }
+        })?;
+        let mut files = FileOps::new(
+            netops::FileView(shared.clone()),
+            slots + maxc.min(4096) + 64,
+        );
         let mut registered = false;
         if cfg.file.register_buffers {
             files
                 .register_arena(&arena)
-                .map_err(|err| UringError::Unsupported { what: format!("registering the worker arena ({} slots of {} bytes) as fixed buffers", slots, slot_bytes), err })?;
+                .map_err(|err| UringError::Unsupported {
+                    what: format!(
+                        "registering the worker arena ({} slots of {} bytes) as fixed buffers",
+                        slots, slot_bytes
+                    ),
+                    err,
+                })?;
             registered = true;
         }
         let pbuf = if net.recv == RecvMode::Multishot {
-            let mut p = PbufRing::new(net.buf_ring_entries as u16, net.recv_buf_bytes as usize, BGID)
-                .map_err(|err| UringError::Unsupported { what: "provided-buffer ring".into(), err })?;
+            let mut p = PbufRing::new(
+                net.buf_ring_entries as u16,
+                net.recv_buf_bytes as usize,
+                BGID,
+            )
+            .map_err(|err| UringError::Unsupported {
+                what: "provided-buffer ring".into(),
+                err,
+            })?;
             p.register(&*shared.borrow()).map_err(|err| UringError::Unsupported {
                 what: "IORING_REGISTER_PBUF_RING for recv=multishot (Linux 5.19+; use --recv single)".into(),
                 err,
@@ -596,9 +742,12 @@ impl<'a> Worker<'a> {
             fdinfo: fdinfo(ring_fd),
             cpu,
             recv: crate::config::choice_name(net.recv, crate::config::net::RECV_CHOICES).into(),
-            accept: crate::config::choice_name(net.accept, crate::config::net::ACCEPT_CHOICES).into(),
+            accept: crate::config::choice_name(net.accept, crate::config::net::ACCEPT_CHOICES)
+                .into(),
             send: crate::config::choice_name(net.send, crate::config::net::SEND_CHOICES).into(),
-            buf_ring: pbuf.as_ref().map(|_| (net.buf_ring_entries, net.recv_buf_bytes)),
+            buf_ring: pbuf
+                .as_ref()
+                .map(|_| (net.buf_ring_entries, net.recv_buf_bytes)),
             arena_slots: slots,
             arena_slot_bytes: slot_bytes,
             arena_registered: registered,
@@ -608,9 +757,18 @@ impl<'a> Worker<'a> {
             let mut r = handle.reports.lock().unwrap_or_else(|e| e.into_inner());
             r.push(report);
             r.sort_by_key(|r| r.worker);
-            handle.stats.lock().unwrap_or_else(|e| e.into_inner()).push(stats.clone());
+            handle
+                .stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(stats.clone());
         }
-        let io = Io { reqs: Vec::new(), arena: arena.clone(), now: Instant::now(), worker: id };
+        let io = Io {
+            reqs: Vec::new(),
+            arena: arena.clone(),
+            now: Instant::now(),
+            worker: id,
+        };
         Ok(Worker {
             cfg,
             opts,
@@ -635,21 +793,28 @@ impl<'a> Worker<'a> {
     }
 
     fn err(&self, what: impl fmt::Display) -> UringError {
-        UringError::Worker { worker: self.id, err: what.to_string() }
+        UringError::Worker {
+            worker: self.id,
+            err: what.to_string(),
+        }
     }
 
     fn arm_accept(&mut self, i: usize) -> Result<(), UringError> {
         let multishot = self.cfg.net.accept == AcceptMode::Multishot;
         let fd = self.listeners[i].1.as_raw_fd();
         let c = ctx(K_ACCEPT, ConnId(i as u64));
-        self.net.accept(&mut *self.shared.borrow_mut(), fd, multishot, c).map_err(|e| self.err(format!("arming accept: {e}")))?;
+        self.net
+            .accept(&mut *self.shared.borrow_mut(), fd, multishot, c)
+            .map_err(|e| self.err(format!("arming accept: {e}")))?;
         self.listeners[i].2 = true;
         Ok(())
     }
 
     fn arm_tick(&mut self) -> Result<(), UringError> {
         let t = self.opts.tick;
-        self.net.timeout(&mut *self.shared.borrow_mut(), t, ctx(K_TICK, ConnId(0))).map_err(|e| self.err(format!("arming the tick: {e}")))?;
+        self.net
+            .timeout(&mut *self.shared.borrow_mut(), t, ctx(K_TICK, ConnId(0)))
+            .map_err(|e| self.err(format!("arming the tick: {e}")))?;
         Ok(())
     }
 
@@ -671,8 +836,14 @@ impl<'a> Worker<'a> {
                     svc_done = svc.shutdown(&mut self.io);
                     self.exec(&mut svc)?;
                 }
-                let flushed = self.conns.iter().flatten().all(|c| c.out.is_empty() && !c.out_busy);
-                if (svc_done && flushed) || self.io.now.duration_since(since) > self.opts.shutdown_grace {
+                let flushed = self
+                    .conns
+                    .iter()
+                    .flatten()
+                    .all(|c| c.out.is_empty() && !c.out_busy);
+                if (svc_done && flushed)
+                    || self.io.now.duration_since(since) > self.opts.shutdown_grace
+                {
                     break;
                 }
             }
@@ -680,12 +851,21 @@ impl<'a> Worker<'a> {
             {
                 let mut s = self.shared.borrow_mut();
                 if !s.has_routed() {
-                    let t = if poll { Some(Duration::from_millis(1)) } else { None };
-                    s.wait(1, t).map_err(|e| UringError::Worker { worker: self.id, err: format!("io_uring_enter: {e}") })?;
+                    let t = if poll {
+                        Some(Duration::from_millis(1))
+                    } else {
+                        None
+                    };
+                    s.wait(1, t).map_err(|e| UringError::Worker {
+                        worker: self.id,
+                        err: format!("io_uring_enter: {e}"),
+                    })?;
                 }
                 s.route();
             }
-            self.stats.enter_calls.store(self.shared.borrow().enters, Ordering::Relaxed);
+            self.stats
+                .enter_calls
+                .store(self.shared.borrow().enters, Ordering::Relaxed);
             self.io.now = Instant::now();
             self.dispatch(&mut svc)?;
             if poll {
@@ -701,7 +881,9 @@ impl<'a> Worker<'a> {
         // file reference); cancel it so the CQE comes back, then close.
         for i in 0..self.listeners.len() {
             let fd = self.listeners[i].1.as_raw_fd();
-            let _ = self.net.cancel_fd(&mut *self.shared.borrow_mut(), fd, ctx(K_IGNORE, ConnId(0)));
+            let _ =
+                self.net
+                    .cancel_fd(&mut *self.shared.borrow_mut(), fd, ctx(K_IGNORE, ConnId(0)));
         }
         self.pending_close_listeners = true;
     }
@@ -709,15 +891,26 @@ impl<'a> Worker<'a> {
     fn teardown<S: Service>(&mut self, svc: &mut S) -> Result<(), UringError> {
         // Close every connection, then wait (bounded) for every op to come back so no
         // buffer is freed under the kernel.
-        let ids: Vec<ConnId> = self.conns.iter().enumerate().filter_map(|(i, c)| c.as_ref().map(|c| ConnId::new(i as u32, c.gen))).collect();
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| ConnId::new(i as u32, c.gen)))
+            .collect();
         for id in ids {
             self.abort(id);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while (self.net.in_flight() > 1 || self.files.in_flight() > 0 || self.live > 0) && Instant::now() < deadline {
+        while (self.net.in_flight() > 1 || self.files.in_flight() > 0 || self.live > 0)
+            && Instant::now() < deadline
+        {
             {
                 let mut s = self.shared.borrow_mut();
-                s.wait(1, Some(Duration::from_millis(50))).map_err(|e| UringError::Worker { worker: self.id, err: e.to_string() })?;
+                s.wait(1, Some(Duration::from_millis(50)))
+                    .map_err(|e| UringError::Worker {
+                        worker: self.id,
+                        err: e.to_string(),
+                    })?;
                 s.route();
             }
             self.io.now = Instant::now();
@@ -741,7 +934,11 @@ impl<'a> Worker<'a> {
                     }
                 }
                 TAG_WAKE => self.take_mail(svc)?,
-                other => return Err(self.err(format!("CQE with unknown tag {other} (user_data {ud:#x})"))),
+                other => {
+                    return Err(
+                        self.err(format!("CQE with unknown tag {other} (user_data {ud:#x})"))
+                    )
+                }
             }
             self.exec(svc)?;
         }
@@ -753,7 +950,12 @@ impl<'a> Worker<'a> {
     }
 
     fn take_mail<S: Service>(&mut self, svc: &mut S) -> Result<(), UringError> {
-        let got = std::mem::take(&mut *self.mailboxes[self.id].conns.lock().unwrap_or_else(|e| e.into_inner()));
+        let got = std::mem::take(
+            &mut *self.mailboxes[self.id]
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         for (fd, port) in got {
             self.adopt(fd, port, svc)?;
         }
@@ -764,7 +966,12 @@ impl<'a> Worker<'a> {
         conn_of(&mut self.conns, id)
     }
 
-    fn adopt<S: Service>(&mut self, fd: OwnedFd, port: Port, svc: &mut S) -> Result<(), UringError> {
+    fn adopt<S: Service>(
+        &mut self,
+        fd: OwnedFd,
+        port: Port,
+        svc: &mut S,
+    ) -> Result<(), UringError> {
         let net = &self.cfg.net;
         if self.live >= self.opts.max_connections_per_worker {
             // The driver's hard limit (tables are sized from it): refuse at once. The
@@ -797,7 +1004,11 @@ impl<'a> Worker<'a> {
             fd: Some(fd),
             state: State::Open,
             recv_in_flight: false,
-            recv_buf: if net.recv == RecvMode::Single { Some(vec![0u8; net.recv_buf_bytes as usize]) } else { None },
+            recv_buf: if net.recv == RecvMode::Single {
+                Some(vec![0u8; net.recv_buf_bytes as usize])
+            } else {
+                None
+            },
             out: VecDeque::new(),
             out_busy: false,
             send_len: 0,
@@ -822,17 +1033,26 @@ impl<'a> Worker<'a> {
         if c.state != State::Open || c.recv_in_flight {
             return;
         }
-        let fd = c.fd.as_ref().map(|f| f.as_raw_fd()).expect("open connection has its fd");
+        let fd =
+            c.fd.as_ref()
+                .map(|f| f.as_raw_fd())
+                .expect("open connection has its fd");
         let buf = c.recv_buf.take();
         let r = {
             let mut s = self.shared.borrow_mut();
             if multishot {
                 self.net.recv_multishot(&mut *s, fd, BGID, ctx(K_RECV, id))
             } else {
-                self.net.recv(&mut *s, fd, NetBuf::Heap(match buf {
-                    Some(b) => b,
-                    None => vec![0u8; self.cfg.net.recv_buf_bytes as usize],
-                }), 0, ctx(K_RECV, id))
+                self.net.recv(
+                    &mut *s,
+                    fd,
+                    NetBuf::Heap(match buf {
+                        Some(b) => b,
+                        None => vec![0u8; self.cfg.net.recv_buf_bytes as usize],
+                    }),
+                    0,
+                    ctx(K_RECV, id),
+                )
             }
         };
         let c = self.conn_mut(id).expect("still there");
@@ -845,7 +1065,10 @@ impl<'a> Worker<'a> {
                 if let Some(NetBuf::Heap(b)) = rej.buf {
                     c.recv_buf = Some(b);
                 }
-                eprintln!("uring worker: cannot arm a receive: {}; closing the connection", rej.error);
+                eprintln!(
+                    "uring worker: cannot arm a receive: {}; closing the connection",
+                    rej.error
+                );
                 self.abort(id);
             }
         }
@@ -864,7 +1087,9 @@ impl<'a> Worker<'a> {
                         self.route_conn(fd, port, svc)?;
                     }
                     Err(Errno(libc::ECANCELED)) => {}
-                    Err(Errno(e @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))) => {
+                    Err(Errno(
+                        e @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM),
+                    )) => {
                         eprintln!("uring worker {}: accept: {} (raise the fd limit or lower max connections)", self.id, Errno(e));
                     }
                     Err(e) => {
@@ -883,7 +1108,9 @@ impl<'a> Worker<'a> {
             }
             Completion::Cancel { .. } | Completion::MsgRing { .. } => {}
             Completion::Close { ctx: cx, res: _ } => self.release_conn(ctx_conn(cx), svc),
-            Completion::RecvMulti { ctx: cx, res, more, .. } => {
+            Completion::RecvMulti {
+                ctx: cx, res, more, ..
+            } => {
                 let id = ctx_conn(cx);
                 if !more {
                     self.op_done(id, false);
@@ -923,12 +1150,18 @@ impl<'a> Worker<'a> {
                     Err(_) => self.on_reset(id),
                 }
             }
-            Completion::Recv { ctx: cx, res, buf, .. } => {
+            Completion::Recv {
+                ctx: cx, res, buf, ..
+            } => {
                 let id = ctx_conn(cx);
                 self.op_done(id, false);
-                let NetBuf::Heap(buf) = buf else { unreachable!("receive buffers are heap buffers") };
+                let NetBuf::Heap(buf) = buf else {
+                    unreachable!("receive buffers are heap buffers")
+                };
                 let now = self.io.now;
-                let Some(c) = self.conn_mut(id) else { return Ok(()) };
+                let Some(c) = self.conn_mut(id) else {
+                    return Ok(());
+                };
                 c.recv_in_flight = false;
                 c.recv_buf = Some(buf);
                 match res {
@@ -952,7 +1185,14 @@ impl<'a> Worker<'a> {
                     Err(_) => self.on_reset(id),
                 }
             }
-            Completion::Send { ctx: cx, res, buf, off, zc, notif_pending: _ } => {
+            Completion::Send {
+                ctx: cx,
+                res,
+                buf,
+                off,
+                zc,
+                notif_pending: _,
+            } => {
                 let id = ctx_conn(cx);
                 if zc {
                     self.stats.zc_sends.fetch_add(1, Ordering::Relaxed);
@@ -961,7 +1201,9 @@ impl<'a> Worker<'a> {
                 match res {
                     Ok(n) => {
                         self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                        let Some(c) = self.conn_mut(id) else { return Ok(()) };
+                        let Some(c) = self.conn_mut(id) else {
+                            return Ok(());
+                        };
                         if n < c.send_len {
                             match buf {
                                 // Short send: the rest goes first.
@@ -1024,16 +1266,34 @@ impl<'a> Worker<'a> {
         self.abort(id);
     }
 
-    fn route_conn<S: Service>(&mut self, fd: OwnedFd, port: Port, svc: &mut S) -> Result<(), UringError> {
+    fn route_conn<S: Service>(
+        &mut self,
+        fd: OwnedFd,
+        port: Port,
+        svc: &mut S,
+    ) -> Result<(), UringError> {
         let n = self.mailboxes.len();
         if self.cfg.net.listeners == Listeners::Acceptor && n > 1 {
             let target = self.next_target % n;
             self.next_target = self.next_target.wrapping_add(1);
             if target != self.id {
-                self.mailboxes[target].conns.lock().unwrap_or_else(|e| e.into_inner()).push((fd, port));
-                let tfd = *self.mailboxes[target].ring_fd.lock().unwrap_or_else(|e| e.into_inner());
+                self.mailboxes[target]
+                    .conns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((fd, port));
+                let tfd = *self.mailboxes[target]
+                    .ring_fd
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 if let Some(tfd) = tfd {
-                    let r = self.net.msg_ring(&mut *self.shared.borrow_mut(), tfd, 0, (TAG_WAKE as u64) << 56, ctx(K_MSG, ConnId(0)));
+                    let r = self.net.msg_ring(
+                        &mut *self.shared.borrow_mut(),
+                        tfd,
+                        0,
+                        (TAG_WAKE as u64) << 56,
+                        ctx(K_MSG, ConnId(0)),
+                    );
                     if let Err(e) = r {
                         // The target also checks its mailbox every tick.
                         eprintln!("uring worker {}: MSG_RING to worker {target}: {e}; it will pick the connection up at its next tick", self.id);
@@ -1056,7 +1316,12 @@ impl<'a> Worker<'a> {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
-                .filter(|(_, c)| c.state == State::Open && c.out.is_empty() && !c.out_busy && now.duration_since(c.last_active) > self.opts.idle_timeout)
+                .filter(|(_, c)| {
+                    c.state == State::Open
+                        && c.out.is_empty()
+                        && !c.out_busy
+                        && now.duration_since(c.last_active) > self.opts.idle_timeout
+                })
                 .map(|(i, c)| ConnId::new(i as u32, c.gen))
                 .collect();
             for id in idle {
@@ -1073,10 +1338,20 @@ impl<'a> Worker<'a> {
         let send = self.cfg.net.send;
         let zc_min = self.cfg.net.send_zc_min_bytes as usize;
         let Some(c) = self.conn_mut(id) else { return };
-        let fd = c.fd.as_ref().map(|f| f.as_raw_fd()).expect("connection with output has its fd");
+        let fd =
+            c.fd.as_ref()
+                .map(|f| f.as_raw_fd())
+                .expect("connection with output has its fd");
         let len = netops::IoBuf::len(&buf) - off;
         let zc = send == SendMode::SendZc && len >= zc_min;
-        let r = self.net.send(&mut *self.shared.borrow_mut(), fd, buf, off, zc, ctx(K_SEND, id));
+        let r = self.net.send(
+            &mut *self.shared.borrow_mut(),
+            fd,
+            buf,
+            off,
+            zc,
+            ctx(K_SEND, id),
+        );
         let now = self.io.now;
         let c = self.conn_mut(id).expect("still there");
         match r {
@@ -1087,7 +1362,10 @@ impl<'a> Worker<'a> {
                 c.last_active = now;
             }
             Err(rej) => {
-                eprintln!("uring worker: cannot queue a send: {}; closing the connection", rej.error);
+                eprintln!(
+                    "uring worker: cannot queue a send: {}; closing the connection",
+                    rej.error
+                );
                 self.abort(id);
             }
         }
@@ -1096,7 +1374,9 @@ impl<'a> Worker<'a> {
     /// Starts the next output step of `id` if none is in flight.
     fn pump<S: Service>(&mut self, id: ConnId, svc: &mut S) {
         let net = self.cfg.net.clone();
-        let Some(c) = conn_of(&mut self.conns, id) else { return };
+        let Some(c) = conn_of(&mut self.conns, id) else {
+            return;
+        };
         if c.out_busy || matches!(c.state, State::Cancelling | State::Closed) {
             return;
         }
@@ -1107,7 +1387,9 @@ impl<'a> Worker<'a> {
                 }
             }
             Some(Out::Bytes(_)) => {
-                let Some(Out::Bytes(mut b)) = c.out.pop_front() else { unreachable!() };
+                let Some(Out::Bytes(mut b)) = c.out.pop_front() else {
+                    unreachable!()
+                };
                 // Coalesce queued small messages (acks, headers) into one SEND.
                 while let Some(Out::Bytes(next)) = c.out.front() {
                     if b.len() + next.len() > 64 * 1024 {
@@ -1120,7 +1402,9 @@ impl<'a> Worker<'a> {
             }
             Some(Out::File(f)) => {
                 if f.remaining == 0 && f.in_pipe == 0 {
-                    let Some(Out::File(f)) = c.out.pop_front() else { unreachable!() };
+                    let Some(Out::File(f)) = c.out.pop_front() else {
+                        unreachable!()
+                    };
                     svc.sent_file(id, f.token, Ok(f.sent), &mut self.io);
                     return self.pump(id, svc);
                 }
@@ -1135,16 +1419,39 @@ impl<'a> Worker<'a> {
                             }
                         }
                     }
-                    let Some(Out::File(f)) = c.out.front_mut() else { unreachable!() };
+                    let Some(Out::File(f)) = c.out.front_mut() else {
+                        unreachable!()
+                    };
                     let pipe = c.pipe.as_ref().expect("just made");
                     let r = if f.in_pipe > 0 {
                         // A short splice into the pipe broke the link: drain it first.
-                        self.net.splice(&mut *self.shared.borrow_mut(), pipe.read.as_raw_fd(), -1, sock, -1, f.in_pipe, false, ctx(K_SPLICE_DRAIN, id)).map(|_| 1)
+                        self.net
+                            .splice(
+                                &mut *self.shared.borrow_mut(),
+                                pipe.read.as_raw_fd(),
+                                -1,
+                                sock,
+                                -1,
+                                f.in_pipe,
+                                false,
+                                ctx(K_SPLICE_DRAIN, id),
+                            )
+                            .map(|_| 1)
                     } else {
-                        let len = (f.remaining.min(net.serve_chunk_bytes as u64) as usize).min(pipe.capacity) as u32;
+                        let len = (f.remaining.min(net.serve_chunk_bytes as u64) as usize)
+                            .min(pipe.capacity) as u32;
                         let (file_fd, off) = (f.file.as_raw_fd(), f.off);
                         self.net
-                            .splice_file_to_socket(&mut *self.shared.borrow_mut(), file_fd, off, pipe, sock, len, ctx(K_SPLICE_IN, id), ctx(K_SPLICE_OUT, id))
+                            .splice_file_to_socket(
+                                &mut *self.shared.borrow_mut(),
+                                file_fd,
+                                off,
+                                pipe,
+                                sock,
+                                len,
+                                ctx(K_SPLICE_IN, id),
+                                ctx(K_SPLICE_OUT, id),
+                            )
                             .map(|_| 2)
                     };
                     match r {
@@ -1176,15 +1483,37 @@ impl<'a> Worker<'a> {
                     let (fd, start, len) = if direct {
                         let start = f.off & !4095;
                         let skip = (f.off - start) as usize;
-                        let want = (skip as u64 + f.remaining.min(net.serve_chunk_bytes as u64)).next_multiple_of(4096) as usize;
-                        (f.direct.as_ref().expect("opened").as_raw_fd(), start, want.min(slot.capacity()))
+                        let want = (skip as u64 + f.remaining.min(net.serve_chunk_bytes as u64))
+                            .next_multiple_of(4096) as usize;
+                        (
+                            f.direct.as_ref().expect("opened").as_raw_fd(),
+                            start,
+                            want.min(slot.capacity()),
+                        )
                     } else {
-                        (f.file.as_raw_fd(), f.off, (f.remaining.min(net.serve_chunk_bytes as u64) as usize).min(slot.capacity()))
+                        (
+                            f.file.as_raw_fd(),
+                            f.off,
+                            (f.remaining.min(net.serve_chunk_bytes as u64) as usize)
+                                .min(slot.capacity()),
+                        )
                     };
                     slot.set_len(len);
                     let op = self.cfg.file.read_op;
-                    let op = if op.is_fixed() && !self.cfg.file.register_buffers { ReadOp::Read } else { op };
-                    match self.files.read(fileops::Fd(fd), op, slot, len, start, 0, ctx(K_FILE_READ, id)) {
+                    let op = if op.is_fixed() && !self.cfg.file.register_buffers {
+                        ReadOp::Read
+                    } else {
+                        op
+                    };
+                    match self.files.read(
+                        fileops::Fd(fd),
+                        op,
+                        slot,
+                        len,
+                        start,
+                        0,
+                        ctx(K_FILE_READ, id),
+                    ) {
                         Ok(()) => {
                             let c = self.conn_mut(id).expect("still there");
                             c.out_busy = true;
@@ -1210,7 +1539,13 @@ impl<'a> Worker<'a> {
         self.abort(id);
     }
 
-    fn on_splice<S: Service>(&mut self, id: ConnId, kind: u64, res: Result<usize, Errno>, svc: &mut S) {
+    fn on_splice<S: Service>(
+        &mut self,
+        id: ConnId,
+        kind: u64,
+        res: Result<usize, Errno>,
+        svc: &mut S,
+    ) {
         if let Ok(n) = res {
             if kind != K_SPLICE_IN {
                 self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
@@ -1223,7 +1558,10 @@ impl<'a> Worker<'a> {
         };
         match (kind, res) {
             (K_SPLICE_IN, Ok(0)) => {
-                let e = io::Error::new(io::ErrorKind::UnexpectedEof, "replay file shorter than the range being sent");
+                let e = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "replay file shorter than the range being sent",
+                );
                 c.out_busy = true; // the linked out-splice is still to come back (cancelled)
                 self.fail_file(id, e, svc);
             }
@@ -1260,18 +1598,25 @@ impl<'a> Worker<'a> {
                 let Some(mut slot) = c.buf else { return };
                 let direct = self.cfg.net.serve_read == ServeRead::Direct;
                 let chunk_max = self.cfg.net.serve_chunk_bytes as u64;
-                let Some(conn) = self.conn_mut(id) else { return };
+                let Some(conn) = self.conn_mut(id) else {
+                    return;
+                };
                 if conn.state == State::Cancelling || conn.state == State::Closed {
                     return self.maybe_close(id);
                 }
-                let Some(Out::File(f)) = conn.out.front_mut() else { return };
+                let Some(Out::File(f)) = conn.out.front_mut() else {
+                    return;
+                };
                 match c.result {
                     Ok(n) => {
                         let skip = if direct { (f.off & 4095) as usize } else { 0 };
                         let avail = (n as usize).saturating_sub(skip);
                         let take = (avail as u64).min(f.remaining).min(chunk_max) as usize;
                         if take == 0 {
-                            let e = io::Error::new(io::ErrorKind::UnexpectedEof, "replay file shorter than the range being sent");
+                            let e = io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "replay file shorter than the range being sent",
+                            );
                             return self.fail_file(id, e, svc);
                         }
                         slot.set_len(skip + take);
@@ -1299,7 +1644,9 @@ impl<'a> Worker<'a> {
         let fd = c.fd.as_ref().map(|f| f.as_raw_fd());
         if c.ops > 0 {
             if let Some(fd) = fd {
-                let _ = self.net.cancel_fd(&mut *self.shared.borrow_mut(), fd, ctx(K_IGNORE, id));
+                let _ = self
+                    .net
+                    .cancel_fd(&mut *self.shared.borrow_mut(), fd, ctx(K_IGNORE, id));
             }
         }
         self.maybe_close(id);
@@ -1312,9 +1659,15 @@ impl<'a> Worker<'a> {
             c.state = State::Closed;
             let fd = c.fd.take().expect("fd until CLOSE");
             c.pipe = None;
-            if let Err(rej) = self.net.close(&mut *self.shared.borrow_mut(), fd, ctx(K_CLOSE, id)) {
+            if let Err(rej) = self
+                .net
+                .close(&mut *self.shared.borrow_mut(), fd, ctx(K_CLOSE, id))
+            {
                 // The fd was closed synchronously; the slot is freed at once.
-                eprintln!("uring worker: CLOSE not queued ({}); closed synchronously", rej.error);
+                eprintln!(
+                    "uring worker: CLOSE not queued ({}); closed synchronously",
+                    rej.error
+                );
                 self.closed_now.push(id);
             }
         }
@@ -1354,14 +1707,39 @@ impl<'a> Worker<'a> {
                             }
                         }
                     }
-                    Req::SendFile { conn, file, off, len, token } => {
-                        let ok = self.conn_mut(conn).is_some_and(|c| matches!(c.state, State::Open | State::Closing));
+                    Req::SendFile {
+                        conn,
+                        file,
+                        off,
+                        len,
+                        token,
+                    } => {
+                        let ok = self
+                            .conn_mut(conn)
+                            .is_some_and(|c| matches!(c.state, State::Open | State::Closing));
                         if !ok {
-                            svc.sent_file(conn, token, Err(io::Error::new(io::ErrorKind::NotConnected, "connection closed")), &mut self.io);
+                            svc.sent_file(
+                                conn,
+                                token,
+                                Err(io::Error::new(
+                                    io::ErrorKind::NotConnected,
+                                    "connection closed",
+                                )),
+                                &mut self.io,
+                            );
                             continue;
                         }
                         let c = self.conn_mut(conn).expect("checked");
-                        c.out.push_back(Out::File(FileOut { file, direct: None, off, remaining: len, sent: 0, token, in_pipe: 0, chunk: 0 }));
+                        c.out.push_back(Out::File(FileOut {
+                            file,
+                            direct: None,
+                            off,
+                            remaining: len,
+                            sent: 0,
+                            token,
+                            in_pipe: 0,
+                            chunk: 0,
+                        }));
                         self.pump(conn, svc);
                     }
                     Req::Close(id) => {
@@ -1375,22 +1753,70 @@ impl<'a> Worker<'a> {
                         }
                     }
                     Req::Abort(id) => self.abort(id),
-                    Req::Write { fd, op, buf, len, off, rw_flags, token } => {
+                    Req::Write {
+                        fd,
+                        op,
+                        buf,
+                        len,
+                        off,
+                        rw_flags,
+                        token,
+                    } => {
                         let op = op.unwrap_or(self.cfg.file.write_op);
-                        if let Err(e) = self.files.write(fileops::Fd(fd), op, buf, len, off, rw_flags, ctx(K_SERVICE_FILE, ConnId(token))) {
+                        if let Err(e) = self.files.write(
+                            fileops::Fd(fd),
+                            op,
+                            buf,
+                            len,
+                            off,
+                            rw_flags,
+                            ctx(K_SERVICE_FILE, ConnId(token)),
+                        ) {
                             let msg = format!("{e:?}");
-                            svc.file_done(token, Err(io::Error::other(msg)), e.into_slot(), &mut self.io);
+                            svc.file_done(
+                                token,
+                                Err(io::Error::other(msg)),
+                                e.into_slot(),
+                                &mut self.io,
+                            );
                         }
                     }
-                    Req::Read { fd, buf, len, off, token } => {
+                    Req::Read {
+                        fd,
+                        buf,
+                        len,
+                        off,
+                        token,
+                    } => {
                         let op = self.cfg.file.read_op;
-                        if let Err(e) = self.files.read(fileops::Fd(fd), op, buf, len, off, 0, ctx(K_SERVICE_FILE, ConnId(token))) {
+                        if let Err(e) = self.files.read(
+                            fileops::Fd(fd),
+                            op,
+                            buf,
+                            len,
+                            off,
+                            0,
+                            ctx(K_SERVICE_FILE, ConnId(token)),
+                        ) {
                             let msg = format!("{e:?}");
-                            svc.file_done(token, Err(io::Error::other(msg)), e.into_slot(), &mut self.io);
+                            svc.file_done(
+                                token,
+                                Err(io::Error::other(msg)),
+                                e.into_slot(),
+                                &mut self.io,
+                            );
                         }
                     }
-                    Req::Fsync { fd, datasync, token } => {
-                        if let Err(e) = self.files.fsync(fileops::Fd(fd), datasync, ctx(K_SERVICE_FILE, ConnId(token))) {
+                    Req::Fsync {
+                        fd,
+                        datasync,
+                        token,
+                    } => {
+                        if let Err(e) = self.files.fsync(
+                            fileops::Fd(fd),
+                            datasync,
+                            ctx(K_SERVICE_FILE, ConnId(token)),
+                        ) {
                             let msg = format!("{e:?}");
                             svc.file_done(token, Err(io::Error::other(msg)), None, &mut self.io);
                         }
@@ -1401,4 +1827,3 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 }
-

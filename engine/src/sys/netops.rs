@@ -843,9 +843,17 @@ impl<B: IoBuf> NetOps<B> {
     /// MSG_RING (5.18+): posts a CQE with `target_user_data` and `value` as its res on
     /// the ring `target_ring_fd` (a wake-up or hand-off notice between workers). The
     /// target's CQE is not a netops one: give it a tag the target routes itself.
-    pub fn msg_ring<S: SqSink + ?Sized>(&mut self, ring: &mut S, target_ring_fd: RawFd, value: i32, target_user_data: u64, ctx: u64) -> Result<u64, Rejected<B>> {
+    pub fn msg_ring<S: SqSink + ?Sized>(
+        &mut self,
+        ring: &mut S,
+        target_ring_fd: RawFd,
+        value: i32,
+        target_user_data: u64,
+        ctx: u64,
+    ) -> Result<u64, Rejected<B>> {
         let idx = self.alloc(Op::MsgRing, ctx).map_err(|e| self.reject(e))?;
-        let e = opcode::MsgRingData::new(types::Fd(target_ring_fd), value, target_user_data, None).build();
+        let e = opcode::MsgRingData::new(types::Fd(target_ring_fd), value, target_user_data, None)
+            .build();
         let ud = self.user_data(idx);
         self.push(ring, idx, &[e.user_data(ud)])
     }
@@ -993,7 +1001,10 @@ impl<B: IoBuf> NetOps<B> {
             }
             Op::MsgRing => {
                 self.release(idx);
-                Some(Completion::MsgRing { ctx, res: res_to(res).map(|_| ()) })
+                Some(Completion::MsgRing {
+                    ctx,
+                    res: res_to(res).map(|_| ()),
+                })
             }
             Op::Free { .. } => unreachable!(),
         }
@@ -1334,7 +1345,10 @@ pub mod sockopt {
 /// Pins the calling thread to `cpu` (sched_setaffinity), for `net.workers-pin = cores`.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("CPU {cpu} is beyond CPU_SETSIZE")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} is beyond CPU_SETSIZE"),
+        ));
     }
     // SAFETY: an all-zero cpu_set_t is valid; CPU_SET writes inside it (cpu < CPU_SETSIZE);
     // sched_setaffinity reads `size_of` bytes of it.
@@ -1352,9 +1366,15 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
 /// /proc/self/fd), so a replay can be served with O_DIRECT reads while its writer or the
 /// page-cache readers keep their own descriptor.
 pub fn reopen_direct(fd: RawFd) -> io::Result<OwnedFd> {
-    let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a formatted path");
+    let path =
+        std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a formatted path");
     // SAFETY: a valid NUL-terminated path; the result is checked.
-    let r = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_DIRECT | libc::O_CLOEXEC) };
+    let r = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECT | libc::O_CLOEXEC,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -1379,7 +1399,12 @@ pub trait MuxBase {
     fn base_register_files(&mut self, fds: &[RawFd]) -> io::Result<()>;
     /// # Safety
     /// As [`PbufRegistrar::register_pbuf_ring`].
-    unsafe fn base_register_pbuf_ring(&self, ring_addr: u64, entries: u16, bgid: u16) -> io::Result<()>;
+    unsafe fn base_register_pbuf_ring(
+        &self,
+        ring_addr: u64,
+        entries: u16,
+        bgid: u16,
+    ) -> io::Result<()>;
     fn base_unregister_pbuf_ring(&self, bgid: u16) -> io::Result<()>;
 }
 
@@ -1397,7 +1422,9 @@ impl MuxBase for io_uring::IoUring {
     fn base_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<usize> {
         match timeout {
             Some(t) => {
-                let ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let ts = types::Timespec::new()
+                    .sec(t.as_secs())
+                    .nsec(t.subsec_nanos());
                 let args = types::SubmitArgs::new().timespec(&ts);
                 self.submitter().submit_with_args(want, &args)
             }
@@ -1405,7 +1432,9 @@ impl MuxBase for io_uring::IoUring {
         }
     }
     fn base_pop(&mut self) -> Option<(u64, i32, u32)> {
-        self.completion().next().map(|c| (c.user_data(), c.result(), c.flags()))
+        self.completion()
+            .next()
+            .map(|c| (c.user_data(), c.result(), c.flags()))
     }
     unsafe fn base_register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
         // SAFETY: forwarded contract.
@@ -1414,7 +1443,12 @@ impl MuxBase for io_uring::IoUring {
     fn base_register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
         self.submitter().register_files(fds)
     }
-    unsafe fn base_register_pbuf_ring(&self, ring_addr: u64, entries: u16, bgid: u16) -> io::Result<()> {
+    unsafe fn base_register_pbuf_ring(
+        &self,
+        ring_addr: u64,
+        entries: u16,
+        bgid: u16,
+    ) -> io::Result<()> {
         // SAFETY: forwarded contract.
         unsafe { self.register_pbuf_ring(ring_addr, entries, bgid) }
     }
@@ -1441,7 +1475,13 @@ pub struct MuxRing<R: MuxBase> {
 
 impl<R: MuxBase> MuxRing<R> {
     pub fn new(ring: R, setup_flags: u32) -> Self {
-        MuxRing { ring, file_cqes: Default::default(), other_cqes: Default::default(), enters: 0, setup_flags }
+        MuxRing {
+            ring,
+            file_cqes: Default::default(),
+            other_cqes: Default::default(),
+            enters: 0,
+            setup_flags,
+        }
     }
     /// Moves every CQE in the CQ to its user's queue.
     pub fn route(&mut self) {
@@ -1465,7 +1505,14 @@ impl<R: MuxBase> MuxRing<R> {
         self.enters += 1;
         match self.ring.base_wait(want, timeout) {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY | libc::ETIME)) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY | libc::ETIME)
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -1473,7 +1520,10 @@ impl<R: MuxBase> MuxRing<R> {
 
 impl<R: MuxBase> SqSink for MuxRing<R> {
     unsafe fn push_sqe(&mut self, e: &Entry) -> bool {
-        debug_assert!((e.get_user_data() >> 56) as u8 != MUX_TAG_FILE, "socket op uses the file tag");
+        debug_assert!(
+            (e.get_user_data() >> 56) as u8 != MUX_TAG_FILE,
+            "socket op uses the file tag"
+        );
         // SAFETY: forwarded contract.
         unsafe { self.ring.base_push(e) }
     }
