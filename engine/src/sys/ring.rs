@@ -846,7 +846,8 @@ impl Ring {
                 fd,
                 reg_index,
                 reg_thread: reg_index.map(|_| std::thread::current().id()),
-                flags: p.flags,
+                // What the kernel left in io_uring_params.flags after setup.
+                flags: params.flags,
                 features: params.features,
                 sq_entries: params.sq_entries,
                 cq_entries: params.cq_entries,
