@@ -1,27 +1,366 @@
-//! [file] section of the configuration. Placeholder: the owner of this section fills in
-//! its struct, its knob table, set/get and validate().
+//! [file] section: how file I/O is done, on rings or on the blocking backend.
+//!
+//! Opcode forms, buffer and file registration, O_DIRECT policy, uncached buffered I/O,
+//! the durability policy (with group commit for fdatasync), preallocation, queue depth,
+//! block size and the size of the registered arena.
 
-use super::{Config, ConfigError, Knob, Section};
+use super::{choice_name, parse_bool, parse_bytes, parse_choice, parse_num, Config, ConfigError, Knob, Section};
+pub use crate::sys::fileops::{ReadOp, WriteOp};
 
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FileConfig {}
+/// O_DIRECT policy (three states, as TigerBeetle's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direct {
+    /// O_DIRECT or fail with the reason.
+    Required,
+    /// O_DIRECT when the filesystem accepts it, else buffered; the effective mode is recorded.
+    Optional,
+    /// Buffered I/O.
+    Off,
+}
 
-const KNOBS: &[Knob] = &[];
+/// When written data is made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// Never explicitly (the page cache / device cache decides).
+    None,
+    /// fdatasync every sync-interval-ms or sync-interval-bytes (group commit); with both
+    /// 0, after every completed write. A final fdatasync ends every write job.
+    Fdatasync,
+    /// The file is opened with O_DSYNC: every write is durable when it completes.
+    Odsync,
+    /// Each write carries RWF_DSYNC (pwritev2 on the blocking backend).
+    RwfDsync,
+}
+
+pub const WRITE_OPS: &[(&str, WriteOp)] = &[
+    ("write", WriteOp::Write),
+    ("writev", WriteOp::Writev),
+    ("write-fixed", WriteOp::WriteFixed),
+    ("writev-fixed", WriteOp::WritevFixed),
+];
+pub const READ_OPS: &[(&str, ReadOp)] =
+    &[("read", ReadOp::Read), ("readv", ReadOp::Readv), ("read-fixed", ReadOp::ReadFixed), ("readv-fixed", ReadOp::ReadvFixed)];
+pub const DIRECTS: &[(&str, Direct)] = &[("required", Direct::Required), ("optional", Direct::Optional), ("off", Direct::Off)];
+pub const DURABILITIES: &[(&str, Durability)] = &[
+    ("none", Durability::None),
+    ("fdatasync", Durability::Fdatasync),
+    ("odsync", Durability::Odsync),
+    ("rwf-dsync", Durability::RwfDsync),
+];
+
+/// Largest queue depth accepted (the in-flight table and arena are sized from it).
+pub const IO_DEPTH_MAX: u32 = 4096;
+/// Largest block size: one registered buffer is at most 1 GiB.
+pub const BLOCK_SIZE_MAX: u64 = 1 << 30;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileConfig {
+    pub write_op: WriteOp,
+    pub read_op: ReadOp,
+    pub register_buffers: bool,
+    pub register_files: bool,
+    pub direct: Direct,
+    pub uncached: bool,
+    pub durability: Durability,
+    pub sync_interval_ms: u64,
+    pub sync_interval_bytes: u64,
+    pub prealloc: bool,
+    /// 0 = the size of the job's file.
+    pub prealloc_bytes: u64,
+    pub io_depth: u32,
+    pub block_size: u64,
+    /// 0 = io-depth x block-size.
+    pub arena_bytes: u64,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            write_op: WriteOp::Write,
+            read_op: ReadOp::Read,
+            register_buffers: false,
+            register_files: false,
+            direct: Direct::Off,
+            uncached: false,
+            durability: Durability::None,
+            sync_interval_ms: 0,
+            sync_interval_bytes: 0,
+            prealloc: false,
+            prealloc_bytes: 0,
+            io_depth: 32,
+            block_size: 1 << 20,
+            arena_bytes: 0,
+        }
+    }
+}
+
+impl FileConfig {
+    /// Bytes of the buffer arena: `arena-bytes`, or io-depth x block-size when 0.
+    pub fn arena_bytes_effective(&self) -> u64 {
+        if self.arena_bytes == 0 {
+            self.io_depth as u64 * self.block_size
+        } else {
+            self.arena_bytes
+        }
+    }
+}
+
+const KNOBS: &[Knob] = &[
+    Knob { section: "file", name: "write-op", kernel: "IORING_OP_WRITE*", since: "5.1", values: "write|writev|write-fixed|writev-fixed", default: "write", help: "Write opcode: WRITE, WRITEV, WRITE_FIXED or WRITEV_FIXED (6.15+). The fixed forms need register-buffers." },
+    Knob { section: "file", name: "read-op", kernel: "IORING_OP_READ*", since: "5.1", values: "read|readv|read-fixed|readv-fixed", default: "read", help: "Read opcode: READ, READV, READ_FIXED or READV_FIXED (6.15+). The fixed forms need register-buffers." },
+    Knob { section: "file", name: "register-buffers", kernel: "IORING_REGISTER_BUFFERS", since: "5.1", values: "bool", default: "false", help: "Register the aligned buffer arena once with the ring (one registered buffer per slot); counted against RLIMIT_MEMLOCK." },
+    Knob { section: "file", name: "register-files", kernel: "IORING_REGISTER_FILES", since: "5.1", values: "bool", default: "false", help: "Register the file with the ring and name it by index (IOSQE_FIXED_FILE)." },
+    Knob { section: "file", name: "direct", kernel: "O_DIRECT", since: "", values: "required|optional|off", default: "off", help: "O_DIRECT: required (fail if refused), optional (buffered if the filesystem refuses, recorded as effective), off." },
+    Knob { section: "file", name: "uncached", kernel: "RWF_DONTCACHE", since: "6.14", values: "bool", default: "false", help: "Uncached buffered I/O: every read and write carries RWF_DONTCACHE. Excludes direct." },
+    Knob { section: "file", name: "durability", kernel: "", since: "", values: "none|fdatasync|odsync|rwf-dsync", default: "none", help: "When writes become durable: never explicitly, fdatasync by group commit (sync-interval-*), O_DSYNC on open, or RWF_DSYNC per write." },
+    Knob { section: "file", name: "sync-interval-ms", kernel: "", since: "", values: "u64", default: "0", help: "Group commit: fdatasync when this many ms passed since the last one (durability=fdatasync; 0 = no time trigger)." },
+    Knob { section: "file", name: "sync-interval-bytes", kernel: "", since: "", values: "size", default: "0", help: "Group commit: fdatasync when this many bytes completed since the last one (durability=fdatasync; both intervals 0 = after every write)." },
+    Knob { section: "file", name: "prealloc", kernel: "fallocate", since: "", values: "bool", default: "false", help: "Preallocate the file with fallocate before writing (through the ring on the io_uring backend)." },
+    Knob { section: "file", name: "prealloc-bytes", kernel: "", since: "", values: "size", default: "0", help: "Bytes to preallocate (0 = the job's file size). Needs prealloc." },
+    Knob { section: "file", name: "io-depth", kernel: "", since: "", values: "u32", default: "32", help: "Operations in flight per file (ring queue depth, or threads of the blocking backend)." },
+    Knob { section: "file", name: "block-size", kernel: "", since: "", values: "size", default: "1m", help: "Bytes per read or write; a multiple of the O_DIRECT alignment when direct is on." },
+    Knob { section: "file", name: "arena-bytes", kernel: "", since: "", values: "size", default: "0", help: "Size of the aligned buffer arena (0 = io-depth x block-size); at least io-depth x block-size." },
+];
+
+/// Formats bytes the way `parse_bytes` reads them, with the largest exact suffix.
+pub fn format_bytes(b: u64) -> String {
+    if b == 0 {
+        return "0".into();
+    }
+    for (suffix, mult) in [("g", 1u64 << 30), ("m", 1 << 20), ("k", 1 << 10)] {
+        if b % mult == 0 {
+            return format!("{}{suffix}", b / mult);
+        }
+    }
+    b.to_string()
+}
 
 impl Section for FileConfig {
     const NAME: &'static str = "file";
     fn knobs() -> &'static [Knob] {
         KNOBS
     }
-    fn set(&mut self, name: &str, _value: &str) -> Result<(), String> {
-        Err(format!("unknown option {name}"))
+    fn set(&mut self, name: &str, v: &str) -> Result<(), String> {
+        match name {
+            "write-op" => self.write_op = parse_choice(v, WRITE_OPS)?,
+            "read-op" => self.read_op = parse_choice(v, READ_OPS)?,
+            "register-buffers" => self.register_buffers = parse_bool(v)?,
+            "register-files" => self.register_files = parse_bool(v)?,
+            "direct" => self.direct = parse_choice(v, DIRECTS)?,
+            "uncached" => self.uncached = parse_bool(v)?,
+            "durability" => self.durability = parse_choice(v, DURABILITIES)?,
+            "sync-interval-ms" => self.sync_interval_ms = parse_num(v)?,
+            "sync-interval-bytes" => self.sync_interval_bytes = parse_bytes(v)?,
+            "prealloc" => self.prealloc = parse_bool(v)?,
+            "prealloc-bytes" => self.prealloc_bytes = parse_bytes(v)?,
+            "io-depth" => self.io_depth = parse_num(v)?,
+            "block-size" => self.block_size = parse_bytes(v)?,
+            "arena-bytes" => self.arena_bytes = parse_bytes(v)?,
+            _ => return Err(format!("unknown option {name}")),
+        }
+        Ok(())
     }
-    fn get(&self, _name: &str) -> Option<String> {
-        None
+    fn get(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "write-op" => choice_name(self.write_op, WRITE_OPS).into(),
+            "read-op" => choice_name(self.read_op, READ_OPS).into(),
+            "register-buffers" => self.register_buffers.to_string(),
+            "register-files" => self.register_files.to_string(),
+            "direct" => choice_name(self.direct, DIRECTS).into(),
+            "uncached" => self.uncached.to_string(),
+            "durability" => choice_name(self.durability, DURABILITIES).into(),
+            "sync-interval-ms" => self.sync_interval_ms.to_string(),
+            "sync-interval-bytes" => format_bytes(self.sync_interval_bytes),
+            "prealloc" => self.prealloc.to_string(),
+            "prealloc-bytes" => format_bytes(self.prealloc_bytes),
+            "io-depth" => self.io_depth.to_string(),
+            "block-size" => format_bytes(self.block_size),
+            "arena-bytes" => format_bytes(self.arena_bytes),
+            _ => return None,
+        })
     }
 }
 
-/// Cross-option rules of this section.
-pub fn validate(_cfg: &Config) -> Result<(), ConfigError> {
+/// Cross-option rules of this section. Alignment against the real file (statx) is checked
+/// when the file is opened (`fileio`), since it depends on the filesystem.
+pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    let f = &cfg.file;
+    if f.write_op.is_fixed() && !f.register_buffers {
+        return Err(ConfigError::new(
+            &["write-op", "register-buffers"],
+            format!(
+                "write-op={} uses registered buffers: set register-buffers=true or choose write-op=write or writev",
+                choice_name(f.write_op, WRITE_OPS)
+            ),
+        ));
+    }
+    if f.read_op.is_fixed() && !f.register_buffers {
+        return Err(ConfigError::new(
+            &["read-op", "register-buffers"],
+            format!(
+                "read-op={} uses registered buffers: set register-buffers=true or choose read-op=read or readv",
+                choice_name(f.read_op, READ_OPS)
+            ),
+        ));
+    }
+    if f.uncached && f.direct != Direct::Off {
+        return Err(ConfigError::new(
+            &["uncached", "direct"],
+            "uncached (RWF_DONTCACHE) is a buffered-I/O mode and O_DIRECT bypasses the page cache already: set direct=off or uncached=false",
+        ));
+    }
+    if f.durability != Durability::Fdatasync && (f.sync_interval_ms != 0 || f.sync_interval_bytes != 0) {
+        return Err(ConfigError::new(
+            &["sync-interval-ms", "sync-interval-bytes", "durability"],
+            format!(
+                "sync-interval-ms and sync-interval-bytes are group-commit intervals for durability=fdatasync, but durability={}: set durability=fdatasync or the intervals to 0",
+                choice_name(f.durability, DURABILITIES)
+            ),
+        ));
+    }
+    if f.prealloc_bytes != 0 && !f.prealloc {
+        return Err(ConfigError::new(
+            &["prealloc-bytes", "prealloc"],
+            "prealloc-bytes is set but prealloc=false: set prealloc=true or prealloc-bytes=0",
+        ));
+    }
+    if f.io_depth == 0 || f.io_depth > IO_DEPTH_MAX {
+        return Err(ConfigError::new(
+            &["io-depth"],
+            format!("io-depth={} is outside 1..={IO_DEPTH_MAX}: choose a depth in that range", f.io_depth),
+        ));
+    }
+    if f.block_size == 0 || f.block_size > BLOCK_SIZE_MAX {
+        return Err(ConfigError::new(
+            &["block-size"],
+            format!("block-size={} is outside 1..=1g (a registered buffer is at most 1 GiB)", f.block_size),
+        ));
+    }
+    if f.direct != Direct::Off && f.block_size % 512 != 0 {
+        return Err(ConfigError::new(
+            &["block-size", "direct"],
+            format!(
+                "block-size={} is not a multiple of 512, the smallest O_DIRECT alignment: use a multiple of the device's block size (4k is always safe) or set direct=off",
+                f.block_size
+            ),
+        ));
+    }
+    let need = f.io_depth as u64 * f.block_size;
+    if f.arena_bytes != 0 && f.arena_bytes < need {
+        return Err(ConfigError::new(
+            &["arena-bytes", "io-depth", "block-size"],
+            format!(
+                "arena-bytes={} holds fewer than io-depth={} buffers of block-size={}: set arena-bytes to at least {} (or 0 for automatic)",
+                format_bytes(f.arena_bytes),
+                f.io_depth,
+                format_bytes(f.block_size),
+                format_bytes(need)
+            ),
+        ));
+    }
+    if f.register_buffers {
+        let slots = f.arena_bytes_effective() / f.block_size.max(1);
+        if slots > crate::sys::mem::MAX_REGISTERED_BUFFERS as u64 {
+            return Err(ConfigError::new(
+                &["register-buffers", "arena-bytes", "block-size"],
+                format!(
+                    "the arena would hold {slots} buffers but the kernel registers at most {}: lower arena-bytes or raise block-size",
+                    crate::sys::mem::MAX_REGISTERED_BUFFERS
+                ),
+            ));
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Config {
+        let mut c = Config::default();
+        for (k, v) in pairs {
+            c.set(&format!("file.{k}"), v).unwrap();
+        }
+        c
+    }
+
+    fn refused(pairs: &[(&str, &str)]) -> String {
+        cfg(pairs).validate().expect_err("should be refused").message
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        let d = FileConfig::default();
+        assert_eq!((d.write_op, d.read_op, d.direct, d.durability), (WriteOp::Write, ReadOp::Read, Direct::Off, Durability::None));
+        assert!(!d.register_buffers && !d.register_files);
+    }
+
+    #[test]
+    fn fixed_ops_need_registered_buffers() {
+        for op in ["write-fixed", "writev-fixed"] {
+            let m = refused(&[("write-op", op)]);
+            assert!(m.contains(&format!("write-op={op}")) && m.contains("set register-buffers=true"), "{m}");
+            cfg(&[("write-op", op), ("register-buffers", "true")]).validate().unwrap();
+        }
+        for op in ["read-fixed", "readv-fixed"] {
+            let m = refused(&[("read-op", op)]);
+            assert!(m.contains(&format!("read-op={op}")) && m.contains("set register-buffers=true"), "{m}");
+        }
+    }
+
+    #[test]
+    fn uncached_excludes_direct() {
+        for d in ["required", "optional"] {
+            let m = refused(&[("uncached", "true"), ("direct", d)]);
+            assert!(m.contains("set direct=off or uncached=false"), "{m}");
+        }
+        cfg(&[("uncached", "true")]).validate().unwrap();
+    }
+
+    #[test]
+    fn intervals_need_fdatasync() {
+        let m = refused(&[("sync-interval-ms", "10")]);
+        assert!(m.contains("durability=none") && m.contains("set durability=fdatasync"), "{m}");
+        let m = refused(&[("durability", "odsync"), ("sync-interval-bytes", "1m")]);
+        assert!(m.contains("durability=odsync"), "{m}");
+        cfg(&[("durability", "fdatasync"), ("sync-interval-bytes", "1m")]).validate().unwrap();
+    }
+
+    #[test]
+    fn prealloc_bytes_needs_prealloc() {
+        let m = refused(&[("prealloc-bytes", "1g")]);
+        assert!(m.contains("set prealloc=true"), "{m}");
+    }
+
+    #[test]
+    fn depth_block_and_arena_limits() {
+        assert!(refused(&[("io-depth", "0")]).contains("io-depth=0 is outside 1..=4096"));
+        assert!(refused(&[("block-size", "2g")]).contains("block-size=2147483648 is outside"));
+        let m = refused(&[("direct", "required"), ("block-size", "1000")]);
+        assert!(m.contains("not a multiple of 512"), "{m}");
+        let m = refused(&[("io-depth", "8"), ("block-size", "1m"), ("arena-bytes", "4m")]);
+        assert!(m.contains("set arena-bytes to at least 8m"), "{m}");
+        let m = refused(&[("register-buffers", "true"), ("block-size", "4k"), ("arena-bytes", "1g")]);
+        assert!(m.contains("registers at most 16384"), "{m}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = Config::default();
+        let e = c.set("file.write-op", "pwrite").unwrap_err();
+        assert!(e.message.contains("write-op") && e.message.contains("write-fixed"), "{e}");
+        let e = c.set("file.direct", "maybe").unwrap_err();
+        assert!(e.message.contains("required, optional, off"), "{e}");
+    }
+
+    #[test]
+    fn sizes_print_back() {
+        assert_eq!(format_bytes(1 << 20), "1m");
+        assert_eq!(format_bytes(3 << 10), "3k");
+        assert_eq!(format_bytes(1000), "1000");
+        let c = cfg(&[("block-size", "128k")]);
+        assert_eq!(c.get("file.block-size").unwrap(), "128k");
+    }
 }

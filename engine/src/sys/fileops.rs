@@ -1,1 +1,591 @@
-//! placeholder, filled in by its owner
+//! File opcodes with owned buffers: a safe layer over a ring so that nothing outside
+//! `sys` needs `unsafe` for file I/O.
+//!
+//! The completion is the request (as in TigerBeetle): each operation is given an arena
+//! [`Slot`] (its buffer) and a caller tag; `FileOps` keeps the slot, and the iovec of a
+//! vectored op, in a fixed-capacity in-flight table until the kernel's completion is
+//! reaped, then hands both back in a [`Completion`]. `user_data` is the index into that
+//! table. The table is sized once (`max_in_flight`); exceeding it is an error, not growth.
+//!
+//! Every write and read comes in its four kernel forms ([`WriteOp`], [`ReadOp`]): plain,
+//! vectored, fixed (registered buffer: the slot's index, see `sys::mem`) and vectored
+//! fixed. Files are named by a plain descriptor ([`Fd`]) or a registered-file index
+//! ([`Fixed`]): distinct types. A full submission queue is submitted and the push retried.
+//!
+//! The ring itself is anything implementing [`RingOps`]: the engine's own `sys::ring::Ring`
+//! and, as a fallback, the `io-uring` crate's `IoUring` (both implemented here).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+
+use io_uring::{opcode, squeue, types};
+
+use super::mem::{Arena, Slot};
+
+/// What `FileOps` needs from a ring.
+pub trait RingOps {
+    /// Queues one SQE; `Err(())` when the SQ is full.
+    ///
+    /// # Safety
+    /// Every buffer and iovec the entry points to must stay valid (and, for reads, not be
+    /// accessed) until its completion has been reaped.
+    unsafe fn push_sqe(&mut self, sqe: &squeue::Entry) -> Result<(), ()>;
+    /// Submits queued SQEs without waiting.
+    fn submit(&mut self) -> io::Result<usize>;
+    /// Submits queued SQEs and waits for at least `want` completions.
+    fn submit_and_wait(&mut self, want: usize) -> io::Result<usize>;
+    /// Takes one completion: (user_data, res, flags).
+    fn pop(&mut self) -> Option<(u64, i32, u32)>;
+    /// Registers buffers (IORING_REGISTER_BUFFERS).
+    ///
+    /// # Safety
+    /// The memory described by `iov` must stay mapped for as long as the ring lives (or
+    /// until unregistered).
+    unsafe fn register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()>;
+    /// Registers files (IORING_REGISTER_FILES).
+    fn register_files(&mut self, fds: &[RawFd]) -> io::Result<()>;
+    /// io_uring_enter calls made so far.
+    fn enter_calls(&self) -> u64;
+    /// The setup flags in force (`IORING_SETUP_*` bits).
+    fn setup_flags(&self) -> u32;
+}
+
+/// The `io-uring` crate's ring, counting its `io_uring_enter` calls.
+pub struct CrateRing {
+    ring: io_uring::IoUring,
+    enters: u64,
+    flags: u32,
+}
+
+impl CrateRing {
+    /// A plain ring with `entries` SQ entries (flags given by the builder).
+    pub fn new(entries: u32, builder: &io_uring::Builder) -> io::Result<CrateRing> {
+        let ring = builder.build(entries)?;
+        Ok(CrateRing { ring, enters: 0, flags: 0 })
+    }
+    /// Records the setup flags the ring was built with (the crate does not expose them).
+    pub fn with_flags(mut self, flags: u32) -> Self {
+        self.flags = flags;
+        self
+    }
+}
+
+impl RingOps for CrateRing {
+    unsafe fn push_sqe(&mut self, sqe: &squeue::Entry) -> Result<(), ()> {
+        // SAFETY: forwarded contract: the caller keeps the buffers valid until completion.
+        unsafe { self.ring.submission().push(sqe).map_err(|_| ()) }
+    }
+    fn submit(&mut self) -> io::Result<usize> {
+        self.enters += 1;
+        self.ring.submit()
+    }
+    fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        self.enters += 1;
+        self.ring.submit_and_wait(want)
+    }
+    fn pop(&mut self) -> Option<(u64, i32, u32)> {
+        self.ring.completion().next().map(|c| (c.user_data(), c.result(), c.flags()))
+    }
+    unsafe fn register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
+        // SAFETY: forwarded contract: the memory outlives the registration.
+        unsafe { self.ring.submitter().register_buffers(iov) }
+    }
+    fn register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
+        self.ring.submitter().register_files(fds)
+    }
+    fn enter_calls(&self) -> u64 {
+        self.enters
+    }
+    fn setup_flags(&self) -> u32 {
+        self.flags
+    }
+}
+
+/// A plain file descriptor. The caller keeps it open until its operations complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fd(pub RawFd);
+
+/// An index into the ring's registered-file table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fixed(pub u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// A file named either way.
+pub trait FileTarget: Copy + sealed::Sealed {
+    #[doc(hidden)]
+    fn target(self) -> TargetRepr;
+}
+
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct TargetRepr(Target);
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Fd {}
+    impl Sealed for super::Fixed {}
+}
+
+impl FileTarget for Fd {
+    fn target(self) -> TargetRepr {
+        TargetRepr(Target::Fd(self.0))
+    }
+}
+impl FileTarget for Fixed {
+    fn target(self) -> TargetRepr {
+        TargetRepr(Target::Fixed(self.0))
+    }
+}
+
+/// Write opcode form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WriteOp {
+    /// IORING_OP_WRITE
+    Write,
+    /// IORING_OP_WRITEV
+    Writev,
+    /// IORING_OP_WRITE_FIXED
+    WriteFixed,
+    /// IORING_OP_WRITEV_FIXED (Linux 6.15+)
+    WritevFixed,
+}
+
+/// Read opcode form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadOp {
+    /// IORING_OP_READ
+    Read,
+    /// IORING_OP_READV
+    Readv,
+    /// IORING_OP_READ_FIXED
+    ReadFixed,
+    /// IORING_OP_READV_FIXED (Linux 6.15+)
+    ReadvFixed,
+}
+
+impl WriteOp {
+    pub const ALL: [WriteOp; 4] = [WriteOp::Write, WriteOp::Writev, WriteOp::WriteFixed, WriteOp::WritevFixed];
+    pub fn is_fixed(self) -> bool {
+        matches!(self, WriteOp::WriteFixed | WriteOp::WritevFixed)
+    }
+    pub fn is_vectored(self) -> bool {
+        matches!(self, WriteOp::Writev | WriteOp::WritevFixed)
+    }
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            WriteOp::Write => "IORING_OP_WRITE",
+            WriteOp::Writev => "IORING_OP_WRITEV",
+            WriteOp::WriteFixed => "IORING_OP_WRITE_FIXED",
+            WriteOp::WritevFixed => "IORING_OP_WRITEV_FIXED",
+        }
+    }
+}
+
+impl ReadOp {
+    pub const ALL: [ReadOp; 4] = [ReadOp::Read, ReadOp::Readv, ReadOp::ReadFixed, ReadOp::ReadvFixed];
+    pub fn is_fixed(self) -> bool {
+        matches!(self, ReadOp::ReadFixed | ReadOp::ReadvFixed)
+    }
+    pub fn is_vectored(self) -> bool {
+        matches!(self, ReadOp::Readv | ReadOp::ReadvFixed)
+    }
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            ReadOp::Read => "IORING_OP_READ",
+            ReadOp::Readv => "IORING_OP_READV",
+            ReadOp::ReadFixed => "IORING_OP_READ_FIXED",
+            ReadOp::ReadvFixed => "IORING_OP_READV_FIXED",
+        }
+    }
+}
+
+/// Which operation a completion belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    Write(WriteOp),
+    Read(ReadOp),
+    Fsync { datasync: bool },
+    Fallocate,
+}
+
+/// One finished operation: the tag given at submission, the kernel's result (bytes
+/// transferred, or the errno as an `io::Error`) and the buffer, handed back.
+#[derive(Debug)]
+pub struct Completion {
+    pub tag: u64,
+    pub kind: OpKind,
+    pub result: io::Result<u32>,
+    pub buf: Option<Slot>,
+}
+
+/// Why an operation could not be queued. The buffer, if any, is handed back.
+#[derive(Debug)]
+pub enum OpError {
+    /// A fixed opcode with a slot of an arena not registered with this ring.
+    BufferNotRegistered(Option<Slot>),
+    /// A registered-file index beyond the registered table.
+    FileNotRegistered(u32, Option<Slot>),
+    /// More operations than the in-flight table holds.
+    TooManyInFlight(usize, Option<Slot>),
+    /// Length larger than the slot.
+    BadLength { len: usize, capacity: usize, slot: Option<Slot> },
+    /// io_uring_enter failed while making room in the SQ.
+    Submit(io::Error, Option<Slot>),
+}
+
+impl OpError {
+    /// Takes back the buffer the failed operation was given.
+    pub fn into_slot(self) -> Option<Slot> {
+        match self {
+            OpError::BufferNotRegistered(s)
+            | OpError::FileNotRegistered(_, s)
+            | OpError::TooManyInFlight(_, s)
+            | OpError::BadLength { slot: s, .. }
+            | OpError::Submit(_, s) => s,
+        }
+    }
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpError::BufferNotRegistered(_) => write!(
+                f,
+                "a *-fixed opcode needs a buffer from the arena registered with this ring: turn register-buffers on"
+            ),
+            OpError::FileNotRegistered(i, _) => {
+                write!(f, "registered file index {i} is not in the ring's file table: register the file first")
+            }
+            OpError::TooManyInFlight(n, _) => {
+                write!(f, "more than {n} operations in flight: raise the in-flight limit or reap completions first")
+            }
+            OpError::BadLength { len, capacity, .. } => {
+                write!(f, "I/O length {len} exceeds the buffer capacity {capacity}")
+            }
+            OpError::Submit(e, _) => write!(f, "io_uring_enter failed while the submission queue was full: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpError {}
+
+struct InFlight {
+    tag: u64,
+    kind: OpKind,
+    buf: Option<Slot>,
+}
+
+/// File I/O on a ring with owned buffers. See the module documentation.
+pub struct FileOps<R: RingOps> {
+    ring: R,
+    /// In-flight entries; `user_data` = index. Never resized after `new`.
+    table: Vec<Option<InFlight>>,
+    /// One iovec per table entry, at a stable address (boxed, never resized) so the
+    /// kernel may read it any time before the completion.
+    iovs: Box<[libc::iovec]>,
+    free: Vec<u32>,
+    registered_arena: Option<Arena>,
+    registered_files: u32,
+    queued: usize,
+    sq_full_retries: u64,
+}
+
+impl<R: RingOps> FileOps<R> {
+    /// Wraps `ring`, allowing up to `max_in_flight` operations at once.
+    pub fn new(ring: R, max_in_flight: usize) -> FileOps<R> {
+        let n = max_in_flight.max(1);
+        FileOps {
+            ring,
+            table: (0..n).map(|_| None).collect(),
+            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n].into_boxed_slice(),
+            free: (0..n as u32).rev().collect(),
+            registered_arena: None,
+            registered_files: 0,
+            queued: 0,
+            sq_full_retries: 0,
+        }
+    }
+
+    pub fn ring(&self) -> &R {
+        &self.ring
+    }
+
+    /// Registers every slot of `arena` as a fixed buffer (slot index = buffer index).
+    /// The arena is kept alive by this `FileOps` (hence by the ring) from then on.
+    pub fn register_arena(&mut self, arena: &Arena) -> io::Result<()> {
+        arena.check_registrable().map_err(io::Error::other)?;
+        let iov = arena.iovecs();
+        // SAFETY: the arena's mapping stays alive as long as `self.registered_arena`
+        // holds a clone, i.e. as long as the ring (owned by self) lives.
+        unsafe { self.ring.register_buffers(&iov)? };
+        self.registered_arena = Some(arena.clone());
+        Ok(())
+    }
+
+    /// Registers `fds` as the ring's file table; `Fixed(i)` then names `fds[i]`.
+    pub fn register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
+        self.ring.register_files(fds)?;
+        self.registered_files = fds.len() as u32;
+        Ok(())
+    }
+
+    /// Operations queued or in flight.
+    pub fn in_flight(&self) -> usize {
+        self.table.len() - self.free.len()
+    }
+
+    /// Capacity of the in-flight table.
+    pub fn capacity(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Times a push found the SQ full and had to submit first.
+    pub fn sq_full_retries(&self) -> u64 {
+        self.sq_full_retries
+    }
+
+    fn check_target(&self, t: TargetRepr, slot: &mut Option<Slot>) -> Result<(), OpError> {
+        if let Target::Fixed(i) = t.0 {
+            if i >= self.registered_files {
+                return Err(OpError::FileNotRegistered(i, slot.take()));
+            }
+        }
+        Ok(())
+    }
+
+    fn take_index(&mut self, slot: &mut Option<Slot>) -> Result<u32, OpError> {
+        self.free.pop().ok_or_else(|| OpError::TooManyInFlight(self.table.len(), slot.take()))
+    }
+
+    fn push(&mut self, idx: u32, sqe: squeue::Entry, flight: InFlight) -> Result<(), OpError> {
+        let sqe = sqe.user_data(idx as u64);
+        self.table[idx as usize] = Some(flight);
+        loop {
+            // SAFETY: the buffer (a Slot) and the iovec (in `self.iovs`) this entry points
+            // to are owned by the in-flight table until `complete` removes the entry after
+            // the kernel's completion; the arena mapping outlives the slot.
+            if unsafe { self.ring.push_sqe(&sqe) }.is_ok() {
+                self.queued += 1;
+                return Ok(());
+            }
+            self.sq_full_retries += 1;
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                let f = self.table[idx as usize].take().expect("entry just stored");
+                self.free.push(idx);
+                return Err(OpError::Submit(e, f.buf));
+            }
+            self.queued = 0;
+        }
+    }
+
+    fn check_fixed(&self, slot: &mut Option<Slot>) -> Result<u16, OpError> {
+        let s = slot.as_ref().expect("slot present");
+        match &self.registered_arena {
+            Some(a) if a.id() == s.arena_id() => Ok(s.index() as u16),
+            _ => Err(OpError::BufferNotRegistered(slot.take())),
+        }
+    }
+
+    /// Queues a write of `slot[..len]` at `offset` with `op`'s opcode and `rw_flags`
+    /// (`RWF_DSYNC`, `RWF_DONTCACHE`). The slot comes back in the completion.
+    pub fn write(
+        &mut self,
+        file: impl FileTarget,
+        op: WriteOp,
+        slot: Slot,
+        len: usize,
+        offset: u64,
+        rw_flags: i32,
+        tag: u64,
+    ) -> Result<(), OpError> {
+        let t = file.target();
+        let mut s = Some(slot);
+        let cap = s.as_ref().map_or(0, |s| s.capacity());
+        if len > cap {
+            return Err(OpError::BadLength { len, capacity: cap, slot: s.take() });
+        }
+        self.check_target(t, &mut s)?;
+        let buf_index = if op.is_fixed() { self.check_fixed(&mut s)? } else { 0 };
+        let idx = self.take_index(&mut s)?;
+        let ptr = s.as_ref().expect("slot present").as_ptr();
+        self.iovs[idx as usize] = libc::iovec { iov_base: ptr.cast(), iov_len: len };
+        let iov: *const libc::iovec = &self.iovs[idx as usize];
+        let l = len as u32;
+        macro_rules! build {
+            ($f:expr) => {
+                match op {
+                    WriteOp::Write => opcode::Write::new($f, ptr, l).offset(offset).rw_flags(rw_flags).build(),
+                    WriteOp::Writev => opcode::Writev::new($f, iov, 1).offset(offset).rw_flags(rw_flags).build(),
+                    WriteOp::WriteFixed => {
+                        opcode::WriteFixed::new($f, ptr, l, buf_index).offset(offset).rw_flags(rw_flags).build()
+                    }
+                    WriteOp::WritevFixed => {
+                        opcode::WritevFixed::new($f, iov, 1, buf_index).offset(offset).rw_flags(rw_flags).build()
+                    }
+                }
+            };
+        }
+        let sqe = match t.0 {
+            Target::Fd(fd) => build!(types::Fd(fd)),
+            Target::Fixed(i) => build!(types::Fixed(i)),
+        };
+        self.push(idx, sqe, InFlight { tag, kind: OpKind::Write(op), buf: s })
+    }
+
+    /// Queues a read of `len` bytes at `offset` into `slot` with `op`'s opcode.
+    pub fn read(
+        &mut self,
+        file: impl FileTarget,
+        op: ReadOp,
+        slot: Slot,
+        len: usize,
+        offset: u64,
+        rw_flags: i32,
+        tag: u64,
+    ) -> Result<(), OpError> {
+        let t = file.target();
+        let mut s = Some(slot);
+        let cap = s.as_ref().map_or(0, |s| s.capacity());
+        if len > cap {
+            return Err(OpError::BadLength { len, capacity: cap, slot: s.take() });
+        }
+        self.check_target(t, &mut s)?;
+        let buf_index = if op.is_fixed() { self.check_fixed(&mut s)? } else { 0 };
+        let idx = self.take_index(&mut s)?;
+        let ptr = s.as_ref().expect("slot present").as_ptr();
+        self.iovs[idx as usize] = libc::iovec { iov_base: ptr.cast(), iov_len: len };
+        let iov: *const libc::iovec = &self.iovs[idx as usize];
+        let l = len as u32;
+        macro_rules! build {
+            ($f:expr) => {
+                match op {
+                    ReadOp::Read => opcode::Read::new($f, ptr, l).offset(offset).rw_flags(rw_flags).build(),
+                    ReadOp::Readv => opcode::Readv::new($f, iov, 1).offset(offset).rw_flags(rw_flags).build(),
+                    ReadOp::ReadFixed => {
+                        opcode::ReadFixed::new($f, ptr, l, buf_index).offset(offset).rw_flags(rw_flags).build()
+                    }
+                    ReadOp::ReadvFixed => {
+                        opcode::ReadvFixed::new($f, iov, 1, buf_index).offset(offset).rw_flags(rw_flags).build()
+                    }
+                }
+            };
+        }
+        let sqe = match t.0 {
+            Target::Fd(fd) => build!(types::Fd(fd)),
+            Target::Fixed(i) => build!(types::Fixed(i)),
+        };
+        self.push(idx, sqe, InFlight { tag, kind: OpKind::Read(op), buf: s })
+    }
+
+    /// Queues fsync (`datasync` = fdatasync semantics) of the whole file.
+    pub fn fsync(&mut self, file: impl FileTarget, datasync: bool, tag: u64) -> Result<(), OpError> {
+        let t = file.target();
+        let mut none = None;
+        self.check_target(t, &mut none)?;
+        let idx = self.take_index(&mut none)?;
+        let flags = if datasync { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
+        let sqe = match t.0 {
+            Target::Fd(fd) => opcode::Fsync::new(types::Fd(fd)).flags(flags).build(),
+            Target::Fixed(i) => opcode::Fsync::new(types::Fixed(i)).flags(flags).build(),
+        };
+        self.push(idx, sqe, InFlight { tag, kind: OpKind::Fsync { datasync }, buf: None })
+    }
+
+    /// Queues fallocate(mode, offset, len).
+    pub fn fallocate(&mut self, file: impl FileTarget, mode: i32, offset: u64, len: u64, tag: u64) -> Result<(), OpError> {
+        let t = file.target();
+        let mut none = None;
+        self.check_target(t, &mut none)?;
+        let idx = self.take_index(&mut none)?;
+        let sqe = match t.0 {
+            Target::Fd(fd) => opcode::Fallocate::new(types::Fd(fd), len).offset(offset).mode(mode).build(),
+            Target::Fixed(i) => opcode::Fallocate::new(types::Fixed(i), len).offset(offset).mode(mode).build(),
+        };
+        self.push(idx, sqe, InFlight { tag, kind: OpKind::Fallocate, buf: None })
+    }
+
+    /// Submits what is queued. EINTR counts as nothing submitted.
+    pub fn submit(&mut self) -> io::Result<usize> {
+        match self.ring.submit() {
+            Ok(n) => {
+                self.queued = 0;
+                Ok(n)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Submits what is queued and waits for `want` completions. EINTR, EAGAIN and EBUSY
+    /// return `Ok(0)`: reap what is there and call again.
+    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        match self.ring.submit_and_wait(want) {
+            Ok(n) => {
+                self.queued = 0;
+                Ok(n)
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes one reaped completion, with its buffer back.
+    pub fn complete(&mut self) -> Option<Completion> {
+        let (ud, res, _flags) = self.ring.pop()?;
+        let idx = ud as usize;
+        let f = self
+            .table
+            .get_mut(idx)
+            .and_then(Option::take)
+            .unwrap_or_else(|| panic!("completion with user_data {ud} matches no in-flight operation"));
+        self.free.push(idx as u32);
+        let result = if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res as u32) };
+        Some(Completion { tag: f.tag, kind: f.kind, result, buf: f.buf })
+    }
+
+    /// Waits until every in-flight operation has completed; returns their completions.
+    pub fn drain(&mut self) -> io::Result<VecDeque<Completion>> {
+        let mut out = VecDeque::new();
+        while self.in_flight() > 0 {
+            while let Some(c) = self.complete() {
+                out.push_back(c);
+            }
+            if self.in_flight() > 0 {
+                self.submit_and_wait(1)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// io_uring_enter calls made by the ring.
+    pub fn enter_calls(&self) -> u64 {
+        self.ring.enter_calls()
+    }
+}
+
+impl<R: RingOps> Drop for FileOps<R> {
+    fn drop(&mut self) {
+        // Buffers of in-flight operations must not be freed while the kernel may use
+        // them: wait for every completion (errors here leave the slots leaked in the
+        // table rather than freed under the kernel).
+        if self.in_flight() > 0 {
+            if self.drain().is_err() {
+                for e in self.table.iter_mut() {
+                    if let Some(f) = e.take() {
+                        std::mem::forget(f.buf);
+                    }
+                }
+            }
+        }
+    }
+}
