@@ -1,7 +1,586 @@
-//! placeholder, filled in by its owner
+//! `recorder io-bench`: file I/O benchmark with any ring configuration and [file] option,
+//! side by side with fio in the same run.
+//!
+//! Each pattern is run `repeat` times, alternating ours and fio (ours, fio, ours, fio, ...)
+//! so that drift on a shared machine hits both alike; the medians and their ratio are
+//! reported. Write runs start from a deleted file for both (fio would otherwise overwrite
+//! its previous run's blocks); read runs read one file laid out once, shared by both. The
+//! page cache of the file is dropped before every run (fio's `invalidate=1`).
+//!
+//! Ours: MB/s (10^6), IOPS, I/Os per system call (io_uring_enter calls on the ring backend),
+//! CPU seconds per GiB (getrusage user+sys of the process over the measured window).
+//! fio: MB/s, IOPS and CPU s/GiB from its JSON (`usr_cpu + sys_cpu` over `job_runtime`).
+//!
+//! What fio cannot express is said, and that pattern gets no fio figure rather than a
+//! figure for something else: RWF_DSYNC, time-based group commit, READV/WRITEV_FIXED
+//! (fio's fixedbufs uses the non-vectored fixed opcodes), RWF_DONTCACHE (fio 3.33's
+//! `uncached` sends the pre-merge RWF_UNCACHED value 0x40, which is RWF_ATOMIC today).
 
-/// Entry point of the `recorder` subcommand (args after the subcommand name).
-pub fn cli_main(_args: Vec<String>) -> std::process::ExitCode {
-    eprintln!("recorder: this command is not built yet");
-    std::process::ExitCode::from(2)
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use serde_json::{json, Value};
+
+use crate::config::file::{format_bytes, Direct, Durability};
+use crate::config::{self, parse_bytes, Config, ConfigError};
+use crate::fileio::{self, Backend, FileIoError, Fill, Job, JobResult, Pattern, WriteMode};
+use crate::sys::fileops::{ReadOp, WriteOp};
+use crate::sys::fs;
+
+/// What to benchmark.
+#[derive(Clone, Debug)]
+pub struct BenchSpec {
+    /// Directory holding the benchmark files.
+    pub dir: PathBuf,
+    /// Bytes per run.
+    pub size: u64,
+    pub patterns: Vec<Pattern>,
+    pub backend: Backend,
+    /// Ring and file options (block-size, io-depth, opcodes, ...).
+    pub cfg: Config,
+    /// Run fio with the equivalent settings, alternating with ours.
+    pub fio: bool,
+    /// Runs of each side per pattern (median reported).
+    pub repeat: usize,
+    /// fio binary.
+    pub fio_bin: String,
+}
+
+impl BenchSpec {
+    pub fn new(dir: impl Into<PathBuf>, cfg: Config) -> BenchSpec {
+        BenchSpec {
+            dir: dir.into(),
+            size: 1 << 30,
+            patterns: vec![Pattern::Write, Pattern::Read],
+            backend: Backend::Uring,
+            cfg,
+            fio: false,
+            repeat: 3,
+            fio_bin: "fio".into(),
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measurement {
+    pub mbps: f64,
+    pub iops: f64,
+    /// I/Os per system call (ours only; fio does not report it).
+    pub ios_per_syscall: Option<f64>,
+    pub cpu_s_per_gib: f64,
+    pub elapsed_s: f64,
+}
+
+impl From<&JobResult> for Measurement {
+    fn from(r: &JobResult) -> Self {
+        Measurement {
+            mbps: r.mbps(),
+            iops: r.iops(),
+            ios_per_syscall: Some(r.ios_per_syscall()),
+            cpu_s_per_gib: r.cpu_s_per_gib(),
+            elapsed_s: r.elapsed_s,
+        }
+    }
+}
+
+/// Results of one pattern.
+#[derive(Clone, Debug)]
+pub struct PatternResult {
+    pub pattern: Pattern,
+    pub ours: Vec<Measurement>,
+    pub fio: Vec<Measurement>,
+    /// Why fio was not run for this pattern (no equivalent setting), if so.
+    pub fio_skipped: Option<String>,
+    /// The fio command line used.
+    pub fio_command: Option<String>,
+    /// The effective settings of our last run.
+    pub effective: fileio::Effective,
+    pub syncs: u64,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+impl PatternResult {
+    pub fn ours_median(&self) -> Option<Measurement> {
+        med(&self.ours)
+    }
+    pub fn fio_median(&self) -> Option<Measurement> {
+        med(&self.fio)
+    }
+    /// ours / fio throughput (medians).
+    pub fn ratio_mbps(&self) -> Option<f64> {
+        Some(self.ours_median()?.mbps / self.fio_median()?.mbps)
+    }
+    /// ours / fio CPU seconds per GiB (medians; below 1 = we use less CPU).
+    pub fn ratio_cpu(&self) -> Option<f64> {
+        Some(self.ours_median()?.cpu_s_per_gib / self.fio_median()?.cpu_s_per_gib)
+    }
+}
+
+fn med(v: &[Measurement]) -> Option<Measurement> {
+    Some(Measurement {
+        mbps: median(v.iter().map(|m| m.mbps).collect())?,
+        iops: median(v.iter().map(|m| m.iops).collect())?,
+        ios_per_syscall: median(v.iter().filter_map(|m| m.ios_per_syscall).collect()),
+        cpu_s_per_gib: median(v.iter().map(|m| m.cpu_s_per_gib).collect())?,
+        elapsed_s: median(v.iter().map(|m| m.elapsed_s).collect())?,
+    })
+}
+
+/// The whole benchmark.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub spec: BenchSpec,
+    pub results: Vec<PatternResult>,
+    /// fio version string, when fio ran.
+    pub fio_version: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum BenchError {
+    Engine(FileIoError),
+    Fio(String),
+}
+
+impl std::fmt::Display for BenchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BenchError::Engine(e) => write!(f, "{e}"),
+            BenchError::Fio(m) => write!(f, "fio: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for BenchError {}
+
+impl From<FileIoError> for BenchError {
+    fn from(e: FileIoError) -> Self {
+        BenchError::Engine(e)
+    }
+}
+
+/// fio's arguments for the same work as ours, or why there is no equivalent.
+pub fn fio_args(spec: &BenchSpec, pattern: Pattern, path: &Path, direct_effective: bool) -> Result<Vec<String>, String> {
+    let f = &spec.cfg.file;
+    let mut a: Vec<String> = vec![
+        "--name=io-bench".into(),
+        format!("--filename={}", path.display()),
+        format!("--rw={}", pattern.name()),
+        format!("--bs={}", f.block_size),
+        format!("--direct={}", direct_effective as u8),
+        "--output-format=json".into(),
+        "--invalidate=1".into(),
+        "--randrepeat=0".into(),
+        format!("--fallocate={}", if f.prealloc { "native" } else { "none" }),
+    ];
+    if f.prealloc && f.prealloc_bytes != 0 && f.prealloc_bytes != spec.size {
+        return Err("fio preallocates exactly the job size; prealloc-bytes differs".into());
+    }
+    if f.uncached {
+        return Err("fio 3.33's uncached sends the pre-merge RWF_UNCACHED (0x40, RWF_ATOMIC on this kernel), not RWF_DONTCACHE".into());
+    }
+    if pattern.is_write() {
+        match f.durability {
+            Durability::None => {}
+            Durability::Odsync => a.push("--sync=dsync".into()),
+            Durability::RwfDsync => return Err("fio has no per-write RWF_DSYNC for io_uring".into()),
+            Durability::Fdatasync => {
+                if f.sync_interval_ms != 0 {
+                    return Err("fio has no time-based fdatasync (sync-interval-ms)".into());
+                }
+                let n = if f.sync_interval_bytes == 0 { 1 } else { f.sync_interval_bytes.div_ceil(f.block_size) };
+                a.push(format!("--fdatasync={n}"));
+                a.push("--end_fsync=1".into());
+            }
+        }
+    }
+    match spec.backend {
+        Backend::Uring => {
+            a.push("--ioengine=io_uring".into());
+            a.push(format!("--iodepth={}", f.io_depth));
+            a.push(format!("--size={}", spec.size));
+            if pattern.is_write() {
+                match f.write_op {
+                    WriteOp::Write => a.push("--nonvectored=1".into()),
+                    WriteOp::Writev => a.push("--nonvectored=0".into()),
+                    WriteOp::WriteFixed => a.push("--fixedbufs=1".into()),
+                    WriteOp::WritevFixed => return Err("fio has no WRITEV_FIXED (fixedbufs uses WRITE_FIXED)".into()),
+                }
+            } else {
+                match f.read_op {
+                    ReadOp::Read => a.push("--nonvectored=1".into()),
+                    ReadOp::Readv => a.push("--nonvectored=0".into()),
+                    ReadOp::ReadFixed => a.push("--fixedbufs=1".into()),
+                    ReadOp::ReadvFixed => return Err("fio has no READV_FIXED (fixedbufs uses READ_FIXED)".into()),
+                }
+            }
+            if f.register_buffers && !a.iter().any(|x| x == "--fixedbufs=1") {
+                // fio registers buffers only to use the fixed opcodes.
+                return Err("fio registers buffers only together with the fixed opcodes".into());
+            }
+            if f.register_files {
+                a.push("--registerfiles=1".into());
+            }
+            a.extend(ring_fio_args(&spec.cfg)?);
+        }
+        Backend::Blocking => {
+            // io-depth threads sharing the file, each with its slice (fio cannot share a
+            // cursor between jobs; random patterns stay random within each slice).
+            let jobs = f.io_depth as u64;
+            let per = spec.size / jobs / f.block_size * f.block_size;
+            if per == 0 || per * jobs != spec.size {
+                return Err(format!("size {} does not split into {jobs} equal whole-block slices for fio's psync jobs", spec.size));
+            }
+            a.push("--ioengine=psync".into());
+            a.push("--thread".into());
+            a.push(format!("--numjobs={jobs}"));
+            a.push(format!("--size={per}"));
+            a.push(format!("--offset_increment={per}"));
+            a.push("--group_reporting".into());
+        }
+    }
+    Ok(a)
+}
+
+/// fio options for the [ring] configuration (fio can only express IOPOLL, SQPOLL and
+/// SQ_AFF; it always forces its own COOP_TASKRUN / SINGLE_ISSUER / DEFER_TASKRUN).
+fn ring_fio_args(_cfg: &Config) -> Result<Vec<String>, String> {
+    Ok(Vec::new())
+}
+
+fn fio_version(bin: &str) -> Result<String, BenchError> {
+    let o = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map_err(|e| BenchError::Fio(format!("cannot run {bin:?} ({e}): install fio or leave out --fio")))?;
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// Runs fio once and parses its JSON.
+fn run_fio(bin: &str, args: &[String], pattern: Pattern) -> Result<Measurement, BenchError> {
+    let o = Command::new(bin).args(args).output().map_err(|e| BenchError::Fio(format!("cannot run {bin:?}: {e}")))?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    if !o.status.success() {
+        return Err(BenchError::Fio(format!(
+            "{bin} {} failed ({}): {}{}",
+            args.join(" "),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim(),
+            out.trim()
+        )));
+    }
+    parse_fio_json(&out, pattern).map_err(BenchError::Fio)
+}
+
+/// Parses fio's `--output-format=json` (one job or group-reported jobs).
+pub fn parse_fio_json(text: &str, pattern: Pattern) -> Result<Measurement, String> {
+    // fio may print notes before the JSON object.
+    let start = text.find('{').ok_or("no JSON object in fio's output")?;
+    let v: Value = serde_json::from_str(&text[start..]).map_err(|e| format!("fio's JSON does not parse: {e}"))?;
+    let job = v.get("jobs").and_then(|j| j.get(0)).ok_or("fio's JSON has no jobs")?;
+    if let Some(err) = job.get("error").and_then(Value::as_i64).filter(|&e| e != 0) {
+        return Err(format!("fio job error {err}"));
+    }
+    let side = job.get(if pattern.is_write() { "write" } else { "read" }).ok_or("fio's JSON has no read/write section")?;
+    let num = |o: &Value, k: &str| o.get(k).and_then(Value::as_f64).ok_or(format!("fio's JSON lacks {k}"));
+    let bw = num(side, "bw_bytes")?;
+    let iops = num(side, "iops")?;
+    let io_bytes = num(side, "io_bytes")?;
+    let runtime_ms = num(side, "runtime")?;
+    let job_runtime_ms = num(job, "job_runtime").unwrap_or(runtime_ms);
+    let cpu_pct = num(job, "usr_cpu")? + num(job, "sys_cpu")?;
+    let cpu_s = cpu_pct / 100.0 * job_runtime_ms / 1000.0;
+    let gib = io_bytes / (1u64 << 30) as f64;
+    if io_bytes <= 0.0 || runtime_ms <= 0.0 {
+        return Err("fio moved no data".into());
+    }
+    Ok(Measurement { mbps: bw / 1e6, iops, ios_per_syscall: None, cpu_s_per_gib: cpu_s / gib, elapsed_s: runtime_ms / 1000.0 })
+}
+
+fn drop_cache(path: &Path) {
+    if let Ok(fd) = fs::open(path, fs::OpenFlags { read: true, ..Default::default() }) {
+        let _ = fs::fadvise_dontneed(&fd);
+    }
+}
+
+/// Runs the benchmark. Errors from our engine (including "unsupported") stop it.
+pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
+    spec.cfg.validate().map_err(FileIoError::from)?;
+    std::fs::create_dir_all(&spec.dir)
+        .map_err(|e| FileIoError::Io { what: format!("create {}", spec.dir.display()), err: e })?;
+    let fio_version = if spec.fio { Some(fio_version(&spec.fio_bin)?) } else { None };
+    let wpath = spec.dir.join("io-bench.write.dat");
+    let rpath = spec.dir.join("io-bench.read.dat");
+    let mut results = Vec::new();
+    let repeat = spec.repeat.max(1);
+    for &pattern in &spec.patterns {
+        let path = if pattern.is_write() { &wpath } else { &rpath };
+        if !pattern.is_write() {
+            let ok = std::fs::metadata(path).map(|m| m.len() >= spec.size).unwrap_or(false);
+            if !ok {
+                fileio::lay_out(path, spec.size, spec.cfg.file.block_size.max(1 << 20), 1)?;
+            }
+        }
+        let mut job = Job::new(path, spec.size, pattern);
+        job.fill = Fill::Once;
+        job.write_mode = WriteMode::Fresh;
+        let mut pr: Option<PatternResult> = None;
+        for _ in 0..repeat {
+            if pattern.is_write() {
+                let _ = std::fs::remove_file(path);
+            } else {
+                drop_cache(path);
+            }
+            let r = fileio::run(&job, &spec.cfg, spec.backend)?;
+            let p = pr.get_or_insert_with(|| {
+                let (fio_command, fio_skipped) = if spec.fio {
+                    match fio_args(spec, pattern, path, r.effective.direct) {
+                        Ok(a) => (Some(format!("{} {}", spec.fio_bin, a.join(" "))), None),
+                        Err(why) => (None, Some(why)),
+                    }
+                } else {
+                    (None, None)
+                };
+                PatternResult {
+                    pattern,
+                    ours: Vec::new(),
+                    fio: Vec::new(),
+                    fio_skipped,
+                    fio_command,
+                    effective: r.effective.clone(),
+                    syncs: r.syncs,
+                }
+            });
+            p.ours.push(Measurement::from(&r));
+            if p.fio_command.is_some() {
+                let args = fio_args(spec, pattern, path, r.effective.direct).map_err(BenchError::Fio)?;
+                if pattern.is_write() {
+                    let _ = std::fs::remove_file(path);
+                } else {
+                    drop_cache(path);
+                }
+                p.fio.push(run_fio(&spec.fio_bin, &args, pattern)?);
+            }
+        }
+        if pattern.is_write() {
+            let _ = std::fs::remove_file(path);
+        }
+        results.extend(pr);
+    }
+    Ok(BenchResult { spec: spec.clone(), results, fio_version })
+}
+
+impl BenchResult {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let s = &self.spec;
+        let f = &s.cfg.file;
+        let mut out = format!(
+            "io-bench: backend={} size={} bs={} qd={} direct={} write-op={} read-op={} register-buffers={} register-files={} durability={} runs={} (median)\n",
+            s.backend.name(),
+            format_bytes(s.size),
+            format_bytes(f.block_size),
+            f.io_depth,
+            s.cfg.get("file.direct").unwrap_or_default(),
+            s.cfg.get("file.write-op").unwrap_or_default(),
+            s.cfg.get("file.read-op").unwrap_or_default(),
+            f.register_buffers,
+            f.register_files,
+            s.cfg.get("file.durability").unwrap_or_default(),
+            s.repeat.max(1)
+        );
+        out.push_str(&format!(
+            "{:<10} {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>8} {:>8}\n",
+            "pattern", "MB/s", "IOPS", "IO/call", "CPUs/GiB", "fio MB/s", "CPUs/GiB", "MB/s", "CPU"
+        ));
+        out.push_str(&format!("{:<10} {:>43} | {:>21} | {:>17}\n", "", "ours", "fio", "ours/fio"));
+        for r in &self.results {
+            let o = r.ours_median();
+            let fm = r.fio_median();
+            let cell = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
+            out.push_str(&format!(
+                "{:<10} {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>8} {:>8}\n",
+                r.pattern.name(),
+                cell(o.as_ref().map(|m| m.mbps), 0),
+                cell(o.as_ref().map(|m| m.iops), 0),
+                cell(o.as_ref().and_then(|m| m.ios_per_syscall), 2),
+                cell(o.as_ref().map(|m| m.cpu_s_per_gib), 3),
+                cell(fm.as_ref().map(|m| m.mbps), 0),
+                cell(fm.as_ref().map(|m| m.cpu_s_per_gib), 3),
+                cell(r.ratio_mbps(), 3),
+                cell(r.ratio_cpu(), 3),
+            ));
+        }
+        for r in &self.results {
+            if let Some(why) = &r.fio_skipped {
+                out.push_str(&format!("fio not run for {}: {why}\n", r.pattern.name()));
+            }
+            if let Some(why) = &r.effective.direct_fallback_reason {
+                out.push_str(&format!("{}: O_DIRECT off (direct=optional): {why}\n", r.pattern.name()));
+            }
+        }
+        if let Some(v) = &self.fio_version {
+            out.push_str(&format!("fio: {v}; fio's io_uring engine forces its own setup flags (COOP_TASKRUN/SINGLE_ISSUER/DEFER_TASKRUN where available)\n"));
+            for r in &self.results {
+                if let Some(c) = &r.fio_command {
+                    out.push_str(&format!("  {}: {c}\n", r.pattern.name()));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> Value {
+        let m = |m: &Measurement| {
+            json!({"mbps": m.mbps, "iops": m.iops, "ios_per_syscall": m.ios_per_syscall, "cpu_s_per_gib": m.cpu_s_per_gib, "elapsed_s": m.elapsed_s})
+        };
+        let s = &self.spec;
+        json!({
+            "backend": s.backend.name(),
+            "size": s.size,
+            "repeat": s.repeat.max(1),
+            "config": s.cfg.to_pairs().into_iter().filter(|(k, _)| k.starts_with("file.") || k.starts_with("ring.")).collect::<std::collections::BTreeMap<_, _>>(),
+            "fio_version": self.fio_version,
+            "results": self.results.iter().map(|r| json!({
+                "pattern": r.pattern.name(),
+                "ours": r.ours.iter().map(m).collect::<Vec<_>>(),
+                "fio": r.fio.iter().map(m).collect::<Vec<_>>(),
+                "ours_median": r.ours_median().as_ref().map(m),
+                "fio_median": r.fio_median().as_ref().map(m),
+                "ratio_mbps": r.ratio_mbps(),
+                "ratio_cpu_s_per_gib": r.ratio_cpu(),
+                "fio_command": r.fio_command,
+                "fio_skipped": r.fio_skipped,
+                "syncs": r.syncs,
+                "effective": {
+                    "direct": r.effective.direct,
+                    "direct_fallback_reason": r.effective.direct_fallback_reason,
+                    "dio_mem_align": r.effective.align.map(|a| a.mem_align),
+                    "dio_offset_align": r.effective.align.map(|a| a.offset_align),
+                    "ring_flags": r.effective.ring_flags,
+                    "registered_buffers": r.effective.registered_buffers,
+                    "registered_files": r.effective.registered_files,
+                },
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn command() -> clap::Command {
+    let cmd = clap::Command::new("recorder io-bench")
+        .about("File I/O benchmark: sequential/random writes and reads with any ring and file option, side by side with fio")
+        .arg(clap::Arg::new("path").long("path").value_name("DIR").default_value(".").help("Directory for the benchmark files"))
+        .arg(clap::Arg::new("size").long("size").value_name("SIZE").default_value("1g").help("Bytes per run (a multiple of the block size)"))
+        .arg(clap::Arg::new("bs").long("bs").value_name("SIZE").help("Block size (same as --block-size)"))
+        .arg(clap::Arg::new("qd").long("qd").value_name("N").help("Queue depth (same as --io-depth)"))
+        .arg(
+            clap::Arg::new("rw")
+                .long("rw")
+                .value_name("write|read|randwrite|randread|all")
+                .default_value("write,read")
+                .help("Patterns, comma separated; all = write,read,randwrite,randread"),
+        )
+        .arg(clap::Arg::new("backend").long("backend").value_name("uring|blocking").default_value("uring").help("I/O backend"))
+        .arg(clap::Arg::new("fio").long("fio").action(clap::ArgAction::SetTrue).help("Also run fio with the equivalent settings, alternating"))
+        .arg(clap::Arg::new("repeat").long("repeat").value_name("N").default_value("3").help("Runs per side and pattern (median reported)"))
+        .arg(clap::Arg::new("fio-bin").long("fio-bin").value_name("PATH").default_value("fio").help("fio binary"))
+        .arg(clap::Arg::new("json").long("json").action(clap::ArgAction::SetTrue).help("Print one JSON object"))
+        .arg(clap::Arg::new("config").long("config").value_name("FILE").help("TOML configuration file, applied before the options"));
+    config::add_knob_args(cmd)
+}
+
+/// Parses `recorder io-bench` arguments into a spec (and whether to print JSON).
+pub fn parse_args(args: Vec<String>) -> Result<(BenchSpec, bool), String> {
+    let m = command()
+        .try_get_matches_from(std::iter::once("io-bench".to_string()).chain(args))
+        .map_err(|e| e.to_string())?;
+    let mut cfg = Config::default();
+    if let Some(p) = m.get_one::<String>("config") {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {p}: {e}"))?;
+        cfg.apply_toml(&text).map_err(|e| e.to_string())?;
+    }
+    config::apply_knob_args(&mut cfg, &m).map_err(|e| e.to_string())?;
+    let conflict = |a: &str, b: &str| format!("--{a} and --{b} give different values: use one of them");
+    if let Some(bs) = m.get_one::<String>("bs") {
+        let v = parse_bytes(bs).map_err(|e| format!("--bs: {e}"))?;
+        if m.get_one::<String>("block-size").is_some() && cfg.file.block_size != v {
+            return Err(conflict("bs", "block-size"));
+        }
+        cfg.file.block_size = v;
+    }
+    if let Some(qd) = m.get_one::<String>("qd") {
+        let v = config::parse_num::<u32>(qd).map_err(|e| format!("--qd: {e}"))?;
+        if m.get_one::<String>("io-depth").is_some() && cfg.file.io_depth != v {
+            return Err(conflict("qd", "io-depth"));
+        }
+        cfg.file.io_depth = v;
+    }
+    cfg.validate().map_err(|e: ConfigError| e.to_string())?;
+    let size = parse_bytes(m.get_one::<String>("size").expect("default")).map_err(|e| format!("--size: {e}"))?;
+    if size == 0 || size % cfg.file.block_size != 0 {
+        return Err(format!("--size {size} is not a non-zero multiple of the block size {}", cfg.file.block_size));
+    }
+    let rw = m.get_one::<String>("rw").expect("default");
+    let mut patterns = Vec::new();
+    for p in rw.split(',') {
+        if p == "all" {
+            patterns.extend([Pattern::Write, Pattern::Read, Pattern::RandWrite, Pattern::RandRead]);
+        } else {
+            patterns.push(Pattern::parse(p.trim()).map_err(|e| format!("--rw: {e}"))?);
+        }
+    }
+    let backend = Backend::parse(m.get_one::<String>("backend").expect("default")).map_err(|e| format!("--backend: {e}"))?;
+    let repeat = config::parse_num::<usize>(m.get_one::<String>("repeat").expect("default")).map_err(|e| format!("--repeat: {e}"))?;
+    if repeat == 0 {
+        return Err("--repeat must be at least 1".into());
+    }
+    let mut spec = BenchSpec::new(m.get_one::<String>("path").expect("default"), cfg);
+    spec.size = size;
+    spec.patterns = patterns;
+    spec.backend = backend;
+    spec.fio = m.get_flag("fio");
+    spec.repeat = repeat;
+    spec.fio_bin = m.get_one::<String>("fio-bin").expect("default").clone();
+    if spec.cfg.file.direct == Direct::Off && spec.fio {
+        eprintln!("io-bench: note: direct=off: buffered results depend on the page cache state");
+    }
+    Ok((spec, m.get_flag("json")))
+}
+
+/// Entry point of `recorder io-bench` (args after the subcommand name).
+pub fn cli_main(args: Vec<String>) -> ExitCode {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{}", command().render_help());
+        return ExitCode::SUCCESS;
+    }
+    let (spec, as_json) = match parse_args(args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("recorder io-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&spec) {
+        Ok(r) => {
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&r.to_json()).unwrap_or_default());
+            } else {
+                print!("{}", r.table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("recorder io-bench: {e}");
+            let unsupported = matches!(&e, BenchError::Engine(fe) if fe.is_unsupported());
+            ExitCode::from(if unsupported { 3 } else { 1 })
+        }
+    }
 }

@@ -1,0 +1,168 @@
+//! The raw ring (engine::sys::ring) with every setup flag this kernel accepts: NOP and a
+//! real file write + read back through opcode::Write / opcode::Read.
+
+use engine::sys::ring::consts::*;
+use engine::sys::ring::{AnonMem, Ring, SetupParams};
+use io_uring::{opcode, types};
+use std::os::fd::AsRawFd;
+
+fn tmpdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "ring-sys-{tag}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn wait_one(ring: &mut Ring) -> engine::sys::ring::Cqe {
+    for _ in 0..10_000 {
+        if let Some(c) = ring.pop_cqe() {
+            return c;
+        }
+        ring.submit_and_wait(1).expect("submit_and_wait");
+    }
+    panic!("no completion");
+}
+
+/// NOP, then write 64 KiB with opcode::Write and read it back with opcode::Read.
+fn exercise(ring: &mut Ring, tag: &str) {
+    let nop = opcode::Nop::new().build().user_data(7);
+    // SAFETY: NOP references no memory.
+    unsafe { ring.push(&nop).unwrap() };
+    assert_eq!(ring.submit().unwrap(), 1, "{tag}: one SQE submitted");
+    let c = wait_one(ring);
+    assert_eq!((c.user_data, c.res), (7, 0), "{tag}: NOP completes with 0");
+
+    let dir = tmpdir(tag);
+    let path = dir.join("f");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let mut wbuf = AnonMem::new(65536).unwrap();
+    for (i, b) in wbuf.as_mut_slice().iter_mut().enumerate() {
+        *b = (i * 31 % 251) as u8;
+    }
+    let w = opcode::Write::new(types::Fd(f.as_raw_fd()), wbuf.as_ptr(), 65536)
+        .offset(0)
+        .build()
+        .user_data(1);
+    // SAFETY: wbuf and f outlive the completion (we wait for it below).
+    unsafe { ring.push(&w).unwrap() };
+    ring.submit_and_wait(1).unwrap();
+    let c = wait_one(ring);
+    assert_eq!((c.user_data, c.res), (1, 65536), "{tag}: write");
+    let mut rbuf = AnonMem::new(65536).unwrap();
+    let r = opcode::Read::new(types::Fd(f.as_raw_fd()), rbuf.as_mut_ptr(), 65536)
+        .offset(0)
+        .build()
+        .user_data(2);
+    // SAFETY: rbuf and f outlive the completion.
+    unsafe { ring.push(&r).unwrap() };
+    ring.submit_and_wait(1).unwrap();
+    let c = wait_one(ring);
+    assert_eq!((c.user_data, c.res), (2, 65536), "{tag}: read");
+    assert_eq!(
+        rbuf.as_slice(),
+        wbuf.as_slice(),
+        "{tag}: bytes read back differ"
+    );
+    assert!(ring.enter_calls() >= 3);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn setup(flags: u32) -> Ring {
+    Ring::setup(&SetupParams {
+        flags,
+        sq_entries: 8,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("setup {}: {e}", engine::sys::ring::setup_flag_names(flags)))
+}
+
+#[test]
+fn plain() {
+    exercise(&mut setup(0), "plain");
+}
+
+#[test]
+fn no_mmap() {
+    exercise(&mut setup(IORING_SETUP_NO_MMAP), "no_mmap");
+}
+
+#[test]
+fn registered_fd_only() {
+    let mut r = setup(IORING_SETUP_NO_MMAP | IORING_SETUP_REGISTERED_FD_ONLY);
+    assert!(r.fd().is_none());
+    assert!(r.registered_index().is_some());
+    exercise(&mut r, "regfd");
+}
+
+#[test]
+fn cqe_mixed_sqe128_cqe32_nosqarray() {
+    exercise(&mut setup(IORING_SETUP_CQE_MIXED), "mixed");
+    exercise(&mut setup(IORING_SETUP_CQE32), "cqe32");
+    exercise(&mut setup(IORING_SETUP_SQE128), "sqe128");
+    exercise(&mut setup(IORING_SETUP_NO_SQARRAY), "nosqarray");
+    exercise(
+        &mut setup(IORING_SETUP_NO_MMAP | IORING_SETUP_SQE128 | IORING_SETUP_CQE32),
+        "nommap-big",
+    );
+}
+
+#[test]
+fn taskrun_modes() {
+    exercise(
+        &mut setup(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN),
+        "defer",
+    );
+    exercise(
+        &mut setup(
+            IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+        ),
+        "defer-flag",
+    );
+    exercise(
+        &mut setup(IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG),
+        "coop-flag",
+    );
+    exercise(&mut setup(IORING_SETUP_SUBMIT_ALL), "submit-all");
+}
+
+#[test]
+fn sqpoll() {
+    exercise(&mut setup(IORING_SETUP_SQPOLL), "sqpoll");
+}
+
+#[test]
+fn registered_ring_fd() {
+    let mut r = setup(0);
+    r.register_ring_fd().unwrap();
+    assert!(r.registered_index().is_some());
+    exercise(&mut r, "reg-ring");
+}
+
+#[test]
+fn r_disabled() {
+    let mut r = setup(IORING_SETUP_R_DISABLED);
+    let e = r.submit().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBADFD));
+    r.enable().unwrap();
+    exercise(&mut r, "rdis");
+}
+
+#[test]
+fn probe_lists_read_fixed() {
+    let r = setup(0);
+    let ops = r.probe_opcodes().unwrap();
+    assert!(
+        ops.iter().any(|&(o, s)| o == 4 && s),
+        "READ_FIXED supported"
+    );
+    assert!(ops.len() > 40);
+}
