@@ -195,7 +195,7 @@ fn scenario(settings: &[(&str, &str)]) {
     assert!(
         reports
             .iter()
-            .all(|r| r.sq_entries > 0 && r.fdinfo.contains("SqMask")),
+            .all(|r| r.ring.sq_entries > 0 && r.ring.fdinfo.contains_key("SqMask")),
         "{reports:?}"
     );
     let stats = handle.stats.lock().unwrap();

@@ -1397,15 +1397,6 @@ pub trait MuxBase {
     /// As `fileops::RingOps::register_buffers`.
     unsafe fn base_register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()>;
     fn base_register_files(&mut self, fds: &[RawFd]) -> io::Result<()>;
-    /// # Safety
-    /// As [`PbufRegistrar::register_pbuf_ring`].
-    unsafe fn base_register_pbuf_ring(
-        &self,
-        ring_addr: u64,
-        entries: u16,
-        bgid: u16,
-    ) -> io::Result<()>;
-    fn base_unregister_pbuf_ring(&self, bgid: u16) -> io::Result<()>;
 }
 
 impl MuxBase for io_uring::IoUring {
@@ -1443,17 +1434,69 @@ impl MuxBase for io_uring::IoUring {
     fn base_register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
         self.submitter().register_files(fds)
     }
-    unsafe fn base_register_pbuf_ring(
-        &self,
-        ring_addr: u64,
-        entries: u16,
-        bgid: u16,
-    ) -> io::Result<()> {
-        // SAFETY: forwarded contract.
-        unsafe { self.register_pbuf_ring(ring_addr, entries, bgid) }
+}
+
+/// `user_data` of the TIMEOUT a timed wait on the engine's ring pushes; its CQE is
+/// dropped by [`RingWithTimer`]'s pop.
+pub const MUX_WAIT_TIMER: u64 = 0xfe << 56;
+
+/// The engine's own ring (every setup flag) with a timed wait: the ring has none, so a
+/// timed wait pushes one TIMEOUT whose timespec lives here.
+pub struct RingWithTimer {
+    pub ring: super::ring::Ring,
+    ts: Box<types::Timespec>,
+    timer_armed: bool,
+}
+
+impl RingWithTimer {
+    pub fn new(ring: super::ring::Ring) -> Self {
+        RingWithTimer { ring, ts: Box::new(types::Timespec::new()), timer_armed: false }
     }
-    fn base_unregister_pbuf_ring(&self, bgid: u16) -> io::Result<()> {
-        self.unregister_pbuf_ring(bgid)
+}
+
+impl MuxBase for RingWithTimer {
+    unsafe fn base_push(&mut self, e: &Entry) -> bool {
+        // SAFETY: forwarded contract.
+        unsafe { self.ring.push(e).is_ok() }
+    }
+    fn base_sq_space(&self) -> usize {
+        self.ring.sq_space_left()
+    }
+    fn base_submit(&mut self) -> io::Result<usize> {
+        self.ring.submit()
+    }
+    fn base_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<usize> {
+        if let Some(t) = timeout {
+            if !self.timer_armed && self.ring.cq_ready() == 0 {
+                // The kernel copies the timespec when it prepares the request, which with
+                // SQPOLL happens later on the SQ thread: the boxed timespec stays put for
+                // the ring's life and is rewritten only while no timer is armed.
+                *self.ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let e = opcode::Timeout::new(&*self.ts).build().user_data(MUX_WAIT_TIMER);
+                // SAFETY: the timespec is owned by self and outlives the request.
+                if unsafe { self.ring.push(&e) }.is_ok() {
+                    self.timer_armed = true;
+                }
+            }
+        }
+        self.ring.submit_and_wait(want)
+    }
+    fn base_pop(&mut self) -> Option<(u64, i32, u32)> {
+        loop {
+            let c = self.ring.pop_cqe()?;
+            if c.user_data == MUX_WAIT_TIMER {
+                self.timer_armed = false;
+                continue;
+            }
+            return Some((c.user_data, c.res, c.flags));
+        }
+    }
+    unsafe fn base_register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.ring.register_buffers(iov) }
+    }
+    fn base_register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
+        self.ring.register_files(fds)
     }
 }
 
@@ -1533,16 +1576,6 @@ impl<R: MuxBase> SqSink for MuxRing<R> {
     fn flush(&mut self) -> io::Result<usize> {
         self.enters += 1;
         self.ring.base_submit()
-    }
-}
-
-impl<R: MuxBase> PbufRegistrar for MuxRing<R> {
-    unsafe fn register_pbuf_ring(&self, ring_addr: u64, entries: u16, bgid: u16) -> io::Result<()> {
-        // SAFETY: forwarded contract.
-        unsafe { self.ring.base_register_pbuf_ring(ring_addr, entries, bgid) }
-    }
-    fn unregister_pbuf_ring(&self, bgid: u16) -> io::Result<()> {
-        self.ring.base_unregister_pbuf_ring(bgid)
     }
 }
 

@@ -29,6 +29,9 @@
 //! IOPOLL rings cannot do socket I/O (EINVAL per request): `config::net::validate`
 //! refuses `ring.iopoll` for this backend rather than running a second ring silently.
 
+mod recorder;
+pub use recorder::{run_server, Recorder};
+
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
@@ -43,9 +46,12 @@ use std::time::{Duration, Instant};
 
 use crate::config::net::{AcceptMode, Listeners, RecvMode, SendMode, ServeRead, WorkersPin};
 use crate::config::Config;
+use crate::sys::bufring::BufRing;
+use crate::sys::ring::Ring;
+use crate::uring::{Effective, RingError};
 use crate::sys::fileops::{self, FileOps, ReadOp, WriteOp};
 use crate::sys::mem::{Arena, Slot};
-use crate::sys::netops::{self, sockopt, Completion, Errno, NetBuf, NetOps, PbufRing, Pipe};
+use crate::sys::netops::{self, sockopt, Completion, Errno, NetBuf, NetOps, Pipe};
 
 /// `user_data` top byte of socket operations.
 pub const TAG_NET: u8 = 1;
@@ -92,6 +98,8 @@ enum Req {
     },
     Close(ConnId),
     Abort(ConnId),
+    PauseRecv(ConnId),
+    ResumeRecv(ConnId),
     Write {
         fd: RawFd,
         op: Option<WriteOp>,
@@ -145,6 +153,15 @@ impl Io {
     /// Closes the connection once its queued output is sent (receiving stops now).
     pub fn close(&mut self, conn: ConnId) {
         self.reqs.push(Req::Close(conn));
+    }
+    /// Stops receiving on the connection (backpressure: the service cannot take more
+    /// input now); data already in flight may still arrive.
+    pub fn pause_recv(&mut self, conn: ConnId) {
+        self.reqs.push(Req::PauseRecv(conn));
+    }
+    /// Receives again after `pause_recv`.
+    pub fn resume_recv(&mut self, conn: ConnId) {
+        self.reqs.push(Req::ResumeRecv(conn));
     }
     /// Closes the connection now, dropping queued output.
     pub fn abort(&mut self, conn: ConnId) {
@@ -224,13 +241,13 @@ pub trait Service {
     fn sent_file(&mut self, _conn: ConnId, _token: u64, _res: io::Result<u64>, _io: &mut Io) {}
     /// A write/read/fsync finished; the buffer comes back.
     fn file_done(&mut self, _token: u64, _res: io::Result<u32>, _buf: Option<Slot>, _io: &mut Io) {}
-    /// Called every tick (`tick` in [`DriverOptions`]) and after every batch of completions
-    /// when `wants_poll` is true: timers, group commit, live tails.
+    /// Called every tick (`tick` in [`DriverOptions`]) and whenever `next_deadline` has
+    /// passed: timers, group commit, live tails.
     fn tick(&mut self, _io: &mut Io) {}
-    /// Called when the driver is about to wait: return true to get `tick` at the next
-    /// wake-up even before the tick interval (work was left for later).
-    fn wants_poll(&self) -> bool {
-        false
+    /// Called when the driver is about to wait: the earliest time `tick` must run (an ack
+    /// cadence, say) if sooner than the next periodic tick.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
     }
     /// Shutdown was asked: stop taking new work, flush, send final acks. Called on every
     /// loop iteration until it returns true (or the grace period ends).
@@ -254,8 +271,6 @@ pub struct DriverOptions {
     pub tick: Duration,
     /// Longest wait for the service to flush at shutdown.
     pub shutdown_grace: Duration,
-    /// SQ entries when the ring section does not say (shim ring).
-    pub sq_entries: u32,
 }
 
 impl Default for DriverOptions {
@@ -268,34 +283,30 @@ impl Default for DriverOptions {
             idle_timeout: Duration::from_secs(60),
             tick: Duration::from_millis(20),
             shutdown_grace: Duration::from_secs(5),
-            sq_entries: 256,
         }
     }
 }
 
 /// What one worker's ring turned out to be, for `--print-config` and results.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WorkerReport {
     pub worker: usize,
-    /// IORING_SETUP_* bits asked for.
-    pub requested_flags: u32,
-    /// IORING_SETUP_* bits in effect.
-    pub effective_flags: u32,
-    /// IORING_FEAT_* bits the kernel reported.
-    pub features: u32,
-    pub sq_entries: u32,
-    pub cq_entries: u32,
-    /// `/proc/self/fdinfo/<ring fd>` at start-up (empty for registered-fd-only rings).
-    pub fdinfo: String,
+    /// Requested vs effective setup flags, features, sizes, fdinfo (SqThread, UserBufs...).
+    pub ring: Effective,
+    /// CPU the worker is pinned to (`net.workers-pin = cores`).
     pub cpu: Option<usize>,
     pub recv: String,
     pub accept: String,
     pub send: String,
+    pub listeners: String,
     /// Provided-buffer ring of multishot receive: (entries, bytes each).
     pub buf_ring: Option<(u32, u32)>,
     pub arena_slots: usize,
     pub arena_slot_bytes: usize,
+    /// The arena is registered (IORING_REGISTER_BUFFERS): READ_FIXED / WRITE_FIXED usable.
     pub arena_registered: bool,
+    /// The ring of this worker attached to the process's anchor ring (attach-wq first).
+    pub attached_to_anchor: bool,
 }
 
 /// Counters of one worker, for results.
@@ -333,6 +344,8 @@ pub enum UringError {
     Unsupported { what: String, err: io::Error },
     /// A worker failed while running.
     Worker { worker: usize, err: String },
+    /// The ring could not be built as configured (refused, unsupported, disabled).
+    Ring(RingError),
 }
 
 impl fmt::Display for UringError {
@@ -342,6 +355,7 @@ impl fmt::Display for UringError {
             UringError::Listen { addr, err } => write!(f, "cannot listen on {addr}: {err}"),
             UringError::Unsupported { what, err } => write!(f, "unsupported: {what}: {err}"),
             UringError::Worker { worker, err } => write!(f, "worker {worker}: {err}"),
+            UringError::Ring(e) => write!(f, "io_uring ring: {e}"),
         }
     }
 }
@@ -351,50 +365,22 @@ impl std::error::Error for UringError {}
 // ---------------------------------------------------------------------------------
 // The ring shared by netops, fileops and wake-ups.
 
-/// The ring type of the workers. Until `sys::ring::Ring` and `uring::build` land on this
-/// branch, the `io-uring` crate's ring with default setup flags stands in (recorded as
-/// such in the report: requested flags beyond those are refused, never dropped).
-pub type WorkerRing = io_uring::IoUring;
+/// The ring type of the workers: the engine's own ring (every setup flag, built by
+/// `uring::build` from the [ring] section) with a timed wait.
+pub type WorkerRing = netops::RingWithTimer;
 
 type Shared = netops::MuxRing<WorkerRing>;
 type FileView = netops::FileView<WorkerRing>;
 
-fn build_ring(
-    cfg: &Config,
-    opts: &DriverOptions,
-    first_fd: Option<RawFd>,
-) -> Result<(WorkerRing, u32, u32), UringError> {
-    let _ = cfg;
-    let mut b = io_uring::IoUring::builder();
-    let mut flags = 0u32;
-    if let Some(fd) = first_fd {
-        // Share the io-wq of worker 0 (IORING_SETUP_ATTACH_WQ, bit 5).
-        b.setup_attach_wq(fd);
-        flags |= 1 << 5;
-    }
-    let _ = first_fd;
-    let ring = b
-        .build(opts.sq_entries)
-        .map_err(|e| UringError::Unsupported {
-            what: format!("io_uring_setup with {} SQ entries", opts.sq_entries),
-            err: e,
-        })?;
-    Ok((ring, flags, flags))
-}
-
-fn fdinfo(fd: RawFd) -> String {
-    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
-        .map(|s| {
-            s.lines()
-                .filter(|l| {
-                    !l.starts_with("SQE")
-                        && !l.starts_with("CQE")
-                        && !l.trim_start().starts_with(char::is_numeric)
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
+fn build_ring(cfg: &Config, anchor: Option<&Mutex<Ring>>) -> Result<(Ring, Effective), UringError> {
+    let r = match anchor {
+        Some(m) => {
+            let g = m.lock().unwrap_or_else(|e| e.into_inner());
+            crate::uring::build(&cfg.ring, Some(&g))
+        }
+        None => crate::uring::build(&cfg.ring, None),
+    };
+    r.map_err(UringError::Ring)
 }
 
 // ---------------------------------------------------------------------------------
@@ -459,6 +445,10 @@ struct Conn {
     fd: Option<OwnedFd>,
     state: State,
     recv_in_flight: bool,
+    /// user_data of the receive in flight (to cancel a multishot one on pause).
+    recv_ud: u64,
+    /// The service asked not to receive for now.
+    paused: bool,
     recv_buf: Option<Vec<u8>>,
     out: VecDeque<Out>,
     /// A send, splice or file read of this connection is in flight.
@@ -519,9 +509,15 @@ where
     }
     let mailboxes: Arc<Vec<Mailbox>> =
         Arc::new((0..nworkers).map(|_| Mailbox::default()).collect());
-    let first_ring_fd: Arc<Mutex<Option<RawFd>>> = Arc::new(Mutex::new(None));
-    let (first_tx, first_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let mut first_rx = Some(first_rx);
+    // attach-wq first: one anchor ring, built here from the same [ring] section and never
+    // used for I/O, is "the process's first ring"; every worker's ring attaches to its
+    // io-wq (and, with SQPOLL, shares its SQ thread). Workers build their own rings on
+    // their own threads (SINGLE_ISSUER / DEFER_TASKRUN bind the ring to its creator).
+    let anchor: Option<Mutex<Ring>> = if cfg.ring.attach_wq == crate::config::ring::AttachWq::First {
+        Some(Mutex::new(build_ring(cfg, None)?.0))
+    } else {
+        None
+    };
     let errors: Mutex<Vec<UringError>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         let mut joins = Vec::new();
@@ -529,34 +525,18 @@ where
             let shutdown = &shutdown;
             let handle = handle.clone();
             let mailboxes = mailboxes.clone();
-            let first_ring_fd = first_ring_fd.clone();
-            let first_tx = first_tx.clone();
+            let anchor = anchor.as_ref();
             let make_service = &make_service;
             let errors = &errors;
-            if w == 1 {
-                // Workers after the first attach to its io-wq: wait until it exists.
-                if let Some(rx) = first_rx.take() {
-                    match rx.recv() {
-                        Ok(Ok(())) => {}
-                        _ => break,
-                    }
-                }
-            }
             let j = std::thread::Builder::new()
                 .name(format!("uring-w{w}"))
                 .spawn_scoped(scope, move || {
-                    let r = Worker::setup(cfg, opts, w, ls, mailboxes, &first_ring_fd, &handle)
+                    let r = Worker::setup(cfg, opts, w, ls, mailboxes, anchor, &handle)
                         .and_then(|mut wk| {
-                            if w == 0 {
-                                let _ = first_tx.send(Ok(()));
-                            }
                             let svc = make_service(w);
-                            wk.run(svc, &shutdown)
+                            wk.run(svc, shutdown)
                         });
                     if let Err(e) = r {
-                        if w == 0 {
-                            let _ = first_tx.send(Err(e.to_string()));
-                        }
                         // One worker failing stops the server: others see the flag.
                         shutdown.store(true, Ordering::SeqCst);
                         errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
@@ -577,7 +557,6 @@ where
                 }
             }
         }
-        drop(first_tx);
         for j in joins {
             if j.join().is_err() {
                 shutdown.store(true, Ordering::SeqCst);
@@ -624,7 +603,7 @@ struct Worker<'a> {
     net: NetOps<NetBuf>,
     files: FileOps<FileView>,
     arena: Arena,
-    pbuf: Option<PbufRing>,
+    pbuf: Option<BufRing>,
     listeners: Vec<(Port, TcpListener, bool)>,
     conns: Vec<Option<Conn>>,
     gens: Vec<u32>,
@@ -648,7 +627,7 @@ impl<'a> Worker<'a> {
         id: usize,
         ls: Vec<(Port, TcpListener)>,
         mailboxes: Arc<Vec<Mailbox>>,
-        first_ring_fd: &Mutex<Option<RawFd>>,
+        anchor: Option<&Mutex<Ring>>,
         handle: &Handle,
     ) -> Result<Worker<'a>, UringError> {
         let net = &cfg.net;
@@ -666,24 +645,16 @@ impl<'a> Worker<'a> {
                 Some(cpu)
             }
         };
-        let first = if id == 0 {
-            None
+        let (mut ring, effective) = build_ring(cfg, anchor)?;
+        *mailboxes[id].ring_fd.lock().unwrap_or_else(|e| e.into_inner()) = ring.fd();
+        let pbuf = if net.recv == RecvMode::Multishot {
+            Some(BufRing::new(&mut ring, BGID, net.buf_ring_entries as u16, net.recv_buf_bytes).map_err(|err| {
+                UringError::Unsupported { what: "IORING_REGISTER_PBUF_RING for recv=multishot (Linux 5.19+; or use --recv single)".into(), err }
+            })?)
         } else {
-            *first_ring_fd.lock().unwrap_or_else(|e| e.into_inner())
+            None
         };
-        let (ring, requested, effective) = build_ring(cfg, opts, first)?;
-        let ring_fd = ring.as_raw_fd();
-        if id == 0 {
-            *first_ring_fd.lock().unwrap_or_else(|e| e.into_inner()) = Some(ring_fd);
-        }
-        *mailboxes[id]
-            .ring_fd
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(ring_fd);
-        // The crate's ring hides the raw feature bits; sys::ring reports them once it is used here.
-        let features = 0u32;
-        let (sq, cq) = (ring.params().sq_entries(), ring.params().cq_entries());
-        let shared = Rc::new(RefCell::new(Shared::new(ring, effective)));
+        let shared = Rc::new(RefCell::new(Shared::new(WorkerRing::new(ring), effective.flags)));
         let maxc = opts.max_connections_per_worker.max(1);
         // Every connection has at most: one recv, one send (plus a zc notif), two splices,
         // one cancel, one close. Listeners: one accept each. Plus tick and wake-ups.
@@ -714,43 +685,21 @@ impl<'a> Worker<'a> {
                 })?;
             registered = true;
         }
-        let pbuf = if net.recv == RecvMode::Multishot {
-            let mut p = PbufRing::new(
-                net.buf_ring_entries as u16,
-                net.recv_buf_bytes as usize,
-                BGID,
-            )
-            .map_err(|err| UringError::Unsupported {
-                what: "provided-buffer ring".into(),
-                err,
-            })?;
-            p.register(&*shared.borrow()).map_err(|err| UringError::Unsupported {
-                what: "IORING_REGISTER_PBUF_RING for recv=multishot (Linux 5.19+; use --recv single)".into(),
-                err,
-            })?;
-            Some(p)
-        } else {
-            None
-        };
+        let mut ring_eff = effective;
+        ring_eff.refresh_fdinfo(&shared.borrow().ring.ring);
         let report = WorkerReport {
             worker: id,
-            requested_flags: requested,
-            effective_flags: effective,
-            features,
-            sq_entries: sq,
-            cq_entries: cq,
-            fdinfo: fdinfo(ring_fd),
+            ring: ring_eff,
             cpu,
             recv: crate::config::choice_name(net.recv, crate::config::net::RECV_CHOICES).into(),
-            accept: crate::config::choice_name(net.accept, crate::config::net::ACCEPT_CHOICES)
-                .into(),
+            accept: crate::config::choice_name(net.accept, crate::config::net::ACCEPT_CHOICES).into(),
             send: crate::config::choice_name(net.send, crate::config::net::SEND_CHOICES).into(),
-            buf_ring: pbuf
-                .as_ref()
-                .map(|_| (net.buf_ring_entries, net.recv_buf_bytes)),
+            listeners: crate::config::choice_name(net.listeners, crate::config::net::LISTENERS_CHOICES).into(),
+            buf_ring: pbuf.as_ref().map(|_| (net.buf_ring_entries, net.recv_buf_bytes)),
             arena_slots: slots,
             arena_slot_bytes: slot_bytes,
             arena_registered: registered,
+            attached_to_anchor: anchor.is_some(),
         };
         let stats = Arc::new(WorkerStats::default());
         {
@@ -847,15 +796,12 @@ impl<'a> Worker<'a> {
                     break;
                 }
             }
-            let poll = svc.wants_poll();
+            let deadline = svc.next_deadline();
             {
                 let mut s = self.shared.borrow_mut();
                 if !s.has_routed() {
-                    let t = if poll {
-                        Some(Duration::from_millis(1))
-                    } else {
-                        None
-                    };
+                    let now = Instant::now();
+                    let t = deadline.filter(|d| d.saturating_duration_since(now) < self.opts.tick).map(|d| d.saturating_duration_since(now).max(Duration::from_micros(200)));
                     s.wait(1, t).map_err(|e| UringError::Worker {
                         worker: self.id,
                         err: format!("io_uring_enter: {e}"),
@@ -868,7 +814,7 @@ impl<'a> Worker<'a> {
                 .store(self.shared.borrow().enters, Ordering::Relaxed);
             self.io.now = Instant::now();
             self.dispatch(&mut svc)?;
-            if poll {
+            if deadline.is_some_and(|d| d <= self.io.now) {
                 svc.tick(&mut self.io);
                 self.exec(&mut svc)?;
             }
@@ -916,8 +862,8 @@ impl<'a> Worker<'a> {
             self.io.now = Instant::now();
             self.dispatch(svc)?;
         }
-        if let Some(mut p) = self.pbuf.take() {
-            let _ = p.unregister(&*self.shared.borrow());
+        if let Some(p) = self.pbuf.take() {
+            let _ = p.unregister(&mut self.shared.borrow_mut().ring.ring);
         }
         Ok(())
     }
@@ -1004,6 +950,8 @@ impl<'a> Worker<'a> {
             fd: Some(fd),
             state: State::Open,
             recv_in_flight: false,
+            recv_ud: 0,
+            paused: false,
             recv_buf: if net.recv == RecvMode::Single {
                 Some(vec![0u8; net.recv_buf_bytes as usize])
             } else {
@@ -1030,7 +978,7 @@ impl<'a> Worker<'a> {
     fn arm_recv(&mut self, id: ConnId) {
         let multishot = self.pbuf.is_some();
         let Some(c) = self.conn_mut(id) else { return };
-        if c.state != State::Open || c.recv_in_flight {
+        if c.state != State::Open || c.recv_in_flight || c.paused {
             return;
         }
         let fd =
@@ -1057,8 +1005,9 @@ impl<'a> Worker<'a> {
         };
         let c = self.conn_mut(id).expect("still there");
         match r {
-            Ok(_) => {
+            Ok(ud) => {
                 c.recv_in_flight = true;
+                c.recv_ud = ud;
                 c.ops += 1;
             }
             Err(rej) => {
@@ -1122,7 +1071,7 @@ impl<'a> Worker<'a> {
                 match res {
                     Ok(Some((bid, len))) => {
                         let pbuf = self.pbuf.as_mut().expect("multishot has a buffer ring");
-                        let data = pbuf.get(bid, len);
+                        let data = &pbuf.buf(bid)[..len];
                         if open {
                             self.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
                             svc.data(id, data, &mut self.io);
@@ -1146,7 +1095,10 @@ impl<'a> Worker<'a> {
                         self.arm_recv(id);
                         self.maybe_close(id);
                     }
-                    Err(Errno(libc::ECANCELED)) => self.maybe_close(id),
+                    Err(Errno(libc::ECANCELED)) => {
+                        self.arm_recv(id);
+                        self.maybe_close(id)
+                    }
                     Err(_) => self.on_reset(id),
                 }
             }
@@ -1181,7 +1133,10 @@ impl<'a> Worker<'a> {
                         self.exec(svc)?;
                         self.arm_recv(id);
                     }
-                    Err(Errno(libc::ECANCELED)) => self.maybe_close(id),
+                    Err(Errno(libc::ECANCELED)) => {
+                        self.arm_recv(id);
+                        self.maybe_close(id)
+                    }
                     Err(_) => self.on_reset(id),
                 }
             }
@@ -1753,6 +1708,26 @@ impl<'a> Worker<'a> {
                         }
                     }
                     Req::Abort(id) => self.abort(id),
+                    Req::PauseRecv(id) => {
+                        let multishot = self.pbuf.is_some();
+                        if let Some(c) = conn_of(&mut self.conns, id) {
+                            if !c.paused {
+                                c.paused = true;
+                                if multishot && c.recv_in_flight {
+                                    let ud = c.recv_ud;
+                                    let _ = self.net.cancel(&mut *self.shared.borrow_mut(), ud, ctx(K_IGNORE, id));
+                                }
+                            }
+                        }
+                    }
+                    Req::ResumeRecv(id) => {
+                        if let Some(c) = conn_of(&mut self.conns, id) {
+                            if c.paused {
+                                c.paused = false;
+                                self.arm_recv(id);
+                            }
+                        }
+                    }
                     Req::Write {
                         fd,
                         op,
