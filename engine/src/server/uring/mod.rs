@@ -47,11 +47,11 @@ use std::time::{Duration, Instant};
 use crate::config::net::{AcceptMode, Listeners, RecvMode, SendMode, ServeRead, WorkersPin};
 use crate::config::Config;
 use crate::sys::bufring::BufRing;
-use crate::sys::ring::Ring;
-use crate::uring::{Effective, RingError};
 use crate::sys::fileops::{self, FileOps, ReadOp, WriteOp};
 use crate::sys::mem::{Arena, Slot};
 use crate::sys::netops::{self, sockopt, Completion, Errno, NetBuf, NetOps, Pipe};
+use crate::sys::ring::Ring;
+use crate::uring::{Effective, RingError};
 
 /// `user_data` top byte of socket operations.
 pub const TAG_NET: u8 = 1;
@@ -469,6 +469,7 @@ struct Conn {
 pub fn run<S, F>(
     cfg: &Config,
     opts: &DriverOptions,
+    prebound: Option<(TcpListener, TcpListener)>,
     make_service: F,
     shutdown: Arc<AtomicBool>,
     handle: Arc<Handle>,
@@ -487,14 +488,39 @@ where
     let per_worker = net.listeners == Listeners::Reuseport;
     let nl = if per_worker { nworkers } else { 1 };
     let mut listeners: Vec<Vec<(Port, TcpListener)>> = (0..nworkers).map(|_| Vec::new()).collect();
+    let (mut pre_i, mut pre_h) = match prebound {
+        Some((i, h)) => (Some(i), Some(h)),
+        None => (None, None),
+    };
     for (port, addr) in [
         (Port::Ingest, opts.ingest_addr),
         (Port::Http, opts.http_addr),
     ] {
         let mut bound = addr;
         for i in 0..nl {
-            let l = sockopt::listen(bound, per_worker, net.listen_backlog as i32)
-                .map_err(|err| UringError::Listen { addr: bound, err })?;
+            // A listener bound by the caller (its address already announced) is used as
+            // the first one, so no connection ever finds the port closed; with reuseport
+            // it gets SO_REUSEPORT now, and the others join its group when they listen.
+            let pre = if i == 0 {
+                if port == Port::Ingest {
+                    pre_i.take()
+                } else {
+                    pre_h.take()
+                }
+            } else {
+                None
+            };
+            let l = match pre {
+                Some(l) => {
+                    if per_worker {
+                        sockopt::set_reuseport(l.as_raw_fd())
+                            .map_err(|err| UringError::Listen { addr, err })?;
+                    }
+                    l
+                }
+                None => sockopt::listen(bound, per_worker, net.listen_backlog as i32)
+                    .map_err(|err| UringError::Listen { addr: bound, err })?,
+            };
             bound = l
                 .local_addr()
                 .map_err(|err| UringError::Listen { addr, err })?;
@@ -513,7 +539,8 @@ where
     // used for I/O, is "the process's first ring"; every worker's ring attaches to its
     // io-wq (and, with SQPOLL, shares its SQ thread). Workers build their own rings on
     // their own threads (SINGLE_ISSUER / DEFER_TASKRUN bind the ring to its creator).
-    let anchor: Option<Mutex<Ring>> = if cfg.ring.attach_wq == crate::config::ring::AttachWq::First {
+    let anchor: Option<Mutex<Ring>> = if cfg.ring.attach_wq == crate::config::ring::AttachWq::First
+    {
         Some(Mutex::new(build_ring(cfg, None)?.0))
     } else {
         None
@@ -531,11 +558,12 @@ where
             let j = std::thread::Builder::new()
                 .name(format!("uring-w{w}"))
                 .spawn_scoped(scope, move || {
-                    let r = Worker::setup(cfg, opts, w, ls, mailboxes, anchor, &handle)
-                        .and_then(|mut wk| {
+                    let r = Worker::setup(cfg, opts, w, ls, mailboxes, anchor, &handle).and_then(
+                        |mut wk| {
                             let svc = make_service(w);
                             wk.run(svc, shutdown)
-                        });
+                        },
+                    );
                     if let Err(e) = r {
                         // One worker failing stops the server: others see the flag.
                         shutdown.store(true, Ordering::SeqCst);
@@ -646,7 +674,10 @@ impl<'a> Worker<'a> {
             }
         };
         let (mut ring, effective) = build_ring(cfg, anchor)?;
-        *mailboxes[id].ring_fd.lock().unwrap_or_else(|e| e.into_inner()) = ring.fd();
+        *mailboxes[id]
+            .ring_fd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = ring.fd();
         let pbuf = if net.recv == RecvMode::Multishot {
             Some(BufRing::new(&mut ring, BGID, net.buf_ring_entries as u16, net.recv_buf_bytes).map_err(|err| {
                 UringError::Unsupported { what: "IORING_REGISTER_PBUF_RING for recv=multishot (Linux 5.19+; or use --recv single)".into(), err }
@@ -654,7 +685,10 @@ impl<'a> Worker<'a> {
         } else {
             None
         };
-        let shared = Rc::new(RefCell::new(Shared::new(WorkerRing::new(ring), effective.flags)));
+        let shared = Rc::new(RefCell::new(Shared::new(
+            WorkerRing::new(ring),
+            effective.flags,
+        )));
         let maxc = opts.max_connections_per_worker.max(1);
         // Every connection has at most: one recv, one send (plus a zc notif), two splices,
         // one cancel, one close. Listeners: one accept each. Plus tick and wake-ups.
@@ -692,10 +726,17 @@ impl<'a> Worker<'a> {
             ring: ring_eff,
             cpu,
             recv: crate::config::choice_name(net.recv, crate::config::net::RECV_CHOICES).into(),
-            accept: crate::config::choice_name(net.accept, crate::config::net::ACCEPT_CHOICES).into(),
+            accept: crate::config::choice_name(net.accept, crate::config::net::ACCEPT_CHOICES)
+                .into(),
             send: crate::config::choice_name(net.send, crate::config::net::SEND_CHOICES).into(),
-            listeners: crate::config::choice_name(net.listeners, crate::config::net::LISTENERS_CHOICES).into(),
-            buf_ring: pbuf.as_ref().map(|_| (net.buf_ring_entries, net.recv_buf_bytes)),
+            listeners: crate::config::choice_name(
+                net.listeners,
+                crate::config::net::LISTENERS_CHOICES,
+            )
+            .into(),
+            buf_ring: pbuf
+                .as_ref()
+                .map(|_| (net.buf_ring_entries, net.recv_buf_bytes)),
             arena_slots: slots,
             arena_slot_bytes: slot_bytes,
             arena_registered: registered,
@@ -801,7 +842,12 @@ impl<'a> Worker<'a> {
                 let mut s = self.shared.borrow_mut();
                 if !s.has_routed() {
                     let now = Instant::now();
-                    let t = deadline.filter(|d| d.saturating_duration_since(now) < self.opts.tick).map(|d| d.saturating_duration_since(now).max(Duration::from_micros(200)));
+                    let t = deadline
+                        .filter(|d| d.saturating_duration_since(now) < self.opts.tick)
+                        .map(|d| {
+                            d.saturating_duration_since(now)
+                                .max(Duration::from_micros(200))
+                        });
                     s.wait(1, t).map_err(|e| UringError::Worker {
                         worker: self.id,
                         err: format!("io_uring_enter: {e}"),
@@ -1715,7 +1761,11 @@ impl<'a> Worker<'a> {
                                 c.paused = true;
                                 if multishot && c.recv_in_flight {
                                     let ud = c.recv_ud;
-                                    let _ = self.net.cancel(&mut *self.shared.borrow_mut(), ud, ctx(K_IGNORE, id));
+                                    let _ = self.net.cancel(
+                                        &mut *self.shared.borrow_mut(),
+                                        ud,
+                                        ctx(K_IGNORE, id),
+                                    );
                                 }
                             }
                         }

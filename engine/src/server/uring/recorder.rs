@@ -31,15 +31,27 @@ use crate::storage::{self, WriteReq};
 
 /// `recorder serve --backend uring`.
 pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
-    let ServerContext { cfg, registry, session, ingest, http, shutdown } = ctx;
-    let ingest_addr = ingest.local_addr().map_err(|e| ServerError(e.to_string()))?;
+    let ServerContext {
+        cfg,
+        registry,
+        session,
+        ingest,
+        http,
+        shutdown,
+    } = ctx;
+    let ingest_addr = ingest
+        .local_addr()
+        .map_err(|e| ServerError(e.to_string()))?;
     let http_addr = http.local_addr().map_err(|e| ServerError(e.to_string()))?;
-    // The workers bind their own listeners (SO_REUSEPORT per worker, or one acceptor) on
-    // the addresses resolved and printed by `start`.
-    drop(ingest);
-    drop(http);
-    let workers = if cfg.server.workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { cfg.server.workers as usize };
-    let per_worker = (cfg.server.max_connections as usize + cfg.server.http_max_connections as usize).max(16);
+    let workers = if cfg.server.workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        cfg.server.workers as usize
+    };
+    let per_worker =
+        (cfg.server.max_connections as usize + cfg.server.http_max_connections as usize).max(16);
     let opts = DriverOptions {
         ingest_addr,
         http_addr,
@@ -55,8 +67,16 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
     let handle = Arc::new(super::Handle::default());
     let http_max = cfg.server.http_max_request_bytes as usize;
     let http_timeout = Duration::from_millis(cfg.server.http_timeout_ms);
-    let make = |w: usize| Recorder::new(w, registry.clone(), session.clone(), http_max, http_timeout);
-    let r = super::run(&cfg, &opts, make, shutdown, handle.clone());
+    let make =
+        |w: usize| Recorder::new(w, registry.clone(), session.clone(), http_max, http_timeout);
+    let r = super::run(
+        &cfg,
+        &opts,
+        Some((ingest, http)),
+        make,
+        shutdown,
+        handle.clone(),
+    );
     if let Ok(reports) = handle.reports.lock() {
         for rep in reports.iter() {
             eprintln!(
@@ -80,7 +100,11 @@ enum Pending {
     None,
     /// A write whose slots could not all be had yet (arena exhausted): retried on tick.
     Queued(WriteReq),
-    Write { req: WriteReq, parts_left: usize, err: Option<io::Error> },
+    Write {
+        req: WriteReq,
+        parts_left: usize,
+        err: Option<io::Error>,
+    },
     Sync,
 }
 
@@ -135,8 +159,23 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(worker: usize, reg: Arc<Registry>, scfg: Arc<SessionConfig>, http_max: usize, http_timeout: Duration) -> Recorder {
-        Recorder { worker, reg, scfg, http_max, http_timeout, conns: HashMap::new(), detached: HashMap::new(), shutting_down: false }
+    pub fn new(
+        worker: usize,
+        reg: Arc<Registry>,
+        scfg: Arc<SessionConfig>,
+        http_max: usize,
+        http_timeout: Duration,
+    ) -> Recorder {
+        Recorder {
+            worker,
+            reg,
+            scfg,
+            http_max,
+            http_timeout,
+            conns: HashMap::new(),
+            detached: HashMap::new(),
+            shutting_down: false,
+        }
     }
 
     fn ds_mut(&mut self, id: ConnId) -> Option<&mut Ds> {
@@ -153,15 +192,31 @@ impl Recorder {
         let Some(ds) = self.ds_mut(id) else { return };
         let now = io.now();
         if let Pending::Queued(_) = ds.pending {
-            let Pending::Queued(req) = std::mem::replace(&mut ds.pending, Pending::None) else { unreachable!() };
+            let Pending::Queued(req) = std::mem::replace(&mut ds.pending, Pending::None) else {
+                unreachable!()
+            };
             issue_write(ds, req, id, io);
         }
         while matches!(ds.pending, Pending::None) {
-            let Some(op) = ds.sess.next_io(now) else { break };
+            let Some(op) = ds.sess.next_io(now) else {
+                break;
+            };
             match op {
-                session::Io::Open { create, rescan, options, .. } => {
+                session::Io::Open {
+                    create,
+                    rescan,
+                    options,
+                    ..
+                } => {
                     let mid = ds.sess.match_id().to_string();
-                    match storage::io::open_match(&reg.paths, &mid, create, rescan, &options, u32::MAX) {
+                    match storage::io::open_match(
+                        &reg.paths,
+                        &mid,
+                        create,
+                        rescan,
+                        &options,
+                        u32::MAX,
+                    ) {
                         Ok((f, st)) => {
                             ds.file = Some(f);
                             ds.sess.open_done(Ok(st));
@@ -175,7 +230,9 @@ impl Recorder {
                         io.fsync(f.as_raw_fd(), true, id.0);
                         ds.pending = Pending::Sync;
                     }
-                    None => ds.sess.sync_done(Err(io::Error::other("match file is not open"))),
+                    None => ds
+                        .sess
+                        .sync_done(Err(io::Error::other("match file is not open"))),
                 },
                 session::Io::FinishSeal { len, .. } => {
                     let mid = ds.sess.match_id().to_string();
@@ -218,12 +275,18 @@ impl Recorder {
     fn http_process(&mut self, id: ConnId, io: &mut Io) {
         let reg = self.reg.clone();
         let max = self.http_max;
-        let Some(Conn::Http(h)) = self.conns.get_mut(&id) else { return };
+        let Some(Conn::Http(h)) = self.conns.get_mut(&id) else {
+            return;
+        };
         while h.live.is_none() && !h.closing {
             match http::parse_request(&h.buf, max) {
                 Ok(Some((req, n))) => {
                     h.buf.drain(..n);
-                    h.request_started = if h.buf.is_empty() { None } else { Some(io.now()) };
+                    h.request_started = if h.buf.is_empty() {
+                        None
+                    } else {
+                        Some(io.now())
+                    };
                     h.idle_since = io.now();
                     let resp = http::route(&req, &reg);
                     send_response(h, id, resp, io, &reg);
@@ -242,7 +305,8 @@ impl Recorder {
 
 fn issue_write(ds: &mut Ds, req: WriteReq, id: ConnId, io: &mut Io) {
     let Some(f) = &ds.file else {
-        ds.sess.write_done(req, Err(io::Error::other("match file is not open")));
+        ds.sess
+            .write_done(req, Err(io::Error::other("match file is not open")));
         return;
     };
     let fd = f.as_raw_fd();
@@ -264,9 +328,21 @@ fn issue_write(ds: &mut Ds, req: WriteReq, id: ConnId, io: &mut Io) {
         let piece = &bytes[i * sb..((i + 1) * sb).min(bytes.len())];
         slot.set_len(piece.len());
         slot.as_mut_slice().copy_from_slice(piece);
-        io.write(fd, None, slot, piece.len(), req.offset + (i * sb) as u64, 0, id.0);
+        io.write(
+            fd,
+            None,
+            slot,
+            piece.len(),
+            req.offset + (i * sb) as u64,
+            0,
+            id.0,
+        );
     }
-    ds.pending = Pending::Write { req, parts_left: parts, err: None };
+    ds.pending = Pending::Write {
+        req,
+        parts_left: parts,
+        err: None,
+    };
 }
 
 fn send_response(h: &mut Http, id: ConnId, resp: http::Response, io: &mut Io, reg: &Registry) {
@@ -274,7 +350,9 @@ fn send_response(h: &mut Http, id: ConnId, resp: http::Response, io: &mut Io, re
     match resp.body {
         Body::None => {}
         Body::Bytes(b) => {
-            reg.metrics.http_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+            reg.metrics
+                .http_bytes
+                .fetch_add(b.len() as u64, Ordering::Relaxed);
             io.send(id, b);
         }
         Body::File { path, offset, len } => match File::open(&path) {
@@ -294,7 +372,12 @@ fn send_response(h: &mut Http, id: ConnId, resp: http::Response, io: &mut Io, re
         },
         Body::Live(tail) => match tail.open() {
             Ok(f) => {
-                h.live = Some(Live { tail, file: Arc::new(f), chunk_in_flight: false, close_after: resp.close });
+                h.live = Some(Live {
+                    tail,
+                    file: Arc::new(f),
+                    chunk_in_flight: false,
+                    close_after: resp.close,
+                });
                 return;
             }
             Err(e) => {
@@ -329,7 +412,9 @@ fn pump_live(h: &mut Http, id: ConnId, io: &mut Io, reg: &Registry) {
     }
     if live.tail.is_done(now) {
         io.send(id, http::CHUNK_END.to_vec());
-        reg.metrics.http_bytes.fetch_add(live.tail.sent, Ordering::Relaxed);
+        reg.metrics
+            .http_bytes
+            .fetch_add(live.tail.sent, Ordering::Relaxed);
         let close = live.close_after;
         h.live = None;
         h.idle_since = now;
@@ -340,7 +425,9 @@ fn pump_live(h: &mut Http, id: ConnId, io: &mut Io, reg: &Registry) {
         return;
     }
     if reg.shutting_down() {
-        reg.metrics.http_bytes.fetch_add(live.tail.sent, Ordering::Relaxed);
+        reg.metrics
+            .http_bytes
+            .fetch_add(live.tail.sent, Ordering::Relaxed);
         h.live = None;
         h.closing = true;
         io.close(id);
@@ -353,7 +440,14 @@ impl Service for Recorder {
             Port::Ingest => match self.reg.try_ds_connection() {
                 Ok(g) => {
                     let sess = IngestSession::new(self.scfg.clone(), self.reg.clone(), io.now());
-                    let ds = Ds { sess, file: None, pending: Pending::None, attached: true, paused: false, _guard: Some(g) };
+                    let ds = Ds {
+                        sess,
+                        file: None,
+                        pending: Pending::None,
+                        attached: true,
+                        paused: false,
+                        _guard: Some(g),
+                    };
                     self.conns.insert(conn, Conn::Ds(Box::new(ds)));
                     if self.shutting_down {
                         if let Some(Conn::Ds(d)) = self.conns.get_mut(&conn) {
@@ -366,7 +460,13 @@ impl Service for Recorder {
                 Err((code, text)) => {
                     self.reg.metrics.error(code);
                     let mut out = Vec::new();
-                    protocol::encode(&mut out, &Msg::Error { code: code as u16, text: &text });
+                    protocol::encode(
+                        &mut out,
+                        &Msg::Error {
+                            code: code as u16,
+                            text: &text,
+                        },
+                    );
                     io.send(conn, out);
                     self.conns.insert(conn, Conn::Refused);
                     false
@@ -387,7 +487,11 @@ impl Service for Recorder {
                     true
                 }
                 None => {
-                    let r = http::error_response(&http::HttpError { status: 503, text: "too many HTTP connections (http-max-connections); retry later".into() });
+                    let r = http::error_response(&http::HttpError {
+                        status: 503,
+                        text: "too many HTTP connections (http-max-connections); retry later"
+                            .into(),
+                    });
                     io.send(conn, r.head);
                     if let Body::Bytes(b) = r.body {
                         io.send(conn, b);
@@ -460,7 +564,10 @@ impl Service for Recorder {
             }
             Some(Conn::Http(h)) => {
                 if let Some(l) = h.live {
-                    self.reg.metrics.http_bytes.fetch_add(l.tail.sent, Ordering::Relaxed);
+                    self.reg
+                        .metrics
+                        .http_bytes
+                        .fetch_add(l.tail.sent, Ordering::Relaxed);
                 }
             }
             _ => {}
@@ -469,7 +576,9 @@ impl Service for Recorder {
 
     fn sent_file(&mut self, conn: ConnId, token: u64, res: io::Result<u64>, io: &mut Io) {
         let reg = self.reg.clone();
-        let Some(Conn::Http(h)) = self.conns.get_mut(&conn) else { return };
+        let Some(Conn::Http(h)) = self.conns.get_mut(&conn) else {
+            return;
+        };
         match token {
             TOKEN_LIVE => {
                 if let Some(l) = h.live.as_mut() {
@@ -492,17 +601,31 @@ impl Service for Recorder {
         }
     }
 
-    fn file_done(&mut self, token: u64, res: io::Result<u32>, buf: Option<crate::sys::mem::Slot>, io: &mut Io) {
+    fn file_done(
+        &mut self,
+        token: u64,
+        res: io::Result<u32>,
+        buf: Option<crate::sys::mem::Slot>,
+        io: &mut Io,
+    ) {
         drop(buf);
         let id = ConnId(token);
         let Some(ds) = self.ds_mut(id) else { return };
         match std::mem::replace(&mut ds.pending, Pending::None) {
-            Pending::Write { req, parts_left, mut err } => {
+            Pending::Write {
+                req,
+                parts_left,
+                mut err,
+            } => {
                 if let Err(e) = res {
                     err.get_or_insert(e);
                 }
                 if parts_left > 1 {
-                    ds.pending = Pending::Write { req, parts_left: parts_left - 1, err };
+                    ds.pending = Pending::Write {
+                        req,
+                        parts_left: parts_left - 1,
+                        err,
+                    };
                     return;
                 }
                 ds.sess.write_done(req, err.map_or(Ok(()), Err));
@@ -519,7 +642,12 @@ impl Service for Recorder {
     fn tick(&mut self, io: &mut Io) {
         let now = io.now();
         let reg = self.reg.clone();
-        let ids: Vec<ConnId> = self.conns.keys().copied().chain(self.detached.keys().copied()).collect();
+        let ids: Vec<ConnId> = self
+            .conns
+            .keys()
+            .copied()
+            .chain(self.detached.keys().copied())
+            .collect();
         for id in ids {
             match self.conns.get_mut(&id) {
                 Some(Conn::Http(h)) => {
@@ -539,12 +667,20 @@ impl Service for Recorder {
                     if let Some(t) = h.request_started {
                         if now.duration_since(t) > self.http_timeout {
                             reg.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
-                            let e = http::HttpError { status: 408, text: format!("request not received within {} ms (http-timeout-ms)", self.http_timeout.as_millis()) };
+                            let e = http::HttpError {
+                                status: 408,
+                                text: format!(
+                                    "request not received within {} ms (http-timeout-ms)",
+                                    self.http_timeout.as_millis()
+                                ),
+                            };
                             send_response(h, id, http::error_response(&e), io, &reg);
                             h.closing = true;
                             io.close(id);
                         }
-                    } else if now.duration_since(h.idle_since) > self.http_timeout || self.shutting_down {
+                    } else if now.duration_since(h.idle_since) > self.http_timeout
+                        || self.shutting_down
+                    {
                         h.closing = true;
                         io.close(id);
                     }
@@ -588,7 +724,8 @@ impl Service for Recorder {
             }
             self.tick(io);
         }
-        let ds_left = self.conns.values().any(|c| matches!(c, Conn::Ds(_))) || !self.detached.is_empty();
+        let ds_left =
+            self.conns.values().any(|c| matches!(c, Conn::Ds(_))) || !self.detached.is_empty();
         !ds_left
     }
 }
