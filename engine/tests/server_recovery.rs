@@ -24,8 +24,17 @@ fn stream_until_broken(c: &mut DsClient, id: &str, from: u64, max: u64) -> u64 {
 
 #[test]
 fn kill9_restart_resume_loses_no_acked_frame() {
+    kill9_restart_resume(&["--ack-interval-ms", "2"]);
+}
+
+#[test]
+fn kill9_restart_resume_o_direct_fdatasync() {
+    kill9_restart_resume(&["--ack-interval-ms", "2", "--direct", "required", "--durability", "fdatasync", "--append-buffer-bytes", "16k"]);
+}
+
+fn kill9_restart_resume(args: &[&str]) {
     let dir = TempDir::new("kill9");
-    let mut srv = spawn_server(&default_backend(), dir.path(), &["--ack-interval-ms", "2"]);
+    let mut srv = spawn_server(&default_backend(), dir.path(), args);
     let ids: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
     let ingest = srv.ingest;
     let threads: Vec<_> = ids

@@ -172,6 +172,19 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if s.workers > 1024 {
         return Err(ConfigError::new(&["workers"], format!("workers {} is over 1024", s.workers)));
     }
+    let f = &cfg.file;
+    if f.sync_interval_ms != 0 || f.sync_interval_bytes != 0 {
+        return Err(ConfigError::new(
+            &["sync-interval-ms", "sync-interval-bytes", "ack-interval-ms"],
+            "the recorder's group commit is server.ack-interval-ms (frames are written, synced and acked together at that cadence): set file.sync-interval-ms and file.sync-interval-bytes to 0",
+        ));
+    }
+    if s.backend == Backend::Blocking && (f.write_op.is_fixed() || f.read_op.is_fixed() || f.register_buffers || f.register_files) {
+        return Err(ConfigError::new(
+            &["backend", "write-op", "read-op", "register-buffers", "register-files"],
+            "registered buffers/files and the *-fixed opcodes are io_uring options: with backend=blocking use write-op=write, read-op=read, register-buffers=false, register-files=false (or backend=uring)",
+        ));
+    }
     if s.ds_token.len() > 255 {
         return Err(ConfigError::new(&["ds-token"], "ds-token is longer than the 255 bytes a HELLO can carry"));
     }
