@@ -172,6 +172,17 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if s.workers > 1024 {
         return Err(ConfigError::new(&["workers"], format!("workers {} is over 1024", s.workers)));
     }
+    if s.ds_token.len() > 255 {
+        return Err(ConfigError::new(&["ds-token"], "ds-token is longer than the 255 bytes a HELLO can carry"));
+    }
+    Ok(())
+}
+
+/// Rules that hold only when the configuration runs `recorder serve` (the [file] section
+/// is shared with `recorder io-bench`, where they do not apply). `recorder serve` checks
+/// them after `Config::validate`; a harness preparing a serve cell should too.
+pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
+    let s = &cfg.server;
     let f = &cfg.file;
     if f.sync_interval_ms != 0 || f.sync_interval_bytes != 0 {
         return Err(ConfigError::new(
@@ -184,9 +195,6 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             &["backend", "write-op", "read-op", "register-buffers", "register-files"],
             "registered buffers/files and the *-fixed opcodes are io_uring options: with backend=blocking use write-op=write, read-op=read, register-buffers=false, register-files=false (or backend=uring)",
         ));
-    }
-    if s.ds_token.len() > 255 {
-        return Err(ConfigError::new(&["ds-token"], "ds-token is longer than the 255 bytes a HELLO can carry"));
     }
     Ok(())
 }

@@ -159,6 +159,7 @@ impl std::error::Error for ServerError {}
 /// Validates the configuration, recovers the store, binds both listeners.
 pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, ServerError> {
     cfg.validate().map_err(|e| ServerError(format!("invalid configuration: {e}")))?;
+    config::server::validate_serve(&cfg).map_err(|e| ServerError(format!("invalid configuration: {e}")))?;
     if cfg.server.store.is_empty() {
         return Err(ServerError("no store directory: pass --store DIR (or store = \"DIR\" under [server])".into()));
     }
@@ -277,7 +278,7 @@ pub fn cli_main(args: Vec<String>) -> ExitCode {
         eprintln!("recorder serve: {e}");
         return ExitCode::from(2);
     }
-    if let Err(e) = cfg.validate() {
+    if let Err(e) = cfg.validate().and_then(|_| config::server::validate_serve(&cfg)) {
         eprintln!("recorder serve: invalid configuration: {e}");
         return ExitCode::from(2);
     }
