@@ -8,8 +8,27 @@ use std::time::Duration;
 
 #[test]
 fn many_matches_concurrently_bytes_identical_over_http() {
+    many_matches(&["--ack-interval-ms", "5"]);
+}
+
+#[test]
+fn many_matches_o_direct_fdatasync() {
+    many_matches(&["--ack-interval-ms", "3", "--direct", "required", "--durability", "fdatasync", "--append-buffer-bytes", "8k"]);
+}
+
+#[test]
+fn many_matches_rwf_dsync_prealloc_per_batch_acks() {
+    many_matches(&["--ack-interval-ms", "0", "--durability", "rwf-dsync", "--prealloc", "true", "--prealloc-bytes", "1m"]);
+}
+
+#[test]
+fn many_matches_odsync_direct_received_acks() {
+    many_matches(&["--ack-mode", "received", "--direct", "optional", "--durability", "odsync"]);
+}
+
+fn many_matches(args: &[&str]) {
     let dir = TempDir::new("many");
-    let srv = spawn_server(&default_backend(), dir.path(), &["--ack-interval-ms", "5"]);
+    let srv = spawn_server(&default_backend(), dir.path(), args);
     let ingest = srv.ingest;
     let handles: Vec<_> = (0..24)
         .map(|i| {

@@ -178,6 +178,27 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Rules that hold only when the configuration runs `recorder serve` (the [file] section
+/// is shared with `recorder io-bench`, where they do not apply). `recorder serve` checks
+/// them after `Config::validate`; a harness preparing a serve cell should too.
+pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
+    let s = &cfg.server;
+    let f = &cfg.file;
+    if f.sync_interval_ms != 0 || f.sync_interval_bytes != 0 {
+        return Err(ConfigError::new(
+            &["sync-interval-ms", "sync-interval-bytes", "ack-interval-ms"],
+            "the recorder's group commit is server.ack-interval-ms (frames are written, synced and acked together at that cadence): set file.sync-interval-ms and file.sync-interval-bytes to 0",
+        ));
+    }
+    if s.backend == Backend::Blocking && (f.write_op.is_fixed() || f.read_op.is_fixed() || f.register_buffers || f.register_files) {
+        return Err(ConfigError::new(
+            &["backend", "write-op", "read-op", "register-buffers", "register-files"],
+            "registered buffers/files and the *-fixed opcodes are io_uring options: with backend=blocking use write-op=write, read-op=read, register-buffers=false, register-files=false (or backend=uring)",
+        ));
+    }
+    Ok(())
+}
+
 fn knob(name: &str) -> &'static str {
     KNOBS.iter().find(|k| k.name == name).map(|k| k.name).unwrap_or("server")
 }

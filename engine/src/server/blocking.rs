@@ -16,6 +16,7 @@ use crate::storage;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -122,7 +123,7 @@ fn accept_loop(l: TcpListener, stop: &AtomicBool, mut on_conn: impl FnMut(TcpStr
 }
 
 /// Executes one storage operation for a session with std calls.
-pub fn exec_io(io: Io, sess: &mut IngestSession, file: &mut Option<File>, reg: &Registry) {
+pub fn exec_io(io: Io, sess: &mut IngestSession, file: &mut Option<OwnedFd>, reg: &Registry, rw_flags: i32) {
     let id = sess.match_id().to_string();
     match io {
         Io::Open { create, rescan, options, .. } => {
@@ -136,14 +137,14 @@ pub fn exec_io(io: Io, sess: &mut IngestSession, file: &mut Option<File>, reg: &
         }
         Io::Write(req) => {
             let r = match file {
-                Some(f) => storage::io::write_req(f, &req),
+                Some(f) => storage::io::write_req(f, &req, rw_flags),
                 None => Err(io::Error::other("match file is not open")),
             };
             sess.write_done(req, r);
         }
         Io::Sync => {
             let r = match file {
-                Some(f) => f.sync_data(),
+                Some(f) => storage::io::sync(f),
                 None => Err(io::Error::other("match file is not open")),
             };
             sess.sync_done(r);
@@ -173,15 +174,17 @@ fn ds_connection(mut s: TcpStream, reg: Arc<Registry>, cfg: Arc<super::session::
     };
     let _ = s.set_nodelay(true);
     let _ = s.set_write_timeout(Some(cfg.idle_timeout));
+    let rw_flags_ = cfg.store.rw_flags();
     let mut sess = IngestSession::new(cfg, reg.clone(), Instant::now());
-    let mut file: Option<File> = None;
+    let mut file: Option<OwnedFd> = None;
+    let rw_flags = rw_flags_;
     let mut buf = vec![0u8; 256 << 10];
     let mut timeout_set = Duration::ZERO;
     let mut shutdown_seen = false;
     loop {
         let now = Instant::now();
         while let Some(io) = sess.next_io(now) {
-            exec_io(io, &mut sess, &mut file, &reg);
+            exec_io(io, &mut sess, &mut file, &reg, rw_flags);
         }
         if sess.has_output() {
             let out = sess.take_output();

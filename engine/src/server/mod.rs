@@ -58,17 +58,66 @@ pub struct ServerContext {
     pub shutdown: Arc<AtomicBool>,
 }
 
-/// How match files are written, from the run's configuration. The [file] section (helper
-/// "fileio") is not on main yet: until it is, files use buffered pwrite with fdatasync
-/// group commit at the ack cadence.
+/// How match files are written, from the run's [file] and [server] sections, before the
+/// store is probed ([`resolve_store_options`] settles O_DIRECT and its alignment).
+/// `file.prealloc` with `prealloc-bytes = 0` preallocates [`DEFAULT_PREALLOC_BYTES`].
 pub fn store_options(cfg: &Config) -> StoreOptions {
+    use crate::config::file::{Direct, Durability as D};
+    let f = &cfg.file;
     StoreOptions {
-        direct: false,
+        direct: f.direct != Direct::Off,
         align: 4096,
-        durability: Durability::Fdatasync,
+        durability: match f.durability {
+            D::None => Durability::None,
+            D::Fdatasync => Durability::Fdatasync,
+            D::Odsync => Durability::Odsync,
+            D::RwfDsync => Durability::RwfDsync,
+        },
         stage_bytes: cfg.server.append_buffer_bytes as usize,
-        prealloc_bytes: 0,
+        prealloc_bytes: match (f.prealloc, f.prealloc_bytes) {
+            (false, _) => 0,
+            (true, 0) => DEFAULT_PREALLOC_BYTES,
+            (true, n) => n,
+        },
+        uncached: f.uncached,
     }
+}
+
+/// Preallocation per match file when `file.prealloc` is on and `prealloc-bytes` is 0.
+pub const DEFAULT_PREALLOC_BYTES: u64 = 16 << 20;
+
+/// Settles O_DIRECT against the store's file system: opens a probe file with O_DIRECT and
+/// learns its alignment (statx STATX_DIOALIGN, else the device's logical block size).
+/// `direct=required` refused -> error; `direct=optional` refused -> buffered, with a note.
+pub fn resolve_store_options(cfg: &Config, root: &std::path::Path) -> Result<(StoreOptions, Vec<String>), ServerError> {
+    use crate::config::file::Direct;
+    let mut o = store_options(cfg);
+    let mut notes = Vec::new();
+    if !o.direct {
+        return Ok((o, notes));
+    }
+    std::fs::create_dir_all(root).map_err(|e| ServerError(format!("cannot create the store {}: {e}", root.display())))?;
+    let probe = root.join(format!(".dio-probe-{}", std::process::id()));
+    let flags = crate::sys::fs::OpenFlags { read: true, write: true, create: true, truncate: true, direct: true, dsync: false };
+    let r = crate::sys::fs::open(&probe, flags).and_then(|fd| crate::sys::fs::dio_align(&fd));
+    let _ = std::fs::remove_file(&probe);
+    match r {
+        Ok(a) => {
+            o.align = (a.mem_align.max(a.offset_align) as usize).max(512);
+            notes.push(format!("O_DIRECT on {}: alignment {} ({:?})", root.display(), o.align, a.source));
+        }
+        Err(e) if cfg.file.direct == Direct::Optional => {
+            o.direct = false;
+            notes.push(format!("O_DIRECT refused on {} ({e}); direct=optional: writing buffered", root.display()));
+        }
+        Err(e) => {
+            return Err(ServerError(format!(
+                "O_DIRECT is refused on the store {} ({e}) and direct=required: use another file system or set direct=optional or off",
+                root.display()
+            )))
+        }
+    }
+    Ok((o, notes))
 }
 
 pub fn session_config(cfg: &Config) -> SessionConfig {
@@ -111,11 +160,15 @@ impl std::error::Error for ServerError {}
 /// Validates the configuration, recovers the store, binds both listeners.
 pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, ServerError> {
     cfg.validate().map_err(|e| ServerError(format!("invalid configuration: {e}")))?;
+    config::server::validate_serve(&cfg).map_err(|e| ServerError(format!("invalid configuration: {e}")))?;
     if cfg.server.store.is_empty() {
         return Err(ServerError("no store directory: pass --store DIR (or store = \"DIR\" under [server])".into()));
     }
     let paths = StorePaths::new(&cfg.server.store);
-    let opts = store_options(&cfg);
+    let (opts, notes) = resolve_store_options(&cfg, &paths.root)?;
+    for n in &notes {
+        eprintln!("storage: {n}");
+    }
     let rec = storage::recover_store(&paths, &opts, cfg.server.max_frame_bytes as u32)
         .map_err(|e| ServerError(format!("cannot prepare the store {}: {e}", paths.root.display())))?;
     for n in &rec.notes {
@@ -131,7 +184,9 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
         .map_err(|e| ServerError(format!("cannot listen on ingest-addr {}: {e}", cfg.server.ingest_addr)))?;
     let http =
         TcpListener::bind(&cfg.server.http_addr).map_err(|e| ServerError(format!("cannot listen on http-addr {}: {e}", cfg.server.http_addr)))?;
-    let session = Arc::new(session_config(&cfg));
+    let mut sc = session_config(&cfg);
+    sc.store = opts;
+    let session = Arc::new(sc);
     Ok(ServerContext { cfg, registry, session, ingest, http, shutdown })
 }
 
@@ -144,18 +199,36 @@ pub fn run_uring(ctx: ServerContext) -> Result<(), ServerError> {
 /// Requested and effective configuration as JSON (`--print-config`).
 pub fn config_json(requested: &Config, effective: &Config) -> serde_json::Value {
     let pairs = |c: &Config| serde_json::Value::Object(c.to_pairs().into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect());
-    let o = store_options(effective);
+    let (o, notes) = if effective.server.store.is_empty() || !std::path::Path::new(&effective.server.store).exists() {
+        (store_options(effective), vec!["store not probed (does not exist yet): O_DIRECT alignment assumed".to_string()])
+    } else {
+        resolve_store_options(effective, std::path::Path::new(&effective.server.store)).unwrap_or_else(|e| (store_options(effective), vec![e.0]))
+    };
     serde_json::json!({
         "requested": pairs(requested),
         "effective": pairs(effective),
         "storage": {
             "direct": o.direct,
             "align": o.align,
-            "durability": format!("{:?}", o.durability).to_lowercase(),
+            "durability": o.durability.name(),
+            "uncached": o.uncached,
             "stage_bytes": o.stage_bytes,
             "prealloc_bytes": o.prealloc_bytes,
+            "notes": notes,
         },
+        "unused": unused(effective),
     })
+}
+
+/// Sections that the chosen backend does not use (so nobody thinks they were applied).
+fn unused(cfg: &Config) -> Vec<String> {
+    let mut v = Vec::new();
+    if cfg.server.backend == Backend::Blocking {
+        v.push("ring: every [ring] option (backend=blocking has no ring)".to_string());
+        v.push("net: every [net] option (backend=blocking uses std::net)".to_string());
+    }
+    v.push("file.io-depth, file.block-size, file.read-op: io-bench job options; the recorder writes append-buffer-bytes-sized aligned chunks, one in flight per match".to_string());
+    v
 }
 
 fn effective(cfg: &Config) -> Config {
@@ -206,7 +279,7 @@ pub fn cli_main(args: Vec<String>) -> ExitCode {
         eprintln!("recorder serve: {e}");
         return ExitCode::from(2);
     }
-    if let Err(e) = cfg.validate() {
+    if let Err(e) = cfg.validate().and_then(|_| config::server::validate_serve(&cfg)) {
         eprintln!("recorder serve: invalid configuration: {e}");
         return ExitCode::from(2);
     }

@@ -296,7 +296,7 @@ impl IngestSession {
             used += n;
             self.on_msg(msg, now, recv_us);
         }
-        if self.cfg.ack_mode == AckMode::Received || self.reack {
+        if self.state == State::Streaming && (self.cfg.ack_mode == AckMode::Received || self.reack) {
             let a = self.ackable();
             self.send_ack(a);
         }
@@ -454,8 +454,10 @@ impl IngestSession {
     }
 
     fn finish_closing(&mut self) {
-        let a = self.ackable();
-        self.send_ack(a);
+        if self.opened {
+            let a = self.ackable();
+            self.send_ack(a);
+        }
         self.send_closing_error();
         self.state = State::Done;
         self.release();

@@ -4,39 +4,64 @@
 
 use super::format::{self, ScanOutcome, Trailer};
 use super::{Durability, StoreOptions, StorePaths};
+use crate::sys::fs as sysfs;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// Opens a match file for appending with the options' open flags (O_DIRECT, O_DSYNC).
-/// `create`: a new match (fails if the file exists).
-pub fn open_for_append(path: &Path, create: bool, opts: &StoreOptions) -> io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.read(true).write(true);
+/// `create`: a new match (fails if the file exists), preallocated per the options.
+pub fn open_for_append(path: &Path, create: bool, opts: &StoreOptions) -> io::Result<OwnedFd> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     if create {
-        o.create_new(true);
+        OpenOptions::new().write(true).create_new(true).open(path).map_err(named)?;
     }
-    let mut flags = 0;
-    if opts.direct {
-        flags |= libc::O_DIRECT;
-    }
-    if opts.durability == Durability::Dsync {
-        flags |= libc::O_DSYNC;
-    }
-    o.custom_flags(flags);
-    o.open(path).map_err(|e| {
+    let flags = sysfs::OpenFlags {
+        read: true,
+        write: true,
+        create: false,
+        truncate: false,
+        direct: opts.direct,
+        dsync: opts.durability == Durability::Odsync,
+    };
+    let fd = sysfs::open(path, flags).map_err(|e| {
         if e.raw_os_error() == Some(libc::EINVAL) && opts.direct {
-            io::Error::new(e.kind(), format!("{}: O_DIRECT refused by the file system ({e}); turn direct off", path.display()))
+            io::Error::new(e.kind(), format!("{}: O_DIRECT refused by the file system ({e}); set direct=off or optional", path.display()))
         } else {
-            io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+            named(e)
         }
-    })
+    })?;
+    if create && opts.prealloc_bytes > 0 {
+        sysfs::fallocate(&fd, libc::FALLOC_FL_KEEP_SIZE, 0, opts.prealloc_bytes)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: fallocate of {} bytes failed: {e}", path.display(), opts.prealloc_bytes)))?;
+    }
+    Ok(fd)
 }
 
-/// Executes one write request with pwrite.
-pub fn write_req(file: &File, req: &super::WriteReq) -> io::Result<()> {
-    file.write_all_at(req.bytes(), req.offset)
+/// Executes one write request: pwrite, or pwritev2 with the options' RWF_* flags.
+pub fn write_req(fd: &OwnedFd, req: &super::WriteReq, rw_flags: i32) -> io::Result<()> {
+    let mut b = req.bytes();
+    let mut off = req.offset;
+    while !b.is_empty() {
+        let n = if rw_flags != 0 { sysfs::pwritev2(fd, &[b], off, rw_flags) } else { sysfs::pwrite(fd, b, off) };
+        match n {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "pwrite wrote 0 bytes")),
+            Ok(n) => {
+                b = &b[n..];
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// fdatasync of a match file.
+pub fn sync(fd: &OwnedFd) -> io::Result<()> {
+    sysfs::fdatasync(fd)
 }
 
 /// fsync of a directory (after create/rename so the name is durable).
@@ -46,9 +71,9 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Trims O_DIRECT padding, makes the sealed file durable, renames it to its final name and
 /// syncs both directories. `file` is the append handle.
-pub fn finish_seal(paths: &StorePaths, id: &str, file: &File, sealed_len: u64) -> io::Result<()> {
-    file.set_len(sealed_len)?;
-    file.sync_data()?;
+pub fn finish_seal(paths: &StorePaths, id: &str, fd: &OwnedFd, sealed_len: u64) -> io::Result<()> {
+    sysfs::truncate(fd, sealed_len)?;
+    sysfs::fdatasync(fd)?;
     let part = paths.part_path(id);
     let fin = paths.sealed_path(id);
     std::fs::rename(&part, &fin)?;
@@ -177,7 +202,7 @@ pub fn open_match(
     rescan: bool,
     opts: &StoreOptions,
     max_payload: u32,
-) -> io::Result<(File, Option<super::MatchFile>)> {
+) -> io::Result<(OwnedFd, Option<super::MatchFile>)> {
     let path = paths.part_path(id);
     if create {
         std::fs::create_dir_all(paths.live_dir())?;
@@ -207,7 +232,7 @@ pub fn open_match(
 }
 
 /// Executes `server::session::Io::FinishSeal` and reads back what was sealed.
-pub fn seal_match(paths: &StorePaths, id: &str, file: &File, len: u64) -> io::Result<SealedInfo> {
+pub fn seal_match(paths: &StorePaths, id: &str, file: &OwnedFd, len: u64) -> io::Result<SealedInfo> {
     finish_seal(paths, id, file, len)?;
     read_sealed_info(&paths.sealed_path(id), id).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

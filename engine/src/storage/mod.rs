@@ -34,8 +34,25 @@ pub enum Durability {
     None,
     /// After an fdatasync that follows the write (group commit: one per ack interval).
     Fdatasync,
-    /// Each write is synchronous (O_DSYNC open flag or RWF_DSYNC per write).
-    Dsync,
+    /// Each write is synchronous through the O_DSYNC open flag.
+    Odsync,
+    /// Each write carries RWF_DSYNC (pwritev2 / the ring's rw_flags).
+    RwfDsync,
+}
+
+impl Durability {
+    /// True when a completed write is already durable.
+    pub fn write_is_durable(self) -> bool {
+        matches!(self, Durability::None | Durability::Odsync | Durability::RwfDsync)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::None => "none",
+            Durability::Fdatasync => "fdatasync",
+            Durability::Odsync => "odsync",
+            Durability::RwfDsync => "rwf-dsync",
+        }
+    }
 }
 
 /// How a match file is written. Built from the run's configuration by
@@ -50,13 +67,30 @@ pub struct StoreOptions {
     pub durability: Durability,
     /// Staging buffer bytes: a write is issued at the latest when this much is pending.
     pub stage_bytes: usize,
-    /// Bytes to preallocate (fallocate) when a match file is created; 0 = none.
+    /// Bytes to preallocate (fallocate, FALLOC_FL_KEEP_SIZE) when a match file is
+    /// created; 0 = none.
     pub prealloc_bytes: u64,
+    /// RWF_DONTCACHE on every write (uncached buffered I/O, Linux 6.14+).
+    pub uncached: bool,
+}
+
+impl StoreOptions {
+    /// Per-write RWF_* flags the options ask for.
+    pub fn rw_flags(&self) -> i32 {
+        let mut f = 0;
+        if self.durability == Durability::RwfDsync {
+            f |= crate::sys::fs::RWF_DSYNC;
+        }
+        if self.uncached {
+            f |= crate::sys::fs::RWF_DONTCACHE;
+        }
+        f
+    }
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { direct: false, align: 4096, durability: Durability::Fdatasync, stage_bytes: 1 << 20, prealloc_bytes: 0 }
+        StoreOptions { direct: false, align: 4096, durability: Durability::Fdatasync, stage_bytes: 1 << 20, prealloc_bytes: 0, uncached: false }
     }
 }
 
@@ -378,7 +412,7 @@ impl MatchFile {
         self.in_flight = false;
         self.written_end = req.end;
         self.written_seq = req.last_seq;
-        if matches!(self.opts.durability, Durability::None | Durability::Dsync) {
+        if self.opts.durability.write_is_durable() {
             self.durable_end = req.end;
             self.durable_seq = req.last_seq;
         }

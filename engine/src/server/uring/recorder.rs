@@ -110,7 +110,7 @@ enum Pending {
 
 struct Ds {
     sess: IngestSession,
-    file: Option<File>,
+    file: Option<std::os::fd::OwnedFd>,
     pending: Pending,
     /// Still attached to a connection (false: the socket is gone, the session flushes).
     attached: bool,
@@ -189,13 +189,14 @@ impl Recorder {
     /// sends its output, closes when it is finished.
     fn drive(&mut self, id: ConnId, io: &mut Io) {
         let reg = self.reg.clone();
+        let rw_flags = self.scfg.store.rw_flags();
         let Some(ds) = self.ds_mut(id) else { return };
         let now = io.now();
         if let Pending::Queued(_) = ds.pending {
             let Pending::Queued(req) = std::mem::replace(&mut ds.pending, Pending::None) else {
                 unreachable!()
             };
-            issue_write(ds, req, id, io);
+            issue_write(ds, req, id, io, rw_flags);
         }
         while matches!(ds.pending, Pending::None) {
             let Some(op) = ds.sess.next_io(now) else {
@@ -224,7 +225,7 @@ impl Recorder {
                         Err(e) => ds.sess.open_done(Err(e)),
                     }
                 }
-                session::Io::Write(req) => issue_write(ds, req, id, io),
+                session::Io::Write(req) => issue_write(ds, req, id, io, rw_flags),
                 session::Io::Sync => match &ds.file {
                     Some(f) => {
                         io.fsync(f.as_raw_fd(), true, id.0);
@@ -303,7 +304,7 @@ impl Recorder {
     }
 }
 
-fn issue_write(ds: &mut Ds, req: WriteReq, id: ConnId, io: &mut Io) {
+fn issue_write(ds: &mut Ds, req: WriteReq, id: ConnId, io: &mut Io, rw_flags: i32) {
     let Some(f) = &ds.file else {
         ds.sess
             .write_done(req, Err(io::Error::other("match file is not open")));
@@ -334,7 +335,7 @@ fn issue_write(ds: &mut Ds, req: WriteReq, id: ConnId, io: &mut Io) {
             slot,
             piece.len(),
             req.offset + (i * sb) as u64,
-            0,
+            rw_flags,
             id.0,
         );
     }
