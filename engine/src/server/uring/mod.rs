@@ -399,6 +399,10 @@ const K_IGNORE: u64 = 9;
 const K_FILE_READ: u64 = 10;
 const K_SERVICE_FILE: u64 = 11;
 const K_MSG: u64 = 12;
+const K_SHUTDOWN: u64 = 13;
+
+/// How long a closing connection reads (and drops) input waiting for the peer's EOF.
+const LINGER: Duration = Duration::from_millis(200);
 
 fn ctx(kind: u64, conn: ConnId) -> u64 {
     (kind << 56) | conn.0
@@ -434,6 +438,10 @@ enum State {
     Open,
     /// No more receiving; close once the output queue is empty.
     Closing,
+    /// Output sent and SHUT_WR done: reading (and dropping) until the peer's EOF or the
+    /// deadline, so unread input does not turn the close into a reset that destroys our
+    /// last bytes (an error message) before the peer reads them.
+    Lingering(Instant),
     /// Ops being cancelled; CLOSE once none is in flight.
     Cancelling,
     /// CLOSE in flight.
@@ -449,6 +457,8 @@ struct Conn {
     recv_ud: u64,
     /// The service asked not to receive for now.
     paused: bool,
+    /// The peer closed its sending side.
+    eof_seen: bool,
     recv_buf: Option<Vec<u8>>,
     out: VecDeque<Out>,
     /// A send, splice or file read of this connection is in flight.
@@ -998,6 +1008,7 @@ impl<'a> Worker<'a> {
             recv_in_flight: false,
             recv_ud: 0,
             paused: false,
+            eof_seen: false,
             recv_buf: if net.recv == RecvMode::Single {
                 Some(vec![0u8; net.recv_buf_bytes as usize])
             } else {
@@ -1024,7 +1035,8 @@ impl<'a> Worker<'a> {
     fn arm_recv(&mut self, id: ConnId) {
         let multishot = self.pbuf.is_some();
         let Some(c) = self.conn_mut(id) else { return };
-        if c.state != State::Open || c.recv_in_flight || c.paused {
+        let lingering = matches!(c.state, State::Lingering(_));
+        if !(c.state == State::Open || lingering) || c.recv_in_flight || (c.paused && !lingering) {
             return;
         }
         let fd =
@@ -1102,6 +1114,11 @@ impl<'a> Worker<'a> {
                 self.arm_tick()?;
             }
             Completion::Cancel { .. } | Completion::MsgRing { .. } => {}
+            Completion::Shutdown { ctx: cx, res: _ } => {
+                let id = ctx_conn(cx);
+                self.op_done(id, false);
+                self.maybe_close(id);
+            }
             Completion::Close { ctx: cx, res: _ } => self.release_conn(ctx_conn(cx), svc),
             Completion::RecvMulti {
                 ctx: cx, res, more, ..
@@ -1255,11 +1272,12 @@ impl<'a> Worker<'a> {
     }
 
     fn on_eof<S: Service>(&mut self, id: ConnId, svc: &mut S) {
-        let open = self.conn_mut(id).is_some_and(|c| c.state == State::Open);
-        if open {
-            svc.eof(id, &mut self.io);
-        } else {
-            self.maybe_close(id);
+        let Some(c) = self.conn_mut(id) else { return };
+        c.eof_seen = true;
+        match c.state {
+            State::Open => svc.eof(id, &mut self.io),
+            State::Lingering(_) => self.abort(id),
+            _ => self.maybe_close(id),
         }
     }
 
@@ -1309,6 +1327,18 @@ impl<'a> Worker<'a> {
     fn on_tick<S: Service>(&mut self, svc: &mut S) {
         if self.cfg.net.listeners == Listeners::Acceptor {
             let _ = self.take_mail(svc);
+        }
+        let now = self.io.now;
+        let lingered: Vec<ConnId> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| matches!(c.state, State::Lingering(t) if t <= now))
+            .map(|(i, c)| ConnId::new(i as u32, c.gen))
+            .collect();
+        for id in lingered {
+            self.abort(id);
         }
         if !self.opts.idle_timeout.is_zero() {
             let now = self.io.now;
@@ -1686,9 +1716,25 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Output is flushed: SHUT_WR, then linger reading until EOF (or 200 ms), then close.
     fn start_close(&mut self, id: ConnId) {
-        // Output is flushed: stop the receive (if any) and close.
-        self.abort(id);
+        let now = self.io.now;
+        let Some(c) = conn_of(&mut self.conns, id) else { return };
+        if c.eof_seen || c.fd.is_none() {
+            return self.abort(id);
+        }
+        let fd = c.fd.as_ref().map(|f| f.as_raw_fd()).expect("checked");
+        let r = self.net.shutdown(&mut *self.shared.borrow_mut(), fd, libc::SHUT_WR, ctx(K_SHUTDOWN, id));
+        match r {
+            Ok(_) => {
+                let c = conn_of(&mut self.conns, id).expect("still there");
+                c.ops += 1;
+                c.state = State::Lingering(now + LINGER);
+                c.paused = false;
+                self.arm_recv(id);
+            }
+            Err(_) => self.abort(id),
+        }
     }
 
     /// Executes the service's requests.
