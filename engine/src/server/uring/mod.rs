@@ -703,9 +703,15 @@ impl<'a> Worker<'a> {
         // Every connection has at most: one recv, one send (plus a zc notif), two splices,
         // one cancel, one close. Listeners: one accept each. Plus tick and wake-ups.
         let net_ops = NetOps::new(maxc * 6 + 64, TAG_NET);
-        // Arena: two slots per connection that streams a file at once is plenty; cap it.
+        // Arena: one slot holds one HTTP chunk (plus the O_DIRECT head skip) or one piece
+        // of a match-file write. Sized by file.arena-bytes when set, else 128 slots; a
+        // request that finds it empty waits for a slot (never a heap fallback).
         let slot_bytes = (net.serve_chunk_bytes as usize + 4096).next_multiple_of(4096);
-        let slots = (maxc.min(256) * 2).max(16);
+        let slots = if cfg.file.arena_bytes > 0 {
+            (cfg.file.arena_bytes as usize / slot_bytes).max(4)
+        } else {
+            128
+        };
         let arena = Arena::new(slots * slot_bytes, slot_bytes, 4096).map_err(|e| {
             UringError::Unsupported {
                 what: "worker arena".into(),
@@ -752,6 +758,23 @@ impl<'a> Worker<'a> {
             arena_registered: registered,
             attached_to_anchor: anchor.is_some(),
         };
+        eprintln!(
+            "uring worker {id}: ring flags {} (asked {}), features {}, sq {} cq {}, attach-wq {}, recv {}{}, accept {}, send {}, listeners {}, arena {} x {} bytes{}",
+            report.ring.flag_names,
+            report.ring.requested_flag_names,
+            report.ring.feature_names,
+            report.ring.sq_entries,
+            report.ring.cq_entries,
+            report.ring.attach_wq,
+            report.recv,
+            report.buf_ring.map(|(n, b)| format!(" (buffer ring {n} x {b})")).unwrap_or_default(),
+            report.accept,
+            report.send,
+            report.listeners,
+            report.arena_slots,
+            report.arena_slot_bytes,
+            if report.arena_registered { " registered" } else { "" },
+        );
         let stats = Arc::new(WorkerStats::default());
         {
             let mut r = handle.reports.lock().unwrap_or_else(|e| e.into_inner());
@@ -1719,12 +1742,19 @@ impl<'a> Worker<'a> {
     /// Output is flushed: SHUT_WR, then linger reading until EOF (or 200 ms), then close.
     fn start_close(&mut self, id: ConnId) {
         let now = self.io.now;
-        let Some(c) = conn_of(&mut self.conns, id) else { return };
+        let Some(c) = conn_of(&mut self.conns, id) else {
+            return;
+        };
         if c.eof_seen || c.fd.is_none() {
             return self.abort(id);
         }
         let fd = c.fd.as_ref().map(|f| f.as_raw_fd()).expect("checked");
-        let r = self.net.shutdown(&mut *self.shared.borrow_mut(), fd, libc::SHUT_WR, ctx(K_SHUTDOWN, id));
+        let r = self.net.shutdown(
+            &mut *self.shared.borrow_mut(),
+            fd,
+            libc::SHUT_WR,
+            ctx(K_SHUTDOWN, id),
+        );
         match r {
             Ok(_) => {
                 let c = conn_of(&mut self.conns, id).expect("still there");

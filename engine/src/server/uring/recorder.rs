@@ -77,22 +77,6 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
         shutdown,
         handle.clone(),
     );
-    if let Ok(reports) = handle.reports.lock() {
-        for rep in reports.iter() {
-            eprintln!(
-                "uring worker {}: ring flags {} (asked {}), sq {} cq {}, recv {}, accept {}, send {}, listeners {}",
-                rep.worker,
-                rep.ring.flag_names,
-                rep.ring.requested_flag_names,
-                rep.ring.sq_entries,
-                rep.ring.cq_entries,
-                rep.recv,
-                rep.accept,
-                rep.send,
-                rep.listeners
-            );
-        }
-    }
     r.map_err(|e| ServerError(format!("io_uring backend: {e}")))
 }
 
@@ -155,6 +139,8 @@ pub struct Recorder {
     conns: HashMap<ConnId, Conn>,
     /// Sessions whose socket is gone but whose storage work is not finished.
     detached: HashMap<ConnId, Box<Ds>>,
+    /// Sessions whose write waits for arena slots, retried as file ops complete.
+    waiting_for_slots: Vec<ConnId>,
     shutting_down: bool,
 }
 
@@ -174,6 +160,7 @@ impl Recorder {
             http_timeout,
             conns: HashMap::new(),
             detached: HashMap::new(),
+            waiting_for_slots: Vec::new(),
             shutting_down: false,
         }
     }
@@ -190,13 +177,26 @@ impl Recorder {
     fn drive(&mut self, id: ConnId, io: &mut Io) {
         let reg = self.reg.clone();
         let rw_flags = self.scfg.store.rw_flags();
+        let mut queued = std::mem::take(&mut self.waiting_for_slots);
+        self.drive_inner(id, io, &reg, rw_flags, &mut queued);
+        self.waiting_for_slots = queued;
+    }
+
+    fn drive_inner(
+        &mut self,
+        id: ConnId,
+        io: &mut Io,
+        reg: &Arc<Registry>,
+        rw_flags: i32,
+        queued: &mut Vec<ConnId>,
+    ) {
         let Some(ds) = self.ds_mut(id) else { return };
         let now = io.now();
         if let Pending::Queued(_) = ds.pending {
             let Pending::Queued(req) = std::mem::replace(&mut ds.pending, Pending::None) else {
                 unreachable!()
             };
-            issue_write(ds, req, id, io, rw_flags);
+            issue_write(ds, req, id, io, rw_flags, queued);
         }
         while matches!(ds.pending, Pending::None) {
             let Some(op) = ds.sess.next_io(now) else {
@@ -225,7 +225,7 @@ impl Recorder {
                         Err(e) => ds.sess.open_done(Err(e)),
                     }
                 }
-                session::Io::Write(req) => issue_write(ds, req, id, io, rw_flags),
+                session::Io::Write(req) => issue_write(ds, req, id, io, rw_flags, queued),
                 session::Io::Sync => match &ds.file {
                     Some(f) => {
                         io.fsync(f.as_raw_fd(), true, id.0);
@@ -304,7 +304,14 @@ impl Recorder {
     }
 }
 
-fn issue_write(ds: &mut Ds, req: WriteReq, id: ConnId, io: &mut Io, rw_flags: i32) {
+fn issue_write(
+    ds: &mut Ds,
+    req: WriteReq,
+    id: ConnId,
+    io: &mut Io,
+    rw_flags: i32,
+    queued: &mut Vec<ConnId>,
+) {
     let Some(f) = &ds.file else {
         ds.sess
             .write_done(req, Err(io::Error::other("match file is not open")));
@@ -321,6 +328,7 @@ fn issue_write(ds: &mut Ds, req: WriteReq, id: ConnId, io: &mut Io, rw_flags: i3
             Some(s) => slots.push(s),
             None => {
                 ds.pending = Pending::Queued(req);
+                queued.push(id);
                 return;
             }
         }
@@ -638,6 +646,13 @@ impl Service for Recorder {
             }
         }
         self.drive(id, io);
+        // Slots came back: writes that waited for them go now (in arrival order).
+        if !self.waiting_for_slots.is_empty() {
+            let waiting = std::mem::take(&mut self.waiting_for_slots);
+            for w in waiting {
+                self.drive(w, io);
+            }
+        }
     }
 
     fn tick(&mut self, io: &mut Io) {
