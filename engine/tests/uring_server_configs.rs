@@ -230,14 +230,7 @@ fn registered_fd_only_r_disabled_tiny_buffer_ring() {
 fn tiny_arena_makes_writes_wait_for_slots() {
     // 4 slots of 260 KiB; 1 MiB appends need all 4: concurrent matches queue for slots.
     ingest_and_download_checked(
-        &[
-            "--arena-bytes",
-            "1040k",
-            "--append-buffer-bytes",
-            "1m",
-            "--ack-interval-ms",
-            "20",
-        ],
+        &["--worker-arena-slots", "4", "--append-buffer-bytes", "1m"],
         8,
         &[],
         &["arena 4 x 266240"],

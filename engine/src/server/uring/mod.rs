@@ -704,14 +704,10 @@ impl<'a> Worker<'a> {
         // one cancel, one close. Listeners: one accept each. Plus tick and wake-ups.
         let net_ops = NetOps::new(maxc * 6 + 64, TAG_NET);
         // Arena: one slot holds one HTTP chunk (plus the O_DIRECT head skip) or one piece
-        // of a match-file write. Sized by file.arena-bytes when set, else 128 slots; a
+        // of a match-file write. Sized by net.worker-arena-slots; a
         // request that finds it empty waits for a slot (never a heap fallback).
         let slot_bytes = (net.serve_chunk_bytes as usize + 4096).next_multiple_of(4096);
-        let slots = if cfg.file.arena_bytes > 0 {
-            (cfg.file.arena_bytes as usize / slot_bytes).max(4)
-        } else {
-            128
-        };
+        let slots = net.worker_arena_slots as usize;
         let arena = Arena::new(slots * slot_bytes, slot_bytes, 4096).map_err(|e| {
             UringError::Unsupported {
                 what: "worker arena".into(),
