@@ -82,11 +82,13 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
 
 enum Pending {
     None,
-    /// A write whose slots could not all be had yet (arena exhausted): retried on tick.
-    Queued(WriteReq),
+    /// A match-file write in pieces of one arena slot each: `next` is the first piece not
+    /// yet issued (it waits for a free slot when the arena is empty).
     Write {
         req: WriteReq,
-        parts_left: usize,
+        next: usize,
+        total: usize,
+        in_flight: usize,
         err: Option<io::Error>,
     },
     Sync,
@@ -192,11 +194,8 @@ impl Recorder {
     ) {
         let Some(ds) = self.ds_mut(id) else { return };
         let now = io.now();
-        if let Pending::Queued(_) = ds.pending {
-            let Pending::Queued(req) = std::mem::replace(&mut ds.pending, Pending::None) else {
-                unreachable!()
-            };
-            issue_write(ds, req, id, io, rw_flags, queued);
+        if matches!(ds.pending, Pending::Write { in_flight: 0, .. }) {
+            issue_more(ds, id, io, rw_flags, queued);
         }
         while matches!(ds.pending, Pending::None) {
             let Some(op) = ds.sess.next_io(now) else {
@@ -312,28 +311,47 @@ fn issue_write(
     rw_flags: i32,
     queued: &mut Vec<ConnId>,
 ) {
-    let Some(f) = &ds.file else {
+    if ds.file.is_none() {
         ds.sess
             .write_done(req, Err(io::Error::other("match file is not open")));
         return;
-    };
-    let fd = f.as_raw_fd();
-    let bytes = req.bytes();
-    let sb = io.slot_bytes();
-    let parts = bytes.len().div_ceil(sb).max(1);
-    // All slots first, so a write is either fully in flight or waits whole.
-    let mut slots = Vec::with_capacity(parts);
-    for _ in 0..parts {
-        match io.alloc_slot() {
-            Some(s) => slots.push(s),
-            None => {
-                ds.pending = Pending::Queued(req);
-                queued.push(id);
-                return;
-            }
-        }
     }
-    for (i, mut slot) in slots.into_iter().enumerate() {
+    let total = req.bytes().len().div_ceil(io.slot_bytes()).max(1);
+    ds.pending = Pending::Write {
+        req,
+        next: 0,
+        total,
+        in_flight: 0,
+        err: None,
+    };
+    issue_more(ds, id, io, rw_flags, queued);
+}
+
+/// Issues the pieces of the pending write for which a slot is free.
+fn issue_more(ds: &mut Ds, id: ConnId, io: &mut Io, rw_flags: i32, queued: &mut Vec<ConnId>) {
+    let Some(f) = &ds.file else { return };
+    let fd = f.as_raw_fd();
+    let Pending::Write {
+        req,
+        next,
+        total,
+        in_flight,
+        err,
+    } = &mut ds.pending
+    else {
+        return;
+    };
+    if err.is_some() {
+        *next = *total; // stop after a failed piece; finish when the rest is back
+        return;
+    }
+    let sb = io.slot_bytes();
+    let bytes = req.bytes();
+    while *next < *total {
+        let Some(mut slot) = io.alloc_slot() else {
+            break;
+        };
+        let i = *next;
         let piece = &bytes[i * sb..((i + 1) * sb).min(bytes.len())];
         slot.set_len(piece.len());
         slot.as_mut_slice().copy_from_slice(piece);
@@ -346,12 +364,14 @@ fn issue_write(
             rw_flags,
             id.0,
         );
+        *next += 1;
+        *in_flight += 1;
     }
-    ds.pending = Pending::Write {
-        req,
-        parts_left: parts,
-        err: None,
-    };
+    if *next < *total && *in_flight == 0 && !queued.contains(&id) {
+        // Nothing of ours in flight to wake us: retry when any file op returns a slot
+        // (or at the next tick).
+        queued.push(id);
+    }
 }
 
 fn send_response(h: &mut Http, id: ConnId, resp: http::Response, io: &mut Io, reg: &Registry) {
@@ -617,34 +637,58 @@ impl Service for Recorder {
         buf: Option<crate::sys::mem::Slot>,
         io: &mut Io,
     ) {
+        let piece_len = buf.as_ref().map(|b| b.len());
         drop(buf);
         let id = ConnId(token);
-        let Some(ds) = self.ds_mut(id) else { return };
-        match std::mem::replace(&mut ds.pending, Pending::None) {
-            Pending::Write {
-                req,
-                parts_left,
-                mut err,
-            } => {
-                if let Err(e) = res {
-                    err.get_or_insert(e);
+        let rw_flags = self.scfg.store.rw_flags();
+        let mut queued = std::mem::take(&mut self.waiting_for_slots);
+        let Some(ds) = self.ds_mut(id) else {
+            self.waiting_for_slots = queued;
+            return;
+        };
+        match &mut ds.pending {
+            Pending::Write { in_flight, err, .. } => {
+                *in_flight -= 1;
+                match res {
+                    Err(e) => {
+                        err.get_or_insert(e);
+                    }
+                    Ok(n) if Some(n as usize) != piece_len => {
+                        err.get_or_insert(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            format!("short write: {n} of {} bytes", piece_len.unwrap_or(0)),
+                        ));
+                    }
+                    Ok(_) => {}
                 }
-                if parts_left > 1 {
-                    ds.pending = Pending::Write {
-                        req,
-                        parts_left: parts_left - 1,
-                        err,
-                    };
+                issue_more(ds, id, io, rw_flags, &mut queued);
+                let Pending::Write {
+                    next,
+                    total,
+                    in_flight,
+                    ..
+                } = &ds.pending
+                else {
+                    unreachable!()
+                };
+                if *in_flight > 0 || *next < *total {
+                    self.waiting_for_slots = queued;
                     return;
                 }
+                let Pending::Write { req, err, .. } =
+                    std::mem::replace(&mut ds.pending, Pending::None)
+                else {
+                    unreachable!()
+                };
                 ds.sess.write_done(req, err.map_or(Ok(()), Err));
             }
-            Pending::Sync => ds.sess.sync_done(res.map(|_| ())),
-            other => {
-                ds.pending = other;
-                return;
+            Pending::Sync => {
+                ds.pending = Pending::None;
+                ds.sess.sync_done(res.map(|_| ()));
             }
+            Pending::None => {}
         }
+        self.waiting_for_slots = queued;
         self.drive(id, io);
         // Slots came back: writes that waited for them go now (in arrival order).
         if !self.waiting_for_slots.is_empty() {
