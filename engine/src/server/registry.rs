@@ -24,7 +24,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_matches: 10_000, max_connections: 20_000, http_max_connections: 10_000, live_max_delay: Duration::from_secs(120) }
+        Limits {
+            max_matches: 10_000,
+            max_connections: 20_000,
+            http_max_connections: 10_000,
+            live_max_delay: Duration::from_secs(120),
+        }
     }
 }
 
@@ -98,7 +103,7 @@ impl MatchShared {
     /// Readable bytes as they were at `at` (for `?delay_ms`): the newest sample not after `at`.
     pub fn bytes_at(&self, at: Instant) -> u64 {
         let st = self.lock();
-        if st.info.phase == Phase::Sealed && st.history.back().map_or(true, |(t, _)| *t <= at) {
+        if st.info.phase == Phase::Sealed && st.history.back().is_none_or(|(t, _)| *t <= at) {
             return st.info.bytes;
         }
         let mut best = 0;
@@ -124,7 +129,11 @@ impl MatchShared {
             if now >= deadline {
                 return v;
             }
-            st = self.changed.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
     fn bump(&self) {
@@ -166,6 +175,7 @@ impl Metrics {
 }
 
 /// The outcome of claiming the writer role for a match.
+#[allow(clippy::large_enum_variant)]
 pub enum Claim {
     /// A new match: create its file.
     New(WriterGuard),
@@ -199,7 +209,11 @@ pub struct ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let c = if self.http { &self.counter.http_connections } else { &self.counter.ds_connections };
+        let c = if self.http {
+            &self.counter.http_connections
+        } else {
+            &self.counter.ds_connections
+        };
         c.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -321,7 +335,10 @@ impl Registry {
     /// Admits one DS connection, or says which limit refused it.
     pub fn try_ds_connection(self: &Arc<Self>) -> Result<ConnGuard, (ErrorCode, String)> {
         let n = self.ds_connections.fetch_add(1, Ordering::AcqRel);
-        let g = ConnGuard { counter: self.clone(), http: false };
+        let g = ConnGuard {
+            counter: self.clone(),
+            http: false,
+        };
         if n >= self.limits.max_connections {
             return Err((
                 ErrorCode::TooManyConnections,
@@ -335,7 +352,10 @@ impl Registry {
     /// Admits one HTTP connection (None when `http-max-connections` is reached).
     pub fn try_http_connection(self: &Arc<Self>) -> Option<ConnGuard> {
         let n = self.http_connections.fetch_add(1, Ordering::AcqRel);
-        let g = ConnGuard { counter: self.clone(), http: true };
+        let g = ConnGuard {
+            counter: self.clone(),
+            http: true,
+        };
         (n < self.limits.http_max_connections).then_some(g)
     }
 
@@ -349,19 +369,34 @@ impl Registry {
     /// Claims the writer role for `id` (already validated), applying the protocol's rules:
     /// sealed -> MATCH_SEALED, another writer -> MATCH_BUSY, in progress without RESUME ->
     /// MATCH_EXISTS, new match over `max-matches` -> TOO_MANY_MATCHES.
-    pub fn claim_writer(self: &Arc<Self>, id: &str, resume: bool) -> Result<Claim, (ErrorCode, String)> {
+    pub fn claim_writer(
+        self: &Arc<Self>,
+        id: &str,
+        resume: bool,
+    ) -> Result<Claim, (ErrorCode, String)> {
         if self.shutting_down() {
-            return Err((ErrorCode::ShuttingDown, "the recorder is shutting down; reconnect with RESUME later".into()));
+            return Err((
+                ErrorCode::ShuttingDown,
+                "the recorder is shutting down; reconnect with RESUME later".into(),
+            ));
         }
         let mut map = self.map();
         if let Some(m) = map.get(id).cloned() {
             drop(map);
             let mut st = m.lock();
             if st.info.phase == Phase::Sealed {
-                return Err((ErrorCode::MatchSealed, format!("match {id} has ended and is sealed; it cannot be written again")));
+                return Err((
+                    ErrorCode::MatchSealed,
+                    format!("match {id} has ended and is sealed; it cannot be written again"),
+                ));
             }
             if st.info.writer {
-                return Err((ErrorCode::MatchBusy, format!("match {id} already has a writer connection; only one DS may write a match")));
+                return Err((
+                    ErrorCode::MatchBusy,
+                    format!(
+                        "match {id} already has a writer connection; only one DS may write a match"
+                    ),
+                ));
             }
             if !resume {
                 return Err((
@@ -374,7 +409,11 @@ impl Registry {
             let rescan = st.needs_rescan || parked.is_none();
             drop(st);
             Metrics::add(&self.metrics.matches_resumed, 1);
-            let g = WriterGuard { shared: m, registry: self.clone(), released: false };
+            let g = WriterGuard {
+                shared: m,
+                registry: self.clone(),
+                released: false,
+            };
             return Ok(match parked {
                 Some(f) if !rescan => Claim::Resume(g, f),
                 _ => Claim::Rescan(g),
@@ -384,7 +423,10 @@ impl Registry {
         if live >= self.limits.max_matches {
             return Err((
                 ErrorCode::TooManyMatches,
-                format!("{live} matches are in progress, the max-matches limit is {}; retry later", self.limits.max_matches),
+                format!(
+                    "{live} matches are in progress, the max-matches limit is {}; retry later",
+                    self.limits.max_matches
+                ),
             ));
         }
         let info = MatchInfo {
@@ -393,7 +435,10 @@ impl Registry {
             writer: true,
             bytes: 0,
             durable_seq: 0,
-            stats: FileStats { created_unix_us: crate::storage::now_unix_us(), ..Default::default() },
+            stats: FileStats {
+                created_unix_us: crate::storage::now_unix_us(),
+                ..Default::default()
+            },
             sealed_unix_us: 0,
             etag: None,
         };
@@ -402,7 +447,11 @@ impl Registry {
         self.live_count.fetch_add(1, Ordering::AcqRel);
         drop(map);
         Metrics::add(&self.metrics.matches_started, 1);
-        Ok(Claim::New(WriterGuard { shared: m, registry: self.clone(), released: false }))
+        Ok(Claim::New(WriterGuard {
+            shared: m,
+            registry: self.clone(),
+            released: false,
+        }))
     }
 
     /// Gives the writer role back. `file`: the append state to park for a resume (None
@@ -417,7 +466,10 @@ impl Registry {
     pub fn abandon_new(&self, mut g: WriterGuard) {
         g.released = true;
         let mut map = self.map();
-        if map.get(&g.shared.id).is_some_and(|m| Arc::ptr_eq(m, &g.shared)) {
+        if map
+            .get(&g.shared.id)
+            .is_some_and(|m| Arc::ptr_eq(m, &g.shared))
+        {
             map.remove(&g.shared.id);
             self.live_count.fetch_sub(1, Ordering::AcqRel);
         }
@@ -460,7 +512,12 @@ impl Registry {
             _ => st.history.push_back((now, bytes)),
         }
         let horizon = self.limits.live_max_delay + Duration::from_secs(1);
-        while st.history.len() > 2 && st.history.front().is_some_and(|(t, _)| now.duration_since(*t) > horizon) {
+        while st.history.len() > 2
+            && st
+                .history
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > horizon)
+        {
             st.history.pop_front();
         }
         drop(st);
@@ -491,11 +548,20 @@ fn new_shared(info: MatchInfo, index: Vec<IndexEntry>, parked: Option<MatchFile>
     let mut history = VecDeque::new();
     // a recovered match's bytes count as old, so delayed viewers see them at once
     let now = Instant::now();
-    let old = now.checked_sub(Duration::from_secs(3600)).or_else(|| now.checked_sub(Duration::from_secs(1))).unwrap_or(now);
+    let old = now
+        .checked_sub(Duration::from_secs(3600))
+        .or_else(|| now.checked_sub(Duration::from_secs(1)))
+        .unwrap_or(now);
     history.push_back((if bytes > 0 { old } else { now }, bytes));
     MatchShared {
         id: info.id.clone(),
-        state: Mutex::new(MatchState { info, index, history, parked, needs_rescan: false }),
+        state: Mutex::new(MatchState {
+            info,
+            index,
+            history,
+            parked,
+            needs_rescan: false,
+        }),
         changed: Condvar::new(),
         version: AtomicU64::new(1),
     }
