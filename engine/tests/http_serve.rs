@@ -13,12 +13,17 @@ fn sealed_download_ranges_etag_head() {
     let dir = TempDir::new("ranges");
     let srv = spawn_server(&default_backend(), dir.path(), &[]);
     let (sent, r) = stream_match(srv.ingest, "s1", 40, 2000);
-    let Reply::Sealed { file_bytes, .. } = r else { panic!("{r:?}") };
+    let Reply::Sealed { file_bytes, .. } = r else {
+        panic!("{r:?}")
+    };
     let full = testkit::http_get(srv.http, "GET", "/matches/s1", &[]).unwrap();
     assert_eq!(full.status, 200);
     check_replay(&full.body, "s1", &sent, true);
     let len = file_bytes as usize;
-    assert_eq!(full.header("content-length"), Some(len.to_string().as_str()));
+    assert_eq!(
+        full.header("content-length"),
+        Some(len.to_string().as_str())
+    );
     let etag = full.header("etag").unwrap().to_string();
     // HEAD: same headers, no body
     let h = testkit::http_get(srv.http, "HEAD", "/matches/s1", &[]).unwrap();
@@ -26,27 +31,76 @@ fn sealed_download_ranges_etag_head() {
     assert_eq!(h.header("etag"), Some(etag.as_str()));
     assert_eq!(h.header("content-length"), Some(len.to_string().as_str()));
     // ranges
-    for (spec, a, b) in [("bytes=0-99", 0, 99), ("bytes=100-", 100, len - 1), ("bytes=-50", len - 50, len - 1), ("bytes=10-999999999", 10, len - 1)] {
+    for (spec, a, b) in [
+        ("bytes=0-99", 0, 99),
+        ("bytes=100-", 100, len - 1),
+        ("bytes=-50", len - 50, len - 1),
+        ("bytes=10-999999999", 10, len - 1),
+    ] {
         let g = testkit::http_get(srv.http, "GET", "/matches/s1", &[("Range", spec)]).unwrap();
         assert_eq!(g.status, 206, "{spec}");
-        assert_eq!(g.header("content-range"), Some(format!("bytes {a}-{b}/{len}").as_str()), "{spec}");
+        assert_eq!(
+            g.header("content-range"),
+            Some(format!("bytes {a}-{b}/{len}").as_str()),
+            "{spec}"
+        );
         assert_eq!(g.body, full.body[a..=b], "{spec}");
     }
-    let g = testkit::http_get(srv.http, "GET", "/matches/s1", &[("Range", &format!("bytes={len}-"))]).unwrap();
+    let g = testkit::http_get(
+        srv.http,
+        "GET",
+        "/matches/s1",
+        &[("Range", &format!("bytes={len}-"))],
+    )
+    .unwrap();
     assert_eq!(g.status, 416);
-    assert_eq!(g.header("content-range"), Some(format!("bytes */{len}").as_str()));
+    assert_eq!(
+        g.header("content-range"),
+        Some(format!("bytes */{len}").as_str())
+    );
     // If-Range with another ETag: whole file
-    let g = testkit::http_get(srv.http, "GET", "/matches/s1", &[("Range", "bytes=0-9"), ("If-Range", "\"other\"")]).unwrap();
+    let g = testkit::http_get(
+        srv.http,
+        "GET",
+        "/matches/s1",
+        &[("Range", "bytes=0-9"), ("If-Range", "\"other\"")],
+    )
+    .unwrap();
     assert_eq!((g.status, g.body.len()), (200, len));
     // conditional
     let g = testkit::http_get(srv.http, "GET", "/matches/s1", &[("If-None-Match", &etag)]).unwrap();
     assert_eq!((g.status, g.body.len()), (304, 0));
     // unknown, invalid, other resources, other methods
-    assert_eq!(testkit::http_get(srv.http, "GET", "/matches/nope", &[]).unwrap().status, 404);
-    assert_eq!(testkit::http_get(srv.http, "GET", "/matches/..%2Fx", &[]).unwrap().status, 404);
-    assert_eq!(testkit::http_get(srv.http, "GET", "/matches/a%20b", &[]).unwrap().status, 400);
-    assert_eq!(testkit::http_get(srv.http, "GET", "/matches/a.rpl", &[]).unwrap().status, 400);
-    assert_eq!(testkit::http_get(srv.http, "GET", "/etc/passwd", &[]).unwrap().status, 404);
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/nope", &[])
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/..%2Fx", &[])
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/a%20b", &[])
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/a.rpl", &[])
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/etc/passwd", &[])
+            .unwrap()
+            .status,
+        404
+    );
     let d = testkit::http_get(srv.http, "DELETE", "/matches/s1", &[]).unwrap();
     assert_eq!((d.status, d.header("allow")), (405, Some("GET, HEAD")));
 }
@@ -56,12 +110,21 @@ fn live_tail_follows_until_the_match_ends() {
     let dir = TempDir::new("live");
     let srv = spawn_server(&default_backend(), dir.path(), &["--ack-interval-ms", "1"]);
     let mut c = DsClient::connect(srv.ingest).unwrap();
-    assert!(matches!(c.hello("lv", false, b"").unwrap(), Reply::Welcome { .. }));
-    let p: Vec<Vec<u8>> = (1..=30).map(|s| testkit::payload_for("lv", s, 500)).collect();
+    assert!(matches!(
+        c.hello("lv", false, b"").unwrap(),
+        Reply::Welcome { .. }
+    ));
+    let p: Vec<Vec<u8>> = (1..=30)
+        .map(|s| testkit::payload_for("lv", s, 500))
+        .collect();
     for s in 1..=10u64 {
-        c.frame(s, s, if s == 1 { 1 } else { 2 }, &p[s as usize - 1]).unwrap();
+        c.frame(s, s, if s == 1 { 1 } else { 2 }, &p[s as usize - 1])
+            .unwrap();
     }
-    assert_eq!(c.wait_ack(10, Duration::from_secs(10)).unwrap(), Reply::Ack(10));
+    assert_eq!(
+        c.wait_ack(10, Duration::from_secs(10)).unwrap(),
+        Reply::Ack(10)
+    );
     // HEAD on a live match says chunked and live
     let h = testkit::http_get(srv.http, "HEAD", "/matches/lv", &[]).unwrap();
     assert_eq!(h.header("x-match-state"), Some("live"));
@@ -87,7 +150,8 @@ fn live_tail_follows_until_the_match_ends() {
     let v1 = viewer(Some(300));
     std::thread::sleep(Duration::from_millis(150));
     for s in 11..=30u64 {
-        c.frame(s, s, if s == 21 { 1 } else { 2 }, &p[s as usize - 1]).unwrap();
+        c.frame(s, s, if s == 21 { 1 } else { 2 }, &p[s as usize - 1])
+            .unwrap();
         c.flush().unwrap();
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -99,9 +163,15 @@ fn live_tail_follows_until_the_match_ends() {
     for r in [&r0, &r1] {
         assert_eq!(r.status, 200);
         assert!(r.chunked);
-        assert_eq!(r.body, sealed, "a live viewer ends up with exactly the sealed replay");
+        assert_eq!(
+            r.body, sealed,
+            "a live viewer ends up with exactly the sealed replay"
+        );
     }
-    assert!(t1 >= Duration::from_millis(300), "the delayed viewer finished {t1:?} after it started");
+    assert!(
+        t1 >= Duration::from_millis(300),
+        "the delayed viewer finished {t1:?} after it started"
+    );
     let bad = testkit::http_get(srv.http, "GET", "/matches/lv?delay_ms=abc", &[]).unwrap();
     assert_eq!(bad.status, 400);
 }
@@ -109,7 +179,11 @@ fn live_tail_follows_until_the_match_ends() {
 #[test]
 fn keep_alive_pipelining_and_malformed_requests() {
     let dir = TempDir::new("pipe");
-    let srv = spawn_server(&default_backend(), dir.path(), &["--http-timeout-ms", "500"]);
+    let srv = spawn_server(
+        &default_backend(),
+        dir.path(),
+        &["--http-timeout-ms", "500"],
+    );
     let (sent, _) = stream_match(srv.ingest, "p1", 5, 100);
     let mut s = TcpStream::connect(srv.http).unwrap();
     // three pipelined requests in one write, split at odd places
@@ -134,7 +208,10 @@ fn keep_alive_pipelining_and_malformed_requests() {
     assert!(rest.is_empty(), "connection closed after the 400");
     // oversized head -> 431
     let mut s = TcpStream::connect(srv.http).unwrap();
-    let big = format!("GET /matches HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n", "p".repeat(10000));
+    let big = format!(
+        "GET /matches HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(10000)
+    );
     let r = testkit::http_exchange(&mut s, big.as_bytes(), false, Duration::from_secs(5)).unwrap();
     assert_eq!(r.status, 431);
     // slow client: half a request, then nothing -> 408 after http-timeout-ms, closed
@@ -149,4 +226,41 @@ fn keep_alive_pipelining_and_malformed_requests() {
     assert_eq!(g.status, 200);
     let m = testkit::http_get(srv.http, "GET", "/metrics", &[]).unwrap();
     assert!(String::from_utf8_lossy(&m.body).contains("recorder_matches_sealed 1"));
+}
+
+#[test]
+fn retention_deletes_old_replays_and_says_gone() {
+    let dir = TempDir::new("retention");
+    let srv = spawn_server(&default_backend(), dir.path(), &["--retention-s", "1"]);
+    let (_, r) = stream_match(srv.ingest, "old", 3, 10);
+    assert!(matches!(r, Reply::Sealed { .. }));
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/old", &[])
+            .unwrap()
+            .status,
+        200
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let g = testkit::http_get(srv.http, "GET", "/matches/old", &[]).unwrap();
+        if g.status == 410 {
+            break;
+        }
+        assert_eq!(g.status, 200, "{}", String::from_utf8_lossy(&g.body));
+        assert!(Instant::now() < until, "replay not expired after 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!dir.path().join("old.rpl").exists());
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/never", &[])
+            .unwrap()
+            .status,
+        404,
+        "unknown is not expired"
+    );
+    let mut c = DsClient::connect(srv.ingest).unwrap();
+    assert_eq!(
+        c.hello("old", false, b"").unwrap().error_code(),
+        Some(engine::protocol::ErrorCode::MatchSealed)
+    );
 }

@@ -10,7 +10,10 @@ fn stream_until_broken(c: &mut DsClient, id: &str, from: u64, max: u64) -> u64 {
     let mut seq = from;
     while seq <= max {
         let p = testkit::payload_for(id, seq, 700);
-        if c.frame(seq, seq, if seq % 25 == 1 { 1 } else { 2 }, &p).is_err() || c.flush().is_err() {
+        if c.frame(seq, seq, if seq % 25 == 1 { 1 } else { 2 }, &p)
+            .is_err()
+            || c.flush().is_err()
+        {
             break;
         }
         seq += 1;
@@ -29,7 +32,16 @@ fn kill9_restart_resume_loses_no_acked_frame() {
 
 #[test]
 fn kill9_restart_resume_o_direct_fdatasync() {
-    kill9_restart_resume(&["--ack-interval-ms", "2", "--direct", "required", "--durability", "fdatasync", "--append-buffer-bytes", "16k"]);
+    kill9_restart_resume(&[
+        "--ack-interval-ms",
+        "2",
+        "--direct",
+        "required",
+        "--durability",
+        "fdatasync",
+        "--append-buffer-bytes",
+        "16k",
+    ]);
 }
 
 fn kill9_restart_resume(args: &[&str]) {
@@ -43,7 +55,10 @@ fn kill9_restart_resume(args: &[&str]) {
         .map(|id| {
             std::thread::spawn(move || {
                 let mut c = DsClient::connect(ingest).unwrap();
-                assert!(matches!(c.hello(&id, false, b"").unwrap(), Reply::Welcome { last_seq: 0, .. }));
+                assert!(matches!(
+                    c.hello(&id, false, b"").unwrap(),
+                    Reply::Welcome { last_seq: 0, .. }
+                ));
                 let sent = stream_until_broken(&mut c, &id, 1, 1_000_000);
                 // drain what is left to read
                 while let Ok(r) = c.recv(Duration::from_millis(200)) {
@@ -66,20 +81,33 @@ fn kill9_restart_resume(args: &[&str]) {
     for (id, a, _) in &acked {
         let mut c = DsClient::connect(srv2.ingest).unwrap();
         let r = c.hello(id, true, b"").unwrap();
-        let Reply::Welcome { last_seq, .. } = r else { panic!("{id}: {r:?}") };
-        assert!(last_seq >= *a, "{id}: recorder says {last_seq} is durable but {a} was acked");
+        let Reply::Welcome { last_seq, .. } = r else {
+            panic!("{id}: {r:?}")
+        };
+        assert!(
+            last_seq >= *a,
+            "{id}: recorder says {last_seq} is durable but {a} was acked"
+        );
         // resend from the recorder's point, plus a few more, then END
         let end = last_seq + 20;
         for seq in last_seq + 1..=end {
-            c.frame(seq, seq, 2, &testkit::payload_for(id, seq, 700)).unwrap();
+            c.frame(seq, seq, 2, &testkit::payload_for(id, seq, 700))
+                .unwrap();
         }
         let r = c.end(end).unwrap();
-        assert!(matches!(r, Reply::Sealed { last_seq: l, .. } if l == end), "{id}: {r:?}");
+        assert!(
+            matches!(r, Reply::Sealed { last_seq: l, .. } if l == end),
+            "{id}: {r:?}"
+        );
         let b = std::fs::read(dir.path().join(format!("{id}.rpl"))).unwrap();
-        let want: Vec<Vec<u8>> = (1..=end).map(|s| testkit::payload_for(id, s, 700)).collect();
+        let want: Vec<Vec<u8>> = (1..=end)
+            .map(|s| testkit::payload_for(id, s, 700))
+            .collect();
         check_replay(&b, id, &want, true);
     }
-    assert!(store_files(dir.path()).iter().all(|f| f.ends_with(".rpl") && !f.contains('/')));
+    assert!(store_files(dir.path())
+        .iter()
+        .all(|f| f.ends_with(".rpl") && !f.contains('/')));
 }
 
 #[test]
@@ -87,12 +115,20 @@ fn torn_tail_is_cut_on_restart() {
     let dir = TempDir::new("torn");
     let mut srv = spawn_server(&default_backend(), dir.path(), &["--ack-interval-ms", "0"]);
     let mut c = DsClient::connect(srv.ingest).unwrap();
-    assert!(matches!(c.hello("t", false, b"").unwrap(), Reply::Welcome { .. }));
-    let p: Vec<Vec<u8>> = (1..=10).map(|s| testkit::payload_for("t", s, 333)).collect();
+    assert!(matches!(
+        c.hello("t", false, b"").unwrap(),
+        Reply::Welcome { .. }
+    ));
+    let p: Vec<Vec<u8>> = (1..=10)
+        .map(|s| testkit::payload_for("t", s, 333))
+        .collect();
     for (i, x) in p.iter().enumerate() {
         c.frame(i as u64 + 1, 1, 2, x).unwrap();
     }
-    assert_eq!(c.wait_ack(10, Duration::from_secs(10)).unwrap(), Reply::Ack(10));
+    assert_eq!(
+        c.wait_ack(10, Duration::from_secs(10)).unwrap(),
+        Reply::Ack(10)
+    );
     srv.kill9();
     // simulate a torn write and zero padding after the last whole frame
     let part = dir.path().join("live/t.rpl.part");
@@ -105,22 +141,41 @@ fn torn_tail_is_cut_on_restart() {
     b.extend_from_slice(&[0; 4096]);
     std::fs::write(&part, &b).unwrap();
     let srv2 = srv.restart();
-    assert!(srv2.log_text().contains("cut"), "recovery says what it cut: {}", srv2.log_text());
+    assert!(
+        srv2.log_text().contains("cut"),
+        "recovery says what it cut: {}",
+        srv2.log_text()
+    );
     assert_eq!(std::fs::metadata(&part).unwrap().len() as usize, whole);
     // live download of the recovered match: valid, unsealed, 10 frames
     let mut c = DsClient::connect(srv2.ingest).unwrap();
-    assert!(matches!(c.hello("t", true, b"").unwrap(), Reply::Welcome { last_seq: 10, .. }));
+    assert!(matches!(
+        c.hello("t", true, b"").unwrap(),
+        Reply::Welcome { last_seq: 10, .. }
+    ));
     let r = c.end(10).unwrap();
     assert!(matches!(r, Reply::Sealed { last_seq: 10, .. }), "{r:?}");
-    check_replay(&std::fs::read(dir.path().join("t.rpl")).unwrap(), "t", &p, true);
+    check_replay(
+        &std::fs::read(dir.path().join("t.rpl")).unwrap(),
+        "t",
+        &p,
+        true,
+    );
 }
 
 #[test]
 fn sigterm_flushes_acks_and_leaves_matches_resumable() {
     let dir = TempDir::new("term");
-    let mut srv = spawn_server(&default_backend(), dir.path(), &["--ack-interval-ms", "200"]);
+    let mut srv = spawn_server(
+        &default_backend(),
+        dir.path(),
+        &["--ack-interval-ms", "200"],
+    );
     let mut c = DsClient::connect(srv.ingest).unwrap();
-    assert!(matches!(c.hello("g", false, b"").unwrap(), Reply::Welcome { .. }));
+    assert!(matches!(
+        c.hello("g", false, b"").unwrap(),
+        Reply::Welcome { .. }
+    ));
     let p: Vec<Vec<u8>> = (1..=7).map(|s| testkit::payload_for("g", s, 100)).collect();
     for (i, x) in p.iter().enumerate() {
         c.frame(i as u64 + 1, 1, 2, x).unwrap();
@@ -138,10 +193,24 @@ fn sigterm_flushes_acks_and_leaves_matches_resumable() {
         }
     }
     assert_eq!(c.acked, 7);
-    assert_eq!(last.and_then(|r| r.error_code()), Some(engine::protocol::ErrorCode::ShuttingDown));
+    assert_eq!(
+        last.and_then(|r| r.error_code()),
+        Some(engine::protocol::ErrorCode::ShuttingDown)
+    );
     let srv2 = srv.restart();
     let mut c = DsClient::connect(srv2.ingest).unwrap();
-    assert!(matches!(c.hello("g", true, b"").unwrap(), Reply::Welcome { last_seq: 7, .. }));
-    assert!(matches!(c.end(7).unwrap(), Reply::Sealed { last_seq: 7, .. }));
-    check_replay(&std::fs::read(dir.path().join("g.rpl")).unwrap(), "g", &p, true);
+    assert!(matches!(
+        c.hello("g", true, b"").unwrap(),
+        Reply::Welcome { last_seq: 7, .. }
+    ));
+    assert!(matches!(
+        c.end(7).unwrap(),
+        Reply::Sealed { last_seq: 7, .. }
+    ));
+    check_replay(
+        &std::fs::read(dir.path().join("g.rpl")).unwrap(),
+        "g",
+        &p,
+        true,
+    );
 }

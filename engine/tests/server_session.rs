@@ -22,7 +22,11 @@ fn rig(tag: &str, f: impl FnOnce(&mut SessionConfig)) -> Rig {
     storage::recover_store(&paths, &StoreOptions::default(), u32::MAX).unwrap();
     let mut cfg = SessionConfig::default();
     f(&mut cfg);
-    Rig { reg: Registry::new(paths, Limits::default()), cfg: Arc::new(cfg), dir }
+    Rig {
+        reg: Registry::new(paths, Limits::default()),
+        cfg: Arc::new(cfg),
+        dir,
+    }
 }
 
 impl Drop for Rig {
@@ -32,7 +36,12 @@ impl Drop for Rig {
 }
 
 /// Runs every due Io; returns how many writes and syncs ran.
-fn pump(s: &mut IngestSession, fd: &mut Option<OwnedFd>, reg: &Registry, now: Instant) -> (u32, u32) {
+fn pump(
+    s: &mut IngestSession,
+    fd: &mut Option<OwnedFd>,
+    reg: &Registry,
+    now: Instant,
+) -> (u32, u32) {
     let (mut w, mut y) = (0, 0);
     while let Some(io) = s.next_io(now) {
         match &io {
@@ -49,7 +58,9 @@ fn decode_all(mut b: &[u8]) -> Vec<String> {
     let mut v = Vec::new();
     while let Some((m, n)) = protocol::decode(b, u32::MAX).unwrap() {
         v.push(match m {
-            Msg::Welcome { last_seq, ack_mode, .. } => format!("WELCOME {last_seq} {ack_mode:?}"),
+            Msg::Welcome {
+                last_seq, ack_mode, ..
+            } => format!("WELCOME {last_seq} {ack_mode:?}"),
             Msg::Ack { seq } => format!("ACK {seq}"),
             Msg::Sealed { last_seq, .. } => format!("SEALED {last_seq}"),
             Msg::Error { code, .. } => format!("ERROR {}", ErrorCode::from_u16(code).unwrap()),
@@ -62,7 +73,15 @@ fn decode_all(mut b: &[u8]) -> Vec<String> {
 
 fn hello(id: &str, resume: bool) -> Vec<u8> {
     let mut v = Vec::new();
-    protocol::encode(&mut v, &Msg::Hello { version: 1, resume, match_id: id, credential: b"" });
+    protocol::encode(
+        &mut v,
+        &Msg::Hello {
+            version: 1,
+            resume,
+            match_id: id,
+            credential: b"",
+        },
+    );
     v
 }
 
@@ -93,15 +112,24 @@ fn byte_at_a_time_input_and_group_commit_cadence() {
     for chunk in input[hl..].chunks(77) {
         s.feed(chunk, t0);
     }
-    assert_eq!(pump(&mut s, &mut fd, &r.reg, t0 + Duration::from_millis(10)), (0, 0));
-    assert!(s.take_output().is_empty(), "nothing acked before it is durable");
+    assert_eq!(
+        pump(&mut s, &mut fd, &r.reg, t0 + Duration::from_millis(10)),
+        (0, 0)
+    );
+    assert!(
+        s.take_output().is_empty(),
+        "nothing acked before it is durable"
+    );
     let d = s.deadline().unwrap();
     assert!(d <= t0 + Duration::from_millis(50));
     // at the deadline: one write + one fdatasync, then a single cumulative ACK
     assert_eq!(pump(&mut s, &mut fd, &r.reg, d), (1, 1));
     assert_eq!(decode_all(&s.take_output()), ["ACK 20"]);
     let info = r.reg.get("c1").unwrap().info();
-    assert_eq!((info.durable_seq, info.stats.frame_count, info.writer), (20, 20, true));
+    assert_eq!(
+        (info.durable_seq, info.stats.frame_count, info.writer),
+        (20, 20, true)
+    );
     // END: flush, seal, SEALED; the registry says sealed
     let mut end = Vec::new();
     protocol::encode(&mut end, &Msg::End { last_seq: 20 });
@@ -109,7 +137,10 @@ fn byte_at_a_time_input_and_group_commit_cadence() {
     pump(&mut s, &mut fd, &r.reg, d);
     assert_eq!(decode_all(&s.take_output()), ["SEALED 20"]);
     assert!(s.is_finished());
-    assert_eq!(r.reg.get("c1").unwrap().info().phase, engine::server::registry::Phase::Sealed);
+    assert_eq!(
+        r.reg.get("c1").unwrap().info().phase,
+        engine::server::registry::Phase::Sealed
+    );
 }
 
 #[test]
@@ -128,7 +159,11 @@ fn received_mode_acks_on_receipt_and_errors_come_last() {
     protocol::encode_frame(&mut b, 1, 1, 1, b"a");
     protocol::encode_frame(&mut b, 2, 2, 2, b"b");
     s.feed(&b, t0);
-    assert_eq!(decode_all(&s.take_output()), ["ACK 2"], "received mode acks before any write");
+    assert_eq!(
+        decode_all(&s.take_output()),
+        ["ACK 2"],
+        "received mode acks before any write"
+    );
     // a gap: frames before it are written, then ERROR, then finished
     let mut g = Vec::new();
     protocol::encode_frame(&mut g, 9, 3, 2, b"x");
@@ -171,6 +206,9 @@ fn idle_timeout_and_shutdown() {
     s.feed(&b, t0);
     s.begin_shutdown();
     pump(&mut s, &mut fd, &r.reg, t0);
-    assert_eq!(decode_all(&s.take_output()), ["WELCOME 0 Durable", "ACK 1", "ERROR SHUTTING_DOWN"]);
+    assert_eq!(
+        decode_all(&s.take_output()),
+        ["WELCOME 0 Durable", "ACK 1", "ERROR SHUTTING_DOWN"]
+    );
     assert!(s.is_finished());
 }

@@ -20,11 +20,22 @@ fn payload(seq: u64, len: usize) -> Vec<u8> {
 
 /// Appends `n` frames of varied sizes, writing through the file after every `batch`
 /// frames, checking alignment and the on-disk prefix after every write.
-fn write_frames(f: &mut MatchFile, fd: &std::os::fd::OwnedFd, logical: &mut Vec<u8>, from: u64, n: u64, batch: u64, opts: &StoreOptions) {
+fn write_frames(
+    f: &mut MatchFile,
+    fd: &std::os::fd::OwnedFd,
+    logical: &mut Vec<u8>,
+    from: u64,
+    n: u64,
+    batch: u64,
+    opts: &StoreOptions,
+) {
     let path_check = |_fd: &std::os::fd::OwnedFd, logical: &[u8], upto: u64| {
         // read through the page cache (the O_DIRECT fd needs aligned buffers)
         let mut got = vec![0u8; upto as usize];
-        let file = std::fs::File::open(std::env::temp_dir().join(format!("{}/live/st.rpl.part", f_dir(opts)))).unwrap();
+        let file = std::fs::File::open(
+            std::env::temp_dir().join(format!("{}/live/st.rpl.part", f_dir(opts))),
+        )
+        .unwrap();
         file.read_exact_at(&mut got, 0).unwrap();
         assert_eq!(got, logical[..upto as usize], "file prefix up to {upto}");
     };
@@ -36,7 +47,14 @@ fn write_frames(f: &mut MatchFile, fd: &std::os::fd::OwnedFd, logical: &mut Vec<
         let mut rec = Vec::new();
         format::encode_record_header(
             &mut rec,
-            &format::RecordHeader { payload_len: p.len() as u32, kind, seq, tick: seq * 3, recv_unix_us: 1000 + seq, payload_crc32c: crc32c::crc32c(&p) },
+            &format::RecordHeader {
+                payload_len: p.len() as u32,
+                kind,
+                seq,
+                tick: seq * 3,
+                recv_unix_us: 1000 + seq,
+                payload_crc32c: crc32c::crc32c(&p),
+            },
         );
         logical.extend_from_slice(&rec);
         logical.extend_from_slice(&p);
@@ -47,7 +65,11 @@ fn write_frames(f: &mut MatchFile, fd: &std::os::fd::OwnedFd, logical: &mut Vec<
                 let a = opts.align as u64;
                 assert_eq!(req.offset % a, 0, "offset aligned");
                 assert_eq!(req.bytes().len() as u64 % a, 0, "length aligned");
-                assert_eq!(req.bytes().as_ptr() as usize % opts.align, 0, "buffer aligned");
+                assert_eq!(
+                    req.bytes().as_ptr() as usize % opts.align,
+                    0,
+                    "buffer aligned"
+                );
             }
             storage::io::write_req(fd, &req, opts.rw_flags()).unwrap();
             f.write_done(&req);
@@ -64,13 +86,26 @@ fn write_frames(f: &mut MatchFile, fd: &std::os::fd::OwnedFd, logical: &mut Vec<
 }
 
 fn f_dir(opts: &StoreOptions) -> String {
-    format!("storage-test-rt-{}-{}-{}-{}", opts.direct, opts.durability.name(), opts.stage_bytes, std::process::id())
+    format!(
+        "storage-test-rt-{}-{}-{}-{}",
+        opts.direct,
+        opts.durability.name(),
+        opts.stage_bytes,
+        std::process::id()
+    )
 }
 
 fn round_trip(direct: bool, durability: Durability, stage: usize) {
     let dir = tmp(&format!("rt-{direct}-{}-{stage}", durability.name()));
     let paths = StorePaths::new(&dir);
-    let opts = StoreOptions { direct, align: 4096, durability, stage_bytes: stage, prealloc_bytes: 0, uncached: false };
+    let opts = StoreOptions {
+        direct,
+        align: 4096,
+        durability,
+        stage_bytes: stage,
+        prealloc_bytes: 0,
+        uncached: false,
+    };
     let (fd, _) = storage::io::open_match(&paths, "st", true, false, &opts, u32::MAX).unwrap();
     let mut f = MatchFile::create("st", 77, opts.clone());
     let mut logical = Vec::new();
@@ -81,7 +116,10 @@ fn round_trip(direct: bool, durability: Durability, stage: usize) {
     let rec = storage::recover_store(&paths, &opts, u32::MAX).unwrap();
     assert_eq!(rec.live.len(), 1);
     let (id, scan, tail) = &rec.live[0];
-    assert_eq!((id.as_str(), scan.last_seq, scan.valid_end), ("st", 60, logical.len() as u64));
+    assert_eq!(
+        (id.as_str(), scan.last_seq, scan.valid_end),
+        ("st", 60, logical.len() as u64)
+    );
     let mut f = MatchFile::resume(id, scan, tail, opts.clone());
     assert_eq!(f.index(), &f.index().to_vec()[..]);
     let (fd, _) = storage::io::open_match(&paths, "st", false, false, &opts, u32::MAX).unwrap();
@@ -98,12 +136,27 @@ fn round_trip(direct: bool, durability: Durability, stage: usize) {
     assert_eq!(r.frames.len(), 100);
     assert_eq!(&bytes[..logical.len()], &logical[..]);
     let t = r.trailer.unwrap();
-    assert_eq!((t.frame_count, t.last_seq, t.first_tick, t.last_tick, t.created_unix_us, t.sealed_unix_us), (100, 100, 3, 300, 77, 99));
+    assert_eq!(
+        (
+            t.frame_count,
+            t.last_seq,
+            t.first_tick,
+            t.last_tick,
+            t.created_unix_us,
+            t.sealed_unix_us
+        ),
+        (100, 100, 3, 300, 77, 99)
+    );
     let keys: Vec<u64> = r.index.iter().map(|e| e.seq).collect();
     assert_eq!(keys, (0..10).map(|i| i * 10 + 1).collect::<Vec<_>>());
     for e in &r.index {
-        let h = format::parse_record_header(&bytes[e.offset as usize..], e.offset, u32::MAX).unwrap();
-        assert_eq!((h.seq, h.kind), (e.seq, 1), "index points at the keyframe record");
+        let h =
+            format::parse_record_header(&bytes[e.offset as usize..], e.offset, u32::MAX).unwrap();
+        assert_eq!(
+            (h.seq, h.kind),
+            (e.seq, 1),
+            "index points at the keyframe record"
+        );
     }
     assert!(!paths.part_path("st").exists());
     let _ = std::fs::remove_dir_all(&dir);
@@ -138,7 +191,14 @@ fn small_file(frames: u64) -> (Vec<u8>, Vec<u64>) {
         let p = payload(seq, (seq as usize * 17) % 50);
         format::encode_record_header(
             &mut b,
-            &format::RecordHeader { payload_len: p.len() as u32, kind: 2, seq, tick: seq, recv_unix_us: 0, payload_crc32c: crc32c::crc32c(&p) },
+            &format::RecordHeader {
+                payload_len: p.len() as u32,
+                kind: 2,
+                seq,
+                tick: seq,
+                recv_unix_us: 0,
+                payload_crc32c: crc32c::crc32c(&p),
+            },
         );
         b.extend_from_slice(&p);
         ends.push(b.len() as u64);
@@ -159,7 +219,11 @@ fn scan_stops_at_the_last_whole_record_for_every_cut() {
         let mut padded = b[..cut].to_vec();
         padded.extend_from_slice(&[0u8; 5000]);
         let s2 = format::scan(&padded[..], "cut", u32::MAX).unwrap().unwrap();
-        assert_eq!((s2.last_seq, s2.valid_end), (whole, ends[whole as usize]), "cut {cut} + zeros");
+        assert_eq!(
+            (s2.last_seq, s2.valid_end),
+            (whole, ends[whole as usize]),
+            "cut {cut} + zeros"
+        );
     }
     // a flipped payload byte stops the scan before that frame, naming it
     let mut bad = b.clone();
@@ -215,12 +279,23 @@ fn recovery_removes_headerless_parts_and_ignores_foreign_files() {
     let (b, _) = small_file(3);
     std::fs::write(paths.part_path("cut"), &b).unwrap();
     let rec = storage::recover_store(&paths, &StoreOptions::default(), u32::MAX).unwrap();
-    assert!(!paths.part_path("empty").exists(), "a part file without a header held no acked frame");
-    assert!(paths.live_dir().join("notes.txt").exists(), "foreign files are left alone");
+    assert!(
+        !paths.part_path("empty").exists(),
+        "a part file without a header held no acked frame"
+    );
+    assert!(
+        paths.live_dir().join("notes.txt").exists(),
+        "foreign files are left alone"
+    );
     assert_eq!(rec.live.len(), 1);
     assert_eq!(rec.live[0].1.last_seq, 3);
     assert!(rec.sealed.is_empty());
     let notes = rec.notes.join("\n");
-    assert!(notes.contains("empty.rpl.part") && notes.contains("notes.txt") && notes.contains("bad.rpl"), "{notes}");
+    assert!(
+        notes.contains("empty.rpl.part")
+            && notes.contains("notes.txt")
+            && notes.contains("bad.rpl"),
+        "{notes}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,8 @@
 //! [server] section: the recorder's addresses, backend, ack policy and limits.
 
-use super::{choice_name, parse_bytes, parse_choice, parse_num, Config, ConfigError, Knob, Section};
+use super::{
+    choice_name, parse_bytes, parse_choice, parse_num, Config, ConfigError, Knob, Section,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -10,7 +12,8 @@ pub enum Backend {
     Blocking,
 }
 
-pub const BACKENDS: &[(&str, Backend)] = &[("uring", Backend::Uring), ("blocking", Backend::Blocking)];
+pub const BACKENDS: &[(&str, Backend)] =
+    &[("uring", Backend::Uring), ("blocking", Backend::Blocking)];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckModeKnob {
@@ -18,7 +21,10 @@ pub enum AckModeKnob {
     Received,
 }
 
-pub const ACK_MODES: &[(&str, AckModeKnob)] = &[("durable", AckModeKnob::Durable), ("received", AckModeKnob::Received)];
+pub const ACK_MODES: &[(&str, AckModeKnob)] = &[
+    ("durable", AckModeKnob::Durable),
+    ("received", AckModeKnob::Received),
+];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
@@ -39,6 +45,7 @@ pub struct ServerConfig {
     pub http_timeout_ms: u64,
     pub live_max_delay_ms: u64,
     pub ds_token: String,
+    pub retention_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -61,12 +68,26 @@ impl Default for ServerConfig {
             http_timeout_ms: 10_000,
             live_max_delay_ms: 120_000,
             ds_token: String::new(),
+            retention_s: 0,
         }
     }
 }
 
-const fn k(name: &'static str, values: &'static str, default: &'static str, help: &'static str) -> Knob {
-    Knob { section: "server", name, kernel: "", since: "", values, default, help }
+const fn k(
+    name: &'static str,
+    values: &'static str,
+    default: &'static str,
+    help: &'static str,
+) -> Knob {
+    Knob {
+        section: "server",
+        name,
+        kernel: "",
+        since: "",
+        values,
+        default,
+        help,
+    }
 }
 
 const KNOBS: &[Knob] = &[
@@ -87,6 +108,7 @@ const KNOBS: &[Knob] = &[
     k("http-timeout-ms", "u64", "10000", "An HTTP client must send a whole request, and accept response bytes, within this long (slow clients are closed); idle keep-alive connections are closed after it."),
     k("live-max-delay-ms", "u64", "120000", "Largest ?delay_ms a live viewer may ask for; bounds the per-match publish history."),
     k("ds-token", "string", "", "Credential every DS HELLO must carry (empty: none required)."),
+    k("retention-s", "u64", "0", "Sealed replays older than this many seconds are deleted (then 410 Gone until restart, and their id cannot be reused); 0 keeps them forever."),
 ];
 
 impl Section for ServerConfig {
@@ -113,6 +135,7 @@ impl Section for ServerConfig {
             "http-timeout-ms" => self.http_timeout_ms = parse_num(v)?,
             "live-max-delay-ms" => self.live_max_delay_ms = parse_num(v)?,
             "ds-token" => self.ds_token = v.to_string(),
+            "retention-s" => self.retention_s = parse_num(v)?,
             _ => return Err(format!("unknown option {name}")),
         }
         Ok(())
@@ -136,6 +159,7 @@ impl Section for ServerConfig {
             "http-timeout-ms" => self.http_timeout_ms.to_string(),
             "live-max-delay-ms" => self.live_max_delay_ms.to_string(),
             "ds-token" => self.ds_token.clone(),
+            "retention-s" => self.retention_s.to_string(),
             _ => return None,
         })
     }
@@ -150,30 +174,63 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         }
     }
     if s.max_frame_bytes == 0 || s.max_frame_bytes > (256 << 20) {
-        return Err(ConfigError::new(&["max-frame-bytes"], format!("max-frame-bytes {} must be between 1 and 256m", s.max_frame_bytes)));
+        return Err(ConfigError::new(
+            &["max-frame-bytes"],
+            format!(
+                "max-frame-bytes {} must be between 1 and 256m",
+                s.max_frame_bytes
+            ),
+        ));
     }
     if s.append_buffer_bytes < 4096 || s.append_buffer_bytes > (1 << 30) {
-        return Err(ConfigError::new(&["append-buffer-bytes"], "append-buffer-bytes must be between 4k and 1g"));
+        return Err(ConfigError::new(
+            &["append-buffer-bytes"],
+            "append-buffer-bytes must be between 4k and 1g",
+        ));
     }
     if s.ack_interval_ms > 10_000 {
-        return Err(ConfigError::new(&["ack-interval-ms"], format!("ack-interval-ms {} is over 10000; a DS would wait seconds for acks", s.ack_interval_ms)));
+        return Err(ConfigError::new(
+            &["ack-interval-ms"],
+            format!(
+                "ack-interval-ms {} is over 10000; a DS would wait seconds for acks",
+                s.ack_interval_ms
+            ),
+        ));
     }
     if s.http_max_request_bytes < 256 || s.http_max_request_bytes > (1 << 20) {
-        return Err(ConfigError::new(&["http-max-request-bytes"], "http-max-request-bytes must be between 256 and 1m"));
+        return Err(ConfigError::new(
+            &["http-max-request-bytes"],
+            "http-max-request-bytes must be between 256 and 1m",
+        ));
     }
-    for (name, v) in [("idle-timeout-ms", s.idle_timeout_ms), ("http-timeout-ms", s.http_timeout_ms)] {
+    for (name, v) in [
+        ("idle-timeout-ms", s.idle_timeout_ms),
+        ("http-timeout-ms", s.http_timeout_ms),
+    ] {
         if v == 0 {
-            return Err(ConfigError::new(&[knob(name)], format!("{name} must be at least 1")));
+            return Err(ConfigError::new(
+                &[knob(name)],
+                format!("{name} must be at least 1"),
+            ));
         }
     }
     if s.max_matches == 0 || s.max_connections == 0 || s.http_max_connections == 0 {
-        return Err(ConfigError::new(&["max-matches", "max-connections", "http-max-connections"], "connection and match limits must be at least 1"));
+        return Err(ConfigError::new(
+            &["max-matches", "max-connections", "http-max-connections"],
+            "connection and match limits must be at least 1",
+        ));
     }
     if s.workers > 1024 {
-        return Err(ConfigError::new(&["workers"], format!("workers {} is over 1024", s.workers)));
+        return Err(ConfigError::new(
+            &["workers"],
+            format!("workers {} is over 1024", s.workers),
+        ));
     }
     if s.ds_token.len() > 255 {
-        return Err(ConfigError::new(&["ds-token"], "ds-token is longer than the 255 bytes a HELLO can carry"));
+        return Err(ConfigError::new(
+            &["ds-token"],
+            "ds-token is longer than the 255 bytes a HELLO can carry",
+        ));
     }
     Ok(())
 }
@@ -190,7 +247,9 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
             "the recorder's group commit is server.ack-interval-ms (frames are written, synced and acked together at that cadence): set file.sync-interval-ms and file.sync-interval-bytes to 0",
         ));
     }
-    if s.backend == Backend::Blocking && (f.write_op.is_fixed() || f.read_op.is_fixed() || f.register_buffers || f.register_files) {
+    if s.backend == Backend::Blocking
+        && (f.write_op.is_fixed() || f.read_op.is_fixed() || f.register_buffers || f.register_files)
+    {
         return Err(ConfigError::new(
             &["backend", "write-op", "read-op", "register-buffers", "register-files"],
             "registered buffers/files and the *-fixed opcodes are io_uring options: with backend=blocking use write-op=write, read-op=read, register-buffers=false, register-files=false (or backend=uring)",
@@ -200,5 +259,9 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
 }
 
 fn knob(name: &str) -> &'static str {
-    KNOBS.iter().find(|k| k.name == name).map(|k| k.name).unwrap_or("server")
+    KNOBS
+        .iter()
+        .find(|k| k.name == name)
+        .map(|k| k.name)
+        .unwrap_or("server")
 }

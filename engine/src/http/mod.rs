@@ -48,7 +48,10 @@ pub struct HttpError {
 }
 
 fn herr(status: u16, text: impl Into<String>) -> HttpError {
-    HttpError { status, text: text.into() }
+    HttpError {
+        status,
+        text: text.into(),
+    }
 }
 
 /// Parses one request from the front of `buf`. `Ok(None)`: incomplete, read more (unless
@@ -67,32 +70,60 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<(Request, usi
     let b = &buf[start..];
     let Some(end) = find_head_end(b) else {
         if b.len() >= max_head {
-            return Err(herr(431, format!("request head exceeds {max_head} bytes (http-max-request-bytes)")));
+            return Err(herr(
+                431,
+                format!("request head exceeds {max_head} bytes (http-max-request-bytes)"),
+            ));
         }
         return Ok(None);
     };
     if end > max_head {
-        return Err(herr(431, format!("request head exceeds {max_head} bytes (http-max-request-bytes)")));
+        return Err(herr(
+            431,
+            format!("request head exceeds {max_head} bytes (http-max-request-bytes)"),
+        ));
     }
-    let head = std::str::from_utf8(&b[..end]).map_err(|_| herr(400, "request head is not valid UTF-8/ASCII"))?;
+    let head = std::str::from_utf8(&b[..end])
+        .map_err(|_| herr(400, "request head is not valid UTF-8/ASCII"))?;
     let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let line = lines.next().unwrap_or("");
     let mut parts = line.split(' ');
     let (m, target, ver) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(m), Some(t), Some(v), None) if !m.is_empty() && !t.is_empty() => (m, t, v),
-        _ => return Err(herr(400, format!("malformed request line {:?}", truncate(line, 80)))),
+        _ => {
+            return Err(herr(
+                400,
+                format!("malformed request line {:?}", truncate(line, 80)),
+            ))
+        }
     };
-    if !m.bytes().all(|c| c.is_ascii_uppercase() || c == b'-' || c == b'_') {
+    if !m
+        .bytes()
+        .all(|c| c.is_ascii_uppercase() || c == b'-' || c == b'_')
+    {
         return Err(herr(400, format!("malformed method {:?}", truncate(m, 20))));
     }
     let minor = match ver {
         "HTTP/1.1" => 1,
         "HTTP/1.0" => 0,
-        v if v.starts_with("HTTP/") => return Err(herr(505, format!("{v} is not supported; use HTTP/1.1"))),
-        _ => return Err(herr(400, format!("malformed request line {:?}", truncate(line, 80)))),
+        v if v.starts_with("HTTP/") => {
+            return Err(herr(505, format!("{v} is not supported; use HTTP/1.1")))
+        }
+        _ => {
+            return Err(herr(
+                400,
+                format!("malformed request line {:?}", truncate(line, 80)),
+            ))
+        }
     };
     if !target.starts_with('/') || target.bytes().any(|c| c <= b' ' || c == 0x7f) {
-        return Err(herr(400, format!("request target {:?} is not an absolute path", truncate(target, 80))));
+        return Err(herr(
+            400,
+            format!(
+                "request target {:?} is not an absolute path",
+                truncate(target, 80)
+            ),
+        ));
     }
     let method = match m {
         "GET" => Method::Get,
@@ -124,10 +155,20 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<(Request, usi
             return Err(herr(400, "obsolete header line folding is not accepted"));
         }
         let Some((name, value)) = l.split_once(':') else {
-            return Err(herr(400, format!("header line {:?} has no ':'", truncate(l, 80))));
+            return Err(herr(
+                400,
+                format!("header line {:?} has no ':'", truncate(l, 80)),
+            ));
         };
-        if name.is_empty() || name.bytes().any(|c| !(c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))) {
-            return Err(herr(400, format!("malformed header name {:?}", truncate(name, 40))));
+        if name.is_empty()
+            || name
+                .bytes()
+                .any(|c| !(c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)))
+        {
+            return Err(herr(
+                400,
+                format!("malformed header name {:?}", truncate(name, 40)),
+            ));
         }
         let value = value.trim_matches(|c| c == ' ' || c == '\t');
         match name.to_ascii_lowercase().as_str() {
@@ -147,13 +188,20 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<(Request, usi
                 }
             }
             "content-length" => {
-                let n: u64 = value.parse().map_err(|_| herr(400, format!("Content-Length {value:?} is not a number")))?;
+                let n: u64 = value
+                    .parse()
+                    .map_err(|_| herr(400, format!("Content-Length {value:?} is not a number")))?;
                 if content_length.is_some_and(|c| c != n) {
                     return Err(herr(400, "conflicting Content-Length headers"));
                 }
                 content_length = Some(n);
             }
-            "transfer-encoding" => return Err(herr(501, "request bodies with Transfer-Encoding are not accepted")),
+            "transfer-encoding" => {
+                return Err(herr(
+                    501,
+                    "request bodies with Transfer-Encoding are not accepted",
+                ))
+            }
             "range" => req.range = Some(value.to_string()),
             "if-range" => req.if_range = Some(value.to_string()),
             "if-none-match" => req.if_none_match = Some(value.to_string()),
@@ -165,7 +213,10 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<(Request, usi
     }
     let body = content_length.unwrap_or(0);
     if body > max_head as u64 {
-        return Err(herr(413, format!("request body of {body} bytes is not accepted")));
+        return Err(herr(
+            413,
+            format!("request body of {body} bytes is not accepted"),
+        ));
     }
     let total = start + end + body as usize;
     if buf.len() < total {
@@ -218,7 +269,10 @@ pub fn status_text(status: u16) -> &'static str {
 
 /// A response head. `len`: Content-Length, or None for chunked.
 pub fn head(status: u16, headers: &[(&str, &str)], len: Option<u64>, keep_alive: bool) -> Vec<u8> {
-    let mut h = format!("HTTP/1.1 {status} {}\r\nServer: recorder\r\n", status_text(status));
+    let mut h = format!(
+        "HTTP/1.1 {status} {}\r\nServer: recorder\r\n",
+        status_text(status)
+    );
     for (k, v) in headers {
         let _ = write!(h, "{k}: {v}\r\n");
     }
@@ -228,7 +282,11 @@ pub fn head(status: u16, headers: &[(&str, &str)], len: Option<u64>, keep_alive:
         }
         None => h.push_str("Transfer-Encoding: chunked\r\n"),
     }
-    h.push_str(if keep_alive { "Connection: keep-alive\r\n\r\n" } else { "Connection: close\r\n\r\n" });
+    h.push_str(if keep_alive {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
     h.into_bytes()
 }
 
@@ -237,7 +295,11 @@ pub enum Body {
     None,
     Bytes(Vec<u8>),
     /// `len` bytes of the file at `path` from `offset` (a sealed replay).
-    File { path: PathBuf, offset: u64, len: u64 },
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
     /// A live match, chunked from byte 0 following the tail (see [`LiveTail`]).
     Live(LiveTail),
 }
@@ -251,14 +313,24 @@ pub struct Response {
 }
 
 impl Response {
-    fn simple(status: u16, text: &str, keep_alive: bool, head_only: bool, extra: &[(&str, &str)]) -> Response {
+    fn simple(
+        status: u16,
+        text: &str,
+        keep_alive: bool,
+        head_only: bool,
+        extra: &[(&str, &str)],
+    ) -> Response {
         let body = format!("{text}\n").into_bytes();
         let mut hs: Vec<(&str, &str)> = vec![("Content-Type", "text/plain; charset=utf-8")];
         hs.extend_from_slice(extra);
         Response {
             status,
             head: head(status, &hs, Some(body.len() as u64), keep_alive),
-            body: if head_only { Body::None } else { Body::Bytes(body) },
+            body: if head_only {
+                Body::None
+            } else {
+                Body::Bytes(body)
+            },
             close: !keep_alive,
         }
     }
@@ -267,8 +339,20 @@ impl Response {
         body.push(b'\n');
         Response {
             status: 200,
-            head: head(200, &[("Content-Type", "application/json"), ("Cache-Control", "no-cache")], Some(body.len() as u64), keep_alive),
-            body: if head_only { Body::None } else { Body::Bytes(body) },
+            head: head(
+                200,
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Cache-Control", "no-cache"),
+                ],
+                Some(body.len() as u64),
+                keep_alive,
+            ),
+            body: if head_only {
+                Body::None
+            } else {
+                Body::Bytes(body)
+            },
             close: !keep_alive,
         }
     }
@@ -341,11 +425,25 @@ pub fn route(req: &Request, reg: &Registry) -> Response {
     let ka = req.keep_alive && !reg.shutting_down();
     let head_only = req.method == Method::Head;
     if req.method == Method::Other {
-        return Response::simple(405, &format!("method {} is not allowed; use GET or HEAD", req.method_text), ka, false, &[("Allow", "GET, HEAD")]);
+        return Response::simple(
+            405,
+            &format!("method {} is not allowed; use GET or HEAD", req.method_text),
+            ka,
+            false,
+            &[("Allow", "GET, HEAD")],
+        );
     }
     let path = match percent_decode(&req.path) {
         Some(p) => p,
-        None => return Response::simple(400, "malformed percent-encoding in the path", false, head_only, &[]),
+        None => {
+            return Response::simple(
+                400,
+                "malformed percent-encoding in the path",
+                false,
+                head_only,
+                &[],
+            )
+        }
     };
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match segs.as_slice() {
@@ -354,8 +452,17 @@ pub fn route(req: &Request, reg: &Registry) -> Response {
             let body = metrics_text(reg).into_bytes();
             Response {
                 status: 200,
-                head: head(200, &[("Content-Type", "text/plain; version=0.0.4")], Some(body.len() as u64), ka),
-                body: if head_only { Body::None } else { Body::Bytes(body) },
+                head: head(
+                    200,
+                    &[("Content-Type", "text/plain; version=0.0.4")],
+                    Some(body.len() as u64),
+                    ka,
+                ),
+                body: if head_only {
+                    Body::None
+                } else {
+                    Body::Bytes(body)
+                },
                 close: !ka,
             }
         }
@@ -364,7 +471,17 @@ pub fn route(req: &Request, reg: &Registry) -> Response {
                 return Response::simple(400, &e.text, ka, head_only, &[]);
             }
             let Some(m) = reg.get(id) else {
-                return Response::simple(404, &format!("no match {id} is recorded or being recorded here"), ka, head_only, &[]);
+                if reg.is_expired(id) {
+                    let text = format!("match {id} has expired and was deleted (retention-s)");
+                    return Response::simple(410, &text, ka, head_only, &[]);
+                }
+                return Response::simple(
+                    404,
+                    &format!("no match {id} is recorded or being recorded here"),
+                    ka,
+                    head_only,
+                    &[],
+                );
             };
             if segs.len() == 3 {
                 index_response(reg, &m, ka, head_only)
@@ -372,7 +489,13 @@ pub fn route(req: &Request, reg: &Registry) -> Response {
                 replay_response(req, reg, m, ka, head_only)
             }
         }
-        _ => Response::simple(404, &format!("no such resource {:?}; try /matches", truncate(&path, 100)), ka, head_only, &[]),
+        _ => Response::simple(
+            404,
+            &format!("no such resource {:?}; try /matches", truncate(&path, 100)),
+            ka,
+            head_only,
+            &[],
+        ),
     }
 }
 
@@ -431,7 +554,13 @@ fn index_response(reg: &Registry, m: &MatchShared, ka: bool, head_only: bool) ->
         Ok(m.live_index())
     };
     match entries {
-        Err(e) => Response::simple(500, &format!("could not read the index of match {}: {e}", i.id), false, head_only, &[]),
+        Err(e) => Response::simple(
+            500,
+            &format!("could not read the index of match {}: {e}", i.id),
+            false,
+            head_only,
+            &[],
+        ),
         Ok(entries) => {
             let mut v = info_json(&i);
             v["keyframes"] = serde_json::to_value(entries).unwrap_or_default();
@@ -448,9 +577,12 @@ pub fn read_sealed_index(path: &std::path::Path, len: u64) -> Result<Vec<IndexEn
     let toff = len.checked_sub(t.len() as u64).ok_or("file too short")?;
     f.read_exact_at(&mut t, toff).map_err(|e| e.to_string())?;
     let tr = format::parse_trailer(&t, toff).map_err(|e| e.to_string())?;
-    let n = (toff.checked_sub(tr.index_offset).ok_or("bad index offset")?) as usize;
+    let n = (toff
+        .checked_sub(tr.index_offset)
+        .ok_or("bad index offset")?) as usize;
     let mut b = vec![0u8; n];
-    f.read_exact_at(&mut b, tr.index_offset).map_err(|e| e.to_string())?;
+    f.read_exact_at(&mut b, tr.index_offset)
+        .map_err(|e| e.to_string())?;
     format::parse_index(&b, tr.index_offset).map_err(|e| e.to_string())
 }
 
@@ -467,20 +599,28 @@ pub enum RangeSpec {
 /// Parses a single-range `bytes=` header. Syntactically invalid or multi-range headers are
 /// ignored (RFC 9110 allows serving the whole representation).
 pub fn parse_range(h: &str, len: u64) -> RangeSpec {
-    let Some(spec) = h.trim().strip_prefix("bytes=") else { return RangeSpec::Full };
+    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+        return RangeSpec::Full;
+    };
     if spec.contains(',') {
         return RangeSpec::Full;
     }
-    let Some((a, b)) = spec.trim().split_once('-') else { return RangeSpec::Full };
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeSpec::Full;
+    };
     let (a, b) = (a.trim(), b.trim());
     if a.is_empty() {
-        let Ok(n) = b.parse::<u64>() else { return RangeSpec::Full };
+        let Ok(n) = b.parse::<u64>() else {
+            return RangeSpec::Full;
+        };
         if n == 0 || len == 0 {
             return RangeSpec::Unsatisfiable;
         }
         return RangeSpec::Part(len.saturating_sub(n), len - 1);
     }
-    let Ok(first) = a.parse::<u64>() else { return RangeSpec::Full };
+    let Ok(first) = a.parse::<u64>() else {
+        return RangeSpec::Full;
+    };
     let last = if b.is_empty() {
         u64::MAX
     } else {
@@ -495,29 +635,57 @@ pub fn parse_range(h: &str, len: u64) -> RangeSpec {
     RangeSpec::Part(first, last.min(len - 1))
 }
 
-fn replay_response(req: &Request, reg: &Registry, m: Arc<MatchShared>, ka: bool, head_only: bool) -> Response {
+fn replay_response(
+    req: &Request,
+    reg: &Registry,
+    m: Arc<MatchShared>,
+    ka: bool,
+    head_only: bool,
+) -> Response {
     let i = m.info();
     let mut delay = Duration::ZERO;
     for kv in req.query.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         if k == "delay_ms" {
             match v.parse::<u64>() {
-                Ok(ms) if ms <= reg.limits.live_max_delay.as_millis() as u64 => delay = Duration::from_millis(ms),
+                Ok(ms) if ms <= reg.limits.live_max_delay.as_millis() as u64 => {
+                    delay = Duration::from_millis(ms)
+                }
                 Ok(ms) => {
                     return Response::simple(
                         400,
-                        &format!("delay_ms {ms} exceeds the recorder's live-max-delay-ms of {}", reg.limits.live_max_delay.as_millis()),
+                        &format!(
+                            "delay_ms {ms} exceeds the recorder's live-max-delay-ms of {}",
+                            reg.limits.live_max_delay.as_millis()
+                        ),
                         ka,
                         head_only,
                         &[],
                     )
                 }
-                Err(_) => return Response::simple(400, &format!("delay_ms {v:?} is not a whole number of milliseconds"), ka, head_only, &[]),
+                Err(_) => {
+                    return Response::simple(
+                        400,
+                        &format!("delay_ms {v:?} is not a whole number of milliseconds"),
+                        ka,
+                        head_only,
+                        &[],
+                    )
+                }
             }
         }
     }
     if i.phase == Phase::Live {
-        let h = head(200, &[("Content-Type", "application/octet-stream"), ("Cache-Control", "no-store"), ("X-Match-State", "live")], None, ka);
+        let h = head(
+            200,
+            &[
+                ("Content-Type", "application/octet-stream"),
+                ("Cache-Control", "no-store"),
+                ("X-Match-State", "live"),
+            ],
+            None,
+            ka,
+        );
         return Response {
             status: 200,
             head: h,
@@ -539,7 +707,11 @@ fn replay_response(req: &Request, reg: &Registry, m: Arc<MatchShared>, ka: bool,
     let etag = i.etag.clone().unwrap_or_default();
     let len = i.bytes;
     if let Some(inm) = &req.if_none_match {
-        if inm.trim() == "*" || inm.split(',').any(|t| t.trim().trim_start_matches("W/") == etag) {
+        if inm.trim() == "*"
+            || inm
+                .split(',')
+                .any(|t| t.trim().trim_start_matches("W/") == etag)
+        {
             return Response {
                 status: 304,
                 head: head_304(&etag, ka),
@@ -556,12 +728,26 @@ fn replay_response(req: &Request, reg: &Registry, m: Arc<MatchShared>, ka: bool,
         range = RangeSpec::Full;
     }
     let path = reg.paths.sealed_path(&i.id);
-    let common = [("Content-Type", "application/octet-stream"), ("Accept-Ranges", "bytes"), ("ETag", etag.as_str()), ("Cache-Control", "public, max-age=31536000, immutable"), ("X-Match-State", "sealed")];
+    let common = [
+        ("Content-Type", "application/octet-stream"),
+        ("Accept-Ranges", "bytes"),
+        ("ETag", etag.as_str()),
+        ("Cache-Control", "public, max-age=31536000, immutable"),
+        ("X-Match-State", "sealed"),
+    ];
     match range {
         RangeSpec::Full => Response {
             status: 200,
             head: head(200, &common, Some(len), ka),
-            body: if head_only { Body::None } else { Body::File { path, offset: 0, len } },
+            body: if head_only {
+                Body::None
+            } else {
+                Body::File {
+                    path,
+                    offset: 0,
+                    len,
+                }
+            },
             close: !ka,
         },
         RangeSpec::Part(a, b) => {
@@ -571,20 +757,40 @@ fn replay_response(req: &Request, reg: &Registry, m: Arc<MatchShared>, ka: bool,
             Response {
                 status: 206,
                 head: head(206, &hs, Some(b - a + 1), ka),
-                body: if head_only { Body::None } else { Body::File { path, offset: a, len: b - a + 1 } },
+                body: if head_only {
+                    Body::None
+                } else {
+                    Body::File {
+                        path,
+                        offset: a,
+                        len: b - a + 1,
+                    }
+                },
                 close: !ka,
             }
         }
         RangeSpec::Unsatisfiable => {
             let cr = format!("bytes */{len}");
-            Response::simple(416, &format!("range not satisfiable: the replay has {len} bytes"), ka, head_only, &[("Content-Range", cr.as_str()), ("Accept-Ranges", "bytes")])
+            Response::simple(
+                416,
+                &format!("range not satisfiable: the replay has {len} bytes"),
+                ka,
+                head_only,
+                &[("Content-Range", cr.as_str()), ("Accept-Ranges", "bytes")],
+            )
         }
     }
 }
 
 fn head_304(etag: &str, ka: bool) -> Vec<u8> {
-    let mut h = format!("HTTP/1.1 304 Not Modified\r\nServer: recorder\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n");
-    h.push_str(if ka { "Connection: keep-alive\r\n\r\n" } else { "Connection: close\r\n\r\n" });
+    let mut h = format!(
+        "HTTP/1.1 304 Not Modified\r\nServer: recorder\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n"
+    );
+    h.push_str(if ka {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
     h.into_bytes()
 }
 
@@ -594,31 +800,114 @@ pub fn metrics_text(reg: &Registry) -> String {
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let mut s = String::new();
     let mut put = |name: &str, kind: &str, help: &str, v: u64| {
-        let _ = write!(s, "# HELP recorder_{name} {help}\n# TYPE recorder_{name} {kind}\nrecorder_{name} {v}\n");
+        let _ = write!(
+            s,
+            "# HELP recorder_{name} {help}\n# TYPE recorder_{name} {kind}\nrecorder_{name} {v}\n"
+        );
     };
     let list = reg.list();
     let live = list.iter().filter(|i| i.phase == Phase::Live).count() as u64;
     put("matches_live", "gauge", "Matches in progress.", live);
-    put("matches_sealed", "gauge", "Sealed replays in the store.", list.len() as u64 - live);
-    put("matches_started_total", "counter", "New matches started.", g(&m.matches_started));
-    put("matches_resumed_total", "counter", "Writer resumes.", g(&m.matches_resumed));
-    put("matches_sealed_total", "counter", "Matches sealed since start.", g(&m.matches_sealed));
+    put(
+        "matches_sealed",
+        "gauge",
+        "Sealed replays in the store.",
+        list.len() as u64 - live,
+    );
+    put(
+        "matches_started_total",
+        "counter",
+        "New matches started.",
+        g(&m.matches_started),
+    );
+    put(
+        "matches_resumed_total",
+        "counter",
+        "Writer resumes.",
+        g(&m.matches_resumed),
+    );
+    put(
+        "matches_sealed_total",
+        "counter",
+        "Matches sealed since start.",
+        g(&m.matches_sealed),
+    );
     put("frames_total", "counter", "Frames stored.", g(&m.frames));
-    put("frames_resent_total", "counter", "Resent frames ignored.", g(&m.resent_frames));
-    put("payload_bytes_total", "counter", "Frame payload bytes stored.", g(&m.payload_bytes));
+    put(
+        "frames_resent_total",
+        "counter",
+        "Resent frames ignored.",
+        g(&m.resent_frames),
+    );
+    put(
+        "payload_bytes_total",
+        "counter",
+        "Frame payload bytes stored.",
+        g(&m.payload_bytes),
+    );
     put("acks_total", "counter", "ACK messages sent.", g(&m.acks));
-    put("file_writes_total", "counter", "Writes to replay files.", g(&m.writes));
-    put("file_write_bytes_total", "counter", "Bytes written to replay files (with O_DIRECT padding and tail rewrites).", g(&m.write_bytes));
-    put("file_syncs_total", "counter", "fdatasync calls on replay files.", g(&m.syncs));
-    put("ds_connections", "gauge", "Open DS connections.", reg.ds_connections() as u64);
-    put("ds_connections_total", "counter", "DS connections accepted.", g(&m.ds_connections));
-    put("http_connections", "gauge", "Open HTTP connections.", reg.http_connections() as u64);
-    put("http_requests_total", "counter", "HTTP requests.", g(&m.http_requests));
-    put("http_response_bytes_total", "counter", "HTTP body bytes sent.", g(&m.http_bytes));
-    put("http_errors_total", "counter", "Malformed or timed-out HTTP requests.", g(&m.http_errors));
+    put(
+        "file_writes_total",
+        "counter",
+        "Writes to replay files.",
+        g(&m.writes),
+    );
+    put(
+        "file_write_bytes_total",
+        "counter",
+        "Bytes written to replay files (with O_DIRECT padding and tail rewrites).",
+        g(&m.write_bytes),
+    );
+    put(
+        "file_syncs_total",
+        "counter",
+        "fdatasync calls on replay files.",
+        g(&m.syncs),
+    );
+    put(
+        "ds_connections",
+        "gauge",
+        "Open DS connections.",
+        reg.ds_connections() as u64,
+    );
+    put(
+        "ds_connections_total",
+        "counter",
+        "DS connections accepted.",
+        g(&m.ds_connections),
+    );
+    put(
+        "http_connections",
+        "gauge",
+        "Open HTTP connections.",
+        reg.http_connections() as u64,
+    );
+    put(
+        "http_requests_total",
+        "counter",
+        "HTTP requests.",
+        g(&m.http_requests),
+    );
+    put(
+        "http_response_bytes_total",
+        "counter",
+        "HTTP body bytes sent.",
+        g(&m.http_bytes),
+    );
+    put(
+        "http_errors_total",
+        "counter",
+        "Malformed or timed-out HTTP requests.",
+        g(&m.http_errors),
+    );
     s.push_str("# HELP recorder_ds_errors_total ERROR messages sent to DS, by code.\n# TYPE recorder_ds_errors_total counter\n");
     for c in ErrorCode::ALL {
-        let _ = writeln!(s, "recorder_ds_errors_total{{code=\"{}\"}} {}", c.name(), m.errors(c));
+        let _ = writeln!(
+            s,
+            "recorder_ds_errors_total{{code=\"{}\"}} {}",
+            c.name(),
+            m.errors(c)
+        );
     }
     s
 }
@@ -631,23 +920,63 @@ mod tests {
     fn parses_pipelined_requests_one_at_a_time() {
         let two = b"GET /matches HTTP/1.1\r\nHost: x\r\n\r\nHEAD /matches/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         let (r, n) = parse_request(two, 8192).unwrap().unwrap();
-        assert_eq!((r.method, r.path.as_str(), r.keep_alive), (Method::Get, "/matches", true));
+        assert_eq!(
+            (r.method, r.path.as_str(), r.keep_alive),
+            (Method::Get, "/matches", true)
+        );
         let (r2, n2) = parse_request(&two[n..], 8192).unwrap().unwrap();
-        assert_eq!((r2.method, r2.path.as_str(), r2.keep_alive), (Method::Head, "/matches/a", false));
+        assert_eq!(
+            (r2.method, r2.path.as_str(), r2.keep_alive),
+            (Method::Head, "/matches/a", false)
+        );
         assert_eq!(n + n2, two.len());
         for cut in 0..n {
-            assert!(parse_request(&two[..cut], 8192).unwrap().is_none(), "prefix {cut}");
+            assert!(
+                parse_request(&two[..cut], 8192).unwrap().is_none(),
+                "prefix {cut}"
+            );
         }
     }
 
     #[test]
     fn malformed_requests_are_named() {
-        assert_eq!(parse_request(b"GARBAGE\r\n\r\n", 8192).unwrap_err().status, 400);
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\n\r\n", 8192).unwrap_err().status, 400); // no Host
-        assert_eq!(parse_request(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 8192).unwrap_err().status, 505);
-        assert_eq!(parse_request(b"GET x HTTP/1.1\r\nHost: x\r\n\r\n", 8192).unwrap_err().status, 400);
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", 8192).unwrap_err().status, 400);
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 8192).unwrap_err().status, 501);
+        assert_eq!(
+            parse_request(b"GARBAGE\r\n\r\n", 8192).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\n\r\n", 8192)
+                .unwrap_err()
+                .status,
+            400
+        ); // no Host
+        assert_eq!(
+            parse_request(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 8192)
+                .unwrap_err()
+                .status,
+            505
+        );
+        assert_eq!(
+            parse_request(b"GET x HTTP/1.1\r\nHost: x\r\n\r\n", 8192)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", 8192)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            parse_request(
+                b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                8192
+            )
+            .unwrap_err()
+            .status,
+            501
+        );
         let big = format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000));
         assert_eq!(parse_request(big.as_bytes(), 8192).unwrap_err().status, 431);
     }

@@ -30,18 +30,33 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 /// Runs until `ctx.shutdown` is set, then stops accepting, lets every DS connection flush,
 /// ack and close (SHUTTING_DOWN), and returns.
 pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
-    let ServerContext { cfg, registry, session, ingest, http, shutdown } = ctx;
+    let ServerContext {
+        cfg,
+        registry,
+        session,
+        ingest,
+        http,
+        shutdown,
+    } = ctx;
     let active = Arc::new(AtomicUsize::new(0));
-    let ingest_addr = ingest.local_addr().map_err(|e| ServerError(e.to_string()))?;
+    let ingest_addr = ingest
+        .local_addr()
+        .map_err(|e| ServerError(e.to_string()))?;
     let http_addr = http.local_addr().map_err(|e| ServerError(e.to_string()))?;
     let stop_accept = Arc::new(AtomicBool::new(false));
 
     let ds_acceptor = {
-        let (reg, sess, stop, active) = (registry.clone(), session.clone(), stop_accept.clone(), active.clone());
+        let (reg, sess, stop, active) = (
+            registry.clone(),
+            session.clone(),
+            stop_accept.clone(),
+            active.clone(),
+        );
         let shutdown = shutdown.clone();
         spawn("ds-accept", move || {
             accept_loop(ingest, &stop, |s| {
-                let (reg, sess, active, shutdown) = (reg.clone(), sess.clone(), active.clone(), shutdown.clone());
+                let (reg, sess, active, shutdown) =
+                    (reg.clone(), sess.clone(), active.clone(), shutdown.clone());
                 active.fetch_add(1, Ordering::AcqRel);
                 let r = spawn("ds-conn", move || {
                     ds_connection(s, reg, sess, &shutdown);
@@ -98,7 +113,10 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<thread::JoinHandle<()>> {
-    thread::Builder::new().name(name.into()).stack_size(STACK).spawn(f)
+    thread::Builder::new()
+        .name(name.into())
+        .stack_size(STACK)
+        .spawn(f)
 }
 
 fn accept_loop(l: TcpListener, stop: &AtomicBool, mut on_conn: impl FnMut(TcpStream)) {
@@ -123,18 +141,27 @@ fn accept_loop(l: TcpListener, stop: &AtomicBool, mut on_conn: impl FnMut(TcpStr
 }
 
 /// Executes one storage operation for a session with std calls.
-pub fn exec_io(io: Io, sess: &mut IngestSession, file: &mut Option<OwnedFd>, reg: &Registry, rw_flags: i32) {
+pub fn exec_io(
+    io: Io,
+    sess: &mut IngestSession,
+    file: &mut Option<OwnedFd>,
+    reg: &Registry,
+    rw_flags: i32,
+) {
     let id = sess.match_id().to_string();
     match io {
-        Io::Open { create, rescan, options, .. } => {
-            match storage::io::open_match(&reg.paths, &id, create, rescan, &options, u32::MAX) {
-                Ok((f, st)) => {
-                    *file = Some(f);
-                    sess.open_done(Ok(st));
-                }
-                Err(e) => sess.open_done(Err(e)),
+        Io::Open {
+            create,
+            rescan,
+            options,
+            ..
+        } => match storage::io::open_match(&reg.paths, &id, create, rescan, &options, u32::MAX) {
+            Ok((f, st)) => {
+                *file = Some(f);
+                sess.open_done(Ok(st));
             }
-        }
+            Err(e) => sess.open_done(Err(e)),
+        },
         Io::Write(req) => {
             let r = match file {
                 Some(f) => storage::io::write_req(f, &req, rw_flags),
@@ -159,13 +186,24 @@ pub fn exec_io(io: Io, sess: &mut IngestSession, file: &mut Option<OwnedFd>, reg
     }
 }
 
-fn ds_connection(mut s: TcpStream, reg: Arc<Registry>, cfg: Arc<super::session::SessionConfig>, shutdown: &AtomicBool) {
+fn ds_connection(
+    mut s: TcpStream,
+    reg: Arc<Registry>,
+    cfg: Arc<super::session::SessionConfig>,
+    shutdown: &AtomicBool,
+) {
     let _guard = match reg.try_ds_connection() {
         Ok(g) => g,
         Err((code, text)) => {
             reg.metrics.error(code);
             let mut out = Vec::new();
-            protocol::encode(&mut out, &Msg::Error { code: code as u16, text: &text });
+            protocol::encode(
+                &mut out,
+                &Msg::Error {
+                    code: code as u16,
+                    text: &text,
+                },
+            );
             let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
             let _ = s.write_all(&out);
             let _ = s.shutdown(Shutdown::Write);
@@ -219,7 +257,14 @@ fn ds_connection(mut s: TcpStream, reg: Arc<Registry>, cfg: Arc<super::session::
         match s.read(&mut buf) {
             Ok(0) => sess.peer_closed(),
             Ok(n) => sess.feed(&buf[..n], Instant::now()),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
                 sess.on_timer(Instant::now())
             }
             Err(_) => sess.peer_closed(),
@@ -239,9 +284,18 @@ fn ds_connection(mut s: TcpStream, reg: Arc<Registry>, cfg: Arc<super::session::
     }
 }
 
-fn http_connection(mut s: TcpStream, reg: Arc<Registry>, max_head: usize, timeout: Duration, shutdown: &AtomicBool) {
+fn http_connection(
+    mut s: TcpStream,
+    reg: Arc<Registry>,
+    max_head: usize,
+    timeout: Duration,
+    shutdown: &AtomicBool,
+) {
     let Some(_guard) = reg.try_http_connection() else {
-        let r = http::error_response(&http::HttpError { status: 503, text: "too many HTTP connections (http-max-connections); retry later".into() });
+        let r = http::error_response(&http::HttpError {
+            status: 503,
+            text: "too many HTTP connections (http-max-connections); retry later".into(),
+        });
         let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
         let _ = s.write_all(&r.head);
         if let Body::Bytes(b) = &r.body {
@@ -259,7 +313,11 @@ fn http_connection(mut s: TcpStream, reg: Arc<Registry>, max_head: usize, timeou
         match http::parse_request(&buf, max_head) {
             Ok(Some((req, n))) => {
                 buf.drain(..n);
-                request_started = if buf.is_empty() { None } else { Some(Instant::now()) };
+                request_started = if buf.is_empty() {
+                    None
+                } else {
+                    Some(Instant::now())
+                };
                 let resp = http::route(&req, &reg);
                 match send_response(&mut s, resp, &reg) {
                     Ok(true) => {
@@ -288,7 +346,17 @@ fn http_connection(mut s: TcpStream, reg: Arc<Registry>, max_head: usize, timeou
         if left.is_zero() {
             if request_started.is_some() {
                 reg.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
-                let _ = send_response(&mut s, http::error_response(&http::HttpError { status: 408, text: format!("request not received within {} ms (http-timeout-ms)", timeout.as_millis()) }), &reg);
+                let _ = send_response(
+                    &mut s,
+                    http::error_response(&http::HttpError {
+                        status: 408,
+                        text: format!(
+                            "request not received within {} ms (http-timeout-ms)",
+                            timeout.as_millis()
+                        ),
+                    }),
+                    &reg,
+                );
             }
             break;
         }
@@ -301,7 +369,13 @@ fn http_connection(mut s: TcpStream, reg: Arc<Registry>, max_head: usize, timeou
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => break,
         }
     }
@@ -325,12 +399,17 @@ fn send_response(s: &mut TcpStream, resp: http::Response, reg: &Registry) -> io:
             let n = io::copy(&mut f.take(len), s)?;
             sent = n;
             if n != len {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "replay shorter than announced"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "replay shorter than announced",
+                ));
             }
         }
         Body::Live(mut tail) => {
             let r = live_tail(s, &mut tail, reg);
-            reg.metrics.http_bytes.fetch_add(tail.sent, Ordering::Relaxed);
+            reg.metrics
+                .http_bytes
+                .fetch_add(tail.sent, Ordering::Relaxed);
             return r.map(|ok| ok && !resp.close);
         }
     }

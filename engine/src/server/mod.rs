@@ -89,16 +89,27 @@ pub const DEFAULT_PREALLOC_BYTES: u64 = 16 << 20;
 /// Settles O_DIRECT against the store's file system: opens a probe file with O_DIRECT and
 /// learns its alignment (statx STATX_DIOALIGN, else the device's logical block size).
 /// `direct=required` refused -> error; `direct=optional` refused -> buffered, with a note.
-pub fn resolve_store_options(cfg: &Config, root: &std::path::Path) -> Result<(StoreOptions, Vec<String>), ServerError> {
+pub fn resolve_store_options(
+    cfg: &Config,
+    root: &std::path::Path,
+) -> Result<(StoreOptions, Vec<String>), ServerError> {
     use crate::config::file::Direct;
     let mut o = store_options(cfg);
     let mut notes = Vec::new();
     if !o.direct {
         return Ok((o, notes));
     }
-    std::fs::create_dir_all(root).map_err(|e| ServerError(format!("cannot create the store {}: {e}", root.display())))?;
+    std::fs::create_dir_all(root)
+        .map_err(|e| ServerError(format!("cannot create the store {}: {e}", root.display())))?;
     let probe = root.join(format!(".dio-probe-{}", std::process::id()));
-    let flags = crate::sys::fs::OpenFlags { read: true, write: true, create: true, truncate: true, direct: true, dsync: false };
+    let flags = crate::sys::fs::OpenFlags {
+        read: true,
+        write: true,
+        create: true,
+        truncate: true,
+        direct: true,
+        dsync: false,
+    };
     let r = crate::sys::fs::open(&probe, flags).and_then(|fd| crate::sys::fs::dio_align(&fd));
     let _ = std::fs::remove_file(&probe);
     match r {
@@ -132,7 +143,8 @@ pub fn session_config(cfg: &Config) -> SessionConfig {
         idle_timeout: Duration::from_millis(s.idle_timeout_ms),
         ds_token: s.ds_token.as_bytes().to_vec(),
         store: store_options(cfg),
-        max_buffered_input: (s.max_frame_bytes as usize + 64).max(4 << 20),
+        // always room for one whole message plus a read
+        max_buffered_input: (2 * (s.max_frame_bytes as usize + 68)).max(4 << 20),
     }
 }
 
@@ -159,35 +171,97 @@ impl std::error::Error for ServerError {}
 
 /// Validates the configuration, recovers the store, binds both listeners.
 pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, ServerError> {
-    cfg.validate().map_err(|e| ServerError(format!("invalid configuration: {e}")))?;
-    config::server::validate_serve(&cfg).map_err(|e| ServerError(format!("invalid configuration: {e}")))?;
+    cfg.validate()
+        .map_err(|e| ServerError(format!("invalid configuration: {e}")))?;
+    config::server::validate_serve(&cfg)
+        .map_err(|e| ServerError(format!("invalid configuration: {e}")))?;
     if cfg.server.store.is_empty() {
-        return Err(ServerError("no store directory: pass --store DIR (or store = \"DIR\" under [server])".into()));
+        return Err(ServerError(
+            "no store directory: pass --store DIR (or store = \"DIR\" under [server])".into(),
+        ));
     }
     let paths = StorePaths::new(&cfg.server.store);
     let (opts, notes) = resolve_store_options(&cfg, &paths.root)?;
     for n in &notes {
         eprintln!("storage: {n}");
     }
-    let rec = storage::recover_store(&paths, &opts, cfg.server.max_frame_bytes as u32)
-        .map_err(|e| ServerError(format!("cannot prepare the store {}: {e}", paths.root.display())))?;
+    let rec =
+        storage::recover_store(&paths, &opts, cfg.server.max_frame_bytes as u32).map_err(|e| {
+            ServerError(format!(
+                "cannot prepare the store {}: {e}",
+                paths.root.display()
+            ))
+        })?;
     for n in &rec.notes {
         eprintln!("recovery: {n}");
     }
     let registry = Registry::new(paths, limits(&cfg));
-    let live: Vec<MatchFile> = rec.live.iter().map(|(id, scan, tail)| MatchFile::resume(id, scan, tail, opts.clone())).collect();
+    let live: Vec<MatchFile> = rec
+        .live
+        .iter()
+        .map(|(id, scan, tail)| MatchFile::resume(id, scan, tail, opts.clone()))
+        .collect();
     if !live.is_empty() || !rec.sealed.is_empty() {
-        eprintln!("recovery: {} resumable matches, {} sealed replays", live.len(), rec.sealed.len());
+        eprintln!(
+            "recovery: {} resumable matches, {} sealed replays",
+            live.len(),
+            rec.sealed.len()
+        );
     }
     registry.load_recovered(&rec.sealed, live);
-    let ingest = TcpListener::bind(&cfg.server.ingest_addr)
-        .map_err(|e| ServerError(format!("cannot listen on ingest-addr {}: {e}", cfg.server.ingest_addr)))?;
-    let http =
-        TcpListener::bind(&cfg.server.http_addr).map_err(|e| ServerError(format!("cannot listen on http-addr {}: {e}", cfg.server.http_addr)))?;
+    let ingest = TcpListener::bind(&cfg.server.ingest_addr).map_err(|e| {
+        ServerError(format!(
+            "cannot listen on ingest-addr {}: {e}",
+            cfg.server.ingest_addr
+        ))
+    })?;
+    let http = TcpListener::bind(&cfg.server.http_addr).map_err(|e| {
+        ServerError(format!(
+            "cannot listen on http-addr {}: {e}",
+            cfg.server.http_addr
+        ))
+    })?;
+    if cfg.server.retention_s > 0 {
+        spawn_retention(
+            registry.clone(),
+            Duration::from_secs(cfg.server.retention_s),
+            shutdown.clone(),
+        )?;
+    }
     let mut sc = session_config(&cfg);
     sc.store = opts;
     let session = Arc::new(sc);
-    Ok(ServerContext { cfg, registry, session, ingest, http, shutdown })
+    Ok(ServerContext {
+        cfg,
+        registry,
+        session,
+        ingest,
+        http,
+        shutdown,
+    })
+}
+
+/// Deletes sealed replays older than `retention` (checked every retention/10, at most every
+/// minute, at least every 100 ms), until shutdown.
+fn spawn_retention(
+    reg: Arc<Registry>,
+    retention: Duration,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), ServerError> {
+    let step = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    std::thread::Builder::new()
+        .name("retention".into())
+        .spawn(move || {
+            while !shutdown.load(std::sync::atomic::Ordering::Acquire) {
+                let cutoff = storage::now_unix_us().saturating_sub(retention.as_micros() as u64);
+                for id in reg.expire_sealed_before(cutoff) {
+                    eprintln!("retention: deleted {id}.rpl");
+                }
+                std::thread::sleep(step);
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| ServerError(format!("cannot start the retention thread: {e}")))
 }
 
 /// The io_uring backend entry point (helper "uring-server" replaces this stub's body with
@@ -198,11 +272,24 @@ pub fn run_uring(ctx: ServerContext) -> Result<(), ServerError> {
 
 /// Requested and effective configuration as JSON (`--print-config`).
 pub fn config_json(requested: &Config, effective: &Config) -> serde_json::Value {
-    let pairs = |c: &Config| serde_json::Value::Object(c.to_pairs().into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect());
-    let (o, notes) = if effective.server.store.is_empty() || !std::path::Path::new(&effective.server.store).exists() {
-        (store_options(effective), vec!["store not probed (does not exist yet): O_DIRECT alignment assumed".to_string()])
+    let pairs = |c: &Config| {
+        serde_json::Value::Object(
+            c.to_pairs()
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+        )
+    };
+    let (o, notes) = if effective.server.store.is_empty()
+        || !std::path::Path::new(&effective.server.store).exists()
+    {
+        (
+            store_options(effective),
+            vec!["store not probed (does not exist yet): O_DIRECT alignment assumed".to_string()],
+        )
     } else {
-        resolve_store_options(effective, std::path::Path::new(&effective.server.store)).unwrap_or_else(|e| (store_options(effective), vec![e.0]))
+        resolve_store_options(effective, std::path::Path::new(&effective.server.store))
+            .unwrap_or_else(|e| (store_options(effective), vec![e.0]))
     };
     serde_json::json!({
         "requested": pairs(requested),
@@ -234,7 +321,9 @@ fn unused(cfg: &Config) -> Vec<String> {
 fn effective(cfg: &Config) -> Config {
     let mut e = cfg.clone();
     if e.server.workers == 0 {
-        e.server.workers = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        e.server.workers = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
     }
     e
 }
@@ -242,7 +331,12 @@ fn effective(cfg: &Config) -> Config {
 fn command() -> clap::Command {
     let cmd = clap::Command::new("recorder serve")
         .about("Run the replay recorder: DS ingest (docs/protocol.md) and HTTP replay serving")
-        .arg(clap::Arg::new("config").long("config").value_name("FILE").help("TOML configuration file ([ring], [file], [net], [server] tables)"))
+        .arg(
+            clap::Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .help("TOML configuration file ([ring], [file], [net], [server] tables)"),
+        )
         .arg(
             clap::Arg::new("print-config")
                 .long("print-config")
@@ -258,7 +352,11 @@ pub fn cli_main(args: Vec<String>) -> ExitCode {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let mut cfg = Config::default();
@@ -279,13 +377,19 @@ pub fn cli_main(args: Vec<String>) -> ExitCode {
         eprintln!("recorder serve: {e}");
         return ExitCode::from(2);
     }
-    if let Err(e) = cfg.validate().and_then(|_| config::server::validate_serve(&cfg)) {
+    if let Err(e) = cfg
+        .validate()
+        .and_then(|_| config::server::validate_serve(&cfg))
+    {
         eprintln!("recorder serve: invalid configuration: {e}");
         return ExitCode::from(2);
     }
     let eff = effective(&cfg);
     if m.get_flag("print-config") {
-        println!("{}", serde_json::to_string_pretty(&config_json(&cfg, &eff)).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&config_json(&cfg, &eff)).unwrap_or_default()
+        );
         return ExitCode::SUCCESS;
     }
     let shutdown = Arc::new(AtomicBool::new(false));

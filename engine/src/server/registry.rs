@@ -4,7 +4,7 @@
 
 use crate::protocol::ErrorCode;
 use crate::storage::{FileStats, IndexEntry, MatchFile, SealedInfo, StorePaths};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,7 +24,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_matches: 10_000, max_connections: 20_000, http_max_connections: 10_000, live_max_delay: Duration::from_secs(120) }
+        Limits {
+            max_matches: 10_000,
+            max_connections: 20_000,
+            http_max_connections: 10_000,
+            live_max_delay: Duration::from_secs(120),
+        }
     }
 }
 
@@ -98,7 +103,7 @@ impl MatchShared {
     /// Readable bytes as they were at `at` (for `?delay_ms`): the newest sample not after `at`.
     pub fn bytes_at(&self, at: Instant) -> u64 {
         let st = self.lock();
-        if st.info.phase == Phase::Sealed && st.history.back().map_or(true, |(t, _)| *t <= at) {
+        if st.info.phase == Phase::Sealed && st.history.back().is_none_or(|(t, _)| *t <= at) {
             return st.info.bytes;
         }
         let mut best = 0;
@@ -124,7 +129,11 @@ impl MatchShared {
             if now >= deadline {
                 return v;
             }
-            st = self.changed.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
     fn bump(&self) {
@@ -166,6 +175,7 @@ impl Metrics {
 }
 
 /// The outcome of claiming the writer role for a match.
+#[allow(clippy::large_enum_variant)]
 pub enum Claim {
     /// A new match: create its file.
     New(WriterGuard),
@@ -199,7 +209,11 @@ pub struct ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let c = if self.http { &self.counter.http_connections } else { &self.counter.ds_connections };
+        let c = if self.http {
+            &self.counter.http_connections
+        } else {
+            &self.counter.ds_connections
+        };
         c.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -214,7 +228,12 @@ pub struct Registry {
     shutting_down: AtomicBool,
     pub metrics: Metrics,
     waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+    /// Ids deleted by retention (bounded, oldest forgotten first): 410 for readers, refused for writers.
+    expired: Mutex<(HashSet<String>, VecDeque<String>)>,
 }
+
+/// How many expired ids are remembered.
+const EXPIRED_MEMORY: usize = 100_000;
 
 impl Registry {
     pub fn new(paths: StorePaths, limits: Limits) -> Arc<Registry> {
@@ -228,7 +247,61 @@ impl Registry {
             shutting_down: AtomicBool::new(false),
             metrics: Metrics::default(),
             waker: Mutex::new(None),
+            expired: Mutex::new((HashSet::new(), VecDeque::new())),
         })
+    }
+
+    /// True when `id` was a sealed replay deleted by retention.
+    pub fn is_expired(&self, id: &str) -> bool {
+        self.expired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .contains(id)
+    }
+
+    /// Retention: deletes sealed replays sealed before `cutoff_unix_us` (file, then entry);
+    /// returns the ids deleted. Readers that already opened a file keep reading it.
+    pub fn expire_sealed_before(&self, cutoff_unix_us: u64) -> Vec<String> {
+        let victims: Vec<Arc<MatchShared>> = self
+            .map()
+            .values()
+            .filter(|m| {
+                let i = m.info();
+                i.phase == Phase::Sealed && i.sealed_unix_us < cutoff_unix_us
+            })
+            .cloned()
+            .collect();
+        let mut done = Vec::new();
+        for m in victims {
+            let path = self.paths.sealed_path(&m.id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    eprintln!("retention: cannot delete {}: {e}", path.display());
+                    continue;
+                }
+            }
+            {
+                let mut ex = self.expired.lock().unwrap_or_else(|p| p.into_inner());
+                if ex.0.insert(m.id.clone()) {
+                    ex.1.push_back(m.id.clone());
+                }
+                while ex.1.len() > EXPIRED_MEMORY {
+                    if let Some(old) = ex.1.pop_front() {
+                        ex.0.remove(&old);
+                    }
+                }
+            }
+            self.map().remove(&m.id);
+            m.bump();
+            done.push(m.id.clone());
+        }
+        if !done.is_empty() {
+            let _ = crate::storage::io::sync_dir(&self.paths.root);
+        }
+        done
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<MatchShared>>> {
@@ -321,7 +394,10 @@ impl Registry {
     /// Admits one DS connection, or says which limit refused it.
     pub fn try_ds_connection(self: &Arc<Self>) -> Result<ConnGuard, (ErrorCode, String)> {
         let n = self.ds_connections.fetch_add(1, Ordering::AcqRel);
-        let g = ConnGuard { counter: self.clone(), http: false };
+        let g = ConnGuard {
+            counter: self.clone(),
+            http: false,
+        };
         if n >= self.limits.max_connections {
             return Err((
                 ErrorCode::TooManyConnections,
@@ -335,7 +411,10 @@ impl Registry {
     /// Admits one HTTP connection (None when `http-max-connections` is reached).
     pub fn try_http_connection(self: &Arc<Self>) -> Option<ConnGuard> {
         let n = self.http_connections.fetch_add(1, Ordering::AcqRel);
-        let g = ConnGuard { counter: self.clone(), http: true };
+        let g = ConnGuard {
+            counter: self.clone(),
+            http: true,
+        };
         (n < self.limits.http_max_connections).then_some(g)
     }
 
@@ -349,19 +428,40 @@ impl Registry {
     /// Claims the writer role for `id` (already validated), applying the protocol's rules:
     /// sealed -> MATCH_SEALED, another writer -> MATCH_BUSY, in progress without RESUME ->
     /// MATCH_EXISTS, new match over `max-matches` -> TOO_MANY_MATCHES.
-    pub fn claim_writer(self: &Arc<Self>, id: &str, resume: bool) -> Result<Claim, (ErrorCode, String)> {
+    pub fn claim_writer(
+        self: &Arc<Self>,
+        id: &str,
+        resume: bool,
+    ) -> Result<Claim, (ErrorCode, String)> {
         if self.shutting_down() {
-            return Err((ErrorCode::ShuttingDown, "the recorder is shutting down; reconnect with RESUME later".into()));
+            return Err((
+                ErrorCode::ShuttingDown,
+                "the recorder is shutting down; reconnect with RESUME later".into(),
+            ));
+        }
+        if self.is_expired(id) {
+            return Err((
+                ErrorCode::MatchSealed,
+                format!("match {id} was sealed and has expired (retention-s); use a new match id"),
+            ));
         }
         let mut map = self.map();
         if let Some(m) = map.get(id).cloned() {
             drop(map);
             let mut st = m.lock();
             if st.info.phase == Phase::Sealed {
-                return Err((ErrorCode::MatchSealed, format!("match {id} has ended and is sealed; it cannot be written again")));
+                return Err((
+                    ErrorCode::MatchSealed,
+                    format!("match {id} has ended and is sealed; it cannot be written again"),
+                ));
             }
             if st.info.writer {
-                return Err((ErrorCode::MatchBusy, format!("match {id} already has a writer connection; only one DS may write a match")));
+                return Err((
+                    ErrorCode::MatchBusy,
+                    format!(
+                        "match {id} already has a writer connection; only one DS may write a match"
+                    ),
+                ));
             }
             if !resume {
                 return Err((
@@ -374,7 +474,11 @@ impl Registry {
             let rescan = st.needs_rescan || parked.is_none();
             drop(st);
             Metrics::add(&self.metrics.matches_resumed, 1);
-            let g = WriterGuard { shared: m, registry: self.clone(), released: false };
+            let g = WriterGuard {
+                shared: m,
+                registry: self.clone(),
+                released: false,
+            };
             return Ok(match parked {
                 Some(f) if !rescan => Claim::Resume(g, f),
                 _ => Claim::Rescan(g),
@@ -384,7 +488,10 @@ impl Registry {
         if live >= self.limits.max_matches {
             return Err((
                 ErrorCode::TooManyMatches,
-                format!("{live} matches are in progress, the max-matches limit is {}; retry later", self.limits.max_matches),
+                format!(
+                    "{live} matches are in progress, the max-matches limit is {}; retry later",
+                    self.limits.max_matches
+                ),
             ));
         }
         let info = MatchInfo {
@@ -393,7 +500,10 @@ impl Registry {
             writer: true,
             bytes: 0,
             durable_seq: 0,
-            stats: FileStats { created_unix_us: crate::storage::now_unix_us(), ..Default::default() },
+            stats: FileStats {
+                created_unix_us: crate::storage::now_unix_us(),
+                ..Default::default()
+            },
             sealed_unix_us: 0,
             etag: None,
         };
@@ -402,7 +512,11 @@ impl Registry {
         self.live_count.fetch_add(1, Ordering::AcqRel);
         drop(map);
         Metrics::add(&self.metrics.matches_started, 1);
-        Ok(Claim::New(WriterGuard { shared: m, registry: self.clone(), released: false }))
+        Ok(Claim::New(WriterGuard {
+            shared: m,
+            registry: self.clone(),
+            released: false,
+        }))
     }
 
     /// Gives the writer role back. `file`: the append state to park for a resume (None
@@ -417,7 +531,10 @@ impl Registry {
     pub fn abandon_new(&self, mut g: WriterGuard) {
         g.released = true;
         let mut map = self.map();
-        if map.get(&g.shared.id).is_some_and(|m| Arc::ptr_eq(m, &g.shared)) {
+        if map
+            .get(&g.shared.id)
+            .is_some_and(|m| Arc::ptr_eq(m, &g.shared))
+        {
             map.remove(&g.shared.id);
             self.live_count.fetch_sub(1, Ordering::AcqRel);
         }
@@ -460,7 +577,12 @@ impl Registry {
             _ => st.history.push_back((now, bytes)),
         }
         let horizon = self.limits.live_max_delay + Duration::from_secs(1);
-        while st.history.len() > 2 && st.history.front().is_some_and(|(t, _)| now.duration_since(*t) > horizon) {
+        while st.history.len() > 2
+            && st
+                .history
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > horizon)
+        {
             st.history.pop_front();
         }
         drop(st);
@@ -491,11 +613,20 @@ fn new_shared(info: MatchInfo, index: Vec<IndexEntry>, parked: Option<MatchFile>
     let mut history = VecDeque::new();
     // a recovered match's bytes count as old, so delayed viewers see them at once
     let now = Instant::now();
-    let old = now.checked_sub(Duration::from_secs(3600)).or_else(|| now.checked_sub(Duration::from_secs(1))).unwrap_or(now);
+    let old = now
+        .checked_sub(Duration::from_secs(3600))
+        .or_else(|| now.checked_sub(Duration::from_secs(1)))
+        .unwrap_or(now);
     history.push_back((if bytes > 0 { old } else { now }, bytes));
     MatchShared {
         id: info.id.clone(),
-        state: Mutex::new(MatchState { info, index, history, parked, needs_rescan: false }),
+        state: Mutex::new(MatchState {
+            info,
+            index,
+            history,
+            parked,
+            needs_rescan: false,
+        }),
         changed: Condvar::new(),
         version: AtomicU64::new(1),
     }

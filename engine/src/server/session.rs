@@ -57,14 +57,23 @@ pub enum Io {
     /// not exist; `rescan`: the in-memory state was lost, re-scan the file and return a
     /// fresh [`MatchFile`] with `open_done`). Use `storage::io::open_for_append` semantics
     /// (O_DIRECT / O_DSYNC from `options`).
-    Open { path: PathBuf, create: bool, rescan: bool, options: StoreOptions },
+    Open {
+        path: PathBuf,
+        create: bool,
+        rescan: bool,
+        options: StoreOptions,
+    },
     /// Write `req.bytes()` at `req.offset`, then call `write_done(req, result)`.
     Write(WriteReq),
     /// fdatasync the match file, then call `sync_done(result)`.
     Sync,
     /// Seal: truncate to `len`, fdatasync, rename `part` to `sealed`, fsync both
     /// directories (`storage::io::finish_seal`), read the sealed info, `seal_done(result)`.
-    FinishSeal { len: u64, part: PathBuf, sealed: PathBuf },
+    FinishSeal {
+        len: u64,
+        part: PathBuf,
+        sealed: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,7 +167,10 @@ impl IngestSession {
 
     /// False while the session has enough unprocessed input (stop reading: backpressure).
     pub fn wants_input(&self) -> bool {
-        matches!(self.state, State::AwaitHello | State::Opening | State::Streaming) && self.inbuf.len() < self.cfg.max_buffered_input
+        matches!(
+            self.state,
+            State::AwaitHello | State::Opening | State::Streaming
+        ) && self.inbuf.len() < self.cfg.max_buffered_input
     }
 
     /// When `on_timer` must be called next.
@@ -178,10 +190,15 @@ impl IngestSession {
 
     /// Idle timeout check; afterwards ask `next_io` (an ack may be due).
     pub fn on_timer(&mut self, now: Instant) {
-        if matches!(self.state, State::AwaitHello | State::Streaming) && now >= self.last_rx + self.cfg.idle_timeout {
+        if matches!(self.state, State::AwaitHello | State::Streaming)
+            && now >= self.last_rx + self.cfg.idle_timeout
+        {
             self.fail(
                 ErrorCode::IdleTimeout,
-                format!("nothing received for {} ms (idle-timeout-ms); reconnect with RESUME", self.cfg.idle_timeout.as_millis()),
+                format!(
+                    "nothing received for {} ms (idle-timeout-ms); reconnect with RESUME",
+                    self.cfg.idle_timeout.as_millis()
+                ),
             );
         }
     }
@@ -198,9 +215,19 @@ impl IngestSession {
 
     /// Graceful shutdown: flush and ack what was received, then SHUTTING_DOWN.
     pub fn begin_shutdown(&mut self) {
-        if matches!(self.state, State::AwaitHello | State::Opening | State::Streaming) {
-            self.closing_error = Some((ErrorCode::ShuttingDown, "the recorder is stopping; reconnect with RESUME later".into()));
-            self.state = if self.state == State::AwaitHello { State::Done } else { State::Closing };
+        if matches!(
+            self.state,
+            State::AwaitHello | State::Opening | State::Streaming
+        ) {
+            self.closing_error = Some((
+                ErrorCode::ShuttingDown,
+                "the recorder is stopping; reconnect with RESUME later".into(),
+            ));
+            self.state = if self.state == State::AwaitHello {
+                State::Done
+            } else {
+                State::Closing
+            };
             if self.state == State::Done {
                 self.send_closing_error();
             }
@@ -224,7 +251,13 @@ impl IngestSession {
 
     fn send_closing_error(&mut self) {
         if let Some((code, text)) = self.closing_error.take() {
-            protocol::encode(&mut self.out, &Msg::Error { code: code as u16, text: &text });
+            protocol::encode(
+                &mut self.out,
+                &Msg::Error {
+                    code: code as u16,
+                    text: &text,
+                },
+            );
             self.error_sent = Some(code);
         }
     }
@@ -251,12 +284,18 @@ impl IngestSession {
         if !data.is_empty() {
             self.last_rx = now;
         }
-        if !matches!(self.state, State::AwaitHello | State::Opening | State::Streaming) {
+        if !matches!(
+            self.state,
+            State::AwaitHello | State::Opening | State::Streaming
+        ) {
             return;
         }
         if self.inbuf.is_empty() {
             let used = self.process(data, now);
-            if matches!(self.state, State::AwaitHello | State::Opening | State::Streaming) {
+            if matches!(
+                self.state,
+                State::AwaitHello | State::Opening | State::Streaming
+            ) {
                 self.inbuf.extend_from_slice(&data[used..]);
             }
         } else {
@@ -268,7 +307,10 @@ impl IngestSession {
     fn process_buffered(&mut self, now: Instant) {
         let buf = std::mem::take(&mut self.inbuf);
         let used = self.process(&buf, now);
-        if matches!(self.state, State::AwaitHello | State::Opening | State::Streaming) {
+        if matches!(
+            self.state,
+            State::AwaitHello | State::Opening | State::Streaming
+        ) {
             self.inbuf = buf;
             self.inbuf.drain(..used);
         }
@@ -296,7 +338,8 @@ impl IngestSession {
             used += n;
             self.on_msg(msg, now, recv_us);
         }
-        if self.state == State::Streaming && (self.cfg.ack_mode == AckMode::Received || self.reack) {
+        if self.state == State::Streaming && (self.cfg.ack_mode == AckMode::Received || self.reack)
+        {
             let a = self.ackable();
             self.send_ack(a);
         }
@@ -305,13 +348,34 @@ impl IngestSession {
 
     fn on_msg(&mut self, msg: Msg<'_>, now: Instant, recv_us: u64) {
         match (self.state, msg) {
-            (State::AwaitHello, Msg::Hello { version, resume, match_id, credential }) => self.on_hello(version, resume, match_id, credential),
-            (State::AwaitHello, m) => self.fail(ErrorCode::Unexpected, format!("the first message must be HELLO, got {}", msg_name(&m))),
-            (State::Streaming, Msg::Frame { seq, tick, frame_kind, crc32c, payload }) => {
-                self.on_frame(seq, tick, frame_kind, crc32c, payload, now, recv_us)
-            }
+            (
+                State::AwaitHello,
+                Msg::Hello {
+                    version,
+                    resume,
+                    match_id,
+                    credential,
+                },
+            ) => self.on_hello(version, resume, match_id, credential),
+            (State::AwaitHello, m) => self.fail(
+                ErrorCode::Unexpected,
+                format!("the first message must be HELLO, got {}", msg_name(&m)),
+            ),
+            (
+                State::Streaming,
+                Msg::Frame {
+                    seq,
+                    tick,
+                    frame_kind,
+                    crc32c,
+                    payload,
+                },
+            ) => self.on_frame(seq, tick, frame_kind, crc32c, payload, now, recv_us),
             (State::Streaming, Msg::End { last_seq }) => self.on_end(last_seq),
-            (_, m) => self.fail(ErrorCode::Unexpected, format!("{} is not expected here", msg_name(&m))),
+            (_, m) => self.fail(
+                ErrorCode::Unexpected,
+                format!("{} is not expected here", msg_name(&m)),
+            ),
         }
     }
 
@@ -326,14 +390,21 @@ impl IngestSession {
             return self.fail(e.code, e.text);
         }
         if !self.cfg.ds_token.is_empty() && !ct_eq(credential, &self.cfg.ds_token) {
-            return self.fail(ErrorCode::AuthFailed, "the DS credential does not match the recorder's ds-token".into());
+            return self.fail(
+                ErrorCode::AuthFailed,
+                "the DS credential does not match the recorder's ds-token".into(),
+            );
         }
         self.match_id = match_id.to_string();
         match self.registry.claim_writer(match_id, resume) {
             Err((code, text)) => self.fail(code, text),
             Ok(Claim::New(g)) => {
                 self.guard = Some(g);
-                self.file = Some(MatchFile::create(match_id, storage::now_unix_us(), self.cfg.store.clone()));
+                self.file = Some(MatchFile::create(
+                    match_id,
+                    storage::now_unix_us(),
+                    self.cfg.store.clone(),
+                ));
                 self.open_create = true;
                 self.state = State::Opening;
             }
@@ -351,15 +422,31 @@ impl IngestSession {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn on_frame(&mut self, seq: u64, tick: u64, kind: u8, crc: u32, payload: &[u8], now: Instant, recv_us: u64) {
+    fn on_frame(
+        &mut self,
+        seq: u64,
+        tick: u64,
+        kind: u8,
+        crc: u32,
+        payload: &[u8],
+        now: Instant,
+        recv_us: u64,
+    ) {
         if payload.len() > self.cfg.max_frame_bytes as usize {
             return self.fail(
                 ErrorCode::FrameTooLarge,
-                format!("frame {seq} has {} payload bytes, max-frame-bytes is {}", payload.len(), self.cfg.max_frame_bytes),
+                format!(
+                    "frame {seq} has {} payload bytes, max-frame-bytes is {}",
+                    payload.len(),
+                    self.cfg.max_frame_bytes
+                ),
             );
         }
         if kind != protocol::FRAME_KEY && kind != protocol::FRAME_DELTA {
-            return self.fail(ErrorCode::BadFrameKind, format!("frame {seq} has frame_kind {kind}; use 1 (keyframe) or 2 (delta)"));
+            return self.fail(
+                ErrorCode::BadFrameKind,
+                format!("frame {seq} has frame_kind {kind}; use 1 (keyframe) or 2 (delta)"),
+            );
         }
         let f = self.file.as_mut().expect("streaming has a file");
         let last = f.last_seq();
@@ -369,11 +456,20 @@ impl IngestSession {
             return;
         }
         if seq != last + 1 {
-            return self.fail(ErrorCode::SeqGap, format!("frame {seq} follows frame {last}; send frame {} next", last + 1));
+            return self.fail(
+                ErrorCode::SeqGap,
+                format!(
+                    "frame {seq} follows frame {last}; send frame {} next",
+                    last + 1
+                ),
+            );
         }
         if f.stats().frame_count > 0 && tick < f.last_tick() {
             let lt = f.last_tick();
-            return self.fail(ErrorCode::TickRegression, format!("frame {seq} has tick {tick}, lower than the previous frame's tick {lt}"));
+            return self.fail(
+                ErrorCode::TickRegression,
+                format!("frame {seq} has tick {tick}, lower than the previous frame's tick {lt}"),
+            );
         }
         if let Err(e) = protocol::check_crc(seq, crc, payload) {
             return self.fail(e.code, e.text);
@@ -390,7 +486,12 @@ impl IngestSession {
         let f = self.file.as_mut().expect("streaming has a file");
         if last_seq != f.last_seq() {
             let have = f.last_seq();
-            return self.fail(ErrorCode::Unexpected, format!("END says the last frame is {last_seq}, but the last frame received is {have}"));
+            return self.fail(
+                ErrorCode::Unexpected,
+                format!(
+                    "END says the last frame is {last_seq}, but the last frame received is {have}"
+                ),
+            );
         }
         f.seal(storage::now_unix_us());
         self.state = State::Sealing;
@@ -426,7 +527,9 @@ impl IngestSession {
             let due = flushing
                 || file.stage_full()
                 || self.cfg.ack_interval.is_zero()
-                || self.first_pending.is_some_and(|p| now >= p + self.cfg.ack_interval);
+                || self
+                    .first_pending
+                    .is_some_and(|p| now >= p + self.cfg.ack_interval);
             if due {
                 let req = file.take_write()?;
                 self.first_pending = None;
@@ -445,7 +548,11 @@ impl IngestSession {
             self.io_in_flight = true;
             let len = file.sealed_len().expect("sealing file is sealed");
             let paths = &self.registry.paths;
-            return Some(Io::FinishSeal { len, part: paths.part_path(&self.match_id), sealed: paths.sealed_path(&self.match_id) });
+            return Some(Io::FinishSeal {
+                len,
+                part: paths.part_path(&self.match_id),
+                sealed: paths.sealed_path(&self.match_id),
+            });
         }
         if self.state == State::Closing {
             self.finish_closing();
@@ -469,14 +576,20 @@ impl IngestSession {
                 self.file = None;
                 return self.registry.abandon_new(g);
             }
-            let f = self.file.take().filter(|f| !f.in_flight() && !f.is_sealed());
+            let f = self
+                .file
+                .take()
+                .filter(|f| !f.in_flight() && !f.is_sealed());
             self.registry.release_writer(g, f);
         }
     }
 
     fn storage_failed(&mut self, what: &str, e: std::io::Error) {
         self.registry.metrics.error(ErrorCode::Storage);
-        self.closing_error = Some((ErrorCode::Storage, format!("could not {what} for match {}: {e}", self.match_id)));
+        self.closing_error = Some((
+            ErrorCode::Storage,
+            format!("could not {what} for match {}: {e}", self.match_id),
+        ));
         // the file's state is unknown now: drop it, the next writer re-scans the file
         self.file = None;
         if let Some(g) = self.guard.take() {
@@ -508,7 +621,12 @@ impl IngestSession {
                 self.acked = last;
                 protocol::encode(
                     &mut self.out,
-                    &Msg::Welcome { version: protocol::VERSION, ack_mode: self.cfg.ack_mode, last_seq: last, max_frame_bytes: self.cfg.max_frame_bytes },
+                    &Msg::Welcome {
+                        version: protocol::VERSION,
+                        ack_mode: self.cfg.ack_mode,
+                        last_seq: last,
+                        max_frame_bytes: self.cfg.max_frame_bytes,
+                    },
                 );
                 if let Some(g) = &self.guard {
                     self.registry.publish(&g.shared, f);
@@ -587,7 +705,13 @@ impl IngestSession {
                 if self.cfg.ack_mode == AckMode::Durable {
                     self.send_ack(a);
                 }
-                protocol::encode(&mut self.out, &Msg::Sealed { last_seq: last, file_bytes: info.len });
+                protocol::encode(
+                    &mut self.out,
+                    &Msg::Sealed {
+                        last_seq: last,
+                        file_bytes: info.len,
+                    },
+                );
                 self.file = None;
                 self.state = State::Done;
             }

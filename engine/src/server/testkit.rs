@@ -9,10 +9,20 @@ use std::time::{Duration, Instant};
 /// A message from the recorder, owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    Welcome { ack_mode: AckMode, last_seq: u64, max_frame_bytes: u32 },
+    Welcome {
+        ack_mode: AckMode,
+        last_seq: u64,
+        max_frame_bytes: u32,
+    },
     Ack(u64),
-    Sealed { last_seq: u64, file_bytes: u64 },
-    Error { code: Option<ErrorCode>, text: String },
+    Sealed {
+        last_seq: u64,
+        file_bytes: u64,
+    },
+    Error {
+        code: Option<ErrorCode>,
+        text: String,
+    },
     /// The recorder closed the connection.
     Closed,
 }
@@ -39,7 +49,12 @@ impl DsClient {
     pub fn connect(addr: SocketAddr) -> io::Result<DsClient> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_nodelay(true)?;
-        Ok(DsClient { stream, inbuf: Vec::new(), acked: 0, out: Vec::new() })
+        Ok(DsClient {
+            stream,
+            inbuf: Vec::new(),
+            acked: 0,
+            out: Vec::new(),
+        })
     }
 
     pub fn send_raw(&mut self, b: &[u8]) -> io::Result<()> {
@@ -49,7 +64,15 @@ impl DsClient {
     /// Sends HELLO and returns the first reply (WELCOME or ERROR).
     pub fn hello(&mut self, match_id: &str, resume: bool, credential: &[u8]) -> io::Result<Reply> {
         let mut v = Vec::new();
-        protocol::encode(&mut v, &Msg::Hello { version: protocol::VERSION, resume, match_id, credential });
+        protocol::encode(
+            &mut v,
+            &Msg::Hello {
+                version: protocol::VERSION,
+                resume,
+                match_id,
+                credential,
+            },
+        );
         self.send_raw(&v)?;
         let r = self.recv(Duration::from_secs(10))?;
         if let Reply::Welcome { last_seq, .. } = r {
@@ -100,7 +123,10 @@ impl DsClient {
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no ACK for {seq} (last {})", self.acked)));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no ACK for {seq} (last {})", self.acked),
+                ));
             }
             match self.recv(left)? {
                 Reply::Ack(_) => {}
@@ -117,15 +143,42 @@ impl DsClient {
             match protocol::decode(&self.inbuf, u32::MAX) {
                 Ok(Some((m, n))) => {
                     let r = match m {
-                        Msg::Welcome { ack_mode, last_seq, max_frame_bytes, .. } => Reply::Welcome { ack_mode, last_seq, max_frame_bytes },
+                        Msg::Welcome {
+                            ack_mode,
+                            last_seq,
+                            max_frame_bytes,
+                            ..
+                        } => Reply::Welcome {
+                            ack_mode,
+                            last_seq,
+                            max_frame_bytes,
+                        },
                         Msg::Ack { seq } => {
-                            assert!(seq >= self.acked, "ACKs must never go down: {seq} after {}", self.acked);
+                            assert!(
+                                seq >= self.acked,
+                                "ACKs must never go down: {seq} after {}",
+                                self.acked
+                            );
                             self.acked = seq;
                             Reply::Ack(seq)
                         }
-                        Msg::Sealed { last_seq, file_bytes } => Reply::Sealed { last_seq, file_bytes },
-                        Msg::Error { code, text } => Reply::Error { code: ErrorCode::from_u16(code), text: text.to_string() },
-                        other => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("recorder sent a client message {other:?}"))),
+                        Msg::Sealed {
+                            last_seq,
+                            file_bytes,
+                        } => Reply::Sealed {
+                            last_seq,
+                            file_bytes,
+                        },
+                        Msg::Error { code, text } => Reply::Error {
+                            code: ErrorCode::from_u16(code),
+                            text: text.to_string(),
+                        },
+                        other => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("recorder sent a client message {other:?}"),
+                            ))
+                        }
                     };
                     self.inbuf.drain(..n);
                     return Ok(r);
@@ -135,14 +188,21 @@ impl DsClient {
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "no message from the recorder"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no message from the recorder",
+                ));
             }
             self.stream.set_read_timeout(Some(left))?;
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Ok(Reply::Closed),
                 Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(Reply::Closed),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -173,35 +233,61 @@ pub struct HttpReply {
 
 impl HttpReply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// Sends raw bytes and reads exactly one response (for HEAD pass `head_only`).
-pub fn http_exchange(s: &mut TcpStream, request: &[u8], head_only: bool, timeout: Duration) -> io::Result<HttpReply> {
+pub fn http_exchange(
+    s: &mut TcpStream,
+    request: &[u8],
+    head_only: bool,
+    timeout: Duration,
+) -> io::Result<HttpReply> {
     s.write_all(request)?;
     read_response(s, head_only, timeout, &mut Vec::new())
 }
 
 /// `GET path` (or HEAD) with extra header lines, `Connection: close`.
-pub fn http_get(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -> io::Result<HttpReply> {
+pub fn http_get(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> io::Result<HttpReply> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for (k, v) in extra {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    http_exchange(&mut s, req.as_bytes(), method == "HEAD", Duration::from_secs(30))
+    http_exchange(
+        &mut s,
+        req.as_bytes(),
+        method == "HEAD",
+        Duration::from_secs(30),
+    )
 }
 
 /// Reads one response from `s`; `carry` holds bytes read past the previous response.
-pub fn read_response(s: &mut TcpStream, head_only: bool, timeout: Duration, carry: &mut Vec<u8>) -> io::Result<HttpReply> {
+pub fn read_response(
+    s: &mut TcpStream,
+    head_only: bool,
+    timeout: Duration,
+    carry: &mut Vec<u8>,
+) -> io::Result<HttpReply> {
     let until = Instant::now() + timeout;
     let mut buf = std::mem::take(carry);
     let mut fill = |buf: &mut Vec<u8>| -> io::Result<bool> {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP response timed out"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "HTTP response timed out",
+            ));
         }
         s.set_read_timeout(Some(left))?;
         let mut c = [0u8; 65536];
@@ -211,7 +297,14 @@ pub fn read_response(s: &mut TcpStream, head_only: bool, timeout: Duration, carr
                 buf.extend_from_slice(&c[..n]);
                 Ok(true)
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(true)
+            }
             Err(e) => Err(e),
         }
     };
@@ -220,16 +313,38 @@ pub fn read_response(s: &mut TcpStream, head_only: bool, timeout: Duration, carr
             break p + 4;
         }
         if !fill(&mut buf)? {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response head"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before a response head",
+            ));
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {status_line:?}")))?;
-    let headers: Vec<(String, String)> =
-        lines.filter(|l| !l.is_empty()).filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
-    let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad status line {status_line:?}"),
+            )
+        })?;
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
     let mut rest = buf.split_off(head_end);
     let chunked = get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     let mut body = Vec::new();
@@ -239,15 +354,22 @@ pub fn read_response(s: &mut TcpStream, head_only: bool, timeout: Duration, carr
         loop {
             let Some(p) = rest.windows(2).position(|w| w == b"\r\n") else {
                 if !fill(&mut rest)? {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a chunked body"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed inside a chunked body",
+                    ));
                 }
                 continue;
             };
-            let n = usize::from_str_radix(std::str::from_utf8(&rest[..p]).unwrap_or("x").trim(), 16)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+            let n =
+                usize::from_str_radix(std::str::from_utf8(&rest[..p]).unwrap_or("x").trim(), 16)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
             while rest.len() < p + 2 + n + 2 {
                 if !fill(&mut rest)? {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a chunk"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed inside a chunk",
+                    ));
                 }
             }
             body.extend_from_slice(&rest[p + 2..p + 2 + n]);
@@ -260,7 +382,10 @@ pub fn read_response(s: &mut TcpStream, head_only: bool, timeout: Duration, carr
     } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
         while rest.len() < len {
             if !fill(&mut rest)? {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("connection closed after {} of {len} body bytes", rest.len())));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed after {} of {len} body bytes", rest.len()),
+                ));
             }
         }
         *carry = rest.split_off(len);
@@ -269,5 +394,10 @@ pub fn read_response(s: &mut TcpStream, head_only: bool, timeout: Duration, carr
         while fill(&mut rest)? {}
         body = rest;
     }
-    Ok(HttpReply { status, headers, body, chunked })
+    Ok(HttpReply {
+        status,
+        headers,
+        body,
+        chunked,
+    })
 }

@@ -33,13 +33,20 @@ pub struct FormatError {
 
 impl fmt::Display for FormatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "replay file invalid at byte {}: {}", self.offset, self.what)
+        write!(
+            f,
+            "replay file invalid at byte {}: {}",
+            self.offset, self.what
+        )
     }
 }
 impl std::error::Error for FormatError {}
 
 fn ferr(offset: u64, what: impl Into<String>) -> FormatError {
-    FormatError { offset, what: what.into() }
+    FormatError {
+        offset,
+        what: what.into(),
+    }
 }
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
@@ -60,7 +67,10 @@ pub struct FileHeader {
 }
 
 pub fn encode_header(out: &mut Vec<u8>, match_id: &str, created_unix_us: u64) {
-    assert!(match_id.len() <= 64, "match ids are validated before a file is created");
+    assert!(
+        match_id.len() <= 64,
+        "match ids are validated before a file is created"
+    );
     let start = out.len();
     out.extend_from_slice(&FILE_MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -78,7 +88,13 @@ pub fn encode_header(out: &mut Vec<u8>, match_id: &str, created_unix_us: u64) {
 
 pub fn parse_header(b: &[u8]) -> Result<FileHeader, FormatError> {
     if b.len() < HEADER_BYTES {
-        return Err(ferr(0, format!("file is {} bytes, shorter than the {HEADER_BYTES}-byte header", b.len())));
+        return Err(ferr(
+            0,
+            format!(
+                "file is {} bytes, shorter than the {HEADER_BYTES}-byte header",
+                b.len()
+            ),
+        ));
     }
     if b[..8] != FILE_MAGIC {
         return Err(ferr(0, "does not start with the magic \"RPLYFILE\""));
@@ -89,18 +105,29 @@ pub fn parse_header(b: &[u8]) -> Result<FileHeader, FormatError> {
     }
     let v = u16_at(b, 8);
     if v != FORMAT_VERSION {
-        return Err(ferr(8, format!("format version {v} is not supported (this reader knows {FORMAT_VERSION})")));
+        return Err(ferr(
+            8,
+            format!("format version {v} is not supported (this reader knows {FORMAT_VERSION})"),
+        ));
     }
     if u16_at(b, 10) as usize != HEADER_BYTES {
-        return Err(ferr(10, format!("header length {} is not {HEADER_BYTES}", u16_at(b, 10))));
+        return Err(ferr(
+            10,
+            format!("header length {} is not {HEADER_BYTES}", u16_at(b, 10)),
+        ));
     }
     let n = b[24] as usize;
     if n == 0 || n > 64 {
         return Err(ferr(24, format!("match id length {n} is outside 1..=64")));
     }
-    let match_id = std::str::from_utf8(&b[25..25 + n]).map_err(|_| ferr(25, "match id is not UTF-8"))?.to_string();
+    let match_id = std::str::from_utf8(&b[25..25 + n])
+        .map_err(|_| ferr(25, "match id is not UTF-8"))?
+        .to_string();
     crate::protocol::validate_match_id(&match_id).map_err(|e| ferr(25, e.text))?;
-    Ok(FileHeader { match_id, created_unix_us: u64_at(b, 16) })
+    Ok(FileHeader {
+        match_id,
+        created_unix_us: u64_at(b, 16),
+    })
 }
 
 /// The header of one frame record.
@@ -133,12 +160,19 @@ pub fn encode_record_header(out: &mut Vec<u8>, h: &RecordHeader) {
 }
 
 /// Parses a record header at file offset `offset` (for messages). `max_payload` bounds the length.
-pub fn parse_record_header(b: &[u8], offset: u64, max_payload: u32) -> Result<RecordHeader, FormatError> {
+pub fn parse_record_header(
+    b: &[u8],
+    offset: u64,
+    max_payload: u32,
+) -> Result<RecordHeader, FormatError> {
     if b.len() < RECORD_HEADER_BYTES {
         return Err(ferr(offset, "record header is truncated"));
     }
     if crc32c::crc32c(&b[..36]) != u32_at(b, 36) {
-        return Err(ferr(offset, "record header CRC32C mismatch (torn write, padding or corruption)"));
+        return Err(ferr(
+            offset,
+            "record header CRC32C mismatch (torn write, padding or corruption)",
+        ));
     }
     let h = RecordHeader {
         payload_len: u32_at(b, 0),
@@ -149,13 +183,22 @@ pub fn parse_record_header(b: &[u8], offset: u64, max_payload: u32) -> Result<Re
         payload_crc32c: u32_at(b, 32),
     };
     if h.kind != crate::protocol::FRAME_KEY && h.kind != crate::protocol::FRAME_DELTA {
-        return Err(ferr(offset + 4, format!("record kind {} is not 1 (keyframe) or 2 (delta)", h.kind)));
+        return Err(ferr(
+            offset + 4,
+            format!("record kind {} is not 1 (keyframe) or 2 (delta)", h.kind),
+        ));
     }
     if b[5..8] != [0, 0, 0] {
         return Err(ferr(offset + 5, "reserved record bytes are not zero"));
     }
     if h.payload_len > max_payload {
-        return Err(ferr(offset, format!("record payload length {} exceeds {max_payload}", h.payload_len)));
+        return Err(ferr(
+            offset,
+            format!(
+                "record payload length {} exceeds {max_payload}",
+                h.payload_len
+            ),
+        ));
     }
     Ok(h)
 }
@@ -193,7 +236,14 @@ pub fn parse_index(b: &[u8], offset: u64) -> Result<Vec<IndexEntry>, FormatError
     }
     let n = u64_at(b, 8) as usize;
     if b.len() != index_bytes(n) {
-        return Err(ferr(offset, format!("keyframe index of {n} entries should be {} bytes, found {}", index_bytes(n), b.len())));
+        return Err(ferr(
+            offset,
+            format!(
+                "keyframe index of {n} entries should be {} bytes, found {}",
+                index_bytes(n),
+                b.len()
+            ),
+        ));
     }
     let body = INDEX_HEAD_BYTES + INDEX_ENTRY_BYTES * n;
     if crc32c::crc32c(&b[..body]) != u32_at(b, body) {
@@ -202,7 +252,12 @@ pub fn parse_index(b: &[u8], offset: u64) -> Result<Vec<IndexEntry>, FormatError
     Ok((0..n)
         .map(|i| {
             let o = INDEX_HEAD_BYTES + i * INDEX_ENTRY_BYTES;
-            IndexEntry { seq: u64_at(b, o), tick: u64_at(b, o + 8), offset: u64_at(b, o + 16), recv_unix_us: u64_at(b, o + 24) }
+            IndexEntry {
+                seq: u64_at(b, o),
+                tick: u64_at(b, o + 8),
+                offset: u64_at(b, o + 16),
+                recv_unix_us: u64_at(b, o + 24),
+            }
         })
         .collect())
 }
@@ -248,7 +303,10 @@ pub fn encode_trailer(out: &mut Vec<u8>, t: &Trailer) {
 
 pub fn parse_trailer(b: &[u8], offset: u64) -> Result<Trailer, FormatError> {
     if b.len() != TRAILER_BYTES || b[..8] != TRAILER_MAGIC {
-        return Err(ferr(offset, "no trailer (\"RPLYTAIL\") at the end: the replay is not sealed"));
+        return Err(ferr(
+            offset,
+            "no trailer (\"RPLYTAIL\") at the end: the replay is not sealed",
+        ));
     }
     if crc32c::crc32c(&b[..88]) != u32_at(b, 88) {
         return Err(ferr(offset + 88, "trailer CRC32C mismatch"));
@@ -284,17 +342,24 @@ pub struct Replay {
 /// `trailer` is None. Every CRC is checked.
 pub fn parse_replay(b: &[u8]) -> Result<Replay, FormatError> {
     let header = parse_header(b)?;
-    let sealed = b.len() >= HEADER_BYTES + TRAILER_BYTES && b[b.len() - TRAILER_BYTES..b.len() - TRAILER_BYTES + 8] == TRAILER_MAGIC;
+    let sealed = b.len() >= HEADER_BYTES + TRAILER_BYTES
+        && b[b.len() - TRAILER_BYTES..b.len() - TRAILER_BYTES + 8] == TRAILER_MAGIC;
     let (data_end, trailer, index) = if sealed {
         let toff = b.len() - TRAILER_BYTES;
         let t = parse_trailer(&b[toff..], toff as u64)?;
         let io = t.index_offset as usize;
         if io < HEADER_BYTES || io > toff {
-            return Err(ferr(toff as u64 + 8, format!("trailer index offset {io} is outside the file")));
+            return Err(ferr(
+                toff as u64 + 8,
+                format!("trailer index offset {io} is outside the file"),
+            ));
         }
         let idx = parse_index(&b[io..toff], io as u64)?;
         if idx.len() as u64 != t.index_count {
-            return Err(ferr(toff as u64 + 16, "trailer index count differs from the index"));
+            return Err(ferr(
+                toff as u64 + 16,
+                "trailer index count differs from the index",
+            ));
         }
         (io, Some(t), idx)
     } else {
@@ -321,30 +386,55 @@ pub fn parse_replay(b: &[u8]) -> Result<Replay, FormatError> {
             return Err(ferr(off as u64, "record runs past the keyframe index"));
         }
         if crc32c::crc32c(&b[p..end]) != h.payload_crc32c {
-            return Err(ferr(off as u64, format!("frame {} payload CRC32C mismatch", h.seq)));
+            return Err(ferr(
+                off as u64,
+                format!("frame {} payload CRC32C mismatch", h.seq),
+            ));
         }
         let expect = frames.len() as u64 + 1;
         if h.seq != expect {
-            return Err(ferr(off as u64 + 8, format!("frame sequence {} where {expect} was expected", h.seq)));
+            return Err(ferr(
+                off as u64 + 8,
+                format!("frame sequence {} where {expect} was expected", h.seq),
+            ));
         }
         if h.kind == crate::protocol::FRAME_KEY {
-            keyframes.push(IndexEntry { seq: h.seq, tick: h.tick, offset: off as u64, recv_unix_us: h.recv_unix_us });
+            keyframes.push(IndexEntry {
+                seq: h.seq,
+                tick: h.tick,
+                offset: off as u64,
+                recv_unix_us: h.recv_unix_us,
+            });
         }
         frames.push((h, p..end));
         off = end;
     }
     if let Some(t) = &trailer {
         if off != data_end {
-            return Err(ferr(off as u64, "bytes between the last record and the keyframe index"));
+            return Err(ferr(
+                off as u64,
+                "bytes between the last record and the keyframe index",
+            ));
         }
         if t.frame_count != frames.len() as u64 || t.last_seq != frames.len() as u64 {
-            return Err(ferr(b.len() as u64 - TRAILER_BYTES as u64, "trailer frame count differs from the records"));
+            return Err(ferr(
+                b.len() as u64 - TRAILER_BYTES as u64,
+                "trailer frame count differs from the records",
+            ));
         }
         if keyframes != index {
-            return Err(ferr(t.index_offset, "keyframe index differs from the keyframe records"));
+            return Err(ferr(
+                t.index_offset,
+                "keyframe index differs from the keyframe records",
+            ));
         }
     }
-    Ok(Replay { header, frames, trailer, index })
+    Ok(Replay {
+        header,
+        frames,
+        trailer,
+        index,
+    })
 }
 
 /// What a scan of an in-progress file found: everything up to the last whole record.
@@ -371,7 +461,11 @@ pub struct ScanOutcome {
 /// record header and payload CRC and sequence continuity. Stops at the first invalid or
 /// incomplete record. Errors only for an unreadable file or an invalid header whose match
 /// id differs from `match_id`.
-pub fn scan(mut r: impl Read, match_id: &str, max_payload: u32) -> io::Result<Result<ScanOutcome, FormatError>> {
+pub fn scan(
+    mut r: impl Read,
+    match_id: &str,
+    max_payload: u32,
+) -> io::Result<Result<ScanOutcome, FormatError>> {
     let mut hdr = [0u8; HEADER_BYTES];
     let got = read_full(&mut r, &mut hdr)?;
     let h = match parse_header(&hdr[..got]) {
@@ -379,9 +473,19 @@ pub fn scan(mut r: impl Read, match_id: &str, max_payload: u32) -> io::Result<Re
         Err(e) => return Ok(Err(e)),
     };
     if h.match_id != match_id {
-        return Ok(Err(ferr(25, format!("header names match {:?}, the file name says {match_id:?}", h.match_id))));
+        return Ok(Err(ferr(
+            25,
+            format!(
+                "header names match {:?}, the file name says {match_id:?}",
+                h.match_id
+            ),
+        )));
     }
-    let mut s = ScanOutcome { created_unix_us: h.created_unix_us, valid_end: HEADER_BYTES as u64, ..Default::default() };
+    let mut s = ScanOutcome {
+        created_unix_us: h.created_unix_us,
+        valid_end: HEADER_BYTES as u64,
+        ..Default::default()
+    };
     let mut off = HEADER_BYTES as u64;
     let mut rh = [0u8; RECORD_HEADER_BYTES];
     let mut payload = Vec::new();
@@ -405,22 +509,38 @@ pub fn scan(mut r: impl Read, match_id: &str, max_payload: u32) -> io::Result<Re
         };
         if h.seq != s.last_seq + 1 {
             off += n as u64;
-            s.stop_reason = Some(format!("record at byte {} has sequence {} after {}", s.valid_end, h.seq, s.last_seq));
+            s.stop_reason = Some(format!(
+                "record at byte {} has sequence {} after {}",
+                s.valid_end, h.seq, s.last_seq
+            ));
             break;
         }
         payload.resize(h.payload_len as usize, 0);
         let m = read_full(&mut r, &mut payload)?;
         off += (n + m) as u64;
         if m < payload.len() {
-            s.stop_reason = Some(format!("frame {} is torn: {} of {} payload bytes", h.seq, m, payload.len()));
+            s.stop_reason = Some(format!(
+                "frame {} is torn: {} of {} payload bytes",
+                h.seq,
+                m,
+                payload.len()
+            ));
             break;
         }
         if crc32c::crc32c(&payload) != h.payload_crc32c {
-            s.stop_reason = Some(format!("frame {} payload CRC32C mismatch at byte {}", h.seq, s.valid_end));
+            s.stop_reason = Some(format!(
+                "frame {} payload CRC32C mismatch at byte {}",
+                h.seq, s.valid_end
+            ));
             break;
         }
         if h.kind == crate::protocol::FRAME_KEY {
-            s.index.push(IndexEntry { seq: h.seq, tick: h.tick, offset: s.valid_end, recv_unix_us: h.recv_unix_us });
+            s.index.push(IndexEntry {
+                seq: h.seq,
+                tick: h.tick,
+                offset: s.valid_end,
+                recv_unix_us: h.recv_unix_us,
+            });
         }
         if s.frame_count == 0 {
             s.first_tick = h.tick;

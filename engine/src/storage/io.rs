@@ -16,7 +16,11 @@ use std::path::Path;
 pub fn open_for_append(path: &Path, create: bool, opts: &StoreOptions) -> io::Result<OwnedFd> {
     let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     if create {
-        OpenOptions::new().write(true).create_new(true).open(path).map_err(named)?;
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(named)?;
     }
     let flags = sysfs::OpenFlags {
         read: true,
@@ -28,14 +32,28 @@ pub fn open_for_append(path: &Path, create: bool, opts: &StoreOptions) -> io::Re
     };
     let fd = sysfs::open(path, flags).map_err(|e| {
         if e.raw_os_error() == Some(libc::EINVAL) && opts.direct {
-            io::Error::new(e.kind(), format!("{}: O_DIRECT refused by the file system ({e}); set direct=off or optional", path.display()))
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: O_DIRECT refused by the file system ({e}); set direct=off or optional",
+                    path.display()
+                ),
+            )
         } else {
             named(e)
         }
     })?;
     if create && opts.prealloc_bytes > 0 {
-        sysfs::fallocate(&fd, libc::FALLOC_FL_KEEP_SIZE, 0, opts.prealloc_bytes)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: fallocate of {} bytes failed: {e}", path.display(), opts.prealloc_bytes)))?;
+        sysfs::fallocate(&fd, libc::FALLOC_FL_KEEP_SIZE, 0, opts.prealloc_bytes).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: fallocate of {} bytes failed: {e}",
+                    path.display(),
+                    opts.prealloc_bytes
+                ),
+            )
+        })?;
     }
     Ok(fd)
 }
@@ -45,9 +63,18 @@ pub fn write_req(fd: &OwnedFd, req: &super::WriteReq, rw_flags: i32) -> io::Resu
     let mut b = req.bytes();
     let mut off = req.offset;
     while !b.is_empty() {
-        let n = if rw_flags != 0 { sysfs::pwritev2(fd, &[b], off, rw_flags) } else { sysfs::pwrite(fd, b, off) };
+        let n = if rw_flags != 0 {
+            sysfs::pwritev2(fd, &[b], off, rw_flags)
+        } else {
+            sysfs::pwrite(fd, b, off)
+        };
         match n {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "pwrite wrote 0 bytes")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "pwrite wrote 0 bytes",
+                ))
+            }
             Ok(n) => {
                 b = &b[n..];
                 off += n as u64;
@@ -96,20 +123,34 @@ pub fn read_sealed_info(path: &Path, id: &str) -> Result<SealedInfo, String> {
     let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let len = f.metadata().map_err(|e| e.to_string())?.len();
     if len < (format::HEADER_BYTES + format::TRAILER_BYTES) as u64 {
-        return Err(format!("{}: {len} bytes is too short for a sealed replay", path.display()));
+        return Err(format!(
+            "{}: {len} bytes is too short for a sealed replay",
+            path.display()
+        ));
     }
     let mut hdr = [0u8; format::HEADER_BYTES];
     f.read_exact(&mut hdr).map_err(|e| e.to_string())?;
     let h = format::parse_header(&hdr).map_err(|e| format!("{}: {e}", path.display()))?;
     if h.match_id != id {
-        return Err(format!("{}: header names match {:?}", path.display(), h.match_id));
+        return Err(format!(
+            "{}: header names match {:?}",
+            path.display(),
+            h.match_id
+        ));
     }
     let mut t = [0u8; format::TRAILER_BYTES];
-    f.seek(SeekFrom::Start(len - t.len() as u64)).map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::Start(len - t.len() as u64))
+        .map_err(|e| e.to_string())?;
     f.read_exact(&mut t).map_err(|e| e.to_string())?;
-    let trailer = format::parse_trailer(&t, len - t.len() as u64).map_err(|e| format!("{}: {e}", path.display()))?;
+    let trailer = format::parse_trailer(&t, len - t.len() as u64)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let crc = u32::from_le_bytes(t[88..92].try_into().expect("4 bytes"));
-    Ok(SealedInfo { id: id.to_string(), len, trailer, etag: super::etag_for(len, crc) })
+    Ok(SealedInfo {
+        id: id.to_string(),
+        len,
+        trailer,
+        etag: super::etag_for(len, crc),
+    })
 }
 
 /// What start-up recovery found.
@@ -127,14 +168,19 @@ pub struct RecoveredStore {
 /// (truncate + fdatasync), and the match is listed as resumable. A part file without a
 /// valid header never held an acknowledged frame (the header goes out with the first write,
 /// before any ACK) and is removed. Files that are not ours are left alone and noted.
-pub fn recover_store(paths: &StorePaths, opts: &StoreOptions, max_payload: u32) -> io::Result<RecoveredStore> {
+pub fn recover_store(
+    paths: &StorePaths,
+    opts: &StoreOptions,
+    max_payload: u32,
+) -> io::Result<RecoveredStore> {
     std::fs::create_dir_all(paths.live_dir())?;
     let mut out = RecoveredStore::default();
     for ent in std::fs::read_dir(paths.live_dir())? {
         let ent = ent?;
         let name = ent.file_name().to_string_lossy().to_string();
         let Some(id) = StorePaths::id_from_name(&name, ".rpl.part") else {
-            out.notes.push(format!("live/{name}: not a match file, ignored"));
+            out.notes
+                .push(format!("live/{name}: not a match file, ignored"));
             continue;
         };
         let path = ent.path();
@@ -148,7 +194,9 @@ pub fn recover_store(paths: &StorePaths, opts: &StoreOptions, max_payload: u32) 
             Ok(s) => s,
             Err(e) => {
                 std::fs::remove_file(&path)?;
-                out.notes.push(format!("live/{name}: {e}; it held no acknowledged frame, removed"));
+                out.notes.push(format!(
+                    "live/{name}: {e}; it held no acknowledged frame, removed"
+                ));
                 continue;
             }
         };
@@ -212,7 +260,8 @@ pub fn open_match(
     }
     let mut state = None;
     if rescan {
-        let r = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let r = File::open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let scan = format::scan(io::BufReader::with_capacity(1 << 20, r), id, max_payload)?
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let f = OpenOptions::new().write(true).open(&path)?;
@@ -232,7 +281,13 @@ pub fn open_match(
 }
 
 /// Executes `server::session::Io::FinishSeal` and reads back what was sealed.
-pub fn seal_match(paths: &StorePaths, id: &str, file: &OwnedFd, len: u64) -> io::Result<SealedInfo> {
+pub fn seal_match(
+    paths: &StorePaths,
+    id: &str,
+    file: &OwnedFd,
+    len: u64,
+) -> io::Result<SealedInfo> {
     finish_seal(paths, id, file, len)?;
-    read_sealed_info(&paths.sealed_path(id), id).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    read_sealed_info(&paths.sealed_path(id), id)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

@@ -43,7 +43,10 @@ pub enum Durability {
 impl Durability {
     /// True when a completed write is already durable.
     pub fn write_is_durable(self) -> bool {
-        matches!(self, Durability::None | Durability::Odsync | Durability::RwfDsync)
+        matches!(
+            self,
+            Durability::None | Durability::Odsync | Durability::RwfDsync
+        )
     }
     pub fn name(self) -> &'static str {
         match self {
@@ -90,7 +93,14 @@ impl StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { direct: false, align: 4096, durability: Durability::Fdatasync, stage_bytes: 1 << 20, prealloc_bytes: 0, uncached: false }
+        StoreOptions {
+            direct: false,
+            align: 4096,
+            durability: Durability::Fdatasync,
+            stage_bytes: 1 << 20,
+            prealloc_bytes: 0,
+            uncached: false,
+        }
     }
 }
 
@@ -110,7 +120,12 @@ impl AlignedBuf {
         let raw = vec![0u8; cap + align];
         let start = raw.as_ptr().align_offset(align);
         assert!(start < align, "alignment {align} is not a power of two");
-        AlignedBuf { raw, start, len: 0, align }
+        AlignedBuf {
+            raw,
+            start,
+            len: 0,
+            align,
+        }
     }
     pub fn capacity(&self) -> usize {
         self.raw.len() - self.start
@@ -142,7 +157,8 @@ impl AlignedBuf {
     /// Appends bytes, growing (re-aligned) when needed.
     pub fn extend(&mut self, b: &[u8]) {
         if self.len + b.len() > self.capacity() {
-            let mut n = AlignedBuf::with_capacity((self.len + b.len()).next_power_of_two(), self.align);
+            let mut n =
+                AlignedBuf::with_capacity((self.len + b.len()).next_power_of_two(), self.align);
             n.extend(self.as_slice());
             *self = n;
         }
@@ -216,7 +232,10 @@ impl MatchFile {
     pub fn create(match_id: &str, created_unix_us: u64, opts: StoreOptions) -> MatchFile {
         let mut scratch = Vec::with_capacity(HEADER_BYTES_USIZE);
         format::encode_header(&mut scratch, match_id, created_unix_us);
-        let mut stage = AlignedBuf::with_capacity(opts.stage_bytes.max(HEADER_BYTES_USIZE) + opts.align, opts.align);
+        let mut stage = AlignedBuf::with_capacity(
+            opts.stage_bytes.max(HEADER_BYTES_USIZE) + opts.align,
+            opts.align,
+        );
         stage.extend(&scratch);
         MatchFile {
             match_id: match_id.to_string(),
@@ -228,7 +247,10 @@ impl MatchFile {
             written_seq: 0,
             durable_seq: 0,
             in_flight: false,
-            stats: FileStats { created_unix_us, ..Default::default() },
+            stats: FileStats {
+                created_unix_us,
+                ..Default::default()
+            },
             index: Vec::new(),
             sealed_len: None,
             scratch,
@@ -240,9 +262,22 @@ impl MatchFile {
     /// the file bytes from `align_down(valid_end)` to `valid_end` (needed for O_DIRECT's
     /// tail-block rewrite; empty otherwise). Everything up to `valid_end` counts as durable
     /// (recovery syncs the cut file before resuming).
-    pub fn resume(match_id: &str, scan: &ScanOutcome, tail: &[u8], opts: StoreOptions) -> MatchFile {
-        let base = if opts.direct { align_down(scan.valid_end, opts.align as u64) } else { scan.valid_end };
-        assert_eq!(base + tail.len() as u64, scan.valid_end.max(base), "tail must end at valid_end");
+    pub fn resume(
+        match_id: &str,
+        scan: &ScanOutcome,
+        tail: &[u8],
+        opts: StoreOptions,
+    ) -> MatchFile {
+        let base = if opts.direct {
+            align_down(scan.valid_end, opts.align as u64)
+        } else {
+            scan.valid_end
+        };
+        assert_eq!(
+            base + tail.len() as u64,
+            scan.valid_end.max(base),
+            "tail must end at valid_end"
+        );
         let mut stage = AlignedBuf::with_capacity(opts.stage_bytes + opts.align, opts.align);
         if opts.direct {
             stage.extend(tail);
@@ -323,10 +358,29 @@ impl MatchFile {
     }
 
     /// Appends one frame record. The caller has validated seq (= last + 1), tick, kind, CRC.
-    pub fn append(&mut self, seq: u64, tick: u64, kind: u8, payload_crc32c: u32, payload: &[u8], recv_unix_us: u64) {
+    pub fn append(
+        &mut self,
+        seq: u64,
+        tick: u64,
+        kind: u8,
+        payload_crc32c: u32,
+        payload: &[u8],
+        recv_unix_us: u64,
+    ) {
         assert!(self.sealed_len.is_none(), "append after seal");
-        assert_eq!(seq, self.stats.last_seq + 1, "frames are appended in sequence");
-        let h = RecordHeader { payload_len: payload.len() as u32, kind, seq, tick, recv_unix_us, payload_crc32c };
+        assert_eq!(
+            seq,
+            self.stats.last_seq + 1,
+            "frames are appended in sequence"
+        );
+        let h = RecordHeader {
+            payload_len: payload.len() as u32,
+            kind,
+            seq,
+            tick,
+            recv_unix_us,
+            payload_crc32c,
+        };
         self.scratch.clear();
         format::encode_record_header(&mut self.scratch, &h);
         let off = self.data_end;
@@ -334,7 +388,12 @@ impl MatchFile {
         self.stage.extend(payload);
         self.data_end += h.record_bytes();
         if kind == crate::protocol::FRAME_KEY {
-            self.index.push(IndexEntry { seq, tick, offset: off, recv_unix_us });
+            self.index.push(IndexEntry {
+                seq,
+                tick,
+                offset: off,
+                recv_unix_us,
+            });
         }
         if self.stats.frame_count == 0 {
             self.stats.first_tick = tick;
@@ -384,7 +443,8 @@ impl MatchFile {
         }
         let end = self.data_end;
         let a = self.opts.align as u64;
-        let mut fresh = AlignedBuf::with_capacity(self.opts.stage_bytes + self.opts.align, self.opts.align);
+        let mut fresh =
+            AlignedBuf::with_capacity(self.opts.stage_bytes + self.opts.align, self.opts.align);
         let mut buf = std::mem::replace(&mut self.stage, AlignedBuf::with_capacity(0, 1));
         let offset = self.stage_base;
         if self.opts.direct {
@@ -403,7 +463,12 @@ impl MatchFile {
         }
         self.stage = fresh;
         self.in_flight = true;
-        Some(WriteReq { offset, buf, end, last_seq: self.stats.last_seq })
+        Some(WriteReq {
+            offset,
+            buf,
+            end,
+            last_seq: self.stats.last_seq,
+        })
     }
 
     /// Records a completed write (the whole `req.bytes()` at `req.offset`).
@@ -477,7 +542,9 @@ impl StorePaths {
     /// Match id from a file name in the store, when it is one of ours.
     pub fn id_from_name(name: &str, suffix: &str) -> Option<String> {
         let id = name.strip_suffix(suffix)?;
-        crate::protocol::validate_match_id(id).ok().map(|_| id.to_string())
+        crate::protocol::validate_match_id(id)
+            .ok()
+            .map(|_| id.to_string())
     }
 }
 
@@ -485,7 +552,10 @@ pub use io::{recover_store, RecoveredStore, SealedInfo};
 
 /// Current time in microseconds since the Unix epoch.
 pub fn now_unix_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Strong ETag of a sealed replay: its length and trailer CRC.

@@ -30,7 +30,8 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("recorder-test-{tag}-{}-{n}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("recorder-test-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -60,7 +61,14 @@ fn start(backend: &str, store: &Path, extra: &[String]) -> Server {
     cmd.arg("serve")
         .arg("--store")
         .arg(store)
-        .args(["--ingest-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--backend", backend])
+        .args([
+            "--ingest-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--backend",
+            backend,
+        ])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -83,8 +91,10 @@ fn start(backend: &str, store: &Path, extra: &[String]) -> Server {
                 }
             } else {
                 log2.lock().unwrap().push(line.clone());
-                if line.starts_with("recorder serve:") && tx.is_some() && !line.contains("shutting down") {
-                    let _ = tx.as_ref().unwrap().send(Err(line.clone()));
+                if let Some(t) = tx.as_ref().filter(|_| {
+                    line.starts_with("recorder serve:") && !line.contains("shutting down")
+                }) {
+                    let _ = t.send(Err(line.clone()));
                 }
             }
         }
@@ -93,7 +103,15 @@ fn start(backend: &str, store: &Path, extra: &[String]) -> Server {
         }
     });
     match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(Ok((ingest, http))) => Server { child: Some(child), ingest, http, store: store.to_path_buf(), backend: backend.into(), extra: extra.to_vec(), log },
+        Ok(Ok((ingest, http))) => Server {
+            child: Some(child),
+            ingest,
+            http,
+            store: store.to_path_buf(),
+            backend: backend.into(),
+            extra: extra.to_vec(),
+            log,
+        },
         Ok(Err(e)) => {
             let _ = child.kill();
             panic!("recorder did not start: {e}");
@@ -117,7 +135,9 @@ impl Server {
     pub fn terminate(&mut self) -> bool {
         if let Some(mut c) = self.child.take() {
             let pid = c.id() as i32;
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
             let until = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(Some(st)) = c.try_wait() {
@@ -153,7 +173,10 @@ impl Drop for Server {
 pub fn stream_match(addr: SocketAddr, id: &str, frames: u64, size: usize) -> (Vec<Vec<u8>>, Reply) {
     let mut c = DsClient::connect(addr).unwrap();
     let w = c.hello(id, false, b"").unwrap();
-    assert!(matches!(w, Reply::Welcome { last_seq: 0, .. }), "{id}: {w:?}");
+    assert!(
+        matches!(w, Reply::Welcome { last_seq: 0, .. }),
+        "{id}: {w:?}"
+    );
     let mut sent = Vec::new();
     for seq in 1..=frames {
         let p = testkit::payload_for(id, seq, size + (seq as usize * 7) % 97);
@@ -173,7 +196,12 @@ pub fn check_replay(bytes: &[u8], id: &str, payloads: &[Vec<u8>], sealed: bool) 
     assert_eq!(r.frames.len(), payloads.len(), "{id}: frame count");
     for (i, (h, range)) in r.frames.iter().enumerate() {
         assert_eq!(h.seq, i as u64 + 1);
-        assert_eq!(&bytes[range.clone()], &payloads[i][..], "{id}: payload of frame {}", i + 1);
+        assert_eq!(
+            &bytes[range.clone()],
+            &payloads[i][..],
+            "{id}: payload of frame {}",
+            i + 1
+        );
     }
 }
 
@@ -184,7 +212,13 @@ pub fn store_files(store: &Path) -> Vec<String> {
         if let Ok(rd) = std::fs::read_dir(&d) {
             for e in rd.flatten() {
                 if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
-                    v.push(e.path().strip_prefix(store).unwrap().to_string_lossy().to_string());
+                    v.push(
+                        e.path()
+                            .strip_prefix(store)
+                            .unwrap()
+                            .to_string_lossy()
+                            .to_string(),
+                    );
                 }
             }
         }
