@@ -1420,6 +1420,69 @@ impl Drop for Ring {
     }
 }
 
+/// One read or write on `ring`, waited for: the probe's way of asking "does this I/O work
+/// here". The buffer is page-aligned memory owned by this function (`len` bytes; for a
+/// write, filled from `data`). Returns the completion's `res` and the buffer.
+/// Completions of other requests seen meanwhile are discarded, so use a dedicated ring.
+/// If waiting fails, the buffer is leaked (the kernel may still use it) and the ring
+/// should be dropped.
+pub fn sync_rw(
+    ring: &mut Ring,
+    fd: RawFd,
+    write: Option<&[u8]>,
+    len: u32,
+    offset: u64,
+) -> io::Result<(i32, AnonMem)> {
+    const UD: u64 = 0x5052_4f42_4500_0001;
+    let mut buf = AnonMem::new(len as usize)?;
+    if let Some(d) = write {
+        let n = d.len().min(len as usize);
+        buf.as_mut_slice()[..n].copy_from_slice(&d[..n]);
+    }
+    let sqe = match write {
+        Some(_) => io_uring::opcode::Write::new(io_uring::types::Fd(fd), buf.as_ptr(), len),
+        None => return sync_read(ring, fd, buf, len, offset, UD),
+    }
+    .offset(offset)
+    .build()
+    .user_data(UD);
+    // SAFETY: buf is owned here and either outlives the completion (we wait for it) or is
+    // leaked on failure; the caller keeps fd open until we return.
+    unsafe { ring.push(&sqe) }.map_err(|e| io::Error::other(e.to_string()))?;
+    wait_for(ring, UD, buf)
+}
+
+fn sync_read(
+    ring: &mut Ring,
+    fd: RawFd,
+    mut buf: AnonMem,
+    len: u32,
+    offset: u64,
+    ud: u64,
+) -> io::Result<(i32, AnonMem)> {
+    let sqe = io_uring::opcode::Read::new(io_uring::types::Fd(fd), buf.as_mut_ptr(), len)
+        .offset(offset)
+        .build()
+        .user_data(ud);
+    // SAFETY: as in sync_rw.
+    unsafe { ring.push(&sqe) }.map_err(|e| io::Error::other(e.to_string()))?;
+    wait_for(ring, ud, buf)
+}
+
+fn wait_for(ring: &mut Ring, ud: u64, buf: AnonMem) -> io::Result<(i32, AnonMem)> {
+    loop {
+        while let Some(c) = ring.pop_cqe() {
+            if c.user_data == ud {
+                return Ok((c.res, buf));
+            }
+        }
+        if let Err(e) = ring.submit_and_wait(1) {
+            std::mem::forget(buf);
+            return Err(e);
+        }
+    }
+}
+
 /// Raw `io_uring_register` on a plain fd (used by `BufRing`, which keeps its own dup of
 /// the ring fd so it can unregister safely whatever order things are dropped in).
 ///
