@@ -642,6 +642,7 @@ pub struct Ring {
     cq_head: u32,
 
     enter_calls: u64,
+    cqe_skips: u64,
     disabled: bool,
     /// Keeps the ring memory alive; dropped after the fd is closed.
     _mem: Memory,
@@ -867,6 +868,7 @@ impl Ring {
                 cqes: cq_base.add(co.cqes as usize),
                 cq_head: (*at(cq_base, co.head)).load(Ordering::Relaxed),
                 enter_calls: 0,
+                cqe_skips: 0,
                 disabled: p.flags & IORING_SETUP_R_DISABLED != 0,
                 _mem: mem,
             }
@@ -908,6 +910,10 @@ impl Ring {
     /// io_uring_enter system calls made so far.
     pub fn enter_calls(&self) -> u64 {
         self.enter_calls
+    }
+    /// IORING_CQE_F_SKIP padding entries consumed (CQE_MIXED rings).
+    pub fn cqe_skips(&self) -> u64 {
+        self.cqe_skips
     }
     /// SQEs the kernel dropped as invalid (sq_dropped).
     pub fn sq_dropped(&self) -> u32 {
@@ -1166,6 +1172,7 @@ impl Ring {
             // SAFETY: pointer into the live ring memory; release: we are done reading.
             unsafe { (*self.cq_khead).store(self.cq_head, Ordering::Release) };
             if mixed && cqe.flags & IORING_CQE_F_SKIP != 0 {
+                self.cqe_skips += 1;
                 continue;
             }
             return Some(cqe);
