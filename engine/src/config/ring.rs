@@ -145,7 +145,7 @@ const KNOBS: &[Knob] = &[
     knob("cqe-mixed", "IORING_SETUP_CQE_MIXED", "6.18", "bool", "false",
         "16- and 32-byte CQEs in one ring (32-byte ones flagged IORING_CQE_F_32). Not with cqe32."),
     knob("register-ring-fd", "IORING_REGISTER_RING_FDS", "5.18", "bool", "false",
-        "Register the ring fd so io_uring_enter skips the fd lookup (IORING_ENTER_REGISTERED_RING). Implied by registered-fd-only."),
+        "Register the ring fd so io_uring_enter skips the fd lookup (IORING_ENTER_REGISTERED_RING). Not with registered-fd-only, whose ring is registered already."),
     knob("iowq-max-bounded", "IORING_REGISTER_IOWQ_MAX_WORKERS", "5.15", "u32", "",
         "Limit of bounded io-wq workers (regular file and block I/O punted to threads) per NUMA node (empty = unchanged)."),
     knob("iowq-max-unbounded", "IORING_REGISTER_IOWQ_MAX_WORKERS", "5.15", "u32", "",
