@@ -431,8 +431,8 @@ pub fn probe_path(dir: &Path) -> PathProbe {
 fn limit(res: libc::__rlimit_resource_t) -> Limit {
     match rlimit(res) {
         Ok((s, h)) => Limit {
-            soft: (s != libc::RLIM_INFINITY as u64).then_some(s),
-            hard: (h != libc::RLIM_INFINITY as u64).then_some(h),
+            soft: (s != libc::RLIM_INFINITY).then_some(s),
+            hard: (h != libc::RLIM_INFINITY).then_some(h),
         },
         Err(_) => Limit {
             soft: None,

@@ -166,3 +166,39 @@ fn probe_lists_read_fixed() {
     );
     assert!(ops.len() > 40);
 }
+
+#[test]
+fn no_mmap_large_rings_span_many_pages() {
+    for flags in [
+        IORING_SETUP_NO_MMAP,
+        IORING_SETUP_NO_MMAP | IORING_SETUP_SQE128 | IORING_SETUP_CQE32,
+    ] {
+        let mut r = Ring::setup(&SetupParams {
+            flags,
+            sq_entries: 4096,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((r.sq_entries(), r.cq_entries()), (4096, 8192));
+        // Fill the whole SQ, then reap all of it in batches.
+        for i in 0..4096u64 {
+            // SAFETY: NOP references no memory.
+            unsafe { r.push(&opcode::Nop::new().build().user_data(i)).unwrap() };
+        }
+        assert_eq!(r.sq_space_left(), 0);
+        // SAFETY: as above.
+        assert!(
+            unsafe { r.push(&opcode::Nop::new().build()) }.is_err(),
+            "SQ full is reported"
+        );
+        assert_eq!(r.submit_and_wait(4096).unwrap(), 4096);
+        let mut seen = vec![false; 4096];
+        let n = r.reap(usize::MAX, |c| {
+            assert_eq!(c.res, 0);
+            seen[c.user_data as usize] = true;
+        });
+        assert_eq!(n, 4096);
+        assert!(seen.iter().all(|&s| s));
+        assert!(r.pop_cqe().is_none());
+    }
+}
