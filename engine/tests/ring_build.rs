@@ -493,3 +493,74 @@ fn kernel_refusal_names_errno_and_flags() {
         "{msg}"
     );
 }
+
+#[test]
+fn setup_errors_are_classified() {
+    use engine::sys::ring::SetupError;
+    use engine::uring::{classify_setup_error, RingError};
+    // SQE_MIXED is 6.19: on an older kernel the refusal is "unsupported, needs 6.19".
+    let e = Ring::setup(&engine::sys::ring::SetupParams {
+        flags: IORING_SETUP_SQE_MIXED,
+        sq_entries: 8,
+        ..Default::default()
+    })
+    .err();
+    let running = uring::kernel_version().unwrap();
+    if running < (6, 19) {
+        match classify_setup_error(&e.expect("6.18 refuses SQE_MIXED")) {
+            RingError::Unsupported { what, reason } => {
+                assert!(
+                    what.contains("IORING_SETUP_SQE_MIXED (Linux 6.19+)"),
+                    "{what}"
+                );
+                assert!(reason.contains("EINVAL"), "{reason}");
+            }
+            o => panic!("{o}"),
+        }
+    }
+    let eperm = SetupError {
+        errno: libc::EPERM,
+        flags: 0,
+        message: String::new(),
+    };
+    match classify_setup_error(&eperm) {
+        RingError::Disabled { reason } => assert!(reason.contains("blocking"), "{reason}"),
+        o => panic!("{o}"),
+    }
+    let enosys = SetupError {
+        errno: libc::ENOSYS,
+        flags: 0,
+        message: String::new(),
+    };
+    assert!(matches!(
+        classify_setup_error(&enosys),
+        RingError::Unsupported { .. }
+    ));
+    let other = SetupError {
+        errno: libc::ENOMEM,
+        flags: IORING_SETUP_SQPOLL,
+        message: "x".into(),
+    };
+    let s = classify_setup_error(&other).to_string();
+    assert!(
+        s.contains("ENOMEM") && s.contains("IORING_SETUP_SQPOLL"),
+        "{s}"
+    );
+}
+
+#[test]
+fn effective_serializes_requested_and_in_force() {
+    let (_, eff) = build(&cfg(|c| {
+        c.sqpoll = true;
+        c.cq_entries = Some(64);
+    }));
+    let v = serde_json::to_value(&eff).unwrap();
+    assert_eq!(
+        v["requested_flag_names"],
+        "IORING_SETUP_SQPOLL|IORING_SETUP_CQSIZE"
+    );
+    assert_eq!(v["flag_names"], v["requested_flag_names"]);
+    assert_eq!(v["cq_entries"], 64);
+    assert!(v["sq_thread_pid"].as_i64().unwrap() > 0);
+    assert!(v["fdinfo"]["SqThread"].is_string());
+}

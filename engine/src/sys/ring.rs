@@ -370,6 +370,15 @@ const _: () = assert!(std::mem::size_of::<IoUringParams>() == 120);
 const _: () = assert!(std::mem::size_of::<io_uring::squeue::Entry>() == 64);
 const _: () = assert!(std::mem::size_of::<io_uring::squeue::Entry128>() == 128);
 
+/// struct io_uring_getevents_arg (IORING_ENTER_EXT_ARG).
+#[repr(C)]
+struct GeteventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    min_wait_usec: u32,
+    ts: u64,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct RsrcUpdate {
@@ -1018,15 +1027,32 @@ impl Ring {
         }
     }
 
-    fn enter_raw(&mut self, to_submit: u32, min_complete: u32, flags: u32) -> io::Result<u32> {
+    fn enter_raw(
+        &mut self,
+        to_submit: u32,
+        min_complete: u32,
+        flags: u32,
+        arg: Option<&GeteventsArg>,
+    ) -> io::Result<u32> {
         let (fd, registered) = self.target()?;
-        let flags = if registered {
+        let mut flags = if registered {
             flags | IORING_ENTER_REGISTERED_RING
         } else {
             flags
         };
+        let (argp, argsz) = match arg {
+            Some(a) => {
+                flags |= IORING_ENTER_EXT_ARG;
+                (
+                    a as *const GeteventsArg as *const libc::c_void,
+                    std::mem::size_of::<GeteventsArg>(),
+                )
+            }
+            None => (ptr::null(), 0),
+        };
         self.enter_calls += 1;
-        // SAFETY: no argument pointer is passed (argp null, argsz 0).
+        // SAFETY: argp is null (argsz 0) or points to a live io_uring_getevents_arg whose
+        // `ts` points to a live timespec (both borrowed for the duration of the call).
         let r = unsafe {
             libc::syscall(
                 libc::SYS_io_uring_enter,
@@ -1034,8 +1060,8 @@ impl Ring {
                 to_submit as libc::c_long,
                 min_complete as libc::c_long,
                 flags as libc::c_long,
-                ptr::null::<libc::c_void>(),
-                0 as libc::c_long,
+                argp,
+                argsz as libc::c_long,
             )
         };
         if r < 0 {
@@ -1051,14 +1077,71 @@ impl Ring {
     /// Enters the kernel with GETEVENTS (and `min_complete` 0) whenever completions
     /// would otherwise stay invisible: IOPOLL (completions are found by polling),
     /// DEFER_TASKRUN (task work runs only inside enter), IORING_SQ_TASKRUN or a CQ overflow.
+    /// Makes no system call when there is nothing to submit and none of those holds.
     /// EINTR is retried; EAGAIN/EBUSY return `Ok(0)` when completions are waiting to be
     /// reaped (reap them, then submit again), otherwise the error.
     pub fn submit(&mut self) -> io::Result<usize> {
-        self.submit_and_wait(0)
+        self.submit_inner(0, None)
     }
 
-    /// Submits and waits until at least `want` completions are available.
+    /// Submits and waits until at least `want` completions are visible. Makes no system
+    /// call when nothing is pending and `want` completions are already visible.
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        self.submit_inner(want, None)
+    }
+
+    /// As [`Ring::submit_and_wait`], but gives up after `timeout` (IORING_ENTER_EXT_ARG,
+    /// Linux 5.11+). Returns the SQEs submitted; a timeout is not an error (check the CQ).
+    pub fn submit_and_wait_timeout(
+        &mut self,
+        want: usize,
+        timeout: std::time::Duration,
+    ) -> io::Result<usize> {
+        if self.features & IORING_FEAT_EXT_ARG == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "waiting with a timeout needs IORING_FEAT_EXT_ARG (Linux 5.11+)",
+            ));
+        }
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        let arg = GeteventsArg {
+            sigmask: 0,
+            sigmask_sz: 0,
+            min_wait_usec: 0,
+            ts: &ts as *const libc::timespec as u64,
+        };
+        match self.submit_inner(want, Some(&arg)) {
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(0),
+            r => r,
+        }
+    }
+
+    /// SQPOLL: waits until the SQ thread has made room in a full SQ (IORING_ENTER_SQ_WAIT).
+    /// Other rings: submits (which consumes the SQ).
+    pub fn wait_sq_space(&mut self) -> io::Result<()> {
+        if self.flags & IORING_SETUP_SQPOLL == 0 {
+            return self.submit().map(|_| ());
+        }
+        self.publish_tail();
+        self.sq_published = self.sq_tail;
+        fence(Ordering::SeqCst);
+        let mut flags = IORING_ENTER_SQ_WAIT;
+        if self.sq_flags() & IORING_SQ_NEED_WAKEUP != 0 {
+            flags |= IORING_ENTER_SQ_WAKEUP;
+        }
+        loop {
+            match self.enter_raw(0, 0, flags, None) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn submit_inner(&mut self, want: usize, arg: Option<&GeteventsArg>) -> io::Result<usize> {
         if self.disabled {
             return Err(io::Error::from_raw_os_error(libc::EBADFD));
         }
@@ -1067,6 +1150,7 @@ impl Ring {
         let published = self.sq_tail;
         let newly = published.wrapping_sub(self.sq_published);
         self.sq_published = published;
+        let satisfied = want > 0 && self.cq_ready() >= want as usize;
         if self.flags & IORING_SETUP_SQPOLL != 0 {
             // The tail store must be visible before we read NEED_WAKEUP (kernel pairs
             // this with a full barrier before it sets the flag and re-checks the tail).
@@ -1076,15 +1160,20 @@ impl Ring {
             if sqf & IORING_SQ_NEED_WAKEUP != 0 {
                 flags |= IORING_ENTER_SQ_WAKEUP;
             }
-            if want > 0 || sqf & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN) != 0 {
+            if (want > 0 && !satisfied) || sqf & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN) != 0 {
                 flags |= IORING_ENTER_GETEVENTS;
             }
             if flags != 0 {
+                let min = if flags & IORING_ENTER_GETEVENTS != 0 {
+                    want
+                } else {
+                    0
+                };
                 loop {
-                    match self.enter_raw(0, want, flags) {
+                    match self.enter_raw(0, min, flags, arg) {
                         Ok(_) => break,
                         Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                        Err(e) => return self.busy_or(e, 0),
+                        Err(e) => return self.busy_or(e, newly as usize),
                     }
                 }
             }
@@ -1092,6 +1181,9 @@ impl Ring {
         }
         loop {
             let to_submit = published.wrapping_sub(self.sq_head());
+            if to_submit == 0 && satisfied {
+                return Ok(0);
+            }
             let mut flags = 0;
             if want > 0
                 || self.flags & (IORING_SETUP_IOPOLL | IORING_SETUP_DEFER_TASKRUN) != 0
@@ -1102,7 +1194,7 @@ impl Ring {
             if to_submit == 0 && flags == 0 {
                 return Ok(0);
             }
-            match self.enter_raw(to_submit, want, flags) {
+            match self.enter_raw(to_submit, want, flags, arg) {
                 Ok(n) => return Ok(n as usize),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => return self.busy_or(e, 0),
@@ -1426,6 +1518,19 @@ impl Ring {
             1,
         )
         .map(|_| ())
+    }
+}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("fd", &self.fd)
+            .field("registered_index", &self.reg_index)
+            .field("flags", &setup_flag_names(self.flags))
+            .field("sq_entries", &self.sq_entries)
+            .field("cq_entries", &self.cq_entries)
+            .field("enter_calls", &self.enter_calls)
+            .finish()
     }
 }
 
