@@ -485,7 +485,7 @@ fn kernel_refusal_names_errno_and_flags() {
         sq_entries: 8,
         ..Default::default()
     };
-    let e = Ring::setup(&p).err().expect("SQ_AFF on cpu 4000 must fail");
+    let e = Ring::setup(&p).expect_err("SQ_AFF on cpu 4000 must fail");
     let msg = uring::classify_setup_error(&e).to_string();
     assert!(msg.contains("EINVAL"), "{msg}");
     assert!(

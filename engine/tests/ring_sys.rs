@@ -261,7 +261,7 @@ fn sqpoll_full_sq_waits_for_space() {
             Ok(()) => pushed += 1,
             Err(_) => r.wait_sq_space().unwrap(),
         }
-        if pushed % 8 == 0 {
+        if pushed.is_multiple_of(8) {
             r.submit().unwrap();
         }
         reaped += r.reap(usize::MAX, |_| {}) as u64;
