@@ -297,6 +297,16 @@ fn attach_wq_shares_the_first_rings_io_wq() {
     assert_eq!(e2.attach_wq, "attached");
     assert!(e2.flags & IORING_SETUP_ATTACH_WQ != 0);
     assert_eq!(file_io(&mut second, "attach", false, false), Outcome::Ok);
+    // With SQPOLL, attaching shares the first ring's SQ thread too.
+    let c = cfg(|c| {
+        c.attach_wq = AttachWq::First;
+        c.sqpoll = true;
+    });
+    let (first, e1) = uring::build(&c, None).unwrap();
+    let (mut second, e2) = uring::build(&c, Some(&first)).unwrap();
+    assert!(e1.sq_thread_pid.is_some());
+    assert_eq!(e1.sq_thread_pid, e2.sq_thread_pid, "one SQ thread for both rings");
+    assert_eq!(file_io(&mut second, "attach-sqpoll", false, false), Outcome::Ok);
 }
 
 #[test]

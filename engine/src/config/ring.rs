@@ -108,9 +108,9 @@ const KNOBS: &[Knob] = &[
         "With iopoll: sleep for part of the expected completion time before polling, trading latency for CPU. Needs iopoll."),
     knob("sqpoll", "IORING_SETUP_SQPOLL", "5.1", "bool", "false",
         "A kernel thread (iou-sqp-PID) polls the submission queue, so submitting needs no system call while it is awake. Burns a CPU while busy."),
-    knob("sq-thread-idle-ms", "io_uring_params.sq_thread_idle", "5.1", "u32 ms", "",
+    knob("sq-thread-idle-ms", "io_uring_params.sq_thread_idle", "5.1", "u32", "",
         "How long the SQPOLL thread spins without work before it sleeps (empty = kernel default, 1000 ms). Needs sqpoll."),
-    knob("sq-thread-cpu", "IORING_SETUP_SQ_AFF", "5.1", "cpu", "",
+    knob("sq-thread-cpu", "IORING_SETUP_SQ_AFF", "5.1", "u32", "",
         "Pin the SQPOLL thread to this CPU (empty = not pinned). Needs sqpoll."),
     knob("sq-entries", "io_uring_setup(entries)", "5.1", "u32", "256",
         "Submission queue size: a power of two from 1 to 32768 (any value with clamp; the kernel rounds up and clamps)."),
@@ -150,7 +150,7 @@ const KNOBS: &[Knob] = &[
         "Limit of bounded io-wq workers (regular file and block I/O punted to threads) per NUMA node (empty = unchanged)."),
     knob("iowq-max-unbounded", "IORING_REGISTER_IOWQ_MAX_WORKERS", "5.15", "u32", "",
         "Limit of unbounded io-wq workers (sockets, pipes and other I/O that may block forever) (empty = unchanged)."),
-    knob("iowq-cpus", "IORING_REGISTER_IOWQ_AFF", "5.14", "cpu list", "",
+    knob("iowq-cpus", "IORING_REGISTER_IOWQ_AFF", "5.14", "cpu-list", "",
         "CPUs the io-wq workers may run on, like 0,1 or 0-1 (empty = not set)."),
 ];
 
