@@ -729,6 +729,17 @@ impl Ring {
                     format!("allocating {sl} bytes of SQE memory for NO_MMAP"),
                 )
             })?;
+            for m in [&rings, &sqes] {
+                // SAFETY: advice on our own mapping. MADV_DONTFORK keeps a forked child
+                // from sharing (copy-on-write) the pages the kernel pins as the ring.
+                unsafe {
+                    libc::madvise(
+                        m.as_ptr() as *mut libc::c_void,
+                        m.len(),
+                        libc::MADV_DONTFORK,
+                    )
+                };
+            }
             params.cq_off.user_addr = rings.as_ptr() as u64;
             params.sq_off.user_addr = sqes.as_ptr() as u64;
             Some((rings, sqes))
@@ -802,6 +813,30 @@ impl Ring {
         };
         let (mem, rings_base, cq_base, sqes_base) = match owned {
             Some((mut rings, mut sqes)) => {
+                // The kernel pinned its own idea of the sizes from our addresses; make sure
+                // everything it described lies inside what we allocated.
+                let cq_end = params.cq_off.cqes as usize + params.cq_entries as usize * cqe_size;
+                let sq_end = if p.flags & IORING_SETUP_NO_SQARRAY == 0 {
+                    params.sq_off.array as usize + params.sq_entries as usize * 4
+                } else {
+                    0
+                };
+                let sqe_end = params.sq_entries as usize * sqe_size;
+                if cq_end.max(sq_end) > rings.len() || sqe_end > sqes.len() {
+                    let e = err(
+                        libc::EOVERFLOW,
+                        format!(
+                            "NO_MMAP: the kernel's ring layout ({} ring bytes, {sqe_end} SQE bytes) exceeds the memory supplied ({} / {}); this is an engine bug",
+                            cq_end.max(sq_end),
+                            rings.len(),
+                            sqes.len()
+                        ),
+                    );
+                    // Close the ring before its memory goes away.
+                    let e = close_on_err(e);
+                    drop((rings, sqes));
+                    return Err(e);
+                }
                 let rb = rings.as_mut_ptr();
                 let sb = sqes.as_mut_ptr();
                 (Memory::Owned { rings, sqes }, rb, rb, sb)
