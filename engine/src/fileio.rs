@@ -96,14 +96,35 @@ pub enum Fill {
     Once,
 }
 
-/// How a write job treats an existing file.
+/// How a write job treats the file (each is a different workload for the filesystem).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteMode {
-    /// Truncate to 0, then preallocate (prealloc) or extend with ftruncate to the size:
-    /// every block is written for the first time (what a recorder does with a new file).
+    /// Truncate to 0 and append: every write extends the file (what a recorder does with
+    /// a new replay file, and what fio does with a file it creates). Extending O_DIRECT
+    /// writes take the inode lock exclusively on ext4 and xfs.
     Fresh,
-    /// Keep the file's blocks and overwrite them in place (extended first if short).
+    /// Truncate to 0, then ftruncate to the job size: writes land in holes inside i_size.
+    Sparse,
+    /// Overwrite the blocks of an existing file at least the job size long.
     Overwrite,
+}
+
+impl WriteMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteMode::Fresh => "fresh",
+            WriteMode::Sparse => "sparse",
+            WriteMode::Overwrite => "overwrite",
+        }
+    }
+    pub fn parse(s: &str) -> Result<WriteMode, String> {
+        match s {
+            "fresh" => Ok(WriteMode::Fresh),
+            "sparse" => Ok(WriteMode::Sparse),
+            "overwrite" => Ok(WriteMode::Overwrite),
+            _ => Err(format!("unknown write mode {s:?}: expected fresh, sparse or overwrite")),
+        }
+    }
 }
 
 /// One job: a file, a size, a pattern; the options come from a [`Config`].
@@ -383,33 +404,27 @@ pub fn make_arena(cfg: &Config, slots_min: usize, align: Option<DioAlign>) -> Re
 /// Prepares the file of a job: for writes, truncate (Fresh) and extend; for reads, checks
 /// the file is at least `size` bytes. Returns nothing; preallocation is the backend's.
 fn prepare(job: &Job, of: &OpenFile) -> Result<(), FileIoError> {
-    if job.pattern.is_write() {
-        if job.write_mode == WriteMode::Fresh {
-            fs::truncate(&of.fd, 0).map_err(io_err("ftruncate to 0"))?;
-        }
-    } else {
+    let must_exist = !job.pattern.is_write() || job.write_mode == WriteMode::Overwrite;
+    if must_exist {
         let sz = fs::file_size(&of.fd).map_err(io_err("statx size"))?;
         if sz < job.size {
             return Err(FileIoError::Io {
-                what: format!("read job on {}", job.path.display()),
+                what: format!("{} job on {}", job.pattern.name(), job.path.display()),
                 err: io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("the file has {sz} bytes but the job reads {}: write it first (lay_out)", job.size),
+                    format!("the file has {sz} bytes but the job needs {}: write it first (fileio::lay_out)", job.size),
                 ),
             });
         }
+    } else {
+        fs::truncate(&of.fd, 0).map_err(io_err("ftruncate to 0"))?;
     }
     Ok(())
 }
 
 fn extend_after_prealloc(job: &Job, cfg: &Config, of: &OpenFile) -> Result<(), FileIoError> {
-    // Without preallocation, extend with ftruncate so writes land inside i_size (as fio
-    // does): extending O_DIRECT writes serialise on the inode lock in ext4 and xfs.
-    if job.pattern.is_write() && !cfg.file.prealloc {
-        let sz = fs::file_size(&of.fd).map_err(io_err("statx size"))?;
-        if sz < job.size {
-            fs::truncate(&of.fd, job.size).map_err(io_err("ftruncate to the job size"))?;
-        }
+    if job.pattern.is_write() && job.write_mode == WriteMode::Sparse && !cfg.file.prealloc {
+        fs::truncate(&of.fd, job.size).map_err(io_err("ftruncate to the job size"))?;
     }
     Ok(())
 }
@@ -511,7 +526,11 @@ pub type EngineRing = crate::sys::fileops::CrateRing;
 /// Builds the ring for a job with at least `entries` SQ entries.
 pub fn build_ring(_cfg: &Config, entries: u32) -> Result<EngineRing, FileIoError> {
     let entries = entries.next_power_of_two().max(8);
-    crate::sys::fileops::CrateRing::new(entries, &io_uring::IoUring::builder()).map_err(|e| ring_setup_error(e))
+    let mut b = io_uring::IoUring::builder();
+    if std::env::var_os("FILEIO_EXPERIMENT_FIO_FLAGS").is_some() {
+        b.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
+    }
+    crate::sys::fileops::CrateRing::new(entries, &b).map_err(ring_setup_error)
 }
 
 /// Turns a ring setup failure into the clearest error: io_uring disabled by sysctl first.
