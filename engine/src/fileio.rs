@@ -168,6 +168,8 @@ pub struct Effective {
     pub align: Option<DioAlign>,
     /// Ring setup flags in force (uring backend).
     pub ring_flags: Option<u32>,
+    /// The ring's requested vs effective configuration (uring backend).
+    pub ring: Option<crate::uring::Effective>,
     pub registered_buffers: bool,
     pub registered_files: bool,
     /// Operations in flight at most (queue depth or threads).
@@ -188,6 +190,8 @@ pub struct JobResult {
     pub syscalls: u64,
     /// fdatasync (or fsync DATASYNC ops) issued by the durability policy.
     pub syncs: u64,
+    /// Times the ring's SQ was full and had to be submitted before a push (ring backend).
+    pub sq_full_retries: u64,
     pub effective: Effective,
 }
 
@@ -214,8 +218,8 @@ pub enum FileIoError {
     Config(ConfigError),
     /// The kernel or device cannot do what was asked: report as "unsupported".
     Unsupported { what: String, reason: String },
-    /// io_uring is forbidden by `kernel.io_uring_disabled`.
-    UringDisabled { sysctl: u32 },
+    /// io_uring is forbidden here (`kernel.io_uring_disabled`, seccomp, LSM).
+    UringDisabled { reason: String },
     /// A syscall failed.
     Io { what: String, err: io::Error },
     /// Bytes read differ from what was written.
@@ -227,9 +231,9 @@ impl fmt::Display for FileIoError {
         match self {
             FileIoError::Config(e) => write!(f, "{e}"),
             FileIoError::Unsupported { what, reason } => write!(f, "unsupported: {what}: {reason}"),
-            FileIoError::UringDisabled { sysctl } => write!(
+            FileIoError::UringDisabled { reason } => write!(
                 f,
-                "io_uring is disabled on this machine (sysctl kernel.io_uring_disabled = {sysctl}): use --backend blocking, or allow io_uring with `sysctl kernel.io_uring_disabled=0`"
+                "io_uring is disabled on this machine ({reason}): use --backend blocking, or allow io_uring with `sysctl kernel.io_uring_disabled=0`"
             ),
             FileIoError::Io { what, err } => write!(f, "{what}: {err}"),
             FileIoError::Verify { offset, detail } => write!(f, "data read back at offset {offset} differs from what was written: {detail}"),
@@ -459,13 +463,12 @@ fn rw_flags(cfg: &Config, write: bool) -> i32 {
 /// do what was asked, else to an I/O error.
 fn map_io_error(err: io::Error, cfg: &Config, ring_flags: Option<u32>, what: &str) -> FileIoError {
     let errno = err.raw_os_error();
-    if errno == Some(libc::EOPNOTSUPP) || errno == Some(libc::EINVAL) {
-        if ring_flags.is_some_and(|f| f & IORING_SETUP_IOPOLL != 0) && errno == Some(libc::EOPNOTSUPP) {
-            return FileIoError::Unsupported {
-                what: "IORING_SETUP_IOPOLL".into(),
-                reason: "unsupported on this device: polled I/O needs a block device with poll queues (/sys/block/<dev>/queue/io_poll = 1) and direct=required".into(),
-            };
+    if let (Some(flags), Some(no)) = (ring_flags, errno) {
+        if let crate::uring::IoErrorClass::Unsupported { what, reason } = crate::uring::classify_io_error(flags, no) {
+            return FileIoError::Unsupported { what, reason };
         }
+    }
+    if errno == Some(libc::EOPNOTSUPP) || errno == Some(libc::EINVAL) {
         if cfg.file.uncached {
             return FileIoError::Unsupported {
                 what: "uncached (RWF_DONTCACHE)".into(),
@@ -521,26 +524,23 @@ pub fn lay_out(path: &Path, size: u64, block_size: u64, seed: u64) -> Result<(),
 }
 
 /// The ring type the uring backend uses.
-pub type EngineRing = crate::sys::fileops::CrateRing;
+pub type EngineRing = crate::sys::ring::Ring;
 
-/// Builds the ring for a job with at least `entries` SQ entries.
-pub fn build_ring(_cfg: &Config, entries: u32) -> Result<EngineRing, FileIoError> {
-    let entries = entries.next_power_of_two().max(8);
-    let mut b = io_uring::IoUring::builder();
-    if std::env::var_os("FILEIO_EXPERIMENT_FIO_FLAGS").is_some() {
-        b.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
-    }
-    crate::sys::fileops::CrateRing::new(entries, &b).map_err(ring_setup_error)
+/// Builds the ring for a job from the [ring] configuration (`uring::build`): requested
+/// flags are used as given or the job fails; nothing is dropped.
+pub fn build_ring(cfg: &Config) -> Result<(EngineRing, crate::uring::Effective), FileIoError> {
+    crate::uring::build(&cfg.ring, None).map_err(ring_error)
 }
 
-/// Turns a ring setup failure into the clearest error: io_uring disabled by sysctl first.
-pub fn ring_setup_error(e: io::Error) -> FileIoError {
-    if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::ENOSYS) {
-        if let Some(v) = fs::io_uring_disabled().filter(|&v| v != 0) {
-            return FileIoError::UringDisabled { sysctl: v };
-        }
+/// Maps a ring build failure to the engine's error, keeping "unsupported" and "disabled".
+pub fn ring_error(e: crate::uring::RingError) -> FileIoError {
+    use crate::uring::RingError;
+    match e {
+        RingError::Config(c) => FileIoError::Config(c),
+        RingError::Disabled { reason } => FileIoError::UringDisabled { reason },
+        RingError::Unsupported { what, reason } => FileIoError::Unsupported { what, reason },
+        k @ RingError::Kernel { .. } => FileIoError::Io { what: "ring setup".into(), err: io::Error::other(k.to_string()) },
     }
-    FileIoError::Io { what: "io_uring_setup".into(), err: e }
 }
 
 struct GroupCommit {
@@ -576,16 +576,13 @@ impl GroupCommit {
     }
 }
 
-/// `IORING_SETUP_IOPOLL` (bit 0).
-pub const IORING_SETUP_IOPOLL: u32 = 1;
-
 const TAG_SYNC: u64 = u64::MAX;
 const TAG_FALLOC: u64 = u64::MAX - 1;
 
 fn run_uring(job: &Job, cfg: &Config, of: OpenFile) -> Result<JobResult, FileIoError> {
     let f = &cfg.file;
     let qd = f.io_depth as usize;
-    let ring = build_ring(cfg, f.io_depth + 2)?;
+    let (ring, ring_eff) = build_ring(cfg)?;
     let ring_flags = ring.setup_flags();
     let mut ops = FileOps::new(ring, qd + 2);
     let arena = make_arena(cfg, qd, of.align)?;
@@ -604,6 +601,10 @@ fn run_uring(job: &Job, cfg: &Config, of: OpenFile) -> Result<JobResult, FileIoE
     } else {
         run_uring_loop(job, cfg, &of, &arena, &mut ops, Fd(raw), ring_flags)
     }
+    .map(|mut r| {
+        r.effective.ring = Some(ring_eff);
+        r
+    })
 }
 
 fn fill_all_once(arena: &Arena) {
@@ -741,12 +742,14 @@ fn run_uring_loop<R: RingOps, T: FileTarget>(
         cpu_sys_s: s1 - s0,
         syscalls: ops.enter_calls() - enters0,
         syncs,
+        sq_full_retries: ops.sq_full_retries(),
         effective: Effective {
             backend: Backend::Uring,
             direct: of.direct,
             direct_fallback_reason: of.direct_fallback_reason.clone(),
             align: of.align,
             ring_flags: Some(ring_flags),
+            ring: None,
             registered_buffers: f.register_buffers,
             registered_files: f.register_files,
             io_depth: f.io_depth,
@@ -931,12 +934,14 @@ fn run_blocking(job: &Job, cfg: &Config, of: OpenFile) -> Result<JobResult, File
         cpu_sys_s: s1 - s0,
         syscalls: sh.syscalls.load(Ordering::Relaxed),
         syncs: sh.syncs.load(Ordering::Relaxed),
+        sq_full_retries: 0,
         effective: Effective {
             backend: Backend::Blocking,
             direct: of.direct,
             direct_fallback_reason: of.direct_fallback_reason.clone(),
             align: of.align,
             ring_flags: None,
+            ring: None,
             registered_buffers: false,
             registered_files: false,
             io_depth: f.io_depth,
