@@ -259,10 +259,33 @@ pub fn fio_args(spec: &BenchSpec, pattern: Pattern, path: &Path, direct_effectiv
     Ok(a)
 }
 
-/// fio options for the [ring] configuration (fio can only express IOPOLL, SQPOLL and
-/// SQ_AFF; it always forces its own COOP_TASKRUN / SINGLE_ISSUER / DEFER_TASKRUN).
-fn ring_fio_args(_cfg: &Config) -> Result<Vec<String>, String> {
-    Ok(Vec::new())
+/// The setup flags fio 3.33's io_uring engine always asks for (seen with strace):
+/// CQSIZE | COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN (it drops those it gets EINVAL
+/// for, e.g. with SQPOLL). Ours are whatever [ring] says; both are printed.
+pub const FIO_FORCED_FLAGS: &str = "IORING_SETUP_CQSIZE|IORING_SETUP_COOP_TASKRUN|IORING_SETUP_SINGLE_ISSUER|IORING_SETUP_DEFER_TASKRUN";
+
+/// fio options for the [ring] configuration. fio can express IOPOLL (hipri), SQPOLL
+/// (sqthread_poll) and SQ_AFF (sqthread_poll_cpu); other flags it cannot switch, so they
+/// are reported side by side rather than refused.
+fn ring_fio_args(cfg: &Config) -> Result<Vec<String>, String> {
+    let r = &cfg.ring;
+    let mut a = Vec::new();
+    if r.hybrid_iopoll {
+        return Err("fio 3.33 has no HYBRID_IOPOLL".into());
+    }
+    if r.iopoll {
+        a.push("--hipri=1".to_string());
+    }
+    if r.sqpoll {
+        a.push("--sqthread_poll=1".to_string());
+        if let Some(cpu) = r.sq_thread_cpu {
+            a.push(format!("--sqthread_poll_cpu={cpu}"));
+        }
+        if r.sq_thread_idle_ms.is_some() {
+            return Err("fio has no option for the SQPOLL idle time (sq-thread-idle-ms)".into());
+        }
+    }
+    Ok(a)
 }
 
 fn fio_version(bin: &str) -> Result<String, BenchError> {
@@ -453,8 +476,15 @@ impl BenchResult {
                 out.push_str(&format!("{}: O_DIRECT off (direct=optional): {why}\n", r.pattern.name()));
             }
         }
+        if let Some(ring) = self.results.iter().find_map(|r| r.effective.ring.as_ref()) {
+            out.push_str(&format!("our ring: flags {} sq {} cq {}\n", ring.flag_names, ring.sq_entries, ring.cq_entries));
+        }
         if let Some(v) = &self.fio_version {
-            out.push_str(&format!("fio: {v}; fio's io_uring engine forces its own setup flags (COOP_TASKRUN/SINGLE_ISSUER/DEFER_TASKRUN where available)\n"));
+            if s.backend == Backend::Uring {
+                out.push_str(&format!("fio: {v}; its io_uring engine always asks for {FIO_FORCED_FLAGS}\n"));
+            } else {
+                out.push_str(&format!("fio: {v}\n"));
+            }
             for r in &self.results {
                 if let Some(c) = &r.fio_command {
                     out.push_str(&format!("  {}: {c}\n", r.pattern.name()));
@@ -488,6 +518,7 @@ impl BenchResult {
                 "fio_skipped": r.fio_skipped,
                 "syncs": r.syncs,
                 "effective": {
+                    "ring": r.effective.ring,
                     "direct": r.effective.direct,
                     "direct_fallback_reason": r.effective.direct_fallback_reason,
                     "dio_mem_align": r.effective.align.map(|a| a.mem_align),
