@@ -1,27 +1,262 @@
-//! [server] section of the configuration. Placeholder: the owner of this section fills in
-//! its struct, its knob table, set/get and validate().
+//! [server] section: the recorder's addresses, backend, ack policy and limits.
 
-use super::{Config, ConfigError, Knob, Section};
+use super::{
+    choice_name, parse_bytes, parse_choice, parse_num, Config, ConfigError, Knob, Section,
+};
 
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ServerConfig {}
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Thread-per-core io_uring workers (`server::uring`).
+    Uring,
+    /// Thread per connection, std::fs / std::net: the baseline.
+    Blocking,
+}
 
-const KNOBS: &[Knob] = &[];
+pub const BACKENDS: &[(&str, Backend)] =
+    &[("uring", Backend::Uring), ("blocking", Backend::Blocking)];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckModeKnob {
+    Durable,
+    Received,
+}
+
+pub const ACK_MODES: &[(&str, AckModeKnob)] = &[
+    ("durable", AckModeKnob::Durable),
+    ("received", AckModeKnob::Received),
+];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    pub store: String,
+    pub ingest_addr: String,
+    pub http_addr: String,
+    pub backend: Backend,
+    pub workers: u32,
+    pub ack_mode: AckModeKnob,
+    pub ack_interval_ms: u64,
+    pub append_buffer_bytes: u64,
+    pub max_frame_bytes: u64,
+    pub max_matches: u64,
+    pub max_connections: u64,
+    pub http_max_connections: u64,
+    pub idle_timeout_ms: u64,
+    pub http_max_request_bytes: u64,
+    pub http_timeout_ms: u64,
+    pub live_max_delay_ms: u64,
+    pub ds_token: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            store: String::new(),
+            ingest_addr: "127.0.0.1:7070".into(),
+            http_addr: "127.0.0.1:8080".into(),
+            backend: Backend::Uring,
+            workers: 0,
+            ack_mode: AckModeKnob::Durable,
+            ack_interval_ms: 20,
+            append_buffer_bytes: 1 << 20,
+            max_frame_bytes: 1 << 20,
+            max_matches: 10_000,
+            max_connections: 20_000,
+            http_max_connections: 10_000,
+            idle_timeout_ms: 30_000,
+            http_max_request_bytes: 8192,
+            http_timeout_ms: 10_000,
+            live_max_delay_ms: 120_000,
+            ds_token: String::new(),
+        }
+    }
+}
+
+const fn k(
+    name: &'static str,
+    values: &'static str,
+    default: &'static str,
+    help: &'static str,
+) -> Knob {
+    Knob {
+        section: "server",
+        name,
+        kernel: "",
+        since: "",
+        values,
+        default,
+        help,
+    }
+}
+
+const KNOBS: &[Knob] = &[
+    k("store", "path", "", "Store directory: sealed replays as <id>.rpl, matches in progress under live/. Required by `recorder serve`."),
+    k("ingest-addr", "host:port", "127.0.0.1:7070", "Address the DS ingest protocol listens on (port 0 picks a free port; the bound address is printed on stderr)."),
+    k("http-addr", "host:port", "127.0.0.1:8080", "Address the HTTP replay server listens on (port 0 picks a free port)."),
+    k("backend", "uring|blocking", "uring", "uring: thread-per-core io_uring workers; blocking: a thread per connection with std::fs/std::net (the baseline)."),
+    k("workers", "u32", "0", "io_uring worker threads (0 = one per CPU). The blocking backend ignores it."),
+    k("ack-mode", "durable|received", "durable", "durable: an ACK for N means frames 1..=N are durable per the file durability policy; received: ACK on receipt (experiments only, announced in WELCOME)."),
+    k("ack-interval-ms", "u64", "20", "Group commit: received frames wait at most this long before they are written, synced and acknowledged together (0 = after every batch of input)."),
+    k("append-buffer-bytes", "bytes", "1048576", "Per-match staging buffer: a write is issued at the latest when this much is pending (whole aligned blocks with O_DIRECT)."),
+    k("max-frame-bytes", "bytes", "1048576", "Largest frame payload a DS may send (FRAME_TOO_LARGE above; messages above it + 64 are refused before their body is read)."),
+    k("max-matches", "u64", "10000", "Matches in progress at once; a new match over it gets TOO_MANY_MATCHES."),
+    k("max-connections", "u64", "20000", "DS connections at once; one more gets TOO_MANY_CONNECTIONS."),
+    k("http-max-connections", "u64", "10000", "HTTP connections at once; one more gets 503 and is closed."),
+    k("idle-timeout-ms", "u64", "30000", "A DS connection that sends nothing for this long gets IDLE_TIMEOUT and is closed (its match stays resumable)."),
+    k("http-max-request-bytes", "bytes", "8192", "Largest HTTP request head; a larger one gets 431 and the connection is closed."),
+    k("http-timeout-ms", "u64", "10000", "An HTTP client must send a whole request, and accept response bytes, within this long (slow clients are closed); idle keep-alive connections are closed after it."),
+    k("live-max-delay-ms", "u64", "120000", "Largest ?delay_ms a live viewer may ask for; bounds the per-match publish history."),
+    k("ds-token", "string", "", "Credential every DS HELLO must carry (empty: none required)."),
+];
 
 impl Section for ServerConfig {
     const NAME: &'static str = "server";
     fn knobs() -> &'static [Knob] {
         KNOBS
     }
-    fn set(&mut self, name: &str, _value: &str) -> Result<(), String> {
-        Err(format!("unknown option {name}"))
+    fn set(&mut self, name: &str, v: &str) -> Result<(), String> {
+        match name {
+            "store" => self.store = v.to_string(),
+            "ingest-addr" => self.ingest_addr = v.trim().to_string(),
+            "http-addr" => self.http_addr = v.trim().to_string(),
+            "backend" => self.backend = parse_choice(v, BACKENDS)?,
+            "workers" => self.workers = parse_num(v)?,
+            "ack-mode" => self.ack_mode = parse_choice(v, ACK_MODES)?,
+            "ack-interval-ms" => self.ack_interval_ms = parse_num(v)?,
+            "append-buffer-bytes" => self.append_buffer_bytes = parse_bytes(v)?,
+            "max-frame-bytes" => self.max_frame_bytes = parse_bytes(v)?,
+            "max-matches" => self.max_matches = parse_num(v)?,
+            "max-connections" => self.max_connections = parse_num(v)?,
+            "http-max-connections" => self.http_max_connections = parse_num(v)?,
+            "idle-timeout-ms" => self.idle_timeout_ms = parse_num(v)?,
+            "http-max-request-bytes" => self.http_max_request_bytes = parse_bytes(v)?,
+            "http-timeout-ms" => self.http_timeout_ms = parse_num(v)?,
+            "live-max-delay-ms" => self.live_max_delay_ms = parse_num(v)?,
+            "ds-token" => self.ds_token = v.to_string(),
+            _ => return Err(format!("unknown option {name}")),
+        }
+        Ok(())
     }
-    fn get(&self, _name: &str) -> Option<String> {
-        None
+    fn get(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "store" => self.store.clone(),
+            "ingest-addr" => self.ingest_addr.clone(),
+            "http-addr" => self.http_addr.clone(),
+            "backend" => choice_name(self.backend, BACKENDS).to_string(),
+            "workers" => self.workers.to_string(),
+            "ack-mode" => choice_name(self.ack_mode, ACK_MODES).to_string(),
+            "ack-interval-ms" => self.ack_interval_ms.to_string(),
+            "append-buffer-bytes" => self.append_buffer_bytes.to_string(),
+            "max-frame-bytes" => self.max_frame_bytes.to_string(),
+            "max-matches" => self.max_matches.to_string(),
+            "max-connections" => self.max_connections.to_string(),
+            "http-max-connections" => self.http_max_connections.to_string(),
+            "idle-timeout-ms" => self.idle_timeout_ms.to_string(),
+            "http-max-request-bytes" => self.http_max_request_bytes.to_string(),
+            "http-timeout-ms" => self.http_timeout_ms.to_string(),
+            "live-max-delay-ms" => self.live_max_delay_ms.to_string(),
+            "ds-token" => self.ds_token.clone(),
+            _ => return None,
+        })
     }
 }
 
 /// Cross-option rules of this section.
-pub fn validate(_cfg: &Config) -> Result<(), ConfigError> {
+pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    let s = &cfg.server;
+    for (name, v) in [("ingest-addr", &s.ingest_addr), ("http-addr", &s.http_addr)] {
+        if v.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::new(&[knob(name)], format!("{name} {v:?} is not an address such as 127.0.0.1:7070 (use port 0 for any free port)")));
+        }
+    }
+    if s.max_frame_bytes == 0 || s.max_frame_bytes > (256 << 20) {
+        return Err(ConfigError::new(
+            &["max-frame-bytes"],
+            format!(
+                "max-frame-bytes {} must be between 1 and 256m",
+                s.max_frame_bytes
+            ),
+        ));
+    }
+    if s.append_buffer_bytes < 4096 || s.append_buffer_bytes > (1 << 30) {
+        return Err(ConfigError::new(
+            &["append-buffer-bytes"],
+            "append-buffer-bytes must be between 4k and 1g",
+        ));
+    }
+    if s.ack_interval_ms > 10_000 {
+        return Err(ConfigError::new(
+            &["ack-interval-ms"],
+            format!(
+                "ack-interval-ms {} is over 10000; a DS would wait seconds for acks",
+                s.ack_interval_ms
+            ),
+        ));
+    }
+    if s.http_max_request_bytes < 256 || s.http_max_request_bytes > (1 << 20) {
+        return Err(ConfigError::new(
+            &["http-max-request-bytes"],
+            "http-max-request-bytes must be between 256 and 1m",
+        ));
+    }
+    for (name, v) in [
+        ("idle-timeout-ms", s.idle_timeout_ms),
+        ("http-timeout-ms", s.http_timeout_ms),
+    ] {
+        if v == 0 {
+            return Err(ConfigError::new(
+                &[knob(name)],
+                format!("{name} must be at least 1"),
+            ));
+        }
+    }
+    if s.max_matches == 0 || s.max_connections == 0 || s.http_max_connections == 0 {
+        return Err(ConfigError::new(
+            &["max-matches", "max-connections", "http-max-connections"],
+            "connection and match limits must be at least 1",
+        ));
+    }
+    if s.workers > 1024 {
+        return Err(ConfigError::new(
+            &["workers"],
+            format!("workers {} is over 1024", s.workers),
+        ));
+    }
+    if s.ds_token.len() > 255 {
+        return Err(ConfigError::new(
+            &["ds-token"],
+            "ds-token is longer than the 255 bytes a HELLO can carry",
+        ));
+    }
     Ok(())
+}
+
+/// Rules that hold only when the configuration runs `recorder serve` (the [file] section
+/// is shared with `recorder io-bench`, where they do not apply). `recorder serve` checks
+/// them after `Config::validate`; a harness preparing a serve cell should too.
+pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
+    let s = &cfg.server;
+    let f = &cfg.file;
+    if f.sync_interval_ms != 0 || f.sync_interval_bytes != 0 {
+        return Err(ConfigError::new(
+            &["sync-interval-ms", "sync-interval-bytes", "ack-interval-ms"],
+            "the recorder's group commit is server.ack-interval-ms (frames are written, synced and acked together at that cadence): set file.sync-interval-ms and file.sync-interval-bytes to 0",
+        ));
+    }
+    if s.backend == Backend::Blocking
+        && (f.write_op.is_fixed() || f.read_op.is_fixed() || f.register_buffers || f.register_files)
+    {
+        return Err(ConfigError::new(
+            &["backend", "write-op", "read-op", "register-buffers", "register-files"],
+            "registered buffers/files and the *-fixed opcodes are io_uring options: with backend=blocking use write-op=write, read-op=read, register-buffers=false, register-files=false (or backend=uring)",
+        ));
+    }
+    Ok(())
+}
+
+fn knob(name: &str) -> &'static str {
+    KNOBS
+        .iter()
+        .find(|k| k.name == name)
+        .map(|k| k.name)
+        .unwrap_or("server")
 }

@@ -1,0 +1,449 @@
+//! The blocking backend: a thread per connection with std::net and std::fs, the way a team
+//! without io_uring would write it. Same protocol, same storage format, same HTTP; the
+//! baseline every report compares against.
+//!
+//! DS connections: read with a timeout (to notice the ack cadence, idle timeout and
+//! shutdown), execute each storage operation with pwrite / fdatasync / rename. HTTP
+//! connections: parse, route, send the head, then the body with `std::io::copy` (sendfile
+//! on Linux) or a chunked live tail waiting on the match's condition variable.
+
+use super::registry::Registry;
+use super::session::{IngestSession, Io};
+use super::{ServerContext, ServerError};
+use crate::http::{self, Body, LiveTail};
+use crate::protocol::{self, Msg};
+use crate::storage;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const STACK: usize = 256 << 10;
+/// How often a waiting connection thread looks at the shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+
+/// Runs until `ctx.shutdown` is set, then stops accepting, lets every DS connection flush,
+/// ack and close (SHUTTING_DOWN), and returns.
+pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
+    let ServerContext {
+        cfg,
+        registry,
+        session,
+        ingest,
+        http,
+        shutdown,
+    } = ctx;
+    let active = Arc::new(AtomicUsize::new(0));
+    let ingest_addr = ingest
+        .local_addr()
+        .map_err(|e| ServerError(e.to_string()))?;
+    let http_addr = http.local_addr().map_err(|e| ServerError(e.to_string()))?;
+    let stop_accept = Arc::new(AtomicBool::new(false));
+
+    let ds_acceptor = {
+        let (reg, sess, stop, active) = (
+            registry.clone(),
+            session.clone(),
+            stop_accept.clone(),
+            active.clone(),
+        );
+        let shutdown = shutdown.clone();
+        spawn("ds-accept", move || {
+            accept_loop(ingest, &stop, |s| {
+                let (reg, sess, active, shutdown) =
+                    (reg.clone(), sess.clone(), active.clone(), shutdown.clone());
+                active.fetch_add(1, Ordering::AcqRel);
+                let r = spawn("ds-conn", move || {
+                    ds_connection(s, reg, sess, &shutdown);
+                    active.fetch_sub(1, Ordering::AcqRel);
+                });
+                if r.is_err() {
+                    eprintln!("recorder: cannot start a DS connection thread");
+                }
+            })
+        })
+        .map_err(|e| ServerError(format!("cannot start the DS acceptor thread: {e}")))?
+    };
+    let http_acceptor = {
+        let (reg, stop, active) = (registry.clone(), stop_accept.clone(), active.clone());
+        let shutdown = shutdown.clone();
+        let max = cfg.server.http_max_request_bytes as usize;
+        let timeout = Duration::from_millis(cfg.server.http_timeout_ms);
+        spawn("http-accept", move || {
+            accept_loop(http, &stop, |s| {
+                let (reg, active, shutdown) = (reg.clone(), active.clone(), shutdown.clone());
+                active.fetch_add(1, Ordering::AcqRel);
+                let r = spawn("http-conn", move || {
+                    http_connection(s, reg, max, timeout, &shutdown);
+                    active.fetch_sub(1, Ordering::AcqRel);
+                });
+                if r.is_err() {
+                    eprintln!("recorder: cannot start an HTTP connection thread");
+                }
+            })
+        })
+        .map_err(|e| ServerError(format!("cannot start the HTTP acceptor thread: {e}")))?
+    };
+
+    while !shutdown.load(Ordering::Acquire) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("recorder serve: shutting down: no new connections, flushing and acknowledging what was received");
+    registry.begin_shutdown();
+    stop_accept.store(true, Ordering::Release);
+    // wake the blocked accept calls
+    let _ = TcpStream::connect_timeout(&ingest_addr, Duration::from_secs(1));
+    let _ = TcpStream::connect_timeout(&http_addr, Duration::from_secs(1));
+    let _ = ds_acceptor.join();
+    let _ = http_acceptor.join();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while active.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let left = active.load(Ordering::Acquire);
+    if left > 0 {
+        eprintln!("recorder serve: {left} connections still open after 20 s; exiting anyway (live matches stay resumable)");
+    }
+    Ok(())
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new()
+        .name(name.into())
+        .stack_size(STACK)
+        .spawn(f)
+}
+
+fn accept_loop(l: TcpListener, stop: &AtomicBool, mut on_conn: impl FnMut(TcpStream)) {
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                on_conn(s);
+            }
+            Err(e) => {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                // EMFILE and friends: back off instead of spinning
+                eprintln!("recorder: accept failed: {e}");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Executes one storage operation for a session with std calls.
+pub fn exec_io(
+    io: Io,
+    sess: &mut IngestSession,
+    file: &mut Option<OwnedFd>,
+    reg: &Registry,
+    rw_flags: i32,
+) {
+    let id = sess.match_id().to_string();
+    match io {
+        Io::Open {
+            create,
+            rescan,
+            options,
+            ..
+        } => match storage::io::open_match(&reg.paths, &id, create, rescan, &options, u32::MAX) {
+            Ok((f, st)) => {
+                *file = Some(f);
+                sess.open_done(Ok(st));
+            }
+            Err(e) => sess.open_done(Err(e)),
+        },
+        Io::Write(req) => {
+            let r = match file {
+                Some(f) => storage::io::write_req(f, &req, rw_flags),
+                None => Err(io::Error::other("match file is not open")),
+            };
+            sess.write_done(req, r);
+        }
+        Io::Sync => {
+            let r = match file {
+                Some(f) => storage::io::sync(f),
+                None => Err(io::Error::other("match file is not open")),
+            };
+            sess.sync_done(r);
+        }
+        Io::FinishSeal { len, .. } => {
+            let r = match file {
+                Some(f) => storage::io::seal_match(&reg.paths, &id, f, len),
+                None => Err(io::Error::other("match file is not open")),
+            };
+            sess.seal_done(r);
+        }
+    }
+}
+
+fn ds_connection(
+    mut s: TcpStream,
+    reg: Arc<Registry>,
+    cfg: Arc<super::session::SessionConfig>,
+    shutdown: &AtomicBool,
+) {
+    let _guard = match reg.try_ds_connection() {
+        Ok(g) => g,
+        Err((code, text)) => {
+            reg.metrics.error(code);
+            let mut out = Vec::new();
+            protocol::encode(
+                &mut out,
+                &Msg::Error {
+                    code: code as u16,
+                    text: &text,
+                },
+            );
+            let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = s.write_all(&out);
+            let _ = s.shutdown(Shutdown::Write);
+            return;
+        }
+    };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_write_timeout(Some(cfg.idle_timeout));
+    let rw_flags_ = cfg.store.rw_flags();
+    let mut sess = IngestSession::new(cfg, reg.clone(), Instant::now());
+    let mut file: Option<OwnedFd> = None;
+    let rw_flags = rw_flags_;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut timeout_set = Duration::ZERO;
+    let mut shutdown_seen = false;
+    loop {
+        let now = Instant::now();
+        while let Some(io) = sess.next_io(now) {
+            exec_io(io, &mut sess, &mut file, &reg, rw_flags);
+        }
+        if sess.has_output() {
+            let out = sess.take_output();
+            if s.write_all(&out).is_err() {
+                sess.peer_closed();
+                continue;
+            }
+        }
+        if sess.is_finished() {
+            break;
+        }
+        if !shutdown_seen && shutdown.load(Ordering::Acquire) {
+            shutdown_seen = true;
+            sess.begin_shutdown();
+            continue;
+        }
+        if !sess.wants_input() {
+            // flushing towards the end: nothing to read, the next loop executes the I/O
+            sess.on_timer(Instant::now());
+            continue;
+        }
+        let now = Instant::now();
+        let mut t = SHUTDOWN_POLL;
+        if let Some(d) = sess.deadline() {
+            t = t.min(d.saturating_duration_since(now));
+        }
+        let t = t.max(Duration::from_millis(1));
+        if t != timeout_set {
+            let _ = s.set_read_timeout(Some(t));
+            timeout_set = t;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => sess.peer_closed(),
+            Ok(n) => sess.feed(&buf[..n], Instant::now()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                sess.on_timer(Instant::now())
+            }
+            Err(_) => sess.peer_closed(),
+        }
+    }
+    let _ = s.flush();
+    let _ = s.shutdown(Shutdown::Write);
+    // drain briefly so the peer sees our last bytes before a reset
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 4096];
+    let until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < until {
+        match s.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn http_connection(
+    mut s: TcpStream,
+    reg: Arc<Registry>,
+    max_head: usize,
+    timeout: Duration,
+    shutdown: &AtomicBool,
+) {
+    let Some(_guard) = reg.try_http_connection() else {
+        let r = http::error_response(&http::HttpError {
+            status: 503,
+            text: "too many HTTP connections (http-max-connections); retry later".into(),
+        });
+        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = s.write_all(&r.head);
+        if let Body::Bytes(b) = &r.body {
+            let _ = s.write_all(b);
+        }
+        return;
+    };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_write_timeout(Some(timeout));
+    let mut buf: Vec<u8> = Vec::with_capacity(max_head.min(16384));
+    let mut chunk = vec![0u8; 16384];
+    let mut request_started: Option<Instant> = None;
+    let mut idle_since = Instant::now();
+    loop {
+        match http::parse_request(&buf, max_head) {
+            Ok(Some((req, n))) => {
+                buf.drain(..n);
+                request_started = if buf.is_empty() {
+                    None
+                } else {
+                    Some(Instant::now())
+                };
+                let resp = http::route(&req, &reg);
+                match send_response(&mut s, resp, &reg) {
+                    Ok(true) => {
+                        idle_since = Instant::now();
+                        if shutdown.load(Ordering::Acquire) {
+                            break;
+                        }
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                reg.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
+                let _ = send_response(&mut s, http::error_response(&e), &reg);
+                break;
+            }
+        }
+        if shutdown.load(Ordering::Acquire) && buf.is_empty() {
+            break;
+        }
+        let now = Instant::now();
+        let since = request_started.unwrap_or(idle_since);
+        let left = (since + timeout).saturating_duration_since(now);
+        if left.is_zero() {
+            if request_started.is_some() {
+                reg.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
+                let _ = send_response(
+                    &mut s,
+                    http::error_response(&http::HttpError {
+                        status: 408,
+                        text: format!(
+                            "request not received within {} ms (http-timeout-ms)",
+                            timeout.as_millis()
+                        ),
+                    }),
+                    &reg,
+                );
+            }
+            break;
+        }
+        let _ = s.set_read_timeout(Some(left.min(SHUTDOWN_POLL).max(Duration::from_millis(1))));
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                if request_started.is_none() {
+                    request_started = Some(Instant::now());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = s.shutdown(Shutdown::Both);
+}
+
+/// Sends one response; Ok(true) when the connection may serve another request.
+fn send_response(s: &mut TcpStream, resp: http::Response, reg: &Registry) -> io::Result<bool> {
+    s.write_all(&resp.head)?;
+    let mut sent = 0u64;
+    match resp.body {
+        Body::None => {}
+        Body::Bytes(b) => {
+            s.write_all(&b)?;
+            sent = b.len() as u64;
+        }
+        Body::File { path, offset, len } => {
+            let mut f = File::open(&path)?;
+            f.seek(SeekFrom::Start(offset))?;
+            // std::io::copy uses sendfile/splice for File -> TcpStream on Linux
+            let n = io::copy(&mut f.take(len), s)?;
+            sent = n;
+            if n != len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "replay shorter than announced",
+                ));
+            }
+        }
+        Body::Live(mut tail) => {
+            let r = live_tail(s, &mut tail, reg);
+            reg.metrics
+                .http_bytes
+                .fetch_add(tail.sent, Ordering::Relaxed);
+            return r.map(|ok| ok && !resp.close);
+        }
+    }
+    reg.metrics.http_bytes.fetch_add(sent, Ordering::Relaxed);
+    Ok(!resp.close)
+}
+
+/// Streams a live match as chunks until it is sealed (Ok(true)) or the recorder stops (Ok(false)).
+fn live_tail(s: &mut TcpStream, tail: &mut LiveTail, reg: &Registry) -> io::Result<bool> {
+    let f = tail.open()?;
+    let mut buf = vec![0u8; tail.max_chunk as usize];
+    loop {
+        let v = tail.shared.version();
+        let now = Instant::now();
+        if let Some((a, b)) = tail.next_range(now) {
+            let n = (b - a) as usize;
+            f.read_exact_at(&mut buf[..n], a)?;
+            s.write_all(&http::chunk_head(n as u64))?;
+            s.write_all(&buf[..n])?;
+            s.write_all(b"\r\n")?;
+            tail.sent(n as u64);
+            continue;
+        }
+        if tail.is_done(now) {
+            s.write_all(http::CHUNK_END)?;
+            return Ok(true);
+        }
+        if reg.shutting_down() {
+            return Ok(false);
+        }
+        let wait = match tail.retry_at(now) {
+            Some(t) => t.saturating_duration_since(now),
+            None => SHUTDOWN_POLL * 10,
+        };
+        tail.shared.wait_change(v, wait);
+    }
+}

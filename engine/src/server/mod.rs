@@ -1,0 +1,403 @@
+//! `recorder serve`: the replay recorder.
+//!
+//! # Backend-independent core (for both backends)
+//!
+//! - [`registry::Registry`] (`Arc`, all `&self`): matches live/sealed, one writer per match
+//!   ([`registry::Registry::claim_writer`] -> [`registry::Claim`] New / Resume(file) /
+//!   Rescan; give it back with `release_writer(guard, Some(file))` to park the append
+//!   state for a resume), limits (`try_ds_connection`, `try_http_connection`), live-tail
+//!   notification ([`registry::MatchShared::version`] to poll, `wait_change` to block,
+//!   `Registry::set_waker` for a hook called on every publish/seal, e.g. an eventfd write),
+//!   listing, metrics, `begin_shutdown`.
+//! - [`session::IngestSession`]: a DS connection, sans-IO. `feed(bytes)`, loop
+//!   `next_io(now)` -> [`session::Io`] (Open / Write(WriteReq) / Sync / FinishSeal), execute
+//!   it, report with `open_done` / `write_done` / `sync_done` / `seal_done`; send
+//!   `take_output()`; `on_timer(now)` at `deadline()`; `peer_closed()` on EOF;
+//!   `begin_shutdown()`; close when `is_finished()` and the output is sent.
+//!   std implementations of each Io: `storage::io::{open_match, write_req, seal_match}` and
+//!   `File::sync_data` (the blocking backend's `exec_io` shows the mapping).
+//! - [`crate::storage::MatchFile`]: append -> `take_write()` -> WriteReq {offset, aligned
+//!   buffer, end, last_seq} -> `write_done`; O_DIRECT tail-block rewrite inside; group
+//!   commit via `needs_sync`/`sync_done`; `seal`; `resume` from a recovery scan.
+//! - [`crate::http`]: `parse_request(buf, max)` (one request per call, pipelining-safe),
+//!   `route(&req, &registry)` -> `Response { head, body: None|Bytes|File{path,offset,len}
+//!   |Live(LiveTail), close }`; `LiveTail::next_range/sent/is_done/retry_at` drive a chunked
+//!   live download (`chunk_head`, `CHUNK_END`).
+//! - [`start`] builds everything both backends share: validated config, recovered store,
+//!   registry, session config, bound listeners ([`ServerContext`]).
+//!
+//! Backends: [`blocking::run`] (thread per connection, std) and `uring::run` (helper
+//! "uring-server"; until it exists [`run_uring`] says it is not built).
+
+pub mod blocking;
+pub mod registry;
+pub mod session;
+pub mod testkit;
+
+use crate::config::server::{AckModeKnob, Backend};
+use crate::config::{self, Config};
+use crate::protocol::AckMode;
+use crate::storage::{self, Durability, MatchFile, StoreOptions, StorePaths};
+use registry::{Limits, Registry};
+use session::SessionConfig;
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a backend needs to run.
+pub struct ServerContext {
+    pub cfg: Config,
+    pub registry: Arc<Registry>,
+    pub session: Arc<SessionConfig>,
+    pub ingest: TcpListener,
+    pub http: TcpListener,
+    /// Set by SIGINT/SIGTERM (or a test): stop accepting, flush, ack, close, return.
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// How match files are written, from the run's [file] and [server] sections, before the
+/// store is probed ([`resolve_store_options`] settles O_DIRECT and its alignment).
+/// `file.prealloc` with `prealloc-bytes = 0` preallocates [`DEFAULT_PREALLOC_BYTES`].
+pub fn store_options(cfg: &Config) -> StoreOptions {
+    use crate::config::file::{Direct, Durability as D};
+    let f = &cfg.file;
+    StoreOptions {
+        direct: f.direct != Direct::Off,
+        align: 4096,
+        durability: match f.durability {
+            D::None => Durability::None,
+            D::Fdatasync => Durability::Fdatasync,
+            D::Odsync => Durability::Odsync,
+            D::RwfDsync => Durability::RwfDsync,
+        },
+        stage_bytes: cfg.server.append_buffer_bytes as usize,
+        prealloc_bytes: match (f.prealloc, f.prealloc_bytes) {
+            (false, _) => 0,
+            (true, 0) => DEFAULT_PREALLOC_BYTES,
+            (true, n) => n,
+        },
+        uncached: f.uncached,
+    }
+}
+
+/// Preallocation per match file when `file.prealloc` is on and `prealloc-bytes` is 0.
+pub const DEFAULT_PREALLOC_BYTES: u64 = 16 << 20;
+
+/// Settles O_DIRECT against the store's file system: opens a probe file with O_DIRECT and
+/// learns its alignment (statx STATX_DIOALIGN, else the device's logical block size).
+/// `direct=required` refused -> error; `direct=optional` refused -> buffered, with a note.
+pub fn resolve_store_options(
+    cfg: &Config,
+    root: &std::path::Path,
+) -> Result<(StoreOptions, Vec<String>), ServerError> {
+    use crate::config::file::Direct;
+    let mut o = store_options(cfg);
+    let mut notes = Vec::new();
+    if !o.direct {
+        return Ok((o, notes));
+    }
+    std::fs::create_dir_all(root)
+        .map_err(|e| ServerError(format!("cannot create the store {}: {e}", root.display())))?;
+    let probe = root.join(format!(".dio-probe-{}", std::process::id()));
+    let flags = crate::sys::fs::OpenFlags {
+        read: true,
+        write: true,
+        create: true,
+        truncate: true,
+        direct: true,
+        dsync: false,
+    };
+    let r = crate::sys::fs::open(&probe, flags).and_then(|fd| crate::sys::fs::dio_align(&fd));
+    let _ = std::fs::remove_file(&probe);
+    match r {
+        Ok(a) => {
+            o.align = (a.mem_align.max(a.offset_align) as usize).max(512);
+            notes.push(format!("O_DIRECT on {}: alignment {} ({:?})", root.display(), o.align, a.source));
+        }
+        Err(e) if cfg.file.direct == Direct::Optional => {
+            o.direct = false;
+            notes.push(format!("O_DIRECT refused on {} ({e}); direct=optional: writing buffered", root.display()));
+        }
+        Err(e) => {
+            return Err(ServerError(format!(
+                "O_DIRECT is refused on the store {} ({e}) and direct=required: use another file system or set direct=optional or off",
+                root.display()
+            )))
+        }
+    }
+    Ok((o, notes))
+}
+
+pub fn session_config(cfg: &Config) -> SessionConfig {
+    let s = &cfg.server;
+    SessionConfig {
+        ack_mode: match s.ack_mode {
+            AckModeKnob::Durable => AckMode::Durable,
+            AckModeKnob::Received => AckMode::Received,
+        },
+        ack_interval: Duration::from_millis(s.ack_interval_ms),
+        max_frame_bytes: s.max_frame_bytes as u32,
+        idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+        ds_token: s.ds_token.as_bytes().to_vec(),
+        store: store_options(cfg),
+        max_buffered_input: (s.max_frame_bytes as usize + 64).max(4 << 20),
+    }
+}
+
+pub fn limits(cfg: &Config) -> Limits {
+    let s = &cfg.server;
+    Limits {
+        max_matches: s.max_matches as usize,
+        max_connections: s.max_connections as usize,
+        http_max_connections: s.http_max_connections as usize,
+        live_max_delay: Duration::from_millis(s.live_max_delay_ms),
+    }
+}
+
+/// Why the server could not start or run.
+#[derive(Debug)]
+pub struct ServerError(pub String);
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ServerError {}
+
+/// Validates the configuration, recovers the store, binds both listeners.
+pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, ServerError> {
+    cfg.validate()
+        .map_err(|e| ServerError(format!("invalid configuration: {e}")))?;
+    config::server::validate_serve(&cfg)
+        .map_err(|e| ServerError(format!("invalid configuration: {e}")))?;
+    if cfg.server.store.is_empty() {
+        return Err(ServerError(
+            "no store directory: pass --store DIR (or store = \"DIR\" under [server])".into(),
+        ));
+    }
+    let paths = StorePaths::new(&cfg.server.store);
+    let (opts, notes) = resolve_store_options(&cfg, &paths.root)?;
+    for n in &notes {
+        eprintln!("storage: {n}");
+    }
+    let rec =
+        storage::recover_store(&paths, &opts, cfg.server.max_frame_bytes as u32).map_err(|e| {
+            ServerError(format!(
+                "cannot prepare the store {}: {e}",
+                paths.root.display()
+            ))
+        })?;
+    for n in &rec.notes {
+        eprintln!("recovery: {n}");
+    }
+    let registry = Registry::new(paths, limits(&cfg));
+    let live: Vec<MatchFile> = rec
+        .live
+        .iter()
+        .map(|(id, scan, tail)| MatchFile::resume(id, scan, tail, opts.clone()))
+        .collect();
+    if !live.is_empty() || !rec.sealed.is_empty() {
+        eprintln!(
+            "recovery: {} resumable matches, {} sealed replays",
+            live.len(),
+            rec.sealed.len()
+        );
+    }
+    registry.load_recovered(&rec.sealed, live);
+    let ingest = TcpListener::bind(&cfg.server.ingest_addr).map_err(|e| {
+        ServerError(format!(
+            "cannot listen on ingest-addr {}: {e}",
+            cfg.server.ingest_addr
+        ))
+    })?;
+    let http = TcpListener::bind(&cfg.server.http_addr).map_err(|e| {
+        ServerError(format!(
+            "cannot listen on http-addr {}: {e}",
+            cfg.server.http_addr
+        ))
+    })?;
+    let mut sc = session_config(&cfg);
+    sc.store = opts;
+    let session = Arc::new(sc);
+    Ok(ServerContext {
+        cfg,
+        registry,
+        session,
+        ingest,
+        http,
+        shutdown,
+    })
+}
+
+/// The io_uring backend entry point (helper "uring-server" replaces this stub's body with
+/// a call to `uring::run(ctx)`).
+pub fn run_uring(_ctx: ServerContext) -> Result<(), ServerError> {
+    Err(ServerError(
+        "the io_uring backend is not built yet; use --backend blocking".into(),
+    ))
+}
+
+/// Requested and effective configuration as JSON (`--print-config`).
+pub fn config_json(requested: &Config, effective: &Config) -> serde_json::Value {
+    let pairs = |c: &Config| {
+        serde_json::Value::Object(
+            c.to_pairs()
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+        )
+    };
+    let (o, notes) = if effective.server.store.is_empty()
+        || !std::path::Path::new(&effective.server.store).exists()
+    {
+        (
+            store_options(effective),
+            vec!["store not probed (does not exist yet): O_DIRECT alignment assumed".to_string()],
+        )
+    } else {
+        resolve_store_options(effective, std::path::Path::new(&effective.server.store))
+            .unwrap_or_else(|e| (store_options(effective), vec![e.0]))
+    };
+    serde_json::json!({
+        "requested": pairs(requested),
+        "effective": pairs(effective),
+        "storage": {
+            "direct": o.direct,
+            "align": o.align,
+            "durability": o.durability.name(),
+            "uncached": o.uncached,
+            "stage_bytes": o.stage_bytes,
+            "prealloc_bytes": o.prealloc_bytes,
+            "notes": notes,
+        },
+        "unused": unused(effective),
+    })
+}
+
+/// Sections that the chosen backend does not use (so nobody thinks they were applied).
+fn unused(cfg: &Config) -> Vec<String> {
+    let mut v = Vec::new();
+    if cfg.server.backend == Backend::Blocking {
+        v.push("ring: every [ring] option (backend=blocking has no ring)".to_string());
+        v.push("net: every [net] option (backend=blocking uses std::net)".to_string());
+    }
+    v.push("file.io-depth, file.block-size, file.read-op: io-bench job options; the recorder writes append-buffer-bytes-sized aligned chunks, one in flight per match".to_string());
+    v
+}
+
+fn effective(cfg: &Config) -> Config {
+    let mut e = cfg.clone();
+    if e.server.workers == 0 {
+        e.server.workers = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+    }
+    e
+}
+
+fn command() -> clap::Command {
+    let cmd = clap::Command::new("recorder serve")
+        .about("Run the replay recorder: DS ingest (docs/protocol.md) and HTTP replay serving")
+        .arg(
+            clap::Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .help("TOML configuration file ([ring], [file], [net], [server] tables)"),
+        )
+        .arg(
+            clap::Arg::new("print-config")
+                .long("print-config")
+                .action(clap::ArgAction::SetTrue)
+                .help("Print the requested and effective configuration as JSON and exit"),
+        );
+    config::add_knob_args(cmd)
+}
+
+/// `recorder serve ...`.
+pub fn cli_main(args: Vec<String>) -> ExitCode {
+    let m = match command().try_get_matches_from(std::iter::once("serve".to_string()).chain(args)) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let mut cfg = Config::default();
+    if let Some(p) = m.get_one::<String>("config") {
+        let text = match std::fs::read_to_string(p) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("recorder serve: cannot read config file {p}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(e) = cfg.apply_toml(&text) {
+            eprintln!("recorder serve: {p}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if let Err(e) = config::apply_knob_args(&mut cfg, &m) {
+        eprintln!("recorder serve: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = cfg
+        .validate()
+        .and_then(|_| config::server::validate_serve(&cfg))
+    {
+        eprintln!("recorder serve: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    let eff = effective(&cfg);
+    if m.get_flag("print-config") {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&config_json(&cfg, &eff)).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, shutdown.clone()) {
+            eprintln!("recorder serve: cannot install the signal handler: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let ctx = match start(eff, shutdown) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("recorder serve: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match (ctx.ingest.local_addr(), ctx.http.local_addr()) {
+        (Ok(i), Ok(h)) => {
+            eprintln!("ingest listening on {i}");
+            eprintln!("http listening on {h}");
+        }
+        _ => {
+            eprintln!("recorder serve: cannot read the bound addresses");
+            return ExitCode::from(1);
+        }
+    }
+    let r = match ctx.cfg.server.backend {
+        Backend::Blocking => blocking::run(ctx),
+        Backend::Uring => run_uring(ctx),
+    };
+    match r {
+        Ok(()) => {
+            eprintln!("recorder serve: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("recorder serve: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! The registry: every match the recorder knows (live or sealed), the one-writer-per-match
+//! rule, the match and connection limits, live-tail notification and the metrics.
+//! Shared by all threads of either backend as `Arc<Registry>`; all methods take `&self`.
+
+use crate::protocol::ErrorCode;
+use crate::storage::{FileStats, IndexEntry, MatchFile, SealedInfo, StorePaths};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Limits the registry enforces.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Matches in progress at once (sealed ones do not count).
+    pub max_matches: usize,
+    /// DS connections at once.
+    pub max_connections: usize,
+    /// HTTP connections at once.
+    pub http_max_connections: usize,
+    /// Longest `?delay_ms` a live viewer may ask for; bounds the per-match history.
+    pub live_max_delay: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_matches: 10_000,
+            max_connections: 20_000,
+            http_max_connections: 10_000,
+            live_max_delay: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Live,
+    Sealed,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Live => "live",
+            Phase::Sealed => "sealed",
+        }
+    }
+}
+
+/// What is known about one match. Readers take a snapshot with [`MatchShared::info`].
+#[derive(Clone, Debug)]
+pub struct MatchInfo {
+    pub id: String,
+    pub phase: Phase,
+    pub writer: bool,
+    /// Bytes of the file a reader may read: whole records written (live) or the file length (sealed).
+    pub bytes: u64,
+    pub durable_seq: u64,
+    pub stats: FileStats,
+    pub sealed_unix_us: u64,
+    /// Strong ETag once sealed.
+    pub etag: Option<String>,
+}
+
+struct MatchState {
+    info: MatchInfo,
+    /// Keyframes published so far (live); for sealed matches it is read from the file.
+    index: Vec<IndexEntry>,
+    /// (publish time, bytes) samples for `?delay_ms` viewers, pruned to `live_max_delay`.
+    history: VecDeque<(Instant, u64)>,
+    /// The append state of a live match without a writer, waiting for a resume.
+    parked: Option<MatchFile>,
+    /// Set when the in-memory state was lost (storage error): the next writer re-scans the file.
+    needs_rescan: bool,
+}
+
+/// One match, shared by its writer and any number of readers.
+pub struct MatchShared {
+    pub id: String,
+    state: Mutex<MatchState>,
+    changed: Condvar,
+    version: AtomicU64,
+}
+
+const HISTORY_STEP: Duration = Duration::from_millis(20);
+
+impl MatchShared {
+    fn lock(&self) -> MutexGuard<'_, MatchState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn info(&self) -> MatchInfo {
+        self.lock().info.clone()
+    }
+    /// Keyframes published so far (live matches).
+    pub fn live_index(&self) -> Vec<IndexEntry> {
+        self.lock().index.clone()
+    }
+    /// Increments on every publish and seal: poll it to notice growth without blocking.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+    /// Readable bytes as they were at `at` (for `?delay_ms`): the newest sample not after `at`.
+    pub fn bytes_at(&self, at: Instant) -> u64 {
+        let st = self.lock();
+        if st.info.phase == Phase::Sealed && st.history.back().is_none_or(|(t, _)| *t <= at) {
+            return st.info.bytes;
+        }
+        let mut best = 0;
+        for (t, b) in st.history.iter() {
+            if *t <= at {
+                best = *b;
+            } else {
+                break;
+            }
+        }
+        best
+    }
+    /// Blocks until the version differs from `seen` or `timeout` passes; returns the new version.
+    pub fn wait_change(&self, seen: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        loop {
+            let v = self.version();
+            if v != seen {
+                return v;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return v;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+    fn bump(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_all();
+    }
+}
+
+/// Counters for /metrics and the harness.
+#[derive(Default)]
+pub struct Metrics {
+    pub frames: AtomicU64,
+    pub payload_bytes: AtomicU64,
+    pub resent_frames: AtomicU64,
+    pub acks: AtomicU64,
+    pub writes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub syncs: AtomicU64,
+    pub matches_started: AtomicU64,
+    pub matches_resumed: AtomicU64,
+    pub matches_sealed: AtomicU64,
+    pub ds_connections: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub http_bytes: AtomicU64,
+    pub http_errors: AtomicU64,
+    errors: [AtomicU64; 32],
+}
+
+impl Metrics {
+    pub fn error(&self, code: ErrorCode) {
+        self.errors[code as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn errors(&self, code: ErrorCode) -> u64 {
+        self.errors[code as usize].load(Ordering::Relaxed)
+    }
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The outcome of claiming the writer role for a match.
+#[allow(clippy::large_enum_variant)]
+pub enum Claim {
+    /// A new match: create its file.
+    New(WriterGuard),
+    /// Continue a match: its append state.
+    Resume(WriterGuard, MatchFile),
+    /// Continue a match whose state must be re-read from its file (after a storage error).
+    Rescan(WriterGuard),
+}
+
+/// Holds the writer role of one match; give it back with [`Registry::release_writer`]
+/// (dropping it without does so too, with nothing parked).
+pub struct WriterGuard {
+    pub shared: Arc<MatchShared>,
+    registry: Arc<Registry>,
+    released: bool,
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        if !self.released {
+            self.registry.release_inner(&self.shared, None);
+        }
+    }
+}
+
+/// Counts one open connection while alive.
+pub struct ConnGuard {
+    counter: Arc<Registry>,
+    http: bool,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let c = if self.http {
+            &self.counter.http_connections
+        } else {
+            &self.counter.ds_connections
+        };
+        c.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub struct Registry {
+    pub paths: StorePaths,
+    pub limits: Limits,
+    matches: Mutex<HashMap<String, Arc<MatchShared>>>,
+    live_count: AtomicUsize,
+    ds_connections: AtomicUsize,
+    http_connections: AtomicUsize,
+    shutting_down: AtomicBool,
+    pub metrics: Metrics,
+    waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+}
+
+impl Registry {
+    pub fn new(paths: StorePaths, limits: Limits) -> Arc<Registry> {
+        Arc::new(Registry {
+            paths,
+            limits,
+            matches: Mutex::new(HashMap::new()),
+            live_count: AtomicUsize::new(0),
+            ds_connections: AtomicUsize::new(0),
+            http_connections: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            metrics: Metrics::default(),
+            waker: Mutex::new(None),
+        })
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<MatchShared>>> {
+        self.matches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A hook called after every publish/seal (e.g. to wake an io_uring worker through an
+    /// eventfd so it serves live tails).
+    pub fn set_waker(&self, f: Arc<dyn Fn() + Send + Sync>) {
+        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+    fn wake(&self) {
+        let w = self.waker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(w) = w {
+            w();
+        }
+    }
+
+    /// Adds what start-up recovery found: sealed replays and resumable live matches.
+    pub fn load_recovered(&self, sealed: &[SealedInfo], live: Vec<MatchFile>) {
+        let mut map = self.map();
+        for s in sealed {
+            let t = &s.trailer;
+            let info = MatchInfo {
+                id: s.id.clone(),
+                phase: Phase::Sealed,
+                writer: false,
+                bytes: s.len,
+                durable_seq: t.last_seq,
+                stats: FileStats {
+                    created_unix_us: t.created_unix_us,
+                    frame_count: t.frame_count,
+                    last_seq: t.last_seq,
+                    first_tick: t.first_tick,
+                    last_tick: t.last_tick,
+                    payload_bytes: t.payload_bytes,
+                    first_frame_unix_us: t.first_frame_unix_us,
+                    last_frame_unix_us: 0,
+                },
+                sealed_unix_us: t.sealed_unix_us,
+                etag: Some(s.etag.clone()),
+            };
+            map.insert(s.id.clone(), Arc::new(new_shared(info, Vec::new(), None)));
+        }
+        for f in live {
+            let info = MatchInfo {
+                id: f.match_id.clone(),
+                phase: Phase::Live,
+                writer: false,
+                bytes: f.written_end(),
+                durable_seq: f.durable_seq(),
+                stats: f.stats().clone(),
+                sealed_unix_us: 0,
+                etag: None,
+            };
+            let idx = f.index().to_vec();
+            let id = f.match_id.clone();
+            map.insert(id, Arc::new(new_shared(info, idx, Some(f))));
+            self.live_count.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<MatchShared>> {
+        self.map().get(id).cloned()
+    }
+
+    /// Every match, sorted by id.
+    pub fn list(&self) -> Vec<MatchInfo> {
+        let all: Vec<Arc<MatchShared>> = self.map().values().cloned().collect();
+        let mut v: Vec<MatchInfo> = all.iter().map(|m| m.info()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn live_matches(&self) -> usize {
+        self.live_count.load(Ordering::Acquire)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        for m in self.map().values() {
+            m.bump();
+        }
+        self.wake();
+    }
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Admits one DS connection, or says which limit refused it.
+    pub fn try_ds_connection(self: &Arc<Self>) -> Result<ConnGuard, (ErrorCode, String)> {
+        let n = self.ds_connections.fetch_add(1, Ordering::AcqRel);
+        let g = ConnGuard {
+            counter: self.clone(),
+            http: false,
+        };
+        if n >= self.limits.max_connections {
+            return Err((
+                ErrorCode::TooManyConnections,
+                format!("the recorder has {n} DS connections, its max-connections limit is {}; retry later", self.limits.max_connections),
+            ));
+        }
+        Metrics::add(&self.metrics.ds_connections, 1);
+        Ok(g)
+    }
+
+    /// Admits one HTTP connection (None when `http-max-connections` is reached).
+    pub fn try_http_connection(self: &Arc<Self>) -> Option<ConnGuard> {
+        let n = self.http_connections.fetch_add(1, Ordering::AcqRel);
+        let g = ConnGuard {
+            counter: self.clone(),
+            http: true,
+        };
+        (n < self.limits.http_max_connections).then_some(g)
+    }
+
+    pub fn ds_connections(&self) -> usize {
+        self.ds_connections.load(Ordering::Acquire)
+    }
+    pub fn http_connections(&self) -> usize {
+        self.http_connections.load(Ordering::Acquire)
+    }
+
+    /// Claims the writer role for `id` (already validated), applying the protocol's rules:
+    /// sealed -> MATCH_SEALED, another writer -> MATCH_BUSY, in progress without RESUME ->
+    /// MATCH_EXISTS, new match over `max-matches` -> TOO_MANY_MATCHES.
+    pub fn claim_writer(
+        self: &Arc<Self>,
+        id: &str,
+        resume: bool,
+    ) -> Result<Claim, (ErrorCode, String)> {
+        if self.shutting_down() {
+            return Err((
+                ErrorCode::ShuttingDown,
+                "the recorder is shutting down; reconnect with RESUME later".into(),
+            ));
+        }
+        let mut map = self.map();
+        if let Some(m) = map.get(id).cloned() {
+            drop(map);
+            let mut st = m.lock();
+            if st.info.phase == Phase::Sealed {
+                return Err((
+                    ErrorCode::MatchSealed,
+                    format!("match {id} has ended and is sealed; it cannot be written again"),
+                ));
+            }
+            if st.info.writer {
+                return Err((
+                    ErrorCode::MatchBusy,
+                    format!(
+                        "match {id} already has a writer connection; only one DS may write a match"
+                    ),
+                ));
+            }
+            if !resume {
+                return Err((
+                    ErrorCode::MatchExists,
+                    format!("match {id} is in progress (last durable frame {}); reconnect with the RESUME flag to continue it", st.info.durable_seq),
+                ));
+            }
+            st.info.writer = true;
+            let parked = st.parked.take();
+            let rescan = st.needs_rescan || parked.is_none();
+            drop(st);
+            Metrics::add(&self.metrics.matches_resumed, 1);
+            let g = WriterGuard {
+                shared: m,
+                registry: self.clone(),
+                released: false,
+            };
+            return Ok(match parked {
+                Some(f) if !rescan => Claim::Resume(g, f),
+                _ => Claim::Rescan(g),
+            });
+        }
+        let live = self.live_count.load(Ordering::Acquire);
+        if live >= self.limits.max_matches {
+            return Err((
+                ErrorCode::TooManyMatches,
+                format!(
+                    "{live} matches are in progress, the max-matches limit is {}; retry later",
+                    self.limits.max_matches
+                ),
+            ));
+        }
+        let info = MatchInfo {
+            id: id.to_string(),
+            phase: Phase::Live,
+            writer: true,
+            bytes: 0,
+            durable_seq: 0,
+            stats: FileStats {
+                created_unix_us: crate::storage::now_unix_us(),
+                ..Default::default()
+            },
+            sealed_unix_us: 0,
+            etag: None,
+        };
+        let m = Arc::new(new_shared(info, Vec::new(), None));
+        map.insert(id.to_string(), m.clone());
+        self.live_count.fetch_add(1, Ordering::AcqRel);
+        drop(map);
+        Metrics::add(&self.metrics.matches_started, 1);
+        Ok(Claim::New(WriterGuard {
+            shared: m,
+            registry: self.clone(),
+            released: false,
+        }))
+    }
+
+    /// Gives the writer role back. `file`: the append state to park for a resume (None
+    /// after a storage error: the next writer re-scans the file, or, when the file was
+    /// never created, the match is forgotten).
+    pub fn release_writer(&self, mut g: WriterGuard, file: Option<MatchFile>) {
+        g.released = true;
+        self.release_inner(&g.shared, file);
+    }
+
+    /// Forgets a new match whose file could not be created.
+    pub fn abandon_new(&self, mut g: WriterGuard) {
+        g.released = true;
+        let mut map = self.map();
+        if map
+            .get(&g.shared.id)
+            .is_some_and(|m| Arc::ptr_eq(m, &g.shared))
+        {
+            map.remove(&g.shared.id);
+            self.live_count.fetch_sub(1, Ordering::AcqRel);
+        }
+        g.shared.bump();
+    }
+
+    fn release_inner(&self, m: &Arc<MatchShared>, file: Option<MatchFile>) {
+        let mut st = m.lock();
+        st.info.writer = false;
+        if st.info.phase == Phase::Live {
+            st.needs_rescan = file.is_none();
+            st.parked = file;
+        }
+        drop(st);
+        m.bump();
+    }
+
+    /// Publishes a writer's progress: readable bytes, durable sequence, stats and the
+    /// keyframes appended since the last publish.
+    pub fn publish(&self, m: &MatchShared, file: &MatchFile) {
+        let mut st = m.lock();
+        let now = Instant::now();
+        st.info.bytes = file.written_end();
+        st.info.durable_seq = file.durable_seq();
+        st.info.stats = file.stats().clone();
+        let have = st.index.len();
+        let idx = file.index();
+        if idx.len() > have {
+            // only keyframes inside the readable bytes
+            let readable = file.written_end();
+            for e in &idx[have..] {
+                if e.offset < readable {
+                    st.index.push(*e);
+                }
+            }
+        }
+        let bytes = st.info.bytes;
+        match st.history.back() {
+            Some((t, _)) if now.duration_since(*t) < HISTORY_STEP => {}
+            _ => st.history.push_back((now, bytes)),
+        }
+        let horizon = self.limits.live_max_delay + Duration::from_secs(1);
+        while st.history.len() > 2
+            && st
+                .history
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > horizon)
+        {
+            st.history.pop_front();
+        }
+        drop(st);
+        m.bump();
+        self.wake();
+    }
+
+    /// Marks a match sealed (its file renamed to the final name).
+    pub fn sealed(&self, m: &MatchShared, info: &SealedInfo) {
+        let mut st = m.lock();
+        st.info.phase = Phase::Sealed;
+        st.info.bytes = info.len;
+        st.info.durable_seq = info.trailer.last_seq;
+        st.info.sealed_unix_us = info.trailer.sealed_unix_us;
+        st.info.etag = Some(info.etag.clone());
+        st.parked = None;
+        st.history.push_back((Instant::now(), info.len));
+        drop(st);
+        self.live_count.fetch_sub(1, Ordering::AcqRel);
+        Metrics::add(&self.metrics.matches_sealed, 1);
+        m.bump();
+        self.wake();
+    }
+}
+
+fn new_shared(info: MatchInfo, index: Vec<IndexEntry>, parked: Option<MatchFile>) -> MatchShared {
+    let bytes = info.bytes;
+    let mut history = VecDeque::new();
+    // a recovered match's bytes count as old, so delayed viewers see them at once
+    let now = Instant::now();
+    let old = now
+        .checked_sub(Duration::from_secs(3600))
+        .or_else(|| now.checked_sub(Duration::from_secs(1)))
+        .unwrap_or(now);
+    history.push_back((if bytes > 0 { old } else { now }, bytes));
+    MatchShared {
+        id: info.id.clone(),
+        state: Mutex::new(MatchState {
+            info,
+            index,
+            history,
+            parked,
+            needs_rescan: false,
+        }),
+        changed: Condvar::new(),
+        version: AtomicU64::new(1),
+    }
+}

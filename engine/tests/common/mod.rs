@@ -1,0 +1,228 @@
+//! Shared helpers for integration tests against a real `recorder serve` on loopback.
+//! `spawn_server(backend, store, extra_args)` starts one on port 0 and reads the bound
+//! addresses from its stderr. Other test files (e.g. uring_server_*.rs) reuse it with
+//! `--backend uring` and ring/file/net knobs in `extra_args`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use engine::server::testkit::{self, DsClient, Reply};
+
+pub struct Server {
+    pub child: Option<Child>,
+    pub ingest: SocketAddr,
+    pub http: SocketAddr,
+    pub store: PathBuf,
+    pub backend: String,
+    pub extra: Vec<String>,
+    /// stderr lines after the addresses.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// A unique temporary directory (removed on drop).
+pub struct TempDir(pub PathBuf);
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p =
+            std::env::temp_dir().join(format!("recorder-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The backend under test: `RECORDER_TEST_BACKEND` or blocking.
+pub fn default_backend() -> String {
+    std::env::var("RECORDER_TEST_BACKEND").unwrap_or_else(|_| "blocking".into())
+}
+
+pub fn spawn_server(backend: &str, store: &Path, extra: &[&str]) -> Server {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    start(backend, store, &extra)
+}
+
+fn start(backend: &str, store: &Path, extra: &[String]) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recorder"));
+    cmd.arg("serve")
+        .arg("--store")
+        .arg(store)
+        .args([
+            "--ingest-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--backend",
+            backend,
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn recorder");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        let mut ingest = None;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(a) = line.strip_prefix("ingest listening on ") {
+                ingest = a.parse::<SocketAddr>().ok();
+            } else if let Some(a) = line.strip_prefix("http listening on ") {
+                if let (Some(t), Some(i), Ok(h)) = (tx.take(), ingest, a.parse::<SocketAddr>()) {
+                    let _ = t.send(Ok((i, h)));
+                }
+            } else {
+                log2.lock().unwrap().push(line.clone());
+                if let Some(t) = tx.as_ref().filter(|_| {
+                    line.starts_with("recorder serve:") && !line.contains("shutting down")
+                }) {
+                    let _ = t.send(Err(line.clone()));
+                }
+            }
+        }
+        if let Some(t) = tx {
+            let _ = t.send(Err("recorder exited before listening".into()));
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok((ingest, http))) => Server {
+            child: Some(child),
+            ingest,
+            http,
+            store: store.to_path_buf(),
+            backend: backend.into(),
+            extra: extra.to_vec(),
+            log,
+        },
+        Ok(Err(e)) => {
+            let _ = child.kill();
+            panic!("recorder did not start: {e}");
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!("recorder did not print its addresses within 30 s");
+        }
+    }
+}
+
+impl Server {
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    /// SIGTERM and wait; returns the exit status success.
+    pub fn terminate(&mut self) -> bool {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id() as i32;
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            let until = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(st)) = c.try_wait() {
+                    return st.success();
+                }
+                if Instant::now() > until {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        false
+    }
+    /// A new server on the same store (after kill9/terminate), same backend and args.
+    pub fn restart(&self) -> Server {
+        start(&self.backend, &self.store, &self.extra)
+    }
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Streams `frames` frames of match `id` (keyframe every 10th), then END; returns the
+/// payloads sent and the SEALED reply.
+pub fn stream_match(addr: SocketAddr, id: &str, frames: u64, size: usize) -> (Vec<Vec<u8>>, Reply) {
+    let mut c = DsClient::connect(addr).unwrap();
+    let w = c.hello(id, false, b"").unwrap();
+    assert!(
+        matches!(w, Reply::Welcome { last_seq: 0, .. }),
+        "{id}: {w:?}"
+    );
+    let mut sent = Vec::new();
+    for seq in 1..=frames {
+        let p = testkit::payload_for(id, seq, size + (seq as usize * 7) % 97);
+        let kind = if seq % 10 == 1 { 1 } else { 2 };
+        c.frame(seq, seq * 2, kind, &p).unwrap();
+        sent.push(p);
+    }
+    let r = c.end(frames).unwrap();
+    (sent, r)
+}
+
+/// Checks a replay file's bytes: valid, sealed (when `sealed`), frames 1..=n with exactly `payloads`.
+pub fn check_replay(bytes: &[u8], id: &str, payloads: &[Vec<u8>], sealed: bool) {
+    let r = engine::storage::format::parse_replay(bytes).unwrap_or_else(|e| panic!("{id}: {e}"));
+    assert_eq!(r.header.match_id, id);
+    assert_eq!(r.trailer.is_some(), sealed, "{id}: sealed state");
+    assert_eq!(r.frames.len(), payloads.len(), "{id}: frame count");
+    for (i, (h, range)) in r.frames.iter().enumerate() {
+        assert_eq!(h.seq, i as u64 + 1);
+        assert_eq!(
+            &bytes[range.clone()],
+            &payloads[i][..],
+            "{id}: payload of frame {}",
+            i + 1
+        );
+    }
+}
+
+/// Lists the store's files (relative paths), sorted.
+pub fn store_files(store: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    for d in [store.to_path_buf(), store.join("live")] {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                    v.push(
+                        e.path()
+                            .strip_prefix(store)
+                            .unwrap()
+                            .to_string_lossy()
+                            .to_string(),
+                    );
+                }
+            }
+        }
+    }
+    v.sort();
+    v
+}

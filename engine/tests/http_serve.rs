@@ -1,0 +1,229 @@
+//! HTTP/1.1 serving against a real recorder: sealed downloads with ranges, ETag, HEAD,
+//! 304/404/416; live tail (chunked, following the match until it ends, ?delay_ms);
+//! keep-alive + pipelining; malformed requests; slow clients.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+#[test]
+fn sealed_download_ranges_etag_head() {
+    let dir = TempDir::new("ranges");
+    let srv = spawn_server(&default_backend(), dir.path(), &[]);
+    let (sent, r) = stream_match(srv.ingest, "s1", 40, 2000);
+    let Reply::Sealed { file_bytes, .. } = r else {
+        panic!("{r:?}")
+    };
+    let full = testkit::http_get(srv.http, "GET", "/matches/s1", &[]).unwrap();
+    assert_eq!(full.status, 200);
+    check_replay(&full.body, "s1", &sent, true);
+    let len = file_bytes as usize;
+    assert_eq!(
+        full.header("content-length"),
+        Some(len.to_string().as_str())
+    );
+    let etag = full.header("etag").unwrap().to_string();
+    // HEAD: same headers, no body
+    let h = testkit::http_get(srv.http, "HEAD", "/matches/s1", &[]).unwrap();
+    assert_eq!((h.status, h.body.len()), (200, 0));
+    assert_eq!(h.header("etag"), Some(etag.as_str()));
+    assert_eq!(h.header("content-length"), Some(len.to_string().as_str()));
+    // ranges
+    for (spec, a, b) in [
+        ("bytes=0-99", 0, 99),
+        ("bytes=100-", 100, len - 1),
+        ("bytes=-50", len - 50, len - 1),
+        ("bytes=10-999999999", 10, len - 1),
+    ] {
+        let g = testkit::http_get(srv.http, "GET", "/matches/s1", &[("Range", spec)]).unwrap();
+        assert_eq!(g.status, 206, "{spec}");
+        assert_eq!(
+            g.header("content-range"),
+            Some(format!("bytes {a}-{b}/{len}").as_str()),
+            "{spec}"
+        );
+        assert_eq!(g.body, full.body[a..=b], "{spec}");
+    }
+    let g = testkit::http_get(
+        srv.http,
+        "GET",
+        "/matches/s1",
+        &[("Range", &format!("bytes={len}-"))],
+    )
+    .unwrap();
+    assert_eq!(g.status, 416);
+    assert_eq!(
+        g.header("content-range"),
+        Some(format!("bytes */{len}").as_str())
+    );
+    // If-Range with another ETag: whole file
+    let g = testkit::http_get(
+        srv.http,
+        "GET",
+        "/matches/s1",
+        &[("Range", "bytes=0-9"), ("If-Range", "\"other\"")],
+    )
+    .unwrap();
+    assert_eq!((g.status, g.body.len()), (200, len));
+    // conditional
+    let g = testkit::http_get(srv.http, "GET", "/matches/s1", &[("If-None-Match", &etag)]).unwrap();
+    assert_eq!((g.status, g.body.len()), (304, 0));
+    // unknown, invalid, other resources, other methods
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/nope", &[])
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/..%2Fx", &[])
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/a%20b", &[])
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/a.rpl", &[])
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/etc/passwd", &[])
+            .unwrap()
+            .status,
+        404
+    );
+    let d = testkit::http_get(srv.http, "DELETE", "/matches/s1", &[]).unwrap();
+    assert_eq!((d.status, d.header("allow")), (405, Some("GET, HEAD")));
+}
+
+#[test]
+fn live_tail_follows_until_the_match_ends() {
+    let dir = TempDir::new("live");
+    let srv = spawn_server(&default_backend(), dir.path(), &["--ack-interval-ms", "1"]);
+    let mut c = DsClient::connect(srv.ingest).unwrap();
+    assert!(matches!(
+        c.hello("lv", false, b"").unwrap(),
+        Reply::Welcome { .. }
+    ));
+    let p: Vec<Vec<u8>> = (1..=30)
+        .map(|s| testkit::payload_for("lv", s, 500))
+        .collect();
+    for s in 1..=10u64 {
+        c.frame(s, s, if s == 1 { 1 } else { 2 }, &p[s as usize - 1])
+            .unwrap();
+    }
+    assert_eq!(
+        c.wait_ack(10, Duration::from_secs(10)).unwrap(),
+        Reply::Ack(10)
+    );
+    // HEAD on a live match says chunked and live
+    let h = testkit::http_get(srv.http, "HEAD", "/matches/lv", &[]).unwrap();
+    assert_eq!(h.header("x-match-state"), Some("live"));
+    // the live index and the list know it
+    let ix = testkit::http_get(srv.http, "GET", "/matches/lv/index", &[]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&ix.body).unwrap();
+    assert_eq!(v["state"], "live");
+    assert_eq!(v["keyframes"][0]["seq"], 1);
+    // two viewers: one live, one 300 ms behind
+    let http = srv.http;
+    let viewer = |delay: Option<u64>| {
+        std::thread::spawn(move || {
+            let path = match delay {
+                Some(d) => format!("/matches/lv?delay_ms={d}"),
+                None => "/matches/lv".to_string(),
+            };
+            let t0 = Instant::now();
+            let r = testkit::http_get(http, "GET", &path, &[]).unwrap();
+            (r, t0.elapsed())
+        })
+    };
+    let v0 = viewer(None);
+    let v1 = viewer(Some(300));
+    std::thread::sleep(Duration::from_millis(150));
+    for s in 11..=30u64 {
+        c.frame(s, s, if s == 21 { 1 } else { 2 }, &p[s as usize - 1])
+            .unwrap();
+        c.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = c.end(30).unwrap();
+    assert!(matches!(r, Reply::Sealed { .. }), "{r:?}");
+    let sealed = std::fs::read(dir.path().join("lv.rpl")).unwrap();
+    let (r0, _) = v0.join().unwrap();
+    let (r1, t1) = v1.join().unwrap();
+    for r in [&r0, &r1] {
+        assert_eq!(r.status, 200);
+        assert!(r.chunked);
+        assert_eq!(
+            r.body, sealed,
+            "a live viewer ends up with exactly the sealed replay"
+        );
+    }
+    assert!(
+        t1 >= Duration::from_millis(300),
+        "the delayed viewer finished {t1:?} after it started"
+    );
+    let bad = testkit::http_get(srv.http, "GET", "/matches/lv?delay_ms=abc", &[]).unwrap();
+    assert_eq!(bad.status, 400);
+}
+
+#[test]
+fn keep_alive_pipelining_and_malformed_requests() {
+    let dir = TempDir::new("pipe");
+    let srv = spawn_server(
+        &default_backend(),
+        dir.path(),
+        &["--http-timeout-ms", "500"],
+    );
+    let (sent, _) = stream_match(srv.ingest, "p1", 5, 100);
+    let mut s = TcpStream::connect(srv.http).unwrap();
+    // three pipelined requests in one write, split at odd places
+    let reqs = b"GET /matches/p1 HTTP/1.1\r\nHost: a\r\n\r\nHEAD /matches/p1 HTTP/1.1\r\nHost: a\r\n\r\nGET /matches/p1 HTTP/1.1\r\nHost: a\r\nRange: bytes=0-3\r\n\r\n";
+    s.write_all(&reqs[..50]).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    s.write_all(&reqs[50..]).unwrap();
+    let mut carry = Vec::new();
+    let a = testkit::read_response(&mut s, false, Duration::from_secs(5), &mut carry).unwrap();
+    check_replay(&a.body, "p1", &sent, true);
+    let b = testkit::read_response(&mut s, true, Duration::from_secs(5), &mut carry).unwrap();
+    assert_eq!(b.status, 200);
+    let c = testkit::read_response(&mut s, false, Duration::from_secs(5), &mut carry).unwrap();
+    assert_eq!((c.status, &c.body[..]), (206, &b"RPLY"[..]));
+    // malformed -> 400 and close
+    s.write_all(b"BLAH\r\n\r\n").unwrap();
+    let e = testkit::read_response(&mut s, false, Duration::from_secs(5), &mut carry).unwrap();
+    assert_eq!(e.status, 400);
+    assert_eq!(e.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "connection closed after the 400");
+    // oversized head -> 431
+    let mut s = TcpStream::connect(srv.http).unwrap();
+    let big = format!(
+        "GET /matches HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(10000)
+    );
+    let r = testkit::http_exchange(&mut s, big.as_bytes(), false, Duration::from_secs(5)).unwrap();
+    assert_eq!(r.status, 431);
+    // slow client: half a request, then nothing -> 408 after http-timeout-ms, closed
+    let mut s = TcpStream::connect(srv.http).unwrap();
+    s.write_all(b"GET /matches HTTP/1.1\r\nHo").unwrap();
+    let t0 = Instant::now();
+    let r = testkit::read_response(&mut s, false, Duration::from_secs(5), &mut Vec::new()).unwrap();
+    assert_eq!(r.status, 408);
+    assert!(t0.elapsed() >= Duration::from_millis(400));
+    // other connections were never affected
+    let g = testkit::http_get(srv.http, "GET", "/matches", &[]).unwrap();
+    assert_eq!(g.status, 200);
+    let m = testkit::http_get(srv.http, "GET", "/metrics", &[]).unwrap();
+    assert!(String::from_utf8_lossy(&m.body).contains("recorder_matches_sealed 1"));
+}

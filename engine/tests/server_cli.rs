@@ -1,0 +1,94 @@
+//! `recorder serve` command line: --print-config, --config FILE, refused options.
+
+use std::process::Command;
+
+fn serve(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_recorder"))
+        .arg("serve")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+#[test]
+fn print_config_shows_requested_and_effective() {
+    let dir = std::env::temp_dir().join(format!("cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("r.toml");
+    std::fs::write(&cfg, "[server]\nack-interval-ms = 7\nbackend = \"blocking\"\n[file]\ndurability = \"fdatasync\"\n").unwrap();
+    let (code, out, err) = serve(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--store",
+        dir.to_str().unwrap(),
+        "--max-matches",
+        "5",
+        "--print-config",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["requested"]["server.ack-interval-ms"], "7");
+    assert_eq!(v["requested"]["server.max-matches"], "5");
+    assert_eq!(v["requested"]["server.workers"], "0");
+    assert_ne!(
+        v["effective"]["server.workers"], "0",
+        "workers resolved to the CPU count"
+    );
+    assert_eq!(v["storage"]["durability"], "fdatasync");
+    assert!(v["unused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u.as_str().unwrap().starts_with("ring")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn refused_options_say_what_to_change() {
+    let (code, _, err) = serve(&["--store", "/tmp/x", "--ack-mode", "maybe"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("ack-mode") && err.contains("durable, received"),
+        "{err}"
+    );
+    let (code, _, err) = serve(&["--store", "/tmp/x", "--ingest-addr", "nowhere"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("ingest-addr"), "{err}");
+    let (code, _, err) = serve(&[
+        "--store",
+        "/tmp/x",
+        "--backend",
+        "blocking",
+        "--register-buffers",
+        "true",
+        "--write-op",
+        "write-fixed",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("backend=blocking"), "{err}");
+    let (code, _, err) = serve(&[
+        "--store",
+        "/tmp/x",
+        "--durability",
+        "fdatasync",
+        "--sync-interval-ms",
+        "5",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("ack-interval-ms"), "{err}");
+    let (code, _, err) = serve(&[
+        "--backend",
+        "blocking",
+        "--ingest-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--store"), "{err}");
+}

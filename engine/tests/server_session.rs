@@ -1,0 +1,214 @@
+//! IngestSession and Registry driven directly (no sockets): the sans-IO contract both
+//! backends rely on. An in-memory "backend" executes each Io with std calls.
+
+use engine::protocol::{self, AckMode, ErrorCode, Msg};
+use engine::server::registry::{Limits, Registry};
+use engine::server::session::{IngestSession, Io, SessionConfig};
+use engine::storage::{self, StoreOptions, StorePaths};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Rig {
+    reg: Arc<Registry>,
+    cfg: Arc<SessionConfig>,
+    dir: std::path::PathBuf,
+}
+
+fn rig(tag: &str, f: impl FnOnce(&mut SessionConfig)) -> Rig {
+    let dir = std::env::temp_dir().join(format!("session-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let paths = StorePaths::new(&dir);
+    storage::recover_store(&paths, &StoreOptions::default(), u32::MAX).unwrap();
+    let mut cfg = SessionConfig::default();
+    f(&mut cfg);
+    Rig {
+        reg: Registry::new(paths, Limits::default()),
+        cfg: Arc::new(cfg),
+        dir,
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs every due Io; returns how many writes and syncs ran.
+fn pump(
+    s: &mut IngestSession,
+    fd: &mut Option<OwnedFd>,
+    reg: &Registry,
+    now: Instant,
+) -> (u32, u32) {
+    let (mut w, mut y) = (0, 0);
+    while let Some(io) = s.next_io(now) {
+        match &io {
+            Io::Write(_) => w += 1,
+            Io::Sync => y += 1,
+            _ => {}
+        }
+        engine::server::blocking::exec_io(io, s, fd, reg, 0);
+    }
+    (w, y)
+}
+
+fn decode_all(mut b: &[u8]) -> Vec<String> {
+    let mut v = Vec::new();
+    while let Some((m, n)) = protocol::decode(b, u32::MAX).unwrap() {
+        v.push(match m {
+            Msg::Welcome {
+                last_seq, ack_mode, ..
+            } => format!("WELCOME {last_seq} {ack_mode:?}"),
+            Msg::Ack { seq } => format!("ACK {seq}"),
+            Msg::Sealed { last_seq, .. } => format!("SEALED {last_seq}"),
+            Msg::Error { code, .. } => format!("ERROR {}", ErrorCode::from_u16(code).unwrap()),
+            other => format!("{other:?}"),
+        });
+        b = &b[n..];
+    }
+    v
+}
+
+fn hello(id: &str, resume: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    protocol::encode(
+        &mut v,
+        &Msg::Hello {
+            version: 1,
+            resume,
+            match_id: id,
+            credential: b"",
+        },
+    );
+    v
+}
+
+#[test]
+fn byte_at_a_time_input_and_group_commit_cadence() {
+    let r = rig("cadence", |c| {
+        c.ack_interval = Duration::from_millis(50);
+        c.store.durability = storage::Durability::Fdatasync;
+    });
+    let t0 = Instant::now();
+    let mut s = IngestSession::new(r.cfg.clone(), r.reg.clone(), t0);
+    let mut fd = None;
+    let mut input = hello("c1", false);
+    for seq in 1..=20u64 {
+        protocol::encode_frame(&mut input, seq, seq, 2, &vec![seq as u8; 300]);
+    }
+    // HELLO a byte at a time: nothing happens until it is whole, then Open, then WELCOME
+    let hl = hello("c1", false).len();
+    for (i, b) in input[..hl].iter().enumerate() {
+        s.feed(std::slice::from_ref(b), t0);
+        if i + 1 < hl {
+            assert!(s.next_io(t0).is_none());
+        }
+    }
+    pump(&mut s, &mut fd, &r.reg, t0);
+    assert_eq!(decode_all(&s.take_output()), ["WELCOME 0 Durable"]);
+    // frames in odd slices: appended, but no write before the ack interval
+    for chunk in input[hl..].chunks(77) {
+        s.feed(chunk, t0);
+    }
+    assert_eq!(
+        pump(&mut s, &mut fd, &r.reg, t0 + Duration::from_millis(10)),
+        (0, 0)
+    );
+    assert!(
+        s.take_output().is_empty(),
+        "nothing acked before it is durable"
+    );
+    let d = s.deadline().unwrap();
+    assert!(d <= t0 + Duration::from_millis(50));
+    // at the deadline: one write + one fdatasync, then a single cumulative ACK
+    assert_eq!(pump(&mut s, &mut fd, &r.reg, d), (1, 1));
+    assert_eq!(decode_all(&s.take_output()), ["ACK 20"]);
+    let info = r.reg.get("c1").unwrap().info();
+    assert_eq!(
+        (info.durable_seq, info.stats.frame_count, info.writer),
+        (20, 20, true)
+    );
+    // END: flush, seal, SEALED; the registry says sealed
+    let mut end = Vec::new();
+    protocol::encode(&mut end, &Msg::End { last_seq: 20 });
+    s.feed(&end, d);
+    pump(&mut s, &mut fd, &r.reg, d);
+    assert_eq!(decode_all(&s.take_output()), ["SEALED 20"]);
+    assert!(s.is_finished());
+    assert_eq!(
+        r.reg.get("c1").unwrap().info().phase,
+        engine::server::registry::Phase::Sealed
+    );
+}
+
+#[test]
+fn received_mode_acks_on_receipt_and_errors_come_last() {
+    let r = rig("recv", |c| {
+        c.ack_mode = AckMode::Received;
+        c.ack_interval = Duration::from_secs(5);
+    });
+    let t0 = Instant::now();
+    let mut s = IngestSession::new(r.cfg.clone(), r.reg.clone(), t0);
+    let mut fd = None;
+    s.feed(&hello("r1", false), t0);
+    pump(&mut s, &mut fd, &r.reg, t0);
+    assert_eq!(decode_all(&s.take_output()), ["WELCOME 0 Received"]);
+    let mut b = Vec::new();
+    protocol::encode_frame(&mut b, 1, 1, 1, b"a");
+    protocol::encode_frame(&mut b, 2, 2, 2, b"b");
+    s.feed(&b, t0);
+    assert_eq!(
+        decode_all(&s.take_output()),
+        ["ACK 2"],
+        "received mode acks before any write"
+    );
+    // a gap: frames before it are written, then ERROR, then finished
+    let mut g = Vec::new();
+    protocol::encode_frame(&mut g, 9, 3, 2, b"x");
+    s.feed(&g, t0);
+    let (w, _) = pump(&mut s, &mut fd, &r.reg, t0);
+    assert_eq!(w, 1, "what was received is written before closing");
+    assert_eq!(decode_all(&s.take_output()), ["ERROR SEQ_GAP"]);
+    assert!(s.is_finished());
+    assert_eq!(s.error_sent(), Some(ErrorCode::SeqGap));
+    drop(s);
+    // the match is parked, resumable, and knows frame 2 is durable (durability none: written)
+    let m = r.reg.get("r1").unwrap().info();
+    assert_eq!((m.writer, m.durable_seq), (false, 2));
+    let mut s2 = IngestSession::new(r.cfg.clone(), r.reg.clone(), t0);
+    s2.feed(&hello("r1", true), t0);
+    pump(&mut s2, &mut fd, &r.reg, t0);
+    assert_eq!(decode_all(&s2.take_output()), ["WELCOME 2 Received"]);
+    // while s2 writes, a third connection is refused
+    let mut s3 = IngestSession::new(r.cfg.clone(), r.reg.clone(), t0);
+    s3.feed(&hello("r1", true), t0);
+    assert_eq!(decode_all(&s3.take_output()), ["ERROR MATCH_BUSY"]);
+    assert!(s3.is_finished());
+}
+
+#[test]
+fn idle_timeout_and_shutdown() {
+    let r = rig("idle", |c| c.idle_timeout = Duration::from_millis(100));
+    let t0 = Instant::now();
+    let mut s = IngestSession::new(r.cfg.clone(), r.reg.clone(), t0);
+    assert_eq!(s.deadline(), Some(t0 + Duration::from_millis(100)));
+    s.on_timer(t0 + Duration::from_millis(100));
+    assert_eq!(decode_all(&s.take_output()), ["ERROR IDLE_TIMEOUT"]);
+    assert!(s.is_finished());
+    let mut s = IngestSession::new(r.cfg.clone(), r.reg.clone(), t0);
+    let mut fd = None;
+    s.feed(&hello("sd", false), t0);
+    pump(&mut s, &mut fd, &r.reg, t0);
+    let mut b = Vec::new();
+    protocol::encode_frame(&mut b, 1, 1, 1, b"k");
+    s.feed(&b, t0);
+    s.begin_shutdown();
+    pump(&mut s, &mut fd, &r.reg, t0);
+    assert_eq!(
+        decode_all(&s.take_output()),
+        ["WELCOME 0 Durable", "ACK 1", "ERROR SHUTTING_DOWN"]
+    );
+    assert!(s.is_finished());
+}
