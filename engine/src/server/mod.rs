@@ -33,6 +33,7 @@ pub mod blocking;
 pub mod registry;
 pub mod session;
 pub mod testkit;
+pub mod uring;
 
 use crate::config::server::{AckModeKnob, Backend};
 use crate::config::{self, Config};
@@ -234,10 +235,8 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
 
 /// The io_uring backend entry point (helper "uring-server" replaces this stub's body with
 /// a call to `uring::run(ctx)`).
-pub fn run_uring(_ctx: ServerContext) -> Result<(), ServerError> {
-    Err(ServerError(
-        "the io_uring backend is not built yet; use --backend blocking".into(),
-    ))
+pub fn run_uring(ctx: ServerContext) -> Result<(), ServerError> {
+    uring::run_server(ctx)
 }
 
 /// Requested and effective configuration as JSON (`--print-config`).

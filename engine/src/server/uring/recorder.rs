@@ -1,0 +1,732 @@
+//! The recorder as a [`Service`] of the io_uring driver: DS ingest sessions
+//! (`server::session::IngestSession`) and HTTP (`crate::http`) on the same workers.
+//!
+//! Storage operations of a session map to the ring as follows:
+//! - `Io::Write(req)`: the request's aligned bytes are copied into arena slots (the
+//!   worker's registered buffers when `file.register-buffers`) and written with
+//!   `file.write-op` (WRITE / WRITEV / WRITE_FIXED / WRITEV_FIXED) through `sys::fileops`;
+//!   one slot per `slot_bytes` piece, all in flight at once; `write_done` when all are back.
+//! - `Io::Sync`: IORING_OP_FSYNC with IORING_FSYNC_DATASYNC (group commit: the session
+//!   asks once per ack cadence, covering every frame written since).
+//! - `Io::Open` and `Io::FinishSeal` (create + directory fsync, truncate + rename + fsync)
+//!   are rare metadata steps run with the same std calls as the blocking backend.
+//! HTTP bodies go out with `Io::send_file` (READ/READ_FIXED + SEND/SEND_ZC, or SPLICE, per
+//! [net]); a live tail is a chunked stream polled at each tick and after each chunk.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{ConnId, DriverOptions, Io, Port, Service};
+use crate::http::{self, Body, LiveTail};
+use crate::protocol::{self, Msg};
+use crate::server::registry::{ConnGuard, Registry};
+use crate::server::session::{self, IngestSession, SessionConfig};
+use crate::server::{ServerContext, ServerError};
+use crate::storage::{self, WriteReq};
+
+/// `recorder serve --backend uring`.
+pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
+    let ServerContext {
+        cfg,
+        registry,
+        session,
+        ingest,
+        http,
+        shutdown,
+    } = ctx;
+    let ingest_addr = ingest
+        .local_addr()
+        .map_err(|e| ServerError(e.to_string()))?;
+    let http_addr = http.local_addr().map_err(|e| ServerError(e.to_string()))?;
+    let workers = if cfg.server.workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        cfg.server.workers as usize
+    };
+    let per_worker =
+        (cfg.server.max_connections as usize + cfg.server.http_max_connections as usize).max(16);
+    let opts = DriverOptions {
+        ingest_addr,
+        http_addr,
+        workers,
+        // Each worker may end up with every connection (reuseport hashing is not even).
+        max_connections_per_worker: per_worker,
+        // Sessions time out themselves (idle-timeout-ms with a protocol error), HTTP in
+        // the service (http-timeout-ms): no silent driver-level closes.
+        idle_timeout: Duration::ZERO,
+        tick: Duration::from_millis(10),
+        shutdown_grace: Duration::from_secs(20),
+    };
+    let handle = Arc::new(super::Handle::default());
+    let http_max = cfg.server.http_max_request_bytes as usize;
+    let http_timeout = Duration::from_millis(cfg.server.http_timeout_ms);
+    let make =
+        |w: usize| Recorder::new(w, registry.clone(), session.clone(), http_max, http_timeout);
+    let r = super::run(
+        &cfg,
+        &opts,
+        Some((ingest, http)),
+        make,
+        shutdown,
+        handle.clone(),
+    );
+    if let Ok(reports) = handle.reports.lock() {
+        for rep in reports.iter() {
+            eprintln!(
+                "uring worker {}: ring flags {} (asked {}), sq {} cq {}, recv {}, accept {}, send {}, listeners {}",
+                rep.worker,
+                rep.ring.flag_names,
+                rep.ring.requested_flag_names,
+                rep.ring.sq_entries,
+                rep.ring.cq_entries,
+                rep.recv,
+                rep.accept,
+                rep.send,
+                rep.listeners
+            );
+        }
+    }
+    r.map_err(|e| ServerError(format!("io_uring backend: {e}")))
+}
+
+enum Pending {
+    None,
+    /// A write whose slots could not all be had yet (arena exhausted): retried on tick.
+    Queued(WriteReq),
+    Write {
+        req: WriteReq,
+        parts_left: usize,
+        err: Option<io::Error>,
+    },
+    Sync,
+}
+
+struct Ds {
+    sess: IngestSession,
+    file: Option<std::os::fd::OwnedFd>,
+    pending: Pending,
+    /// Still attached to a connection (false: the socket is gone, the session flushes).
+    attached: bool,
+    paused: bool,
+    _guard: Option<ConnGuard>,
+}
+
+struct Live {
+    tail: LiveTail,
+    file: Arc<File>,
+    chunk_in_flight: bool,
+    close_after: bool,
+}
+
+struct Http {
+    _guard: Option<ConnGuard>,
+    buf: Vec<u8>,
+    request_started: Option<Instant>,
+    idle_since: Instant,
+    live: Option<Live>,
+    files_in_flight: usize,
+    closing: bool,
+}
+
+enum Conn {
+    Ds(Box<Ds>),
+    Http(Box<Http>),
+    /// Refused at open: an error is on its way, then close.
+    Refused,
+}
+
+const TOKEN_BODY: u64 = 1;
+const TOKEN_LIVE: u64 = 2;
+
+/// One worker's recorder.
+pub struct Recorder {
+    worker: usize,
+    reg: Arc<Registry>,
+    scfg: Arc<SessionConfig>,
+    http_max: usize,
+    http_timeout: Duration,
+    conns: HashMap<ConnId, Conn>,
+    /// Sessions whose socket is gone but whose storage work is not finished.
+    detached: HashMap<ConnId, Box<Ds>>,
+    shutting_down: bool,
+}
+
+impl Recorder {
+    pub fn new(
+        worker: usize,
+        reg: Arc<Registry>,
+        scfg: Arc<SessionConfig>,
+        http_max: usize,
+        http_timeout: Duration,
+    ) -> Recorder {
+        Recorder {
+            worker,
+            reg,
+            scfg,
+            http_max,
+            http_timeout,
+            conns: HashMap::new(),
+            detached: HashMap::new(),
+            shutting_down: false,
+        }
+    }
+
+    fn ds_mut(&mut self, id: ConnId) -> Option<&mut Ds> {
+        match self.conns.get_mut(&id) {
+            Some(Conn::Ds(d)) => Some(d),
+            _ => self.detached.get_mut(&id).map(|b| &mut **b),
+        }
+    }
+
+    /// Runs the session's storage operations until one is asynchronous or none is due,
+    /// sends its output, closes when it is finished.
+    fn drive(&mut self, id: ConnId, io: &mut Io) {
+        let reg = self.reg.clone();
+        let rw_flags = self.scfg.store.rw_flags();
+        let Some(ds) = self.ds_mut(id) else { return };
+        let now = io.now();
+        if let Pending::Queued(_) = ds.pending {
+            let Pending::Queued(req) = std::mem::replace(&mut ds.pending, Pending::None) else {
+                unreachable!()
+            };
+            issue_write(ds, req, id, io, rw_flags);
+        }
+        while matches!(ds.pending, Pending::None) {
+            let Some(op) = ds.sess.next_io(now) else {
+                break;
+            };
+            match op {
+                session::Io::Open {
+                    create,
+                    rescan,
+                    options,
+                    ..
+                } => {
+                    let mid = ds.sess.match_id().to_string();
+                    match storage::io::open_match(
+                        &reg.paths,
+                        &mid,
+                        create,
+                        rescan,
+                        &options,
+                        u32::MAX,
+                    ) {
+                        Ok((f, st)) => {
+                            ds.file = Some(f);
+                            ds.sess.open_done(Ok(st));
+                        }
+                        Err(e) => ds.sess.open_done(Err(e)),
+                    }
+                }
+                session::Io::Write(req) => issue_write(ds, req, id, io, rw_flags),
+                session::Io::Sync => match &ds.file {
+                    Some(f) => {
+                        io.fsync(f.as_raw_fd(), true, id.0);
+                        ds.pending = Pending::Sync;
+                    }
+                    None => ds
+                        .sess
+                        .sync_done(Err(io::Error::other("match file is not open"))),
+                },
+                session::Io::FinishSeal { len, .. } => {
+                    let mid = ds.sess.match_id().to_string();
+                    let r = match &ds.file {
+                        Some(f) => storage::io::seal_match(&reg.paths, &mid, f, len),
+                        None => Err(io::Error::other("match file is not open")),
+                    };
+                    ds.sess.seal_done(r);
+                }
+            }
+        }
+        if ds.sess.has_output() {
+            let out = ds.sess.take_output();
+            if ds.attached {
+                io.send(id, out);
+            }
+        }
+        let idle = matches!(ds.pending, Pending::None);
+        if ds.sess.is_finished() && idle {
+            if ds.attached {
+                io.close(id);
+            } else {
+                self.detached.remove(&id);
+            }
+            return;
+        }
+        // Backpressure: stop reading while the session has a full input buffer.
+        if ds.attached {
+            let want = ds.sess.wants_input();
+            if !want && !ds.paused {
+                ds.paused = true;
+                io.pause_recv(id);
+            } else if want && ds.paused {
+                ds.paused = false;
+                io.resume_recv(id);
+            }
+        }
+    }
+
+    fn http_process(&mut self, id: ConnId, io: &mut Io) {
+        let reg = self.reg.clone();
+        let max = self.http_max;
+        let Some(Conn::Http(h)) = self.conns.get_mut(&id) else {
+            return;
+        };
+        while h.live.is_none() && !h.closing {
+            match http::parse_request(&h.buf, max) {
+                Ok(Some((req, n))) => {
+                    h.buf.drain(..n);
+                    h.request_started = if h.buf.is_empty() {
+                        None
+                    } else {
+                        Some(io.now())
+                    };
+                    h.idle_since = io.now();
+                    let resp = http::route(&req, &reg);
+                    send_response(h, id, resp, io, &reg);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    reg.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
+                    send_response(h, id, http::error_response(&e), io, &reg);
+                    break;
+                }
+            }
+        }
+        pump_live(h, id, io, &reg);
+    }
+}
+
+fn issue_write(ds: &mut Ds, req: WriteReq, id: ConnId, io: &mut Io, rw_flags: i32) {
+    let Some(f) = &ds.file else {
+        ds.sess
+            .write_done(req, Err(io::Error::other("match file is not open")));
+        return;
+    };
+    let fd = f.as_raw_fd();
+    let bytes = req.bytes();
+    let sb = io.slot_bytes();
+    let parts = bytes.len().div_ceil(sb).max(1);
+    // All slots first, so a write is either fully in flight or waits whole.
+    let mut slots = Vec::with_capacity(parts);
+    for _ in 0..parts {
+        match io.alloc_slot() {
+            Some(s) => slots.push(s),
+            None => {
+                ds.pending = Pending::Queued(req);
+                return;
+            }
+        }
+    }
+    for (i, mut slot) in slots.into_iter().enumerate() {
+        let piece = &bytes[i * sb..((i + 1) * sb).min(bytes.len())];
+        slot.set_len(piece.len());
+        slot.as_mut_slice().copy_from_slice(piece);
+        io.write(
+            fd,
+            None,
+            slot,
+            piece.len(),
+            req.offset + (i * sb) as u64,
+            rw_flags,
+            id.0,
+        );
+    }
+    ds.pending = Pending::Write {
+        req,
+        parts_left: parts,
+        err: None,
+    };
+}
+
+fn send_response(h: &mut Http, id: ConnId, resp: http::Response, io: &mut Io, reg: &Registry) {
+    io.send(id, resp.head);
+    match resp.body {
+        Body::None => {}
+        Body::Bytes(b) => {
+            reg.metrics
+                .http_bytes
+                .fetch_add(b.len() as u64, Ordering::Relaxed);
+            io.send(id, b);
+        }
+        Body::File { path, offset, len } => match File::open(&path) {
+            Ok(f) => {
+                if len > 0 {
+                    h.files_in_flight += 1;
+                    io.send_file(id, Arc::new(f), offset, len, TOKEN_BODY);
+                }
+            }
+            Err(e) => {
+                // The head promised a body: the connection cannot continue.
+                eprintln!("recorder: cannot open {} to serve it: {e}", path.display());
+                io.abort(id);
+                h.closing = true;
+                return;
+            }
+        },
+        Body::Live(tail) => match tail.open() {
+            Ok(f) => {
+                h.live = Some(Live {
+                    tail,
+                    file: Arc::new(f),
+                    chunk_in_flight: false,
+                    close_after: resp.close,
+                });
+                return;
+            }
+            Err(e) => {
+                eprintln!("recorder: cannot open the live match file: {e}");
+                io.abort(id);
+                h.closing = true;
+                return;
+            }
+        },
+    }
+    if resp.close {
+        h.closing = true;
+        io.close(id);
+    }
+}
+
+/// Sends the next live chunk if one is readable, ends the stream when the match is sealed.
+fn pump_live(h: &mut Http, id: ConnId, io: &mut Io, reg: &Registry) {
+    let Some(live) = h.live.as_mut() else { return };
+    if live.chunk_in_flight {
+        return;
+    }
+    let now = io.now();
+    if let Some((a, b)) = live.tail.next_range(now) {
+        let n = b - a;
+        io.send(id, http::chunk_head(n));
+        io.send_file(id, live.file.clone(), a, n, TOKEN_LIVE);
+        io.send(id, b"\r\n".to_vec());
+        live.tail.sent(n);
+        live.chunk_in_flight = true;
+        return;
+    }
+    if live.tail.is_done(now) {
+        io.send(id, http::CHUNK_END.to_vec());
+        reg.metrics
+            .http_bytes
+            .fetch_add(live.tail.sent, Ordering::Relaxed);
+        let close = live.close_after;
+        h.live = None;
+        h.idle_since = now;
+        if close {
+            h.closing = true;
+            io.close(id);
+        }
+        return;
+    }
+    if reg.shutting_down() {
+        reg.metrics
+            .http_bytes
+            .fetch_add(live.tail.sent, Ordering::Relaxed);
+        h.live = None;
+        h.closing = true;
+        io.close(id);
+    }
+}
+
+impl Service for Recorder {
+    fn open(&mut self, conn: ConnId, port: Port, io: &mut Io) -> bool {
+        match port {
+            Port::Ingest => match self.reg.try_ds_connection() {
+                Ok(g) => {
+                    let sess = IngestSession::new(self.scfg.clone(), self.reg.clone(), io.now());
+                    let ds = Ds {
+                        sess,
+                        file: None,
+                        pending: Pending::None,
+                        attached: true,
+                        paused: false,
+                        _guard: Some(g),
+                    };
+                    self.conns.insert(conn, Conn::Ds(Box::new(ds)));
+                    if self.shutting_down {
+                        if let Some(Conn::Ds(d)) = self.conns.get_mut(&conn) {
+                            d.sess.begin_shutdown();
+                        }
+                        self.drive(conn, io);
+                    }
+                    true
+                }
+                Err((code, text)) => {
+                    self.reg.metrics.error(code);
+                    let mut out = Vec::new();
+                    protocol::encode(
+                        &mut out,
+                        &Msg::Error {
+                            code: code as u16,
+                            text: &text,
+                        },
+                    );
+                    io.send(conn, out);
+                    self.conns.insert(conn, Conn::Refused);
+                    false
+                }
+            },
+            Port::Http => match self.reg.try_http_connection() {
+                Some(g) => {
+                    let h = Http {
+                        _guard: Some(g),
+                        buf: Vec::new(),
+                        request_started: None,
+                        idle_since: io.now(),
+                        live: None,
+                        files_in_flight: 0,
+                        closing: false,
+                    };
+                    self.conns.insert(conn, Conn::Http(Box::new(h)));
+                    true
+                }
+                None => {
+                    let r = http::error_response(&http::HttpError {
+                        status: 503,
+                        text: "too many HTTP connections (http-max-connections); retry later"
+                            .into(),
+                    });
+                    io.send(conn, r.head);
+                    if let Body::Bytes(b) = r.body {
+                        io.send(conn, b);
+                    }
+                    self.conns.insert(conn, Conn::Refused);
+                    false
+                }
+            },
+        }
+    }
+
+    fn data(&mut self, conn: ConnId, bytes: &[u8], io: &mut Io) {
+        match self.conns.get_mut(&conn) {
+            Some(Conn::Ds(ds)) => {
+                ds.sess.feed(bytes, io.now());
+                self.drive(conn, io);
+            }
+            Some(Conn::Http(h)) => {
+                if h.closing {
+                    return;
+                }
+                if h.request_started.is_none() {
+                    h.request_started = Some(io.now());
+                }
+                h.buf.extend_from_slice(bytes);
+                if h.buf.len() > self.http_max + 65536 && h.live.is_some() {
+                    // Requests pipelined behind a live stream pile up: refuse more input.
+                    io.pause_recv(conn);
+                }
+                self.http_process(conn, io);
+            }
+            _ => {}
+        }
+    }
+
+    fn eof(&mut self, conn: ConnId, io: &mut Io) {
+        match self.conns.get_mut(&conn) {
+            Some(Conn::Ds(ds)) => {
+                ds.sess.peer_closed();
+                self.drive(conn, io);
+            }
+            Some(Conn::Http(h)) => {
+                // Answer what was fully received, then close.
+                if !h.closing {
+                    self.http_process(conn, io);
+                }
+                if let Some(Conn::Http(h)) = self.conns.get_mut(&conn) {
+                    if h.live.is_none() {
+                        h.closing = true;
+                        io.close(conn);
+                    }
+                }
+            }
+            _ => io.close(conn),
+        }
+    }
+
+    fn closed(&mut self, conn: ConnId, io: &mut Io) {
+        match self.conns.remove(&conn) {
+            Some(Conn::Ds(mut ds)) => {
+                ds.attached = false;
+                if !ds.sess.is_finished() {
+                    ds.sess.peer_closed();
+                }
+                let busy = !matches!(ds.pending, Pending::None);
+                if busy || !ds.sess.is_finished() {
+                    self.detached.insert(conn, ds);
+                    self.drive(conn, io);
+                }
+            }
+            Some(Conn::Http(h)) => {
+                if let Some(l) = h.live {
+                    self.reg
+                        .metrics
+                        .http_bytes
+                        .fetch_add(l.tail.sent, Ordering::Relaxed);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn sent_file(&mut self, conn: ConnId, token: u64, res: io::Result<u64>, io: &mut Io) {
+        let reg = self.reg.clone();
+        let Some(Conn::Http(h)) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        match token {
+            TOKEN_LIVE => {
+                if let Some(l) = h.live.as_mut() {
+                    l.chunk_in_flight = false;
+                }
+                if res.is_ok() {
+                    pump_live(h, conn, io, &reg);
+                    if h.live.is_none() && !h.closing {
+                        self.http_process(conn, io);
+                    }
+                }
+            }
+            _ => {
+                h.files_in_flight -= 1;
+                if let Ok(n) = res {
+                    reg.metrics.http_bytes.fetch_add(n, Ordering::Relaxed);
+                }
+                h.idle_since = io.now();
+            }
+        }
+    }
+
+    fn file_done(
+        &mut self,
+        token: u64,
+        res: io::Result<u32>,
+        buf: Option<crate::sys::mem::Slot>,
+        io: &mut Io,
+    ) {
+        drop(buf);
+        let id = ConnId(token);
+        let Some(ds) = self.ds_mut(id) else { return };
+        match std::mem::replace(&mut ds.pending, Pending::None) {
+            Pending::Write {
+                req,
+                parts_left,
+                mut err,
+            } => {
+                if let Err(e) = res {
+                    err.get_or_insert(e);
+                }
+                if parts_left > 1 {
+                    ds.pending = Pending::Write {
+                        req,
+                        parts_left: parts_left - 1,
+                        err,
+                    };
+                    return;
+                }
+                ds.sess.write_done(req, err.map_or(Ok(()), Err));
+            }
+            Pending::Sync => ds.sess.sync_done(res.map(|_| ())),
+            other => {
+                ds.pending = other;
+                return;
+            }
+        }
+        self.drive(id, io);
+    }
+
+    fn tick(&mut self, io: &mut Io) {
+        let now = io.now();
+        let reg = self.reg.clone();
+        let ids: Vec<ConnId> = self
+            .conns
+            .keys()
+            .copied()
+            .chain(self.detached.keys().copied())
+            .collect();
+        for id in ids {
+            match self.conns.get_mut(&id) {
+                Some(Conn::Http(h)) => {
+                    if h.closing {
+                        continue;
+                    }
+                    if h.live.is_some() {
+                        pump_live(h, id, io, &reg);
+                        if h.live.is_none() && !h.closing {
+                            self.http_process(id, io);
+                        }
+                        continue;
+                    }
+                    if h.files_in_flight > 0 {
+                        continue;
+                    }
+                    if let Some(t) = h.request_started {
+                        if now.duration_since(t) > self.http_timeout {
+                            reg.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
+                            let e = http::HttpError {
+                                status: 408,
+                                text: format!(
+                                    "request not received within {} ms (http-timeout-ms)",
+                                    self.http_timeout.as_millis()
+                                ),
+                            };
+                            send_response(h, id, http::error_response(&e), io, &reg);
+                            h.closing = true;
+                            io.close(id);
+                        }
+                    } else if now.duration_since(h.idle_since) > self.http_timeout
+                        || self.shutting_down
+                    {
+                        h.closing = true;
+                        io.close(id);
+                    }
+                }
+                Some(Conn::Refused) | None if !self.detached.contains_key(&id) => {}
+                _ => {
+                    if let Some(ds) = self.ds_mut(id) {
+                        if ds.sess.deadline().is_some_and(|d| d <= now) {
+                            ds.sess.on_timer(now);
+                        }
+                    }
+                    self.drive(id, io);
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter_map(|c| match c {
+                Conn::Ds(d) => d.sess.deadline(),
+                _ => None,
+            })
+            .chain(self.detached.values().filter_map(|d| d.sess.deadline()))
+            .min()
+    }
+
+    fn shutdown(&mut self, io: &mut Io) -> bool {
+        if !self.shutting_down {
+            self.shutting_down = true;
+            if self.worker == 0 {
+                self.reg.begin_shutdown();
+            }
+            let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+            for id in ids {
+                if let Some(Conn::Ds(ds)) = self.conns.get_mut(&id) {
+                    ds.sess.begin_shutdown();
+                    self.drive(id, io);
+                }
+            }
+            self.tick(io);
+        }
+        let ds_left =
+            self.conns.values().any(|c| matches!(c, Conn::Ds(_))) || !self.detached.is_empty();
+        !ds_left
+    }
+}
