@@ -3,8 +3,15 @@
 //! It reads result files only and does not link the engine.
 
 pub mod aggregate;
+pub mod bench;
+pub mod best;
+pub mod charts;
+pub mod compare;
 pub mod data;
+pub mod doc;
 pub mod error;
+pub mod fixture;
+pub mod report;
 pub mod stats;
 
 pub use error::{Error, Result};
