@@ -164,23 +164,30 @@ fn build_config(rs: &ResultSet, idx: &[usize], dim_values: &[Vec<String>], multi
     }
 }
 
-/// Short, readable label: only the dimensions that vary; `true` shows the knob's name,
-/// `false` is left out, other values show `knob=value`.
+/// Short, readable label: only the dimensions that vary, and only where the value differs
+/// from the dimension's first value; `true` shows the knob's name, a word value shows
+/// itself, numbers and generic words (`none`, `auto`, ...) show `knob=value`.
 pub fn short_label(names: &[String], values: &[String], dim_values: &[Vec<String>]) -> String {
     let mut parts = Vec::new();
     for (k, (n, v)) in names.iter().zip(values).enumerate() {
         if dim_values.get(k).map_or(true, |vals| vals.len() < 2) {
             continue;
         }
+        if dim_values[k].first() == Some(v) {
+            continue;
+        }
         let knob = n.rsplit('.').next().unwrap_or(n);
+        let generic = matches!(v.as_str(), "none" | "auto" | "default" | "all" | "on" | "off" | "yes" | "no" | "")
+            || !v.chars().any(|c| c.is_ascii_alphabetic());
         match v.as_str() {
-            "true" | "on" | "yes" => parts.push(knob.to_string()),
-            "false" | "off" | "no" => {}
-            _ => parts.push(format!("{knob}={v}")),
+            "true" => parts.push(knob.to_string()),
+            "false" => parts.push(format!("no-{knob}")),
+            _ if generic => parts.push(format!("{knob}={v}")),
+            _ => parts.push(v.clone()),
         }
     }
     if parts.is_empty() {
-        "all off".to_string()
+        "baseline".to_string()
     } else {
         parts.join(" ")
     }

@@ -140,7 +140,7 @@ pub fn best(dir: &Path, metric: &str, workload: Option<&str>, defaults_path: Opt
     let all = ranked(&sum, &wl, k);
     let bad = |c: &Config| c.not_ok.iter().any(|(s, _)| matches!(s, Status::Unsupported | Status::Failed));
     let cands: Vec<&Config> = all.iter().copied().filter(|c| !bad(c)).collect();
-    let excluded = all.len() - cands.len();
+    let excluded = sum.configs.iter().filter(|c| c.is_recorder() && c.workload == wl && bad(c)).count();
     let Some(top) = cands.first() else {
         return Err(Error::Usage(format!(
             "{}: no supported configuration of workload {wl} has an ok run with {}",
@@ -182,8 +182,8 @@ pub fn best(dir: &Path, metric: &str, workload: Option<&str>, defaults_path: Opt
     );
     let _ = writeln!(
         o,
-        "# {} candidates ({} configurations with unsupported or failed runs left out); {} tie(s) with the best median \
-         (intervals overlap), resolved by fewest non-default knobs ({} here{})",
+        "# {} candidates ({} configurations with unsupported or failed runs left out); {} configuration(s) tied \
+         with the best median (intervals overlap), resolved by fewest non-default knobs ({} here{})",
         cands.len(),
         excluded,
         ties.len(),

@@ -27,6 +27,20 @@ fn e<E: std::fmt::Debug>(err: E) -> String {
     format!("{err:?}")
 }
 
+/// `n` segments (plotters' integer ranges are inclusive).
+fn segs(n: usize) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize> {
+    (0..n.max(1) - 1).into_segmented()
+}
+
+/// Upper edge of segment `y` of `n`.
+fn seg_top(y: usize, n: usize) -> SegmentValue<usize> {
+    if y + 1 >= n {
+        SegmentValue::Last
+    } else {
+        SegmentValue::Exact(y + 1)
+    }
+}
+
 /// Files written for one chart.
 #[derive(Clone, Debug)]
 pub struct ChartFiles {
@@ -79,7 +93,7 @@ pub fn ellipsize(s: &str, max: usize) -> String {
     }
 }
 
-const MAX_LABEL_CHARS: usize = 56;
+const MAX_LABEL_CHARS: usize = 64;
 
 fn label_area(labels: &[String]) -> u32 {
     labels.iter().map(|l| label_px(l)).max().unwrap_or(60).clamp(60, label_px(&"x".repeat(MAX_LABEL_CHARS)))
@@ -163,16 +177,21 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &BarChart, la
     let span = (xmax - xmin).max(xmax.abs() * 0.05).max(1e-9);
     let x0 = if c.bars && xmin >= 0.0 { 0.0 } else { xmin - span * 0.05 };
     let x1 = xmax + span * 0.08;
-    let (top, body) = if c.legend.is_empty() { root.split_vertically(0) } else { root.split_vertically(22) };
-    let body = body.titled(&c.title, (FONT, 20)).map_err(e)?;
-    let _ = top;
+    let body = root.titled(&c.title, (FONT, 20)).map_err(e)?;
+    let body = if c.legend.is_empty() {
+        body
+    } else {
+        let (top, rest) = body.split_vertically(26);
+        draw_legend(&top, &c.legend)?;
+        rest
+    };
     let mut chart = ChartBuilder::on(&body)
         .margin_left(10)
         .margin_right(25)
-        .margin_top(if c.legend.is_empty() { 5 } else { 25 })
+        .margin_top(10)
         .x_label_area_size(45)
         .y_label_area_size(label_area(labels))
-        .build_cartesian_2d(x0..x1, (0..n).into_segmented())
+        .build_cartesian_2d(x0..x1, segs(n))
         .map_err(e)?;
     chart
         .configure_mesh()
@@ -191,7 +210,7 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &BarChart, la
     if let Some((a, b)) = c.band {
         chart
             .draw_series(std::iter::once(Rectangle::new(
-                [(a, SegmentValue::Exact(0)), (b, SegmentValue::Exact(n))],
+                [(a, SegmentValue::Exact(0)), (b, SegmentValue::Last)],
                 RGBColor(200, 230, 200).mix(0.5).filled(),
             )))
             .map_err(e)?;
@@ -201,7 +220,7 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &BarChart, la
         let y = nrows - 1 - k;
         if c.bars {
             let mut rect =
-                Rectangle::new([(x0.max(0.0), SegmentValue::Exact(y)), (r.value, SegmentValue::Exact(y + 1))], r.color.mix(0.75).filled());
+                Rectangle::new([(x0.max(0.0), SegmentValue::Exact(y)), (r.value, seg_top(y, n))], r.color.mix(0.75).filled());
             rect.set_margin(4, 4, 0, 0);
             chart.draw_series(std::iter::once(rect)).map_err(e)?;
         }
@@ -225,12 +244,11 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &BarChart, la
     if let Some(rf) = c.reference {
         chart
             .draw_series(std::iter::once(PathElement::new(
-                vec![(rf, SegmentValue::Exact(0)), (rf, SegmentValue::Exact(n))],
+                vec![(rf, SegmentValue::Exact(0)), (rf, SegmentValue::Last)],
                 BLACK.mix(0.6).stroke_width(1),
             )))
             .map_err(e)?;
     }
-    draw_legend(root, &c.legend)?;
     Ok(())
 }
 
@@ -239,7 +257,7 @@ fn draw_legend<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, legend: &[(RGB
         return Ok(());
     }
     let mut x = 20i32;
-    let y = 32i32;
+    let y = 6i32;
     for (color, text) in legend {
         root.draw(&Rectangle::new([(x, y), (x + 14, y + 12)], color.filled())).map_err(e)?;
         root.draw(&Text::new(text.clone(), (x + 20, y - 1), (FONT, 13).into_font())).map_err(e)?;
@@ -254,13 +272,15 @@ pub struct MultiChart {
     pub title: String,
     pub x_label: String,
     pub series: Vec<String>,
+    /// Vertical reference line (e.g. 1.0 for ratios).
+    pub reference: Option<f64>,
     /// (label, one value per series).
     pub rows: Vec<(String, Vec<Option<f64>>)>,
 }
 
 pub fn multi_log_chart(dir: &Path, stem: &str, c: &MultiChart) -> Result<ChartFiles> {
     let labels: Vec<String> = c.rows.iter().map(|r| ellipsize(&r.0, MAX_LABEL_CHARS)).collect();
-    let h = 140 + 24 * c.rows.len().max(1) as u32;
+    let h = 150 + 24 * c.rows.len().max(1) as u32;
     let w = 760 + label_area(&labels);
     render!(dir, stem, &c.title, (w, h), draw_multi, c, &labels)
 }
@@ -270,15 +290,23 @@ fn draw_multi<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &MultiChart,
     let vals: Vec<f64> = c.rows.iter().flat_map(|r| r.1.iter().flatten().copied()).filter(|v| *v > 0.0).collect();
     let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let (lo, hi) = if lo.is_finite() { (lo / 1.5, hi * 1.5) } else { (1.0, 10.0) };
+    let (mut lo, mut hi) = if lo.is_finite() { (lo / 1.5, hi * 1.5) } else { (1.0, 10.0) };
+    if let Some(r) = c.reference {
+        lo = lo.min(r / 1.5);
+        hi = hi.max(r * 1.5);
+    }
     let body = root.titled(&c.title, (FONT, 20)).map_err(e)?;
+    let (top, body) = body.split_vertically(26);
+    let legend: Vec<(RGBColor, String)> =
+        c.series.iter().enumerate().map(|(s, name)| (PALETTE[s % PALETTE.len()], name.clone())).collect();
+    draw_legend(&top, &legend)?;
     let mut chart = ChartBuilder::on(&body)
         .margin_left(10)
         .margin_right(25)
-        .margin_top(30)
+        .margin_top(10)
         .x_label_area_size(45)
         .y_label_area_size(label_area(labels))
-        .build_cartesian_2d((lo..hi).log_scale(), (0..n).into_segmented())
+        .build_cartesian_2d((lo..hi).log_scale().with_key_points(log_ticks(lo, hi)), segs(n))
         .map_err(e)?;
     chart
         .configure_mesh()
@@ -309,25 +337,45 @@ fn draw_multi<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &MultiChart,
                 .map_err(e)?;
         }
     }
-    for (s, name) in c.series.iter().enumerate() {
+    if let Some(rf) = c.reference {
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(rf, SegmentValue::Exact(0)), (rf, SegmentValue::Last)],
+                BLACK.mix(0.6).stroke_width(1),
+            )))
+            .map_err(e)?;
+    }
+    for s in 0..c.series.len() {
         let color = PALETTE[s % PALETTE.len()];
         chart
             .draw_series(c.rows.iter().enumerate().filter_map(|(k, (_, vals))| {
                 vals.get(s).copied().flatten().map(|v| Circle::new((v, SegmentValue::CenterOf(nrows - 1 - k)), 5, color.filled()))
             }))
-            .map_err(e)?
-            .label(name.clone())
-            .legend(move |(x, y)| Circle::new((x + 6, y), 5, color.filled()));
+            .map_err(e)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(GREY)
-        .label_font((FONT, 13))
-        .draw()
-        .map_err(e)?;
     Ok(())
+}
+
+/// 1-2-5 ticks per decade within [lo, hi] (1-10 per decade when that gives too few).
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    for mult in [&[1.0, 2.0, 5.0][..], &[1.0, 2.0, 3.0, 5.0, 7.0][..], &[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0][..]] {
+        out.clear();
+        let mut p = 10f64.powf(lo.log10().floor());
+        while p <= hi {
+            for m in mult {
+                let v = p * m;
+                if v >= lo && v <= hi {
+                    out.push(v);
+                }
+            }
+            p *= 10.0;
+        }
+        if out.len() >= 4 {
+            break;
+        }
+    }
+    out
 }
 
 /// A heatmap of a value over two dimensions.
@@ -372,7 +420,7 @@ fn draw_heatmap<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &Heatmap, 
         .margin(15)
         .x_label_area_size(50)
         .y_label_area_size(label_area(ylab) + 20)
-        .build_cartesian_2d((0..nx).into_segmented(), (0..ny).into_segmented())
+        .build_cartesian_2d(segs(nx), segs(ny))
         .map_err(e)?;
     chart
         .configure_mesh()
@@ -402,7 +450,7 @@ fn draw_heatmap<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &Heatmap, 
                 }
                 None => (LIGHT, "n/a".to_string(), false),
             };
-            let mut rect = Rectangle::new([(SegmentValue::Exact(x), SegmentValue::Exact(y)), (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1))], color.filled());
+            let mut rect = Rectangle::new([(SegmentValue::Exact(x), SegmentValue::Exact(y)), (seg_top(x, nx), seg_top(y, ny))], color.filled());
             rect.set_margin(1, 1, 1, 1);
             chart.draw_series(std::iter::once(rect)).map_err(e)?;
             let style = TextStyle::from((FONT, 13).into_font())

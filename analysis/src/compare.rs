@@ -131,14 +131,15 @@ impl Comparison {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "compare {} (base) -> {} (head): {} REGRESSION, {} IMPROVED, {} INCONCLUSIVE, {} SAME; {} pairs excluded",
+            "compare {} (base) -> {} (head): {} REGRESSION, {} IMPROVED, {} INCONCLUSIVE, {} SAME; {} runs excluded (status not ok), {} unpaired",
             self.base_dir.display(),
             self.head_dir.display(),
             self.count(Verdict::Regression),
             self.count(Verdict::Improved),
             self.count(Verdict::Inconclusive),
             self.count(Verdict::Same),
-            self.excluded.len()
+            self.excluded.len(),
+            self.unpaired.len()
         );
         let w = self.rows.iter().map(|r| r.label.chars().count()).max().unwrap_or(13).clamp(13, 60);
         let _ = writeln!(
@@ -517,14 +518,25 @@ fn write_doc(
     if c.excluded.is_empty() && c.unpaired.is_empty() {
         doc.p("None: every run is ok and paired.");
     } else {
-        doc.p("A pair is dropped when either run's status is not `ok`.");
-        let mut rows: Vec<Vec<String>> = c
-            .excluded
-            .iter()
-            .map(|e| vec![format!("`{}`", e.run_id), e.side.into(), format!("`{}`", e.cell_id), e.status.clone(), e.reason.clone()])
+        doc.p("A pair is dropped when either run's status is not `ok`; grouped by side, status and reason.");
+        let mut groups: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
+        for x in &c.excluded {
+            groups.entry((x.side.to_string(), x.status.clone(), x.reason.clone())).or_default().push(x.run_id.clone());
+        }
+        for (id, side, why) in &c.unpaired {
+            groups.entry((side.to_string(), "unpaired".into(), why.clone())).or_default().push(id.clone());
+        }
+        let rows = groups
+            .into_iter()
+            .map(|((side, status, reason), ids)| {
+                let mut shown: Vec<String> = ids.iter().take(12).map(|i| format!("`{i}`")).collect();
+                if ids.len() > 12 {
+                    shown.push(format!("… {} more", ids.len() - 12));
+                }
+                vec![side, status, if reason.is_empty() { "(no reason given)".into() } else { reason }, ids.len().to_string(), shown.join(" ")]
+            })
             .collect();
-        rows.extend(c.unpaired.iter().map(|(id, side, why)| vec![format!("`{id}`"), side.to_string(), String::new(), "unpaired".into(), why.clone()]));
-        doc.table(&["run", "side", "cell", "status", "reason"], rows);
+        doc.table(&["side", "status", "reason", "runs", "run ids"], rows);
     }
     Ok(())
 }

@@ -109,12 +109,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn emit(s: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(s.as_bytes()).and_then(|_| o.flush());
+}
+
 fn run(cli: Cli) -> analysis::Result<ExitCode> {
     match cli.cmd {
         Cmd::Report { dir, run, out } => {
             let r = report::report(&dir, &report::ReportOptions { run, out })?;
-            println!("{}", r.markdown.display());
-            println!("{}", r.html.display());
+            emit(&format!("{}\n{}\n", r.markdown.display(), r.html.display()));
             eprintln!(
                 "analysis: {} runs, {} time series, {} charts in {:.2} s",
                 r.timings.runs,
@@ -126,7 +132,7 @@ fn run(cli: Cli) -> analysis::Result<ExitCode> {
         }
         Cmd::Compare { base_dir, head_dir, metric, out } => {
             let c = compare::compare(&base_dir, &head_dir, &metric, out.as_deref())?;
-            print!("{}", c.summary_text());
+            emit(&c.summary_text());
             eprintln!("analysis: wrote {}", c.markdown.display());
             Ok(if c.any_regression() { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
@@ -134,7 +140,7 @@ fn run(cli: Cli) -> analysis::Result<ExitCode> {
             let b = best::best(&dir, &metric, workload.as_deref(), defaults.as_deref())?;
             let path = out.unwrap_or_else(|| dir.join(format!("best-{}.toml", b.metric_name)));
             std::fs::write(&path, &b.toml).map_err(|e| analysis::Error::io(&path, "write", e))?;
-            print!("{}", b.toml);
+            emit(&b.toml);
             eprintln!("analysis: wrote {} (run it with `recorder serve --config {}`)", path.display(), path.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -69,6 +69,7 @@ pub fn report(dir: &Path, opts: &ReportOptions) -> Result<ReportOutput> {
     let series_s = t2.elapsed().as_secs_f64();
     let out = opts.out.clone().unwrap_or_else(|| dir.join("report"));
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, "create", e))?;
+    remove_stale_charts(&out)?;
     let t3 = Instant::now();
     let mut doc = Doc::new(format!("Sweep report: {}", dir.display()));
     let mut charts_made = Vec::new();
@@ -93,6 +94,24 @@ pub fn report(dir: &Path, opts: &ReportOptions) -> Result<ReportOutput> {
             series_files: series.len(),
         },
     })
+}
+
+/// Chart file name prefixes this module writes.
+const CHART_PREFIXES: &[&str] =
+    &["throughput-", "latency-", "effects-", "heatmap-", "cpu-per-gib-", "ios-per-syscall-", "ratios-", "timeseries"];
+
+/// Removes charts of an earlier report in the same directory (a heatmap pair that no
+/// longer exists must not linger next to the new report).
+fn remove_stale_charts(out: &Path) -> Result<()> {
+    let rd = std::fs::read_dir(out).map_err(|e| Error::io(out, "list", e))?;
+    for ent in rd.flatten() {
+        let name = ent.file_name().to_string_lossy().to_string();
+        if (name.ends_with(".png") || name.ends_with(".svg")) && CHART_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            let p = ent.path();
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, "remove", e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Recorder workloads, the one with the most runs first.
@@ -197,7 +216,8 @@ fn overview(rs: &ResultSet, sum: &Summary, doc: &mut Doc) {
         "Intervals are 90% intervals of the median over a configuration's ok repetitions (bootstrap, 4000 resamples, \
          fixed seed; order statistics beyond 200 repetitions). Runs whose status is not `ok` are never counted as zero: \
          they are listed under *Unsupported, failed and rejected runs*. Chart labels show only the dimensions that vary \
-         (`knob` = true, `knob=value` otherwise; false is left out); the tables give the full cell.",
+         and only where the value differs from the dimension's first value (`knob` = true, `no-knob` = false, \
+         otherwise the value; `baseline` = every dimension at its first value); the tables give the full cell.",
     );
     if !rs.absent_columns.is_empty() {
         doc.p(format!("runs.csv has no column for: {} (shown as –).", rs.absent_columns.join(", ")));
@@ -292,6 +312,7 @@ fn latency_section(sum: &Summary, wl: &str, out: &Path, tag: &str, doc: &mut Doc
             title: format!("{wl}: ack latency from intended send time{more}"),
             x_label: "ack latency (µs, log scale), median over repetitions".into(),
             series: vec!["p50".into(), "p99".into(), "p99.9".into()],
+            reference: None,
             rows: rank
                 .iter()
                 .take(TOP)
@@ -326,7 +347,7 @@ pub struct Effect {
     pub dim: String,
     pub baseline: String,
     pub value: String,
-    /// Median ratio throughput(value)/throughput(baseline) over matched configurations.
+    /// Geometric mean of throughput(value)/throughput(baseline) over matched configurations.
     pub ratio: f64,
     pub lo: Option<f64>,
     pub hi: Option<f64>,
@@ -354,7 +375,7 @@ pub fn main_effects(rs: &ResultSet, sum: &Summary, rank: &[&Config]) -> Vec<Effe
                 .filter(|x| x.is_finite())
                 .collect();
             if !logs.is_empty() {
-                let ci = stats::bootstrap_median_ci(&logs, 0.90, stats::BOOT_RESAMPLES, stats::BOOT_SEED);
+                let ci = stats::bootstrap_mean_ci(&logs, 0.90, stats::BOOT_RESAMPLES, stats::BOOT_SEED);
                 out.push(Effect {
                     dim: rs.dimensions[k].clone(),
                     baseline: baseline.clone(),
@@ -408,8 +429,9 @@ fn heatmaps_and_effects(
     } else {
         doc.p(
             "Change in throughput when one dimension moves from its first value to another while every other \
-             dimension stays the same: median over the matched pairs of configurations, with a 90% bootstrap \
-             interval over those pairs. Where no configuration pair matches, the ratio of geometric means is shown \
+             dimension stays the same: geometric mean of the ratios over the matched pairs of configurations, with a \
+             90% bootstrap interval over those pairs (a dimension that interacts with another, e.g. ring knobs with \
+             the blocking backend, averages over both; the heatmaps show the interaction). Where no configuration pair matches, the ratio of geometric means is shown \
              without an interval.",
         );
         let c = charts::bar_chart(
@@ -417,7 +439,7 @@ fn heatmaps_and_effects(
             &format!("effects-{tag}"),
             &BarChart {
                 title: "Main effects on throughput (vs the dimension's first value)".into(),
-                x_label: "change in throughput (%), dot = median over matched pairs, line = 90% interval".into(),
+                x_label: "change in throughput (%), dot = geometric mean over matched pairs, line = 90% interval".into(),
                 rows: effects
                     .iter()
                     .map(|e| BarRow {
@@ -474,6 +496,8 @@ fn heatmaps_and_effects(
             pairs.push((dims[i], dims[j]));
         }
     }
+    // Pairs of two strong dimensions first.
+    pairs.sort_by(|a, b| strength(b.0).min(strength(b.1)).total_cmp(&strength(a.0).min(strength(a.1))));
     let total_pairs = pairs.len();
     pairs.truncate(MAX_HEATMAPS);
     doc.h(2, "Two dimensions at a time");
@@ -669,6 +693,7 @@ fn ratios_section(
             title: format!("{wl}: throughput relative to references{more}"),
             x_label: "configuration throughput / reference throughput (log scale; 1 = equal)".into(),
             series: series.clone(),
+            reference: Some(1.0),
             rows: candidates.iter().take(TOP).map(|c| (c.short.clone(), row_vals(c))).collect(),
         },
     )?;

@@ -125,6 +125,24 @@ pub fn bootstrap_median_ci(v: &[f64], level: f64, resamples: usize, seed: u64) -
     Interval { estimate, lo: quantile_sorted(&meds, a), hi: quantile_sorted(&meds, 1.0 - a) }
 }
 
+/// Percentile bootstrap interval of the mean (same generator and quantile rule as
+/// [`bootstrap_median_ci`]).
+pub fn bootstrap_mean_ci(v: &[f64], level: f64, resamples: usize, seed: u64) -> Interval {
+    let n = v.len();
+    if n == 0 {
+        return Interval { estimate: f64::NAN, lo: f64::NAN, hi: f64::NAN };
+    }
+    let estimate = mean(v);
+    if n == 1 {
+        return Interval { estimate, lo: estimate, hi: estimate };
+    }
+    let mut rng = SplitMix64::new(seed);
+    let mut means: Vec<f64> = (0..resamples).map(|_| (0..n).map(|_| v[rng.below(n)]).sum::<f64>() / n as f64).collect();
+    means.sort_by(|a, b| a.total_cmp(b));
+    let a = (1.0 - level) / 2.0;
+    Interval { estimate, lo: quantile_sorted(&means, a), hi: quantile_sorted(&means, 1.0 - a) }
+}
+
 /// Distribution-free interval of the median from order statistics: the ranks j..k with
 /// P(X_(j) <= median <= X_(k)) >= level under Binomial(n, 1/2) (normal approximation with
 /// continuity correction). Used instead of the bootstrap for large samples (n > 200),
