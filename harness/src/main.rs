@@ -21,6 +21,33 @@ enum Cmd {
     Ds(DsArgs),
     /// Replay downloaders and live viewers over HTTP
     Clients(ClientsArgs),
+    /// Run an experiment: every cell with a fresh recorder (or anchor), telemetry, runs.csv
+    Sweep(SweepArgs),
+    /// Expand an experiment and print its cells without running anything
+    Plan(PlanArgs),
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Experiment file (experiments/NAME.toml)
+    experiment: std::path::PathBuf,
+    /// Output directory (default results/NAME-TIMESTAMP)
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Continue a sweep in --out: runs already in runs.csv are skipped
+    #[arg(long)]
+    resume: bool,
+    /// Recorder binary (default: `recorder` next to this harness binary)
+    #[arg(long)]
+    recorder: Option<std::path::PathBuf>,
+    /// A/B mode: build BASE_REV in a temporary worktree and run base and head interleaved
+    #[arg(long, value_name = "BASE_REV")]
+    ab: Option<String>,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    experiment: std::path::PathBuf,
 }
 
 #[derive(Args)]
@@ -202,11 +229,39 @@ fn clients_main(a: ClientsArgs) -> Result<(), String> {
     }
 }
 
+fn plan_main(a: PlanArgs) -> Result<(), String> {
+    let e = harness::experiment::Experiment::load(&a.experiment)?;
+    println!("{}: {} cells ({} excluded), dimensions: {}", e.name, e.cells.len(), e.excluded, e.dims.join(", "));
+    for c in &e.cells {
+        let kv: Vec<String> = c.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("{} {} {}", c.id, c.kind(), kv.join(" "));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Ds(a) => ds_main(a),
         Cmd::Clients(a) => clients_main(a),
+        Cmd::Sweep(a) => {
+            let opts = harness::sweep::SweepOpts {
+                experiment: a.experiment,
+                out: a.out,
+                resume: a.resume,
+                recorder: a.recorder,
+                ab: a.ab,
+                command_line: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            return match harness::sweep::sweep(opts, stop_flag()) {
+                Ok(code) => ExitCode::from(code as u8),
+                Err(e) => {
+                    eprintln!("harness: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Cmd::Plan(a) => plan_main(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
