@@ -1,1 +1,168 @@
-fn main() {}
+//! `analysis`: reports, regression verdicts and the winning configuration from sweep
+//! result directories (docs/results.md, docs/analysis.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use analysis::{best, compare, fixture, report};
+
+#[derive(Parser)]
+#[command(name = "analysis", version, about = "Reports, regression verdicts and the best configuration from uring-lab sweeps")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Writes DIR/report/{report.md,report.html} and every chart as PNG and SVG.
+    Report {
+        /// Sweep directory (holds manifest.json and runs.csv).
+        dir: PathBuf,
+        /// Run whose time series is drawn (default: the median run of the best configuration).
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+        /// Output directory (default DIR/report).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Paired comparison of two sweeps of the same cells; exit code 1 only on a REGRESSION.
+    Compare {
+        base_dir: PathBuf,
+        head_dir: PathBuf,
+        /// Metrics to compare: throughput, p99, cpu (or any runs.csv metric column); repeat or comma-separate.
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["throughput".to_string(), "p99".to_string(), "cpu".to_string()])]
+        metric: Vec<String>,
+        /// Where to write compare.md (charts go next to it); default HEAD_DIR/compare/compare.md.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The best supported configuration, written as a recorder config file (TOML).
+    Best {
+        dir: PathBuf,
+        /// throughput (highest MB/s), p99 (lowest ack p99) or efficiency (lowest CPU s/GiB).
+        #[arg(long, default_value = "throughput")]
+        metric: String,
+        /// Recorder workload to choose for (default: the one with the most runs).
+        #[arg(long)]
+        workload: Option<String>,
+        /// Knob defaults: docs/options.md (from `recorder options --markdown`); found automatically when omitted.
+        #[arg(long)]
+        defaults: Option<PathBuf>,
+        /// Output file (default DIR/best-METRIC.toml).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Writes a synthetic sweep directory (for tests, benchmarks and trying reports).
+    GenFixture {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 864)]
+        runs: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// `revision` column (head, base).
+        #[arg(long, default_value = "head")]
+        revision: String,
+        /// Fraction of throughput lost by every recorder run (0.15 = 15% slower).
+        #[arg(long, default_value_t = 0.0)]
+        slowdown: f64,
+        /// Run-to-run noise: sd of ln(throughput).
+        #[arg(long, default_value_t = 0.02)]
+        noise: f64,
+        /// Repetitions per cell (cells = runs / reps, at most the full product).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Samples per time series (0: none).
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        /// Noise shared with fixtures given the same value (an interleaved A/B sweep).
+        #[arg(long)]
+        shared_noise_seed: Option<u64>,
+    },
+    /// Times `report` on a synthetic sweep of N runs with time series (default 100,000).
+    BenchScale {
+        #[arg(long, default_value_t = 100_000)]
+        runs: usize,
+        /// Where to put the synthetic sweep (default: a directory under /tmp, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("analysis: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                eprintln!("  caused by: {s}");
+                src = s.source();
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn emit(s: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(s.as_bytes()).and_then(|_| o.flush());
+}
+
+fn run(cli: Cli) -> analysis::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Report { dir, run, out } => {
+            let r = report::report(&dir, &report::ReportOptions { run, out })?;
+            emit(&format!("{}\n{}\n", r.markdown.display(), r.html.display()));
+            eprintln!(
+                "analysis: {} runs, {} time series, {} charts in {:.2} s",
+                r.timings.runs,
+                r.timings.series_files,
+                r.charts.len(),
+                r.timings.total_s
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Compare { base_dir, head_dir, metric, out } => {
+            let c = compare::compare(&base_dir, &head_dir, &metric, out.as_deref())?;
+            emit(&c.summary_text());
+            eprintln!("analysis: wrote {}", c.markdown.display());
+            Ok(if c.any_regression() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Cmd::Best { dir, metric, workload, defaults, out } => {
+            let b = best::best(&dir, &metric, workload.as_deref(), defaults.as_deref())?;
+            let path = out.unwrap_or_else(|| dir.join(format!("best-{}.toml", b.metric_name)));
+            std::fs::write(&path, &b.toml).map_err(|e| analysis::Error::io(&path, "write", e))?;
+            emit(&b.toml);
+            eprintln!("analysis: wrote {} (run it with `recorder serve --config {}`)", path.display(), path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::GenFixture { dir, runs, seed, revision, slowdown, noise, reps, samples, shared_noise_seed } => {
+            let spec = fixture::FixtureSpec {
+                runs,
+                seed,
+                revision,
+                slowdown,
+                noise,
+                reps,
+                samples,
+                anchors: true,
+                shared_noise_seed,
+            };
+            let info = fixture::generate(&dir, &spec)?;
+            eprintln!("analysis: {} runs in {} cells written to {}", info.runs, info.cells, dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchScale { runs, dir, samples } => {
+            analysis::bench::bench_scale(runs, dir, samples)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -9,7 +9,8 @@
 //!
 //! Ours: MB/s (10^6), IOPS, I/Os per system call (io_uring_enter calls on the ring backend),
 //! CPU seconds per GiB (getrusage user+sys of the process over the measured window).
-//! fio: MB/s, IOPS and CPU s/GiB from its JSON (`usr_cpu + sys_cpu` over `job_runtime`).
+//! fio: MB/s and IOPS from its JSON; CPU s/GiB from getrusage(RUSAGE_CHILDREN) around the
+//! fio process (fio's own `usr_cpu`/`sys_cpu` are per job thread and miss io-wq/SQPOLL).
 //!
 //! What fio cannot express is said, and that pattern gets no fio figure rather than a
 //! figure for something else: RWF_DSYNC, time-based group commit, READV/WRITEV_FIXED
@@ -44,6 +45,8 @@ pub struct BenchSpec {
     pub repeat: usize,
     /// fio binary.
     pub fio_bin: String,
+    /// How write runs treat the file (the same for fio).
+    pub write_mode: WriteMode,
 }
 
 impl BenchSpec {
@@ -57,6 +60,7 @@ impl BenchSpec {
             fio: false,
             repeat: 3,
             fio_bin: "fio".into(),
+            write_mode: WriteMode::Fresh,
         }
     }
 }
@@ -70,6 +74,9 @@ pub struct Measurement {
     pub ios_per_syscall: Option<f64>,
     pub cpu_s_per_gib: f64,
     pub elapsed_s: f64,
+    /// GiB moved (fio parsing only).
+    #[doc(hidden)]
+    pub gib: Option<f64>,
 }
 
 impl From<&JobResult> for Measurement {
@@ -80,6 +87,7 @@ impl From<&JobResult> for Measurement {
             ios_per_syscall: Some(r.ios_per_syscall()),
             cpu_s_per_gib: r.cpu_s_per_gib(),
             elapsed_s: r.elapsed_s,
+            gib: None,
         }
     }
 }
@@ -132,6 +140,7 @@ fn med(v: &[Measurement]) -> Option<Measurement> {
         ios_per_syscall: median(v.iter().filter_map(|m| m.ios_per_syscall).collect()),
         cpu_s_per_gib: median(v.iter().map(|m| m.cpu_s_per_gib).collect())?,
         elapsed_s: median(v.iter().map(|m| m.elapsed_s).collect())?,
+        gib: None,
     })
 }
 
@@ -250,10 +259,33 @@ pub fn fio_args(spec: &BenchSpec, pattern: Pattern, path: &Path, direct_effectiv
     Ok(a)
 }
 
-/// fio options for the [ring] configuration (fio can only express IOPOLL, SQPOLL and
-/// SQ_AFF; it always forces its own COOP_TASKRUN / SINGLE_ISSUER / DEFER_TASKRUN).
-fn ring_fio_args(_cfg: &Config) -> Result<Vec<String>, String> {
-    Ok(Vec::new())
+/// The setup flags fio 3.33's io_uring engine always asks for (seen with strace):
+/// CQSIZE | COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN (it drops those it gets EINVAL
+/// for, e.g. with SQPOLL). Ours are whatever [ring] says; both are printed.
+pub const FIO_FORCED_FLAGS: &str = "IORING_SETUP_CQSIZE|IORING_SETUP_COOP_TASKRUN|IORING_SETUP_SINGLE_ISSUER|IORING_SETUP_DEFER_TASKRUN";
+
+/// fio options for the [ring] configuration. fio can express IOPOLL (hipri), SQPOLL
+/// (sqthread_poll) and SQ_AFF (sqthread_poll_cpu); other flags it cannot switch, so they
+/// are reported side by side rather than refused.
+fn ring_fio_args(cfg: &Config) -> Result<Vec<String>, String> {
+    let r = &cfg.ring;
+    let mut a = Vec::new();
+    if r.hybrid_iopoll {
+        return Err("fio 3.33 has no HYBRID_IOPOLL".into());
+    }
+    if r.iopoll {
+        a.push("--hipri=1".to_string());
+    }
+    if r.sqpoll {
+        a.push("--sqthread_poll=1".to_string());
+        if let Some(cpu) = r.sq_thread_cpu {
+            a.push(format!("--sqthread_poll_cpu={cpu}"));
+        }
+        if r.sq_thread_idle_ms.is_some() {
+            return Err("fio has no option for the SQPOLL idle time (sq-thread-idle-ms)".into());
+        }
+    }
+    Ok(a)
 }
 
 fn fio_version(bin: &str) -> Result<String, BenchError> {
@@ -266,7 +298,9 @@ fn fio_version(bin: &str) -> Result<String, BenchError> {
 
 /// Runs fio once and parses its JSON.
 fn run_fio(bin: &str, args: &[String], pattern: Pattern) -> Result<Measurement, BenchError> {
+    let (u0, s0) = fs::children_cpu_times();
     let o = Command::new(bin).args(args).output().map_err(|e| BenchError::Fio(format!("cannot run {bin:?}: {e}")))?;
+    let (u1, s1) = fs::children_cpu_times();
     let out = String::from_utf8_lossy(&o.stdout);
     if !o.status.success() {
         return Err(BenchError::Fio(format!(
@@ -277,7 +311,14 @@ fn run_fio(bin: &str, args: &[String], pattern: Pattern) -> Result<Measurement, 
             out.trim()
         )));
     }
-    parse_fio_json(&out, pattern).map_err(BenchError::Fio)
+    let mut m = parse_fio_json(&out, pattern).map_err(BenchError::Fio)?;
+    // fio's own usr_cpu/sys_cpu come from getrusage(RUSAGE_THREAD) of its job thread and
+    // leave out io_uring's io-wq and SQPOLL threads, which our figure includes: count
+    // the whole fio process instead (its start-up is included, a small overstatement).
+    if let Some(gib) = m.gib.filter(|&g| g > 0.0) {
+        m.cpu_s_per_gib = ((u1 - u0) + (s1 - s0)) / gib;
+    }
+    Ok(m)
 }
 
 /// Parses fio's `--output-format=json` (one job or group-reported jobs).
@@ -302,7 +343,7 @@ pub fn parse_fio_json(text: &str, pattern: Pattern) -> Result<Measurement, Strin
     if io_bytes <= 0.0 || runtime_ms <= 0.0 {
         return Err("fio moved no data".into());
     }
-    Ok(Measurement { mbps: bw / 1e6, iops, ios_per_syscall: None, cpu_s_per_gib: cpu_s / gib, elapsed_s: runtime_ms / 1000.0 })
+    Ok(Measurement { mbps: bw / 1e6, iops, ios_per_syscall: None, cpu_s_per_gib: cpu_s / gib, elapsed_s: runtime_ms / 1000.0, gib: Some(gib) })
 }
 
 fn drop_cache(path: &Path) {
@@ -323,7 +364,8 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
     let repeat = spec.repeat.max(1);
     for &pattern in &spec.patterns {
         let path = if pattern.is_write() { &wpath } else { &rpath };
-        if !pattern.is_write() {
+        let needs_layout = !pattern.is_write() || spec.write_mode == WriteMode::Overwrite;
+        if needs_layout {
             let ok = std::fs::metadata(path).map(|m| m.len() >= spec.size).unwrap_or(false);
             if !ok {
                 fileio::lay_out(path, spec.size, spec.cfg.file.block_size.max(1 << 20), 1)?;
@@ -331,14 +373,24 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
         }
         let mut job = Job::new(path, spec.size, pattern);
         job.fill = Fill::Once;
-        job.write_mode = WriteMode::Fresh;
+        job.write_mode = spec.write_mode;
+        // Puts the file in the same state before each run, ours or fio's.
+        let reset = |path: &Path| -> Result<(), BenchError> {
+            if !pattern.is_write() || spec.write_mode == WriteMode::Overwrite {
+                drop_cache(path);
+                return Ok(());
+            }
+            let _ = std::fs::remove_file(path);
+            if spec.write_mode == WriteMode::Sparse {
+                let fd = fs::open(path, fs::OpenFlags { write: true, create: true, ..Default::default() })
+                    .map_err(|e| FileIoError::Io { what: format!("create {}", path.display()), err: e })?;
+                fs::truncate(&fd, spec.size).map_err(|e| FileIoError::Io { what: "ftruncate".into(), err: e })?;
+            }
+            Ok(())
+        };
         let mut pr: Option<PatternResult> = None;
         for _ in 0..repeat {
-            if pattern.is_write() {
-                let _ = std::fs::remove_file(path);
-            } else {
-                drop_cache(path);
-            }
+            reset(path)?;
             let r = fileio::run(&job, &spec.cfg, spec.backend)?;
             let p = pr.get_or_insert_with(|| {
                 let (fio_command, fio_skipped) = if spec.fio {
@@ -362,15 +414,11 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
             p.ours.push(Measurement::from(&r));
             if p.fio_command.is_some() {
                 let args = fio_args(spec, pattern, path, r.effective.direct).map_err(BenchError::Fio)?;
-                if pattern.is_write() {
-                    let _ = std::fs::remove_file(path);
-                } else {
-                    drop_cache(path);
-                }
+                reset(path)?;
                 p.fio.push(run_fio(&spec.fio_bin, &args, pattern)?);
             }
         }
-        if pattern.is_write() {
+        if pattern.is_write() && spec.write_mode != WriteMode::Overwrite {
             let _ = std::fs::remove_file(path);
         }
         results.extend(pr);
@@ -384,8 +432,9 @@ impl BenchResult {
         let s = &self.spec;
         let f = &s.cfg.file;
         let mut out = format!(
-            "io-bench: backend={} size={} bs={} qd={} direct={} write-op={} read-op={} register-buffers={} register-files={} durability={} runs={} (median)\n",
+            "io-bench: backend={} write-mode={} size={} bs={} qd={} direct={} write-op={} read-op={} register-buffers={} register-files={} durability={} runs={} (median)\n",
             s.backend.name(),
+            s.write_mode.name(),
             format_bytes(s.size),
             format_bytes(f.block_size),
             f.io_depth,
@@ -427,8 +476,15 @@ impl BenchResult {
                 out.push_str(&format!("{}: O_DIRECT off (direct=optional): {why}\n", r.pattern.name()));
             }
         }
+        if let Some(ring) = self.results.iter().find_map(|r| r.effective.ring.as_ref()) {
+            out.push_str(&format!("our ring: flags {} sq {} cq {}\n", ring.flag_names, ring.sq_entries, ring.cq_entries));
+        }
         if let Some(v) = &self.fio_version {
-            out.push_str(&format!("fio: {v}; fio's io_uring engine forces its own setup flags (COOP_TASKRUN/SINGLE_ISSUER/DEFER_TASKRUN where available)\n"));
+            if s.backend == Backend::Uring {
+                out.push_str(&format!("fio: {v}; its io_uring engine always asks for {FIO_FORCED_FLAGS}\n"));
+            } else {
+                out.push_str(&format!("fio: {v}\n"));
+            }
             for r in &self.results {
                 if let Some(c) = &r.fio_command {
                     out.push_str(&format!("  {}: {c}\n", r.pattern.name()));
@@ -445,6 +501,7 @@ impl BenchResult {
         let s = &self.spec;
         json!({
             "backend": s.backend.name(),
+            "write_mode": s.write_mode.name(),
             "size": s.size,
             "repeat": s.repeat.max(1),
             "config": s.cfg.to_pairs().into_iter().filter(|(k, _)| k.starts_with("file.") || k.starts_with("ring.")).collect::<std::collections::BTreeMap<_, _>>(),
@@ -461,6 +518,7 @@ impl BenchResult {
                 "fio_skipped": r.fio_skipped,
                 "syncs": r.syncs,
                 "effective": {
+                    "ring": r.effective.ring,
                     "direct": r.effective.direct,
                     "direct_fallback_reason": r.effective.direct_fallback_reason,
                     "dio_mem_align": r.effective.align.map(|a| a.mem_align),
@@ -492,6 +550,13 @@ fn command() -> clap::Command {
         .arg(clap::Arg::new("fio").long("fio").action(clap::ArgAction::SetTrue).help("Also run fio with the equivalent settings, alternating"))
         .arg(clap::Arg::new("repeat").long("repeat").value_name("N").default_value("3").help("Runs per side and pattern (median reported)"))
         .arg(clap::Arg::new("fio-bin").long("fio-bin").value_name("PATH").default_value("fio").help("fio binary"))
+        .arg(
+            clap::Arg::new("write-mode")
+                .long("write-mode")
+                .value_name("fresh|sparse|overwrite")
+                .default_value("fresh")
+                .help("Write runs: fresh = new empty file, every write extends it (fio's default); sparse = ftruncate'd to the size first; overwrite = existing blocks"),
+        )
         .arg(clap::Arg::new("json").long("json").action(clap::ArgAction::SetTrue).help("Print one JSON object"))
         .arg(clap::Arg::new("config").long("config").value_name("FILE").help("TOML configuration file, applied before the options"));
     config::add_knob_args(cmd)
@@ -549,6 +614,7 @@ pub fn parse_args(args: Vec<String>) -> Result<(BenchSpec, bool), String> {
     spec.fio = m.get_flag("fio");
     spec.repeat = repeat;
     spec.fio_bin = m.get_one::<String>("fio-bin").expect("default").clone();
+    spec.write_mode = WriteMode::parse(m.get_one::<String>("write-mode").expect("default")).map_err(|e| format!("--write-mode: {e}"))?;
     if spec.cfg.file.direct == Direct::Off && spec.fio {
         eprintln!("io-bench: note: direct=off: buffered results depend on the page cache state");
     }

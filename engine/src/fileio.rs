@@ -96,14 +96,35 @@ pub enum Fill {
     Once,
 }
 
-/// How a write job treats an existing file.
+/// How a write job treats the file (each is a different workload for the filesystem).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteMode {
-    /// Truncate to 0, then preallocate (prealloc) or extend with ftruncate to the size:
-    /// every block is written for the first time (what a recorder does with a new file).
+    /// Truncate to 0 and append: every write extends the file (what a recorder does with
+    /// a new replay file, and what fio does with a file it creates). Extending O_DIRECT
+    /// writes take the inode lock exclusively on ext4 and xfs.
     Fresh,
-    /// Keep the file's blocks and overwrite them in place (extended first if short).
+    /// Truncate to 0, then ftruncate to the job size: writes land in holes inside i_size.
+    Sparse,
+    /// Overwrite the blocks of an existing file at least the job size long.
     Overwrite,
+}
+
+impl WriteMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteMode::Fresh => "fresh",
+            WriteMode::Sparse => "sparse",
+            WriteMode::Overwrite => "overwrite",
+        }
+    }
+    pub fn parse(s: &str) -> Result<WriteMode, String> {
+        match s {
+            "fresh" => Ok(WriteMode::Fresh),
+            "sparse" => Ok(WriteMode::Sparse),
+            "overwrite" => Ok(WriteMode::Overwrite),
+            _ => Err(format!("unknown write mode {s:?}: expected fresh, sparse or overwrite")),
+        }
+    }
 }
 
 /// One job: a file, a size, a pattern; the options come from a [`Config`].
@@ -147,6 +168,8 @@ pub struct Effective {
     pub align: Option<DioAlign>,
     /// Ring setup flags in force (uring backend).
     pub ring_flags: Option<u32>,
+    /// The ring's requested vs effective configuration (uring backend).
+    pub ring: Option<crate::uring::Effective>,
     pub registered_buffers: bool,
     pub registered_files: bool,
     /// Operations in flight at most (queue depth or threads).
@@ -167,6 +190,8 @@ pub struct JobResult {
     pub syscalls: u64,
     /// fdatasync (or fsync DATASYNC ops) issued by the durability policy.
     pub syncs: u64,
+    /// Times the ring's SQ was full and had to be submitted before a push (ring backend).
+    pub sq_full_retries: u64,
     pub effective: Effective,
 }
 
@@ -193,8 +218,8 @@ pub enum FileIoError {
     Config(ConfigError),
     /// The kernel or device cannot do what was asked: report as "unsupported".
     Unsupported { what: String, reason: String },
-    /// io_uring is forbidden by `kernel.io_uring_disabled`.
-    UringDisabled { sysctl: u32 },
+    /// io_uring is forbidden here (`kernel.io_uring_disabled`, seccomp, LSM).
+    UringDisabled { reason: String },
     /// A syscall failed.
     Io { what: String, err: io::Error },
     /// Bytes read differ from what was written.
@@ -206,9 +231,9 @@ impl fmt::Display for FileIoError {
         match self {
             FileIoError::Config(e) => write!(f, "{e}"),
             FileIoError::Unsupported { what, reason } => write!(f, "unsupported: {what}: {reason}"),
-            FileIoError::UringDisabled { sysctl } => write!(
+            FileIoError::UringDisabled { reason } => write!(
                 f,
-                "io_uring is disabled on this machine (sysctl kernel.io_uring_disabled = {sysctl}): use --backend blocking, or allow io_uring with `sysctl kernel.io_uring_disabled=0`"
+                "io_uring is disabled on this machine ({reason}): use --backend blocking, or allow io_uring with `sysctl kernel.io_uring_disabled=0`"
             ),
             FileIoError::Io { what, err } => write!(f, "{what}: {err}"),
             FileIoError::Verify { offset, detail } => write!(f, "data read back at offset {offset} differs from what was written: {detail}"),
@@ -383,33 +408,27 @@ pub fn make_arena(cfg: &Config, slots_min: usize, align: Option<DioAlign>) -> Re
 /// Prepares the file of a job: for writes, truncate (Fresh) and extend; for reads, checks
 /// the file is at least `size` bytes. Returns nothing; preallocation is the backend's.
 fn prepare(job: &Job, of: &OpenFile) -> Result<(), FileIoError> {
-    if job.pattern.is_write() {
-        if job.write_mode == WriteMode::Fresh {
-            fs::truncate(&of.fd, 0).map_err(io_err("ftruncate to 0"))?;
-        }
-    } else {
+    let must_exist = !job.pattern.is_write() || job.write_mode == WriteMode::Overwrite;
+    if must_exist {
         let sz = fs::file_size(&of.fd).map_err(io_err("statx size"))?;
         if sz < job.size {
             return Err(FileIoError::Io {
-                what: format!("read job on {}", job.path.display()),
+                what: format!("{} job on {}", job.pattern.name(), job.path.display()),
                 err: io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("the file has {sz} bytes but the job reads {}: write it first (lay_out)", job.size),
+                    format!("the file has {sz} bytes but the job needs {}: write it first (fileio::lay_out)", job.size),
                 ),
             });
         }
+    } else {
+        fs::truncate(&of.fd, 0).map_err(io_err("ftruncate to 0"))?;
     }
     Ok(())
 }
 
 fn extend_after_prealloc(job: &Job, cfg: &Config, of: &OpenFile) -> Result<(), FileIoError> {
-    // Without preallocation, extend with ftruncate so writes land inside i_size (as fio
-    // does): extending O_DIRECT writes serialise on the inode lock in ext4 and xfs.
-    if job.pattern.is_write() && !cfg.file.prealloc {
-        let sz = fs::file_size(&of.fd).map_err(io_err("statx size"))?;
-        if sz < job.size {
-            fs::truncate(&of.fd, job.size).map_err(io_err("ftruncate to the job size"))?;
-        }
+    if job.pattern.is_write() && job.write_mode == WriteMode::Sparse && !cfg.file.prealloc {
+        fs::truncate(&of.fd, job.size).map_err(io_err("ftruncate to the job size"))?;
     }
     Ok(())
 }
@@ -444,13 +463,12 @@ fn rw_flags(cfg: &Config, write: bool) -> i32 {
 /// do what was asked, else to an I/O error.
 fn map_io_error(err: io::Error, cfg: &Config, ring_flags: Option<u32>, what: &str) -> FileIoError {
     let errno = err.raw_os_error();
-    if errno == Some(libc::EOPNOTSUPP) || errno == Some(libc::EINVAL) {
-        if ring_flags.is_some_and(|f| f & IORING_SETUP_IOPOLL != 0) && errno == Some(libc::EOPNOTSUPP) {
-            return FileIoError::Unsupported {
-                what: "IORING_SETUP_IOPOLL".into(),
-                reason: "unsupported on this device: polled I/O needs a block device with poll queues (/sys/block/<dev>/queue/io_poll = 1) and direct=required".into(),
-            };
+    if let (Some(flags), Some(no)) = (ring_flags, errno) {
+        if let crate::uring::IoErrorClass::Unsupported { what, reason } = crate::uring::classify_io_error(flags, no) {
+            return FileIoError::Unsupported { what, reason };
         }
+    }
+    if errno == Some(libc::EOPNOTSUPP) || errno == Some(libc::EINVAL) {
         if cfg.file.uncached {
             return FileIoError::Unsupported {
                 what: "uncached (RWF_DONTCACHE)".into(),
@@ -506,22 +524,23 @@ pub fn lay_out(path: &Path, size: u64, block_size: u64, seed: u64) -> Result<(),
 }
 
 /// The ring type the uring backend uses.
-pub type EngineRing = crate::sys::fileops::CrateRing;
+pub type EngineRing = crate::sys::ring::Ring;
 
-/// Builds the ring for a job with at least `entries` SQ entries.
-pub fn build_ring(_cfg: &Config, entries: u32) -> Result<EngineRing, FileIoError> {
-    let entries = entries.next_power_of_two().max(8);
-    crate::sys::fileops::CrateRing::new(entries, &io_uring::IoUring::builder()).map_err(|e| ring_setup_error(e))
+/// Builds the ring for a job from the [ring] configuration (`uring::build`): requested
+/// flags are used as given or the job fails; nothing is dropped.
+pub fn build_ring(cfg: &Config) -> Result<(EngineRing, crate::uring::Effective), FileIoError> {
+    crate::uring::build(&cfg.ring, None).map_err(ring_error)
 }
 
-/// Turns a ring setup failure into the clearest error: io_uring disabled by sysctl first.
-pub fn ring_setup_error(e: io::Error) -> FileIoError {
-    if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::ENOSYS) {
-        if let Some(v) = fs::io_uring_disabled().filter(|&v| v != 0) {
-            return FileIoError::UringDisabled { sysctl: v };
-        }
+/// Maps a ring build failure to the engine's error, keeping "unsupported" and "disabled".
+pub fn ring_error(e: crate::uring::RingError) -> FileIoError {
+    use crate::uring::RingError;
+    match e {
+        RingError::Config(c) => FileIoError::Config(c),
+        RingError::Disabled { reason } => FileIoError::UringDisabled { reason },
+        RingError::Unsupported { what, reason } => FileIoError::Unsupported { what, reason },
+        k @ RingError::Kernel { .. } => FileIoError::Io { what: "ring setup".into(), err: io::Error::other(k.to_string()) },
     }
-    FileIoError::Io { what: "io_uring_setup".into(), err: e }
 }
 
 struct GroupCommit {
@@ -557,16 +576,13 @@ impl GroupCommit {
     }
 }
 
-/// `IORING_SETUP_IOPOLL` (bit 0).
-pub const IORING_SETUP_IOPOLL: u32 = 1;
-
 const TAG_SYNC: u64 = u64::MAX;
 const TAG_FALLOC: u64 = u64::MAX - 1;
 
 fn run_uring(job: &Job, cfg: &Config, of: OpenFile) -> Result<JobResult, FileIoError> {
     let f = &cfg.file;
     let qd = f.io_depth as usize;
-    let ring = build_ring(cfg, f.io_depth + 2)?;
+    let (ring, ring_eff) = build_ring(cfg)?;
     let ring_flags = ring.setup_flags();
     let mut ops = FileOps::new(ring, qd + 2);
     let arena = make_arena(cfg, qd, of.align)?;
@@ -585,6 +601,10 @@ fn run_uring(job: &Job, cfg: &Config, of: OpenFile) -> Result<JobResult, FileIoE
     } else {
         run_uring_loop(job, cfg, &of, &arena, &mut ops, Fd(raw), ring_flags)
     }
+    .map(|mut r| {
+        r.effective.ring = Some(ring_eff);
+        r
+    })
 }
 
 fn fill_all_once(arena: &Arena) {
@@ -722,12 +742,14 @@ fn run_uring_loop<R: RingOps, T: FileTarget>(
         cpu_sys_s: s1 - s0,
         syscalls: ops.enter_calls() - enters0,
         syncs,
+        sq_full_retries: ops.sq_full_retries(),
         effective: Effective {
             backend: Backend::Uring,
             direct: of.direct,
             direct_fallback_reason: of.direct_fallback_reason.clone(),
             align: of.align,
             ring_flags: Some(ring_flags),
+            ring: None,
             registered_buffers: f.register_buffers,
             registered_files: f.register_files,
             io_depth: f.io_depth,
@@ -912,12 +934,14 @@ fn run_blocking(job: &Job, cfg: &Config, of: OpenFile) -> Result<JobResult, File
         cpu_sys_s: s1 - s0,
         syscalls: sh.syscalls.load(Ordering::Relaxed),
         syncs: sh.syncs.load(Ordering::Relaxed),
+        sq_full_retries: 0,
         effective: Effective {
             backend: Backend::Blocking,
             direct: of.direct,
             direct_fallback_reason: of.direct_fallback_reason.clone(),
             align: of.align,
             ring_flags: None,
+            ring: None,
             registered_buffers: false,
             registered_files: false,
             io_depth: f.io_depth,

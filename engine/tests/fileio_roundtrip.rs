@@ -86,6 +86,44 @@ fn round_trip_default_ring() {
 }
 
 #[test]
+fn round_trip_sqpoll() {
+    matrix("sqpoll", &[("ring.sqpoll", "true"), ("ring.sq-thread-idle-ms", "10")]);
+}
+
+#[test]
+fn round_trip_single_issuer_defer_taskrun() {
+    matrix("defer", &[("ring.single-issuer", "true"), ("ring.defer-taskrun", "true")]);
+}
+
+#[test]
+fn round_trip_coop_taskrun_flag() {
+    matrix("coop", &[("ring.coop-taskrun", "true"), ("ring.taskrun-flag", "true")]);
+}
+
+#[test]
+fn round_trip_no_mmap_registered_fd_only() {
+    matrix("nommap", &[("ring.no-mmap", "true"), ("ring.registered-fd-only", "true"), ("ring.no-sqarray", "true")]);
+}
+
+#[test]
+fn round_trip_small_rings_submit_on_full_sq() {
+    // An SQ of 2 entries with io-depth 4: pushes find the SQ full and submit first.
+    matrix("smallsq", &[("ring.sq-entries", "2"), ("ring.cq-entries", "8"), ("ring.r-disabled", "true"), ("ring.submit-all", "true")]);
+}
+
+#[test]
+fn full_submission_queue_is_submitted_and_retried() {
+    let dir = tmpdir("sqfull");
+    let c = base(&[("ring.sq-entries", "2"), ("ring.cq-entries", "8")], "off", false);
+    let mut job = Job::new(dir.join("data"), SIZE, Pattern::Write);
+    job.fill = Fill::Seeded(9);
+    let r = fileio::run(&job, &c, Backend::Uring).unwrap();
+    assert!(r.sq_full_retries > 0, "io-depth 4 on a 2-entry SQ never found it full");
+    assert!(std::fs::read(dir.join("data")).unwrap() == fileio::expected_file(9, SIZE, BS));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn round_trip_blocking_backend() {
     let dir = tmpdir("blocking");
     let path = dir.join("data");

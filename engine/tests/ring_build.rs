@@ -297,6 +297,16 @@ fn attach_wq_shares_the_first_rings_io_wq() {
     assert_eq!(e2.attach_wq, "attached");
     assert!(e2.flags & IORING_SETUP_ATTACH_WQ != 0);
     assert_eq!(file_io(&mut second, "attach", false, false), Outcome::Ok);
+    // With SQPOLL, attaching shares the first ring's SQ thread too.
+    let c = cfg(|c| {
+        c.attach_wq = AttachWq::First;
+        c.sqpoll = true;
+    });
+    let (first, e1) = uring::build(&c, None).unwrap();
+    let (mut second, e2) = uring::build(&c, Some(&first)).unwrap();
+    assert!(e1.sq_thread_pid.is_some());
+    assert_eq!(e1.sq_thread_pid, e2.sq_thread_pid, "one SQ thread for both rings");
+    assert_eq!(file_io(&mut second, "attach-sqpoll", false, false), Outcome::Ok);
 }
 
 #[test]
@@ -485,11 +495,82 @@ fn kernel_refusal_names_errno_and_flags() {
         sq_entries: 8,
         ..Default::default()
     };
-    let e = Ring::setup(&p).err().expect("SQ_AFF on cpu 4000 must fail");
+    let e = Ring::setup(&p).expect_err("SQ_AFF on cpu 4000 must fail");
     let msg = uring::classify_setup_error(&e).to_string();
     assert!(msg.contains("EINVAL"), "{msg}");
     assert!(
         msg.contains("IORING_SETUP_SQPOLL|IORING_SETUP_SQ_AFF"),
         "{msg}"
     );
+}
+
+#[test]
+fn setup_errors_are_classified() {
+    use engine::sys::ring::SetupError;
+    use engine::uring::{classify_setup_error, RingError};
+    // SQE_MIXED is 6.19: on an older kernel the refusal is "unsupported, needs 6.19".
+    let e = Ring::setup(&engine::sys::ring::SetupParams {
+        flags: IORING_SETUP_SQE_MIXED,
+        sq_entries: 8,
+        ..Default::default()
+    })
+    .err();
+    let running = uring::kernel_version().unwrap();
+    if running < (6, 19) {
+        match classify_setup_error(&e.expect("6.18 refuses SQE_MIXED")) {
+            RingError::Unsupported { what, reason } => {
+                assert!(
+                    what.contains("IORING_SETUP_SQE_MIXED (Linux 6.19+)"),
+                    "{what}"
+                );
+                assert!(reason.contains("EINVAL"), "{reason}");
+            }
+            o => panic!("{o}"),
+        }
+    }
+    let eperm = SetupError {
+        errno: libc::EPERM,
+        flags: 0,
+        message: String::new(),
+    };
+    match classify_setup_error(&eperm) {
+        RingError::Disabled { reason } => assert!(reason.contains("blocking"), "{reason}"),
+        o => panic!("{o}"),
+    }
+    let enosys = SetupError {
+        errno: libc::ENOSYS,
+        flags: 0,
+        message: String::new(),
+    };
+    assert!(matches!(
+        classify_setup_error(&enosys),
+        RingError::Unsupported { .. }
+    ));
+    let other = SetupError {
+        errno: libc::ENOMEM,
+        flags: IORING_SETUP_SQPOLL,
+        message: "x".into(),
+    };
+    let s = classify_setup_error(&other).to_string();
+    assert!(
+        s.contains("ENOMEM") && s.contains("IORING_SETUP_SQPOLL"),
+        "{s}"
+    );
+}
+
+#[test]
+fn effective_serializes_requested_and_in_force() {
+    let (_, eff) = build(&cfg(|c| {
+        c.sqpoll = true;
+        c.cq_entries = Some(64);
+    }));
+    let v = serde_json::to_value(&eff).unwrap();
+    assert_eq!(
+        v["requested_flag_names"],
+        "IORING_SETUP_SQPOLL|IORING_SETUP_CQSIZE"
+    );
+    assert_eq!(v["flag_names"], v["requested_flag_names"]);
+    assert_eq!(v["cq_entries"], 64);
+    assert!(v["sq_thread_pid"].as_i64().unwrap() > 0);
+    assert!(v["fdinfo"]["SqThread"].is_string());
 }

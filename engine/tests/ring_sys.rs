@@ -166,3 +166,191 @@ fn probe_lists_read_fixed() {
     );
     assert!(ops.len() > 40);
 }
+
+#[test]
+fn no_mmap_large_rings_span_many_pages() {
+    for flags in [
+        IORING_SETUP_NO_MMAP,
+        IORING_SETUP_NO_MMAP | IORING_SETUP_SQE128 | IORING_SETUP_CQE32,
+    ] {
+        let mut r = Ring::setup(&SetupParams {
+            flags,
+            sq_entries: 4096,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((r.sq_entries(), r.cq_entries()), (4096, 8192));
+        // Fill the whole SQ, then reap all of it in batches.
+        for i in 0..4096u64 {
+            // SAFETY: NOP references no memory.
+            unsafe { r.push(&opcode::Nop::new().build().user_data(i)).unwrap() };
+        }
+        assert_eq!(r.sq_space_left(), 0);
+        // SAFETY: as above.
+        assert!(
+            unsafe { r.push(&opcode::Nop::new().build()) }.is_err(),
+            "SQ full is reported"
+        );
+        assert_eq!(r.submit_and_wait(4096).unwrap(), 4096);
+        let mut seen = vec![false; 4096];
+        let n = r.reap(usize::MAX, |c| {
+            assert_eq!(c.res, 0);
+            seen[c.user_data as usize] = true;
+        });
+        assert_eq!(n, 4096);
+        assert!(seen.iter().all(|&s| s));
+        assert!(r.pop_cqe().is_none());
+    }
+}
+
+#[test]
+fn wait_with_timeout_returns_without_completions() {
+    for flags in [
+        0,
+        IORING_SETUP_SQPOLL,
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+    ] {
+        let mut r = setup(flags);
+        let t = std::time::Instant::now();
+        assert_eq!(
+            r.submit_and_wait_timeout(1, std::time::Duration::from_millis(30))
+                .unwrap(),
+            0
+        );
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(25),
+            "returned before the timeout"
+        );
+        assert!(r.pop_cqe().is_none());
+        // With a completion pending it returns it.
+        // SAFETY: NOP references no memory.
+        unsafe { r.push(&opcode::Nop::new().build().user_data(5)).unwrap() };
+        r.submit_and_wait_timeout(1, std::time::Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(wait_one(&mut r).user_data, 5);
+    }
+}
+
+#[test]
+fn no_syscall_when_completions_already_visible() {
+    let mut r = setup(0);
+    for i in 0..4 {
+        // SAFETY: NOP references no memory.
+        unsafe { r.push(&opcode::Nop::new().build().user_data(i)).unwrap() };
+    }
+    r.submit_and_wait(4).unwrap();
+    let calls = r.enter_calls();
+    r.submit_and_wait(3).unwrap();
+    r.submit().unwrap();
+    assert_eq!(
+        r.enter_calls(),
+        calls,
+        "nothing to submit and enough completions: no enter"
+    );
+    assert_eq!(r.cq_ready(), 4);
+}
+
+#[test]
+fn sqpoll_full_sq_waits_for_space() {
+    let mut r = setup(IORING_SETUP_SQPOLL);
+    let mut pushed = 0u64;
+    let mut reaped = 0u64;
+    while pushed < 1000 {
+        // SAFETY: NOP references no memory.
+        match unsafe { r.push(&opcode::Nop::new().build().user_data(pushed)) } {
+            Ok(()) => pushed += 1,
+            Err(_) => r.wait_sq_space().unwrap(),
+        }
+        if pushed.is_multiple_of(8) {
+            r.submit().unwrap();
+        }
+        reaped += r.reap(usize::MAX, |_| {}) as u64;
+    }
+    while reaped < pushed {
+        r.submit_and_wait(1).unwrap();
+        reaped += r.reap(usize::MAX, |_| {}) as u64;
+    }
+    assert_eq!(reaped, 1000);
+}
+
+#[test]
+fn registered_files_and_update() {
+    let mut r = setup(0);
+    r.register_files(&[-1, -1, -1, -1]).unwrap();
+    let dir = tmpdir("files");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join("f"))
+        .unwrap();
+    assert_eq!(r.register_files_update(2, &[f.as_raw_fd()]).unwrap(), 1);
+    let data = b"registered file slot two";
+    let w = opcode::Write::new(types::Fixed(2), data.as_ptr(), data.len() as u32)
+        .offset(0)
+        .build()
+        .user_data(1);
+    // SAFETY: data and the registered file outlive the completion.
+    unsafe { r.push(&w).unwrap() };
+    r.submit_and_wait(1).unwrap();
+    assert_eq!(wait_one(&mut r).res, data.len() as i32);
+    assert_eq!(std::fs::read(dir.join("f")).unwrap(), data);
+    // An empty slot fails with EBADF.
+    let w = opcode::Write::new(types::Fixed(0), data.as_ptr(), 4)
+        .offset(0)
+        .build()
+        .user_data(2);
+    // SAFETY: as above.
+    unsafe { r.push(&w).unwrap() };
+    r.submit_and_wait(1).unwrap();
+    assert_eq!(wait_one(&mut r).res, -libc::EBADF);
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", r.fd().unwrap())).unwrap();
+    assert!(info.contains("UserFiles:\t4"), "{info}");
+    r.unregister_files().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn registered_index_is_per_thread() {
+    // A registered ring fd falls back to the plain fd on another thread.
+    let mut r = setup(0);
+    r.register_ring_fd().unwrap();
+    let r = std::thread::spawn(move || {
+        exercise(&mut r, "moved-reg");
+        r
+    })
+    .join()
+    .unwrap();
+    drop(r);
+    // A REGISTERED_FD_ONLY ring has no fd to fall back to: a clear error, no crash.
+    let mut r = setup(IORING_SETUP_NO_MMAP | IORING_SETUP_REGISTERED_FD_ONLY);
+    let mut r = std::thread::spawn(move || {
+        // SAFETY: NOP references no memory.
+        unsafe { r.push(&opcode::Nop::new().build()).unwrap() };
+        let e = r.submit().unwrap_err();
+        assert!(e.to_string().contains("REGISTERED_FD_ONLY"), "{e}");
+        r
+    })
+    .join()
+    .unwrap();
+    // Back on the creating thread it works (and the queued NOP goes out).
+    assert_eq!(r.submit().unwrap(), 1);
+    assert_eq!(wait_one(&mut r).res, 0);
+}
+
+#[test]
+fn setup_error_names_errno_and_flags() {
+    let e = Ring::setup(&SetupParams {
+        flags: IORING_SETUP_TASKRUN_FLAG,
+        sq_entries: 8,
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(e.errno, libc::EINVAL);
+    let s = e.to_string();
+    assert!(
+        s.contains("EINVAL") && s.contains("IORING_SETUP_TASKRUN_FLAG"),
+        "{s}"
+    );
+}

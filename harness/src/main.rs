@@ -1,1 +1,273 @@
-fn main() {}
+//! `harness`: load generators (`ds`, `clients`) and sweeps (`sweep`).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use harness::{clients, ds, util::SizeDist};
+
+#[derive(Parser)]
+#[command(name = "harness", about = "uring-lab harness: simulated game servers, replay clients, sweeps with telemetry")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Simulated game dedicated servers streaming matches to a recorder (open loop)
+    Ds(DsArgs),
+    /// Replay downloaders and live viewers over HTTP
+    Clients(ClientsArgs),
+    /// Run an experiment: every cell with a fresh recorder (or anchor), telemetry, runs.csv
+    Sweep(SweepArgs),
+    /// Expand an experiment and print its cells without running anything
+    Plan(PlanArgs),
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Experiment file (experiments/NAME.toml)
+    experiment: std::path::PathBuf,
+    /// Output directory (default results/NAME-TIMESTAMP)
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Continue a sweep in --out: runs already in runs.csv are skipped
+    #[arg(long)]
+    resume: bool,
+    /// Recorder binary (default: `recorder` next to this harness binary)
+    #[arg(long)]
+    recorder: Option<std::path::PathBuf>,
+    /// A/B mode: build BASE_REV in a temporary worktree and run base and head interleaved
+    #[arg(long, value_name = "BASE_REV")]
+    ab: Option<String>,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    experiment: std::path::PathBuf,
+}
+
+#[derive(Args)]
+struct DsArgs {
+    /// Recorder ingest address
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    addr: SocketAddr,
+    /// Recorder HTTP address (for --verify)
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Concurrent matches, one connection each
+    #[arg(long, default_value_t = 16)]
+    matches: usize,
+    /// Frames per second per match
+    #[arg(long, default_value_t = 32.0)]
+    tick_hz: f64,
+    /// Delta frame size distribution: fixed:N, uniform:A-B, lognormal:MEDIAN,SIGMA, exp:MEAN
+    #[arg(long, default_value = "uniform:200-2000")]
+    delta: String,
+    /// Keyframe size distribution (same forms)
+    #[arg(long, default_value = "48k")]
+    keyframe: String,
+    /// Seconds between keyframes
+    #[arg(long, default_value_t = 3.0)]
+    keyframe_interval_s: f64,
+    /// Match length in seconds; 0 = until the run ends. Ended matches are replaced (churn)
+    #[arg(long, default_value_t = 0.0)]
+    match_duration_s: f64,
+    /// Ramp-up seconds (matches start spread over it; not measured)
+    #[arg(long, default_value_t = 1.0)]
+    ramp_up_s: f64,
+    /// Measured window in seconds
+    #[arg(long, default_value_t = 10.0)]
+    measure_s: f64,
+    /// Mean seconds between forced disconnects per match (then RESUME); 0 = never
+    #[arg(long, default_value_t = 0.0)]
+    disconnect_every_s: f64,
+    /// Delay before reconnecting after a disconnect
+    #[arg(long, default_value_t = 100)]
+    reconnect_delay_ms: u64,
+    /// Generator threads (each drives its share of connections with epoll)
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Match id prefix
+    #[arg(long, default_value = "ds")]
+    id_prefix: String,
+    /// DS credential (the recorder's ds-token)
+    #[arg(long, default_value = "")]
+    credential: String,
+    /// Do not END the matches at the end of the run (leave them open)
+    #[arg(long)]
+    no_end: bool,
+    /// Largest payload generated
+    #[arg(long, default_value = "1m")]
+    max_frame_bytes: String,
+    /// Seed for ids and payloads
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Afterwards download every acknowledged match and check it byte for byte (needs --http)
+    #[arg(long)]
+    verify: bool,
+}
+
+#[derive(Args)]
+struct ClientsArgs {
+    /// Recorder (or nginx) HTTP address
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// uniform or zipf:S
+    #[arg(long, default_value = "uniform")]
+    popularity: String,
+    /// whole, range:SIZE or live:DELAY_MS
+    #[arg(long, default_value = "whole")]
+    mode: String,
+    /// Phases to run in order: hot, cold (cold drops the page cache first; needs root)
+    #[arg(long, default_value = "hot", value_delimiter = ',')]
+    phases: Vec<String>,
+    #[arg(long, default_value_t = 1.0)]
+    ramp_up_s: f64,
+    #[arg(long, default_value_t = 10.0)]
+    measure_s: f64,
+    /// Match ids (default: GET /matches)
+    #[arg(long, value_delimiter = ',')]
+    ids: Vec<String>,
+    /// URL path prefix before the match id
+    #[arg(long, default_value = "/matches/")]
+    path_prefix: String,
+    /// Do not check contents against the reference pass
+    #[arg(long)]
+    no_verify: bool,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn stop_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    stop
+}
+
+fn ds_main(a: DsArgs) -> Result<(), String> {
+    let cfg = ds::DsConfig {
+        addr: a.addr,
+        matches: a.matches,
+        tick_hz: a.tick_hz,
+        delta: SizeDist::parse(&a.delta).map_err(|e| format!("--delta: {e}"))?,
+        keyframe: SizeDist::parse(&a.keyframe).map_err(|e| format!("--keyframe: {e}"))?,
+        keyframe_interval_s: a.keyframe_interval_s,
+        match_duration_s: a.match_duration_s,
+        ramp_up_s: a.ramp_up_s,
+        measure_s: a.measure_s,
+        disconnect_every_s: a.disconnect_every_s,
+        reconnect_delay_ms: a.reconnect_delay_ms,
+        threads: a.threads,
+        id_prefix: a.id_prefix,
+        credential: a.credential,
+        end_at_stop: !a.no_end || a.verify,
+        max_frame_bytes: engine::config::parse_bytes(&a.max_frame_bytes).map_err(|e| format!("--max-frame-bytes: {e}"))?,
+        backlog_bytes: 4 << 20,
+        seed: a.seed,
+    };
+    if a.verify && a.http.is_none() {
+        return Err("--verify needs --http ADDR (the recorder's HTTP address)".into());
+    }
+    let rep = ds::run(&cfg, Arc::new(ds::DsCounters::default()), stop_flag())?;
+    print!("{}", rep.summary());
+    let mut ok = true;
+    if a.verify {
+        let v = ds::verify(&cfg, a.http.expect("checked above"), &rep.matches);
+        println!("verify: {} matches byte-identical, {} not sealed (not checked), {} mismatches", v.verified, v.not_sealed, v.mismatches.len());
+        for m in v.mismatches.iter().take(20) {
+            println!("verify: {m}");
+        }
+        ok = v.mismatches.is_empty();
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err("verification failed".into())
+    }
+}
+
+fn clients_main(a: ClientsArgs) -> Result<(), String> {
+    let stop = stop_flag();
+    let mut ok = true;
+    for phase in &a.phases {
+        let cold = match phase.as_str() {
+            "hot" => false,
+            "cold" => true,
+            p => return Err(format!("--phases: unknown phase {p:?}; use hot and/or cold")),
+        };
+        let cfg = clients::ClientsConfig {
+            addr: a.addr,
+            concurrency: a.concurrency,
+            popularity: clients::Popularity::parse(&a.popularity)?,
+            mode: clients::Mode::parse(&a.mode)?,
+            ramp_up_s: a.ramp_up_s,
+            measure_s: a.measure_s,
+            ids: a.ids.clone(),
+            path_prefix: a.path_prefix.clone(),
+            verify: !a.no_verify,
+            cold,
+            seed: a.seed,
+            timeout: std::time::Duration::from_secs(30),
+        };
+        let rep = clients::run(&cfg, Arc::new(AtomicU64::new(0)), stop.clone())?;
+        println!("phase {phase}:");
+        print!("{}", rep.summary());
+        ok &= rep.verify_failures.is_empty();
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err("content verification failed".into())
+    }
+}
+
+fn plan_main(a: PlanArgs) -> Result<(), String> {
+    let e = harness::experiment::Experiment::load(&a.experiment)?;
+    println!("{}: {} cells ({} excluded), dimensions: {}", e.name, e.cells.len(), e.excluded, e.dims.join(", "));
+    for c in &e.cells {
+        let kv: Vec<String> = c.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("{} {} {}", c.id, c.kind(), kv.join(" "));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Ds(a) => ds_main(a),
+        Cmd::Clients(a) => clients_main(a),
+        Cmd::Sweep(a) => {
+            let opts = harness::sweep::SweepOpts {
+                experiment: a.experiment,
+                out: a.out,
+                resume: a.resume,
+                recorder: a.recorder,
+                ab: a.ab,
+                command_line: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            return match harness::sweep::sweep(opts, stop_flag()) {
+                Ok(code) => ExitCode::from(code as u8),
+                Err(e) => {
+                    eprintln!("harness: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Cmd::Plan(a) => plan_main(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("harness: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -203,6 +203,24 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if (cfg.ring.iopoll || cfg.ring.hybrid_iopoll) && f.direct != Direct::Required {
+        return Err(ConfigError::new(
+            &["iopoll", "direct"],
+            "iopoll polls for completions of O_DIRECT I/O only (buffered I/O fails with EOPNOTSUPP): set direct=required or iopoll=false",
+        ));
+    }
+    if (cfg.ring.iopoll || cfg.ring.hybrid_iopoll) && f.durability == Durability::Fdatasync {
+        return Err(ConfigError::new(
+            &["iopoll", "durability"],
+            "an iopoll ring cannot run fsync/fdatasync (only reads and writes are polled): use durability=odsync or rwf-dsync, or iopoll=false",
+        ));
+    }
+    if (cfg.ring.iopoll || cfg.ring.hybrid_iopoll) && f.prealloc {
+        return Err(ConfigError::new(
+            &["iopoll", "prealloc"],
+            "an iopoll ring cannot run fallocate (only reads and writes are polled): set prealloc=false or iopoll=false",
+        ));
+    }
     if f.uncached && f.direct != Direct::Off {
         return Err(ConfigError::new(
             &["uncached", "direct"],
@@ -242,6 +260,19 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             format!(
                 "block-size={} is not a multiple of 512, the smallest O_DIRECT alignment: use a multiple of the device's block size (4k is always safe) or set direct=off",
                 f.block_size
+            ),
+        ));
+    }
+    // Completions in flight (io-depth plus one fdatasync or fallocate) must fit the CQ,
+    // or the kernel would overflow it on every burst.
+    let cq = cfg.ring.cq_entries.map_or(2 * cfg.ring.sq_entries as u64, |c| c as u64);
+    if f.io_depth as u64 + 1 > cq {
+        return Err(ConfigError::new(
+            &["io-depth", "sq-entries", "cq-entries"],
+            format!(
+                "io-depth={} needs a completion queue of at least {} entries but it has {cq}: raise sq-entries or cq-entries, or lower io-depth",
+                f.io_depth,
+                f.io_depth + 1
             ),
         ));
     }
@@ -344,6 +375,32 @@ mod tests {
         assert!(m.contains("set arena-bytes to at least 8m"), "{m}");
         let m = refused(&[("register-buffers", "true"), ("block-size", "4k"), ("arena-bytes", "1g")]);
         assert!(m.contains("registers at most 16384"), "{m}");
+    }
+
+    #[test]
+    fn iopoll_rules() {
+        let mut c = Config::default();
+        c.set("ring.iopoll", "true").unwrap();
+        let m = c.validate().unwrap_err().message;
+        assert!(m.contains("set direct=required or iopoll=false"), "{m}");
+        c.set("file.direct", "required").unwrap();
+        c.validate().unwrap();
+        c.set("file.durability", "fdatasync").unwrap();
+        assert!(c.validate().unwrap_err().message.contains("cannot run fsync/fdatasync"));
+        c.set("file.durability", "none").unwrap();
+        c.set("file.prealloc", "true").unwrap();
+        assert!(c.validate().unwrap_err().message.contains("cannot run fallocate"));
+    }
+
+    #[test]
+    fn queue_depth_fits_the_completion_queue() {
+        let mut c = Config::default();
+        c.set("ring.sq-entries", "8").unwrap();
+        c.set("file.io-depth", "32").unwrap();
+        let m = c.validate().unwrap_err().message;
+        assert!(m.contains("io-depth=32 needs a completion queue of at least 33 entries but it has 16"), "{m}");
+        c.set("ring.cq-entries", "64").unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

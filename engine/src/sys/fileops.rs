@@ -13,7 +13,8 @@
 //! ([`Fixed`]): distinct types. A full submission queue is submitted and the push retried.
 //!
 //! The ring itself is anything implementing [`RingOps`]: the engine's own `sys::ring::Ring`
-//! and, as a fallback, the `io-uring` crate's `IoUring` (both implemented here).
+//! (what the engine uses) and the `io-uring` crate's `IoUring` ([`CrateRing`], kept as a
+//! cross-check in tests); both are implemented here.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -100,6 +101,35 @@ impl RingOps for CrateRing {
     }
     fn setup_flags(&self) -> u32 {
         self.flags
+    }
+}
+
+impl RingOps for super::ring::Ring {
+    unsafe fn push_sqe(&mut self, sqe: &squeue::Entry) -> Result<(), ()> {
+        // SAFETY: forwarded contract: the caller keeps the buffers valid until completion.
+        unsafe { self.push(sqe).map_err(|_| ()) }
+    }
+    fn submit(&mut self) -> io::Result<usize> {
+        super::ring::Ring::submit(self)
+    }
+    fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        super::ring::Ring::submit_and_wait(self, want)
+    }
+    fn pop(&mut self) -> Option<(u64, i32, u32)> {
+        self.pop_cqe().map(|c| (c.user_data, c.res, c.flags))
+    }
+    unsafe fn register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
+        // SAFETY: forwarded contract: the memory outlives the registration.
+        unsafe { super::ring::Ring::register_buffers(self, iov) }
+    }
+    fn register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
+        super::ring::Ring::register_files(self, fds)
+    }
+    fn enter_calls(&self) -> u64 {
+        super::ring::Ring::enter_calls(self)
+    }
+    fn setup_flags(&self) -> u32 {
+        self.flags()
     }
 }
 

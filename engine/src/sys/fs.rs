@@ -230,6 +230,17 @@ pub fn cpu_times() -> (f64, f64) {
     (t(r.ru_utime), t(r.ru_stime))
 }
 
+/// User and system CPU seconds of all waited-for children (getrusage(RUSAGE_CHILDREN)):
+/// the delta around running a child counts every thread of it, io-wq and SQPOLL included.
+pub fn children_cpu_times() -> (f64, f64) {
+    // SAFETY: zeroed rusage is valid plain data.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `r` is a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut r) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    (t(r.ru_utime), t(r.ru_stime))
+}
+
 /// The `kernel.io_uring_disabled` sysctl (0 allowed, 1 only for a group, 2 disabled),
 /// or `None` when the kernel has no such sysctl.
 pub fn io_uring_disabled() -> Option<u32> {

@@ -370,6 +370,15 @@ const _: () = assert!(std::mem::size_of::<IoUringParams>() == 120);
 const _: () = assert!(std::mem::size_of::<io_uring::squeue::Entry>() == 64);
 const _: () = assert!(std::mem::size_of::<io_uring::squeue::Entry128>() == 128);
 
+/// struct io_uring_getevents_arg (IORING_ENTER_EXT_ARG).
+#[repr(C)]
+struct GeteventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    min_wait_usec: u32,
+    ts: u64,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct RsrcUpdate {
@@ -642,6 +651,7 @@ pub struct Ring {
     cq_head: u32,
 
     enter_calls: u64,
+    cqe_skips: u64,
     disabled: bool,
     /// Keeps the ring memory alive; dropped after the fd is closed.
     _mem: Memory,
@@ -719,6 +729,17 @@ impl Ring {
                     format!("allocating {sl} bytes of SQE memory for NO_MMAP"),
                 )
             })?;
+            for m in [&rings, &sqes] {
+                // SAFETY: advice on our own mapping. MADV_DONTFORK keeps a forked child
+                // from sharing (copy-on-write) the pages the kernel pins as the ring.
+                unsafe {
+                    libc::madvise(
+                        m.as_ptr() as *mut libc::c_void,
+                        m.len(),
+                        libc::MADV_DONTFORK,
+                    )
+                };
+            }
             params.cq_off.user_addr = rings.as_ptr() as u64;
             params.sq_off.user_addr = sqes.as_ptr() as u64;
             Some((rings, sqes))
@@ -792,6 +813,30 @@ impl Ring {
         };
         let (mem, rings_base, cq_base, sqes_base) = match owned {
             Some((mut rings, mut sqes)) => {
+                // The kernel pinned its own idea of the sizes from our addresses; make sure
+                // everything it described lies inside what we allocated.
+                let cq_end = params.cq_off.cqes as usize + params.cq_entries as usize * cqe_size;
+                let sq_end = if p.flags & IORING_SETUP_NO_SQARRAY == 0 {
+                    params.sq_off.array as usize + params.sq_entries as usize * 4
+                } else {
+                    0
+                };
+                let sqe_end = params.sq_entries as usize * sqe_size;
+                if cq_end.max(sq_end) > rings.len() || sqe_end > sqes.len() {
+                    let e = err(
+                        libc::EOVERFLOW,
+                        format!(
+                            "NO_MMAP: the kernel's ring layout ({} ring bytes, {sqe_end} SQE bytes) exceeds the memory supplied ({} / {}); this is an engine bug",
+                            cq_end.max(sq_end),
+                            rings.len(),
+                            sqes.len()
+                        ),
+                    );
+                    // Close the ring before its memory goes away.
+                    let e = close_on_err(e);
+                    drop((rings, sqes));
+                    return Err(e);
+                }
                 let rb = rings.as_mut_ptr();
                 let sb = sqes.as_mut_ptr();
                 (Memory::Owned { rings, sqes }, rb, rb, sb)
@@ -867,6 +912,7 @@ impl Ring {
                 cqes: cq_base.add(co.cqes as usize),
                 cq_head: (*at(cq_base, co.head)).load(Ordering::Relaxed),
                 enter_calls: 0,
+                cqe_skips: 0,
                 disabled: p.flags & IORING_SETUP_R_DISABLED != 0,
                 _mem: mem,
             }
@@ -908,6 +954,10 @@ impl Ring {
     /// io_uring_enter system calls made so far.
     pub fn enter_calls(&self) -> u64 {
         self.enter_calls
+    }
+    /// IORING_CQE_F_SKIP padding entries consumed (CQE_MIXED rings).
+    pub fn cqe_skips(&self) -> u64 {
+        self.cqe_skips
     }
     /// SQEs the kernel dropped as invalid (sq_dropped).
     pub fn sq_dropped(&self) -> u32 {
@@ -1012,15 +1062,32 @@ impl Ring {
         }
     }
 
-    fn enter_raw(&mut self, to_submit: u32, min_complete: u32, flags: u32) -> io::Result<u32> {
+    fn enter_raw(
+        &mut self,
+        to_submit: u32,
+        min_complete: u32,
+        flags: u32,
+        arg: Option<&GeteventsArg>,
+    ) -> io::Result<u32> {
         let (fd, registered) = self.target()?;
-        let flags = if registered {
+        let mut flags = if registered {
             flags | IORING_ENTER_REGISTERED_RING
         } else {
             flags
         };
+        let (argp, argsz) = match arg {
+            Some(a) => {
+                flags |= IORING_ENTER_EXT_ARG;
+                (
+                    a as *const GeteventsArg as *const libc::c_void,
+                    std::mem::size_of::<GeteventsArg>(),
+                )
+            }
+            None => (ptr::null(), 0),
+        };
         self.enter_calls += 1;
-        // SAFETY: no argument pointer is passed (argp null, argsz 0).
+        // SAFETY: argp is null (argsz 0) or points to a live io_uring_getevents_arg whose
+        // `ts` points to a live timespec (both borrowed for the duration of the call).
         let r = unsafe {
             libc::syscall(
                 libc::SYS_io_uring_enter,
@@ -1028,8 +1095,8 @@ impl Ring {
                 to_submit as libc::c_long,
                 min_complete as libc::c_long,
                 flags as libc::c_long,
-                ptr::null::<libc::c_void>(),
-                0 as libc::c_long,
+                argp,
+                argsz as libc::c_long,
             )
         };
         if r < 0 {
@@ -1045,14 +1112,71 @@ impl Ring {
     /// Enters the kernel with GETEVENTS (and `min_complete` 0) whenever completions
     /// would otherwise stay invisible: IOPOLL (completions are found by polling),
     /// DEFER_TASKRUN (task work runs only inside enter), IORING_SQ_TASKRUN or a CQ overflow.
+    /// Makes no system call when there is nothing to submit and none of those holds.
     /// EINTR is retried; EAGAIN/EBUSY return `Ok(0)` when completions are waiting to be
     /// reaped (reap them, then submit again), otherwise the error.
     pub fn submit(&mut self) -> io::Result<usize> {
-        self.submit_and_wait(0)
+        self.submit_inner(0, None)
     }
 
-    /// Submits and waits until at least `want` completions are available.
+    /// Submits and waits until at least `want` completions are visible. Makes no system
+    /// call when nothing is pending and `want` completions are already visible.
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        self.submit_inner(want, None)
+    }
+
+    /// As [`Ring::submit_and_wait`], but gives up after `timeout` (IORING_ENTER_EXT_ARG,
+    /// Linux 5.11+). Returns the SQEs submitted; a timeout is not an error (check the CQ).
+    pub fn submit_and_wait_timeout(
+        &mut self,
+        want: usize,
+        timeout: std::time::Duration,
+    ) -> io::Result<usize> {
+        if self.features & IORING_FEAT_EXT_ARG == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "waiting with a timeout needs IORING_FEAT_EXT_ARG (Linux 5.11+)",
+            ));
+        }
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        let arg = GeteventsArg {
+            sigmask: 0,
+            sigmask_sz: 0,
+            min_wait_usec: 0,
+            ts: &ts as *const libc::timespec as u64,
+        };
+        match self.submit_inner(want, Some(&arg)) {
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(0),
+            r => r,
+        }
+    }
+
+    /// SQPOLL: waits until the SQ thread has made room in a full SQ (IORING_ENTER_SQ_WAIT).
+    /// Other rings: submits (which consumes the SQ).
+    pub fn wait_sq_space(&mut self) -> io::Result<()> {
+        if self.flags & IORING_SETUP_SQPOLL == 0 {
+            return self.submit().map(|_| ());
+        }
+        self.publish_tail();
+        self.sq_published = self.sq_tail;
+        fence(Ordering::SeqCst);
+        let mut flags = IORING_ENTER_SQ_WAIT;
+        if self.sq_flags() & IORING_SQ_NEED_WAKEUP != 0 {
+            flags |= IORING_ENTER_SQ_WAKEUP;
+        }
+        loop {
+            match self.enter_raw(0, 0, flags, None) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn submit_inner(&mut self, want: usize, arg: Option<&GeteventsArg>) -> io::Result<usize> {
         if self.disabled {
             return Err(io::Error::from_raw_os_error(libc::EBADFD));
         }
@@ -1061,6 +1185,7 @@ impl Ring {
         let published = self.sq_tail;
         let newly = published.wrapping_sub(self.sq_published);
         self.sq_published = published;
+        let satisfied = want > 0 && self.cq_ready() >= want as usize;
         if self.flags & IORING_SETUP_SQPOLL != 0 {
             // The tail store must be visible before we read NEED_WAKEUP (kernel pairs
             // this with a full barrier before it sets the flag and re-checks the tail).
@@ -1070,15 +1195,20 @@ impl Ring {
             if sqf & IORING_SQ_NEED_WAKEUP != 0 {
                 flags |= IORING_ENTER_SQ_WAKEUP;
             }
-            if want > 0 || sqf & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN) != 0 {
+            if (want > 0 && !satisfied) || sqf & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN) != 0 {
                 flags |= IORING_ENTER_GETEVENTS;
             }
             if flags != 0 {
+                let min = if flags & IORING_ENTER_GETEVENTS != 0 {
+                    want
+                } else {
+                    0
+                };
                 loop {
-                    match self.enter_raw(0, want, flags) {
+                    match self.enter_raw(0, min, flags, arg) {
                         Ok(_) => break,
                         Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                        Err(e) => return self.busy_or(e, 0),
+                        Err(e) => return self.busy_or(e, newly as usize),
                     }
                 }
             }
@@ -1086,6 +1216,9 @@ impl Ring {
         }
         loop {
             let to_submit = published.wrapping_sub(self.sq_head());
+            if to_submit == 0 && satisfied {
+                return Ok(0);
+            }
             let mut flags = 0;
             if want > 0
                 || self.flags & (IORING_SETUP_IOPOLL | IORING_SETUP_DEFER_TASKRUN) != 0
@@ -1096,7 +1229,7 @@ impl Ring {
             if to_submit == 0 && flags == 0 {
                 return Ok(0);
             }
-            match self.enter_raw(to_submit, want, flags) {
+            match self.enter_raw(to_submit, want, flags, arg) {
                 Ok(n) => return Ok(n as usize),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => return self.busy_or(e, 0),
@@ -1118,58 +1251,97 @@ impl Ring {
         tail.wrapping_sub(self.cq_head) as usize
     }
 
-    /// Takes the next completion, if one is visible. Handles CQE32 and CQE_MIXED
-    /// (32-byte entries flagged IORING_CQE_F_32 take two slots; IORING_CQE_F_SKIP
-    /// padding entries are consumed silently).
-    pub fn pop_cqe(&mut self) -> Option<Cqe> {
-        loop {
-            // SAFETY: pointer into the live ring memory; acquire pairs with the kernel's
-            // release of the tail after writing the CQE.
-            let tail = unsafe { (*self.cq_ktail).load(Ordering::Acquire) };
-            if tail == self.cq_head {
-                return None;
-            }
-            let idx = (self.cq_head & self.cq_mask) as usize;
-            let big_ring = self.flags & IORING_SETUP_CQE32 != 0;
-            let stride = if big_ring { 32 } else { 16 };
-            // SAFETY: idx < cq_entries; each slot has `stride` bytes. A mixed-ring F_32
-            // entry never wraps (the kernel pads with F_SKIP), so idx+1 is in the array.
-            let cqe = unsafe {
-                let p = self.cqes.add(idx * stride);
-                let user_data = ptr::read_volatile(p as *const u64);
-                let res = ptr::read_volatile(p.add(8) as *const i32);
-                let flags = ptr::read_volatile(p.add(12) as *const u32);
-                let wide = big_ring
-                    || (self.flags & IORING_SETUP_CQE_MIXED != 0 && flags & IORING_CQE_F_32 != 0);
-                let big = if wide {
-                    [
-                        ptr::read_volatile(p.add(16) as *const u64),
-                        ptr::read_volatile(p.add(24) as *const u64),
-                    ]
-                } else {
-                    [0, 0]
-                };
+    /// Reads the CQE at `head` (which must be before the tail): the entry and how many
+    /// slots it takes.
+    fn cqe_at(&self, head: u32) -> (Cqe, u32) {
+        let idx = (head & self.cq_mask) as usize;
+        let big_ring = self.flags & IORING_SETUP_CQE32 != 0;
+        let mixed = self.flags & IORING_SETUP_CQE_MIXED != 0;
+        let stride = if big_ring { 32 } else { 16 };
+        // SAFETY: idx < cq_entries; each slot has `stride` bytes. A mixed-ring F_32 entry
+        // never wraps (the kernel pads with F_SKIP), so slot idx+1 is in the array.
+        unsafe {
+            let p = self.cqes.add(idx * stride);
+            let user_data = ptr::read_volatile(p as *const u64);
+            let res = ptr::read_volatile(p.add(8) as *const i32);
+            let flags = ptr::read_volatile(p.add(12) as *const u32);
+            let wide = big_ring || (mixed && flags & IORING_CQE_F_32 != 0);
+            let big = if wide {
+                [
+                    ptr::read_volatile(p.add(16) as *const u64),
+                    ptr::read_volatile(p.add(24) as *const u64),
+                ]
+            } else {
+                [0, 0]
+            };
+            let step = if mixed && flags & IORING_CQE_F_32 != 0 {
+                2
+            } else {
+                1
+            };
+            (
                 Cqe {
                     user_data,
                     res,
                     flags,
                     big,
-                }
-            };
-            let mixed = self.flags & IORING_SETUP_CQE_MIXED != 0;
-            let step = if mixed && cqe.flags & IORING_CQE_F_32 != 0 {
-                2
-            } else {
-                1
-            };
+                },
+                step,
+            )
+        }
+    }
+
+    fn is_skip(&self, c: &Cqe) -> bool {
+        self.flags & IORING_SETUP_CQE_MIXED != 0 && c.flags & IORING_CQE_F_SKIP != 0
+    }
+
+    fn cq_tail(&self) -> u32 {
+        // SAFETY: pointer into the live ring memory; acquire pairs with the kernel's
+        // release of the tail after writing the CQEs.
+        unsafe { (*self.cq_ktail).load(Ordering::Acquire) }
+    }
+
+    fn store_cq_head(&self) {
+        // SAFETY: pointer into the live ring memory; release: we are done reading.
+        unsafe { (*self.cq_khead).store(self.cq_head, Ordering::Release) };
+    }
+
+    /// Takes the next completion, if one is visible. Handles CQE32 and CQE_MIXED
+    /// (32-byte entries flagged IORING_CQE_F_32 take two slots; IORING_CQE_F_SKIP
+    /// padding entries are consumed silently).
+    pub fn pop_cqe(&mut self) -> Option<Cqe> {
+        loop {
+            if self.cq_tail() == self.cq_head {
+                return None;
+            }
+            let (cqe, step) = self.cqe_at(self.cq_head);
             self.cq_head = self.cq_head.wrapping_add(step);
-            // SAFETY: pointer into the live ring memory; release: we are done reading.
-            unsafe { (*self.cq_khead).store(self.cq_head, Ordering::Release) };
-            if mixed && cqe.flags & IORING_CQE_F_SKIP != 0 {
+            self.store_cq_head();
+            if self.is_skip(&cqe) {
+                self.cqe_skips += 1;
                 continue;
             }
             return Some(cqe);
         }
+    }
+
+    /// Hands up to `max` visible completions to `f` with one tail load and one head store
+    /// (cheaper than `pop_cqe` per entry). Returns how many were handed over.
+    pub fn reap(&mut self, max: usize, mut f: impl FnMut(Cqe)) -> usize {
+        let tail = self.cq_tail();
+        let mut n = 0;
+        while self.cq_head != tail && n < max {
+            let (cqe, step) = self.cqe_at(self.cq_head);
+            self.cq_head = self.cq_head.wrapping_add(step);
+            if self.is_skip(&cqe) {
+                self.cqe_skips += 1;
+                continue;
+            }
+            f(cqe);
+            n += 1;
+        }
+        self.store_cq_head();
+        n
     }
 
     fn register(&self, opcode: u32, arg: *const libc::c_void, nr_args: u32) -> io::Result<i32> {
@@ -1384,6 +1556,19 @@ impl Ring {
     }
 }
 
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("fd", &self.fd)
+            .field("registered_index", &self.reg_index)
+            .field("flags", &setup_flag_names(self.flags))
+            .field("sq_entries", &self.sq_entries)
+            .field("cq_entries", &self.cq_entries)
+            .field("enter_calls", &self.enter_calls)
+            .finish()
+    }
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
         if let Some(idx) = self.reg_index {
@@ -1417,6 +1602,69 @@ impl Drop for Ring {
         }
         // `_mem` (mappings or NO_MMAP memory) is dropped after this: the kernel keeps its
         // own pins on NO_MMAP pages until the ring is freed.
+    }
+}
+
+/// One read or write on `ring`, waited for: the probe's way of asking "does this I/O work
+/// here". The buffer is page-aligned memory owned by this function (`len` bytes; for a
+/// write, filled from `data`). Returns the completion's `res` and the buffer.
+/// Completions of other requests seen meanwhile are discarded, so use a dedicated ring.
+/// If waiting fails, the buffer is leaked (the kernel may still use it) and the ring
+/// should be dropped.
+pub fn sync_rw(
+    ring: &mut Ring,
+    fd: RawFd,
+    write: Option<&[u8]>,
+    len: u32,
+    offset: u64,
+) -> io::Result<(i32, AnonMem)> {
+    const UD: u64 = 0x5052_4f42_4500_0001;
+    let mut buf = AnonMem::new(len as usize)?;
+    if let Some(d) = write {
+        let n = d.len().min(len as usize);
+        buf.as_mut_slice()[..n].copy_from_slice(&d[..n]);
+    }
+    let sqe = match write {
+        Some(_) => io_uring::opcode::Write::new(io_uring::types::Fd(fd), buf.as_ptr(), len),
+        None => return sync_read(ring, fd, buf, len, offset, UD),
+    }
+    .offset(offset)
+    .build()
+    .user_data(UD);
+    // SAFETY: buf is owned here and either outlives the completion (we wait for it) or is
+    // leaked on failure; the caller keeps fd open until we return.
+    unsafe { ring.push(&sqe) }.map_err(|e| io::Error::other(e.to_string()))?;
+    wait_for(ring, UD, buf)
+}
+
+fn sync_read(
+    ring: &mut Ring,
+    fd: RawFd,
+    mut buf: AnonMem,
+    len: u32,
+    offset: u64,
+    ud: u64,
+) -> io::Result<(i32, AnonMem)> {
+    let sqe = io_uring::opcode::Read::new(io_uring::types::Fd(fd), buf.as_mut_ptr(), len)
+        .offset(offset)
+        .build()
+        .user_data(ud);
+    // SAFETY: as in sync_rw.
+    unsafe { ring.push(&sqe) }.map_err(|e| io::Error::other(e.to_string()))?;
+    wait_for(ring, ud, buf)
+}
+
+fn wait_for(ring: &mut Ring, ud: u64, buf: AnonMem) -> io::Result<(i32, AnonMem)> {
+    loop {
+        while let Some(c) = ring.pop_cqe() {
+            if c.user_data == ud {
+                return Ok((c.res, buf));
+            }
+        }
+        if let Err(e) = ring.submit_and_wait(1) {
+            std::mem::forget(buf);
+            return Err(e);
+        }
     }
 }
 
@@ -1497,5 +1745,5 @@ pub fn rlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(resource, &mut r) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((r.rlim_cur as u64, r.rlim_max as u64))
+    Ok((r.rlim_cur, r.rlim_max))
 }

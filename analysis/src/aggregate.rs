@@ -1,0 +1,214 @@
+//! Grouping runs into configurations (one per revision and cell) and their statistics.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+
+use crate::data::{m, ResultSet, Run, Status, METRICS, N_METRICS};
+use crate::stats::{self, Interval};
+
+/// Metrics whose per-configuration median gets an interval (the ones verdicts and `best` use).
+pub const CI_METRICS: &[usize] = &[m::THROUGHPUT, m::ACK_P99, m::CPU_S_PER_GIB];
+/// Confidence level of per-configuration intervals.
+pub const CI_LEVEL: f64 = 0.90;
+
+#[derive(Clone, Debug)]
+pub struct MetricStats {
+    pub n: usize,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// 90% interval of the median (bootstrap or order statistics, see stats::median_ci).
+    pub ci: Option<Interval>,
+}
+
+/// One configuration: the runs of one cell of one revision.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub cell_id: String,
+    pub revision: String,
+    pub kind: String,
+    pub workload: String,
+    pub dims: Vec<String>,
+    /// `name=value;...` over every dimension.
+    pub dims_label: String,
+    /// Short label for charts (only the dimensions that vary).
+    pub short: String,
+    /// Indexes into ResultSet::runs.
+    pub runs: Vec<usize>,
+    pub n_ok: usize,
+    /// (status, reason) of every run that is not ok.
+    pub not_ok: Vec<(Status, String)>,
+    pub metrics: Vec<Option<MetricStats>>,
+}
+
+impl Config {
+    pub fn metric(&self, idx: usize) -> Option<&MetricStats> {
+        self.metrics[idx].as_ref()
+    }
+    pub fn is_recorder(&self) -> bool {
+        self.kind == "recorder"
+    }
+    pub fn dim(&self, rs: &ResultSet, name: &str) -> Option<&str> {
+        rs.dim_index(name).map(|i| self.dims[i].as_str())
+    }
+    /// Every run of the configuration failed or was unsupported (nothing was measured).
+    pub fn all_unsupported_or_failed(&self) -> bool {
+        self.n_ok == 0 && self.not_ok.iter().any(|(s, _)| matches!(s, Status::Unsupported | Status::Failed))
+    }
+}
+
+/// Every configuration of a result set, with the dimensions that vary.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub configs: Vec<Config>,
+    /// For each dimension: its distinct values in order of first appearance.
+    pub dim_values: Vec<Vec<String>>,
+    /// Whether more than one revision is present (labels then carry the revision).
+    pub multi_revision: bool,
+}
+
+impl Summary {
+    pub fn build(rs: &ResultSet) -> Summary {
+        let mut order: Vec<(String, String)> = Vec::new();
+        let mut groups: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, r) in rs.runs.iter().enumerate() {
+            let key = (r.revision.clone(), r.cell_id.clone());
+            groups
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    order.push(key);
+                    Vec::new()
+                })
+                .push(i);
+        }
+        let mut dim_values: Vec<Vec<String>> = vec![Vec::new(); rs.dimensions.len()];
+        for r in rs.runs.iter().filter(|r| r.kind == "recorder") {
+            for (k, v) in r.dims.iter().enumerate() {
+                if !dim_values[k].contains(v) {
+                    dim_values[k].push(v.clone());
+                }
+            }
+        }
+        let multi_revision = rs.revisions().len() > 1;
+        let configs: Vec<Config> = order
+            .par_iter()
+            .map(|key| build_config(rs, &groups[key], &dim_values, multi_revision))
+            .collect();
+        Summary { configs, dim_values, multi_revision }
+    }
+
+    /// Dimensions (indexes) with more than one value among recorder runs.
+    pub fn varying_dims(&self) -> Vec<usize> {
+        (0..self.dim_values.len()).filter(|&k| self.dim_values[k].len() > 1).collect()
+    }
+
+    /// Recorder configurations with at least one ok run that has `metric`.
+    pub fn measured(&self, metric: usize) -> Vec<&Config> {
+        self.configs.iter().filter(|c| c.is_recorder() && c.metric(metric).is_some()).collect()
+    }
+}
+
+fn build_config(rs: &ResultSet, idx: &[usize], dim_values: &[Vec<String>], multi_revision: bool) -> Config {
+    let first: &Run = &rs.runs[idx[0]];
+    let ok: Vec<&Run> = idx.iter().map(|&i| &rs.runs[i]).filter(|r| r.is_ok()).collect();
+    let not_ok = idx
+        .iter()
+        .map(|&i| &rs.runs[i])
+        .filter(|r| !r.is_ok())
+        .map(|r| (r.status, r.reason.clone()))
+        .collect();
+    let metrics = (0..N_METRICS)
+        .map(|k| {
+            let v: Vec<f64> = ok.iter().filter_map(|r| r.metric(k)).collect();
+            if v.is_empty() {
+                return None;
+            }
+            let ci = CI_METRICS.contains(&k).then(|| stats::median_ci(&v, CI_LEVEL));
+            Some(MetricStats {
+                n: v.len(),
+                median: stats::median(&v),
+                min: v.iter().copied().fold(f64::INFINITY, f64::min),
+                max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                ci,
+            })
+        })
+        .collect();
+    let dims_label = rs
+        .dimensions
+        .iter()
+        .zip(&first.dims)
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(";");
+    let mut short = if first.kind == "recorder" {
+        short_label(&rs.dimensions, &first.dims, dim_values)
+    } else {
+        format!("{} {}", first.kind, first.workload)
+    };
+    if multi_revision {
+        short = format!("[{}] {short}", first.revision);
+    }
+    Config {
+        cell_id: first.cell_id.clone(),
+        revision: first.revision.clone(),
+        kind: first.kind.clone(),
+        workload: first.workload.clone(),
+        dims: first.dims.clone(),
+        dims_label,
+        short,
+        runs: idx.to_vec(),
+        n_ok: ok.len(),
+        not_ok,
+        metrics,
+    }
+}
+
+/// Short, readable label: only the dimensions that vary, and only where the value differs
+/// from the dimension's first value; `true` shows the knob's name, a word value shows
+/// itself, numbers and generic words (`none`, `auto`, ...) show `knob=value`.
+pub fn short_label(names: &[String], values: &[String], dim_values: &[Vec<String>]) -> String {
+    let mut parts = Vec::new();
+    for (k, (n, v)) in names.iter().zip(values).enumerate() {
+        if dim_values.get(k).map_or(true, |vals| vals.len() < 2) {
+            continue;
+        }
+        if dim_values[k].first() == Some(v) {
+            continue;
+        }
+        let knob = n.rsplit('.').next().unwrap_or(n);
+        let generic = matches!(v.as_str(), "none" | "auto" | "default" | "all" | "on" | "off" | "yes" | "no" | "")
+            || !v.chars().any(|c| c.is_ascii_alphabetic());
+        match v.as_str() {
+            "true" => parts.push(knob.to_string()),
+            "false" => parts.push(format!("no-{knob}")),
+            _ if generic => parts.push(format!("{knob}={v}")),
+            _ => parts.push(v.clone()),
+        }
+    }
+    if parts.is_empty() {
+        "baseline".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Metric display name with unit.
+pub fn metric_title(idx: usize) -> &'static str {
+    match idx {
+        m::THROUGHPUT => "throughput (MB/s)",
+        m::FRAMES => "frames/s",
+        m::ACK_P50 => "ack p50 (us)",
+        m::ACK_P99 => "ack p99 (us)",
+        m::ACK_P999 => "ack p99.9 (us)",
+        m::ACK_MAX => "ack max (us)",
+        m::CPU_S_PER_GIB => "CPU s/GiB",
+        m::IOS_PER_SYSCALL => "I/Os per syscall",
+        _ => METRICS[idx],
+    }
+}
+
+/// Whether a larger value of the metric is better.
+pub fn higher_is_better(idx: usize) -> bool {
+    matches!(idx, m::THROUGHPUT | m::FRAMES | m::IOS_PER_SYSCALL | 12 | 13)
+}

@@ -1,0 +1,482 @@
+//! Reading a sweep directory (docs/results.md): `manifest.json`, `runs.csv` and
+//! `timeseries/<run_id>.csv`. Parsing of rows and of time-series files runs on rayon.
+//! Every error names the file, the line and the column.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Float metric columns of `runs.csv`, in schema order. Indexes into [`Run::metrics`].
+pub const METRICS: &[&str] = &[
+    "throughput_mbps",
+    "frames_per_s",
+    "ack_p50_us",
+    "ack_p99_us",
+    "ack_p999_us",
+    "ack_max_us",
+    "req_p50_us",
+    "req_p99_us",
+    "cpu_s_per_gib",
+    "ios_per_syscall",
+    "rss_kb",
+    "gen_cpu_pct",
+    "dev_mbps",
+    "dev_iops",
+    "dev_merge_pct",
+    "dev_await_ms",
+    "dev_aqu_sz",
+    "dev_util_pct",
+    "ctx_switches_per_s",
+    "steal_pct",
+    "dirty_kb_max",
+    "writeback_kb_max",
+];
+pub const N_METRICS: usize = 22;
+
+/// Metric indexes by name.
+pub mod m {
+    pub const THROUGHPUT: usize = 0;
+    pub const FRAMES: usize = 1;
+    pub const ACK_P50: usize = 2;
+    pub const ACK_P99: usize = 3;
+    pub const ACK_P999: usize = 4;
+    pub const ACK_MAX: usize = 5;
+    pub const REQ_P50: usize = 6;
+    pub const REQ_P99: usize = 7;
+    pub const CPU_S_PER_GIB: usize = 8;
+    pub const IOS_PER_SYSCALL: usize = 9;
+    pub const RSS_KB: usize = 10;
+    pub const GEN_CPU: usize = 11;
+    pub const STEAL: usize = 19;
+}
+
+/// Index of a metric column by its name.
+pub fn metric_index(name: &str) -> Option<usize> {
+    METRICS.iter().position(|m| *m == name)
+}
+
+/// Columns without which nothing can be said about a run.
+pub const REQUIRED_COLUMNS: &[&str] =
+    &["run_id", "cell_id", "rep", "revision", "kind", "workload", "status", "throughput_mbps"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Status {
+    Ok,
+    Unsupported,
+    Failed,
+    Rejected,
+}
+
+impl Status {
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "ok" => Status::Ok,
+            "unsupported" => Status::Unsupported,
+            "failed" => Status::Failed,
+            "rejected" => Status::Rejected,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Unsupported => "unsupported",
+            Status::Failed => "failed",
+            Status::Rejected => "rejected",
+        }
+    }
+}
+
+/// One row of `runs.csv`.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub run_id: String,
+    pub cell_id: String,
+    pub rep: u32,
+    pub pair: Option<u32>,
+    pub revision: String,
+    pub kind: String,
+    pub workload: String,
+    pub status: Status,
+    pub reason: String,
+    pub started_at: Option<f64>,
+    pub duration_s: Option<f64>,
+    /// Values of [`ResultSet::dimensions`], same order; empty where the column is empty.
+    pub dims: Vec<String>,
+    pub requested_flags: String,
+    pub effective_flags: String,
+    pub metrics: [Option<f64>; N_METRICS],
+    pub errors: Option<u64>,
+    pub log: String,
+    /// Line of the row in runs.csv (for messages).
+    pub line: u64,
+}
+
+impl Run {
+    pub fn metric(&self, idx: usize) -> Option<f64> {
+        self.metrics[idx]
+    }
+    pub fn is_ok(&self) -> bool {
+        self.status == Status::Ok
+    }
+}
+
+/// A whole sweep directory.
+#[derive(Clone, Debug)]
+pub struct ResultSet {
+    pub dir: PathBuf,
+    pub manifest: serde_json::Value,
+    /// Dimension names in column order (from the manifest, checked against runs.csv).
+    pub dimensions: Vec<String>,
+    pub runs: Vec<Run>,
+    /// Metric columns that runs.csv does not have at all (every value is then None).
+    pub absent_columns: Vec<String>,
+}
+
+impl ResultSet {
+    /// Reads `DIR/manifest.json` and `DIR/runs.csv`. Time series are read on demand.
+    pub fn load(dir: &Path) -> Result<ResultSet> {
+        if !dir.is_dir() {
+            return Err(Error::Usage(format!(
+                "{} is not a directory; give the output directory of `harness sweep` (it holds manifest.json and runs.csv)",
+                dir.display()
+            )));
+        }
+        let manifest = load_manifest(&dir.join("manifest.json"))?;
+        let manifest_dims: Option<Vec<String>> = manifest.get("dimensions").and_then(|d| d.as_array()).map(|a| {
+            a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+        });
+        let runs_path = dir.join("runs.csv");
+        let text = std::fs::read_to_string(&runs_path).map_err(|e| Error::io(&runs_path, "read", e))?;
+        let (dimensions, runs, absent_columns) = parse_runs(&runs_path, &text, manifest_dims.as_deref())?;
+        Ok(ResultSet { dir: dir.to_path_buf(), manifest, dimensions, runs, absent_columns })
+    }
+
+    /// Index of a dimension by name (`ring.sqpoll`; a leading `dim.` is accepted).
+    pub fn dim_index(&self, name: &str) -> Option<usize> {
+        let name = name.strip_prefix("dim.").unwrap_or(name);
+        self.dimensions.iter().position(|d| d == name)
+    }
+
+    /// Distinct revisions in row order of first appearance.
+    pub fn revisions(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in &self.runs {
+            if !out.contains(&r.revision) {
+                out.push(r.revision.clone());
+            }
+        }
+        out
+    }
+
+    pub fn timeseries_path(&self, run_id: &str) -> PathBuf {
+        self.dir.join("timeseries").join(format!("{run_id}.csv"))
+    }
+
+    /// Reads the time series of one run; `Ok(None)` when the run has none.
+    pub fn timeseries(&self, run_id: &str) -> Result<Option<TimeSeries>> {
+        let p = self.timeseries_path(run_id);
+        match std::fs::read_to_string(&p) {
+            Ok(text) => TimeSeries::parse(&p, &text).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&p, "read", e)),
+        }
+    }
+
+    /// Summaries of the time series of every run that has one, in parallel.
+    pub fn timeseries_summaries(&self) -> Result<HashMap<String, SeriesSummary>> {
+        let ts_dir = self.dir.join("timeseries");
+        if !ts_dir.is_dir() {
+            return Ok(HashMap::new());
+        }
+        let found: Vec<Result<Option<(String, SeriesSummary)>>> = self
+            .runs
+            .par_iter()
+            .filter(|r| r.is_ok())
+            .map(|r| Ok(self.timeseries(&r.run_id)?.map(|ts| (r.run_id.clone(), ts.summary()))))
+            .collect();
+        let mut out = HashMap::with_capacity(found.len());
+        for f in found {
+            if let Some((k, v)) = f? {
+                out.insert(k, v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn load_manifest(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::input(path, Some(e.line() as u64), None, format!("not valid JSON (column {}): {e}", e.column()))
+    })?;
+    if !v.is_object() {
+        return Err(Error::input(path, None, None, "expected one JSON object (see docs/results.md)"));
+    }
+    if let Some(d) = v.get("dimensions") {
+        if !d.as_array().map_or(false, |a| a.iter().all(|x| x.is_string())) {
+            return Err(Error::input(path, None, None, "\"dimensions\" must be a list of dimension names"));
+        }
+    }
+    Ok(v)
+}
+
+struct Columns {
+    idx: HashMap<String, usize>,
+    dims: Vec<usize>,
+    metrics: [Option<usize>; N_METRICS],
+}
+
+fn parse_runs(path: &Path, text: &str, manifest_dims: Option<&[String]>) -> Result<(Vec<String>, Vec<Run>, Vec<String>)> {
+    let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(text.as_bytes());
+    let headers = rdr
+        .headers()
+        .map_err(|e| Error::input(path, Some(1), None, format!("cannot read the header row: {e}")))?
+        .clone();
+    if headers.is_empty() || (headers.len() == 1 && headers[0].is_empty()) {
+        return Err(Error::input(path, Some(1), None, "empty file: expected a header row (see docs/results.md)"));
+    }
+    let mut idx = HashMap::new();
+    for (i, h) in headers.iter().enumerate() {
+        if idx.insert(h.to_string(), i).is_some() {
+            return Err(Error::input(path, Some(1), Some((i + 1, h)), "column appears twice in the header"));
+        }
+    }
+    for req in REQUIRED_COLUMNS {
+        if !idx.contains_key(*req) {
+            return Err(Error::input(
+                path,
+                Some(1),
+                None,
+                format!("required column `{req}` is missing from the header (see docs/results.md for the columns)"),
+            ));
+        }
+    }
+    let header_dims: Vec<String> =
+        headers.iter().filter_map(|h| h.strip_prefix("dim.")).map(str::to_string).collect();
+    let dimensions = match manifest_dims {
+        Some(md) if !md.is_empty() => {
+            for d in md {
+                if !idx.contains_key(&format!("dim.{d}")) {
+                    return Err(Error::input(
+                        path,
+                        Some(1),
+                        None,
+                        format!("column `dim.{d}` is missing: manifest.json lists dimension `{d}`"),
+                    ));
+                }
+            }
+            md.to_vec()
+        }
+        _ => header_dims,
+    };
+    let mut metrics = [None; N_METRICS];
+    let mut absent = Vec::new();
+    for (i, m) in METRICS.iter().enumerate() {
+        metrics[i] = idx.get(*m).copied();
+        if metrics[i].is_none() {
+            absent.push(m.to_string());
+        }
+    }
+    let cols = Columns { dims: dimensions.iter().map(|d| idx[&format!("dim.{d}")]).collect(), idx, metrics };
+
+    let mut records = Vec::new();
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map(|p| p.line());
+            Error::input(path, line, None, format!("malformed CSV row: {e}"))
+        })?;
+        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        records.push((line, rec));
+    }
+    let runs: Vec<Run> = records
+        .par_iter()
+        .map(|(line, rec)| parse_row(path, *line, rec, &headers, &cols))
+        .collect::<Result<Vec<Run>>>()?;
+    let mut seen = HashMap::with_capacity(runs.len());
+    for r in &runs {
+        if let Some(prev) = seen.insert(r.run_id.as_str(), r.line) {
+            return Err(Error::input(
+                path,
+                Some(r.line),
+                Some((cols.idx["run_id"] + 1, "run_id")),
+                format!("run_id {:?} already used on line {prev}; run ids must be unique", r.run_id),
+            ));
+        }
+    }
+    Ok((dimensions, runs, absent))
+}
+
+fn parse_row(path: &Path, line: u64, rec: &csv::StringRecord, headers: &csv::StringRecord, c: &Columns) -> Result<Run> {
+    let get = |name: &str| -> &str { c.idx.get(name).and_then(|&i| rec.get(i)).unwrap_or("") };
+    let err = |i: usize, msg: String| Error::input(path, Some(line), Some((i + 1, &headers[i])), msg);
+    let req_text = |name: &str| -> Result<String> {
+        let i = c.idx[name];
+        let v = rec.get(i).unwrap_or("").trim();
+        if v.is_empty() {
+            return Err(err(i, format!("`{name}` is empty; every run needs one")));
+        }
+        Ok(v.to_string())
+    };
+    let float = |i: usize| -> Result<Option<f64>> {
+        let v = rec.get(i).unwrap_or("").trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        match v.parse::<f64>() {
+            Ok(x) if x.is_finite() => Ok(Some(x)),
+            Ok(_) => Err(err(i, format!("{v:?} is not a finite number"))),
+            Err(_) => Err(err(i, format!("{v:?} is not a number"))),
+        }
+    };
+    let uint = |name: &str, required: bool| -> Result<Option<u64>> {
+        let Some(&i) = c.idx.get(name) else { return Ok(None) };
+        let v = rec.get(i).unwrap_or("").trim();
+        if v.is_empty() {
+            if required {
+                return Err(err(i, format!("`{name}` is empty; expected a whole number")));
+            }
+            return Ok(None);
+        }
+        v.parse::<u64>().map(Some).map_err(|_| err(i, format!("{v:?} is not a non-negative whole number")))
+    };
+    let status_i = c.idx["status"];
+    let status_text = rec.get(status_i).unwrap_or("").trim();
+    let status = Status::parse(status_text).ok_or_else(|| {
+        err(status_i, format!("unknown status {status_text:?}; expected ok, unsupported, failed or rejected"))
+    })?;
+    let mut metrics = [None; N_METRICS];
+    for (k, col) in c.metrics.iter().enumerate() {
+        if let Some(i) = col {
+            metrics[k] = float(*i)?;
+        }
+    }
+    let opt_float = |name: &str| -> Result<Option<f64>> { c.idx.get(name).map_or(Ok(None), |&i| float(i)) };
+    Ok(Run {
+        run_id: req_text("run_id")?,
+        cell_id: req_text("cell_id")?,
+        rep: uint("rep", true)?.unwrap_or(0) as u32,
+        pair: uint("pair", false)?.map(|p| p as u32),
+        revision: req_text("revision")?,
+        kind: req_text("kind")?,
+        workload: req_text("workload")?,
+        status,
+        reason: get("reason").to_string(),
+        started_at: opt_float("started_at")?,
+        duration_s: opt_float("duration_s")?,
+        dims: c.dims.iter().map(|&i| rec.get(i).unwrap_or("").trim().to_string()).collect(),
+        requested_flags: get("requested_flags").to_string(),
+        effective_flags: get("effective_flags").to_string(),
+        metrics,
+        errors: uint("errors", false)?,
+        log: get("log").to_string(),
+        line,
+    })
+}
+
+/// Columns of a time-series file, in schema order.
+pub const SERIES_COLUMNS: &[&str] = &[
+    "throughput_mbps",
+    "dev_mbps",
+    "dev_iops",
+    "dev_util_pct",
+    "dirty_kb",
+    "writeback_kb",
+    "cpu_user_pct",
+    "cpu_sys_pct",
+    "cpu_iowait_pct",
+    "steal_pct",
+    "recorder_cpu_pct",
+    "gen_cpu_pct",
+];
+
+/// `timeseries/<run_id>.csv`: one row per sample.
+#[derive(Clone, Debug, Default)]
+pub struct TimeSeries {
+    pub t_s: Vec<f64>,
+    /// Column name -> values (None where the sample is empty). Only columns present in the file.
+    pub columns: Vec<(String, Vec<Option<f64>>)>,
+}
+
+/// What the report keeps of each run's time series.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SeriesSummary {
+    /// Samples in the measured window (t_s >= 0).
+    pub samples: usize,
+    /// Coefficient of variation of per-sample throughput in the window.
+    pub throughput_cov: f64,
+    /// Fraction of window samples below half the run's median throughput (stalls).
+    pub stall_fraction: f64,
+    /// Largest Dirty and Writeback seen, KiB.
+    pub dirty_kb_max: f64,
+    pub writeback_kb_max: f64,
+}
+
+impl TimeSeries {
+    pub fn parse(path: &Path, text: &str) -> Result<TimeSeries> {
+        let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
+        let headers = rdr
+            .headers()
+            .map_err(|e| Error::input(path, Some(1), None, format!("cannot read the header row: {e}")))?
+            .clone();
+        let t_i = headers.iter().position(|h| h == "t_s").ok_or_else(|| {
+            Error::input(path, Some(1), None, "required column `t_s` is missing from the header")
+        })?;
+        let cols: Vec<(usize, &str)> = headers.iter().enumerate().filter(|(i, _)| *i != t_i).collect();
+        let mut ts = TimeSeries {
+            t_s: Vec::new(),
+            columns: cols.iter().map(|(_, n)| (n.to_string(), Vec::new())).collect(),
+        };
+        for rec in rdr.records() {
+            let rec = rec.map_err(|e| {
+                Error::input(path, e.position().map(|p| p.line()), None, format!("malformed CSV row: {e}"))
+            })?;
+            let line = rec.position().map(|p| p.line());
+            let num = |i: usize| -> Result<Option<f64>> {
+                let v = rec.get(i).unwrap_or("").trim();
+                if v.is_empty() {
+                    return Ok(None);
+                }
+                v.parse::<f64>().ok().filter(|x| x.is_finite()).map(Some).ok_or_else(|| {
+                    Error::input(path, line, Some((i + 1, &headers[i])), format!("{v:?} is not a number"))
+                })
+            };
+            let t = num(t_i)?
+                .ok_or_else(|| Error::input(path, line, Some((t_i + 1, "t_s")), "`t_s` is empty; every sample needs a time"))?;
+            ts.t_s.push(t);
+            for (k, (i, _)) in cols.iter().enumerate() {
+                ts.columns[k].1.push(num(*i)?);
+            }
+        }
+        Ok(ts)
+    }
+
+    pub fn column(&self, name: &str) -> Option<&[Option<f64>]> {
+        self.columns.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+    }
+
+    pub fn summary(&self) -> SeriesSummary {
+        let mut s = SeriesSummary::default();
+        if let Some(tp) = self.column("throughput_mbps") {
+            let w: Vec<f64> =
+                self.t_s.iter().zip(tp).filter(|(t, _)| **t >= 0.0).filter_map(|(_, v)| *v).collect();
+            s.samples = w.len();
+            if !w.is_empty() {
+                let mean = w.iter().sum::<f64>() / w.len() as f64;
+                let var = w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / w.len() as f64;
+                s.throughput_cov = if mean > 0.0 { var.sqrt() / mean } else { 0.0 };
+                let med = crate::stats::median(&w);
+                s.stall_fraction = w.iter().filter(|x| **x < 0.5 * med).count() as f64 / w.len() as f64;
+            }
+        }
+        let max_of = |name: &str| {
+            self.column(name).map_or(0.0, |v| v.iter().flatten().fold(0.0f64, |a, b| a.max(*b)))
+        };
+        s.dirty_kb_max = max_of("dirty_kb");
+        s.writeback_kb_max = max_of("writeback_kb");
+        s
+    }
+}
