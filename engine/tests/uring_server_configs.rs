@@ -415,3 +415,46 @@ fn kill9_restart_resume_loses_no_acked_frame() {
         check_replay(&b, id, &sent, true);
     }
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_others_continue() {
+    let dir = TempDir::new("uring-slow");
+    let srv = spawn_server(
+        "uring",
+        dir.path(),
+        &[
+            "--workers",
+            "1",
+            "--ack-interval-ms",
+            "2",
+            "--http-timeout-ms",
+            "500",
+            "--sndbuf-bytes",
+            "64k",
+        ],
+    );
+    // ~9 MiB replay: more than the loopback socket buffers of both ends hold.
+    let (sent, r) = stream_match(srv.ingest, "big", 150, 60_000);
+    let Reply::Sealed { file_bytes, .. } = r else {
+        panic!("{r:?}")
+    };
+    let mut slow = TcpStream::connect(srv.http).unwrap();
+    slow.write_all(b"GET /matches/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Another client is served meanwhile, byte for byte.
+    let g = testkit::http_get(srv.http, "GET", "/matches/big", &[]).unwrap();
+    assert_eq!(g.body.len() as u64, file_bytes);
+    check_replay(&g.body, "big", &sent, true);
+    // The stalled one is cut off after http-timeout-ms without progress.
+    std::thread::sleep(Duration::from_millis(2000));
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = slow.read_to_end(&mut got); // EOF or reset, both fine
+    assert!(
+        (got.len() as u64) < file_bytes,
+        "the stalled client got the whole replay ({} bytes): it was not cut off",
+        got.len()
+    );
+}

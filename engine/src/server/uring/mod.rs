@@ -267,6 +267,10 @@ pub struct DriverOptions {
     pub max_connections_per_worker: usize,
     /// Close connections silent for this long (0 = never).
     pub idle_timeout: Duration,
+    /// Abort a connection whose output makes no progress for this long (a peer that
+    /// does not read), per port (0 = never).
+    pub send_timeout_ingest: Duration,
+    pub send_timeout_http: Duration,
     /// Timer period of the service and the sweeps.
     pub tick: Duration,
     /// Longest wait for the service to flush at shutdown.
@@ -281,6 +285,8 @@ impl Default for DriverOptions {
             workers: 2,
             max_connections_per_worker: 4096,
             idle_timeout: Duration::from_secs(60),
+            send_timeout_ingest: Duration::from_secs(30),
+            send_timeout_http: Duration::from_secs(10),
             tick: Duration::from_millis(20),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -321,6 +327,8 @@ pub struct WorkerStats {
     pub zc_copied: AtomicU64,
     pub zc_sends: AtomicU64,
     pub idle_closed: AtomicU64,
+    /// Connections aborted because their output made no progress (send timeout).
+    pub send_timeouts: AtomicU64,
     pub enter_calls: AtomicU64,
 }
 
@@ -467,6 +475,9 @@ struct Conn {
     send_len: usize,
     ops: u32,
     last_active: Instant,
+    /// When the output op in flight was issued or last made progress.
+    last_out: Instant,
+    port: Port,
     pipe: Option<Pipe>,
 }
 
@@ -1038,6 +1049,8 @@ impl<'a> Worker<'a> {
             send_len: 0,
             ops: 0,
             last_active: self.io.now,
+            last_out: self.io.now,
+            port,
             pipe: None,
         });
         self.live += 1;
@@ -1286,6 +1299,7 @@ impl<'a> Worker<'a> {
             c.ops -= 1;
             if out {
                 c.out_busy = false;
+                c.last_out = Instant::now();
             }
         }
     }
@@ -1359,6 +1373,25 @@ impl<'a> Worker<'a> {
         for id in lingered {
             self.abort(id);
         }
+        let (ti, th) = (self.opts.send_timeout_ingest, self.opts.send_timeout_http);
+        let stalled: Vec<ConnId> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| {
+                let t = if c.port == Port::Ingest { ti } else { th };
+                c.out_busy
+                    && !t.is_zero()
+                    && now.duration_since(c.last_out) > t
+                    && matches!(c.state, State::Open | State::Closing)
+            })
+            .map(|(i, c)| ConnId::new(i as u32, c.gen))
+            .collect();
+        for id in stalled {
+            self.stats.send_timeouts.fetch_add(1, Ordering::Relaxed);
+            self.abort(id);
+        }
         if !self.opts.idle_timeout.is_zero() {
             let now = self.io.now;
             let idle: Vec<ConnId> = self
@@ -1388,6 +1421,10 @@ impl<'a> Worker<'a> {
         let send = self.cfg.net.send;
         let zc_min = self.cfg.net.send_zc_min_bytes as usize;
         let Some(c) = self.conn_mut(id) else { return };
+        if !matches!(c.state, State::Open | State::Closing) {
+            // Being torn down: the buffer is dropped, nothing new goes in flight.
+            return self.maybe_close(id);
+        }
         let fd =
             c.fd.as_ref()
                 .map(|f| f.as_raw_fd())
@@ -1407,6 +1444,7 @@ impl<'a> Worker<'a> {
         match r {
             Ok(_) => {
                 c.out_busy = true;
+                c.last_out = Instant::now();
                 c.send_len = len;
                 c.ops += 1;
                 c.last_active = now;
@@ -1508,6 +1546,7 @@ impl<'a> Worker<'a> {
                         Ok(n) => {
                             c.ops += n;
                             c.out_busy = true;
+                            c.last_out = Instant::now();
                         }
                         Err(rej) => {
                             let e = io::Error::other(rej.error.to_string());
@@ -1567,6 +1606,7 @@ impl<'a> Worker<'a> {
                         Ok(()) => {
                             let c = self.conn_mut(id).expect("still there");
                             c.out_busy = true;
+                            c.last_out = Instant::now();
                             c.ops += 1;
                         }
                         Err(e) => {
@@ -1612,12 +1652,14 @@ impl<'a> Worker<'a> {
                     io::ErrorKind::UnexpectedEof,
                     "replay file shorter than the range being sent",
                 );
-                c.out_busy = true; // the linked out-splice is still to come back (cancelled)
+                c.out_busy = true;
+                c.last_out = Instant::now(); // the linked out-splice is still to come back (cancelled)
                 self.fail_file(id, e, svc);
             }
             (K_SPLICE_IN, Ok(n)) => {
                 f.in_pipe = n as u32;
-                c.out_busy = true; // wait for the out half
+                c.out_busy = true;
+                c.last_out = Instant::now(); // wait for the out half
             }
             (K_SPLICE_OUT | K_SPLICE_DRAIN, Ok(n)) => {
                 f.in_pipe -= (n as u32).min(f.in_pipe);

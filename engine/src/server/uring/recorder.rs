@@ -52,6 +52,7 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
     };
     let per_worker =
         (cfg.server.max_connections as usize + cfg.server.http_max_connections as usize).max(16);
+    let http_timeout = Duration::from_millis(cfg.server.http_timeout_ms);
     let opts = DriverOptions {
         ingest_addr,
         http_addr,
@@ -61,12 +62,15 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
         // Sessions time out themselves (idle-timeout-ms with a protocol error), HTTP in
         // the service (http-timeout-ms): no silent driver-level closes.
         idle_timeout: Duration::ZERO,
+        // A DS that stops reading its acks, or an HTTP client that stops reading its
+        // download, is cut off like the blocking backend's write timeouts do.
+        send_timeout_ingest: Duration::from_millis(cfg.server.idle_timeout_ms),
+        send_timeout_http: http_timeout,
         tick: Duration::from_millis(10),
         shutdown_grace: Duration::from_secs(20),
     };
     let handle = Arc::new(super::Handle::default());
     let http_max = cfg.server.http_max_request_bytes as usize;
-    let http_timeout = Duration::from_millis(cfg.server.http_timeout_ms);
     let make =
         |w: usize| Recorder::new(w, registry.clone(), session.clone(), http_max, http_timeout);
     let r = super::run(
