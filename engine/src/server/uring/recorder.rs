@@ -751,12 +751,24 @@ impl Service for Recorder {
                 }
                 Some(Conn::Refused) | None if !self.detached.contains_key(&id) => {}
                 _ => {
-                    if let Some(ds) = self.ds_mut(id) {
-                        if ds.sess.deadline().is_some_and(|d| d <= now) {
-                            ds.sess.on_timer(now);
+                    // Only sessions with something due: a timer that passed, or a write
+                    // waiting for arena slots. (Driving all of them every tick is O(n)
+                    // work per wake-up with thousands of matches.)
+                    let due = match self.ds_mut(id) {
+                        Some(ds) => {
+                            let timer = ds.sess.deadline().is_some_and(|d| d <= now);
+                            if timer {
+                                ds.sess.on_timer(now);
+                            }
+                            timer
+                                || matches!(ds.pending, Pending::Write { in_flight: 0, .. })
+                                || (!ds.attached && matches!(ds.pending, Pending::None))
                         }
+                        None => false,
+                    };
+                    if due || self.shutting_down {
+                        self.drive(id, io);
                     }
-                    self.drive(id, io);
                 }
             }
         }
