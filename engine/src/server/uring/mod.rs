@@ -1783,6 +1783,9 @@ impl<'a> Worker<'a> {
         let Some(c) = conn_of(&mut self.conns, id) else {
             return;
         };
+        if c.state != State::Closing {
+            return; // already lingering or being torn down
+        }
         if c.eof_seen || c.fd.is_none() {
             return self.abort(id);
         }
