@@ -104,6 +104,8 @@ pub struct PatternResult {
     pub fio_command: Option<String>,
     /// The effective settings of our last run.
     pub effective: fileio::Effective,
+    /// fio's start-up CPU seconds (a one-block run), subtracted from its runs.
+    pub fio_startup_cpu_s: Option<f64>,
     pub syncs: u64,
 }
 
@@ -123,13 +125,19 @@ impl PatternResult {
     pub fn fio_median(&self) -> Option<Measurement> {
         med(&self.fio)
     }
-    /// ours / fio throughput (medians).
+    /// ours / fio throughput: the median of the per-pair ratios (runs i of each side
+    /// were measured back to back).
     pub fn ratio_mbps(&self) -> Option<f64> {
-        Some(self.ours_median()?.mbps / self.fio_median()?.mbps)
+        median(self.pair_ratios(|m| m.mbps))
     }
-    /// ours / fio CPU seconds per GiB (medians; below 1 = we use less CPU).
+    /// ours / fio CPU seconds per GiB, median of the per-pair ratios (below 1 = we use
+    /// less CPU).
     pub fn ratio_cpu(&self) -> Option<f64> {
-        Some(self.ours_median()?.cpu_s_per_gib / self.fio_median()?.cpu_s_per_gib)
+        median(self.pair_ratios(|m| m.cpu_s_per_gib))
+    }
+    /// Per-pair ours/fio ratios of one figure.
+    pub fn pair_ratios(&self, f: impl Fn(&Measurement) -> f64) -> Vec<f64> {
+        self.ours.iter().zip(&self.fio).filter(|(_, b)| f(b) > 0.0).map(|(a, b)| f(a) / f(b)).collect()
     }
 }
 
@@ -297,7 +305,12 @@ fn fio_version(bin: &str) -> Result<String, BenchError> {
 }
 
 /// Runs fio once and parses its JSON.
-fn run_fio(bin: &str, args: &[String], pattern: Pattern) -> Result<Measurement, BenchError> {
+/// Runs fio once and parses its JSON. CPU: fio's own usr_cpu/sys_cpu come from
+/// getrusage(RUSAGE_THREAD) of its job thread and leave out io_uring's io-wq and SQPOLL
+/// threads, which our figure includes; so the whole fio process is counted
+/// (RUSAGE_CHILDREN around it), minus `startup_cpu_s`, fio's start-up and tear-down
+/// measured with a one-block run.
+fn run_fio(bin: &str, args: &[String], pattern: Pattern, startup_cpu_s: f64) -> Result<(Measurement, f64), BenchError> {
     let (u0, s0) = fs::children_cpu_times();
     let o = Command::new(bin).args(args).output().map_err(|e| BenchError::Fio(format!("cannot run {bin:?}: {e}")))?;
     let (u1, s1) = fs::children_cpu_times();
@@ -312,13 +325,28 @@ fn run_fio(bin: &str, args: &[String], pattern: Pattern) -> Result<Measurement, 
         )));
     }
     let mut m = parse_fio_json(&out, pattern).map_err(BenchError::Fio)?;
-    // fio's own usr_cpu/sys_cpu come from getrusage(RUSAGE_THREAD) of its job thread and
-    // leave out io_uring's io-wq and SQPOLL threads, which our figure includes: count
-    // the whole fio process instead (its start-up is included, a small overstatement).
+    let cpu = (u1 - u0) + (s1 - s0);
     if let Some(gib) = m.gib.filter(|&g| g > 0.0) {
-        m.cpu_s_per_gib = ((u1 - u0) + (s1 - s0)) / gib;
+        m.cpu_s_per_gib = (cpu - startup_cpu_s).max(0.0) / gib;
     }
-    Ok(m)
+    Ok((m, cpu))
+}
+
+/// fio's CPU for start-up and tear-down: the same command moving one block per job.
+fn fio_startup_cpu(bin: &str, args: &[String], pattern: Pattern, bs: u64) -> Result<f64, BenchError> {
+    let tiny: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.starts_with("--size=") {
+                format!("--size={bs}")
+            } else if a.starts_with("--offset_increment=") {
+                format!("--offset_increment={bs}")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    Ok(run_fio(bin, &tiny, pattern, 0.0)?.1)
 }
 
 /// Parses fio's `--output-format=json` (one job or group-reported jobs).
@@ -408,6 +436,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
                     fio_skipped,
                     fio_command,
                     effective: r.effective.clone(),
+                    fio_startup_cpu_s: None,
                     syncs: r.syncs,
                 }
             });
@@ -415,7 +444,13 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
             if p.fio_command.is_some() {
                 let args = fio_args(spec, pattern, path, r.effective.direct).map_err(BenchError::Fio)?;
                 reset(path)?;
-                p.fio.push(run_fio(&spec.fio_bin, &args, pattern)?);
+                if p.fio_startup_cpu_s.is_none() {
+                    reset(path)?;
+                    p.fio_startup_cpu_s = Some(fio_startup_cpu(&spec.fio_bin, &args, pattern, spec.cfg.file.block_size)?);
+                    reset(path)?;
+                }
+                let startup = p.fio_startup_cpu_s.unwrap_or(0.0);
+                p.fio.push(run_fio(&spec.fio_bin, &args, pattern, startup)?.0);
             }
         }
         if pattern.is_write() && spec.write_mode != WriteMode::Overwrite {
@@ -469,6 +504,14 @@ impl BenchResult {
             ));
         }
         for r in &self.results {
+            let pr = r.pair_ratios(|m| m.mbps);
+            if pr.len() > 1 {
+                let lo = pr.iter().cloned().fold(f64::INFINITY, f64::min);
+                let hi = pr.iter().cloned().fold(0.0, f64::max);
+                out.push_str(&format!("{}: ours/fio MB/s per pair {:.3}..{:.3} over {} pairs\n", r.pattern.name(), lo, hi, pr.len()));
+            }
+        }
+        for r in &self.results {
             if let Some(why) = &r.fio_skipped {
                 out.push_str(&format!("fio not run for {}: {why}\n", r.pattern.name()));
             }
@@ -515,6 +558,8 @@ impl BenchResult {
                 "ratio_mbps": r.ratio_mbps(),
                 "ratio_cpu_s_per_gib": r.ratio_cpu(),
                 "fio_command": r.fio_command,
+                "fio_startup_cpu_s": r.fio_startup_cpu_s,
+                "ratio_mbps_pairs": r.pair_ratios(|m| m.mbps),
                 "fio_skipped": r.fio_skipped,
                 "syncs": r.syncs,
                 "effective": {
