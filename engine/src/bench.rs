@@ -443,7 +443,7 @@ fn drop_cache(path: &Path) {
 
 /// Runs the benchmark. Errors from our engine (including "unsupported") stop it.
 pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
-    spec.cfg.validate().map_err(FileIoError::from)?;
+    fileio::validate(&spec.cfg).map_err(FileIoError::from)?;
     std::fs::create_dir_all(&spec.dir).map_err(|e| FileIoError::Io {
         what: format!("create {}", spec.dir.display()),
         err: e,
@@ -687,7 +687,10 @@ impl BenchResult {
 
 fn command() -> clap::Command {
     let cmd = clap::Command::new("recorder io-bench")
-        .about("File I/O benchmark: sequential/random writes and reads with any ring and file option, side by side with fio")
+        .about(
+            "File I/O benchmark: sequential/random writes and reads with any ring and file option, side by side with fio. \
+             --backend uring|blocking (the [server] knob of the same name) picks the I/O backend: rings, or pwrite/pread on io-depth threads.",
+        )
         .arg(clap::Arg::new("path").long("path").value_name("DIR").default_value(".").help("Directory for the benchmark files"))
         .arg(clap::Arg::new("size").long("size").value_name("SIZE").default_value("1g").help("Bytes per run (a multiple of the block size)"))
         .arg(clap::Arg::new("bs").long("bs").value_name("SIZE").help("Block size (same as --block-size)"))
@@ -699,7 +702,6 @@ fn command() -> clap::Command {
                 .default_value("write,read")
                 .help("Patterns, comma separated; all = write,read,randwrite,randread"),
         )
-        .arg(clap::Arg::new("backend").long("backend").value_name("uring|blocking").default_value("uring").help("I/O backend"))
         .arg(clap::Arg::new("fio").long("fio").action(clap::ArgAction::SetTrue).help("Also run fio with the equivalent settings, alternating"))
         .arg(clap::Arg::new("repeat").long("repeat").value_name("N").default_value("3").help("Runs per side and pattern (median reported)"))
         .arg(clap::Arg::new("fio-bin").long("fio-bin").value_name("PATH").default_value("fio").help("fio binary"))
@@ -742,7 +744,7 @@ pub fn parse_args(args: Vec<String>) -> Result<(BenchSpec, bool), String> {
         }
         cfg.file.io_depth = v;
     }
-    cfg.validate().map_err(|e: ConfigError| e.to_string())?;
+    fileio::validate(&cfg).map_err(|e: ConfigError| e.to_string())?;
     let size = parse_bytes(m.get_one::<String>("size").expect("default"))
         .map_err(|e| format!("--size: {e}"))?;
     if size == 0 || size % cfg.file.block_size != 0 {
@@ -765,8 +767,11 @@ pub fn parse_args(args: Vec<String>) -> Result<(BenchSpec, bool), String> {
             patterns.push(Pattern::parse(p.trim()).map_err(|e| format!("--rw: {e}"))?);
         }
     }
-    let backend = Backend::parse(m.get_one::<String>("backend").expect("default"))
-        .map_err(|e| format!("--backend: {e}"))?;
+    // `--backend` is the [server] section's knob (same name, same values).
+    let backend = match cfg.server.backend {
+        crate::config::server::Backend::Uring => Backend::Uring,
+        crate::config::server::Backend::Blocking => Backend::Blocking,
+    };
     let repeat = config::parse_num::<usize>(m.get_one::<String>("repeat").expect("default"))
         .map_err(|e| format!("--repeat: {e}"))?;
     if repeat == 0 {

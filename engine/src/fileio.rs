@@ -495,8 +495,16 @@ fn extend_after_prealloc(job: &Job, cfg: &Config, of: &OpenFile) -> Result<(), F
     Ok(())
 }
 
+/// The rules of the sections file I/O uses: [ring] and [file]. ([net] and [server]
+/// rules are about serving and do not apply to a file job: e.g. [net] refuses IOPOLL
+/// because sockets cannot be polled, while file I/O is where IOPOLL is measured.)
+pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    crate::config::ring::validate(cfg)?;
+    crate::config::file::validate(cfg)
+}
+
 fn check_job(job: &Job, cfg: &Config) -> Result<(), FileIoError> {
-    cfg.validate()?;
+    validate(cfg)?;
     let bs = cfg.file.block_size;
     if job.size == 0 || !job.size.is_multiple_of(bs) {
         return Err(FileIoError::Config(ConfigError::new(

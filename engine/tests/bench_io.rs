@@ -72,7 +72,12 @@ fn refuses_bad_arguments_by_name() {
     let e = bench::parse_args(args(&["--rw", "sideways"])).unwrap_err();
     assert!(e.contains("--rw") && e.contains("sideways"), "{e}");
     let e = bench::parse_args(args(&["--backend", "aio"])).unwrap_err();
-    assert!(e.contains("expected uring or blocking"), "{e}");
+    assert!(
+        e.contains("backend") && e.contains("uring, blocking"),
+        "{e}"
+    );
+    // IOPOLL is a file-I/O option here even though serving refuses it.
+    bench::parse_args(args(&["--iopoll", "true", "--direct", "required"])).unwrap();
     let e = bench::parse_args(args(&["--write-op", "write-fixed"])).unwrap_err();
     assert!(e.contains("set register-buffers=true"), "{e}");
 }

@@ -428,25 +428,20 @@ mod tests {
 
     #[test]
     fn iopoll_rules() {
+        // This section's rules only ([net] refuses IOPOLL for serving on its own).
         let mut c = Config::default();
         c.set("ring.iopoll", "true").unwrap();
-        let m = c.validate().unwrap_err().message;
+        let m = validate(&c).unwrap_err().message;
         assert!(m.contains("set direct=required or iopoll=false"), "{m}");
         c.set("file.direct", "required").unwrap();
-        c.validate().unwrap();
+        validate(&c).unwrap();
         c.set("file.durability", "fdatasync").unwrap();
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .message
-            .contains("cannot run fsync/fdatasync"));
+        let m = validate(&c).unwrap_err().message;
+        assert!(m.contains("cannot run fsync/fdatasync"), "{m}");
         c.set("file.durability", "none").unwrap();
         c.set("file.prealloc", "true").unwrap();
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .message
-            .contains("cannot run fallocate"));
+        let m = validate(&c).unwrap_err().message;
+        assert!(m.contains("cannot run fallocate"), "{m}");
     }
 
     #[test]
