@@ -807,14 +807,14 @@ pub fn cli_main(args: Vec<String>) -> ExitCode {
     };
     match run(&spec) {
         Ok(r) => {
-            if as_json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&r.to_json()).unwrap_or_default()
-                );
+            let text = if as_json {
+                serde_json::to_string_pretty(&r.to_json()).unwrap_or_default() + "\n"
             } else {
-                print!("{}", r.table());
-            }
+                r.table()
+            };
+            // A closed pipe (`| head`) is not an error worth a panic.
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
             ExitCode::SUCCESS
         }
         Err(e) => {
