@@ -10,11 +10,27 @@ use std::path::PathBuf;
 const SIZE: u64 = 256 << 10;
 const BS: u64 = 16 << 10;
 
-fn tmpdir(name: &str) -> PathBuf {
+/// A temporary directory removed when the test ends (pass or fail).
+struct Dir(PathBuf);
+
+impl std::ops::Deref for Dir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmpdir(name: &str) -> Dir {
     let d = std::env::temp_dir().join(format!("fileio-modes-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Dir(d)
 }
 
 fn cfg(pairs: &[(&str, &str)]) -> Config {
