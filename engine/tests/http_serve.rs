@@ -234,19 +234,33 @@ fn retention_deletes_old_replays_and_says_gone() {
     let srv = spawn_server(&default_backend(), dir.path(), &["--retention-s", "1"]);
     let (_, r) = stream_match(srv.ingest, "old", 3, 10);
     assert!(matches!(r, Reply::Sealed { .. }));
-    assert_eq!(testkit::http_get(srv.http, "GET", "/matches/old", &[]).unwrap().status, 200);
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/old", &[])
+            .unwrap()
+            .status,
+        200
+    );
     let until = Instant::now() + Duration::from_secs(10);
     loop {
-        let s = testkit::http_get(srv.http, "GET", "/matches/old", &[]).unwrap().status;
-        if s == 410 {
+        let g = testkit::http_get(srv.http, "GET", "/matches/old", &[]).unwrap();
+        if g.status == 410 {
             break;
         }
-        assert_eq!(s, 200);
+        assert_eq!(g.status, 200, "{}", String::from_utf8_lossy(&g.body));
         assert!(Instant::now() < until, "replay not expired after 10 s");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!dir.path().join("old.rpl").exists());
-    assert_eq!(testkit::http_get(srv.http, "GET", "/matches/never", &[]).unwrap().status, 404, "unknown is not expired");
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/never", &[])
+            .unwrap()
+            .status,
+        404,
+        "unknown is not expired"
+    );
     let mut c = DsClient::connect(srv.ingest).unwrap();
-    assert_eq!(c.hello("old", false, b"").unwrap().error_code(), Some(engine::protocol::ErrorCode::MatchSealed));
+    assert_eq!(
+        c.hello("old", false, b"").unwrap().error_code(),
+        Some(engine::protocol::ErrorCode::MatchSealed)
+    );
 }

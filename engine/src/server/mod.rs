@@ -222,7 +222,11 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
         ))
     })?;
     if cfg.server.retention_s > 0 {
-        spawn_retention(registry.clone(), Duration::from_secs(cfg.server.retention_s), shutdown.clone())?;
+        spawn_retention(
+            registry.clone(),
+            Duration::from_secs(cfg.server.retention_s),
+            shutdown.clone(),
+        )?;
     }
     let mut sc = session_config(&cfg);
     sc.store = opts;
@@ -239,7 +243,11 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
 
 /// Deletes sealed replays older than `retention` (checked every retention/10, at most every
 /// minute, at least every 100 ms), until shutdown.
-fn spawn_retention(reg: Arc<Registry>, retention: Duration, shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
+fn spawn_retention(
+    reg: Arc<Registry>,
+    retention: Duration,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), ServerError> {
     let step = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
     std::thread::Builder::new()
         .name("retention".into())

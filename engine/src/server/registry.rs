@@ -253,7 +253,11 @@ impl Registry {
 
     /// True when `id` was a sealed replay deleted by retention.
     pub fn is_expired(&self, id: &str) -> bool {
-        self.expired.lock().unwrap_or_else(|p| p.into_inner()).0.contains(id)
+        self.expired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .contains(id)
     }
 
     /// Retention: deletes sealed replays sealed before `cutoff_unix_us` (file, then entry);
@@ -436,7 +440,10 @@ impl Registry {
             ));
         }
         if self.is_expired(id) {
-            return Err((ErrorCode::MatchSealed, format!("match {id} was sealed and has expired (retention-s); use a new match id")));
+            return Err((
+                ErrorCode::MatchSealed,
+                format!("match {id} was sealed and has expired (retention-s); use a new match id"),
+            ));
         }
         let mut map = self.map();
         if let Some(m) = map.get(id).cloned() {
