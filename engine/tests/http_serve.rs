@@ -227,3 +227,40 @@ fn keep_alive_pipelining_and_malformed_requests() {
     let m = testkit::http_get(srv.http, "GET", "/metrics", &[]).unwrap();
     assert!(String::from_utf8_lossy(&m.body).contains("recorder_matches_sealed 1"));
 }
+
+#[test]
+fn retention_deletes_old_replays_and_says_gone() {
+    let dir = TempDir::new("retention");
+    let srv = spawn_server(&default_backend(), dir.path(), &["--retention-s", "1"]);
+    let (_, r) = stream_match(srv.ingest, "old", 3, 10);
+    assert!(matches!(r, Reply::Sealed { .. }));
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/old", &[])
+            .unwrap()
+            .status,
+        200
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let g = testkit::http_get(srv.http, "GET", "/matches/old", &[]).unwrap();
+        if g.status == 410 {
+            break;
+        }
+        assert_eq!(g.status, 200, "{}", String::from_utf8_lossy(&g.body));
+        assert!(Instant::now() < until, "replay not expired after 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!dir.path().join("old.rpl").exists());
+    assert_eq!(
+        testkit::http_get(srv.http, "GET", "/matches/never", &[])
+            .unwrap()
+            .status,
+        404,
+        "unknown is not expired"
+    );
+    let mut c = DsClient::connect(srv.ingest).unwrap();
+    assert_eq!(
+        c.hello("old", false, b"").unwrap().error_code(),
+        Some(engine::protocol::ErrorCode::MatchSealed)
+    );
+}

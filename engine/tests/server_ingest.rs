@@ -384,7 +384,7 @@ fn credential_and_limits() {
             "--max-connections",
             "3",
             "--idle-timeout-ms",
-            "400",
+            "2000",
         ],
     );
     let mut c = DsClient::connect(srv.ingest).unwrap();
@@ -393,7 +393,7 @@ fn credential_and_limits() {
         Some(ErrorCode::AuthFailed)
     );
     drop(c);
-    std::thread::sleep(Duration::from_millis(400)); // the refused connection is gone
+    std::thread::sleep(Duration::from_millis(300)); // the refused connection is gone
     let mut a = DsClient::connect(srv.ingest).unwrap();
     assert!(matches!(
         a.hello("a", false, b"s3cret").unwrap(),
@@ -408,7 +408,7 @@ fn credential_and_limits() {
     let r = c.hello("c", false, b"s3cret").unwrap();
     assert_eq!(r.error_code(), Some(ErrorCode::TooManyMatches), "{r:?}");
     drop(c);
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(300));
     // 3 connections open (a, b, hold): the 4th is refused
     let _hold = DsClient::connect(srv.ingest).unwrap();
     std::thread::sleep(Duration::from_millis(100));
@@ -420,7 +420,7 @@ fn credential_and_limits() {
     assert_eq!(r.error_code(), Some(ErrorCode::IdleTimeout), "{r:?}");
     drop(a);
     drop(d);
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(300));
     let mut a2 = DsClient::connect(srv.ingest).unwrap();
     let r = a2.hello("a", true, b"s3cret").unwrap();
     assert!(matches!(r, Reply::Welcome { last_seq: 0, .. }), "{r:?}");

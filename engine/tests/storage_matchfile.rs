@@ -72,7 +72,7 @@ fn write_frames(
                 );
             }
             storage::io::write_req(fd, &req, opts.rw_flags()).unwrap();
-            f.write_done(&req);
+            f.write_done(req);
             assert_eq!(f.written_end(), logical.len() as u64);
             if f.needs_sync() {
                 let (e, s) = f.sync_point();
@@ -127,7 +127,7 @@ fn round_trip(direct: bool, durability: Durability, stage: usize) {
     f.seal(99);
     while let Some(req) = f.take_write() {
         storage::io::write_req(&fd, &req, opts.rw_flags()).unwrap();
-        f.write_done(&req);
+        f.write_done(req);
     }
     let info = storage::io::seal_match(&paths, "st", &fd, f.sealed_len().unwrap()).unwrap();
     let bytes = std::fs::read(paths.sealed_path("st")).unwrap();
@@ -250,7 +250,7 @@ fn parse_replay_names_corruption() {
     f.seal(2);
     let req = f.take_write().unwrap();
     storage::io::write_req(&fd, &req, 0).unwrap();
-    f.write_done(&req);
+    f.write_done(req);
     storage::io::seal_match(&paths, "st", &fd, f.sealed_len().unwrap()).unwrap();
     let good = std::fs::read(paths.sealed_path("st")).unwrap();
     parse_replay(&good).unwrap();

@@ -45,6 +45,7 @@ pub struct ServerConfig {
     pub http_timeout_ms: u64,
     pub live_max_delay_ms: u64,
     pub ds_token: String,
+    pub retention_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +68,7 @@ impl Default for ServerConfig {
             http_timeout_ms: 10_000,
             live_max_delay_ms: 120_000,
             ds_token: String::new(),
+            retention_s: 0,
         }
     }
 }
@@ -106,6 +108,7 @@ const KNOBS: &[Knob] = &[
     k("http-timeout-ms", "u64", "10000", "An HTTP client must send a whole request, and accept response bytes, within this long (slow clients are closed); idle keep-alive connections are closed after it."),
     k("live-max-delay-ms", "u64", "120000", "Largest ?delay_ms a live viewer may ask for; bounds the per-match publish history."),
     k("ds-token", "string", "", "Credential every DS HELLO must carry (empty: none required)."),
+    k("retention-s", "u64", "0", "Sealed replays older than this many seconds are deleted (then 410 Gone until restart, and their id cannot be reused); 0 keeps them forever."),
 ];
 
 impl Section for ServerConfig {
@@ -132,6 +135,7 @@ impl Section for ServerConfig {
             "http-timeout-ms" => self.http_timeout_ms = parse_num(v)?,
             "live-max-delay-ms" => self.live_max_delay_ms = parse_num(v)?,
             "ds-token" => self.ds_token = v.to_string(),
+            "retention-s" => self.retention_s = parse_num(v)?,
             _ => return Err(format!("unknown option {name}")),
         }
         Ok(())
@@ -155,6 +159,7 @@ impl Section for ServerConfig {
             "http-timeout-ms" => self.http_timeout_ms.to_string(),
             "live-max-delay-ms" => self.live_max_delay_ms.to_string(),
             "ds-token" => self.ds_token.clone(),
+            "retention-s" => self.retention_s.to_string(),
             _ => return None,
         })
     }

@@ -471,6 +471,10 @@ pub fn route(req: &Request, reg: &Registry) -> Response {
                 return Response::simple(400, &e.text, ka, head_only, &[]);
             }
             let Some(m) = reg.get(id) else {
+                if reg.is_expired(id) {
+                    let text = format!("match {id} has expired and was deleted (retention-s)");
+                    return Response::simple(410, &text, ka, head_only, &[]);
+                }
                 return Response::simple(
                     404,
                     &format!("no match {id} is recorded or being recorded here"),

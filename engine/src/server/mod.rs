@@ -143,7 +143,8 @@ pub fn session_config(cfg: &Config) -> SessionConfig {
         idle_timeout: Duration::from_millis(s.idle_timeout_ms),
         ds_token: s.ds_token.as_bytes().to_vec(),
         store: store_options(cfg),
-        max_buffered_input: (s.max_frame_bytes as usize + 64).max(4 << 20),
+        // always room for one whole message plus a read
+        max_buffered_input: (2 * (s.max_frame_bytes as usize + 68)).max(4 << 20),
     }
 }
 
@@ -220,6 +221,13 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
             cfg.server.http_addr
         ))
     })?;
+    if cfg.server.retention_s > 0 {
+        spawn_retention(
+            registry.clone(),
+            Duration::from_secs(cfg.server.retention_s),
+            shutdown.clone(),
+        )?;
+    }
     let mut sc = session_config(&cfg);
     sc.store = opts;
     let session = Arc::new(sc);
@@ -231,6 +239,29 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
         http,
         shutdown,
     })
+}
+
+/// Deletes sealed replays older than `retention` (checked every retention/10, at most every
+/// minute, at least every 100 ms), until shutdown.
+fn spawn_retention(
+    reg: Arc<Registry>,
+    retention: Duration,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), ServerError> {
+    let step = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    std::thread::Builder::new()
+        .name("retention".into())
+        .spawn(move || {
+            while !shutdown.load(std::sync::atomic::Ordering::Acquire) {
+                let cutoff = storage::now_unix_us().saturating_sub(retention.as_micros() as u64);
+                for id in reg.expire_sealed_before(cutoff) {
+                    eprintln!("retention: deleted {id}.rpl");
+                }
+                std::thread::sleep(step);
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| ServerError(format!("cannot start the retention thread: {e}")))
 }
 
 /// The io_uring backend entry point (helper "uring-server" replaces this stub's body with

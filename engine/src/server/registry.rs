@@ -4,7 +4,7 @@
 
 use crate::protocol::ErrorCode;
 use crate::storage::{FileStats, IndexEntry, MatchFile, SealedInfo, StorePaths};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -228,7 +228,12 @@ pub struct Registry {
     shutting_down: AtomicBool,
     pub metrics: Metrics,
     waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+    /// Ids deleted by retention (bounded, oldest forgotten first): 410 for readers, refused for writers.
+    expired: Mutex<(HashSet<String>, VecDeque<String>)>,
 }
+
+/// How many expired ids are remembered.
+const EXPIRED_MEMORY: usize = 100_000;
 
 impl Registry {
     pub fn new(paths: StorePaths, limits: Limits) -> Arc<Registry> {
@@ -242,7 +247,61 @@ impl Registry {
             shutting_down: AtomicBool::new(false),
             metrics: Metrics::default(),
             waker: Mutex::new(None),
+            expired: Mutex::new((HashSet::new(), VecDeque::new())),
         })
+    }
+
+    /// True when `id` was a sealed replay deleted by retention.
+    pub fn is_expired(&self, id: &str) -> bool {
+        self.expired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .contains(id)
+    }
+
+    /// Retention: deletes sealed replays sealed before `cutoff_unix_us` (file, then entry);
+    /// returns the ids deleted. Readers that already opened a file keep reading it.
+    pub fn expire_sealed_before(&self, cutoff_unix_us: u64) -> Vec<String> {
+        let victims: Vec<Arc<MatchShared>> = self
+            .map()
+            .values()
+            .filter(|m| {
+                let i = m.info();
+                i.phase == Phase::Sealed && i.sealed_unix_us < cutoff_unix_us
+            })
+            .cloned()
+            .collect();
+        let mut done = Vec::new();
+        for m in victims {
+            let path = self.paths.sealed_path(&m.id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    eprintln!("retention: cannot delete {}: {e}", path.display());
+                    continue;
+                }
+            }
+            {
+                let mut ex = self.expired.lock().unwrap_or_else(|p| p.into_inner());
+                if ex.0.insert(m.id.clone()) {
+                    ex.1.push_back(m.id.clone());
+                }
+                while ex.1.len() > EXPIRED_MEMORY {
+                    if let Some(old) = ex.1.pop_front() {
+                        ex.0.remove(&old);
+                    }
+                }
+            }
+            self.map().remove(&m.id);
+            m.bump();
+            done.push(m.id.clone());
+        }
+        if !done.is_empty() {
+            let _ = crate::storage::io::sync_dir(&self.paths.root);
+        }
+        done
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<MatchShared>>> {
@@ -378,6 +437,12 @@ impl Registry {
             return Err((
                 ErrorCode::ShuttingDown,
                 "the recorder is shutting down; reconnect with RESUME later".into(),
+            ));
+        }
+        if self.is_expired(id) {
+            return Err((
+                ErrorCode::MatchSealed,
+                format!("match {id} was sealed and has expired (retention-s); use a new match id"),
             ));
         }
         let mut map = self.map();

@@ -654,7 +654,7 @@ impl IngestSession {
             Ok(()) => {
                 Metrics::add(&self.registry.metrics.writes, 1);
                 Metrics::add(&self.registry.metrics.write_bytes, req.bytes().len() as u64);
-                f.write_done(&req);
+                f.write_done(req);
                 self.after_progress();
             }
         }
