@@ -107,6 +107,7 @@ fn scenario(settings: &[(&str, &str)]) {
             run(
                 &cfg,
                 &opts,
+                None,
                 |_w| TestSvc {
                     dir: dir.clone(),
                     ports: HashMap::new(),

@@ -106,6 +106,7 @@ pub struct NetConfig {
     pub listen_backlog: u32,
     pub sndbuf_bytes: u32,
     pub rcvbuf_bytes: u32,
+    pub worker_arena_slots: u32,
 }
 
 impl Default for NetConfig {
@@ -126,6 +127,7 @@ impl Default for NetConfig {
             listen_backlog: 1024,
             sndbuf_bytes: 0,
             rcvbuf_bytes: 0,
+            worker_arena_slots: 128,
         }
     }
 }
@@ -165,6 +167,14 @@ const KNOBS: &[Knob] = &[
     k("listen-backlog", "listen(2) backlog", "", "u32", "1024", "Accept queue length of each listener (capped by net.core.somaxconn)."),
     k("sndbuf-bytes", "SO_SNDBUF", "", "bytes", "0", "Socket send buffer of accepted connections; 0 keeps the kernel's autotuning."),
     k("rcvbuf-bytes", "SO_RCVBUF", "", "bytes", "0", "Socket receive buffer of accepted connections; 0 keeps the kernel's autotuning."),
+    k(
+        "worker-arena-slots",
+        "IORING_REGISTER_BUFFERS",
+        "5.1",
+        "u32",
+        "128",
+        "Aligned buffers per io_uring worker (each serve-chunk-bytes + 4 KiB), registered when register-buffers: HTTP chunks and match-file write pieces wait for one when all are in use.",
+    ),
 ];
 
 fn bytes_u32(v: &str) -> Result<u32, String> {
@@ -194,6 +204,7 @@ impl Section for NetConfig {
             "listen-backlog" => self.listen_backlog = parse_num(v)?,
             "sndbuf-bytes" => self.sndbuf_bytes = bytes_u32(v)?,
             "rcvbuf-bytes" => self.rcvbuf_bytes = bytes_u32(v)?,
+            "worker-arena-slots" => self.worker_arena_slots = parse_num(v)?,
             _ => return Err(format!("unknown option {name}")),
         }
         Ok(())
@@ -215,6 +226,7 @@ impl Section for NetConfig {
             "listen-backlog" => self.listen_backlog.to_string(),
             "sndbuf-bytes" => self.sndbuf_bytes.to_string(),
             "rcvbuf-bytes" => self.rcvbuf_bytes.to_string(),
+            "worker-arena-slots" => self.worker_arena_slots.to_string(),
             _ => return None,
         })
     }
@@ -304,6 +316,12 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 "pipe-bytes must be at least 4096 (one page), got {}",
                 n.pipe_bytes
             ),
+        ));
+    }
+    if n.worker_arena_slots < 4 || n.worker_arena_slots > 16384 {
+        return Err(ConfigError::new(
+            &["worker-arena-slots"],
+            format!("worker-arena-slots must be 4..16384 (the kernel registers at most 16384 buffers), got {}", n.worker_arena_slots),
         ));
     }
     if n.listen_backlog == 0 {

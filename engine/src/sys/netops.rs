@@ -352,6 +352,8 @@ pub enum Completion<B> {
     Close { ctx: u64, res: Result<(), Errno> },
     /// ASYNC_CANCEL result: number of requests cancelled (with `all`), or 0.
     Cancel { ctx: u64, res: Result<u32, Errno> },
+    /// SHUTDOWN result.
+    Shutdown { ctx: u64, res: Result<(), Errno> },
     /// MSG_RING result (on the sending ring).
     MsgRing { ctx: u64, res: Result<(), Errno> },
     /// TIMEOUT fired (`Ok(true)`, the kernel's -ETIME), completed by count
@@ -387,6 +389,7 @@ enum Op<B> {
         _ts: Box<types::Timespec>,
     },
     MsgRing,
+    Shutdown,
 }
 
 struct Slot<B> {
@@ -840,6 +843,14 @@ impl<B: IoBuf> NetOps<B> {
         self.push(ring, idx, &[e.user_data(ud)])
     }
 
+    /// SHUTDOWN (5.11+) of a socket: `how` is libc::SHUT_WR / SHUT_RD / SHUT_RDWR.
+    pub fn shutdown<S: SqSink + ?Sized>(&mut self, ring: &mut S, fd: RawFd, how: i32, ctx: u64) -> Result<u64, Rejected<B>> {
+        let idx = self.alloc(Op::Shutdown, ctx).map_err(|e| self.reject(e))?;
+        let e = opcode::Shutdown::new(types::Fd(fd), how).build();
+        let ud = self.user_data(idx);
+        self.push(ring, idx, &[e.user_data(ud)])
+    }
+
     /// MSG_RING (5.18+): posts a CQE with `target_user_data` and `value` as its res on
     /// the ring `target_ring_fd` (a wake-up or hand-off notice between workers). The
     /// target's CQE is not a netops one: give it a tag the target routes itself.
@@ -998,6 +1009,10 @@ impl<B: IoBuf> NetOps<B> {
                     r => Err(Errno(-r)),
                 };
                 Some(Completion::Timeout { ctx, res: r })
+            }
+            Op::Shutdown => {
+                self.release(idx);
+                Some(Completion::Shutdown { ctx, res: res_to(res).map(|_| ()) })
             }
             Op::MsgRing => {
                 self.release(idx);

@@ -267,6 +267,10 @@ pub struct DriverOptions {
     pub max_connections_per_worker: usize,
     /// Close connections silent for this long (0 = never).
     pub idle_timeout: Duration,
+    /// Abort a connection whose output makes no progress for this long (a peer that
+    /// does not read), per port (0 = never).
+    pub send_timeout_ingest: Duration,
+    pub send_timeout_http: Duration,
     /// Timer period of the service and the sweeps.
     pub tick: Duration,
     /// Longest wait for the service to flush at shutdown.
@@ -281,6 +285,8 @@ impl Default for DriverOptions {
             workers: 2,
             max_connections_per_worker: 4096,
             idle_timeout: Duration::from_secs(60),
+            send_timeout_ingest: Duration::from_secs(30),
+            send_timeout_http: Duration::from_secs(10),
             tick: Duration::from_millis(20),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -321,6 +327,8 @@ pub struct WorkerStats {
     pub zc_copied: AtomicU64,
     pub zc_sends: AtomicU64,
     pub idle_closed: AtomicU64,
+    /// Connections aborted because their output made no progress (send timeout).
+    pub send_timeouts: AtomicU64,
     pub enter_calls: AtomicU64,
 }
 
@@ -399,6 +407,10 @@ const K_IGNORE: u64 = 9;
 const K_FILE_READ: u64 = 10;
 const K_SERVICE_FILE: u64 = 11;
 const K_MSG: u64 = 12;
+const K_SHUTDOWN: u64 = 13;
+
+/// How long a closing connection reads (and drops) input waiting for the peer's EOF.
+const LINGER: Duration = Duration::from_millis(200);
 
 fn ctx(kind: u64, conn: ConnId) -> u64 {
     (kind << 56) | conn.0
@@ -434,6 +446,10 @@ enum State {
     Open,
     /// No more receiving; close once the output queue is empty.
     Closing,
+    /// Output sent and SHUT_WR done: reading (and dropping) until the peer's EOF or the
+    /// deadline, so unread input does not turn the close into a reset that destroys our
+    /// last bytes (an error message) before the peer reads them.
+    Lingering(Instant),
     /// Ops being cancelled; CLOSE once none is in flight.
     Cancelling,
     /// CLOSE in flight.
@@ -449,6 +465,8 @@ struct Conn {
     recv_ud: u64,
     /// The service asked not to receive for now.
     paused: bool,
+    /// The peer closed its sending side.
+    eof_seen: bool,
     recv_buf: Option<Vec<u8>>,
     out: VecDeque<Out>,
     /// A send, splice or file read of this connection is in flight.
@@ -457,6 +475,9 @@ struct Conn {
     send_len: usize,
     ops: u32,
     last_active: Instant,
+    /// When the output op in flight was issued or last made progress.
+    last_out: Instant,
+    port: Port,
     pipe: Option<Pipe>,
 }
 
@@ -693,9 +714,11 @@ impl<'a> Worker<'a> {
         // Every connection has at most: one recv, one send (plus a zc notif), two splices,
         // one cancel, one close. Listeners: one accept each. Plus tick and wake-ups.
         let net_ops = NetOps::new(maxc * 6 + 64, TAG_NET);
-        // Arena: two slots per connection that streams a file at once is plenty; cap it.
+        // Arena: one slot holds one HTTP chunk (plus the O_DIRECT head skip) or one piece
+        // of a match-file write. Sized by net.worker-arena-slots; a
+        // request that finds it empty waits for a slot (never a heap fallback).
         let slot_bytes = (net.serve_chunk_bytes as usize + 4096).next_multiple_of(4096);
-        let slots = (maxc.min(256) * 2).max(16);
+        let slots = net.worker_arena_slots as usize;
         let arena = Arena::new(slots * slot_bytes, slot_bytes, 4096).map_err(|e| {
             UringError::Unsupported {
                 what: "worker arena".into(),
@@ -742,6 +765,23 @@ impl<'a> Worker<'a> {
             arena_registered: registered,
             attached_to_anchor: anchor.is_some(),
         };
+        eprintln!(
+            "uring worker {id}: ring flags {} (asked {}), features {}, sq {} cq {}, attach-wq {}, recv {}{}, accept {}, send {}, listeners {}, arena {} x {} bytes{}",
+            report.ring.flag_names,
+            report.ring.requested_flag_names,
+            report.ring.feature_names,
+            report.ring.sq_entries,
+            report.ring.cq_entries,
+            report.ring.attach_wq,
+            report.recv,
+            report.buf_ring.map(|(n, b)| format!(" (buffer ring {n} x {b})")).unwrap_or_default(),
+            report.accept,
+            report.send,
+            report.listeners,
+            report.arena_slots,
+            report.arena_slot_bytes,
+            if report.arena_registered { " registered" } else { "" },
+        );
         let stats = Arc::new(WorkerStats::default());
         {
             let mut r = handle.reports.lock().unwrap_or_else(|e| e.into_inner());
@@ -998,6 +1038,7 @@ impl<'a> Worker<'a> {
             recv_in_flight: false,
             recv_ud: 0,
             paused: false,
+            eof_seen: false,
             recv_buf: if net.recv == RecvMode::Single {
                 Some(vec![0u8; net.recv_buf_bytes as usize])
             } else {
@@ -1008,6 +1049,8 @@ impl<'a> Worker<'a> {
             send_len: 0,
             ops: 0,
             last_active: self.io.now,
+            last_out: self.io.now,
+            port,
             pipe: None,
         });
         self.live += 1;
@@ -1024,7 +1067,8 @@ impl<'a> Worker<'a> {
     fn arm_recv(&mut self, id: ConnId) {
         let multishot = self.pbuf.is_some();
         let Some(c) = self.conn_mut(id) else { return };
-        if c.state != State::Open || c.recv_in_flight || c.paused {
+        let lingering = matches!(c.state, State::Lingering(_));
+        if !(c.state == State::Open || lingering) || c.recv_in_flight || (c.paused && !lingering) {
             return;
         }
         let fd =
@@ -1102,6 +1146,11 @@ impl<'a> Worker<'a> {
                 self.arm_tick()?;
             }
             Completion::Cancel { .. } | Completion::MsgRing { .. } => {}
+            Completion::Shutdown { ctx: cx, res: _ } => {
+                let id = ctx_conn(cx);
+                self.op_done(id, false);
+                self.maybe_close(id);
+            }
             Completion::Close { ctx: cx, res: _ } => self.release_conn(ctx_conn(cx), svc),
             Completion::RecvMulti {
                 ctx: cx, res, more, ..
@@ -1250,16 +1299,18 @@ impl<'a> Worker<'a> {
             c.ops -= 1;
             if out {
                 c.out_busy = false;
+                c.last_out = Instant::now();
             }
         }
     }
 
     fn on_eof<S: Service>(&mut self, id: ConnId, svc: &mut S) {
-        let open = self.conn_mut(id).is_some_and(|c| c.state == State::Open);
-        if open {
-            svc.eof(id, &mut self.io);
-        } else {
-            self.maybe_close(id);
+        let Some(c) = self.conn_mut(id) else { return };
+        c.eof_seen = true;
+        match c.state {
+            State::Open => svc.eof(id, &mut self.io),
+            State::Lingering(_) => self.abort(id),
+            _ => self.maybe_close(id),
         }
     }
 
@@ -1310,6 +1361,37 @@ impl<'a> Worker<'a> {
         if self.cfg.net.listeners == Listeners::Acceptor {
             let _ = self.take_mail(svc);
         }
+        let now = self.io.now;
+        let lingered: Vec<ConnId> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| matches!(c.state, State::Lingering(t) if t <= now))
+            .map(|(i, c)| ConnId::new(i as u32, c.gen))
+            .collect();
+        for id in lingered {
+            self.abort(id);
+        }
+        let (ti, th) = (self.opts.send_timeout_ingest, self.opts.send_timeout_http);
+        let stalled: Vec<ConnId> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| {
+                let t = if c.port == Port::Ingest { ti } else { th };
+                c.out_busy
+                    && !t.is_zero()
+                    && now.duration_since(c.last_out) > t
+                    && matches!(c.state, State::Open | State::Closing)
+            })
+            .map(|(i, c)| ConnId::new(i as u32, c.gen))
+            .collect();
+        for id in stalled {
+            self.stats.send_timeouts.fetch_add(1, Ordering::Relaxed);
+            self.abort(id);
+        }
         if !self.opts.idle_timeout.is_zero() {
             let now = self.io.now;
             let idle: Vec<ConnId> = self
@@ -1339,6 +1421,10 @@ impl<'a> Worker<'a> {
         let send = self.cfg.net.send;
         let zc_min = self.cfg.net.send_zc_min_bytes as usize;
         let Some(c) = self.conn_mut(id) else { return };
+        if !matches!(c.state, State::Open | State::Closing) {
+            // Being torn down: the buffer is dropped, nothing new goes in flight.
+            return self.maybe_close(id);
+        }
         let fd =
             c.fd.as_ref()
                 .map(|f| f.as_raw_fd())
@@ -1358,6 +1444,7 @@ impl<'a> Worker<'a> {
         match r {
             Ok(_) => {
                 c.out_busy = true;
+                c.last_out = Instant::now();
                 c.send_len = len;
                 c.ops += 1;
                 c.last_active = now;
@@ -1459,6 +1546,7 @@ impl<'a> Worker<'a> {
                         Ok(n) => {
                             c.ops += n;
                             c.out_busy = true;
+                            c.last_out = Instant::now();
                         }
                         Err(rej) => {
                             let e = io::Error::other(rej.error.to_string());
@@ -1518,6 +1606,7 @@ impl<'a> Worker<'a> {
                         Ok(()) => {
                             let c = self.conn_mut(id).expect("still there");
                             c.out_busy = true;
+                            c.last_out = Instant::now();
                             c.ops += 1;
                         }
                         Err(e) => {
@@ -1563,12 +1652,14 @@ impl<'a> Worker<'a> {
                     io::ErrorKind::UnexpectedEof,
                     "replay file shorter than the range being sent",
                 );
-                c.out_busy = true; // the linked out-splice is still to come back (cancelled)
+                c.out_busy = true;
+                c.last_out = Instant::now(); // the linked out-splice is still to come back (cancelled)
                 self.fail_file(id, e, svc);
             }
             (K_SPLICE_IN, Ok(n)) => {
                 f.in_pipe = n as u32;
-                c.out_busy = true; // wait for the out half
+                c.out_busy = true;
+                c.last_out = Instant::now(); // wait for the out half
             }
             (K_SPLICE_OUT | K_SPLICE_DRAIN, Ok(n)) => {
                 f.in_pipe -= (n as u32).min(f.in_pipe);
@@ -1686,9 +1777,32 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Output is flushed: SHUT_WR, then linger reading until EOF (or 200 ms), then close.
     fn start_close(&mut self, id: ConnId) {
-        // Output is flushed: stop the receive (if any) and close.
-        self.abort(id);
+        let now = self.io.now;
+        let Some(c) = conn_of(&mut self.conns, id) else {
+            return;
+        };
+        if c.eof_seen || c.fd.is_none() {
+            return self.abort(id);
+        }
+        let fd = c.fd.as_ref().map(|f| f.as_raw_fd()).expect("checked");
+        let r = self.net.shutdown(
+            &mut *self.shared.borrow_mut(),
+            fd,
+            libc::SHUT_WR,
+            ctx(K_SHUTDOWN, id),
+        );
+        match r {
+            Ok(_) => {
+                let c = conn_of(&mut self.conns, id).expect("still there");
+                c.ops += 1;
+                c.state = State::Lingering(now + LINGER);
+                c.paused = false;
+                self.arm_recv(id);
+            }
+            Err(_) => self.abort(id),
+        }
     }
 
     /// Executes the service's requests.

@@ -52,6 +52,7 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
     };
     let per_worker =
         (cfg.server.max_connections as usize + cfg.server.http_max_connections as usize).max(16);
+    let http_timeout = Duration::from_millis(cfg.server.http_timeout_ms);
     let opts = DriverOptions {
         ingest_addr,
         http_addr,
@@ -61,12 +62,15 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
         // Sessions time out themselves (idle-timeout-ms with a protocol error), HTTP in
         // the service (http-timeout-ms): no silent driver-level closes.
         idle_timeout: Duration::ZERO,
+        // A DS that stops reading its acks, or an HTTP client that stops reading its
+        // download, is cut off like the blocking backend's write timeouts do.
+        send_timeout_ingest: Duration::from_millis(cfg.server.idle_timeout_ms),
+        send_timeout_http: http_timeout,
         tick: Duration::from_millis(10),
         shutdown_grace: Duration::from_secs(20),
     };
     let handle = Arc::new(super::Handle::default());
     let http_max = cfg.server.http_max_request_bytes as usize;
-    let http_timeout = Duration::from_millis(cfg.server.http_timeout_ms);
     let make =
         |w: usize| Recorder::new(w, registry.clone(), session.clone(), http_max, http_timeout);
     let r = super::run(
@@ -77,32 +81,18 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
         shutdown,
         handle.clone(),
     );
-    if let Ok(reports) = handle.reports.lock() {
-        for rep in reports.iter() {
-            eprintln!(
-                "uring worker {}: ring flags {} (asked {}), sq {} cq {}, recv {}, accept {}, send {}, listeners {}",
-                rep.worker,
-                rep.ring.flag_names,
-                rep.ring.requested_flag_names,
-                rep.ring.sq_entries,
-                rep.ring.cq_entries,
-                rep.recv,
-                rep.accept,
-                rep.send,
-                rep.listeners
-            );
-        }
-    }
     r.map_err(|e| ServerError(format!("io_uring backend: {e}")))
 }
 
 enum Pending {
     None,
-    /// A write whose slots could not all be had yet (arena exhausted): retried on tick.
-    Queued(WriteReq),
+    /// A match-file write in pieces of one arena slot each: `next` is the first piece not
+    /// yet issued (it waits for a free slot when the arena is empty).
     Write {
         req: WriteReq,
-        parts_left: usize,
+        next: usize,
+        total: usize,
+        in_flight: usize,
         err: Option<io::Error>,
     },
     Sync,
@@ -155,6 +145,8 @@ pub struct Recorder {
     conns: HashMap<ConnId, Conn>,
     /// Sessions whose socket is gone but whose storage work is not finished.
     detached: HashMap<ConnId, Box<Ds>>,
+    /// Sessions whose write waits for arena slots, retried as file ops complete.
+    waiting_for_slots: Vec<ConnId>,
     shutting_down: bool,
 }
 
@@ -174,6 +166,7 @@ impl Recorder {
             http_timeout,
             conns: HashMap::new(),
             detached: HashMap::new(),
+            waiting_for_slots: Vec::new(),
             shutting_down: false,
         }
     }
@@ -190,13 +183,23 @@ impl Recorder {
     fn drive(&mut self, id: ConnId, io: &mut Io) {
         let reg = self.reg.clone();
         let rw_flags = self.scfg.store.rw_flags();
+        let mut queued = std::mem::take(&mut self.waiting_for_slots);
+        self.drive_inner(id, io, &reg, rw_flags, &mut queued);
+        self.waiting_for_slots = queued;
+    }
+
+    fn drive_inner(
+        &mut self,
+        id: ConnId,
+        io: &mut Io,
+        reg: &Arc<Registry>,
+        rw_flags: i32,
+        queued: &mut Vec<ConnId>,
+    ) {
         let Some(ds) = self.ds_mut(id) else { return };
         let now = io.now();
-        if let Pending::Queued(_) = ds.pending {
-            let Pending::Queued(req) = std::mem::replace(&mut ds.pending, Pending::None) else {
-                unreachable!()
-            };
-            issue_write(ds, req, id, io, rw_flags);
+        if matches!(ds.pending, Pending::Write { in_flight: 0, .. }) {
+            issue_more(ds, id, io, rw_flags, queued);
         }
         while matches!(ds.pending, Pending::None) {
             let Some(op) = ds.sess.next_io(now) else {
@@ -225,7 +228,7 @@ impl Recorder {
                         Err(e) => ds.sess.open_done(Err(e)),
                     }
                 }
-                session::Io::Write(req) => issue_write(ds, req, id, io, rw_flags),
+                session::Io::Write(req) => issue_write(ds, req, id, io, rw_flags, queued),
                 session::Io::Sync => match &ds.file {
                     Some(f) => {
                         io.fsync(f.as_raw_fd(), true, id.0);
@@ -304,28 +307,55 @@ impl Recorder {
     }
 }
 
-fn issue_write(ds: &mut Ds, req: WriteReq, id: ConnId, io: &mut Io, rw_flags: i32) {
-    let Some(f) = &ds.file else {
+fn issue_write(
+    ds: &mut Ds,
+    req: WriteReq,
+    id: ConnId,
+    io: &mut Io,
+    rw_flags: i32,
+    queued: &mut Vec<ConnId>,
+) {
+    if ds.file.is_none() {
         ds.sess
             .write_done(req, Err(io::Error::other("match file is not open")));
         return;
-    };
-    let fd = f.as_raw_fd();
-    let bytes = req.bytes();
-    let sb = io.slot_bytes();
-    let parts = bytes.len().div_ceil(sb).max(1);
-    // All slots first, so a write is either fully in flight or waits whole.
-    let mut slots = Vec::with_capacity(parts);
-    for _ in 0..parts {
-        match io.alloc_slot() {
-            Some(s) => slots.push(s),
-            None => {
-                ds.pending = Pending::Queued(req);
-                return;
-            }
-        }
     }
-    for (i, mut slot) in slots.into_iter().enumerate() {
+    let total = req.bytes().len().div_ceil(io.slot_bytes()).max(1);
+    ds.pending = Pending::Write {
+        req,
+        next: 0,
+        total,
+        in_flight: 0,
+        err: None,
+    };
+    issue_more(ds, id, io, rw_flags, queued);
+}
+
+/// Issues the pieces of the pending write for which a slot is free.
+fn issue_more(ds: &mut Ds, id: ConnId, io: &mut Io, rw_flags: i32, queued: &mut Vec<ConnId>) {
+    let Some(f) = &ds.file else { return };
+    let fd = f.as_raw_fd();
+    let Pending::Write {
+        req,
+        next,
+        total,
+        in_flight,
+        err,
+    } = &mut ds.pending
+    else {
+        return;
+    };
+    if err.is_some() {
+        *next = *total; // stop after a failed piece; finish when the rest is back
+        return;
+    }
+    let sb = io.slot_bytes();
+    let bytes = req.bytes();
+    while *next < *total {
+        let Some(mut slot) = io.alloc_slot() else {
+            break;
+        };
+        let i = *next;
         let piece = &bytes[i * sb..((i + 1) * sb).min(bytes.len())];
         slot.set_len(piece.len());
         slot.as_mut_slice().copy_from_slice(piece);
@@ -338,12 +368,14 @@ fn issue_write(ds: &mut Ds, req: WriteReq, id: ConnId, io: &mut Io, rw_flags: i3
             rw_flags,
             id.0,
         );
+        *next += 1;
+        *in_flight += 1;
     }
-    ds.pending = Pending::Write {
-        req,
-        parts_left: parts,
-        err: None,
-    };
+    if *next < *total && *in_flight == 0 && !queued.contains(&id) {
+        // Nothing of ours in flight to wake us: retry when any file op returns a slot
+        // (or at the next tick).
+        queued.push(id);
+    }
 }
 
 fn send_response(h: &mut Http, id: ConnId, resp: http::Response, io: &mut Io, reg: &Registry) {
@@ -609,35 +641,66 @@ impl Service for Recorder {
         buf: Option<crate::sys::mem::Slot>,
         io: &mut Io,
     ) {
+        let piece_len = buf.as_ref().map(|b| b.len());
         drop(buf);
         let id = ConnId(token);
-        let Some(ds) = self.ds_mut(id) else { return };
-        match std::mem::replace(&mut ds.pending, Pending::None) {
-            Pending::Write {
-                req,
-                parts_left,
-                mut err,
-            } => {
-                if let Err(e) = res {
-                    err.get_or_insert(e);
+        let rw_flags = self.scfg.store.rw_flags();
+        let mut queued = std::mem::take(&mut self.waiting_for_slots);
+        let Some(ds) = self.ds_mut(id) else {
+            self.waiting_for_slots = queued;
+            return;
+        };
+        match &mut ds.pending {
+            Pending::Write { in_flight, err, .. } => {
+                *in_flight -= 1;
+                match res {
+                    Err(e) => {
+                        err.get_or_insert(e);
+                    }
+                    Ok(n) if Some(n as usize) != piece_len => {
+                        err.get_or_insert(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            format!("short write: {n} of {} bytes", piece_len.unwrap_or(0)),
+                        ));
+                    }
+                    Ok(_) => {}
                 }
-                if parts_left > 1 {
-                    ds.pending = Pending::Write {
-                        req,
-                        parts_left: parts_left - 1,
-                        err,
-                    };
+                issue_more(ds, id, io, rw_flags, &mut queued);
+                let Pending::Write {
+                    next,
+                    total,
+                    in_flight,
+                    ..
+                } = &ds.pending
+                else {
+                    unreachable!()
+                };
+                if *in_flight > 0 || *next < *total {
+                    self.waiting_for_slots = queued;
                     return;
                 }
+                let Pending::Write { req, err, .. } =
+                    std::mem::replace(&mut ds.pending, Pending::None)
+                else {
+                    unreachable!()
+                };
                 ds.sess.write_done(req, err.map_or(Ok(()), Err));
             }
-            Pending::Sync => ds.sess.sync_done(res.map(|_| ())),
-            other => {
-                ds.pending = other;
-                return;
+            Pending::Sync => {
+                ds.pending = Pending::None;
+                ds.sess.sync_done(res.map(|_| ()));
+            }
+            Pending::None => {}
+        }
+        self.waiting_for_slots = queued;
+        self.drive(id, io);
+        // Slots came back: writes that waited for them go now (in arrival order).
+        if !self.waiting_for_slots.is_empty() {
+            let waiting = std::mem::take(&mut self.waiting_for_slots);
+            for w in waiting {
+                self.drive(w, io);
             }
         }
-        self.drive(id, io);
     }
 
     fn tick(&mut self, io: &mut Io) {
