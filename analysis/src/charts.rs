@@ -106,22 +106,23 @@ fn label_area(labels: &[String]) -> u32 {
         .clamp(60, label_px(&"x".repeat(MAX_LABEL_CHARS)))
 }
 
-/// Formats an axis value compactly.
+/// Formats a value compactly: 3 significant digits or so, no trailing zeros.
 pub fn num(v: f64) -> String {
     let a = v.abs();
-    if a == 0.0 {
-        "0".into()
+    let s = if a == 0.0 {
+        return "0".into();
     } else if a >= 100_000.0 {
-        format!("{:.0}k", v / 1000.0)
+        return format!("{:.0}k", v / 1000.0);
     } else if a >= 100.0 {
-        format!("{v:.0}")
+        return format!("{v:.0}");
     } else if a >= 10.0 {
         format!("{v:.1}")
     } else if a >= 1.0 {
         format!("{v:.2}")
     } else {
         format!("{v:.3}")
-    }
+    };
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// One row of a horizontal bar / interval chart.

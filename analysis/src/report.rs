@@ -180,6 +180,7 @@ fn build(
             doc.p("No configuration of this workload has an ok run with a throughput.");
             continue;
         }
+        best_paragraph(&rank, doc);
         throughput_section(rs, sum, wl, &rank, out, &tag, doc, made)?;
         latency_section(sum, wl, out, &tag, doc, made)?;
         if wi == 0 || rank.len() > 3 {
@@ -196,6 +197,35 @@ fn build(
     failures_section(rs, sum, doc);
     machine_section(rs, doc);
     Ok(())
+}
+
+fn best_paragraph(rank: &[&Config], doc: &mut Doc) {
+    let top = rank[0];
+    let Some(s) = top.metric(m::THROUGHPUT) else { return };
+    let Some(ci) = s.ci else { return };
+    let ties: Vec<&str> = rank[1..]
+        .iter()
+        .filter(|c| c.metric(m::THROUGHPUT).and_then(|x| x.ci).is_some_and(|x| x.overlaps(&ci)))
+        .map(|c| c.short.as_str())
+        .collect();
+    doc.p(format!(
+        "**Highest throughput: {} — {} MB/s (90% interval {}–{}, {} ok runs), cell `{}`.** {}",
+        top.short,
+        f1(s.median),
+        f1(ci.lo),
+        f1(ci.hi),
+        s.n,
+        top.cell_id,
+        if ties.is_empty() {
+            "No other configuration is statistically tied with it.".to_string()
+        } else {
+            format!(
+                "Statistically tied (intervals overlap): {}{}. `analysis best` picks the simplest of them.",
+                ties.iter().take(8).copied().collect::<Vec<_>>().join("; "),
+                if ties.len() > 8 { format!("; and {} more", ties.len() - 8) } else { String::new() }
+            )
+        }
+    ));
 }
 
 fn sanitize(s: &str) -> String {
