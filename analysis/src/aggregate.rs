@@ -203,7 +203,7 @@ pub fn short_label(names: &[String], values: &[String], dim_values: &[Vec<String
         let knob = n.rsplit('.').next().unwrap_or(n);
         let generic = matches!(
             v.as_str(),
-            "none" | "auto" | "default" | "all" | "on" | "off" | "yes" | "no" | ""
+            "none" | "auto" | "default" | "all" | "on" | "off" | "yes" | "no" | "required" | "optional" | ""
         ) || !v.chars().any(|c| c.is_ascii_alphabetic());
         match v.as_str() {
             "true" => parts.push(knob.to_string()),
