@@ -168,7 +168,17 @@ fn build_config(
     let mut short = if first.kind == "recorder" {
         short_label(&rs.dimensions, &first.dims, dim_values)
     } else {
-        format!("{} {}", first.kind, first.workload)
+        // Anchors: kind, workload and the anchor's own settings (`fio.bs=...` -> `bs=...`).
+        let own = format!("{}.", first.kind);
+        let mut l = format!("{} {}", first.kind, first.workload);
+        for (n, v) in rs.dimensions.iter().zip(&first.dims) {
+            if let Some(knob) = n.strip_prefix(&own) {
+                if !v.is_empty() {
+                    l.push_str(&format!(" {knob}={v}"));
+                }
+            }
+        }
+        l
     };
     if multi_revision {
         short = format!("[{}] {short}", first.revision);
@@ -203,7 +213,17 @@ pub fn short_label(names: &[String], values: &[String], dim_values: &[Vec<String
         let knob = n.rsplit('.').next().unwrap_or(n);
         let generic = matches!(
             v.as_str(),
-            "none" | "auto" | "default" | "all" | "on" | "off" | "yes" | "no" | "required" | "optional" | ""
+            "none"
+                | "auto"
+                | "default"
+                | "all"
+                | "on"
+                | "off"
+                | "yes"
+                | "no"
+                | "required"
+                | "optional"
+                | ""
         ) || !v.chars().any(|c| c.is_ascii_alphabetic());
         match v.as_str() {
             "true" => parts.push(knob.to_string()),

@@ -201,11 +201,17 @@ fn build(
 
 fn best_paragraph(rank: &[&Config], doc: &mut Doc) {
     let top = rank[0];
-    let Some(s) = top.metric(m::THROUGHPUT) else { return };
+    let Some(s) = top.metric(m::THROUGHPUT) else {
+        return;
+    };
     let Some(ci) = s.ci else { return };
     let ties: Vec<&str> = rank[1..]
         .iter()
-        .filter(|c| c.metric(m::THROUGHPUT).and_then(|x| x.ci).is_some_and(|x| x.overlaps(&ci)))
+        .filter(|c| {
+            c.metric(m::THROUGHPUT)
+                .and_then(|x| x.ci)
+                .is_some_and(|x| x.overlaps(&ci))
+        })
         .map(|c| c.short.as_str())
         .collect();
     doc.p(format!(
@@ -874,10 +880,7 @@ fn ratios_section(
                 })
             })
     };
-    let mut series: Vec<String> = anchors
-        .iter()
-        .map(|a| format!("{} {}", a.kind, a.workload))
-        .collect();
+    let mut series: Vec<String> = anchors.iter().map(|a| a.short.clone()).collect();
     let with_blocking = !blocking.is_empty();
     if with_blocking {
         series.push("blocking backend".into());
@@ -905,7 +908,7 @@ fn ratios_section(
         "Median throughput of each configuration divided by the median of the anchor measured in the same sweep \
          ({}), and by the blocking backend (same cell apart from `server.backend` and the ring knobs, else the median \
          blocking configuration). 1.0 = as fast as the reference.",
-        if anchors.is_empty() { "none".into() } else { anchors.iter().map(|a| format!("{} {} = {} MB/s", a.kind, a.workload, f1(a.metric(m::THROUGHPUT).map_or(f64::NAN, |s| s.median)))).collect::<Vec<_>>().join(", ") }
+        if anchors.is_empty() { "none".into() } else { anchors.iter().map(|a| format!("{} = {} MB/s", a.short, f1(a.metric(m::THROUGHPUT).map_or(f64::NAN, |s| s.median)))).collect::<Vec<_>>().join(", ") }
     ));
     if candidates.is_empty() {
         return Ok(());
