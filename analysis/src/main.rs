@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use analysis::{best, compare, fixture, report};
 
 #[derive(Parser)]
-#[command(name = "analysis", version, about = "Reports, regression verdicts and the best configuration from uring-lab sweeps")]
+#[command(
+    name = "analysis",
+    version,
+    about = "Reports, regression verdicts and the best configuration from uring-lab sweeps"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -130,21 +134,50 @@ fn run(cli: Cli) -> analysis::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Compare { base_dir, head_dir, metric, out } => {
+        Cmd::Compare {
+            base_dir,
+            head_dir,
+            metric,
+            out,
+        } => {
             let c = compare::compare(&base_dir, &head_dir, &metric, out.as_deref())?;
             emit(&c.summary_text());
             eprintln!("analysis: wrote {}", c.markdown.display());
-            Ok(if c.any_regression() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if c.any_regression() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        Cmd::Best { dir, metric, workload, defaults, out } => {
+        Cmd::Best {
+            dir,
+            metric,
+            workload,
+            defaults,
+            out,
+        } => {
             let b = best::best(&dir, &metric, workload.as_deref(), defaults.as_deref())?;
             let path = out.unwrap_or_else(|| dir.join(format!("best-{}.toml", b.metric_name)));
             std::fs::write(&path, &b.toml).map_err(|e| analysis::Error::io(&path, "write", e))?;
             emit(&b.toml);
-            eprintln!("analysis: wrote {} (run it with `recorder serve --config {}`)", path.display(), path.display());
+            eprintln!(
+                "analysis: wrote {} (run it with `recorder serve --config {}`)",
+                path.display(),
+                path.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::GenFixture { dir, runs, seed, revision, slowdown, noise, reps, samples, shared_noise_seed } => {
+        Cmd::GenFixture {
+            dir,
+            runs,
+            seed,
+            revision,
+            slowdown,
+            noise,
+            reps,
+            samples,
+            shared_noise_seed,
+        } => {
             let spec = fixture::FixtureSpec {
                 runs,
                 seed,
@@ -157,7 +190,12 @@ fn run(cli: Cli) -> analysis::Result<ExitCode> {
                 shared_noise_seed,
             };
             let info = fixture::generate(&dir, &spec)?;
-            eprintln!("analysis: {} runs in {} cells written to {}", info.runs, info.cells, dir.display());
+            eprintln!(
+                "analysis: {} runs in {} cells written to {}",
+                info.runs,
+                info.cells,
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::BenchScale { runs, dir, samples } => {
