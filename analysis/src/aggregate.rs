@@ -66,7 +66,7 @@ impl Config {
 #[derive(Clone, Debug)]
 pub struct Summary {
     pub configs: Vec<Config>,
-    /// For each dimension: its distinct values in order of first appearance.
+    /// For each dimension: its distinct values in order of first appearance in cell order.
     pub dim_values: Vec<Vec<String>>,
     /// Whether more than one revision is present (labels then carry the revision).
     pub multi_revision: bool,
@@ -86,8 +86,13 @@ impl Summary {
                 })
                 .push(i);
         }
+        // Values in cell order: the harness numbers cells in the experiment's order (a
+        // cartesian product, first listed value first), while runs.csv is in the random
+        // order the runs were measured in.
         let mut dim_values: Vec<Vec<String>> = vec![Vec::new(); rs.dimensions.len()];
-        for r in rs.runs.iter().filter(|r| r.kind == "recorder") {
+        let mut rec: Vec<&Run> = rs.runs.iter().filter(|r| r.kind == "recorder").collect();
+        rec.sort_by(|a, b| a.cell_id.cmp(&b.cell_id).then(a.rep.cmp(&b.rep)));
+        for r in rec {
             for (k, v) in r.dims.iter().enumerate() {
                 if !dim_values[k].contains(v) {
                     dim_values[k].push(v.clone());

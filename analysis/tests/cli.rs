@@ -551,3 +551,58 @@ fn minimal_valid_sweep_reports() {
     assert_chart(&d.join("report"), "throughput-ingest");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A real (tiny) sweep written by `harness sweep` (tests/data/harness-smoke: 2 dimensions,
+/// 2 repetitions, a fio anchor, extra columns the harness adds after the documented ones).
+#[test]
+fn reads_a_real_harness_sweep() {
+    let d = tmp("harness-smoke");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/harness-smoke");
+    let sweep = d.join("sweep");
+    std::fs::create_dir_all(sweep.join("timeseries")).unwrap();
+    for f in ["manifest.json", "runs.csv"] {
+        std::fs::copy(src.join(f), sweep.join(f)).unwrap();
+    }
+    for e in std::fs::read_dir(src.join("timeseries")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), sweep.join("timeseries").join(e.file_name())).unwrap();
+    }
+    let out = bin().arg("report").arg(&sweep).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(sweep.join("report/report.md")).unwrap();
+    assert!(
+        md.contains("10 runs (10 ok)") && md.contains("`ring.sqpoll` (false, true)"),
+        "{md}"
+    );
+    assert!(md.contains("÷ fio disk-write") && md.contains("÷ blocking backend"));
+    assert_chart(&sweep.join("report"), "timeseries");
+    let out = bin().arg("best").arg(&sweep).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t: toml::Table = String::from_utf8_lossy(&out.stdout).parse().unwrap();
+    assert!(t["server"]["backend"].as_str().is_some() && t["ring"]["sqpoll"].as_bool().is_some());
+    // The same sweep against itself: every pair has ratio 1 -> SAME, exit code 0.
+    let c = compare(
+        &sweep,
+        &sweep,
+        &["throughput".into()],
+        Some(&d.join("c/compare.md")),
+    )
+    .unwrap();
+    assert_eq!(c.rows.len(), 5);
+    assert!(
+        c.rows
+            .iter()
+            .all(|r| r.verdict == Verdict::Same && r.pairs == 2),
+        "{}",
+        c.summary_text()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
