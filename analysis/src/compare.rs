@@ -179,6 +179,28 @@ impl Comparison {
     }
 }
 
+/// `cell metric (label)` of every REGRESSION in `first` that is also a REGRESSION in `second`.
+pub fn confirmed_regressions(first: &Comparison, second: &Comparison) -> Vec<String> {
+    first
+        .rows
+        .iter()
+        .filter(|r| r.verdict == Verdict::Regression)
+        .filter(|r| {
+            second.rows.iter().any(|s| {
+                s.cell_id == r.cell_id && s.metric == r.metric && s.verdict == Verdict::Regression
+            })
+        })
+        .map(|r| {
+            format!(
+                "{} {} ({})",
+                r.cell_id,
+                crate::aggregate::metric_title(r.metric),
+                r.label
+            )
+        })
+        .collect()
+}
+
 /// Rows of `rs` that belong to `side` ("base"/"head"): an A/B directory holding both
 /// revisions contributes only its own side; a plain sweep contributes every row.
 fn side_runs<'a>(rs: &'a ResultSet, side: &str) -> Vec<&'a Run> {

@@ -42,6 +42,10 @@ enum Cmd {
         /// Where to write compare.md (charts go next to it); default HEAD_DIR/compare/compare.md.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// A second round of pairs (BASE2_DIR HEAD2_DIR): exit code 1 only for a REGRESSION
+        /// found in both rounds (same cell and metric). Its compare.md goes to HEAD2_DIR/compare/.
+        #[arg(long, num_args = 2, value_names = ["BASE2_DIR", "HEAD2_DIR"])]
+        confirm: Option<Vec<PathBuf>>,
     },
     /// The best supported configuration, written as a recorder config file (TOML).
     Best {
@@ -139,10 +143,31 @@ fn run(cli: Cli) -> analysis::Result<ExitCode> {
             head_dir,
             metric,
             out,
+            confirm,
         } => {
             let c = compare::compare(&base_dir, &head_dir, &metric, out.as_deref())?;
             emit(&c.summary_text());
             eprintln!("analysis: wrote {}", c.markdown.display());
+            if let Some(round2) = confirm {
+                let c2 = compare::compare(&round2[0], &round2[1], &metric, None)?;
+                emit(&format!("\nsecond round:\n{}", c2.summary_text()));
+                eprintln!("analysis: wrote {}", c2.markdown.display());
+                let confirmed = compare::confirmed_regressions(&c, &c2);
+                emit(&format!(
+                    "\n{} REGRESSION verdict(s) confirmed by the second round{}\n",
+                    confirmed.len(),
+                    if confirmed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", confirmed.join("; "))
+                    }
+                ));
+                return Ok(if confirmed.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
             Ok(if c.any_regression() {
                 ExitCode::from(1)
             } else {

@@ -606,3 +606,44 @@ fn reads_a_real_harness_sweep() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn confirm_round_fails_only_on_a_regression_seen_twice() {
+    let d = tmp("confirm");
+    let (base, slow) = ab(&d.join("r1"), 0.15, Some(5));
+    let (base2, slow2) = ab(&d.join("r2"), 0.15, Some(6));
+    let (base3, same3) = ab(&d.join("r3"), 0.0, Some(7));
+    let run = |b: &Path, h: &Path, b2: &Path, h2: &Path| {
+        bin()
+            .arg("compare")
+            .arg(b)
+            .arg(h)
+            .args(["--metric", "throughput", "--confirm"])
+            .arg(b2)
+            .arg(h2)
+            .output()
+            .unwrap()
+    };
+    let out = run(&base, &slow, &base2, &slow2);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("second round:") && !stdout.contains("\n0 REGRESSION verdict(s) confirmed"),
+        "{stdout}"
+    );
+    // A regression in the first round that the second round does not see is not confirmed.
+    let out = run(&base, &slow, &base3, &same3);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 REGRESSION verdict(s) confirmed"));
+    let _ = std::fs::remove_dir_all(&d);
+}
