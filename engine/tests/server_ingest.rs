@@ -36,6 +36,8 @@ fn many_matches_rwf_dsync_prealloc_per_batch_acks() {
         "true",
         "--prealloc-bytes",
         "1m",
+        "--write-op",
+        "writev",
     ]);
 }
 

@@ -49,7 +49,7 @@ fn pump(
             Io::Sync => y += 1,
             _ => {}
         }
-        engine::server::blocking::exec_io(io, s, fd, reg, 0);
+        engine::server::blocking::exec_io(io, s, fd, reg, &StoreOptions::default());
     }
     (w, y)
 }

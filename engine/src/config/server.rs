@@ -248,11 +248,14 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
         ));
     }
     if s.backend == Backend::Blocking
-        && (f.write_op.is_fixed() || f.read_op.is_fixed() || f.register_buffers || f.register_files)
+        && (f.write_op.is_fixed()
+            || f.read_op != crate::config::file::ReadOp::Read
+            || f.register_buffers
+            || f.register_files)
     {
         return Err(ConfigError::new(
             &["backend", "write-op", "read-op", "register-buffers", "register-files"],
-            "registered buffers/files and the *-fixed opcodes are io_uring options: with backend=blocking use write-op=write, read-op=read, register-buffers=false, register-files=false (or backend=uring)",
+            "registered buffers/files and the *-fixed opcodes are io_uring options, and the blocking backend sends replay bytes with sendfile (no read opcode): with backend=blocking use write-op=write or writev (pwritev2), read-op=read, register-buffers=false, register-files=false (or backend=uring)",
         ));
     }
     Ok(())

@@ -191,7 +191,7 @@ pub fn exec_io(
     sess: &mut IngestSession,
     file: &mut Option<OwnedFd>,
     reg: &Registry,
-    rw_flags: i32,
+    opts: &storage::StoreOptions,
 ) {
     let id = sess.match_id().to_string();
     match io {
@@ -209,7 +209,7 @@ pub fn exec_io(
         },
         Io::Write(req) => {
             let r = match file {
-                Some(f) => storage::io::write_req(f, &req, rw_flags),
+                Some(f) => storage::io::write_req(f, &req, opts.rw_flags(), opts.vectored),
                 None => Err(io::Error::other("match file is not open")),
             };
             sess.write_done(req, r);
@@ -257,17 +257,16 @@ fn ds_connection(
     };
     let _ = s.set_nodelay(true);
     let _ = s.set_write_timeout(Some(cfg.idle_timeout));
-    let rw_flags_ = cfg.store.rw_flags();
+    let store = cfg.store.clone();
     let mut sess = IngestSession::new(cfg, reg.clone(), Instant::now());
     let mut file: Option<OwnedFd> = None;
-    let rw_flags = rw_flags_;
     let mut buf = vec![0u8; 256 << 10];
     let mut timeout_set = Duration::ZERO;
     let mut shutdown_seen = false;
     loop {
         let now = Instant::now();
         while let Some(io) = sess.next_io(now) {
-            exec_io(io, &mut sess, &mut file, &reg, rw_flags);
+            exec_io(io, &mut sess, &mut file, &reg, &store);
         }
         if sess.has_output() {
             let out = sess.take_output();

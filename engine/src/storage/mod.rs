@@ -75,6 +75,8 @@ pub struct StoreOptions {
     pub prealloc_bytes: u64,
     /// RWF_DONTCACHE on every write (uncached buffered I/O, Linux 6.14+).
     pub uncached: bool,
+    /// Vectored writes (`file.write-op = writev`): pwritev2 in the blocking backend.
+    pub vectored: bool,
 }
 
 impl StoreOptions {
@@ -100,6 +102,7 @@ impl Default for StoreOptions {
             stage_bytes: 1 << 20,
             prealloc_bytes: 0,
             uncached: false,
+            vectored: false,
         }
     }
 }
@@ -241,7 +244,10 @@ impl MatchFile {
     pub fn create(match_id: &str, created_unix_us: u64, opts: StoreOptions) -> MatchFile {
         let mut scratch = Vec::with_capacity(HEADER_BYTES_USIZE);
         format::encode_header(&mut scratch, match_id, created_unix_us);
-        let cap = opts.stage_bytes.clamp(HEADER_BYTES_USIZE, INITIAL_STAGE_BYTES.max(HEADER_BYTES_USIZE));
+        let cap = opts.stage_bytes.clamp(
+            HEADER_BYTES_USIZE,
+            INITIAL_STAGE_BYTES.max(HEADER_BYTES_USIZE),
+        );
         let mut stage = AlignedBuf::with_capacity(cap + opts.align, opts.align);
         stage.extend(&scratch);
         MatchFile {
@@ -286,7 +292,10 @@ impl MatchFile {
             scan.valid_end.max(base),
             "tail must end at valid_end"
         );
-        let mut stage = AlignedBuf::with_capacity(opts.stage_bytes.min(INITIAL_STAGE_BYTES) + opts.align, opts.align);
+        let mut stage = AlignedBuf::with_capacity(
+            opts.stage_bytes.min(INITIAL_STAGE_BYTES) + opts.align,
+            opts.align,
+        );
         if opts.direct {
             stage.extend(tail);
         }
