@@ -93,7 +93,7 @@ fn serve_sealed_16m() {
             Reply::Welcome { .. }
         ));
         let p = testkit::payload_for(&id, 1, 16 << 10);
-        let n = (16u64 << 20) / (16 << 10 as u64);
+        let n = (16u64 << 20) / (16u64 << 10);
         for seq in 1..=n {
             c.frame(seq, seq, if seq % 100 == 1 { 1 } else { 2 }, &p)
                 .unwrap();
