@@ -54,7 +54,11 @@ impl Config {
     }
     /// Every run of the configuration failed or was unsupported (nothing was measured).
     pub fn all_unsupported_or_failed(&self) -> bool {
-        self.n_ok == 0 && self.not_ok.iter().any(|(s, _)| matches!(s, Status::Unsupported | Status::Failed))
+        self.n_ok == 0
+            && self
+                .not_ok
+                .iter()
+                .any(|(s, _)| matches!(s, Status::Unsupported | Status::Failed))
     }
 }
 
@@ -62,7 +66,7 @@ impl Config {
 #[derive(Clone, Debug)]
 pub struct Summary {
     pub configs: Vec<Config>,
-    /// For each dimension: its distinct values in order of first appearance.
+    /// For each dimension: its distinct values in order of first appearance in cell order.
     pub dim_values: Vec<Vec<String>>,
     /// Whether more than one revision is present (labels then carry the revision).
     pub multi_revision: bool,
@@ -82,8 +86,13 @@ impl Summary {
                 })
                 .push(i);
         }
+        // Values in cell order: the harness numbers cells in the experiment's order (a
+        // cartesian product, first listed value first), while runs.csv is in the random
+        // order the runs were measured in.
         let mut dim_values: Vec<Vec<String>> = vec![Vec::new(); rs.dimensions.len()];
-        for r in rs.runs.iter().filter(|r| r.kind == "recorder") {
+        let mut rec: Vec<&Run> = rs.runs.iter().filter(|r| r.kind == "recorder").collect();
+        rec.sort_by(|a, b| a.cell_id.cmp(&b.cell_id).then(a.rep.cmp(&b.rep)));
+        for r in rec {
             for (k, v) in r.dims.iter().enumerate() {
                 if !dim_values[k].contains(v) {
                     dim_values[k].push(v.clone());
@@ -95,23 +104,41 @@ impl Summary {
             .par_iter()
             .map(|key| build_config(rs, &groups[key], &dim_values, multi_revision))
             .collect();
-        Summary { configs, dim_values, multi_revision }
+        Summary {
+            configs,
+            dim_values,
+            multi_revision,
+        }
     }
 
     /// Dimensions (indexes) with more than one value among recorder runs.
     pub fn varying_dims(&self) -> Vec<usize> {
-        (0..self.dim_values.len()).filter(|&k| self.dim_values[k].len() > 1).collect()
+        (0..self.dim_values.len())
+            .filter(|&k| self.dim_values[k].len() > 1)
+            .collect()
     }
 
     /// Recorder configurations with at least one ok run that has `metric`.
     pub fn measured(&self, metric: usize) -> Vec<&Config> {
-        self.configs.iter().filter(|c| c.is_recorder() && c.metric(metric).is_some()).collect()
+        self.configs
+            .iter()
+            .filter(|c| c.is_recorder() && c.metric(metric).is_some())
+            .collect()
     }
 }
 
-fn build_config(rs: &ResultSet, idx: &[usize], dim_values: &[Vec<String>], multi_revision: bool) -> Config {
+fn build_config(
+    rs: &ResultSet,
+    idx: &[usize],
+    dim_values: &[Vec<String>],
+    multi_revision: bool,
+) -> Config {
     let first: &Run = &rs.runs[idx[0]];
-    let ok: Vec<&Run> = idx.iter().map(|&i| &rs.runs[i]).filter(|r| r.is_ok()).collect();
+    let ok: Vec<&Run> = idx
+        .iter()
+        .map(|&i| &rs.runs[i])
+        .filter(|r| r.is_ok())
+        .collect();
     let not_ok = idx
         .iter()
         .map(|&i| &rs.runs[i])
@@ -124,7 +151,9 @@ fn build_config(rs: &ResultSet, idx: &[usize], dim_values: &[Vec<String>], multi
             if v.is_empty() {
                 return None;
             }
-            let ci = CI_METRICS.contains(&k).then(|| stats::median_ci(&v, CI_LEVEL));
+            let ci = CI_METRICS
+                .contains(&k)
+                .then(|| stats::median_ci(&v, CI_LEVEL));
             Some(MetricStats {
                 n: v.len(),
                 median: stats::median(&v),
@@ -144,7 +173,17 @@ fn build_config(rs: &ResultSet, idx: &[usize], dim_values: &[Vec<String>], multi
     let mut short = if first.kind == "recorder" {
         short_label(&rs.dimensions, &first.dims, dim_values)
     } else {
-        format!("{} {}", first.kind, first.workload)
+        // Anchors: kind, workload and the anchor's own settings (`fio.bs=...` -> `bs=...`).
+        let own = format!("{}.", first.kind);
+        let mut l = format!("{} {}", first.kind, first.workload);
+        for (n, v) in rs.dimensions.iter().zip(&first.dims) {
+            if let Some(knob) = n.strip_prefix(&own) {
+                if !v.is_empty() {
+                    l.push_str(&format!(" {knob}={v}"));
+                }
+            }
+        }
+        l
     };
     if multi_revision {
         short = format!("[{}] {short}", first.revision);
@@ -170,15 +209,27 @@ fn build_config(rs: &ResultSet, idx: &[usize], dim_values: &[Vec<String>], multi
 pub fn short_label(names: &[String], values: &[String], dim_values: &[Vec<String>]) -> String {
     let mut parts = Vec::new();
     for (k, (n, v)) in names.iter().zip(values).enumerate() {
-        if dim_values.get(k).map_or(true, |vals| vals.len() < 2) {
+        if dim_values.get(k).is_none_or(|vals| vals.len() < 2) {
             continue;
         }
         if dim_values[k].first() == Some(v) {
             continue;
         }
         let knob = n.rsplit('.').next().unwrap_or(n);
-        let generic = matches!(v.as_str(), "none" | "auto" | "default" | "all" | "on" | "off" | "yes" | "no" | "")
-            || !v.chars().any(|c| c.is_ascii_alphabetic());
+        let generic = matches!(
+            v.as_str(),
+            "none"
+                | "auto"
+                | "default"
+                | "all"
+                | "on"
+                | "off"
+                | "yes"
+                | "no"
+                | "required"
+                | "optional"
+                | ""
+        ) || !v.chars().any(|c| c.is_ascii_alphabetic());
         match v.as_str() {
             "true" => parts.push(knob.to_string()),
             "false" => parts.push(format!("no-{knob}")),
@@ -210,5 +261,8 @@ pub fn metric_title(idx: usize) -> &'static str {
 
 /// Whether a larger value of the metric is better.
 pub fn higher_is_better(idx: usize) -> bool {
-    matches!(idx, m::THROUGHPUT | m::FRAMES | m::IOS_PER_SYSCALL | 12 | 13)
+    matches!(
+        idx,
+        m::THROUGHPUT | m::FRAMES | m::IOS_PER_SYSCALL | 12 | 13
+    )
 }

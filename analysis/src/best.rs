@@ -81,12 +81,18 @@ pub fn is_default(defaults: &HashMap<String, String>, dim: &str, value: &str) ->
     let key = if dim.contains('.') {
         Some(dim.to_string())
     } else {
-        defaults.keys().find(|k| k.rsplit('.').next() == Some(dim)).cloned()
+        defaults
+            .keys()
+            .find(|k| k.rsplit('.').next() == Some(dim))
+            .cloned()
     };
     if let Some(d) = key.and_then(|k| defaults.get(&k)) {
         return norm(d) == norm(value) || (d.is_empty() && value.is_empty());
     }
-    matches!(norm(value).as_str(), "false" | "none" | "default" | "" | "off")
+    matches!(
+        norm(value).as_str(),
+        "false" | "none" | "default" | "" | "off"
+    )
 }
 
 /// A TOML scalar: bools and integers unquoted, everything else a quoted string.
@@ -96,7 +102,11 @@ pub fn toml_value(v: &str) -> String {
         return t.to_string();
     }
     let digits = t.strip_prefix('-').unwrap_or(t);
-    if !digits.is_empty() && digits.len() < 19 && digits.chars().all(|c| c.is_ascii_digit()) && !(digits.len() > 1 && digits.starts_with('0')) {
+    if !digits.is_empty()
+        && digits.len() < 19
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && !(digits.len() > 1 && digits.starts_with('0'))
+    {
         return t.to_string();
     }
     toml::Value::String(t.to_string()).to_string()
@@ -104,14 +114,31 @@ pub fn toml_value(v: &str) -> String {
 
 pub fn resolve(metric: &str) -> Result<(usize, &'static str, &'static str)> {
     Ok(match metric {
-        "throughput" => (m::THROUGHPUT, "throughput", "highest median throughput, MB/s"),
+        "throughput" => (
+            m::THROUGHPUT,
+            "throughput",
+            "highest median throughput, MB/s",
+        ),
         "p99" => (m::ACK_P99, "p99", "lowest median ack p99 latency, µs"),
-        "efficiency" => (m::CPU_S_PER_GIB, "efficiency", "lowest median CPU seconds per GiB"),
-        other => return Err(Error::Usage(format!("unknown --metric {other:?}; use throughput, p99 or efficiency"))),
+        "efficiency" => (
+            m::CPU_S_PER_GIB,
+            "efficiency",
+            "lowest median CPU seconds per GiB",
+        ),
+        other => {
+            return Err(Error::Usage(format!(
+                "unknown --metric {other:?}; use throughput, p99 or efficiency"
+            )))
+        }
     })
 }
 
-pub fn best(dir: &Path, metric: &str, workload: Option<&str>, defaults_path: Option<&Path>) -> Result<Best> {
+pub fn best(
+    dir: &Path,
+    metric: &str,
+    workload: Option<&str>,
+    defaults_path: Option<&Path>,
+) -> Result<Best> {
     let (k, metric_name, what) = resolve(metric)?;
     let rs = ResultSet::load(dir)?;
     let sum = Summary::build(&rs);
@@ -119,28 +146,52 @@ pub fn best(dir: &Path, metric: &str, workload: Option<&str>, defaults_path: Opt
     let wl = match workload {
         Some(w) if wls.iter().any(|x| x == w) => w.to_string(),
         Some(w) => {
-            return Err(Error::Usage(format!("--workload {w}: no recorder runs of that workload; the sweep has: {}", wls.join(", "))))
+            return Err(Error::Usage(format!(
+                "--workload {w}: no recorder runs of that workload; the sweep has: {}",
+                wls.join(", ")
+            )))
         }
-        None => wls.first().cloned().ok_or_else(|| Error::Usage(format!("{}: no recorder runs", dir.display())))?,
+        None => wls
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::Usage(format!("{}: no recorder runs", dir.display())))?,
     };
     let (defaults, defaults_source) = match defaults_path {
         Some(p) => {
             let t = std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?;
             let d = parse_options_md(&t);
             if d.is_empty() {
-                return Err(Error::input(p, None, None, "no option table found (expected the output of `recorder options --markdown`)"));
+                return Err(Error::input(
+                    p,
+                    None,
+                    None,
+                    "no option table found (expected the output of `recorder options --markdown`)",
+                ));
             }
             (d, Some(p.to_path_buf()))
         }
         None => match find_options_md(dir) {
-            Some(p) => (std::fs::read_to_string(&p).map(|t| parse_options_md(&t)).unwrap_or_default(), Some(p)),
+            Some(p) => (
+                std::fs::read_to_string(&p)
+                    .map(|t| parse_options_md(&t))
+                    .unwrap_or_default(),
+                Some(p),
+            ),
             None => (HashMap::new(), None),
         },
     };
     let all = ranked(&sum, &wl, k);
-    let bad = |c: &Config| c.not_ok.iter().any(|(s, _)| matches!(s, Status::Unsupported | Status::Failed));
+    let bad = |c: &Config| {
+        c.not_ok
+            .iter()
+            .any(|(s, _)| matches!(s, Status::Unsupported | Status::Failed))
+    };
     let cands: Vec<&Config> = all.iter().copied().filter(|c| !bad(c)).collect();
-    let excluded = sum.configs.iter().filter(|c| c.is_recorder() && c.workload == wl && bad(c)).count();
+    let excluded = sum
+        .configs
+        .iter()
+        .filter(|c| c.is_recorder() && c.workload == wl && bad(c))
+        .count();
     let Some(top) = cands.first() else {
         return Err(Error::Usage(format!(
             "{}: no supported configuration of workload {wl} has an ok run with {}",
@@ -148,12 +199,26 @@ pub fn best(dir: &Path, metric: &str, workload: Option<&str>, defaults_path: Opt
             crate::data::METRICS[k]
         )));
     };
-    let top_ci = top.metric(k).and_then(|s| s.ci).expect("interval metrics have intervals");
+    let top_ci = top
+        .metric(k)
+        .and_then(|s| s.ci)
+        .expect("interval metrics have intervals");
     let nondefault = |c: &Config| {
-        rs.dimensions.iter().zip(&c.dims).filter(|(d, v)| !is_default(&defaults, d, v)).count()
+        rs.dimensions
+            .iter()
+            .zip(&c.dims)
+            .filter(|(d, v)| !is_default(&defaults, d, v))
+            .count()
     };
-    let mut ties: Vec<&Config> =
-        cands.iter().copied().filter(|c| c.metric(k).and_then(|s| s.ci).is_some_and(|ci| ci.overlaps(&top_ci))).collect();
+    let mut ties: Vec<&Config> = cands
+        .iter()
+        .copied()
+        .filter(|c| {
+            c.metric(k)
+                .and_then(|s| s.ci)
+                .is_some_and(|ci| ci.overlaps(&top_ci))
+        })
+        .collect();
     // `ranked` order is best median first; a stable sort keeps it within equal simplicity.
     ties.sort_by_key(|c| nondefault(c));
     let chosen = ties[0];
@@ -161,16 +226,29 @@ pub fn best(dir: &Path, metric: &str, workload: Option<&str>, defaults_path: Opt
     let ci = st.ci.expect("interval");
 
     let mut o = String::new();
-    let _ = writeln!(o, "# Recorder configuration chosen by `analysis best` ({what}).");
+    let _ = writeln!(
+        o,
+        "# Recorder configuration chosen by `analysis best` ({what})."
+    );
     let _ = writeln!(o, "# Run it with: recorder serve --config THIS_FILE");
     let _ = writeln!(
         o,
         "# source sweep: {} (git rev {}, started {})",
         dir.display(),
-        rs.manifest.get("git_rev").and_then(|v| v.as_str()).unwrap_or("?"),
-        rs.manifest.get("started_at").and_then(|v| v.as_str()).unwrap_or("?")
+        rs.manifest
+            .get("git_rev")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?"),
+        rs.manifest
+            .get("started_at")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
     );
-    let _ = writeln!(o, "# workload: {wl}; metric: {metric_name} ({})", crate::data::METRICS[k]);
+    let _ = writeln!(
+        o,
+        "# workload: {wl}; metric: {metric_name} ({})",
+        crate::data::METRICS[k]
+    );
     let _ = writeln!(
         o,
         "# value: {} (90% interval {} – {}, {} ok runs), cell {}",
@@ -194,7 +272,11 @@ pub fn best(dir: &Path, metric: &str, workload: Option<&str>, defaults_path: Opt
         }
     );
     if chosen.cell_id != top.cell_id {
-        let _ = writeln!(o, "# best median was cell {} ({}), statistically tied and less simple", top.cell_id, top.short);
+        let _ = writeln!(
+            o,
+            "# best median was cell {} ({}), statistically tied and less simple",
+            top.cell_id, top.short
+        );
     }
     let _ = writeln!(o, "# runner-ups:");
     for c in cands.iter().filter(|c| c.cell_id != chosen.cell_id).take(5) {
@@ -213,7 +295,11 @@ pub fn best(dir: &Path, metric: &str, workload: Option<&str>, defaults_path: Opt
     }
     if let Some(r) = chosen.runs.iter().map(|&i| &rs.runs[i]).find(|r| r.is_ok()) {
         if !r.requested_flags.is_empty() || !r.effective_flags.is_empty() {
-            let _ = writeln!(o, "# setup flags requested: {}; in effect: {}", r.requested_flags, r.effective_flags);
+            let _ = writeln!(
+                o,
+                "# setup flags requested: {}; in effect: {}",
+                r.requested_flags, r.effective_flags
+            );
         }
     }
     o.push('\n');
@@ -226,7 +312,10 @@ pub fn best(dir: &Path, metric: &str, workload: Option<&str>, defaults_path: Opt
         dims_out.push((d.clone(), v.clone()));
         let (section, name) = match d.split_once('.') {
             Some((s, n)) => (s.to_string(), n.to_string()),
-            None => match defaults.keys().find(|kk| kk.rsplit('.').next() == Some(d.as_str())) {
+            None => match defaults
+                .keys()
+                .find(|kk| kk.rsplit('.').next() == Some(d.as_str()))
+            {
                 Some(kk) => (kk.split('.').next().unwrap_or("").to_string(), d.clone()),
                 None => (String::new(), d.clone()),
             },
@@ -242,15 +331,26 @@ pub fn best(dir: &Path, metric: &str, workload: Option<&str>, defaults_path: Opt
         }
     }
     if !block.is_empty() {
-        let _ = writeln!(o, "# Block layer settings of this configuration: not recorder options. The operator must");
+        let _ = writeln!(
+            o,
+            "# Block layer settings of this configuration: not recorder options. The operator must"
+        );
         let _ = writeln!(o, "# apply them via sysfs before starting the recorder, for the device holding the replays:");
         for (n, v) in &block {
-            let _ = writeln!(o, "#   echo {v} > /sys/block/<dev>/queue/{}", n.replace('-', "_"));
+            let _ = writeln!(
+                o,
+                "#   echo {v} > /sys/block/<dev>/queue/{}",
+                n.replace('-', "_")
+            );
         }
         o.push('\n');
     }
     if !other.is_empty() {
-        let _ = writeln!(o, "# Sweep dimensions that are not recorder options (load or environment): {}", other.join(", "));
+        let _ = writeln!(
+            o,
+            "# Sweep dimensions that are not recorder options (load or environment): {}",
+            other.join(", ")
+        );
         o.push('\n');
     }
     for s in SECTIONS {
@@ -262,7 +362,10 @@ pub fn best(dir: &Path, metric: &str, workload: Option<&str>, defaults_path: Opt
                 }
             }
             None => {
-                let _ = writeln!(o, "# no swept knob in this section: the recorder's defaults apply");
+                let _ = writeln!(
+                    o,
+                    "# no swept knob in this section: the recorder's defaults apply"
+                );
             }
         }
         o.push('\n');

@@ -28,7 +28,9 @@ fn e<E: std::fmt::Debug>(err: E) -> String {
 }
 
 /// `n` segments (plotters' integer ranges are inclusive).
-fn segs(n: usize) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize> {
+fn segs(
+    n: usize,
+) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize> {
     (0..n.max(1) - 1).into_segmented()
 }
 
@@ -96,25 +98,31 @@ pub fn ellipsize(s: &str, max: usize) -> String {
 const MAX_LABEL_CHARS: usize = 64;
 
 fn label_area(labels: &[String]) -> u32 {
-    labels.iter().map(|l| label_px(l)).max().unwrap_or(60).clamp(60, label_px(&"x".repeat(MAX_LABEL_CHARS)))
+    labels
+        .iter()
+        .map(|l| label_px(l))
+        .max()
+        .unwrap_or(60)
+        .clamp(60, label_px(&"x".repeat(MAX_LABEL_CHARS)))
 }
 
-/// Formats an axis value compactly.
+/// Formats a value compactly: 3 significant digits or so, no trailing zeros.
 pub fn num(v: f64) -> String {
     let a = v.abs();
-    if a == 0.0 {
-        "0".into()
+    let s = if a == 0.0 {
+        return "0".into();
     } else if a >= 100_000.0 {
-        format!("{:.0}k", v / 1000.0)
+        return format!("{:.0}k", v / 1000.0);
     } else if a >= 100.0 {
-        format!("{v:.0}")
+        return format!("{v:.0}");
     } else if a >= 10.0 {
         format!("{v:.1}")
     } else if a >= 1.0 {
         format!("{v:.2}")
     } else {
         format!("{v:.3}")
-    }
+    };
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// One row of a horizontal bar / interval chart.
@@ -147,18 +155,30 @@ pub struct BarChart {
 }
 
 pub fn bar_chart(dir: &Path, stem: &str, c: &BarChart) -> Result<ChartFiles> {
-    let labels: Vec<String> = c.rows.iter().map(|r| ellipsize(&r.label, MAX_LABEL_CHARS)).collect();
+    let labels: Vec<String> = c
+        .rows
+        .iter()
+        .map(|r| ellipsize(&r.label, MAX_LABEL_CHARS))
+        .collect();
     let h = 110 + 24 * c.rows.len().max(1) as u32 + if c.legend.is_empty() { 0 } else { 22 };
     let w = 760 + label_area(&labels);
     render!(dir, stem, &c.title, (w, h), draw_bars, c, &labels)
 }
 
-fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &BarChart, labels: &[String]) -> DResult {
+fn draw_bars<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    c: &BarChart,
+    labels: &[String],
+) -> DResult {
     let n = c.rows.len().max(1);
     let mut xmin = c.reference.unwrap_or(f64::INFINITY);
     let mut xmax = c.reference.unwrap_or(f64::NEG_INFINITY);
     for r in &c.rows {
-        for v in [Some(r.value), r.lo, r.hi].into_iter().flatten().chain(r.points.iter().copied()) {
+        for v in [Some(r.value), r.lo, r.hi]
+            .into_iter()
+            .flatten()
+            .chain(r.points.iter().copied())
+        {
             xmin = xmin.min(v);
             xmax = xmax.max(v);
         }
@@ -175,7 +195,11 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &BarChart, la
         xmax = 1.0;
     }
     let span = (xmax - xmin).max(xmax.abs() * 0.05).max(1e-9);
-    let x0 = if c.bars && xmin >= 0.0 { 0.0 } else { xmin - span * 0.05 };
+    let x0 = if c.bars && xmin >= 0.0 {
+        0.0
+    } else {
+        xmin - span * 0.05
+    };
     let x1 = xmax + span * 0.08;
     let body = root.titled(&c.title, (FONT, 20)).map_err(e)?;
     let body = if c.legend.is_empty() {
@@ -219,25 +243,41 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &BarChart, la
     for (k, r) in c.rows.iter().enumerate() {
         let y = nrows - 1 - k;
         if c.bars {
-            let mut rect =
-                Rectangle::new([(x0.max(0.0), SegmentValue::Exact(y)), (r.value, seg_top(y, n))], r.color.mix(0.75).filled());
+            let mut rect = Rectangle::new(
+                [
+                    (x0.max(0.0), SegmentValue::Exact(y)),
+                    (r.value, seg_top(y, n)),
+                ],
+                r.color.mix(0.75).filled(),
+            );
             rect.set_margin(4, 4, 0, 0);
             chart.draw_series(std::iter::once(rect)).map_err(e)?;
         }
         if let (Some(lo), Some(hi)) = (r.lo, r.hi) {
             chart
                 .draw_series(std::iter::once(PathElement::new(
-                    vec![(lo, SegmentValue::CenterOf(y)), (hi, SegmentValue::CenterOf(y))],
+                    vec![
+                        (lo, SegmentValue::CenterOf(y)),
+                        (hi, SegmentValue::CenterOf(y)),
+                    ],
                     BLACK.stroke_width(2),
                 )))
                 .map_err(e)?;
         }
         chart
-            .draw_series(r.points.iter().map(|p| Circle::new((*p, SegmentValue::CenterOf(y)), 2, BLACK.mix(0.5).filled())))
+            .draw_series(
+                r.points.iter().map(|p| {
+                    Circle::new((*p, SegmentValue::CenterOf(y)), 2, BLACK.mix(0.5).filled())
+                }),
+            )
             .map_err(e)?;
         if !c.bars {
             chart
-                .draw_series(std::iter::once(Circle::new((r.value, SegmentValue::CenterOf(y)), 5, r.color.filled())))
+                .draw_series(std::iter::once(Circle::new(
+                    (r.value, SegmentValue::CenterOf(y)),
+                    5,
+                    r.color.filled(),
+                )))
                 .map_err(e)?;
         }
     }
@@ -252,15 +292,24 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &BarChart, la
     Ok(())
 }
 
-fn draw_legend<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, legend: &[(RGBColor, String)]) -> DResult {
+fn draw_legend<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    legend: &[(RGBColor, String)],
+) -> DResult {
     if legend.is_empty() {
         return Ok(());
     }
     let mut x = 20i32;
     let y = 6i32;
     for (color, text) in legend {
-        root.draw(&Rectangle::new([(x, y), (x + 14, y + 12)], color.filled())).map_err(e)?;
-        root.draw(&Text::new(text.clone(), (x + 20, y - 1), (FONT, 13).into_font())).map_err(e)?;
+        root.draw(&Rectangle::new([(x, y), (x + 14, y + 12)], color.filled()))
+            .map_err(e)?;
+        root.draw(&Text::new(
+            text.clone(),
+            (x + 20, y - 1),
+            (FONT, 13).into_font(),
+        ))
+        .map_err(e)?;
         x += 40 + label_px(text) as i32;
     }
     Ok(())
@@ -279,26 +328,47 @@ pub struct MultiChart {
 }
 
 pub fn multi_log_chart(dir: &Path, stem: &str, c: &MultiChart) -> Result<ChartFiles> {
-    let labels: Vec<String> = c.rows.iter().map(|r| ellipsize(&r.0, MAX_LABEL_CHARS)).collect();
+    let labels: Vec<String> = c
+        .rows
+        .iter()
+        .map(|r| ellipsize(&r.0, MAX_LABEL_CHARS))
+        .collect();
     let h = 150 + 24 * c.rows.len().max(1) as u32;
     let w = 760 + label_area(&labels);
     render!(dir, stem, &c.title, (w, h), draw_multi, c, &labels)
 }
 
-fn draw_multi<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &MultiChart, labels: &[String]) -> DResult {
+fn draw_multi<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    c: &MultiChart,
+    labels: &[String],
+) -> DResult {
     let n = c.rows.len().max(1);
-    let vals: Vec<f64> = c.rows.iter().flat_map(|r| r.1.iter().flatten().copied()).filter(|v| *v > 0.0).collect();
+    let vals: Vec<f64> = c
+        .rows
+        .iter()
+        .flat_map(|r| r.1.iter().flatten().copied())
+        .filter(|v| *v > 0.0)
+        .collect();
     let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let (mut lo, mut hi) = if lo.is_finite() { (lo / 1.5, hi * 1.5) } else { (1.0, 10.0) };
+    let (mut lo, mut hi) = if lo.is_finite() {
+        (lo / 1.5, hi * 1.5)
+    } else {
+        (1.0, 10.0)
+    };
     if let Some(r) = c.reference {
         lo = lo.min(r / 1.5);
         hi = hi.max(r * 1.5);
     }
     let body = root.titled(&c.title, (FONT, 20)).map_err(e)?;
     let (top, body) = body.split_vertically(26);
-    let legend: Vec<(RGBColor, String)> =
-        c.series.iter().enumerate().map(|(s, name)| (PALETTE[s % PALETTE.len()], name.clone())).collect();
+    let legend: Vec<(RGBColor, String)> = c
+        .series
+        .iter()
+        .enumerate()
+        .map(|(s, name)| (PALETTE[s % PALETTE.len()], name.clone()))
+        .collect();
     draw_legend(&top, &legend)?;
     let mut chart = ChartBuilder::on(&body)
         .margin_left(10)
@@ -306,7 +376,10 @@ fn draw_multi<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &MultiChart,
         .margin_top(10)
         .x_label_area_size(45)
         .y_label_area_size(label_area(labels))
-        .build_cartesian_2d((lo..hi).log_scale().with_key_points(log_ticks(lo, hi)), segs(n))
+        .build_cartesian_2d(
+            (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+            segs(n),
+        )
         .map_err(e)?;
     chart
         .configure_mesh()
@@ -331,7 +404,10 @@ fn draw_multi<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &MultiChart,
             let b = pts.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             chart
                 .draw_series(std::iter::once(PathElement::new(
-                    vec![(a, SegmentValue::CenterOf(y)), (b, SegmentValue::CenterOf(y))],
+                    vec![
+                        (a, SegmentValue::CenterOf(y)),
+                        (b, SegmentValue::CenterOf(y)),
+                    ],
                     GREY.mix(0.6).stroke_width(1),
                 )))
                 .map_err(e)?;
@@ -349,7 +425,13 @@ fn draw_multi<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &MultiChart,
         let color = PALETTE[s % PALETTE.len()];
         chart
             .draw_series(c.rows.iter().enumerate().filter_map(|(k, (_, vals))| {
-                vals.get(s).copied().flatten().map(|v| Circle::new((v, SegmentValue::CenterOf(nrows - 1 - k)), 5, color.filled()))
+                vals.get(s).copied().flatten().map(|v| {
+                    Circle::new(
+                        (v, SegmentValue::CenterOf(nrows - 1 - k)),
+                        5,
+                        color.filled(),
+                    )
+                })
             }))
             .map_err(e)?;
     }
@@ -359,7 +441,11 @@ fn draw_multi<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &MultiChart,
 /// 1-2-5 ticks per decade within [lo, hi] (1-10 per decade when that gives too few).
 pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let mut out = Vec::new();
-    for mult in [&[1.0, 2.0, 5.0][..], &[1.0, 2.0, 3.0, 5.0, 7.0][..], &[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0][..]] {
+    for mult in [
+        &[1.0, 2.0, 5.0][..],
+        &[1.0, 2.0, 3.0, 5.0, 7.0][..],
+        &[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0][..],
+    ] {
         out.clear();
         let mut p = 10f64.powf(lo.log10().floor());
         while p <= hi {
@@ -400,16 +486,33 @@ pub fn heatmap(dir: &Path, stem: &str, c: &Heatmap) -> Result<ChartFiles> {
 
 /// Viridis-like colour for t in [0,1].
 pub fn viridis(t: f64) -> RGBColor {
-    const STOPS: [(f64, f64, f64); 5] =
-        [(68.0, 1.0, 84.0), (59.0, 82.0, 139.0), (33.0, 145.0, 140.0), (94.0, 201.0, 98.0), (253.0, 231.0, 37.0)];
-    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 } * 4.0;
+    const STOPS: [(f64, f64, f64); 5] = [
+        (68.0, 1.0, 84.0),
+        (59.0, 82.0, 139.0),
+        (33.0, 145.0, 140.0),
+        (94.0, 201.0, 98.0),
+        (253.0, 231.0, 37.0),
+    ];
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    } * 4.0;
     let i = (t.floor() as usize).min(3);
     let f = t - i as f64;
     let (a, b) = (STOPS[i], STOPS[i + 1]);
-    RGBColor((a.0 + (b.0 - a.0) * f) as u8, (a.1 + (b.1 - a.1) * f) as u8, (a.2 + (b.2 - a.2) * f) as u8)
+    RGBColor(
+        (a.0 + (b.0 - a.0) * f) as u8,
+        (a.1 + (b.1 - a.1) * f) as u8,
+        (a.2 + (b.2 - a.2) * f) as u8,
+    )
 }
 
-fn draw_heatmap<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &Heatmap, ylab: &[String]) -> DResult {
+fn draw_heatmap<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    c: &Heatmap,
+    ylab: &[String],
+) -> DResult {
     let nx = c.x_values.len().max(1);
     let ny = c.y_values.len().max(1);
     let vals: Vec<f64> = c.values.iter().flatten().flatten().copied().collect();
@@ -450,14 +553,24 @@ fn draw_heatmap<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &Heatmap, 
                 }
                 None => (LIGHT, "n/a".to_string(), false),
             };
-            let mut rect = Rectangle::new([(SegmentValue::Exact(x), SegmentValue::Exact(y)), (seg_top(x, nx), seg_top(y, ny))], color.filled());
+            let mut rect = Rectangle::new(
+                [
+                    (SegmentValue::Exact(x), SegmentValue::Exact(y)),
+                    (seg_top(x, nx), seg_top(y, ny)),
+                ],
+                color.filled(),
+            );
             rect.set_margin(1, 1, 1, 1);
             chart.draw_series(std::iter::once(rect)).map_err(e)?;
             let style = TextStyle::from((FONT, 13).into_font())
                 .color(if dark { &WHITE } else { &BLACK })
                 .pos(Pos::new(HPos::Center, VPos::Center));
             chart
-                .draw_series(std::iter::once(Text::new(text, (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y)), style)))
+                .draw_series(std::iter::once(Text::new(
+                    text,
+                    (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y)),
+                    style,
+                )))
                 .map_err(e)?;
         }
     }
@@ -483,14 +596,26 @@ pub fn series_chart(dir: &Path, stem: &str, c: &SeriesChart) -> Result<ChartFile
     render!(dir, stem, &c.title, (1100, h), draw_series_panels, c)
 }
 
-fn draw_series_panels<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &SeriesChart) -> DResult {
+fn draw_series_panels<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    c: &SeriesChart,
+) -> DResult {
     let body = root.titled(&c.title, (FONT, 20)).map_err(e)?;
     let areas = body.split_evenly((c.panels.len().max(1), 1));
     let t0 = c.t.iter().copied().fold(f64::INFINITY, f64::min);
     let t1 = c.t.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let (t0, t1) = if t0.is_finite() && t1 > t0 { (t0, t1) } else { (0.0, 1.0) };
+    let (t0, t1) = if t0.is_finite() && t1 > t0 {
+        (t0, t1)
+    } else {
+        (0.0, 1.0)
+    };
     for (panel, area) in c.panels.iter().zip(areas.iter()) {
-        let ymax = panel.series.iter().flat_map(|s| s.1.iter().flatten()).copied().fold(0.0f64, f64::max);
+        let ymax = panel
+            .series
+            .iter()
+            .flat_map(|s| s.1.iter().flatten())
+            .copied()
+            .fold(0.0f64, f64::max);
         let ymax = if ymax > 0.0 { ymax * 1.25 } else { 1.0 };
         let mut chart = ChartBuilder::on(area)
             .margin_left(10)
@@ -511,17 +636,26 @@ fn draw_series_panels<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &Ser
             .map_err(e)?;
         if t0 < 0.0 {
             chart
-                .draw_series(std::iter::once(Rectangle::new([(t0, 0.0), (0.0f64.min(t1), ymax)], LIGHT.mix(0.7).filled())))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(t0, 0.0), (0.0f64.min(t1), ymax)],
+                    LIGHT.mix(0.7).filled(),
+                )))
                 .map_err(e)?;
         }
         for (s, (name, vals)) in panel.series.iter().enumerate() {
             let color = PALETTE[s % PALETTE.len()];
-            let pts: Vec<(f64, f64)> = c.t.iter().zip(vals).filter_map(|(t, v)| v.map(|v| (*t, v))).collect();
+            let pts: Vec<(f64, f64)> =
+                c.t.iter()
+                    .zip(vals)
+                    .filter_map(|(t, v)| v.map(|v| (*t, v)))
+                    .collect();
             chart
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                 .map_err(e)?
                 .label(name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()

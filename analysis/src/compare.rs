@@ -141,11 +141,24 @@ impl Comparison {
             self.excluded.len(),
             self.unpaired.len()
         );
-        let w = self.rows.iter().map(|r| r.label.chars().count()).max().unwrap_or(13).clamp(13, 60);
+        let w = self
+            .rows
+            .iter()
+            .map(|r| r.label.chars().count())
+            .max()
+            .unwrap_or(13)
+            .clamp(13, 60);
         let _ = writeln!(
             o,
             "{:<12} {:<w$} {:<18} {:>5} {:>9} {:>19} {:>9} {:>6}",
-            "verdict", "configuration", "metric", "pairs", "head/base", "90% interval", "p(worse)", "delta"
+            "verdict",
+            "configuration",
+            "metric",
+            "pairs",
+            "head/base",
+            "90% interval",
+            "p(worse)",
+            "delta"
         );
         for r in &self.rows {
             let _ = writeln!(
@@ -166,12 +179,37 @@ impl Comparison {
     }
 }
 
+/// `cell metric (label)` of every REGRESSION in `first` that is also a REGRESSION in `second`.
+pub fn confirmed_regressions(first: &Comparison, second: &Comparison) -> Vec<String> {
+    first
+        .rows
+        .iter()
+        .filter(|r| r.verdict == Verdict::Regression)
+        .filter(|r| {
+            second.rows.iter().any(|s| {
+                s.cell_id == r.cell_id && s.metric == r.metric && s.verdict == Verdict::Regression
+            })
+        })
+        .map(|r| {
+            format!(
+                "{} {} ({})",
+                r.cell_id,
+                crate::aggregate::metric_title(r.metric),
+                r.label
+            )
+        })
+        .collect()
+}
+
 /// Rows of `rs` that belong to `side` ("base"/"head"): an A/B directory holding both
 /// revisions contributes only its own side; a plain sweep contributes every row.
 fn side_runs<'a>(rs: &'a ResultSet, side: &str) -> Vec<&'a Run> {
     let revs = rs.revisions();
     let ab = revs.iter().any(|r| r == "base") && revs.iter().any(|r| r == "head");
-    rs.runs.iter().filter(|r| !ab || r.revision == side).collect()
+    rs.runs
+        .iter()
+        .filter(|r| !ab || r.revision == side)
+        .collect()
 }
 
 fn by_cell<'a>(runs: &[&'a Run]) -> BTreeMap<&'a str, Vec<&'a Run>> {
@@ -187,7 +225,12 @@ pub fn aa_spread(groups: &[&BTreeMap<&str, Vec<&Run>>], metric: usize) -> (Optio
     let mut d = Vec::new();
     for g in groups {
         for runs in g.values() {
-            let v: Vec<f64> = runs.iter().filter(|r| r.is_ok()).filter_map(|r| r.metric(metric)).filter(|x| *x > 0.0).collect();
+            let v: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.is_ok())
+                .filter_map(|r| r.metric(metric))
+                .filter(|x| *x > 0.0)
+                .collect();
             for i in 0..v.len() {
                 for j in (i + 1)..v.len().min(i + 50) {
                     d.push((v[i] / v[j]).ln().abs());
@@ -199,7 +242,12 @@ pub fn aa_spread(groups: &[&BTreeMap<&str, Vec<&Run>>], metric: usize) -> (Optio
     ((n > 0).then(|| stats::median(&d)), n)
 }
 
-pub fn compare(base_dir: &Path, head_dir: &Path, metric_names: &[String], out: Option<&Path>) -> Result<Comparison> {
+pub fn compare(
+    base_dir: &Path,
+    head_dir: &Path,
+    metric_names: &[String],
+    out: Option<&Path>,
+) -> Result<Comparison> {
     let metrics: Vec<usize> = {
         let mut v = Vec::new();
         for n in metric_names {
@@ -236,13 +284,17 @@ pub fn compare(base_dir: &Path, head_dir: &Path, metric_names: &[String], out: O
             let mut keys: Vec<u32> = bm.keys().chain(hm.keys()).copied().collect();
             keys.sort();
             keys.dedup();
-            keys.into_iter().map(|k| (bm.get(&k).copied(), hm.get(&k).copied())).collect()
+            keys.into_iter()
+                .map(|k| (bm.get(&k).copied(), hm.get(&k).copied()))
+                .collect()
         } else {
             let mut bs = bb.clone();
             let mut hs = hb.clone();
             bs.sort_by_key(|r| r.rep);
             hs.sort_by_key(|r| r.rep);
-            (0..bs.len().max(hs.len())).map(|i| (bs.get(i).copied(), hs.get(i).copied())).collect()
+            (0..bs.len().max(hs.len()))
+                .map(|i| (bs.get(i).copied(), hs.get(i).copied()))
+                .collect()
         };
         for (b, h) in matched {
             match (b, h) {
@@ -264,8 +316,16 @@ pub fn compare(base_dir: &Path, head_dir: &Path, metric_names: &[String], out: O
                         pairs.entry(cell).or_default().push((b, h));
                     }
                 }
-                (Some(r), None) => unpaired.push((r.run_id.clone(), "base", "no head run with the same pair".into())),
-                (None, Some(r)) => unpaired.push((r.run_id.clone(), "head", "no base run with the same pair".into())),
+                (Some(r), None) => unpaired.push((
+                    r.run_id.clone(),
+                    "base",
+                    "no head run with the same pair".into(),
+                )),
+                (None, Some(r)) => unpaired.push((
+                    r.run_id.clone(),
+                    "head",
+                    "no base run with the same pair".into(),
+                )),
                 (None, None) => {}
             }
         }
@@ -283,22 +343,41 @@ pub fn compare(base_dir: &Path, head_dir: &Path, metric_names: &[String], out: O
         .iter()
         .map(|&k| {
             let (spread, n) = aa_spread(&[&b_cells, &h_cells], k);
-            let latency = matches!(k, m::ACK_P50 | m::ACK_P99 | m::ACK_P999 | m::ACK_MAX | m::REQ_P50 | m::REQ_P99);
+            let latency = matches!(
+                k,
+                m::ACK_P50 | m::ACK_P99 | m::ACK_P999 | m::ACK_MAX | m::REQ_P50 | m::REQ_P99
+            );
             let (delta, rule) = if latency {
-                (DELTA_LATENCY, "fixed 10% for latency percentiles".to_string())
+                (
+                    DELTA_LATENCY,
+                    "fixed 10% for latency percentiles".to_string(),
+                )
             } else {
                 match spread {
                     Some(s) => {
                         let twice = (2.0 * s).exp() - 1.0;
                         (
                             DELTA_FLOOR.max(twice),
-                            format!("max(3%, 2 × A/A spread {:.2}% = {:.2}%)", (s.exp() - 1.0) * 100.0, twice * 100.0),
+                            format!(
+                                "max(3%, 2 × A/A spread {:.2}% = {:.2}%)",
+                                (s.exp() - 1.0) * 100.0,
+                                twice * 100.0
+                            ),
                         )
                     }
-                    None => (DELTA_FLOOR, "3% (no cell has two ok runs in one build: A/A spread unknown)".into()),
+                    None => (
+                        DELTA_FLOOR,
+                        "3% (no cell has two ok runs in one build: A/A spread unknown)".into(),
+                    ),
                 }
             };
-            Margin { metric: k, aa_spread: spread, aa_pairs: n, delta, rule }
+            Margin {
+                metric: k,
+                aa_spread: spread,
+                aa_pairs: n,
+                delta,
+                rule,
+            }
         })
         .collect();
 
@@ -306,7 +385,12 @@ pub fn compare(base_dir: &Path, head_dir: &Path, metric_names: &[String], out: O
     let labels: HashMap<&str, (String, String, String)> = summary
         .configs
         .iter()
-        .map(|c| (c.cell_id.as_str(), (c.short.clone(), c.kind.clone(), c.workload.clone())))
+        .map(|c| {
+            (
+                c.cell_id.as_str(),
+                (c.short.clone(), c.kind.clone(), c.workload.clone()),
+            )
+        })
         .collect();
     let cells: Vec<(&str, &Vec<(&Run, &Run)>)> = pairs.iter().map(|(c, p)| (*c, p)).collect();
     let mut rows: Vec<Row> = cells
@@ -314,7 +398,11 @@ pub fn compare(base_dir: &Path, head_dir: &Path, metric_names: &[String], out: O
         .flat_map_iter(|(cell, ps)| {
             let (label, kind, workload) = labels.get(cell).cloned().unwrap_or_else(|| {
                 let r = ps[0].1;
-                (short_label(&head.dimensions, &r.dims, &summary.dim_values), r.kind.clone(), r.workload.clone())
+                (
+                    short_label(&head.dimensions, &r.dims, &summary.dim_values),
+                    r.kind.clone(),
+                    r.workload.clone(),
+                )
             });
             margins
                 .iter()
@@ -324,7 +412,13 @@ pub fn compare(base_dir: &Path, head_dir: &Path, metric_names: &[String], out: O
                         .iter()
                         .filter_map(|(b, h)| {
                             let (x, y) = (b.metric(k)?, h.metric(k)?);
-                            (x > 0.0 && y > 0.0).then(|| if higher_is_better(k) { (x / y).ln() } else { (y / x).ln() })
+                            (x > 0.0 && y > 0.0).then(|| {
+                                if higher_is_better(k) {
+                                    (x / y).ln()
+                                } else {
+                                    (y / x).ln()
+                                }
+                            })
                         })
                         .collect();
                     if w.is_empty() {
@@ -337,8 +431,16 @@ pub fn compare(base_dir: &Path, head_dir: &Path, metric_names: &[String], out: O
         .collect();
     rows.sort_by(|a, b| {
         a.verdict.cmp(&b.verdict).then_with(|| {
-            let wa = if higher_is_better(a.metric) { -a.ratio.ln() } else { a.ratio.ln() };
-            let wb = if higher_is_better(b.metric) { -b.ratio.ln() } else { b.ratio.ln() };
+            let wa = if higher_is_better(a.metric) {
+                -a.ratio.ln()
+            } else {
+                a.ratio.ln()
+            };
+            let wb = if higher_is_better(b.metric) {
+                -b.ratio.ln()
+            } else {
+                b.ratio.ln()
+            };
             wb.total_cmp(&wa)
         })
     });
@@ -347,7 +449,11 @@ pub fn compare(base_dir: &Path, head_dir: &Path, metric_names: &[String], out: O
         Some(p) => p.to_path_buf(),
         None => head_dir.join("compare").join("compare.md"),
     };
-    let out_dir = md_path.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let out_dir = md_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, "create", e))?;
     let mut cmp = Comparison {
         base_dir: base_dir.to_path_buf(),
@@ -359,7 +465,11 @@ pub fn compare(base_dir: &Path, head_dir: &Path, metric_names: &[String], out: O
         markdown: md_path.clone(),
         charts: Vec::new(),
     };
-    let mut doc = Doc::new(format!("Compare: {} → {}", base_dir.display(), head_dir.display()));
+    let mut doc = Doc::new(format!(
+        "Compare: {} → {}",
+        base_dir.display(),
+        head_dir.display()
+    ));
     let mut made = Vec::new();
     write_doc(&cmp, &base, &head, &out_dir, &mut doc, &mut made)?;
     cmp.charts = made;
@@ -368,7 +478,15 @@ pub fn compare(base_dir: &Path, head_dir: &Path, metric_names: &[String], out: O
 }
 
 /// The verdict for one configuration and metric from oriented log ratios `w` (positive = worse).
-pub fn verdict_row(cell: &str, label: &str, kind: &str, workload: &str, metric: usize, w: &[f64], delta: f64) -> Row {
+pub fn verdict_row(
+    cell: &str,
+    label: &str,
+    kind: &str,
+    workload: &str,
+    metric: usize,
+    w: &[f64],
+    delta: f64,
+) -> Row {
     let wil = stats::wilcoxon_signed_rank(w);
     let ci: Interval = stats::bootstrap_median_ci(w, 0.90, stats::BOOT_RESAMPLES, stats::BOOT_SEED);
     let d = (1.0 + delta).ln();
@@ -383,7 +501,13 @@ pub fn verdict_row(cell: &str, label: &str, kind: &str, workload: &str, metric: 
         Verdict::Inconclusive
     };
     // Back to head/base ratios.
-    let to_ratio = |x: f64| if higher_is_better(metric) { (-x).exp() } else { x.exp() };
+    let to_ratio = |x: f64| {
+        if higher_is_better(metric) {
+            (-x).exp()
+        } else {
+            x.exp()
+        }
+    };
     let (a, b) = (to_ratio(ci.lo), to_ratio(ci.hi));
     Row {
         cell_id: cell.to_string(),
@@ -409,7 +533,13 @@ fn write_doc(
     doc: &mut Doc,
     charts_made: &mut Vec<charts::ChartFiles>,
 ) -> Result<()> {
-    let rev = |rs: &ResultSet| rs.manifest.get("git_rev").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let rev = |rs: &ResultSet| {
+        rs.manifest
+            .get("git_rev")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
     doc.p(format!(
         "Base `{}` (rev {}), head `{}` (rev {}). **{} REGRESSION, {} IMPROVED, {} INCONCLUSIVE, {} SAME.** \
          Exit code 1 only on a REGRESSION.",
@@ -434,22 +564,56 @@ fn write_doc(
         &["metric", "delta", "how", "A/A run pairs"],
         c.margins
             .iter()
-            .map(|mg| vec![crate::aggregate::metric_title(mg.metric).into(), format!("{:.1}%", mg.delta * 100.0), mg.rule.clone(), mg.aa_pairs.to_string()])
+            .map(|mg| {
+                vec![
+                    crate::aggregate::metric_title(mg.metric).into(),
+                    format!("{:.1}%", mg.delta * 100.0),
+                    mg.rule.clone(),
+                    mg.aa_pairs.to_string(),
+                ]
+            })
             .collect(),
     );
     doc.h(1, "Verdicts");
     doc.table(
-        &["verdict", "configuration", "metric", "pairs", "head/base", "90% interval", "p(worse)", "p(better)", "delta", "cell"],
+        &[
+            "verdict",
+            "configuration",
+            "metric",
+            "pairs",
+            "head/base",
+            "90% interval",
+            "p(worse)",
+            "p(better)",
+            "delta",
+            "cell",
+        ],
         c.rows
             .iter()
             .map(|r| {
                 vec![
-                    if r.verdict == Verdict::Regression { format!("**{}**", r.verdict.as_str()) } else { r.verdict.as_str().into() },
-                    format!("{}{}", r.label, if r.kind != "recorder" { format!(" ({})", r.workload) } else { String::new() }),
+                    if r.verdict == Verdict::Regression {
+                        format!("**{}**", r.verdict.as_str())
+                    } else {
+                        r.verdict.as_str().into()
+                    },
+                    format!(
+                        "{}{}",
+                        r.label,
+                        if r.kind != "recorder" {
+                            format!(" ({})", r.workload)
+                        } else {
+                            String::new()
+                        }
+                    ),
                     crate::aggregate::metric_title(r.metric).into(),
                     r.pairs.to_string(),
                     format!("{:+.1}%", (r.ratio - 1.0) * 100.0),
-                    format!("{:+.1}% … {:+.1}%", (r.ci.0 - 1.0) * 100.0, (r.ci.1 - 1.0) * 100.0),
+                    format!(
+                        "{:+.1}% … {:+.1}%",
+                        (r.ci.0 - 1.0) * 100.0,
+                        (r.ci.1 - 1.0) * 100.0
+                    ),
                     format!("{:.4}", r.p_worse),
                     format!("{:.4}", r.p_better),
                     format!("±{:.1}%", r.delta * 100.0),
@@ -521,19 +685,36 @@ fn write_doc(
         doc.p("A pair is dropped when either run's status is not `ok`; grouped by side, status and reason.");
         let mut groups: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
         for x in &c.excluded {
-            groups.entry((x.side.to_string(), x.status.clone(), x.reason.clone())).or_default().push(x.run_id.clone());
+            groups
+                .entry((x.side.to_string(), x.status.clone(), x.reason.clone()))
+                .or_default()
+                .push(x.run_id.clone());
         }
         for (id, side, why) in &c.unpaired {
-            groups.entry((side.to_string(), "unpaired".into(), why.clone())).or_default().push(id.clone());
+            groups
+                .entry((side.to_string(), "unpaired".into(), why.clone()))
+                .or_default()
+                .push(id.clone());
         }
         let rows = groups
             .into_iter()
             .map(|((side, status, reason), ids)| {
-                let mut shown: Vec<String> = ids.iter().take(12).map(|i| format!("`{i}`")).collect();
+                let mut shown: Vec<String> =
+                    ids.iter().take(12).map(|i| format!("`{i}`")).collect();
                 if ids.len() > 12 {
                     shown.push(format!("… {} more", ids.len() - 12));
                 }
-                vec![side, status, if reason.is_empty() { "(no reason given)".into() } else { reason }, ids.len().to_string(), shown.join(" ")]
+                vec![
+                    side,
+                    status,
+                    if reason.is_empty() {
+                        "(no reason given)".into()
+                    } else {
+                        reason
+                    },
+                    ids.len().to_string(),
+                    shown.join(" "),
+                ]
             })
             .collect();
         doc.table(&["side", "status", "reason", "runs", "run ids"], rows);

@@ -59,8 +59,16 @@ pub fn metric_index(name: &str) -> Option<usize> {
 }
 
 /// Columns without which nothing can be said about a run.
-pub const REQUIRED_COLUMNS: &[&str] =
-    &["run_id", "cell_id", "rep", "revision", "kind", "workload", "status", "throughput_mbps"];
+pub const REQUIRED_COLUMNS: &[&str] = &[
+    "run_id",
+    "cell_id",
+    "rep",
+    "revision",
+    "kind",
+    "workload",
+    "status",
+    "throughput_mbps",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Status {
@@ -146,13 +154,26 @@ impl ResultSet {
             )));
         }
         let manifest = load_manifest(&dir.join("manifest.json"))?;
-        let manifest_dims: Option<Vec<String>> = manifest.get("dimensions").and_then(|d| d.as_array()).map(|a| {
-            a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
-        });
+        let manifest_dims: Option<Vec<String>> = manifest
+            .get("dimensions")
+            .and_then(|d| d.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            });
         let runs_path = dir.join("runs.csv");
-        let text = std::fs::read_to_string(&runs_path).map_err(|e| Error::io(&runs_path, "read", e))?;
-        let (dimensions, runs, absent_columns) = parse_runs(&runs_path, &text, manifest_dims.as_deref())?;
-        Ok(ResultSet { dir: dir.to_path_buf(), manifest, dimensions, runs, absent_columns })
+        let text =
+            std::fs::read_to_string(&runs_path).map_err(|e| Error::io(&runs_path, "read", e))?;
+        let (dimensions, runs, absent_columns) =
+            parse_runs(&runs_path, &text, manifest_dims.as_deref())?;
+        Ok(ResultSet {
+            dir: dir.to_path_buf(),
+            manifest,
+            dimensions,
+            runs,
+            absent_columns,
+        })
     }
 
     /// Index of a dimension by name (`ring.sqpoll`; a leading `dim.` is accepted).
@@ -196,7 +217,14 @@ impl ResultSet {
             .runs
             .par_iter()
             .filter(|r| r.is_ok())
-            .map(|r| Ok(self.timeseries(&r.run_id)?.map(|ts| (r.run_id.clone(), ts.summary()))))
+            .map(|r| {
+                let p = self.timeseries_path(&r.run_id);
+                match std::fs::read_to_string(&p) {
+                    Ok(text) => Ok(Some((r.run_id.clone(), summarize_series(&p, &text)?))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(Error::io(&p, "read", e)),
+                }
+            })
             .collect();
         let mut out = HashMap::with_capacity(found.len());
         for f in found {
@@ -211,14 +239,32 @@ impl ResultSet {
 fn load_manifest(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        Error::input(path, Some(e.line() as u64), None, format!("not valid JSON (column {}): {e}", e.column()))
+        Error::input(
+            path,
+            Some(e.line() as u64),
+            None,
+            format!("not valid JSON (column {}): {e}", e.column()),
+        )
     })?;
     if !v.is_object() {
-        return Err(Error::input(path, None, None, "expected one JSON object (see docs/results.md)"));
+        return Err(Error::input(
+            path,
+            None,
+            None,
+            "expected one JSON object (see docs/results.md)",
+        ));
     }
     if let Some(d) = v.get("dimensions") {
-        if !d.as_array().map_or(false, |a| a.iter().all(|x| x.is_string())) {
-            return Err(Error::input(path, None, None, "\"dimensions\" must be a list of dimension names"));
+        if !d
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x.is_string()))
+        {
+            return Err(Error::input(
+                path,
+                None,
+                None,
+                "\"dimensions\" must be a list of dimension names",
+            ));
         }
     }
     Ok(v)
@@ -230,19 +276,43 @@ struct Columns {
     metrics: [Option<usize>; N_METRICS],
 }
 
-fn parse_runs(path: &Path, text: &str, manifest_dims: Option<&[String]>) -> Result<(Vec<String>, Vec<Run>, Vec<String>)> {
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(text.as_bytes());
+fn parse_runs(
+    path: &Path,
+    text: &str,
+    manifest_dims: Option<&[String]>,
+) -> Result<(Vec<String>, Vec<Run>, Vec<String>)> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(text.as_bytes());
     let headers = rdr
         .headers()
-        .map_err(|e| Error::input(path, Some(1), None, format!("cannot read the header row: {e}")))?
+        .map_err(|e| {
+            Error::input(
+                path,
+                Some(1),
+                None,
+                format!("cannot read the header row: {e}"),
+            )
+        })?
         .clone();
     if headers.is_empty() || (headers.len() == 1 && headers[0].is_empty()) {
-        return Err(Error::input(path, Some(1), None, "empty file: expected a header row (see docs/results.md)"));
+        return Err(Error::input(
+            path,
+            Some(1),
+            None,
+            "empty file: expected a header row (see docs/results.md)",
+        ));
     }
     let mut idx = HashMap::new();
     for (i, h) in headers.iter().enumerate() {
         if idx.insert(h.to_string(), i).is_some() {
-            return Err(Error::input(path, Some(1), Some((i + 1, h)), "column appears twice in the header"));
+            return Err(Error::input(
+                path,
+                Some(1),
+                Some((i + 1, h)),
+                "column appears twice in the header",
+            ));
         }
     }
     for req in REQUIRED_COLUMNS {
@@ -255,8 +325,11 @@ fn parse_runs(path: &Path, text: &str, manifest_dims: Option<&[String]>) -> Resu
             ));
         }
     }
-    let header_dims: Vec<String> =
-        headers.iter().filter_map(|h| h.strip_prefix("dim.")).map(str::to_string).collect();
+    let header_dims: Vec<String> = headers
+        .iter()
+        .filter_map(|h| h.strip_prefix("dim."))
+        .map(str::to_string)
+        .collect();
     let dimensions = match manifest_dims {
         Some(md) if !md.is_empty() => {
             for d in md {
@@ -281,7 +354,14 @@ fn parse_runs(path: &Path, text: &str, manifest_dims: Option<&[String]>) -> Resu
             absent.push(m.to_string());
         }
     }
-    let cols = Columns { dims: dimensions.iter().map(|d| idx[&format!("dim.{d}")]).collect(), idx, metrics };
+    let cols = Columns {
+        dims: dimensions
+            .iter()
+            .map(|d| idx[&format!("dim.{d}")])
+            .collect(),
+        idx,
+        metrics,
+    };
 
     let mut records = Vec::new();
     for rec in rdr.records() {
@@ -303,16 +383,26 @@ fn parse_runs(path: &Path, text: &str, manifest_dims: Option<&[String]>) -> Resu
                 path,
                 Some(r.line),
                 Some((cols.idx["run_id"] + 1, "run_id")),
-                format!("run_id {:?} already used on line {prev}; run ids must be unique", r.run_id),
+                format!(
+                    "run_id {:?} already used on line {prev}; run ids must be unique",
+                    r.run_id
+                ),
             ));
         }
     }
     Ok((dimensions, runs, absent))
 }
 
-fn parse_row(path: &Path, line: u64, rec: &csv::StringRecord, headers: &csv::StringRecord, c: &Columns) -> Result<Run> {
+fn parse_row(
+    path: &Path,
+    line: u64,
+    rec: &csv::StringRecord,
+    headers: &csv::StringRecord,
+    c: &Columns,
+) -> Result<Run> {
     let get = |name: &str| -> &str { c.idx.get(name).and_then(|&i| rec.get(i)).unwrap_or("") };
-    let err = |i: usize, msg: String| Error::input(path, Some(line), Some((i + 1, &headers[i])), msg);
+    let err =
+        |i: usize, msg: String| Error::input(path, Some(line), Some((i + 1, &headers[i])), msg);
     let req_text = |name: &str| -> Result<String> {
         let i = c.idx[name];
         let v = rec.get(i).unwrap_or("").trim();
@@ -333,20 +423,30 @@ fn parse_row(path: &Path, line: u64, rec: &csv::StringRecord, headers: &csv::Str
         }
     };
     let uint = |name: &str, required: bool| -> Result<Option<u64>> {
-        let Some(&i) = c.idx.get(name) else { return Ok(None) };
+        let Some(&i) = c.idx.get(name) else {
+            return Ok(None);
+        };
         let v = rec.get(i).unwrap_or("").trim();
         if v.is_empty() {
             if required {
-                return Err(err(i, format!("`{name}` is empty; expected a whole number")));
+                return Err(err(
+                    i,
+                    format!("`{name}` is empty; expected a whole number"),
+                ));
             }
             return Ok(None);
         }
-        v.parse::<u64>().map(Some).map_err(|_| err(i, format!("{v:?} is not a non-negative whole number")))
+        v.parse::<u64>()
+            .map(Some)
+            .map_err(|_| err(i, format!("{v:?} is not a non-negative whole number")))
     };
     let status_i = c.idx["status"];
     let status_text = rec.get(status_i).unwrap_or("").trim();
     let status = Status::parse(status_text).ok_or_else(|| {
-        err(status_i, format!("unknown status {status_text:?}; expected ok, unsupported, failed or rejected"))
+        err(
+            status_i,
+            format!("unknown status {status_text:?}; expected ok, unsupported, failed or rejected"),
+        )
     })?;
     let mut metrics = [None; N_METRICS];
     for (k, col) in c.metrics.iter().enumerate() {
@@ -354,7 +454,8 @@ fn parse_row(path: &Path, line: u64, rec: &csv::StringRecord, headers: &csv::Str
             metrics[k] = float(*i)?;
         }
     }
-    let opt_float = |name: &str| -> Result<Option<f64>> { c.idx.get(name).map_or(Ok(None), |&i| float(i)) };
+    let opt_float =
+        |name: &str| -> Result<Option<f64>> { c.idx.get(name).map_or(Ok(None), |&i| float(i)) };
     Ok(Run {
         run_id: req_text("run_id")?,
         cell_id: req_text("cell_id")?,
@@ -367,7 +468,11 @@ fn parse_row(path: &Path, line: u64, rec: &csv::StringRecord, headers: &csv::Str
         reason: get("reason").to_string(),
         started_at: opt_float("started_at")?,
         duration_s: opt_float("duration_s")?,
-        dims: c.dims.iter().map(|&i| rec.get(i).unwrap_or("").trim().to_string()).collect(),
+        dims: c
+            .dims
+            .iter()
+            .map(|&i| rec.get(i).unwrap_or("").trim().to_string())
+            .collect(),
         requested_flags: get("requested_flags").to_string(),
         effective_flags: get("effective_flags").to_string(),
         metrics,
@@ -417,22 +522,48 @@ pub struct SeriesSummary {
 
 impl TimeSeries {
     pub fn parse(path: &Path, text: &str) -> Result<TimeSeries> {
-        let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(text.as_bytes());
         let headers = rdr
             .headers()
-            .map_err(|e| Error::input(path, Some(1), None, format!("cannot read the header row: {e}")))?
+            .map_err(|e| {
+                Error::input(
+                    path,
+                    Some(1),
+                    None,
+                    format!("cannot read the header row: {e}"),
+                )
+            })?
             .clone();
         let t_i = headers.iter().position(|h| h == "t_s").ok_or_else(|| {
-            Error::input(path, Some(1), None, "required column `t_s` is missing from the header")
+            Error::input(
+                path,
+                Some(1),
+                None,
+                "required column `t_s` is missing from the header",
+            )
         })?;
-        let cols: Vec<(usize, &str)> = headers.iter().enumerate().filter(|(i, _)| *i != t_i).collect();
+        let cols: Vec<(usize, &str)> = headers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != t_i)
+            .collect();
         let mut ts = TimeSeries {
             t_s: Vec::new(),
-            columns: cols.iter().map(|(_, n)| (n.to_string(), Vec::new())).collect(),
+            columns: cols
+                .iter()
+                .map(|(_, n)| (n.to_string(), Vec::new()))
+                .collect(),
         };
         for rec in rdr.records() {
             let rec = rec.map_err(|e| {
-                Error::input(path, e.position().map(|p| p.line()), None, format!("malformed CSV row: {e}"))
+                Error::input(
+                    path,
+                    e.position().map(|p| p.line()),
+                    None,
+                    format!("malformed CSV row: {e}"),
+                )
             })?;
             let line = rec.position().map(|p| p.line());
             let num = |i: usize| -> Result<Option<f64>> {
@@ -440,12 +571,27 @@ impl TimeSeries {
                 if v.is_empty() {
                     return Ok(None);
                 }
-                v.parse::<f64>().ok().filter(|x| x.is_finite()).map(Some).ok_or_else(|| {
-                    Error::input(path, line, Some((i + 1, &headers[i])), format!("{v:?} is not a number"))
-                })
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        Error::input(
+                            path,
+                            line,
+                            Some((i + 1, &headers[i])),
+                            format!("{v:?} is not a number"),
+                        )
+                    })
             };
-            let t = num(t_i)?
-                .ok_or_else(|| Error::input(path, line, Some((t_i + 1, "t_s")), "`t_s` is empty; every sample needs a time"))?;
+            let t = num(t_i)?.ok_or_else(|| {
+                Error::input(
+                    path,
+                    line,
+                    Some((t_i + 1, "t_s")),
+                    "`t_s` is empty; every sample needs a time",
+                )
+            })?;
             ts.t_s.push(t);
             for (k, (i, _)) in cols.iter().enumerate() {
                 ts.columns[k].1.push(num(*i)?);
@@ -455,28 +601,174 @@ impl TimeSeries {
     }
 
     pub fn column(&self, name: &str) -> Option<&[Option<f64>]> {
-        self.columns.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     pub fn summary(&self) -> SeriesSummary {
         let mut s = SeriesSummary::default();
         if let Some(tp) = self.column("throughput_mbps") {
-            let w: Vec<f64> =
-                self.t_s.iter().zip(tp).filter(|(t, _)| **t >= 0.0).filter_map(|(_, v)| *v).collect();
+            let w: Vec<f64> = self
+                .t_s
+                .iter()
+                .zip(tp)
+                .filter(|(t, _)| **t >= 0.0)
+                .filter_map(|(_, v)| *v)
+                .collect();
             s.samples = w.len();
             if !w.is_empty() {
                 let mean = w.iter().sum::<f64>() / w.len() as f64;
                 let var = w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / w.len() as f64;
                 s.throughput_cov = if mean > 0.0 { var.sqrt() / mean } else { 0.0 };
                 let med = crate::stats::median(&w);
-                s.stall_fraction = w.iter().filter(|x| **x < 0.5 * med).count() as f64 / w.len() as f64;
+                s.stall_fraction =
+                    w.iter().filter(|x| **x < 0.5 * med).count() as f64 / w.len() as f64;
             }
         }
         let max_of = |name: &str| {
-            self.column(name).map_or(0.0, |v| v.iter().flatten().fold(0.0f64, |a, b| a.max(*b)))
+            self.column(name)
+                .map_or(0.0, |v| v.iter().flatten().fold(0.0f64, |a, b| a.max(*b)))
         };
         s.dirty_kb_max = max_of("dirty_kb");
         s.writeback_kb_max = max_of("writeback_kb");
         s
+    }
+}
+
+/// [`SeriesSummary`] of a time-series file without building the whole [`TimeSeries`]:
+/// only `t_s`, `throughput_mbps`, `dirty_kb` and `writeback_kb` are parsed (every value
+/// of those columns is checked, with the same file/line/column errors). Files with
+/// quoted fields take the full CSV path.
+pub fn summarize_series(path: &Path, text: &str) -> Result<SeriesSummary> {
+    if text.contains('"') {
+        return TimeSeries::parse(path, text).map(|t| t.summary());
+    }
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let col = |n: &str| header.iter().position(|h| *h == n);
+    let t_i = col("t_s").ok_or_else(|| {
+        Error::input(
+            path,
+            Some(1),
+            None,
+            "required column `t_s` is missing from the header",
+        )
+    })?;
+    let wanted = [col("throughput_mbps"), col("dirty_kb"), col("writeback_kb")];
+    let mut tp = Vec::new();
+    let (mut dirty, mut wb) = (0.0f64, 0.0f64);
+    for (k, line) in lines.enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let line_no = k as u64 + 2;
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields.len() != header.len() {
+            return Err(Error::input(
+                path,
+                Some(line_no),
+                None,
+                format!(
+                    "malformed CSV row: {} fields, the header has {}",
+                    fields.len(),
+                    header.len()
+                ),
+            ));
+        }
+        let num = |i: usize| -> Result<Option<f64>> {
+            let v = fields[i].trim();
+            if v.is_empty() {
+                return Ok(None);
+            }
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .map(Some)
+                .ok_or_else(|| {
+                    Error::input(
+                        path,
+                        Some(line_no),
+                        Some((i + 1, header[i])),
+                        format!("{v:?} is not a number"),
+                    )
+                })
+        };
+        let t = num(t_i)?.ok_or_else(|| {
+            Error::input(
+                path,
+                Some(line_no),
+                Some((t_i + 1, "t_s")),
+                "`t_s` is empty; every sample needs a time",
+            )
+        })?;
+        if let Some(i) = wanted[0] {
+            if let Some(x) = num(i)? {
+                if t >= 0.0 {
+                    tp.push(x);
+                }
+            }
+        }
+        if let Some(i) = wanted[1] {
+            dirty = dirty.max(num(i)?.unwrap_or(0.0));
+        }
+        if let Some(i) = wanted[2] {
+            wb = wb.max(num(i)?.unwrap_or(0.0));
+        }
+    }
+    let mut s = SeriesSummary {
+        samples: tp.len(),
+        dirty_kb_max: dirty,
+        writeback_kb_max: wb,
+        ..Default::default()
+    };
+    if !tp.is_empty() {
+        let mean = tp.iter().sum::<f64>() / tp.len() as f64;
+        let var = tp.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / tp.len() as f64;
+        s.throughput_cov = if mean > 0.0 { var.sqrt() / mean } else { 0.0 };
+        let med = crate::stats::median(&tp);
+        s.stall_fraction = tp.iter().filter(|x| **x < 0.5 * med).count() as f64 / tp.len() as f64;
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_series_summary_equals_the_full_parser() {
+        let text = "t_s,throughput_mbps,dirty_kb,writeback_kb\n-0.25,10,5,1\n0,100,7,2\n0.25,20,9,0\n0.5,110,,3\n0.75,105,1,\n";
+        let p = Path::new("x.csv");
+        let a = summarize_series(p, text).unwrap();
+        let b = TimeSeries::parse(p, text).unwrap().summary();
+        assert_eq!(
+            (a.samples, a.dirty_kb_max, a.writeback_kb_max),
+            (4, 9.0, 3.0)
+        );
+        assert_eq!(
+            (a.samples, a.dirty_kb_max, a.writeback_kb_max),
+            (b.samples, b.dirty_kb_max, b.writeback_kb_max)
+        );
+        assert!((a.throughput_cov - b.throughput_cov).abs() < 1e-12);
+        // median of 100, 20, 110, 105 is 102.5: one sample (20) is below half of it.
+        assert_eq!(a.stall_fraction, 0.25);
+        let e = summarize_series(p, "t_s,throughput_mbps\n0,1\n0.25,x\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "x.csv:3: column 2 (throughput_mbps): \"x\" is not a number"
+        );
+        let e = summarize_series(p, "t_s,throughput_mbps\n0,1,2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("x.csv:2: malformed CSV row"), "{e}");
     }
 }

@@ -9,7 +9,10 @@ use crate::charts::ChartFiles;
 pub enum Block {
     Heading(u8, String),
     Para(String),
-    Table { head: Vec<String>, rows: Vec<Vec<String>> },
+    Table {
+        head: Vec<String>,
+        rows: Vec<Vec<String>>,
+    },
     Chart(ChartFiles),
     Pre(String),
 }
@@ -22,7 +25,10 @@ pub struct Doc {
 
 impl Doc {
     pub fn new(title: impl Into<String>) -> Self {
-        Doc { title: title.into(), blocks: Vec::new() }
+        Doc {
+            title: title.into(),
+            blocks: Vec::new(),
+        }
     }
     pub fn h(&mut self, level: u8, t: impl Into<String>) {
         self.blocks.push(Block::Heading(level, t.into()));
@@ -31,7 +37,10 @@ impl Doc {
         self.blocks.push(Block::Para(t.into()));
     }
     pub fn table(&mut self, head: &[&str], rows: Vec<Vec<String>>) {
-        self.blocks.push(Block::Table { head: head.iter().map(|s| s.to_string()).collect(), rows });
+        self.blocks.push(Block::Table {
+            head: head.iter().map(|s| s.to_string()).collect(),
+            rows,
+        });
     }
     pub fn chart(&mut self, c: ChartFiles) {
         self.blocks.push(Block::Chart(c));
@@ -52,16 +61,32 @@ impl Doc {
                 }
                 Block::Table { head, rows } => {
                     let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
-                    let _ = writeln!(o, "| {} |", head.iter().map(|h| cell(h)).collect::<Vec<_>>().join(" | "));
+                    let _ = writeln!(
+                        o,
+                        "| {} |",
+                        head.iter().map(|h| cell(h)).collect::<Vec<_>>().join(" | ")
+                    );
                     let _ = writeln!(o, "|{}", "---|".repeat(head.len()));
                     for r in rows {
-                        let _ = writeln!(o, "| {} |", r.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | "));
+                        let _ = writeln!(
+                            o,
+                            "| {} |",
+                            r.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+                        );
                     }
                     o.push('\n');
                 }
                 Block::Chart(c) => {
-                    let png = c.png.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-                    let svg = c.svg.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+                    let png = c
+                        .png
+                        .file_name()
+                        .map(|f| f.to_string_lossy().to_string())
+                        .unwrap_or_default();
+                    let svg = c
+                        .svg
+                        .file_name()
+                        .map(|f| f.to_string_lossy().to_string())
+                        .unwrap_or_default();
                     let _ = write!(o, "![{}]({png})\n\n([SVG]({svg}))\n\n", c.title);
                 }
                 Block::Pre(t) => {
@@ -108,8 +133,16 @@ impl Doc {
                     o.push_str("</tbody></table>\n");
                 }
                 Block::Chart(c) => {
-                    let svg = c.svg_text.find("<svg").map(|i| &c.svg_text[i..]).unwrap_or(&c.svg_text);
-                    let _ = writeln!(o, "<div class=\"chart\" title=\"{}\">{svg}</div>", esc(&c.title));
+                    let svg = c
+                        .svg_text
+                        .find("<svg")
+                        .map(|i| &c.svg_text[i..])
+                        .unwrap_or(&c.svg_text);
+                    let _ = writeln!(
+                        o,
+                        "<div class=\"chart\" title=\"{}\">{svg}</div>",
+                        esc(&c.title)
+                    );
                 }
                 Block::Pre(t) => {
                     let _ = writeln!(o, "<pre>{}</pre>", esc(t));
@@ -122,7 +155,10 @@ impl Doc {
 }
 
 pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Escapes and turns `code` spans and **bold** into HTML.

@@ -19,7 +19,11 @@ pub enum Error {
     /// Input that could not be read or does not follow docs/results.md.
     Input { at: Location, message: String },
     /// An I/O error while reading or writing `path`.
-    Io { path: PathBuf, action: &'static str, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
     /// Drawing a chart failed.
     Chart { chart: String, message: String },
     /// The request cannot be answered from the data (no ok runs, unknown metric, ...).
@@ -27,19 +31,35 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn input(file: &Path, line: Option<u64>, column: Option<(usize, &str)>, message: impl Into<String>) -> Self {
+    pub fn input(
+        file: &Path,
+        line: Option<u64>,
+        column: Option<(usize, &str)>,
+        message: impl Into<String>,
+    ) -> Self {
         Error::Input {
-            at: Location { file: file.to_path_buf(), line, column: column.map(|(i, n)| (i, n.to_string())) },
+            at: Location {
+                file: file.to_path_buf(),
+                line,
+                column: column.map(|(i, n)| (i, n.to_string())),
+            },
             message: message.into(),
         }
     }
 
     pub fn io(path: &Path, action: &'static str, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), action, source }
+        Error::Io {
+            path: path.to_path_buf(),
+            action,
+            source,
+        }
     }
 
     pub fn chart(chart: &str, e: impl fmt::Display) -> Self {
-        Error::Chart { chart: chart.to_string(), message: e.to_string() }
+        Error::Chart {
+            chart: chart.to_string(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -56,7 +76,11 @@ impl fmt::Display for Error {
                 }
                 write!(f, ": {message}")
             }
-            Error::Io { path, action, source } => write!(f, "cannot {action} {}: {source}", path.display()),
+            Error::Io {
+                path,
+                action,
+                source,
+            } => write!(f, "cannot {action} {}: {source}", path.display()),
             Error::Chart { chart, message } => write!(f, "drawing chart {chart} failed: {message}"),
             Error::Usage(m) => write!(f, "{m}"),
         }

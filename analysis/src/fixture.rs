@@ -12,14 +12,21 @@ use crate::error::{Error, Result};
 use crate::stats::SplitMix64;
 
 /// Dimensions of the synthetic sweep: name, values, throughput factor of each value.
-/// The first value of each dimension is its default.
+/// Names and values follow docs/options.md where the knob exists (`server.backend` is the
+/// dimension docs/results.md names for the blocking baseline).
+/// The first value of each dimension is its default. Every supported uring cell is a valid
+/// recorder configuration (`recorder serve --config` accepts what `best` writes from it).
 pub const DIMS: &[(&str, &[&str], &[f64])] = &[
     ("ring.sqpoll", &["false", "true"], &[1.0, 1.30]),
     ("ring.iopoll", &["false", "true"], &[1.0, 1.0]),
     ("ring.coop-taskrun", &["false", "true"], &[1.0, 1.0]),
-    ("file.write-op", &["write", "writev", "write-fixed"], &[1.0, 1.05, 1.15]),
-    ("file.o-direct", &["false", "true"], &[1.0, 1.10]),
-    ("block.scheduler", &["mq-deadline", "none", "bfq"], &[1.0, 1.08, 0.85]),
+    ("file.write-op", &["write", "writev"], &[1.0, 1.12]),
+    ("file.direct", &["off", "required"], &[1.0, 1.10]),
+    (
+        "block.scheduler",
+        &["mq-deadline", "none", "bfq"],
+        &[1.0, 1.08, 0.85],
+    ),
     ("server.backend", &["uring", "blocking"], &[1.0, 0.55]),
 ];
 
@@ -106,7 +113,9 @@ fn unsupported(v: &[usize]) -> bool {
 }
 
 fn n_cells(spec: &FixtureSpec) -> usize {
-    total_cells().min(spec.runs.div_ceil(spec.reps.max(1))).max(1)
+    total_cells()
+        .min(spec.runs.div_ceil(spec.reps.max(1)))
+        .max(1)
 }
 
 struct Row {
@@ -147,15 +156,25 @@ pub fn generate(dir: &Path, spec: &FixtureSpec) -> Result<FixtureInfo> {
         "dimensions": dim_names,
     });
     let mpath = dir.join("manifest.json");
-    std::fs::write(&mpath, serde_json::to_string_pretty(&manifest).unwrap_or_default())
-        .map_err(|e| Error::io(&mpath, "write", e))?;
+    std::fs::write(
+        &mpath,
+        serde_json::to_string_pretty(&manifest).unwrap_or_default(),
+    )
+    .map_err(|e| Error::io(&mpath, "write", e))?;
 
-    let mut rows: Vec<Row> = (0..spec.runs).into_par_iter().map(|i| recorder_row(spec, cells, i)).collect();
+    let mut rows: Vec<Row> = (0..spec.runs)
+        .into_par_iter()
+        .map(|i| recorder_row(spec, cells, i))
+        .collect();
     if spec.anchors {
         let reps = spec.reps.clamp(1, 5);
-        for (ai, (kind, workload, mbps)) in [("fio", "disk-write", 900.0), ("iperf3", "net", 4000.0), ("nginx", "serve", 1500.0)]
-            .iter()
-            .enumerate()
+        for (ai, (kind, workload, mbps)) in [
+            ("fio", "disk-write", 900.0),
+            ("iperf3", "net", 4000.0),
+            ("nginx", "serve", 1500.0),
+        ]
+        .iter()
+        .enumerate()
         {
             for rep in 1..=reps {
                 rows.push(anchor_row(spec, ai, kind, workload, *mbps, rep));
@@ -164,7 +183,17 @@ pub fn generate(dir: &Path, spec: &FixtureSpec) -> Result<FixtureInfo> {
     }
 
     let mut header: Vec<String> = [
-        "run_id", "cell_id", "rep", "pair", "revision", "kind", "workload", "status", "reason", "started_at", "duration_s",
+        "run_id",
+        "cell_id",
+        "rep",
+        "pair",
+        "revision",
+        "kind",
+        "workload",
+        "status",
+        "reason",
+        "started_at",
+        "duration_s",
         "dims",
     ]
     .iter()
@@ -207,7 +236,9 @@ pub fn generate(dir: &Path, spec: &FixtureSpec) -> Result<FixtureInfo> {
         let nondefault = v.iter().filter(|&&i| i != 0).count();
         let better = match best {
             None => true,
-            Some((bf, bn, _)) => f > bf * 1.0001 || ((f - bf).abs() <= bf * 1e-4 && nondefault < bn),
+            Some((bf, bn, _)) => {
+                f > bf * 1.0001 || ((f - bf).abs() <= bf * 1e-4 && nondefault < bn)
+            }
         };
         if better {
             best = Some((f, nondefault, c));
@@ -215,23 +246,44 @@ pub fn generate(dir: &Path, spec: &FixtureSpec) -> Result<FixtureInfo> {
     }
     let best = best
         .map(|(_, _, c)| {
-            cell_values(c).iter().enumerate().map(|(k, &i)| (DIMS[k].0.to_string(), DIMS[k].1[i].to_string())).collect()
+            cell_values(c)
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| (DIMS[k].0.to_string(), DIMS[k].1[i].to_string()))
+                .collect()
         })
         .unwrap_or_default();
-    Ok(FixtureInfo { cells, runs: rows.len(), best })
+    Ok(FixtureInfo {
+        cells,
+        runs: rows.len(),
+        best,
+    })
 }
 
 fn recorder_row(spec: &FixtureSpec, cells: usize, i: usize) -> Row {
     let cell = i % cells;
     let rep = i / cells + 1;
     let v = cell_values(cell);
-    let mut rng = SplitMix64::new(spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-    let mut shared = spec.shared_noise_seed.map(|s| SplitMix64::new(s ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407)));
+    let mut rng = SplitMix64::new(
+        spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+    );
+    let mut shared = spec
+        .shared_noise_seed
+        .map(|s| SplitMix64::new(s ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407)));
     let run_id = format!("c{cell:04}-r{rep}");
     let cell_id = format!("c{cell:04}");
-    let dims: Vec<String> = v.iter().enumerate().map(|(k, &x)| DIMS[k].1[x].to_string()).collect();
-    let dims_label =
-        DIMS.iter().zip(&dims).map(|(d, val)| format!("{}={val}", d.0)).collect::<Vec<_>>().join(";");
+    let dims: Vec<String> = v
+        .iter()
+        .enumerate()
+        .map(|(k, &x)| DIMS[k].1[x].to_string())
+        .collect();
+    let dims_label = DIMS
+        .iter()
+        .zip(&dims)
+        .map(|(d, val)| format!("{}={val}", d.0))
+        .collect::<Vec<_>>()
+        .join(";");
     let blocking = dims[6] == "blocking";
     let mut flags = Vec::new();
     if !blocking {
@@ -251,7 +303,10 @@ fn recorder_row(spec: &FixtureSpec, cells: usize, i: usize) -> Row {
     let (status, reason) = if unsupported(&v) && !blocking {
         ("unsupported", IOPOLL_REASON.to_string())
     } else if cell == 5 % cells && rep == 2 {
-        ("failed", format!("recorder exited with signal 11 (see logs/{run_id}.log)"))
+        (
+            "failed",
+            format!("recorder exited with signal 11 (see logs/{run_id}.log)"),
+        )
     } else if i % 97 == 13 {
         ("rejected", "steal 12.4% over the 5% limit".to_string())
     } else {
@@ -273,11 +328,19 @@ fn recorder_row(spec: &FixtureSpec, cells: usize, i: usize) -> Row {
     ];
     fields.extend(dims.iter().cloned());
     fields.push(requested.clone());
-    fields.push(if status == "unsupported" { String::new() } else { requested });
+    fields.push(if status == "unsupported" {
+        String::new()
+    } else {
+        requested
+    });
     if status != "ok" {
-        fields.extend(std::iter::repeat(String::new()).take(METRICS.len() + 1));
+        fields.extend(std::iter::repeat_n(String::new(), METRICS.len() + 1));
         fields.push(format!("logs/{run_id}.log"));
-        return Row { fields, series: None, run_id };
+        return Row {
+            fields,
+            series: None,
+            run_id,
+        };
     }
     let z = match shared.as_mut() {
         Some(s) => 0.7 * s.normal() + 0.3 * rng.normal(),
@@ -288,9 +351,15 @@ fn recorder_row(spec: &FixtureSpec, cells: usize, i: usize) -> Row {
     let lat = 800.0 / f * (spec.noise * 2.0 * rng.normal()).exp();
     let sqpoll = !blocking && dims[0] == "true";
     let cpu = 2.0 / f.sqrt() * if sqpoll { 1.4 } else { 1.0 } * (0.03 * rng.normal()).exp();
-    let ios = if blocking { 1.0 } else if sqpoll { 8.0 } else { 4.0 } * (0.02 * rng.normal()).exp();
+    let ios = if blocking {
+        1.0
+    } else if sqpoll {
+        8.0
+    } else {
+        4.0
+    } * (0.02 * rng.normal()).exp();
     let dev = tp * 1.02;
-    let buffered = dims[4] == "false";
+    let buffered = dims[4] == "off";
     let metrics = [
         tp,
         tp * 1e6 / 1200.0,
@@ -315,7 +384,11 @@ fn recorder_row(spec: &FixtureSpec, cells: usize, i: usize) -> Row {
         if buffered { 400_000.0 } else { 2_000.0 },
         if buffered { 90_000.0 } else { 500.0 },
     ];
-    fields.extend(metrics.iter().map(|x| if x.is_nan() { String::new() } else { fmt(*x) }));
+    fields.extend(
+        metrics
+            .iter()
+            .map(|x| if x.is_nan() { String::new() } else { fmt(*x) }),
+    );
     fields.push("0".into());
     fields.push(format!("logs/{run_id}.log"));
     let series = (spec.samples > 0).then(|| {
@@ -343,10 +416,21 @@ fn recorder_row(spec: &FixtureSpec, cells: usize, i: usize) -> Row {
         }
         s
     });
-    Row { fields, series, run_id }
+    Row {
+        fields,
+        series,
+        run_id,
+    }
 }
 
-fn anchor_row(spec: &FixtureSpec, ai: usize, kind: &str, workload: &str, mbps: f64, rep: usize) -> Row {
+fn anchor_row(
+    spec: &FixtureSpec,
+    ai: usize,
+    kind: &str,
+    workload: &str,
+    mbps: f64,
+    rep: usize,
+) -> Row {
     let mut rng = SplitMix64::new(spec.seed ^ 0xA5A5_0000 ^ ((ai * 16 + rep) as u64));
     let run_id = format!("a-{kind}-r{rep}");
     let tp = mbps * (spec.noise * rng.normal()).exp();
@@ -373,5 +457,9 @@ fn anchor_row(spec: &FixtureSpec, ai: usize, kind: &str, workload: &str, mbps: f
     fields.extend(metrics);
     fields.push("0".into());
     fields.push(String::new());
-    Row { fields, series: None, run_id }
+    Row {
+        fields,
+        series: None,
+        run_id,
+    }
 }

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use analysis::{best, compare, fixture, report};
 
 #[derive(Parser)]
-#[command(name = "analysis", version, about = "Reports, regression verdicts and the best configuration from uring-lab sweeps")]
+#[command(
+    name = "analysis",
+    version,
+    about = "Reports, regression verdicts and the best configuration from uring-lab sweeps"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -38,6 +42,10 @@ enum Cmd {
         /// Where to write compare.md (charts go next to it); default HEAD_DIR/compare/compare.md.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// A second round of pairs (BASE2_DIR HEAD2_DIR): exit code 1 only for a REGRESSION
+        /// found in both rounds (same cell and metric). Its compare.md goes to HEAD2_DIR/compare/.
+        #[arg(long, num_args = 2, value_names = ["BASE2_DIR", "HEAD2_DIR"])]
+        confirm: Option<Vec<PathBuf>>,
     },
     /// The best supported configuration, written as a recorder config file (TOML).
     Best {
@@ -130,21 +138,71 @@ fn run(cli: Cli) -> analysis::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Compare { base_dir, head_dir, metric, out } => {
+        Cmd::Compare {
+            base_dir,
+            head_dir,
+            metric,
+            out,
+            confirm,
+        } => {
             let c = compare::compare(&base_dir, &head_dir, &metric, out.as_deref())?;
             emit(&c.summary_text());
             eprintln!("analysis: wrote {}", c.markdown.display());
-            Ok(if c.any_regression() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            if let Some(round2) = confirm {
+                let c2 = compare::compare(&round2[0], &round2[1], &metric, None)?;
+                emit(&format!("\nsecond round:\n{}", c2.summary_text()));
+                eprintln!("analysis: wrote {}", c2.markdown.display());
+                let confirmed = compare::confirmed_regressions(&c, &c2);
+                emit(&format!(
+                    "\n{} REGRESSION verdict(s) confirmed by the second round{}\n",
+                    confirmed.len(),
+                    if confirmed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", confirmed.join("; "))
+                    }
+                ));
+                return Ok(if confirmed.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            Ok(if c.any_regression() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        Cmd::Best { dir, metric, workload, defaults, out } => {
+        Cmd::Best {
+            dir,
+            metric,
+            workload,
+            defaults,
+            out,
+        } => {
             let b = best::best(&dir, &metric, workload.as_deref(), defaults.as_deref())?;
             let path = out.unwrap_or_else(|| dir.join(format!("best-{}.toml", b.metric_name)));
             std::fs::write(&path, &b.toml).map_err(|e| analysis::Error::io(&path, "write", e))?;
             emit(&b.toml);
-            eprintln!("analysis: wrote {} (run it with `recorder serve --config {}`)", path.display(), path.display());
+            eprintln!(
+                "analysis: wrote {} (run it with `recorder serve --config {}`)",
+                path.display(),
+                path.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::GenFixture { dir, runs, seed, revision, slowdown, noise, reps, samples, shared_noise_seed } => {
+        Cmd::GenFixture {
+            dir,
+            runs,
+            seed,
+            revision,
+            slowdown,
+            noise,
+            reps,
+            samples,
+            shared_noise_seed,
+        } => {
             let spec = fixture::FixtureSpec {
                 runs,
                 seed,
@@ -157,7 +215,12 @@ fn run(cli: Cli) -> analysis::Result<ExitCode> {
                 shared_noise_seed,
             };
             let info = fixture::generate(&dir, &spec)?;
-            eprintln!("analysis: {} runs in {} cells written to {}", info.runs, info.cells, dir.display());
+            eprintln!(
+                "analysis: {} runs in {} cells written to {}",
+                info.runs,
+                info.cells,
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::BenchScale { runs, dir, samples } => {

@@ -97,8 +97,16 @@ pub fn report(dir: &Path, opts: &ReportOptions) -> Result<ReportOutput> {
 }
 
 /// Chart file name prefixes this module writes.
-const CHART_PREFIXES: &[&str] =
-    &["throughput-", "latency-", "effects-", "heatmap-", "cpu-per-gib-", "ios-per-syscall-", "ratios-", "timeseries"];
+const CHART_PREFIXES: &[&str] = &[
+    "throughput-",
+    "latency-",
+    "effects-",
+    "heatmap-",
+    "cpu-per-gib-",
+    "ios-per-syscall-",
+    "ratios-",
+    "timeseries",
+];
 
 /// Removes charts of an earlier report in the same directory (a heatmap pair that no
 /// longer exists must not linger next to the new report).
@@ -106,7 +114,9 @@ fn remove_stale_charts(out: &Path) -> Result<()> {
     let rd = std::fs::read_dir(out).map_err(|e| Error::io(out, "list", e))?;
     for ent in rd.flatten() {
         let name = ent.file_name().to_string_lossy().to_string();
-        if (name.ends_with(".png") || name.ends_with(".svg")) && CHART_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        if (name.ends_with(".png") || name.ends_with(".svg"))
+            && CHART_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
             let p = ent.path();
             std::fs::remove_file(&p).map_err(|e| Error::io(&p, "remove", e))?;
         }
@@ -127,10 +137,17 @@ pub fn workloads(rs: &ResultSet) -> Vec<String> {
 
 /// Recorder configurations of `workload` with a throughput, best first.
 pub fn ranked<'a>(sum: &'a Summary, workload: &str, metric: usize) -> Vec<&'a Config> {
-    let mut v: Vec<&Config> = sum.measured(metric).into_iter().filter(|c| c.workload == workload).collect();
+    let mut v: Vec<&Config> = sum
+        .measured(metric)
+        .into_iter()
+        .filter(|c| c.workload == workload)
+        .collect();
     let hib = crate::aggregate::higher_is_better(metric);
     v.sort_by(|a, b| {
-        let (x, y) = (a.metric(metric).map_or(f64::NAN, |s| s.median), b.metric(metric).map_or(f64::NAN, |s| s.median));
+        let (x, y) = (
+            a.metric(metric).map_or(f64::NAN, |s| s.median),
+            b.metric(metric).map_or(f64::NAN, |s| s.median),
+        );
         if hib {
             y.total_cmp(&x)
         } else {
@@ -163,6 +180,7 @@ fn build(
             doc.p("No configuration of this workload has an ok run with a throughput.");
             continue;
         }
+        best_paragraph(&rank, doc);
         throughput_section(rs, sum, wl, &rank, out, &tag, doc, made)?;
         latency_section(sum, wl, out, &tag, doc, made)?;
         if wi == 0 || rank.len() > 3 {
@@ -181,8 +199,45 @@ fn build(
     Ok(())
 }
 
+fn best_paragraph(rank: &[&Config], doc: &mut Doc) {
+    let top = rank[0];
+    let Some(s) = top.metric(m::THROUGHPUT) else {
+        return;
+    };
+    let Some(ci) = s.ci else { return };
+    let ties: Vec<&str> = rank[1..]
+        .iter()
+        .filter(|c| {
+            c.metric(m::THROUGHPUT)
+                .and_then(|x| x.ci)
+                .is_some_and(|x| x.overlaps(&ci))
+        })
+        .map(|c| c.short.as_str())
+        .collect();
+    doc.p(format!(
+        "**Highest throughput: {} — {} MB/s (90% interval {}–{}, {} ok runs), cell `{}`.** {}",
+        top.short,
+        f1(s.median),
+        f1(ci.lo),
+        f1(ci.hi),
+        s.n,
+        top.cell_id,
+        if ties.is_empty() {
+            "No other configuration is statistically tied with it.".to_string()
+        } else {
+            format!(
+                "Statistically tied (intervals overlap): {}{}. `analysis best` picks the simplest of them.",
+                ties.iter().take(8).copied().collect::<Vec<_>>().join("; "),
+                if ties.len() > 8 { format!("; and {} more", ties.len() - 8) } else { String::new() }
+            )
+        }
+    ));
+}
+
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect()
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
 }
 
 fn overview(rs: &ResultSet, sum: &Summary, doc: &mut Doc) {
@@ -190,9 +245,18 @@ fn overview(rs: &ResultSet, sum: &Summary, doc: &mut Doc) {
     for r in &rs.runs {
         *by_status.entry(r.status).or_default() += 1;
     }
-    let counts = by_status.iter().map(|(s, n)| format!("{n} {}", s.as_str())).collect::<Vec<_>>().join(", ");
+    let counts = by_status
+        .iter()
+        .map(|(s, n)| format!("{n} {}", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
     let anchors: Vec<String> = {
-        let mut a: Vec<String> = rs.runs.iter().filter(|r| r.kind != "recorder").map(|r| format!("{} ({})", r.kind, r.workload)).collect();
+        let mut a: Vec<String> = rs
+            .runs
+            .iter()
+            .filter(|r| r.kind != "recorder")
+            .map(|r| format!("{} ({})", r.kind, r.workload))
+            .collect();
         a.sort();
         a.dedup();
         a
@@ -204,14 +268,25 @@ fn overview(rs: &ResultSet, sum: &Summary, doc: &mut Doc) {
         sum.configs.len(),
         rs.revisions().join(", "),
         workloads(rs).join(", "),
-        if anchors.is_empty() { "none".to_string() } else { anchors.join(", ") }
+        if anchors.is_empty() {
+            "none".to_string()
+        } else {
+            anchors.join(", ")
+        }
     ));
     let varying: Vec<String> = sum
         .varying_dims()
         .iter()
         .map(|&k| format!("`{}` ({})", rs.dimensions[k], sum.dim_values[k].join(", ")))
         .collect();
-    doc.p(format!("Dimensions that vary: {}.", if varying.is_empty() { "none".into() } else { varying.join("; ") }));
+    doc.p(format!(
+        "Dimensions that vary: {}.",
+        if varying.is_empty() {
+            "none".into()
+        } else {
+            varying.join("; ")
+        }
+    ));
     doc.p(
         "Intervals are 90% intervals of the median over a configuration's ok repetitions (bootstrap, 4000 resamples, \
          fixed seed; order statistics beyond 200 repetitions). Runs whose status is not `ok` are never counted as zero: \
@@ -220,7 +295,10 @@ fn overview(rs: &ResultSet, sum: &Summary, doc: &mut Doc) {
          otherwise the value; `baseline` = every dimension at its first value); the tables give the full cell.",
     );
     if !rs.absent_columns.is_empty() {
-        doc.p(format!("runs.csv has no column for: {} (shown as –).", rs.absent_columns.join(", ")));
+        doc.p(format!(
+            "runs.csv has no column for: {} (shown as –).",
+            rs.absent_columns.join(", ")
+        ));
     }
 }
 
@@ -242,7 +320,9 @@ fn throughput_section(
         .take(TOP)
         .enumerate()
         .map(|(i, c)| {
-            let s = c.metric(m::THROUGHPUT).expect("ranked configs have throughput");
+            let s = c
+                .metric(m::THROUGHPUT)
+                .expect("ranked configs have throughput");
             let tie = match (best, s.ci) {
                 (Some(b), Some(ci)) => b.overlaps(&ci),
                 _ => false,
@@ -252,28 +332,48 @@ fn throughput_section(
                 value: s.median,
                 lo: s.ci.map(|x| x.lo),
                 hi: s.ci.map(|x| x.hi),
-                points: c.runs.iter().filter_map(|&r| rs.runs[r].is_ok().then(|| rs.runs[r].metric(m::THROUGHPUT)).flatten()).collect(),
+                points: c
+                    .runs
+                    .iter()
+                    .filter_map(|&r| {
+                        rs.runs[r]
+                            .is_ok()
+                            .then(|| rs.runs[r].metric(m::THROUGHPUT))
+                            .flatten()
+                    })
+                    .collect(),
                 color: if tie { charts::GREEN } else { charts::BLUE },
             }
         })
         .collect();
-    let more = if rank.len() > TOP { format!(" (best {TOP} of {})", rank.len()) } else { String::new() };
+    let more = if rank.len() > TOP {
+        format!(" (best {TOP} of {})", rank.len())
+    } else {
+        String::new()
+    };
     let c = charts::bar_chart(
         out,
         &format!("throughput-{tag}"),
         &BarChart {
             title: format!("{wl}: throughput per configuration{more}"),
-            x_label: "throughput (MB/s): bar = median, line = 90% interval, dots = repetitions".into(),
+            x_label: "throughput (MB/s): bar = median, line = 90% interval, dots = repetitions"
+                .into(),
             rows,
             bars: true,
             reference: None,
             band: None,
-            legend: vec![(charts::GREEN, "interval overlaps the best's (tie)".into()), (charts::BLUE, "below the best".into())],
+            legend: vec![
+                (charts::GREEN, "interval overlaps the best's (tie)".into()),
+                (charts::BLUE, "below the best".into()),
+            ],
         },
     )?;
     made.push(c.clone());
     doc.chart(c);
-    let top = rank[0].metric(m::THROUGHPUT).map(|s| s.median).unwrap_or(f64::NAN);
+    let top = rank[0]
+        .metric(m::THROUGHPUT)
+        .map(|s| s.median)
+        .unwrap_or(f64::NAN);
     let rows = rank
         .iter()
         .enumerate()
@@ -283,7 +383,8 @@ fn throughput_section(
                 (i + 1).to_string(),
                 c.short.clone(),
                 f1(s.median),
-                s.ci.map(|x| format!("{}–{}", f1(x.lo), f1(x.hi))).unwrap_or_default(),
+                s.ci.map(|x| format!("{}–{}", f1(x.lo), f1(x.hi)))
+                    .unwrap_or_default(),
                 format!("{}–{}", f1(s.min), f1(s.max)),
                 format!("{}/{}", c.n_ok, c.runs.len()),
                 pct(s.median / top),
@@ -292,11 +393,31 @@ fn throughput_section(
             ]
         })
         .collect();
-    doc.table(&["rank", "configuration", "median MB/s", "90% interval", "min–max", "ok/runs", "vs best", "cell", "dimensions"], rows);
+    doc.table(
+        &[
+            "rank",
+            "configuration",
+            "median MB/s",
+            "90% interval",
+            "min–max",
+            "ok/runs",
+            "vs best",
+            "cell",
+            "dimensions",
+        ],
+        rows,
+    );
     Ok(())
 }
 
-fn latency_section(sum: &Summary, wl: &str, out: &Path, tag: &str, doc: &mut Doc, made: &mut Vec<charts::ChartFiles>) -> Result<()> {
+fn latency_section(
+    sum: &Summary,
+    wl: &str,
+    out: &Path,
+    tag: &str,
+    doc: &mut Doc,
+    made: &mut Vec<charts::ChartFiles>,
+) -> Result<()> {
     let rank = ranked(sum, wl, m::ACK_P99);
     doc.h(2, "Ack latency (p50, p99, p99.9)");
     if rank.is_empty() {
@@ -304,7 +425,11 @@ fn latency_section(sum: &Summary, wl: &str, out: &Path, tag: &str, doc: &mut Doc
         return Ok(());
     }
     let val = |c: &Config, k: usize| c.metric(k).map(|s| s.median);
-    let more = if rank.len() > TOP { format!(" (lowest p99: {TOP} of {})", rank.len()) } else { String::new() };
+    let more = if rank.len() > TOP {
+        format!(" (lowest p99: {TOP} of {})", rank.len())
+    } else {
+        String::new()
+    };
     let c = charts::multi_log_chart(
         out,
         &format!("latency-{tag}"),
@@ -316,21 +441,37 @@ fn latency_section(sum: &Summary, wl: &str, out: &Path, tag: &str, doc: &mut Doc
             rows: rank
                 .iter()
                 .take(TOP)
-                .map(|c| (c.short.clone(), vec![val(c, m::ACK_P50), val(c, m::ACK_P99), val(c, m::ACK_P999)]))
+                .map(|c| {
+                    (
+                        c.short.clone(),
+                        vec![val(c, m::ACK_P50), val(c, m::ACK_P99), val(c, m::ACK_P999)],
+                    )
+                })
                 .collect(),
         },
     )?;
     made.push(c.clone());
     doc.chart(c);
     doc.table(
-        &["configuration", "p50 µs", "p99 µs", "p99 90% interval", "p99.9 µs", "max µs", "cell"],
+        &[
+            "configuration",
+            "p50 µs",
+            "p99 µs",
+            "p99 90% interval",
+            "p99.9 µs",
+            "max µs",
+            "cell",
+        ],
         rank.iter()
             .map(|c| {
                 vec![
                     c.short.clone(),
                     opt(val(c, m::ACK_P50)),
                     opt(val(c, m::ACK_P99)),
-                    c.metric(m::ACK_P99).and_then(|s| s.ci).map(|x| format!("{}–{}", f1(x.lo), f1(x.hi))).unwrap_or_default(),
+                    c.metric(m::ACK_P99)
+                        .and_then(|s| s.ci)
+                        .map(|x| format!("{}–{}", f1(x.lo), f1(x.hi)))
+                        .unwrap_or_default(),
                     opt(val(c, m::ACK_P999)),
                     opt(val(c, m::ACK_MAX)),
                     format!("`{}`", c.cell_id),
@@ -363,9 +504,18 @@ pub fn main_effects(rs: &ResultSet, sum: &Summary, rank: &[&Config]) -> Vec<Effe
         // key: every other dimension's value -> (value of k -> median throughput)
         let mut by_key: HashMap<Vec<&str>, HashMap<&str, f64>> = HashMap::new();
         for c in rank {
-            let key: Vec<&str> = c.dims.iter().enumerate().filter(|(j, _)| *j != k).map(|(_, v)| v.as_str()).collect();
+            let key: Vec<&str> = c
+                .dims
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != k)
+                .map(|(_, v)| v.as_str())
+                .collect();
             if let Some(s) = c.metric(m::THROUGHPUT) {
-                by_key.entry(key).or_default().insert(c.dims[k].as_str(), s.median);
+                by_key
+                    .entry(key)
+                    .or_default()
+                    .insert(c.dims[k].as_str(), s.median);
             }
         }
         for v in values.iter().skip(1) {
@@ -375,7 +525,8 @@ pub fn main_effects(rs: &ResultSet, sum: &Summary, rank: &[&Config]) -> Vec<Effe
                 .filter(|x| x.is_finite())
                 .collect();
             if !logs.is_empty() {
-                let ci = stats::bootstrap_mean_ci(&logs, 0.90, stats::BOOT_RESAMPLES, stats::BOOT_SEED);
+                let ci =
+                    stats::bootstrap_mean_ci(&logs, 0.90, stats::BOOT_RESAMPLES, stats::BOOT_SEED);
                 out.push(Effect {
                     dim: rs.dimensions[k].clone(),
                     baseline: baseline.clone(),
@@ -460,7 +611,14 @@ fn heatmaps_and_effects(
         made.push(c.clone());
         doc.chart(c);
         doc.table(
-            &["dimension", "from", "to", "throughput change", "90% interval", "matched pairs"],
+            &[
+                "dimension",
+                "from",
+                "to",
+                "throughput change",
+                "90% interval",
+                "matched pairs",
+            ],
             effects
                 .iter()
                 .map(|e| {
@@ -473,7 +631,11 @@ fn heatmaps_and_effects(
                             (Some(a), Some(b)) => format!("{} … {}", pct(a), pct(b)),
                             _ => "–".into(),
                         },
-                        if e.matched == 0 { "none (marginal)".into() } else { e.matched.to_string() },
+                        if e.matched == 0 {
+                            "none (marginal)".into()
+                        } else {
+                            e.matched.to_string()
+                        },
                     ]
                 })
                 .collect(),
@@ -497,7 +659,11 @@ fn heatmaps_and_effects(
         }
     }
     // Pairs of two strong dimensions first.
-    pairs.sort_by(|a, b| strength(b.0).min(strength(b.1)).total_cmp(&strength(a.0).min(strength(a.1))));
+    pairs.sort_by(|a, b| {
+        strength(b.0)
+            .min(strength(b.1))
+            .total_cmp(&strength(a.0).min(strength(a.1)))
+    });
     let total_pairs = pairs.len();
     pairs.truncate(MAX_HEATMAPS);
     doc.h(2, "Two dimensions at a time");
@@ -531,9 +697,16 @@ fn heatmaps_and_effects(
             .collect();
         let c = charts::heatmap(
             out,
-            &format!("heatmap-{tag}-{}-{}", sanitize(&rs.dimensions[x]), sanitize(&rs.dimensions[y])),
+            &format!(
+                "heatmap-{tag}-{}-{}",
+                sanitize(&rs.dimensions[x]),
+                sanitize(&rs.dimensions[y])
+            ),
             &Heatmap {
-                title: format!("Throughput (MB/s): {} × {}", rs.dimensions[x], rs.dimensions[y]),
+                title: format!(
+                    "Throughput (MB/s): {} × {}",
+                    rs.dimensions[x], rs.dimensions[y]
+                ),
                 x_dim: rs.dimensions[x].clone(),
                 y_dim: rs.dimensions[y].clone(),
                 x_values: xv.clone(),
@@ -548,12 +721,27 @@ fn heatmaps_and_effects(
     Ok(())
 }
 
-fn efficiency_section(sum: &Summary, wl: &str, out: &Path, tag: &str, doc: &mut Doc, made: &mut Vec<charts::ChartFiles>) -> Result<()> {
+fn efficiency_section(
+    sum: &Summary,
+    wl: &str,
+    out: &Path,
+    tag: &str,
+    doc: &mut Doc,
+    made: &mut Vec<charts::ChartFiles>,
+) -> Result<()> {
     doc.h(2, "Efficiency");
     let mut any = false;
     for (k, stem, what) in [
-        (m::CPU_S_PER_GIB, "cpu-per-gib", "CPU seconds (user+sys) per GiB moved, lower is better"),
-        (m::IOS_PER_SYSCALL, "ios-per-syscall", "I/Os per system call, higher is better"),
+        (
+            m::CPU_S_PER_GIB,
+            "cpu-per-gib",
+            "CPU seconds (user+sys) per GiB moved, lower is better",
+        ),
+        (
+            m::IOS_PER_SYSCALL,
+            "ios-per-syscall",
+            "I/Os per system call, higher is better",
+        ),
     ] {
         let rank = ranked(sum, wl, k);
         if rank.is_empty() {
@@ -561,7 +749,11 @@ fn efficiency_section(sum: &Summary, wl: &str, out: &Path, tag: &str, doc: &mut 
             continue;
         }
         any = true;
-        let more = if rank.len() > TOP { format!(" (best {TOP} of {})", rank.len()) } else { String::new() };
+        let more = if rank.len() > TOP {
+            format!(" (best {TOP} of {})", rank.len())
+        } else {
+            String::new()
+        };
         let c = charts::bar_chart(
             out,
             &format!("{stem}-{tag}"),
@@ -595,7 +787,15 @@ fn efficiency_section(sum: &Summary, wl: &str, out: &Path, tag: &str, doc: &mut 
     if any {
         let rank = ranked(sum, wl, m::THROUGHPUT);
         doc.table(
-            &["configuration", "MB/s", "CPU s/GiB", "I/Os per syscall", "ctx switches/s", "generator CPU %", "peak RSS KiB"],
+            &[
+                "configuration",
+                "MB/s",
+                "CPU s/GiB",
+                "I/Os per syscall",
+                "ctx switches/s",
+                "generator CPU %",
+                "peak RSS KiB",
+            ],
             rank.iter()
                 .map(|c| {
                     let v = |k| c.metric(k).map(|s| s.median);
@@ -647,7 +847,11 @@ fn ratios_section(
     anchors.sort_by_key(|c| wanted.iter().position(|w| *w == c.workload).unwrap_or(99));
     let backend = rs.dim_index("server.backend");
     let blocking: Vec<&Config> = match backend {
-        Some(b) => rank.iter().copied().filter(|c| c.dims[b] == "blocking").collect(),
+        Some(b) => rank
+            .iter()
+            .copied()
+            .filter(|c| c.dims[b] == "blocking")
+            .collect(),
         None => vec![],
     };
     if anchors.is_empty() && blocking.is_empty() {
@@ -657,20 +861,44 @@ fn ratios_section(
     let blocking_ref = |c: &Config| -> Option<f64> {
         let b = backend?;
         // Same cell apart from the backend; else the median of the blocking configurations.
-        let matched = blocking.iter().find(|x| x.dims.iter().enumerate().all(|(j, v)| j == b || *v == c.dims[j] || rs.dimensions[j].starts_with("ring.")));
+        let matched = blocking.iter().find(|x| {
+            x.dims
+                .iter()
+                .enumerate()
+                .all(|(j, v)| j == b || *v == c.dims[j] || rs.dimensions[j].starts_with("ring."))
+        });
         matched
             .and_then(|x| x.metric(m::THROUGHPUT).map(|s| s.median))
-            .or_else(|| (!blocking.is_empty()).then(|| stats::median(&blocking.iter().filter_map(|x| x.metric(m::THROUGHPUT).map(|s| s.median)).collect::<Vec<_>>())))
+            .or_else(|| {
+                (!blocking.is_empty()).then(|| {
+                    stats::median(
+                        &blocking
+                            .iter()
+                            .filter_map(|x| x.metric(m::THROUGHPUT).map(|s| s.median))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+            })
     };
-    let mut series: Vec<String> = anchors.iter().map(|a| format!("{} {}", a.kind, a.workload)).collect();
+    let mut series: Vec<String> = anchors.iter().map(|a| a.short.clone()).collect();
     let with_blocking = !blocking.is_empty();
     if with_blocking {
         series.push("blocking backend".into());
     }
-    let candidates: Vec<&Config> = rank.iter().copied().filter(|c| backend.map_or(true, |b| c.dims[b] != "blocking")).collect();
+    let candidates: Vec<&Config> = rank
+        .iter()
+        .copied()
+        .filter(|c| backend.is_none_or(|b| c.dims[b] != "blocking"))
+        .collect();
     let row_vals = |c: &Config| -> Vec<Option<f64>> {
-        let tp = c.metric(m::THROUGHPUT).map(|s| s.median).unwrap_or(f64::NAN);
-        let mut v: Vec<Option<f64>> = anchors.iter().map(|a| a.metric(m::THROUGHPUT).map(|s| tp / s.median)).collect();
+        let tp = c
+            .metric(m::THROUGHPUT)
+            .map(|s| s.median)
+            .unwrap_or(f64::NAN);
+        let mut v: Vec<Option<f64>> = anchors
+            .iter()
+            .map(|a| a.metric(m::THROUGHPUT).map(|s| tp / s.median))
+            .collect();
         if with_blocking {
             v.push(blocking_ref(c).map(|b| tp / b));
         }
@@ -680,21 +908,30 @@ fn ratios_section(
         "Median throughput of each configuration divided by the median of the anchor measured in the same sweep \
          ({}), and by the blocking backend (same cell apart from `server.backend` and the ring knobs, else the median \
          blocking configuration). 1.0 = as fast as the reference.",
-        if anchors.is_empty() { "none".into() } else { anchors.iter().map(|a| format!("{} {} = {} MB/s", a.kind, a.workload, f1(a.metric(m::THROUGHPUT).map_or(f64::NAN, |s| s.median)))).collect::<Vec<_>>().join(", ") }
+        if anchors.is_empty() { "none".into() } else { anchors.iter().map(|a| format!("{} = {} MB/s", a.short, f1(a.metric(m::THROUGHPUT).map_or(f64::NAN, |s| s.median)))).collect::<Vec<_>>().join(", ") }
     ));
     if candidates.is_empty() {
         return Ok(());
     }
-    let more = if candidates.len() > TOP { format!(" (best {TOP} of {})", candidates.len()) } else { String::new() };
+    let more = if candidates.len() > TOP {
+        format!(" (best {TOP} of {})", candidates.len())
+    } else {
+        String::new()
+    };
     let c = charts::multi_log_chart(
         out,
         &format!("ratios-{tag}"),
         &MultiChart {
             title: format!("{wl}: throughput relative to references{more}"),
-            x_label: "configuration throughput / reference throughput (log scale; 1 = equal)".into(),
+            x_label: "configuration throughput / reference throughput (log scale; 1 = equal)"
+                .into(),
             series: series.clone(),
             reference: Some(1.0),
-            rows: candidates.iter().take(TOP).map(|c| (c.short.clone(), row_vals(c))).collect(),
+            rows: candidates
+                .iter()
+                .take(TOP)
+                .map(|c| (c.short.clone(), row_vals(c)))
+                .collect(),
         },
     )?;
     made.push(c.clone());
@@ -707,8 +944,15 @@ fn ratios_section(
         candidates
             .iter()
             .map(|c| {
-                let mut r = vec![c.short.clone(), opt(c.metric(m::THROUGHPUT).map(|s| s.median))];
-                r.extend(row_vals(c).into_iter().map(|v| v.map(|x| format!("{x:.2}×")).unwrap_or_else(|| "–".into())));
+                let mut r = vec![
+                    c.short.clone(),
+                    opt(c.metric(m::THROUGHPUT).map(|s| s.median)),
+                ];
+                r.extend(
+                    row_vals(c)
+                        .into_iter()
+                        .map(|v| v.map(|x| format!("{x:.2}×")).unwrap_or_else(|| "–".into())),
+                );
                 r
             })
             .collect(),
@@ -742,7 +986,10 @@ fn timeseries_section(
     doc.h(2, "Time series of one run");
     let run = match &opts.run {
         Some(id) => rs.runs.iter().find(|r| &r.run_id == id).ok_or_else(|| {
-            Error::Usage(format!("--run {id}: no run with that run_id in {}/runs.csv", rs.dir.display()))
+            Error::Usage(format!(
+                "--run {id}: no run with that run_id in {}/runs.csv",
+                rs.dir.display()
+            ))
         })?,
         None => match median_run(rs, rank[0]) {
             Some(r) => r,
@@ -752,29 +999,68 @@ fn timeseries_section(
             }
         },
     };
-    let cfg = sum.configs.iter().find(|c| c.cell_id == run.cell_id && c.revision == run.revision);
+    let cfg = sum
+        .configs
+        .iter()
+        .find(|c| c.cell_id == run.cell_id && c.revision == run.revision);
     let Some(ts) = rs.timeseries(&run.run_id)? else {
-        doc.p(format!("Run `{}` has no time series ({} does not exist).", run.run_id, rs.timeseries_path(&run.run_id).display()));
+        doc.p(format!(
+            "Run `{}` has no time series ({} does not exist).",
+            run.run_id,
+            rs.timeseries_path(&run.run_id).display()
+        ));
         return Ok(());
     };
     doc.p(format!(
         "Run `{}` ({}; {}), {} samples. {}",
         run.run_id,
         cfg.map(|c| c.short.as_str()).unwrap_or(""),
-        run.dims.iter().zip(&rs.dimensions).map(|(v, n)| format!("{n}={v}")).collect::<Vec<_>>().join(";"),
+        run.dims
+            .iter()
+            .zip(&rs.dimensions)
+            .map(|(v, n)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join(";"),
         ts.t_s.len(),
-        if opts.run.is_some() { "Chosen with --run." } else { "The median run of the best configuration (choose another with --run RUN_ID)." }
+        if opts.run.is_some() {
+            "Chosen with --run."
+        } else {
+            "The median run of the best configuration (choose another with --run RUN_ID)."
+        }
     ));
     let col = |name: &str| ts.column(name).map(|v| v.to_vec());
-    let kib_to_mib = |name: &str| ts.column(name).map(|v| v.iter().map(|x| x.map(|k| k / 1024.0)).collect::<Vec<_>>());
+    let kib_to_mib = |name: &str| {
+        ts.column(name)
+            .map(|v| v.iter().map(|x| x.map(|k| k / 1024.0)).collect::<Vec<_>>())
+    };
     let mut panels = Vec::new();
-    let mk = |names: &[(&str, &str)], f: &dyn Fn(&str) -> Option<Vec<Option<f64>>>| -> Vec<(String, Vec<Option<f64>>)> {
-        names.iter().filter_map(|(n, label)| f(n).map(|v| (label.to_string(), v))).collect()
+    let mk = |names: &[(&str, &str)],
+              f: &dyn Fn(&str) -> Option<Vec<Option<f64>>>|
+     -> Vec<(String, Vec<Option<f64>>)> {
+        names
+            .iter()
+            .filter_map(|(n, label)| f(n).map(|v| (label.to_string(), v)))
+            .collect()
     };
     for (label, names, mib) in [
-        ("MB/s", &[("throughput_mbps", "recorder throughput"), ("dev_mbps", "device")][..], false),
-        ("device utilisation (%)", &[("dev_util_pct", "device util")][..], false),
-        ("MiB", &[("dirty_kb", "Dirty"), ("writeback_kb", "Writeback")][..], true),
+        (
+            "MB/s",
+            &[
+                ("throughput_mbps", "recorder throughput"),
+                ("dev_mbps", "device"),
+            ][..],
+            false,
+        ),
+        (
+            "device utilisation (%)",
+            &[("dev_util_pct", "device util")][..],
+            false,
+        ),
+        (
+            "MiB",
+            &[("dirty_kb", "Dirty"), ("writeback_kb", "Writeback")][..],
+            true,
+        ),
         (
             "CPU (% of one core / of machine)",
             &[
@@ -788,22 +1074,41 @@ fn timeseries_section(
             false,
         ),
     ] {
-        let s = if mib { mk(names, &kib_to_mib) } else { mk(names, &col) };
+        let s = if mib {
+            mk(names, &kib_to_mib)
+        } else {
+            mk(names, &col)
+        };
         if !s.is_empty() {
-            panels.push(Panel { y_label: label.into(), series: s });
+            panels.push(Panel {
+                y_label: label.into(),
+                series: s,
+            });
         }
     }
     let c = charts::series_chart(
         out,
         "timeseries",
-        &SeriesChart { title: format!("Run {}: throughput, device, page cache and CPU over time", run.run_id), t: ts.t_s.clone(), panels },
+        &SeriesChart {
+            title: format!(
+                "Run {}: throughput, device, page cache and CPU over time",
+                run.run_id
+            ),
+            t: ts.t_s.clone(),
+            panels,
+        },
     )?;
     made.push(c.clone());
     doc.chart(c);
     Ok(())
 }
 
-fn stability_section(rs: &ResultSet, sum: &Summary, series: &HashMap<String, SeriesSummary>, doc: &mut Doc) {
+fn stability_section(
+    rs: &ResultSet,
+    sum: &Summary,
+    series: &HashMap<String, SeriesSummary>,
+    doc: &mut Doc,
+) {
     doc.h(1, "Stability within runs");
     if series.is_empty() {
         doc.p("No time series in this sweep.");
@@ -811,7 +1116,11 @@ fn stability_section(rs: &ResultSet, sum: &Summary, series: &HashMap<String, Ser
     }
     let mut rows: Vec<(f64, f64, f64, f64, &Config, usize)> = Vec::new();
     for c in sum.configs.iter().filter(|c| c.is_recorder()) {
-        let ss: Vec<&SeriesSummary> = c.runs.iter().filter_map(|&i| series.get(&rs.runs[i].run_id)).collect();
+        let ss: Vec<&SeriesSummary> = c
+            .runs
+            .iter()
+            .filter_map(|&i| series.get(&rs.runs[i].run_id))
+            .collect();
         if ss.is_empty() {
             continue;
         }
@@ -829,7 +1138,14 @@ fn stability_section(rs: &ResultSet, sum: &Summary, series: &HashMap<String, Ser
         series.len()
     ));
     doc.table(
-        &["configuration", "runs", "stalled samples", "throughput CoV", "max Dirty MiB", "max Writeback MiB"],
+        &[
+            "configuration",
+            "runs",
+            "stalled samples",
+            "throughput CoV",
+            "max Dirty MiB",
+            "max Writeback MiB",
+        ],
         rows.iter()
             .take(15)
             .map(|(stall, cov, d, w, c, n)| {
@@ -850,14 +1166,20 @@ fn failures_section(rs: &ResultSet, sum: &Summary, doc: &mut Doc) {
     doc.h(1, "Unsupported, failed and rejected runs");
     let mut groups: BTreeMap<(Status, String), Vec<&crate::data::Run>> = BTreeMap::new();
     for r in rs.runs.iter().filter(|r| !r.is_ok()) {
-        groups.entry((r.status, r.reason.clone())).or_default().push(r);
+        groups
+            .entry((r.status, r.reason.clone()))
+            .or_default()
+            .push(r);
     }
     if groups.is_empty() {
         doc.p("Every run is ok.");
         return;
     }
-    let short: HashMap<(&str, &str), &str> =
-        sum.configs.iter().map(|c| ((c.revision.as_str(), c.cell_id.as_str()), c.short.as_str())).collect();
+    let short: HashMap<(&str, &str), &str> = sum
+        .configs
+        .iter()
+        .map(|c| ((c.revision.as_str(), c.cell_id.as_str()), c.short.as_str()))
+        .collect();
     doc.p("Never counted as zero throughput; an `unsupported` cell is what this kernel or device cannot do.");
     doc.table(
         &["status", "reason", "runs", "cells", "examples"],
@@ -870,11 +1192,24 @@ fn failures_section(rs: &ResultSet, sum: &Summary, doc: &mut Doc) {
                 let ex: Vec<String> = runs
                     .iter()
                     .take(4)
-                    .map(|r| format!("`{}` {}", r.run_id, short.get(&(r.revision.as_str(), r.cell_id.as_str())).copied().unwrap_or("")))
+                    .map(|r| {
+                        format!(
+                            "`{}` {}",
+                            r.run_id,
+                            short
+                                .get(&(r.revision.as_str(), r.cell_id.as_str()))
+                                .copied()
+                                .unwrap_or("")
+                        )
+                    })
                     .collect();
                 vec![
                     st.as_str().to_string(),
-                    if reason.is_empty() { "(no reason given)".into() } else { reason.clone() },
+                    if reason.is_empty() {
+                        "(no reason given)".into()
+                    } else {
+                        reason.clone()
+                    },
                     runs.len().to_string(),
                     cells.len().to_string(),
                     ex.join("; ") + if runs.len() > 4 { "; …" } else { "" },
@@ -882,9 +1217,16 @@ fn failures_section(rs: &ResultSet, sum: &Summary, doc: &mut Doc) {
             })
             .collect(),
     );
-    let all_bad: Vec<&Config> = sum.configs.iter().filter(|c| c.all_unsupported_or_failed()).collect();
+    let all_bad: Vec<&Config> = sum
+        .configs
+        .iter()
+        .filter(|c| c.all_unsupported_or_failed())
+        .collect();
     if !all_bad.is_empty() {
-        doc.p(format!("{} configurations have no ok run at all.", all_bad.len()));
+        doc.p(format!(
+            "{} configurations have no ok run at all.",
+            all_bad.len()
+        ));
     }
 }
 
@@ -898,7 +1240,11 @@ fn machine_section(rs: &ResultSet, doc: &mut Doc) {
             Some(v) => v.to_string(),
         }
     };
-    let mem = mf.get("mem_total_kb").and_then(|v| v.as_f64()).map(|k| format!("{:.1} GiB", k / 1048576.0)).unwrap_or_else(|| "–".into());
+    let mem = mf
+        .get("mem_total_kb")
+        .and_then(|v| v.as_f64())
+        .map(|k| format!("{:.1} GiB", k / 1048576.0))
+        .unwrap_or_else(|| "–".into());
     let mut rows = vec![
         vec!["kernel".into(), s("kernel")],
         vec!["CPU".into(), s("cpu_model")],
@@ -907,18 +1253,51 @@ fn machine_section(rs: &ResultSet, doc: &mut Doc) {
         vec!["git revision".into(), s("git_rev")],
     ];
     if let Some(revs) = mf.get("revisions").and_then(|v| v.as_object()) {
-        rows.push(vec!["revisions".into(), revs.iter().map(|(k, v)| format!("{k} = {}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(", ")]);
+        rows.push(vec![
+            "revisions".into(),
+            revs.iter()
+                .map(|(k, v)| format!("{k} = {}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ]);
     }
-    rows.push(vec!["command line".into(), format!("`{}`", s("command_line"))]);
-    rows.push(vec!["started / finished".into(), format!("{} / {}", s("started_at"), s("finished_at"))]);
+    rows.push(vec![
+        "command line".into(),
+        format!("`{}`", s("command_line")),
+    ]);
+    rows.push(vec![
+        "started / finished".into(),
+        format!("{} / {}", s("started_at"), s("finished_at")),
+    ]);
     rows.push(vec!["experiment file".into(), s("experiment_file")]);
     if let Some(t) = mf.get("target").and_then(|v| v.as_object()) {
         let g = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or("–").to_string();
-        rows.push(vec!["target".into(), format!("{} `{}` on {} ({}), fs {} ({})", g("kind"), g("path"), g("device"), g("model"), g("fs"), g("mount_options"))]);
+        rows.push(vec![
+            "target".into(),
+            format!(
+                "{} `{}` on {} ({}), fs {} ({})",
+                g("kind"),
+                g("path"),
+                g("device"),
+                g("model"),
+                g("fs"),
+                g("mount_options")
+            ),
+        ]);
         if let Some(q) = t.get("queue").and_then(|v| v.as_object()) {
             rows.push(vec![
                 "queue settings before the sweep".into(),
-                q.iter().map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect::<Vec<_>>().join(", "),
+                q.iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{k}={}",
+                            v.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string())
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ]);
         }
     }

@@ -21,22 +21,59 @@ fn bin() -> Command {
 fn assert_chart(dir: &Path, stem: &str) {
     let png = dir.join(format!("{stem}.png"));
     let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{} missing: {e}", png.display()));
-    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is not a PNG", png.display());
-    assert!(bytes.len() > 5_000, "{} is only {} bytes", png.display(), bytes.len());
+    assert_eq!(
+        &bytes[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{} is not a PNG",
+        png.display()
+    );
+    assert!(
+        bytes.len() > 5_000,
+        "{} is only {} bytes",
+        png.display(),
+        bytes.len()
+    );
     let svg = std::fs::read_to_string(dir.join(format!("{stem}.svg"))).unwrap();
-    assert!(svg.contains("<svg") && svg.contains("</svg>") && svg.len() > 1_000, "{stem}.svg is not a drawn SVG");
-    assert!(svg.contains("<text"), "{stem}.svg has no text (title, labels)");
+    assert!(
+        svg.contains("<svg") && svg.contains("</svg>") && svg.len() > 1_000,
+        "{stem}.svg is not a drawn SVG"
+    );
+    assert!(
+        svg.contains("<text"),
+        "{stem}.svg has no text (title, labels)"
+    );
 }
 
 #[test]
 fn report_writes_every_chart_and_a_self_contained_html() {
     let d = tmp("report");
     let sweep = d.join("sweep");
-    generate(&sweep, &FixtureSpec { runs: 288 * 2, reps: 2, samples: 12, ..FixtureSpec::default() }).unwrap();
+    generate(
+        &sweep,
+        &FixtureSpec {
+            runs: 288 * 2,
+            reps: 2,
+            samples: 12,
+            ..FixtureSpec::default()
+        },
+    )
+    .unwrap();
     let out = bin().arg("report").arg(&sweep).output().unwrap();
-    assert!(out.status.success(), "report failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rep = sweep.join("report");
-    for stem in ["throughput-ingest", "latency-ingest", "effects-ingest", "cpu-per-gib-ingest", "ios-per-syscall-ingest", "ratios-ingest", "timeseries"] {
+    for stem in [
+        "throughput-ingest",
+        "latency-ingest",
+        "effects-ingest",
+        "cpu-per-gib-ingest",
+        "ios-per-syscall-ingest",
+        "ratios-ingest",
+        "timeseries",
+    ] {
         assert_chart(&rep, stem);
     }
     let heatmaps: Vec<String> = std::fs::read_dir(&rep)
@@ -44,20 +81,38 @@ fn report_writes_every_chart_and_a_self_contained_html() {
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
         .filter(|n| n.starts_with("heatmap-") && n.ends_with(".png"))
         .collect();
-    assert!(!heatmaps.is_empty() && heatmaps.len() <= analysis::report::MAX_HEATMAPS, "{heatmaps:?}");
+    assert!(
+        !heatmaps.is_empty() && heatmaps.len() <= analysis::report::MAX_HEATMAPS,
+        "{heatmaps:?}"
+    );
     for h in &heatmaps {
         assert_chart(&rep, h.trim_end_matches(".png"));
     }
     let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
     let html = std::fs::read_to_string(rep.join("report.html")).unwrap();
     // Unsupported cells with their reason, the machine from the manifest, the anchors.
-    assert!(md.contains(IOPOLL_REASON), "unsupported reason missing from report.md");
-    assert!(md.contains("6.18.0-fixture") && md.contains("Synthetic CPU"), "machine missing");
-    assert!(md.contains("fio disk-write") && md.contains("÷ blocking backend"), "ratios missing");
+    assert!(
+        md.contains(IOPOLL_REASON),
+        "unsupported reason missing from report.md"
+    );
+    assert!(
+        md.contains("6.18.0-fixture") && md.contains("Synthetic CPU"),
+        "machine missing"
+    );
+    assert!(
+        md.contains("fio disk-write") && md.contains("÷ blocking backend"),
+        "ratios missing"
+    );
     assert!(md.contains("![") && md.contains("throughput-ingest.png"));
     // Self-contained: charts inline, no references to image files.
-    assert!(html.matches("<svg").count() >= 7 + heatmaps.len(), "charts not inlined");
-    assert!(!html.contains("src=\""), "report.html refers to external files");
+    assert!(
+        html.matches("<svg").count() >= 7 + heatmaps.len(),
+        "charts not inlined"
+    );
+    assert!(
+        !html.contains("src=\""),
+        "report.html refers to external files"
+    );
     // The timeseries chart shows the median run of the best configuration.
     assert!(md.contains("The median run of the best configuration"));
     let _ = std::fs::remove_dir_all(&d);
@@ -67,24 +122,71 @@ fn report_writes_every_chart_and_a_self_contained_html() {
 fn report_run_option_selects_the_run_and_rejects_unknown_ids() {
     let d = tmp("report-run");
     let sweep = d.join("sweep");
-    generate(&sweep, &FixtureSpec { runs: 48, reps: 3, samples: 8, ..FixtureSpec::default() }).unwrap();
-    let out = bin().args(["report", "--run", "c0003-r2"]).arg(&sweep).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    generate(
+        &sweep,
+        &FixtureSpec {
+            runs: 48,
+            reps: 3,
+            samples: 8,
+            ..FixtureSpec::default()
+        },
+    )
+    .unwrap();
+    let out = bin()
+        .args(["report", "--run", "c0003-r2"])
+        .arg(&sweep)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let md = std::fs::read_to_string(sweep.join("report/report.md")).unwrap();
     assert!(md.contains("Run `c0003-r2`"), "chosen run not shown");
-    let out = bin().args(["report", "--run", "nope"]).arg(&sweep).output().unwrap();
+    let out = bin()
+        .args(["report", "--run", "nope"])
+        .arg(&sweep)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--run nope") && err.contains("runs.csv"), "{err}");
+    assert!(
+        err.contains("--run nope") && err.contains("runs.csv"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
 fn ab(d: &Path, slowdown: f64, shared: Option<u64>) -> (PathBuf, PathBuf) {
     let base = d.join("base");
     let head = d.join("head");
-    let spec = FixtureSpec { runs: 24 * 8, reps: 8, samples: 0, shared_noise_seed: shared, ..FixtureSpec::default() };
-    generate(&base, &FixtureSpec { revision: "base".into(), seed: 21, ..spec.clone() }).unwrap();
-    generate(&head, &FixtureSpec { revision: "head".into(), seed: 22, slowdown, ..spec }).unwrap();
+    let spec = FixtureSpec {
+        runs: 24 * 8,
+        reps: 8,
+        samples: 0,
+        shared_noise_seed: shared,
+        ..FixtureSpec::default()
+    };
+    generate(
+        &base,
+        &FixtureSpec {
+            revision: "base".into(),
+            seed: 21,
+            ..spec.clone()
+        },
+    )
+    .unwrap();
+    generate(
+        &head,
+        &FixtureSpec {
+            revision: "head".into(),
+            seed: 22,
+            slowdown,
+            ..spec
+        },
+    )
+    .unwrap();
     (base, head)
 }
 
@@ -93,17 +195,49 @@ fn aa_compare_is_same_or_inconclusive_never_regression() {
     for (name, shared) in [("aa-interleaved", Some(5)), ("aa-independent", None)] {
         let d = tmp(name);
         let (base, head) = ab(&d, 0.0, shared);
-        let c = compare(&base, &head, &["throughput".into(), "p99".into(), "cpu".into()], None).unwrap();
+        let c = compare(
+            &base,
+            &head,
+            &["throughput".into(), "p99".into(), "cpu".into()],
+            None,
+        )
+        .unwrap();
         assert!(!c.rows.is_empty());
-        assert_eq!(c.count(Verdict::Regression), 0, "{name}:\n{}", c.summary_text());
-        assert_eq!(c.count(Verdict::Improved), 0, "{name}:\n{}", c.summary_text());
-        let tp: Vec<_> = c.rows.iter().filter(|r| r.metric == m::THROUGHPUT).collect();
+        assert_eq!(
+            c.count(Verdict::Regression),
+            0,
+            "{name}:\n{}",
+            c.summary_text()
+        );
+        assert_eq!(
+            c.count(Verdict::Improved),
+            0,
+            "{name}:\n{}",
+            c.summary_text()
+        );
+        let tp: Vec<_> = c
+            .rows
+            .iter()
+            .filter(|r| r.metric == m::THROUGHPUT)
+            .collect();
         let same = tp.iter().filter(|r| r.verdict == Verdict::Same).count();
-        assert!(same * 2 > tp.len(), "{name}: only {same} of {} throughput rows SAME", tp.len());
+        assert!(
+            same * 2 > tp.len(),
+            "{name}: only {same} of {} throughput rows SAME",
+            tp.len()
+        );
         let out = bin().arg("compare").arg(&base).arg(&head).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains("0 REGRESSION") && stdout.contains("verdict"), "{stdout}");
+        assert!(
+            stdout.contains("0 REGRESSION") && stdout.contains("verdict"),
+            "{stdout}"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }
@@ -113,22 +247,62 @@ fn injected_slowdown_is_a_regression_with_exit_code_1() {
     let d = tmp("regression");
     let (base, head) = ab(&d, 0.15, Some(5));
     let out_md = d.join("out").join("cmp.md");
-    let out = bin().arg("compare").arg(&base).arg(&head).arg("--out").arg(&out_md).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .arg("compare")
+        .arg(&base)
+        .arg(&head)
+        .arg("--out")
+        .arg(&out_md)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("REGRESSION"), "{stdout}");
-    let c = compare(&base, &head, &["throughput".into()], Some(&d.join("lib").join("c.md"))).unwrap();
+    let c = compare(
+        &base,
+        &head,
+        &["throughput".into()],
+        Some(&d.join("lib").join("c.md")),
+    )
+    .unwrap();
     let tp: Vec<_> = c.rows.iter().filter(|r| r.kind == "recorder").collect();
-    let reg = tp.iter().filter(|r| r.verdict == Verdict::Regression).count();
-    assert!(reg * 10 >= tp.len() * 9, "only {reg} of {} recorder configs flagged:\n{}", tp.len(), c.summary_text());
+    let reg = tp
+        .iter()
+        .filter(|r| r.verdict == Verdict::Regression)
+        .count();
+    assert!(
+        reg * 10 >= tp.len() * 9,
+        "only {reg} of {} recorder configs flagged:\n{}",
+        tp.len(),
+        c.summary_text()
+    );
     for r in &tp {
-        assert!(r.ratio < 0.92 && r.ratio > 0.78, "{} ratio {}", r.label, r.ratio);
+        assert!(
+            r.ratio < 0.92 && r.ratio > 0.78,
+            "{} ratio {}",
+            r.label,
+            r.ratio
+        );
     }
     // The anchors did not change: never a regression.
-    assert!(c.rows.iter().filter(|r| r.kind != "recorder").all(|r| r.verdict != Verdict::Regression));
+    assert!(c
+        .rows
+        .iter()
+        .filter(|r| r.kind != "recorder")
+        .all(|r| r.verdict != Verdict::Regression));
     // compare.md and its charts next to --out; the failed and rejected runs are listed.
     let md = std::fs::read_to_string(&out_md).unwrap();
-    assert!(md.contains("REGRESSION") && md.contains("recorder exited with signal 11") && md.contains("steal 12.4%"), "{md}");
+    assert!(
+        md.contains("REGRESSION")
+            && md.contains("recorder exited with signal 11")
+            && md.contains("steal 12.4%"),
+        "{md}"
+    );
     assert_chart(out_md.parent().unwrap(), "compare-throughput");
     assert_chart(out_md.parent().unwrap(), "compare-p99");
     let _ = std::fs::remove_dir_all(&d);
@@ -138,23 +312,59 @@ fn injected_slowdown_is_a_regression_with_exit_code_1() {
 fn best_writes_the_known_best_configuration_as_toml() {
     let d = tmp("best");
     let sweep = d.join("sweep");
-    let info = generate(&sweep, &FixtureSpec { runs: 288 * 3, reps: 3, samples: 0, ..FixtureSpec::default() }).unwrap();
+    let info = generate(
+        &sweep,
+        &FixtureSpec {
+            runs: 288 * 3,
+            reps: 3,
+            samples: 0,
+            ..FixtureSpec::default()
+        },
+    )
+    .unwrap();
     let out_file = d.join("best.toml");
-    let out = bin().arg("best").arg(&sweep).arg("--out").arg(&out_file).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .arg("best")
+        .arg(&sweep)
+        .arg("--out")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&out_file).unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), text, "stdout and file differ");
-    let doc: toml::Table = text.parse().unwrap_or_else(|e| panic!("not TOML: {e}\n{text}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        text,
+        "stdout and file differ"
+    );
+    let doc: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e| panic!("not TOML: {e}\n{text}"));
     for s in ["ring", "file", "net", "server"] {
-        assert!(doc.get(s).is_some_and(|v| v.is_table()), "section [{s}] missing:\n{text}");
+        assert!(
+            doc.get(s).is_some_and(|v| v.is_table()),
+            "section [{s}] missing:\n{text}"
+        );
     }
     assert_eq!(doc.len(), 4, "only the four recorder sections: {text}");
     // The model's best (the tie on coop-taskrun, which has no effect, goes to the default).
-    assert!(info.best.contains(&("ring.coop-taskrun".into(), "false".into())));
+    assert!(info
+        .best
+        .contains(&("ring.coop-taskrun".into(), "false".into())));
     for (dim, value) in &info.best {
         let (section, knob) = dim.split_once('.').unwrap();
         if section == "block" {
-            assert!(text.contains(&format!("#   echo {value} > /sys/block/<dev>/queue/{}", knob.replace('-', "_"))), "{text}");
+            assert!(
+                text.contains(&format!(
+                    "#   echo {value} > /sys/block/<dev>/queue/{}",
+                    knob.replace('-', "_")
+                )),
+                "{text}"
+            );
             assert!(doc.get(section).is_none());
             continue;
         }
@@ -164,17 +374,36 @@ fn best_writes_the_known_best_configuration_as_toml() {
             v => assert_eq!(got.as_str(), Some(v), "{dim}:\n{text}"),
         }
     }
-    assert!(text.contains("# runner-ups:") && text.contains("90% interval") && text.contains(&format!("# source sweep: {}", sweep.display())));
+    assert!(
+        text.contains("# runner-ups:")
+            && text.contains("90% interval")
+            && text.contains(&format!("# source sweep: {}", sweep.display()))
+    );
     for metric in ["p99", "efficiency"] {
-        let out = bin().args(["best", "--metric", metric]).arg(&sweep).output().unwrap();
-        assert!(out.status.success(), "{metric}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = bin()
+            .args(["best", "--metric", metric])
+            .arg(&sweep)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{metric}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let t: toml::Table = String::from_utf8_lossy(&out.stdout).parse().unwrap();
         assert!(t.contains_key("ring"));
     }
     // Efficiency (CPU s/GiB) prefers no SQPOLL thread in the model.
-    let eff: toml::Table = std::fs::read_to_string(sweep.join("best-efficiency.toml")).unwrap().parse().unwrap();
+    let eff: toml::Table = std::fs::read_to_string(sweep.join("best-efficiency.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(eff["ring"]["sqpoll"].as_bool(), Some(false));
-    let bad = bin().args(["best", "--metric", "speed"]).arg(&sweep).output().unwrap();
+    let bad = bin()
+        .args(["best", "--metric", "speed"])
+        .arg(&sweep)
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("use throughput, p99 or efficiency"));
     let _ = std::fs::remove_dir_all(&d);
@@ -182,13 +411,22 @@ fn best_writes_the_known_best_configuration_as_toml() {
 
 fn write_sweep(d: &Path, runs_csv: &str) {
     std::fs::create_dir_all(d).unwrap();
-    std::fs::write(d.join("manifest.json"), r#"{"schema":1,"dimensions":["ring.sqpoll"]}"#).unwrap();
+    std::fs::write(
+        d.join("manifest.json"),
+        r#"{"schema":1,"dimensions":["ring.sqpoll"]}"#,
+    )
+    .unwrap();
     std::fs::write(d.join("runs.csv"), runs_csv).unwrap();
 }
 
 fn report_err(d: &Path) -> String {
     let out = bin().arg("report").arg(d).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "expected failure; stdout {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected failure; stdout {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
@@ -199,14 +437,24 @@ fn malformed_input_names_file_line_and_column() {
     let good = "c1-r1,c1,1,,head,recorder,ingest,ok,,true,500.5\n";
 
     let s = d.join("bad-number");
-    write_sweep(&s, &format!("{head}{good}c1-r2,c1,2,,head,recorder,ingest,ok,,true,12x.5\n"));
+    write_sweep(
+        &s,
+        &format!("{head}{good}c1-r2,c1,2,,head,recorder,ingest,ok,,true,12x.5\n"),
+    );
     let e = report_err(&s);
-    assert!(e.contains("runs.csv:3: column 11 (throughput_mbps)") && e.contains("\"12x.5\" is not a number"), "{e}");
+    assert!(
+        e.contains("runs.csv:3: column 11 (throughput_mbps)")
+            && e.contains("\"12x.5\" is not a number"),
+        "{e}"
+    );
 
     let s = d.join("missing-column");
     write_sweep(&s, "run_id,cell_id,rep,revision,kind,workload,dim.ring.sqpoll,throughput_mbps\nc1-r1,c1,1,head,recorder,ingest,true,1\n");
     let e = report_err(&s);
-    assert!(e.contains("runs.csv:1:") && e.contains("required column `status` is missing"), "{e}");
+    assert!(
+        e.contains("runs.csv:1:") && e.contains("required column `status` is missing"),
+        "{e}"
+    );
 
     let s = d.join("missing-dim");
     write_sweep(&s, "run_id,cell_id,rep,revision,kind,workload,status,throughput_mbps\nc1-r1,c1,1,head,recorder,ingest,ok,1\n");
@@ -214,37 +462,66 @@ fn malformed_input_names_file_line_and_column() {
     assert!(e.contains("column `dim.ring.sqpoll` is missing"), "{e}");
 
     let s = d.join("bad-status");
-    write_sweep(&s, &format!("{head}{good}c1-r2,c1,2,,head,recorder,ingest,okay,,true,1\n"));
+    write_sweep(
+        &s,
+        &format!("{head}{good}c1-r2,c1,2,,head,recorder,ingest,okay,,true,1\n"),
+    );
     let e = report_err(&s);
-    assert!(e.contains("runs.csv:3: column 8 (status)") && e.contains("unknown status \"okay\""), "{e}");
+    assert!(
+        e.contains("runs.csv:3: column 8 (status)") && e.contains("unknown status \"okay\""),
+        "{e}"
+    );
 
     let s = d.join("bad-rep");
-    write_sweep(&s, &format!("{head}c1-r1,c1,one,,head,recorder,ingest,ok,,true,1\n"));
+    write_sweep(
+        &s,
+        &format!("{head}c1-r1,c1,one,,head,recorder,ingest,ok,,true,1\n"),
+    );
     let e = report_err(&s);
     assert!(e.contains("runs.csv:2: column 3 (rep)"), "{e}");
 
     let s = d.join("ragged");
     write_sweep(&s, &format!("{head}{good}c1-r2,c1,2\n"));
     let e = report_err(&s);
-    assert!(e.contains("runs.csv:3") && e.contains("malformed CSV row"), "{e}");
+    assert!(
+        e.contains("runs.csv:3") && e.contains("malformed CSV row"),
+        "{e}"
+    );
 
     let s = d.join("duplicate-run");
     write_sweep(&s, &format!("{head}{good}{good}"));
     let e = report_err(&s);
-    assert!(e.contains("runs.csv:3: column 1 (run_id)") && e.contains("already used on line 2"), "{e}");
+    assert!(
+        e.contains("runs.csv:3: column 1 (run_id)") && e.contains("already used on line 2"),
+        "{e}"
+    );
 
     let s = d.join("bad-series");
     write_sweep(&s, &format!("{head}{good}"));
     std::fs::create_dir_all(s.join("timeseries")).unwrap();
-    std::fs::write(s.join("timeseries/c1-r1.csv"), "t_s,throughput_mbps\n0.0,1.0\n0.25,fast\n").unwrap();
+    std::fs::write(
+        s.join("timeseries/c1-r1.csv"),
+        "t_s,throughput_mbps\n0.0,1.0\n0.25,fast\n",
+    )
+    .unwrap();
     let e = report_err(&s);
-    assert!(e.contains("timeseries/c1-r1.csv:3: column 2 (throughput_mbps)") && e.contains("\"fast\""), "{e}");
+    assert!(
+        e.contains("timeseries/c1-r1.csv:3: column 2 (throughput_mbps)") && e.contains("\"fast\""),
+        "{e}"
+    );
 
     let s = d.join("bad-manifest");
     write_sweep(&s, &format!("{head}{good}"));
-    std::fs::write(s.join("manifest.json"), "{\"schema\": 1,\n \"dimensions\": [\n").unwrap();
+    std::fs::write(
+        s.join("manifest.json"),
+        "{\"schema\": 1,\n \"dimensions\": [\n",
+    )
+    .unwrap();
     let e = report_err(&s);
-    assert!(e.contains("manifest.json:3") && e.contains("not valid JSON"), "{e}");
+    assert!(
+        e.contains("manifest.json:3") && e.contains("not valid JSON"),
+        "{e}"
+    );
 
     let e = report_err(&d.join("does-not-exist"));
     assert!(e.contains("is not a directory"), "{e}");
@@ -260,10 +537,113 @@ fn minimal_valid_sweep_reports() {
                 b1,b,1,,head,recorder,ingest,ok,,true,500\nb2,b,2,,head,recorder,ingest,unsupported,no SQPOLL here,true,\n";
     write_sweep(&d, &format!("{head}{rows}"));
     let out = bin().arg("report").arg(&d).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let md = std::fs::read_to_string(d.join("report/report.md")).unwrap();
-    assert!(md.contains("runs.csv has no column for: frames_per_s"), "absent columns not reported");
+    assert!(
+        md.contains("runs.csv has no column for: frames_per_s"),
+        "absent columns not reported"
+    );
     assert!(md.contains("no SQPOLL here"));
     assert_chart(&d.join("report"), "throughput-ingest");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A real (tiny) sweep written by `harness sweep` (tests/data/harness-smoke: 2 dimensions,
+/// 2 repetitions, a fio anchor, extra columns the harness adds after the documented ones).
+#[test]
+fn reads_a_real_harness_sweep() {
+    let d = tmp("harness-smoke");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/harness-smoke");
+    let sweep = d.join("sweep");
+    std::fs::create_dir_all(sweep.join("timeseries")).unwrap();
+    for f in ["manifest.json", "runs.csv"] {
+        std::fs::copy(src.join(f), sweep.join(f)).unwrap();
+    }
+    for e in std::fs::read_dir(src.join("timeseries")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), sweep.join("timeseries").join(e.file_name())).unwrap();
+    }
+    let out = bin().arg("report").arg(&sweep).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(sweep.join("report/report.md")).unwrap();
+    assert!(
+        md.contains("10 runs (10 ok)") && md.contains("`ring.sqpoll` (false, true)"),
+        "{md}"
+    );
+    assert!(md.contains("÷ fio disk-write") && md.contains("÷ blocking backend"));
+    assert_chart(&sweep.join("report"), "timeseries");
+    let out = bin().arg("best").arg(&sweep).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t: toml::Table = String::from_utf8_lossy(&out.stdout).parse().unwrap();
+    assert!(t["server"]["backend"].as_str().is_some() && t["ring"]["sqpoll"].as_bool().is_some());
+    // The same sweep against itself: every pair has ratio 1 -> SAME, exit code 0.
+    let c = compare(
+        &sweep,
+        &sweep,
+        &["throughput".into()],
+        Some(&d.join("c/compare.md")),
+    )
+    .unwrap();
+    assert_eq!(c.rows.len(), 5);
+    assert!(
+        c.rows
+            .iter()
+            .all(|r| r.verdict == Verdict::Same && r.pairs == 2),
+        "{}",
+        c.summary_text()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn confirm_round_fails_only_on_a_regression_seen_twice() {
+    let d = tmp("confirm");
+    let (base, slow) = ab(&d.join("r1"), 0.15, Some(5));
+    let (base2, slow2) = ab(&d.join("r2"), 0.15, Some(6));
+    let (base3, same3) = ab(&d.join("r3"), 0.0, Some(7));
+    let run = |b: &Path, h: &Path, b2: &Path, h2: &Path| {
+        bin()
+            .arg("compare")
+            .arg(b)
+            .arg(h)
+            .args(["--metric", "throughput", "--confirm"])
+            .arg(b2)
+            .arg(h2)
+            .output()
+            .unwrap()
+    };
+    let out = run(&base, &slow, &base2, &slow2);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("second round:") && !stdout.contains("\n0 REGRESSION verdict(s) confirmed"),
+        "{stdout}"
+    );
+    // A regression in the first round that the second round does not see is not confirmed.
+    let out = run(&base, &slow, &base3, &same3);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 REGRESSION verdict(s) confirmed"));
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -104,6 +104,8 @@ pub struct PatternResult {
     pub fio_command: Option<String>,
     /// The effective settings of our last run.
     pub effective: fileio::Effective,
+    /// fio's start-up CPU seconds (a one-block run), subtracted from its runs.
+    pub fio_startup_cpu_s: Option<f64>,
     pub syncs: u64,
 }
 
@@ -113,7 +115,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 impl PatternResult {
@@ -123,13 +129,24 @@ impl PatternResult {
     pub fn fio_median(&self) -> Option<Measurement> {
         med(&self.fio)
     }
-    /// ours / fio throughput (medians).
+    /// ours / fio throughput: the median of the per-pair ratios (runs i of each side
+    /// were measured back to back).
     pub fn ratio_mbps(&self) -> Option<f64> {
-        Some(self.ours_median()?.mbps / self.fio_median()?.mbps)
+        median(self.pair_ratios(|m| m.mbps))
     }
-    /// ours / fio CPU seconds per GiB (medians; below 1 = we use less CPU).
+    /// ours / fio CPU seconds per GiB, median of the per-pair ratios (below 1 = we use
+    /// less CPU).
     pub fn ratio_cpu(&self) -> Option<f64> {
-        Some(self.ours_median()?.cpu_s_per_gib / self.fio_median()?.cpu_s_per_gib)
+        median(self.pair_ratios(|m| m.cpu_s_per_gib))
+    }
+    /// Per-pair ours/fio ratios of one figure.
+    pub fn pair_ratios(&self, f: impl Fn(&Measurement) -> f64) -> Vec<f64> {
+        self.ours
+            .iter()
+            .zip(&self.fio)
+            .filter(|(_, b)| f(b) > 0.0)
+            .map(|(a, b)| f(a) / f(b))
+            .collect()
     }
 }
 
@@ -177,7 +194,12 @@ impl From<FileIoError> for BenchError {
 }
 
 /// fio's arguments for the same work as ours, or why there is no equivalent.
-pub fn fio_args(spec: &BenchSpec, pattern: Pattern, path: &Path, direct_effective: bool) -> Result<Vec<String>, String> {
+pub fn fio_args(
+    spec: &BenchSpec,
+    pattern: Pattern,
+    path: &Path,
+    direct_effective: bool,
+) -> Result<Vec<String>, String> {
     let f = &spec.cfg.file;
     let mut a: Vec<String> = vec![
         "--name=io-bench".into(),
@@ -200,12 +222,18 @@ pub fn fio_args(spec: &BenchSpec, pattern: Pattern, path: &Path, direct_effectiv
         match f.durability {
             Durability::None => {}
             Durability::Odsync => a.push("--sync=dsync".into()),
-            Durability::RwfDsync => return Err("fio has no per-write RWF_DSYNC for io_uring".into()),
+            Durability::RwfDsync => {
+                return Err("fio has no per-write RWF_DSYNC for io_uring".into())
+            }
             Durability::Fdatasync => {
                 if f.sync_interval_ms != 0 {
                     return Err("fio has no time-based fdatasync (sync-interval-ms)".into());
                 }
-                let n = if f.sync_interval_bytes == 0 { 1 } else { f.sync_interval_bytes.div_ceil(f.block_size) };
+                let n = if f.sync_interval_bytes == 0 {
+                    1
+                } else {
+                    f.sync_interval_bytes.div_ceil(f.block_size)
+                };
                 a.push(format!("--fdatasync={n}"));
                 a.push("--end_fsync=1".into());
             }
@@ -221,14 +249,18 @@ pub fn fio_args(spec: &BenchSpec, pattern: Pattern, path: &Path, direct_effectiv
                     WriteOp::Write => a.push("--nonvectored=1".into()),
                     WriteOp::Writev => a.push("--nonvectored=0".into()),
                     WriteOp::WriteFixed => a.push("--fixedbufs=1".into()),
-                    WriteOp::WritevFixed => return Err("fio has no WRITEV_FIXED (fixedbufs uses WRITE_FIXED)".into()),
+                    WriteOp::WritevFixed => {
+                        return Err("fio has no WRITEV_FIXED (fixedbufs uses WRITE_FIXED)".into())
+                    }
                 }
             } else {
                 match f.read_op {
                     ReadOp::Read => a.push("--nonvectored=1".into()),
                     ReadOp::Readv => a.push("--nonvectored=0".into()),
                     ReadOp::ReadFixed => a.push("--fixedbufs=1".into()),
-                    ReadOp::ReadvFixed => return Err("fio has no READV_FIXED (fixedbufs uses READ_FIXED)".into()),
+                    ReadOp::ReadvFixed => {
+                        return Err("fio has no READV_FIXED (fixedbufs uses READ_FIXED)".into())
+                    }
                 }
             }
             if f.register_buffers && !a.iter().any(|x| x == "--fixedbufs=1") {
@@ -289,17 +321,31 @@ fn ring_fio_args(cfg: &Config) -> Result<Vec<String>, String> {
 }
 
 fn fio_version(bin: &str) -> Result<String, BenchError> {
-    let o = Command::new(bin)
-        .arg("--version")
-        .output()
-        .map_err(|e| BenchError::Fio(format!("cannot run {bin:?} ({e}): install fio or leave out --fio")))?;
+    let o = Command::new(bin).arg("--version").output().map_err(|e| {
+        BenchError::Fio(format!(
+            "cannot run {bin:?} ({e}): install fio or leave out --fio"
+        ))
+    })?;
     Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 /// Runs fio once and parses its JSON.
-fn run_fio(bin: &str, args: &[String], pattern: Pattern) -> Result<Measurement, BenchError> {
+/// Runs fio once and parses its JSON. CPU: fio's own usr_cpu/sys_cpu come from
+/// getrusage(RUSAGE_THREAD) of its job thread and leave out io_uring's io-wq and SQPOLL
+/// threads, which our figure includes; so the whole fio process is counted
+/// (RUSAGE_CHILDREN around it), minus `startup_cpu_s`, fio's start-up and tear-down
+/// measured with a one-block run.
+fn run_fio(
+    bin: &str,
+    args: &[String],
+    pattern: Pattern,
+    startup_cpu_s: f64,
+) -> Result<(Measurement, f64), BenchError> {
     let (u0, s0) = fs::children_cpu_times();
-    let o = Command::new(bin).args(args).output().map_err(|e| BenchError::Fio(format!("cannot run {bin:?}: {e}")))?;
+    let o = Command::new(bin)
+        .args(args)
+        .output()
+        .map_err(|e| BenchError::Fio(format!("cannot run {bin:?}: {e}")))?;
     let (u1, s1) = fs::children_cpu_times();
     let out = String::from_utf8_lossy(&o.stdout);
     if !o.status.success() {
@@ -312,26 +358,56 @@ fn run_fio(bin: &str, args: &[String], pattern: Pattern) -> Result<Measurement, 
         )));
     }
     let mut m = parse_fio_json(&out, pattern).map_err(BenchError::Fio)?;
-    // fio's own usr_cpu/sys_cpu come from getrusage(RUSAGE_THREAD) of its job thread and
-    // leave out io_uring's io-wq and SQPOLL threads, which our figure includes: count
-    // the whole fio process instead (its start-up is included, a small overstatement).
+    let cpu = (u1 - u0) + (s1 - s0);
     if let Some(gib) = m.gib.filter(|&g| g > 0.0) {
-        m.cpu_s_per_gib = ((u1 - u0) + (s1 - s0)) / gib;
+        m.cpu_s_per_gib = (cpu - startup_cpu_s).max(0.0) / gib;
     }
-    Ok(m)
+    Ok((m, cpu))
+}
+
+/// fio's CPU for start-up and tear-down: the same command moving one block per job.
+fn fio_startup_cpu(
+    bin: &str,
+    args: &[String],
+    pattern: Pattern,
+    bs: u64,
+) -> Result<f64, BenchError> {
+    let tiny: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.starts_with("--size=") {
+                format!("--size={bs}")
+            } else if a.starts_with("--offset_increment=") {
+                format!("--offset_increment={bs}")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    Ok(run_fio(bin, &tiny, pattern, 0.0)?.1)
 }
 
 /// Parses fio's `--output-format=json` (one job or group-reported jobs).
 pub fn parse_fio_json(text: &str, pattern: Pattern) -> Result<Measurement, String> {
     // fio may print notes before the JSON object.
     let start = text.find('{').ok_or("no JSON object in fio's output")?;
-    let v: Value = serde_json::from_str(&text[start..]).map_err(|e| format!("fio's JSON does not parse: {e}"))?;
-    let job = v.get("jobs").and_then(|j| j.get(0)).ok_or("fio's JSON has no jobs")?;
+    let v: Value = serde_json::from_str(&text[start..])
+        .map_err(|e| format!("fio's JSON does not parse: {e}"))?;
+    let job = v
+        .get("jobs")
+        .and_then(|j| j.get(0))
+        .ok_or("fio's JSON has no jobs")?;
     if let Some(err) = job.get("error").and_then(Value::as_i64).filter(|&e| e != 0) {
         return Err(format!("fio job error {err}"));
     }
-    let side = job.get(if pattern.is_write() { "write" } else { "read" }).ok_or("fio's JSON has no read/write section")?;
-    let num = |o: &Value, k: &str| o.get(k).and_then(Value::as_f64).ok_or(format!("fio's JSON lacks {k}"));
+    let side = job
+        .get(if pattern.is_write() { "write" } else { "read" })
+        .ok_or("fio's JSON has no read/write section")?;
+    let num = |o: &Value, k: &str| {
+        o.get(k)
+            .and_then(Value::as_f64)
+            .ok_or(format!("fio's JSON lacks {k}"))
+    };
     let bw = num(side, "bw_bytes")?;
     let iops = num(side, "iops")?;
     let io_bytes = num(side, "io_bytes")?;
@@ -343,21 +419,40 @@ pub fn parse_fio_json(text: &str, pattern: Pattern) -> Result<Measurement, Strin
     if io_bytes <= 0.0 || runtime_ms <= 0.0 {
         return Err("fio moved no data".into());
     }
-    Ok(Measurement { mbps: bw / 1e6, iops, ios_per_syscall: None, cpu_s_per_gib: cpu_s / gib, elapsed_s: runtime_ms / 1000.0, gib: Some(gib) })
+    Ok(Measurement {
+        mbps: bw / 1e6,
+        iops,
+        ios_per_syscall: None,
+        cpu_s_per_gib: cpu_s / gib,
+        elapsed_s: runtime_ms / 1000.0,
+        gib: Some(gib),
+    })
 }
 
 fn drop_cache(path: &Path) {
-    if let Ok(fd) = fs::open(path, fs::OpenFlags { read: true, ..Default::default() }) {
+    if let Ok(fd) = fs::open(
+        path,
+        fs::OpenFlags {
+            read: true,
+            ..Default::default()
+        },
+    ) {
         let _ = fs::fadvise_dontneed(&fd);
     }
 }
 
 /// Runs the benchmark. Errors from our engine (including "unsupported") stop it.
 pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
-    spec.cfg.validate().map_err(FileIoError::from)?;
-    std::fs::create_dir_all(&spec.dir)
-        .map_err(|e| FileIoError::Io { what: format!("create {}", spec.dir.display()), err: e })?;
-    let fio_version = if spec.fio { Some(fio_version(&spec.fio_bin)?) } else { None };
+    fileio::validate(&spec.cfg).map_err(FileIoError::from)?;
+    std::fs::create_dir_all(&spec.dir).map_err(|e| FileIoError::Io {
+        what: format!("create {}", spec.dir.display()),
+        err: e,
+    })?;
+    let fio_version = if spec.fio {
+        Some(fio_version(&spec.fio_bin)?)
+    } else {
+        None
+    };
     let wpath = spec.dir.join("io-bench.write.dat");
     let rpath = spec.dir.join("io-bench.read.dat");
     let mut results = Vec::new();
@@ -366,7 +461,9 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
         let path = if pattern.is_write() { &wpath } else { &rpath };
         let needs_layout = !pattern.is_write() || spec.write_mode == WriteMode::Overwrite;
         if needs_layout {
-            let ok = std::fs::metadata(path).map(|m| m.len() >= spec.size).unwrap_or(false);
+            let ok = std::fs::metadata(path)
+                .map(|m| m.len() >= spec.size)
+                .unwrap_or(false);
             if !ok {
                 fileio::lay_out(path, spec.size, spec.cfg.file.block_size.max(1 << 20), 1)?;
             }
@@ -382,9 +479,22 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
             }
             let _ = std::fs::remove_file(path);
             if spec.write_mode == WriteMode::Sparse {
-                let fd = fs::open(path, fs::OpenFlags { write: true, create: true, ..Default::default() })
-                    .map_err(|e| FileIoError::Io { what: format!("create {}", path.display()), err: e })?;
-                fs::truncate(&fd, spec.size).map_err(|e| FileIoError::Io { what: "ftruncate".into(), err: e })?;
+                let fd = fs::open(
+                    path,
+                    fs::OpenFlags {
+                        write: true,
+                        create: true,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| FileIoError::Io {
+                    what: format!("create {}", path.display()),
+                    err: e,
+                })?;
+                fs::truncate(&fd, spec.size).map_err(|e| FileIoError::Io {
+                    what: "ftruncate".into(),
+                    err: e,
+                })?;
             }
             Ok(())
         };
@@ -408,14 +518,28 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
                     fio_skipped,
                     fio_command,
                     effective: r.effective.clone(),
+                    fio_startup_cpu_s: None,
                     syncs: r.syncs,
                 }
             });
             p.ours.push(Measurement::from(&r));
             if p.fio_command.is_some() {
-                let args = fio_args(spec, pattern, path, r.effective.direct).map_err(BenchError::Fio)?;
+                let args =
+                    fio_args(spec, pattern, path, r.effective.direct).map_err(BenchError::Fio)?;
                 reset(path)?;
-                p.fio.push(run_fio(&spec.fio_bin, &args, pattern)?);
+                if p.fio_startup_cpu_s.is_none() {
+                    reset(path)?;
+                    p.fio_startup_cpu_s = Some(fio_startup_cpu(
+                        &spec.fio_bin,
+                        &args,
+                        pattern,
+                        spec.cfg.file.block_size,
+                    )?);
+                    reset(path)?;
+                }
+                let startup = p.fio_startup_cpu_s.unwrap_or(0.0);
+                p.fio
+                    .push(run_fio(&spec.fio_bin, &args, pattern, startup)?.0);
             }
         }
         if pattern.is_write() && spec.write_mode != WriteMode::Overwrite {
@@ -423,7 +547,11 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
         }
         results.extend(pr);
     }
-    Ok(BenchResult { spec: spec.clone(), results, fio_version })
+    Ok(BenchResult {
+        spec: spec.clone(),
+        results,
+        fio_version,
+    })
 }
 
 impl BenchResult {
@@ -450,7 +578,10 @@ impl BenchResult {
             "{:<10} {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>8} {:>8}\n",
             "pattern", "MB/s", "IOPS", "IO/call", "CPUs/GiB", "fio MB/s", "CPUs/GiB", "MB/s", "CPU"
         ));
-        out.push_str(&format!("{:<10} {:>43} | {:>21} | {:>17}\n", "", "ours", "fio", "ours/fio"));
+        out.push_str(&format!(
+            "{:<10} {:>43} | {:>21} | {:>17}\n",
+            "", "ours", "fio", "ours/fio"
+        ));
         for r in &self.results {
             let o = r.ours_median();
             let fm = r.fio_median();
@@ -469,19 +600,41 @@ impl BenchResult {
             ));
         }
         for r in &self.results {
+            let pr = r.pair_ratios(|m| m.mbps);
+            if pr.len() > 1 {
+                let lo = pr.iter().cloned().fold(f64::INFINITY, f64::min);
+                let hi = pr.iter().cloned().fold(0.0, f64::max);
+                out.push_str(&format!(
+                    "{}: ours/fio MB/s per pair {:.3}..{:.3} over {} pairs\n",
+                    r.pattern.name(),
+                    lo,
+                    hi,
+                    pr.len()
+                ));
+            }
+        }
+        for r in &self.results {
             if let Some(why) = &r.fio_skipped {
                 out.push_str(&format!("fio not run for {}: {why}\n", r.pattern.name()));
             }
             if let Some(why) = &r.effective.direct_fallback_reason {
-                out.push_str(&format!("{}: O_DIRECT off (direct=optional): {why}\n", r.pattern.name()));
+                out.push_str(&format!(
+                    "{}: O_DIRECT off (direct=optional): {why}\n",
+                    r.pattern.name()
+                ));
             }
         }
         if let Some(ring) = self.results.iter().find_map(|r| r.effective.ring.as_ref()) {
-            out.push_str(&format!("our ring: flags {} sq {} cq {}\n", ring.flag_names, ring.sq_entries, ring.cq_entries));
+            out.push_str(&format!(
+                "our ring: flags {} sq {} cq {}\n",
+                ring.flag_names, ring.sq_entries, ring.cq_entries
+            ));
         }
         if let Some(v) = &self.fio_version {
             if s.backend == Backend::Uring {
-                out.push_str(&format!("fio: {v}; its io_uring engine always asks for {FIO_FORCED_FLAGS}\n"));
+                out.push_str(&format!(
+                    "fio: {v}; its io_uring engine always asks for {FIO_FORCED_FLAGS}\n"
+                ));
             } else {
                 out.push_str(&format!("fio: {v}\n"));
             }
@@ -495,9 +648,7 @@ impl BenchResult {
     }
 
     pub fn to_json(&self) -> Value {
-        let m = |m: &Measurement| {
-            json!({"mbps": m.mbps, "iops": m.iops, "ios_per_syscall": m.ios_per_syscall, "cpu_s_per_gib": m.cpu_s_per_gib, "elapsed_s": m.elapsed_s})
-        };
+        let m = |m: &Measurement| json!({"mbps": m.mbps, "iops": m.iops, "ios_per_syscall": m.ios_per_syscall, "cpu_s_per_gib": m.cpu_s_per_gib, "elapsed_s": m.elapsed_s});
         let s = &self.spec;
         json!({
             "backend": s.backend.name(),
@@ -515,6 +666,8 @@ impl BenchResult {
                 "ratio_mbps": r.ratio_mbps(),
                 "ratio_cpu_s_per_gib": r.ratio_cpu(),
                 "fio_command": r.fio_command,
+                "fio_startup_cpu_s": r.fio_startup_cpu_s,
+                "ratio_mbps_pairs": r.pair_ratios(|m| m.mbps),
                 "fio_skipped": r.fio_skipped,
                 "syncs": r.syncs,
                 "effective": {
@@ -534,7 +687,10 @@ impl BenchResult {
 
 fn command() -> clap::Command {
     let cmd = clap::Command::new("recorder io-bench")
-        .about("File I/O benchmark: sequential/random writes and reads with any ring and file option, side by side with fio")
+        .about(
+            "File I/O benchmark: sequential/random writes and reads with any ring and file option, side by side with fio. \
+             --backend uring|blocking (the [server] knob of the same name) picks the I/O backend: rings, or pwrite/pread on io-depth threads.",
+        )
         .arg(clap::Arg::new("path").long("path").value_name("DIR").default_value(".").help("Directory for the benchmark files"))
         .arg(clap::Arg::new("size").long("size").value_name("SIZE").default_value("1g").help("Bytes per run (a multiple of the block size)"))
         .arg(clap::Arg::new("bs").long("bs").value_name("SIZE").help("Block size (same as --block-size)"))
@@ -546,7 +702,6 @@ fn command() -> clap::Command {
                 .default_value("write,read")
                 .help("Patterns, comma separated; all = write,read,randwrite,randread"),
         )
-        .arg(clap::Arg::new("backend").long("backend").value_name("uring|blocking").default_value("uring").help("I/O backend"))
         .arg(clap::Arg::new("fio").long("fio").action(clap::ArgAction::SetTrue).help("Also run fio with the equivalent settings, alternating"))
         .arg(clap::Arg::new("repeat").long("repeat").value_name("N").default_value("3").help("Runs per side and pattern (median reported)"))
         .arg(clap::Arg::new("fio-bin").long("fio-bin").value_name("PATH").default_value("fio").help("fio binary"))
@@ -573,7 +728,8 @@ pub fn parse_args(args: Vec<String>) -> Result<(BenchSpec, bool), String> {
         cfg.apply_toml(&text).map_err(|e| e.to_string())?;
     }
     config::apply_knob_args(&mut cfg, &m).map_err(|e| e.to_string())?;
-    let conflict = |a: &str, b: &str| format!("--{a} and --{b} give different values: use one of them");
+    let conflict =
+        |a: &str, b: &str| format!("--{a} and --{b} give different values: use one of them");
     if let Some(bs) = m.get_one::<String>("bs") {
         let v = parse_bytes(bs).map_err(|e| format!("--bs: {e}"))?;
         if m.get_one::<String>("block-size").is_some() && cfg.file.block_size != v {
@@ -588,22 +744,36 @@ pub fn parse_args(args: Vec<String>) -> Result<(BenchSpec, bool), String> {
         }
         cfg.file.io_depth = v;
     }
-    cfg.validate().map_err(|e: ConfigError| e.to_string())?;
-    let size = parse_bytes(m.get_one::<String>("size").expect("default")).map_err(|e| format!("--size: {e}"))?;
+    fileio::validate(&cfg).map_err(|e: ConfigError| e.to_string())?;
+    let size = parse_bytes(m.get_one::<String>("size").expect("default"))
+        .map_err(|e| format!("--size: {e}"))?;
     if size == 0 || size % cfg.file.block_size != 0 {
-        return Err(format!("--size {size} is not a non-zero multiple of the block size {}", cfg.file.block_size));
+        return Err(format!(
+            "--size {size} is not a non-zero multiple of the block size {}",
+            cfg.file.block_size
+        ));
     }
     let rw = m.get_one::<String>("rw").expect("default");
     let mut patterns = Vec::new();
     for p in rw.split(',') {
         if p == "all" {
-            patterns.extend([Pattern::Write, Pattern::Read, Pattern::RandWrite, Pattern::RandRead]);
+            patterns.extend([
+                Pattern::Write,
+                Pattern::Read,
+                Pattern::RandWrite,
+                Pattern::RandRead,
+            ]);
         } else {
             patterns.push(Pattern::parse(p.trim()).map_err(|e| format!("--rw: {e}"))?);
         }
     }
-    let backend = Backend::parse(m.get_one::<String>("backend").expect("default")).map_err(|e| format!("--backend: {e}"))?;
-    let repeat = config::parse_num::<usize>(m.get_one::<String>("repeat").expect("default")).map_err(|e| format!("--repeat: {e}"))?;
+    // `--backend` is the [server] section's knob (same name, same values).
+    let backend = match cfg.server.backend {
+        crate::config::server::Backend::Uring => Backend::Uring,
+        crate::config::server::Backend::Blocking => Backend::Blocking,
+    };
+    let repeat = config::parse_num::<usize>(m.get_one::<String>("repeat").expect("default"))
+        .map_err(|e| format!("--repeat: {e}"))?;
     if repeat == 0 {
         return Err("--repeat must be at least 1".into());
     }
@@ -614,7 +784,8 @@ pub fn parse_args(args: Vec<String>) -> Result<(BenchSpec, bool), String> {
     spec.fio = m.get_flag("fio");
     spec.repeat = repeat;
     spec.fio_bin = m.get_one::<String>("fio-bin").expect("default").clone();
-    spec.write_mode = WriteMode::parse(m.get_one::<String>("write-mode").expect("default")).map_err(|e| format!("--write-mode: {e}"))?;
+    spec.write_mode = WriteMode::parse(m.get_one::<String>("write-mode").expect("default"))
+        .map_err(|e| format!("--write-mode: {e}"))?;
     if spec.cfg.file.direct == Direct::Off && spec.fio {
         eprintln!("io-bench: note: direct=off: buffered results depend on the page cache state");
     }
@@ -636,11 +807,14 @@ pub fn cli_main(args: Vec<String>) -> ExitCode {
     };
     match run(&spec) {
         Ok(r) => {
-            if as_json {
-                println!("{}", serde_json::to_string_pretty(&r.to_json()).unwrap_or_default());
+            let text = if as_json {
+                serde_json::to_string_pretty(&r.to_json()).unwrap_or_default() + "\n"
             } else {
-                print!("{}", r.table());
-            }
+                r.table()
+            };
+            // A closed pipe (`| head`) is not an error worth a panic.
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
             ExitCode::SUCCESS
         }
         Err(e) => {

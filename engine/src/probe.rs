@@ -274,6 +274,7 @@ fn io_outcome(flags: u32, res: std::io::Result<i32>, want: usize) -> String {
         Ok(n) if n >= 0 && n as usize == want => "ok".into(),
         Ok(n) if n >= 0 => format!("error: short transfer {n} of {want} bytes"),
         Ok(n) => match classify_io_error(flags, n) {
+            IoErrorClass::Unsupported { reason, .. } if reason.starts_with("unsupported") => reason,
             IoErrorClass::Unsupported { reason, .. } => format!("unsupported: {reason}"),
             IoErrorClass::Error { name, .. } => format!("error: {name}"),
         },

@@ -3,18 +3,34 @@
 //! the io_uring-disabled message.
 
 use engine::config::Config;
-use engine::fileio::{self, Backend, Fill, FileIoError, Job, Pattern};
+use engine::fileio::{self, Backend, FileIoError, Fill, Job, Pattern};
 use engine::sys::mem;
 use std::path::PathBuf;
 
 const SIZE: u64 = 256 << 10;
 const BS: u64 = 16 << 10;
 
-fn tmpdir(name: &str) -> PathBuf {
+/// A temporary directory removed when the test ends (pass or fail).
+struct Dir(PathBuf);
+
+impl std::ops::Deref for Dir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmpdir(name: &str) -> Dir {
     let d = std::env::temp_dir().join(format!("fileio-modes-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Dir(d)
 }
 
 fn cfg(pairs: &[(&str, &str)]) -> Config {
@@ -33,7 +49,10 @@ fn write(dir: &std::path::Path, c: &Config, backend: Backend, seed: u64) -> file
     job.fill = Fill::Seeded(seed);
     let r = fileio::run(&job, c, backend).unwrap_or_else(|e| panic!("{backend:?}: {e}"));
     let data = std::fs::read(&path).unwrap();
-    assert!(data[..SIZE as usize] == fileio::expected_file(seed, SIZE, BS)[..], "{backend:?}: content differs");
+    assert!(
+        data[..SIZE as usize] == fileio::expected_file(seed, SIZE, BS)[..],
+        "{backend:?}: content differs"
+    );
     r
 }
 
@@ -48,15 +67,25 @@ fn durability_none_never_syncs() {
 #[test]
 fn fdatasync_group_commit_by_bytes() {
     let d = tmpdir("gcbytes");
-    let c = cfg(&[("file.durability", "fdatasync"), ("file.sync-interval-bytes", "64k"), ("file.io-depth", "1")]);
+    let c = cfg(&[
+        ("file.durability", "fdatasync"),
+        ("file.sync-interval-bytes", "64k"),
+        ("file.io-depth", "1"),
+    ]);
     // One writer at depth 1: a sync after every 64 KiB, none left over at the end.
     assert_eq!(write(&d, &c, Backend::Blocking, 2).syncs, 4);
     // The ring keeps writing while its one fdatasync is in flight, so one sync can cover
     // several intervals (group commit): at least the final one, at most one per interval.
     let s = write(&d, &c, Backend::Uring, 2).syncs;
-    assert!((1..=5).contains(&s), "uring: {s} syncs for 256 KiB at 64 KiB intervals");
+    assert!(
+        (1..=5).contains(&s),
+        "uring: {s} syncs for 256 KiB at 64 KiB intervals"
+    );
     // Deeper queues: at least the final sync, at most one per interval plus the final one.
-    let c = cfg(&[("file.durability", "fdatasync"), ("file.sync-interval-bytes", "64k")]);
+    let c = cfg(&[
+        ("file.durability", "fdatasync"),
+        ("file.sync-interval-bytes", "64k"),
+    ]);
     for b in [Backend::Uring, Backend::Blocking] {
         let s = write(&d, &c, b, 3).syncs;
         assert!((1..=5).contains(&s), "{b:?}: {s} syncs");
@@ -71,15 +100,26 @@ fn fdatasync_without_interval_syncs_after_every_write() {
     // The ring overlaps writes with the one fdatasync in flight: each covers what
     // completed before it, so there are at most as many syncs as writes.
     let s = write(&d, &c, Backend::Uring, 4).syncs;
-    assert!(s >= 1 && s <= SIZE / BS, "uring: {s} syncs for {} writes", SIZE / BS);
+    assert!(
+        (1..=SIZE / BS).contains(&s),
+        "uring: {s} syncs for {} writes",
+        SIZE / BS
+    );
 }
 
 #[test]
 fn fdatasync_by_time_ends_with_a_final_sync() {
     let d = tmpdir("gctime");
-    let c = cfg(&[("file.durability", "fdatasync"), ("file.sync-interval-ms", "60000")]);
+    let c = cfg(&[
+        ("file.durability", "fdatasync"),
+        ("file.sync-interval-ms", "60000"),
+    ]);
     for b in [Backend::Uring, Backend::Blocking] {
-        assert_eq!(write(&d, &c, b, 5).syncs, 1, "{b:?}: only the final sync within a minute");
+        assert_eq!(
+            write(&d, &c, b, 5).syncs,
+            1,
+            "{b:?}: only the final sync within a minute"
+        );
     }
 }
 
@@ -88,13 +128,37 @@ fn odsync_opens_with_o_dsync() {
     let d = tmpdir("odsync");
     let c = cfg(&[("file.durability", "odsync")]);
     let of = fileio::open_file(&d.join("probe"), &c, true, true).unwrap();
-    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", std::os::fd::AsRawFd::as_raw_fd(&of.fd))).unwrap();
-    let flags = fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim();
+    let fdinfo = std::fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&of.fd)
+    ))
+    .unwrap();
+    let flags = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .unwrap()
+        .trim();
     let flags = u32::from_str_radix(flags, 8).unwrap();
-    assert_ne!(flags & libc::O_DSYNC as u32, 0, "O_DSYNC not set: flags {flags:o}");
+    assert_ne!(
+        flags & libc::O_DSYNC as u32,
+        0,
+        "O_DSYNC not set: flags {flags:o}"
+    );
     let plain = fileio::open_file(&d.join("probe2"), &cfg(&[]), true, true).unwrap();
-    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", std::os::fd::AsRawFd::as_raw_fd(&plain.fd))).unwrap();
-    let flags = u32::from_str_radix(fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim(), 8).unwrap();
+    let fdinfo = std::fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&plain.fd)
+    ))
+    .unwrap();
+    let flags = u32::from_str_radix(
+        fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .unwrap()
+            .trim(),
+        8,
+    )
+    .unwrap();
     assert_eq!(flags & libc::O_DSYNC as u32, 0);
     for b in [Backend::Uring, Backend::Blocking] {
         assert_eq!(write(&d, &c, b, 6).syncs, 0);
@@ -105,7 +169,11 @@ fn odsync_opens_with_o_dsync() {
 fn rwf_dsync_writes_round_trip() {
     let d = tmpdir("rwfdsync");
     for direct in ["off", "required"] {
-        let c = cfg(&[("file.durability", "rwf-dsync"), ("file.direct", direct), ("file.write-op", "writev")]);
+        let c = cfg(&[
+            ("file.durability", "rwf-dsync"),
+            ("file.direct", direct),
+            ("file.write-op", "writev"),
+        ]);
         for b in [Backend::Uring, Backend::Blocking] {
             assert_eq!(write(&d, &c, b, 7).syncs, 0);
         }
@@ -119,8 +187,15 @@ fn prealloc_allocates_before_writing() {
     for b in [Backend::Uring, Backend::Blocking] {
         write(&d, &c, b, 8);
         let m = std::fs::metadata(d.join(format!("f-{}", b.name()))).unwrap();
-        assert_eq!(m.len(), 1 << 20, "{b:?}: fallocate mode 0 extends the file to prealloc-bytes");
-        assert!(std::os::unix::fs::MetadataExt::blocks(&m) * 512 >= 1 << 20, "{b:?}: blocks not allocated");
+        assert_eq!(
+            m.len(),
+            1 << 20,
+            "{b:?}: fallocate mode 0 extends the file to prealloc-bytes"
+        );
+        assert!(
+            std::os::unix::fs::MetadataExt::blocks(&m) * 512 >= 1 << 20,
+            "{b:?}: blocks not allocated"
+        );
     }
     // Without prealloc a fresh write leaves the file exactly the job size.
     write(&d, &cfg(&[]), Backend::Uring, 8);
@@ -142,7 +217,10 @@ fn uncached_works_or_is_reported_unsupported() {
                 job.verify = true;
                 fileio::run(&job, &c, b).unwrap();
             }
-            Err(e) => assert!(e.is_unsupported(), "{b:?}: uncached failed with something else than unsupported: {e}"),
+            Err(e) => assert!(
+                e.is_unsupported(),
+                "{b:?}: uncached failed with something else than unsupported: {e}"
+            ),
         }
     }
 }
@@ -160,7 +238,9 @@ fn iopoll_on_a_device_without_poll_queues_is_unsupported() {
     let (maj, min) = engine::sys::fs::device_of(&of.fd).unwrap();
     drop(of);
     let poll = std::fs::read_to_string(format!("/sys/dev/block/{maj}:{min}/queue/io_poll"))
-        .or_else(|_| std::fs::read_to_string(format!("/sys/dev/block/{maj}:{min}/../queue/io_poll")))
+        .or_else(|_| {
+            std::fs::read_to_string(format!("/sys/dev/block/{maj}:{min}/../queue/io_poll"))
+        })
         .unwrap_or_default();
     let mut job = Job::new(&path, SIZE, Pattern::Read);
     job.fill = Fill::Seeded(11);
@@ -171,7 +251,11 @@ fn iopoll_on_a_device_without_poll_queues_is_unsupported() {
             assert!(reason.contains("unsupported on this device"), "{reason}");
             assert_ne!(poll.trim(), "1", "the device polls but IOPOLL was refused");
         }
-        Ok(_) => assert_eq!(poll.trim(), "1", "polled reads worked on a device without poll queues?"),
+        Ok(_) => assert_eq!(
+            poll.trim(),
+            "1",
+            "polled reads worked on a device without poll queues?"
+        ),
         Err(e) => panic!("IOPOLL gave an untyped error: {e}"),
     }
 }
@@ -180,25 +264,58 @@ fn iopoll_on_a_device_without_poll_queues_is_unsupported() {
 fn run_refuses_bad_configurations_by_name() {
     let d = tmpdir("refuse");
     let job = Job::new(d.join("x"), SIZE, Pattern::Write);
-    let e = fileio::run(&job, &cfg(&[("file.write-op", "write-fixed")]), Backend::Uring).unwrap_err();
+    let e = fileio::run(
+        &job,
+        &cfg(&[("file.write-op", "write-fixed")]),
+        Backend::Uring,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("set register-buffers=true"), "{e}");
     let e = fileio::run(&job, &cfg(&[("ring.iopoll", "true")]), Backend::Uring).unwrap_err();
     assert!(e.to_string().contains("set direct=required"), "{e}");
-    let e = fileio::run(&Job::new(d.join("x"), 100_000, Pattern::Write), &cfg(&[]), Backend::Blocking).unwrap_err();
-    assert!(e.to_string().contains("not a non-zero multiple of block-size"), "{e}");
-    let e = fileio::run(&Job::new(d.join("missing"), SIZE, Pattern::Read), &cfg(&[]), Backend::Uring).unwrap_err();
+    let e = fileio::run(
+        &Job::new(d.join("x"), 100_000, Pattern::Write),
+        &cfg(&[]),
+        Backend::Blocking,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not a non-zero multiple of block-size"),
+        "{e}"
+    );
+    let e = fileio::run(
+        &Job::new(d.join("missing"), SIZE, Pattern::Read),
+        &cfg(&[]),
+        Backend::Uring,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("No such file"), "{e}");
     std::fs::write(d.join("short"), b"abc").unwrap();
-    let e = fileio::run(&Job::new(d.join("short"), SIZE, Pattern::Read), &cfg(&[]), Backend::Blocking).unwrap_err();
-    assert!(e.to_string().contains("the file has 3 bytes but the job needs 262144"), "{e}");
+    let e = fileio::run(
+        &Job::new(d.join("short"), SIZE, Pattern::Read),
+        &cfg(&[]),
+        Backend::Blocking,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the file has 3 bytes but the job needs 262144"),
+        "{e}"
+    );
 }
 
 #[test]
 fn io_uring_disabled_points_to_the_blocking_backend() {
-    let e = fileio::ring_error(engine::uring::RingError::Disabled { reason: "kernel.io_uring_disabled = 2".into() });
+    let e = fileio::ring_error(engine::uring::RingError::Disabled {
+        reason: "kernel.io_uring_disabled = 2".into(),
+    });
     assert!(e.is_unsupported());
     let m = e.to_string();
-    assert!(m.contains("kernel.io_uring_disabled = 2") && m.contains("use --backend blocking"), "{m}");
+    assert!(
+        m.contains("kernel.io_uring_disabled = 2") && m.contains("use --backend blocking"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -211,7 +328,11 @@ fn memlock_check_reads_the_real_limit_in_a_child() {
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "memlock_check_reads_the_real_limit_in_a_child", "--nocapture"])
+        .args([
+            "--exact",
+            "memlock_check_reads_the_real_limit_in_a_child",
+            "--nocapture",
+        ])
         .env("FILEIO_MEMLOCK_CHILD", "1")
         .output()
         .unwrap();

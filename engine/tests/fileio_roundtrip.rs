@@ -19,10 +19,12 @@ fn tmpdir(name: &str) -> PathBuf {
 fn base(ring: &[(&str, &str)], direct: &str, reg: bool) -> Config {
     let mut c = Config::default();
     for (k, v) in ring {
-        c.set(k, v).unwrap_or_else(|e| panic!("ring option {k}={v}: {e}"));
+        c.set(k, v)
+            .unwrap_or_else(|e| panic!("ring option {k}={v}: {e}"));
     }
     c.set("file.direct", direct).unwrap();
-    c.set("file.register-buffers", if reg { "true" } else { "false" }).unwrap();
+    c.set("file.register-buffers", if reg { "true" } else { "false" })
+        .unwrap();
     c.set("file.block-size", "16k").unwrap();
     c.set("file.io-depth", "4").unwrap();
     c
@@ -34,22 +36,30 @@ fn matrix(name: &str, ring: &[(&str, &str)]) {
     let path = dir.join("data");
     let mut cells = 0;
     for direct in ["off", "required"] {
-        for (wi, wop) in ["write", "writev", "write-fixed", "writev-fixed"].into_iter().enumerate() {
+        for (wi, wop) in ["write", "writev", "write-fixed", "writev-fixed"]
+            .into_iter()
+            .enumerate()
+        {
             for reg in [false, true] {
                 if wop.contains("fixed") && !reg {
                     continue;
                 }
-                let seed = 1000 + wi as u64 * 10 + reg as u64 + if direct == "off" { 0 } else { 100 };
+                let seed =
+                    1000 + wi as u64 * 10 + reg as u64 + if direct == "off" { 0 } else { 100 };
                 let mut c = base(ring, direct, reg);
                 c.set("file.write-op", wop).unwrap();
                 let mut job = Job::new(&path, SIZE, Pattern::Write);
                 job.fill = Fill::Seeded(seed);
-                let r = fileio::run(&job, &c, Backend::Uring)
-                    .unwrap_or_else(|e| panic!("{name}: write-op={wop} register-buffers={reg} direct={direct}: {e}"));
+                let r = fileio::run(&job, &c, Backend::Uring).unwrap_or_else(|e| {
+                    panic!("{name}: write-op={wop} register-buffers={reg} direct={direct}: {e}")
+                });
                 assert_eq!((r.bytes, r.ios), (SIZE, SIZE / BS));
                 assert_eq!(r.effective.direct, direct == "required");
                 let on_disk = std::fs::read(&path).unwrap();
-                assert!(on_disk == fileio::expected_file(seed, SIZE, BS), "{name}: {wop} reg={reg} direct={direct}: file content differs");
+                assert!(
+                    on_disk == fileio::expected_file(seed, SIZE, BS),
+                    "{name}: {wop} reg={reg} direct={direct}: file content differs"
+                );
                 for rop in ["read", "readv", "read-fixed", "readv-fixed"] {
                     if rop.contains("fixed") && !reg {
                         continue;
@@ -60,8 +70,11 @@ fn matrix(name: &str, ring: &[(&str, &str)]) {
                         let mut job = Job::new(&path, SIZE, pattern);
                         job.fill = Fill::Seeded(seed);
                         job.verify = true;
-                        let r = fileio::run(&job, &c, Backend::Uring)
-                            .unwrap_or_else(|e| panic!("{name}: read-op={rop} after {wop} reg={reg} direct={direct}: {e}"));
+                        let r = fileio::run(&job, &c, Backend::Uring).unwrap_or_else(|e| {
+                            panic!(
+                                "{name}: read-op={rop} after {wop} reg={reg} direct={direct}: {e}"
+                            )
+                        });
                         assert_eq!(r.bytes, SIZE);
                     }
                     cells += 1;
@@ -76,7 +89,10 @@ fn matrix(name: &str, ring: &[(&str, &str)]) {
     job.fill = Fill::Seeded(424242);
     job.verify = true;
     let e = fileio::run(&job, &base(ring, "off", false), Backend::Uring).unwrap_err();
-    assert!(e.to_string().contains("differs from what was written"), "{e}");
+    assert!(
+        e.to_string().contains("differs from what was written"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -87,38 +103,72 @@ fn round_trip_default_ring() {
 
 #[test]
 fn round_trip_sqpoll() {
-    matrix("sqpoll", &[("ring.sqpoll", "true"), ("ring.sq-thread-idle-ms", "10")]);
+    matrix(
+        "sqpoll",
+        &[("ring.sqpoll", "true"), ("ring.sq-thread-idle-ms", "10")],
+    );
 }
 
 #[test]
 fn round_trip_single_issuer_defer_taskrun() {
-    matrix("defer", &[("ring.single-issuer", "true"), ("ring.defer-taskrun", "true")]);
+    matrix(
+        "defer",
+        &[
+            ("ring.single-issuer", "true"),
+            ("ring.defer-taskrun", "true"),
+        ],
+    );
 }
 
 #[test]
 fn round_trip_coop_taskrun_flag() {
-    matrix("coop", &[("ring.coop-taskrun", "true"), ("ring.taskrun-flag", "true")]);
+    matrix(
+        "coop",
+        &[("ring.coop-taskrun", "true"), ("ring.taskrun-flag", "true")],
+    );
 }
 
 #[test]
 fn round_trip_no_mmap_registered_fd_only() {
-    matrix("nommap", &[("ring.no-mmap", "true"), ("ring.registered-fd-only", "true"), ("ring.no-sqarray", "true")]);
+    matrix(
+        "nommap",
+        &[
+            ("ring.no-mmap", "true"),
+            ("ring.registered-fd-only", "true"),
+            ("ring.no-sqarray", "true"),
+        ],
+    );
 }
 
 #[test]
 fn round_trip_small_rings_submit_on_full_sq() {
     // An SQ of 2 entries with io-depth 4: pushes find the SQ full and submit first.
-    matrix("smallsq", &[("ring.sq-entries", "2"), ("ring.cq-entries", "8"), ("ring.r-disabled", "true"), ("ring.submit-all", "true")]);
+    matrix(
+        "smallsq",
+        &[
+            ("ring.sq-entries", "2"),
+            ("ring.cq-entries", "8"),
+            ("ring.r-disabled", "true"),
+            ("ring.submit-all", "true"),
+        ],
+    );
 }
 
 #[test]
 fn full_submission_queue_is_submitted_and_retried() {
     let dir = tmpdir("sqfull");
-    let c = base(&[("ring.sq-entries", "2"), ("ring.cq-entries", "8")], "off", false);
+    let c = base(
+        &[("ring.sq-entries", "2"), ("ring.cq-entries", "8")],
+        "off",
+        false,
+    );
     let mut job = Job::new(dir.join("data"), SIZE, Pattern::Write);
     job.fill = Fill::Seeded(9);
     let r = fileio::run(&job, &c, Backend::Uring).unwrap();
-    assert!(r.sq_full_retries > 0, "io-depth 4 on a 2-entry SQ never found it full");
+    assert!(
+        r.sq_full_retries > 0,
+        "io-depth 4 on a 2-entry SQ never found it full"
+    );
     assert!(std::fs::read(dir.join("data")).unwrap() == fileio::expected_file(9, SIZE, BS));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -133,17 +183,23 @@ fn round_trip_blocking_backend() {
             let c = base(&[], direct, false);
             let mut job = Job::new(&path, SIZE, pattern);
             job.fill = Fill::Seeded(seed);
-            let r = fileio::run(&job, &c, Backend::Blocking).unwrap_or_else(|e| panic!("blocking {direct} {pattern:?}: {e}"));
+            let r = fileio::run(&job, &c, Backend::Blocking)
+                .unwrap_or_else(|e| panic!("blocking {direct} {pattern:?}: {e}"));
             assert_eq!(r.effective.direct, direct == "required");
             assert_eq!(r.ios, SIZE / BS);
-            assert!(std::fs::read(&path).unwrap() == fileio::expected_file(seed, SIZE, BS), "blocking write {direct}: content");
+            assert!(
+                std::fs::read(&path).unwrap() == fileio::expected_file(seed, SIZE, BS),
+                "blocking write {direct}: content"
+            );
             for rp in [Pattern::Read, Pattern::RandRead] {
                 let mut job = Job::new(&path, SIZE, rp);
                 job.fill = Fill::Seeded(seed);
                 job.verify = true;
-                fileio::run(&job, &c, Backend::Blocking).unwrap_or_else(|e| panic!("blocking read {direct}: {e}"));
+                fileio::run(&job, &c, Backend::Blocking)
+                    .unwrap_or_else(|e| panic!("blocking read {direct}: {e}"));
                 // And the ring reads what the blocking backend wrote.
-                fileio::run(&job, &c, Backend::Uring).unwrap_or_else(|e| panic!("uring read of blocking data {direct}: {e}"));
+                fileio::run(&job, &c, Backend::Uring)
+                    .unwrap_or_else(|e| panic!("uring read of blocking data {direct}: {e}"));
             }
         }
     }

@@ -264,3 +264,40 @@ fn retention_deletes_old_replays_and_says_gone() {
         Some(engine::protocol::ErrorCode::MatchSealed)
     );
 }
+
+#[test]
+fn slow_reader_is_dropped_and_others_are_served() {
+    let dir = TempDir::new("slowread");
+    let srv = spawn_server(
+        &default_backend(),
+        dir.path(),
+        &["--http-timeout-ms", "500"],
+    );
+    let (sent, _) = stream_match(srv.ingest, "big", 200, 60_000);
+    // a client that asks for ~12 MB and never reads
+    let mut slow = TcpStream::connect(srv.http).unwrap();
+    slow.write_all(b"GET /matches/big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // others are served meanwhile
+    let g = testkit::http_get(srv.http, "GET", "/matches/big", &[]).unwrap();
+    assert_eq!(g.status, 200);
+    check_replay(&g.body, "big", &sent, true);
+    // after the timeout the recorder gave up on the slow reader: it cannot get everything
+    std::thread::sleep(Duration::from_millis(2000));
+    let mut got = Vec::new();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match slow.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(
+        got.len() < g.body.len(),
+        "the slow reader got {} of {} bytes: it was not dropped",
+        got.len(),
+        g.body.len()
+    );
+}

@@ -36,6 +36,8 @@ fn many_matches_rwf_dsync_prealloc_per_batch_acks() {
         "true",
         "--prealloc-bytes",
         "1m",
+        "--write-op",
+        "writev",
     ]);
 }
 
@@ -384,7 +386,7 @@ fn credential_and_limits() {
             "--max-connections",
             "3",
             "--idle-timeout-ms",
-            "400",
+            "2000",
         ],
     );
     let mut c = DsClient::connect(srv.ingest).unwrap();
@@ -393,7 +395,7 @@ fn credential_and_limits() {
         Some(ErrorCode::AuthFailed)
     );
     drop(c);
-    std::thread::sleep(Duration::from_millis(400)); // the refused connection is gone
+    std::thread::sleep(Duration::from_millis(300)); // the refused connection is gone
     let mut a = DsClient::connect(srv.ingest).unwrap();
     assert!(matches!(
         a.hello("a", false, b"s3cret").unwrap(),
@@ -408,7 +410,7 @@ fn credential_and_limits() {
     let r = c.hello("c", false, b"s3cret").unwrap();
     assert_eq!(r.error_code(), Some(ErrorCode::TooManyMatches), "{r:?}");
     drop(c);
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(300));
     // 3 connections open (a, b, hold): the 4th is refused
     let _hold = DsClient::connect(srv.ingest).unwrap();
     std::thread::sleep(Duration::from_millis(100));
@@ -420,8 +422,59 @@ fn credential_and_limits() {
     assert_eq!(r.error_code(), Some(ErrorCode::IdleTimeout), "{r:?}");
     drop(a);
     drop(d);
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(300));
     let mut a2 = DsClient::connect(srv.ingest).unwrap();
     let r = a2.hello("a", true, b"s3cret").unwrap();
     assert!(matches!(r, Reply::Welcome { last_seq: 0, .. }), "{r:?}");
+}
+
+#[test]
+fn empty_match_seals_and_http_connection_limit() {
+    let dir = TempDir::new("empty");
+    let srv = spawn_server(
+        &default_backend(),
+        dir.path(),
+        &["--http-max-connections", "1"],
+    );
+    let mut c = DsClient::connect(srv.ingest).unwrap();
+    assert!(matches!(
+        c.hello("e0", false, b"").unwrap(),
+        Reply::Welcome { .. }
+    ));
+    let r = c.end(0).unwrap();
+    let Reply::Sealed {
+        last_seq: 0,
+        file_bytes,
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    let b = std::fs::read(dir.path().join("e0.rpl")).unwrap();
+    assert_eq!(b.len() as u64, file_bytes);
+    check_replay(&b, "e0", &[], true);
+    // one HTTP connection held open: the next gets 503
+    let mut held = std::net::TcpStream::connect(srv.http).unwrap();
+    let r = testkit::http_exchange(
+        &mut held,
+        b"GET /matches HTTP/1.1\r\nHost: a\r\n\r\n",
+        false,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let r = testkit::http_get(srv.http, "GET", "/matches", &[]).unwrap();
+    assert_eq!(r.status, 503);
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let r = testkit::http_get(srv.http, "GET", "/matches/e0/index", &[]).unwrap();
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        (
+            v["frames"].as_u64(),
+            v["keyframes"].as_array().map(|a| a.len())
+        ),
+        (Some(0), Some(0))
+    );
+    assert!(v["first_tick"].is_null());
 }

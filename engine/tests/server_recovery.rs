@@ -55,10 +55,11 @@ fn kill9_restart_resume(args: &[&str]) {
         .map(|id| {
             std::thread::spawn(move || {
                 let mut c = DsClient::connect(ingest).unwrap();
-                assert!(matches!(
-                    c.hello(&id, false, b"").unwrap(),
-                    Reply::Welcome { last_seq: 0, .. }
-                ));
+                let w = c.hello(&id, false, b"");
+                assert!(
+                    matches!(w, Ok(Reply::Welcome { last_seq: 0, .. })),
+                    "{id}: {w:?}"
+                );
                 let sent = stream_until_broken(&mut c, &id, 1, 1_000_000);
                 // drain what is left to read
                 while let Ok(r) = c.recv(Duration::from_millis(200)) {

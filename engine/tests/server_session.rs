@@ -49,7 +49,7 @@ fn pump(
             Io::Sync => y += 1,
             _ => {}
         }
-        engine::server::blocking::exec_io(io, s, fd, reg, 0);
+        engine::server::blocking::exec_io(io, s, fd, reg, &StoreOptions::default());
     }
     (w, y)
 }
@@ -108,9 +108,15 @@ fn byte_at_a_time_input_and_group_commit_cadence() {
     }
     pump(&mut s, &mut fd, &r.reg, t0);
     assert_eq!(decode_all(&s.take_output()), ["WELCOME 0 Durable"]);
-    // frames in odd slices: appended, but no write before the ack interval
-    for chunk in input[hl..].chunks(77) {
-        s.feed(chunk, t0);
+    // the first frames after a quiet period are written at once (one write + one sync)
+    let (first, rest) = input[hl..].split_at(input[hl..].len() / 2);
+    s.feed(first, t0);
+    assert_eq!(pump(&mut s, &mut fd, &r.reg, t0), (1, 1));
+    let acks = decode_all(&s.take_output());
+    assert_eq!(acks.len(), 1, "one cumulative ACK: {acks:?}");
+    // more frames in odd slices within the interval: appended, not written yet
+    for chunk in rest.chunks(77) {
+        s.feed(chunk, t0 + Duration::from_millis(5));
     }
     assert_eq!(
         pump(&mut s, &mut fd, &r.reg, t0 + Duration::from_millis(10)),
@@ -121,7 +127,11 @@ fn byte_at_a_time_input_and_group_commit_cadence() {
         "nothing acked before it is durable"
     );
     let d = s.deadline().unwrap();
-    assert!(d <= t0 + Duration::from_millis(50));
+    assert_eq!(
+        d,
+        t0 + Duration::from_millis(50),
+        "next write one interval after the last"
+    );
     // at the deadline: one write + one fdatasync, then a single cumulative ACK
     assert_eq!(pump(&mut s, &mut fd, &r.reg, d), (1, 1));
     assert_eq!(decode_all(&s.take_output()), ["ACK 20"]);

@@ -71,8 +71,8 @@ fn write_frames(
                     "buffer aligned"
                 );
             }
-            storage::io::write_req(fd, &req, opts.rw_flags()).unwrap();
-            f.write_done(&req);
+            storage::io::write_req(fd, &req, opts.rw_flags(), opts.vectored).unwrap();
+            f.write_done(req);
             assert_eq!(f.written_end(), logical.len() as u64);
             if f.needs_sync() {
                 let (e, s) = f.sync_point();
@@ -105,6 +105,7 @@ fn round_trip(direct: bool, durability: Durability, stage: usize) {
         stage_bytes: stage,
         prealloc_bytes: 0,
         uncached: false,
+        vectored: durability == Durability::Odsync,
     };
     let (fd, _) = storage::io::open_match(&paths, "st", true, false, &opts, u32::MAX).unwrap();
     let mut f = MatchFile::create("st", 77, opts.clone());
@@ -126,8 +127,8 @@ fn round_trip(direct: bool, durability: Durability, stage: usize) {
     write_frames(&mut f, &fd, &mut logical, 61, 40, 4, &opts);
     f.seal(99);
     while let Some(req) = f.take_write() {
-        storage::io::write_req(&fd, &req, opts.rw_flags()).unwrap();
-        f.write_done(&req);
+        storage::io::write_req(&fd, &req, opts.rw_flags(), opts.vectored).unwrap();
+        f.write_done(req);
     }
     let info = storage::io::seal_match(&paths, "st", &fd, f.sealed_len().unwrap()).unwrap();
     let bytes = std::fs::read(paths.sealed_path("st")).unwrap();
@@ -249,8 +250,8 @@ fn parse_replay_names_corruption() {
     }
     f.seal(2);
     let req = f.take_write().unwrap();
-    storage::io::write_req(&fd, &req, 0).unwrap();
-    f.write_done(&req);
+    storage::io::write_req(&fd, &req, 0, false).unwrap();
+    f.write_done(req);
     storage::io::seal_match(&paths, "st", &fd, f.sealed_len().unwrap()).unwrap();
     let good = std::fs::read(paths.sealed_path("st")).unwrap();
     parse_replay(&good).unwrap();

@@ -981,10 +981,11 @@ pub struct VerifyReport {
     pub mismatches: Vec<String>,
 }
 
-/// Downloads every sealed, acknowledged match and checks that frames 1..=acked appear in it
-/// byte-identical and in order. The check finds each regenerated payload in the replay file
-/// after the previous one, so it holds for any container that stores payloads uncompressed
-/// (docs/format.md); it cannot be fooled by a missing, reordered or altered frame.
+/// Downloads every sealed, acknowledged match and checks that frames 1..=acked are in it
+/// byte-identical and in order. A file in the recorder's format (docs/format.md, magic
+/// `RPLYFILE`) is parsed with `engine::storage::format` and compared record by record (seq,
+/// kind, tick, payload); any other container is checked by finding each regenerated payload
+/// after the previous one, which a missing, reordered or altered frame cannot pass.
 pub fn verify(cfg: &DsConfig, http: SocketAddr, matches: &[MatchRecord]) -> VerifyReport {
     let gen = payload_gen(cfg);
     let mut rep = VerifyReport::default();
@@ -1015,6 +1016,14 @@ pub fn verify(cfg: &DsConfig, http: SocketAddr, matches: &[MatchRecord]) -> Veri
             }
         }
         let h = fnv1a(m.id.as_bytes());
+        if body.starts_with(b"RPLYFILE") {
+            // The recorder's replay format (docs/format.md): parse it and compare frame by frame.
+            match verify_parsed(&gen, h, &m.id, m.acked_seq, &body) {
+                Ok(()) => rep.verified += 1,
+                Err(e) => rep.mismatches.push(e),
+            }
+            continue;
+        }
         let mut pos = 0usize;
         let mut bad = None;
         for seq in 1..=m.acked_seq {
@@ -1041,6 +1050,36 @@ pub fn verify(cfg: &DsConfig, http: SocketAddr, matches: &[MatchRecord]) -> Veri
         }
     }
     rep
+}
+
+/// Checks a replay file in the recorder's format: sealed, every frame 1..=acked present in
+/// order with the kind, tick and payload the DS sent.
+fn verify_parsed(gen: &PayloadGen, h: u64, id: &str, acked: u64, body: &[u8]) -> Result<(), String> {
+    let r = engine::storage::format::parse_replay(body).map_err(|e| format!("{id}: replay does not parse: {e}"))?;
+    if r.trailer.is_none() {
+        return Err(format!("{id}: replay is not sealed (no trailer)"));
+    }
+    if (r.frames.len() as u64) < acked {
+        return Err(format!("{id}: replay has {} frames but {acked} were acknowledged", r.frames.len()));
+    }
+    let mut payload = Vec::new();
+    for (i, (hdr, range)) in r.frames.iter().enumerate() {
+        let seq = i as u64 + 1;
+        if hdr.seq != seq {
+            return Err(format!("{id}: record {i} has seq {} (expected {seq})", hdr.seq));
+        }
+        if seq > acked {
+            break;
+        }
+        let kind = gen.payload(h, seq, &mut payload);
+        if hdr.kind != kind || hdr.tick != seq - 1 {
+            return Err(format!("{id}: frame {seq}: kind {} tick {} (sent kind {kind} tick {})", hdr.kind, hdr.tick, seq - 1));
+        }
+        if body[range.clone()] != payload[..] {
+            return Err(format!("{id}: acknowledged frame {seq} (of {acked}) differs from what was sent ({} vs {} bytes)", range.len(), payload.len()));
+        }
+    }
+    Ok(())
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

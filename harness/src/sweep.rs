@@ -181,9 +181,22 @@ pub struct Ctx<'a> {
     pub topo: placement::Topo,
 }
 
-fn cell_engine_args(cell: &Cell) -> Result<Vec<String>, Outcome> {
+/// Knobs the harness sets itself for every recorder run.
+const HARNESS_OWNED: &[&str] = &["server.store", "server.ingest-addr", "server.http-addr"];
+
+/// The recorder's command-line arguments for a cell and the setup flags it requests,
+/// validated with the engine's own rules first (a refusal makes the cell `unsupported`).
+fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), Outcome> {
     let mut cfg = engine::config::Config::default();
+    let _ = cfg.set("server.store", "/nonexistent-store-checked-by-the-recorder");
+    let _ = cfg.set("server.ingest-addr", "127.0.0.1:0");
+    let _ = cfg.set("server.http-addr", "127.0.0.1:0");
     let mut args = Vec::new();
+    for k in cell.values.keys() {
+        if HARNESS_OWNED.contains(&k.as_str()) {
+            return Err(Outcome::bad("failed", format!("{k} is set by the harness for every run; remove it from the experiment")));
+        }
+    }
     for (k, v) in &cell.values {
         let ns = k.split('.').next().unwrap_or("");
         if ENGINE_SECTIONS.contains(&ns) {
@@ -196,8 +209,15 @@ fn cell_engine_args(cell: &Cell) -> Result<Vec<String>, Outcome> {
             args.push(v.clone());
         }
     }
-    cfg.validate().map_err(|e| Outcome::bad("unsupported", format!("refused by engine::config::validate: {e}")))?;
-    Ok(args)
+    cfg.validate()
+        .and_then(|_| engine::config::server::validate_serve(&cfg))
+        .map_err(|e| Outcome::bad("unsupported", format!("refused by the engine's configuration rules: {e}")))?;
+    let requested = if cfg.server.backend == engine::config::server::Backend::Uring {
+        engine::uring::flag_names(cfg.ring.setup_flags()).replace("none", "")
+    } else {
+        String::new()
+    };
+    Ok((args, requested))
 }
 
 /// Reads the recorder's log for a line saying the config is unsupported.
@@ -215,8 +235,20 @@ fn classify_exit(log: &str, status: &str) -> Outcome {
     }
 }
 
-/// `IORING_SETUP_*` names from a recorder log line mentioning `word` (requested / effective).
+/// Setup flags the recorder reports in its log. The uring backend prints, per worker,
+/// `ring flags EFFECTIVE (asked REQUESTED), ...`; other lines naming `requested` / `effective`
+/// with `IORING_SETUP_*` tokens are also understood. `word` is `requested` or `effective`.
 fn flags_from_log(log: &str, word: &str) -> String {
+    for l in log.lines() {
+        if let Some(rest) = l.split("ring flags ").nth(1) {
+            let (eff, req) = match rest.split_once(" (asked ") {
+                Some((e, r)) => (e.trim(), r.split(')').next().unwrap_or("").trim()),
+                None => (rest.split(',').next().unwrap_or("").trim(), ""),
+            };
+            let v = if word == "effective" { eff } else { req };
+            return if v == "none" { String::new() } else { v.to_string() };
+        }
+    }
     for l in log.lines() {
         let low = l.to_ascii_lowercase();
         if low.contains(word) && l.contains("IORING_SETUP_") {
@@ -427,7 +459,7 @@ fn run_clients(ccfg: &clients::ClientsConfig, progress: &Arc<AtomicU64>, ctx: &C
 
 /// Runs one recorder cell once.
 fn run_recorder(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64) -> Outcome {
-    let args = match cell_engine_args(cell) {
+    let (args, requested) = match cell_engine_args(cell) {
         Ok(a) => a,
         Err(o) => return o,
     };
@@ -459,7 +491,10 @@ fn run_recorder(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
             o.m.insert("ring_fdinfo", fdinfo);
             let stopped = rec.stop();
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            o.requested_flags = flags_from_log(&text, "requested");
+            // Requested: from the engine's knob table (the one place that maps knobs to flags);
+            // effective: only what the recorder itself reports in its log (never guessed).
+            let logged = flags_from_log(&text, "requested");
+            o.requested_flags = if logged.is_empty() { requested.clone() } else { logged };
             o.effective_flags = flags_from_log(&text, "effective");
             match (res, stopped) {
                 (Err(e), _) => {
@@ -1338,6 +1373,10 @@ mod tests {
         let log = "ring: requested IORING_SETUP_SQPOLL|IORING_SETUP_SQ_AFF\nring: effective flags IORING_SETUP_SQPOLL\n";
         assert_eq!(flags_from_log(log, "requested"), "IORING_SETUP_SQPOLL|IORING_SETUP_SQ_AFF");
         assert_eq!(flags_from_log(log, "effective"), "IORING_SETUP_SQPOLL");
+        let log = "uring worker 0: ring flags IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL (asked IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL), sq 256 cq 512\n";
+        assert_eq!(flags_from_log(log, "effective"), "IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL");
+        assert_eq!(flags_from_log(log, "requested"), "IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL");
+        assert_eq!(flags_from_log("uring worker 1: ring flags none (asked none), sq 256\n", "effective"), "");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! the durability policy (with group commit for fdatasync), preallocation, queue depth,
 //! block size and the size of the registered arena.
 
-use super::{choice_name, parse_bool, parse_bytes, parse_choice, parse_num, Config, ConfigError, Knob, Section};
+use super::{
+    choice_name, parse_bool, parse_bytes, parse_choice, parse_num, Config, ConfigError, Knob,
+    Section,
+};
 pub use crate::sys::fileops::{ReadOp, WriteOp};
 
 /// O_DIRECT policy (three states, as TigerBeetle's).
@@ -38,9 +41,17 @@ pub const WRITE_OPS: &[(&str, WriteOp)] = &[
     ("write-fixed", WriteOp::WriteFixed),
     ("writev-fixed", WriteOp::WritevFixed),
 ];
-pub const READ_OPS: &[(&str, ReadOp)] =
-    &[("read", ReadOp::Read), ("readv", ReadOp::Readv), ("read-fixed", ReadOp::ReadFixed), ("readv-fixed", ReadOp::ReadvFixed)];
-pub const DIRECTS: &[(&str, Direct)] = &[("required", Direct::Required), ("optional", Direct::Optional), ("off", Direct::Off)];
+pub const READ_OPS: &[(&str, ReadOp)] = &[
+    ("read", ReadOp::Read),
+    ("readv", ReadOp::Readv),
+    ("read-fixed", ReadOp::ReadFixed),
+    ("readv-fixed", ReadOp::ReadvFixed),
+];
+pub const DIRECTS: &[(&str, Direct)] = &[
+    ("required", Direct::Required),
+    ("optional", Direct::Optional),
+    ("off", Direct::Off),
+];
 pub const DURABILITIES: &[(&str, Durability)] = &[
     ("none", Durability::None),
     ("fdatasync", Durability::Fdatasync),
@@ -128,7 +139,7 @@ pub fn format_bytes(b: u64) -> String {
         return "0".into();
     }
     for (suffix, mult) in [("g", 1u64 << 30), ("m", 1 << 20), ("k", 1 << 10)] {
-        if b % mult == 0 {
+        if b.is_multiple_of(mult) {
             return format!("{}{suffix}", b / mult);
         }
     }
@@ -227,7 +238,9 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             "uncached (RWF_DONTCACHE) is a buffered-I/O mode and O_DIRECT bypasses the page cache already: set direct=off or uncached=false",
         ));
     }
-    if f.durability != Durability::Fdatasync && (f.sync_interval_ms != 0 || f.sync_interval_bytes != 0) {
+    if f.durability != Durability::Fdatasync
+        && (f.sync_interval_ms != 0 || f.sync_interval_bytes != 0)
+    {
         return Err(ConfigError::new(
             &["sync-interval-ms", "sync-interval-bytes", "durability"],
             format!(
@@ -245,16 +258,22 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if f.io_depth == 0 || f.io_depth > IO_DEPTH_MAX {
         return Err(ConfigError::new(
             &["io-depth"],
-            format!("io-depth={} is outside 1..={IO_DEPTH_MAX}: choose a depth in that range", f.io_depth),
+            format!(
+                "io-depth={} is outside 1..={IO_DEPTH_MAX}: choose a depth in that range",
+                f.io_depth
+            ),
         ));
     }
     if f.block_size == 0 || f.block_size > BLOCK_SIZE_MAX {
         return Err(ConfigError::new(
             &["block-size"],
-            format!("block-size={} is outside 1..=1g (a registered buffer is at most 1 GiB)", f.block_size),
+            format!(
+                "block-size={} is outside 1..=1g (a registered buffer is at most 1 GiB)",
+                f.block_size
+            ),
         ));
     }
-    if f.direct != Direct::Off && f.block_size % 512 != 0 {
+    if f.direct != Direct::Off && !f.block_size.is_multiple_of(512) {
         return Err(ConfigError::new(
             &["block-size", "direct"],
             format!(
@@ -265,7 +284,10 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     // Completions in flight (io-depth plus one fdatasync or fallocate) must fit the CQ,
     // or the kernel would overflow it on every burst.
-    let cq = cfg.ring.cq_entries.map_or(2 * cfg.ring.sq_entries as u64, |c| c as u64);
+    let cq = cfg
+        .ring
+        .cq_entries
+        .map_or(2 * cfg.ring.sq_entries as u64, |c| c as u64);
     if f.io_depth as u64 + 1 > cq {
         return Err(ConfigError::new(
             &["io-depth", "sq-entries", "cq-entries"],
@@ -317,14 +339,20 @@ mod tests {
     }
 
     fn refused(pairs: &[(&str, &str)]) -> String {
-        cfg(pairs).validate().expect_err("should be refused").message
+        cfg(pairs)
+            .validate()
+            .expect_err("should be refused")
+            .message
     }
 
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
         let d = FileConfig::default();
-        assert_eq!((d.write_op, d.read_op, d.direct, d.durability), (WriteOp::Write, ReadOp::Read, Direct::Off, Durability::None));
+        assert_eq!(
+            (d.write_op, d.read_op, d.direct, d.durability),
+            (WriteOp::Write, ReadOp::Read, Direct::Off, Durability::None)
+        );
         assert!(!d.register_buffers && !d.register_files);
     }
 
@@ -332,12 +360,20 @@ mod tests {
     fn fixed_ops_need_registered_buffers() {
         for op in ["write-fixed", "writev-fixed"] {
             let m = refused(&[("write-op", op)]);
-            assert!(m.contains(&format!("write-op={op}")) && m.contains("set register-buffers=true"), "{m}");
-            cfg(&[("write-op", op), ("register-buffers", "true")]).validate().unwrap();
+            assert!(
+                m.contains(&format!("write-op={op}")) && m.contains("set register-buffers=true"),
+                "{m}"
+            );
+            cfg(&[("write-op", op), ("register-buffers", "true")])
+                .validate()
+                .unwrap();
         }
         for op in ["read-fixed", "readv-fixed"] {
             let m = refused(&[("read-op", op)]);
-            assert!(m.contains(&format!("read-op={op}")) && m.contains("set register-buffers=true"), "{m}");
+            assert!(
+                m.contains(&format!("read-op={op}")) && m.contains("set register-buffers=true"),
+                "{m}"
+            );
         }
     }
 
@@ -353,10 +389,15 @@ mod tests {
     #[test]
     fn intervals_need_fdatasync() {
         let m = refused(&[("sync-interval-ms", "10")]);
-        assert!(m.contains("durability=none") && m.contains("set durability=fdatasync"), "{m}");
+        assert!(
+            m.contains("durability=none") && m.contains("set durability=fdatasync"),
+            "{m}"
+        );
         let m = refused(&[("durability", "odsync"), ("sync-interval-bytes", "1m")]);
         assert!(m.contains("durability=odsync"), "{m}");
-        cfg(&[("durability", "fdatasync"), ("sync-interval-bytes", "1m")]).validate().unwrap();
+        cfg(&[("durability", "fdatasync"), ("sync-interval-bytes", "1m")])
+            .validate()
+            .unwrap();
     }
 
     #[test]
@@ -371,25 +412,36 @@ mod tests {
         assert!(refused(&[("block-size", "2g")]).contains("block-size=2147483648 is outside"));
         let m = refused(&[("direct", "required"), ("block-size", "1000")]);
         assert!(m.contains("not a multiple of 512"), "{m}");
-        let m = refused(&[("io-depth", "8"), ("block-size", "1m"), ("arena-bytes", "4m")]);
+        let m = refused(&[
+            ("io-depth", "8"),
+            ("block-size", "1m"),
+            ("arena-bytes", "4m"),
+        ]);
         assert!(m.contains("set arena-bytes to at least 8m"), "{m}");
-        let m = refused(&[("register-buffers", "true"), ("block-size", "4k"), ("arena-bytes", "1g")]);
+        let m = refused(&[
+            ("register-buffers", "true"),
+            ("block-size", "4k"),
+            ("arena-bytes", "1g"),
+        ]);
         assert!(m.contains("registers at most 16384"), "{m}");
     }
 
     #[test]
     fn iopoll_rules() {
+        // This section's rules only ([net] refuses IOPOLL for serving on its own).
         let mut c = Config::default();
         c.set("ring.iopoll", "true").unwrap();
-        let m = c.validate().unwrap_err().message;
+        let m = validate(&c).unwrap_err().message;
         assert!(m.contains("set direct=required or iopoll=false"), "{m}");
         c.set("file.direct", "required").unwrap();
-        c.validate().unwrap();
+        validate(&c).unwrap();
         c.set("file.durability", "fdatasync").unwrap();
-        assert!(c.validate().unwrap_err().message.contains("cannot run fsync/fdatasync"));
+        let m = validate(&c).unwrap_err().message;
+        assert!(m.contains("cannot run fsync/fdatasync"), "{m}");
         c.set("file.durability", "none").unwrap();
         c.set("file.prealloc", "true").unwrap();
-        assert!(c.validate().unwrap_err().message.contains("cannot run fallocate"));
+        let m = validate(&c).unwrap_err().message;
+        assert!(m.contains("cannot run fallocate"), "{m}");
     }
 
     #[test]
@@ -398,7 +450,10 @@ mod tests {
         c.set("ring.sq-entries", "8").unwrap();
         c.set("file.io-depth", "32").unwrap();
         let m = c.validate().unwrap_err().message;
-        assert!(m.contains("io-depth=32 needs a completion queue of at least 33 entries but it has 16"), "{m}");
+        assert!(
+            m.contains("io-depth=32 needs a completion queue of at least 33 entries but it has 16"),
+            "{m}"
+        );
         c.set("ring.cq-entries", "64").unwrap();
         c.validate().unwrap();
     }
@@ -407,7 +462,10 @@ mod tests {
     fn bad_values_are_named() {
         let mut c = Config::default();
         let e = c.set("file.write-op", "pwrite").unwrap_err();
-        assert!(e.message.contains("write-op") && e.message.contains("write-fixed"), "{e}");
+        assert!(
+            e.message.contains("write-op") && e.message.contains("write-fixed"),
+            "{e}"
+        );
         let e = c.set("file.direct", "maybe").unwrap_err();
         assert!(e.message.contains("required, optional, off"), "{e}");
     }

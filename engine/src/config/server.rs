@@ -97,7 +97,7 @@ const KNOBS: &[Knob] = &[
     k("backend", "uring|blocking", "uring", "uring: thread-per-core io_uring workers; blocking: a thread per connection with std::fs/std::net (the baseline)."),
     k("workers", "u32", "0", "io_uring worker threads (0 = one per CPU). The blocking backend ignores it."),
     k("ack-mode", "durable|received", "durable", "durable: an ACK for N means frames 1..=N are durable per the file durability policy; received: ACK on receipt (experiments only, announced in WELCOME)."),
-    k("ack-interval-ms", "u64", "20", "Group commit: received frames wait at most this long before they are written, synced and acknowledged together (0 = after every batch of input)."),
+    k("ack-interval-ms", "u64", "20", "Group commit per match: at most one write (+ fdatasync per the durability policy) and one cumulative ACK per interval; frames arriving after a quiet period are written at once (0 = after every batch of input)."),
     k("append-buffer-bytes", "bytes", "1048576", "Per-match staging buffer: a write is issued at the latest when this much is pending (whole aligned blocks with O_DIRECT)."),
     k("max-frame-bytes", "bytes", "1048576", "Largest frame payload a DS may send (FRAME_TOO_LARGE above; messages above it + 64 are refused before their body is read)."),
     k("max-matches", "u64", "10000", "Matches in progress at once; a new match over it gets TOO_MANY_MATCHES."),
@@ -248,11 +248,14 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
         ));
     }
     if s.backend == Backend::Blocking
-        && (f.write_op.is_fixed() || f.read_op.is_fixed() || f.register_buffers || f.register_files)
+        && (f.write_op.is_fixed()
+            || f.read_op != crate::config::file::ReadOp::Read
+            || f.register_buffers
+            || f.register_files)
     {
         return Err(ConfigError::new(
             &["backend", "write-op", "read-op", "register-buffers", "register-files"],
-            "registered buffers/files and the *-fixed opcodes are io_uring options: with backend=blocking use write-op=write, read-op=read, register-buffers=false, register-files=false (or backend=uring)",
+            "registered buffers/files and the *-fixed opcodes are io_uring options, and the blocking backend sends replay bytes with sendfile (no read opcode): with backend=blocking use write-op=write or writev (pwritev2), read-op=read, register-buffers=false, register-files=false (or backend=uring)",
         ));
     }
     Ok(())

@@ -24,8 +24,43 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const STACK: usize = 256 << 10;
-/// How often a waiting connection thread looks at the shutdown flag.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// Longest a connection thread blocks in read before it looks at the shutdown flag again.
+/// Shutdown normally wakes every reader at once (`Conns::wake_all`); this bounds a race
+/// with a connection accepted during shutdown.
+const SHUTDOWN_POLL: Duration = Duration::from_secs(1);
+
+/// Open connections, so shutdown can wake every blocked reader (shutdown(SHUT_RD) makes its
+/// read return 0) instead of each thread polling a flag.
+#[derive(Default)]
+struct Conns {
+    next: std::sync::atomic::AtomicU64,
+    map: std::sync::Mutex<std::collections::HashMap<u64, TcpStream>>,
+}
+
+impl Conns {
+    fn add(&self, s: &TcpStream) -> Option<u64> {
+        let c = s.try_clone().ok()?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, c);
+        Some(id)
+    }
+    fn remove(&self, id: Option<u64>) {
+        if let Some(id) = id {
+            self.map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+    }
+    fn wake_all(&self) {
+        for s in self.map.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            let _ = s.shutdown(Shutdown::Read);
+        }
+    }
+}
 
 /// Runs until `ctx.shutdown` is set, then stops accepting, lets every DS connection flush,
 /// ack and close (SHUTTING_DOWN), and returns.
@@ -39,6 +74,7 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
         shutdown,
     } = ctx;
     let active = Arc::new(AtomicUsize::new(0));
+    let conns = Arc::new(Conns::default());
     let ingest_addr = ingest
         .local_addr()
         .map_err(|e| ServerError(e.to_string()))?;
@@ -53,13 +89,17 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
             active.clone(),
         );
         let shutdown = shutdown.clone();
+        let conns = conns.clone();
         spawn("ds-accept", move || {
             accept_loop(ingest, &stop, |s| {
                 let (reg, sess, active, shutdown) =
                     (reg.clone(), sess.clone(), active.clone(), shutdown.clone());
+                let conns = conns.clone();
                 active.fetch_add(1, Ordering::AcqRel);
                 let r = spawn("ds-conn", move || {
+                    let id = conns.add(&s);
                     ds_connection(s, reg, sess, &shutdown);
+                    conns.remove(id);
                     active.fetch_sub(1, Ordering::AcqRel);
                 });
                 if r.is_err() {
@@ -74,12 +114,16 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
         let shutdown = shutdown.clone();
         let max = cfg.server.http_max_request_bytes as usize;
         let timeout = Duration::from_millis(cfg.server.http_timeout_ms);
+        let conns = conns.clone();
         spawn("http-accept", move || {
             accept_loop(http, &stop, |s| {
                 let (reg, active, shutdown) = (reg.clone(), active.clone(), shutdown.clone());
+                let conns = conns.clone();
                 active.fetch_add(1, Ordering::AcqRel);
                 let r = spawn("http-conn", move || {
+                    let id = conns.add(&s);
                     http_connection(s, reg, max, timeout, &shutdown);
+                    conns.remove(id);
                     active.fetch_sub(1, Ordering::AcqRel);
                 });
                 if r.is_err() {
@@ -96,6 +140,7 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
     eprintln!("recorder serve: shutting down: no new connections, flushing and acknowledging what was received");
     registry.begin_shutdown();
     stop_accept.store(true, Ordering::Release);
+    conns.wake_all();
     // wake the blocked accept calls
     let _ = TcpStream::connect_timeout(&ingest_addr, Duration::from_secs(1));
     let _ = TcpStream::connect_timeout(&http_addr, Duration::from_secs(1));
@@ -146,7 +191,7 @@ pub fn exec_io(
     sess: &mut IngestSession,
     file: &mut Option<OwnedFd>,
     reg: &Registry,
-    rw_flags: i32,
+    opts: &storage::StoreOptions,
 ) {
     let id = sess.match_id().to_string();
     match io {
@@ -164,7 +209,7 @@ pub fn exec_io(
         },
         Io::Write(req) => {
             let r = match file {
-                Some(f) => storage::io::write_req(f, &req, rw_flags),
+                Some(f) => storage::io::write_req(f, &req, opts.rw_flags(), opts.vectored),
                 None => Err(io::Error::other("match file is not open")),
             };
             sess.write_done(req, r);
@@ -212,17 +257,16 @@ fn ds_connection(
     };
     let _ = s.set_nodelay(true);
     let _ = s.set_write_timeout(Some(cfg.idle_timeout));
-    let rw_flags_ = cfg.store.rw_flags();
+    let store = cfg.store.clone();
     let mut sess = IngestSession::new(cfg, reg.clone(), Instant::now());
     let mut file: Option<OwnedFd> = None;
-    let rw_flags = rw_flags_;
     let mut buf = vec![0u8; 256 << 10];
     let mut timeout_set = Duration::ZERO;
     let mut shutdown_seen = false;
     loop {
         let now = Instant::now();
         while let Some(io) = sess.next_io(now) {
-            exec_io(io, &mut sess, &mut file, &reg, rw_flags);
+            exec_io(io, &mut sess, &mut file, &reg, &store);
         }
         if sess.has_output() {
             let out = sess.take_output();
@@ -250,11 +294,14 @@ fn ds_connection(
             t = t.min(d.saturating_duration_since(now));
         }
         let t = t.max(Duration::from_millis(1));
-        if t != timeout_set {
+        // a shorter timeout must be set; a longer one only saves wakeups (setsockopt each
+        // time would cost a syscall per read)
+        if t < timeout_set || t > timeout_set * 2 {
             let _ = s.set_read_timeout(Some(t));
             timeout_set = t;
         }
         match s.read(&mut buf) {
+            Ok(0) if shutdown.load(Ordering::Acquire) => {} // woken by shutdown: next loop
             Ok(0) => sess.peer_closed(),
             Ok(n) => sess.feed(&buf[..n], Instant::now()),
             Err(e)
@@ -308,6 +355,7 @@ fn http_connection(
     let mut buf: Vec<u8> = Vec::with_capacity(max_head.min(16384));
     let mut chunk = vec![0u8; 16384];
     let mut request_started: Option<Instant> = None;
+    let mut read_timeout_set = Duration::ZERO;
     let mut idle_since = Instant::now();
     loop {
         match http::parse_request(&buf, max_head) {
@@ -360,7 +408,11 @@ fn http_connection(
             }
             break;
         }
-        let _ = s.set_read_timeout(Some(left.min(SHUTDOWN_POLL).max(Duration::from_millis(1))));
+        let t = left.min(SHUTDOWN_POLL).max(Duration::from_millis(1));
+        if t < read_timeout_set || t > read_timeout_set * 2 {
+            let _ = s.set_read_timeout(Some(t));
+            read_timeout_set = t;
+        }
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {

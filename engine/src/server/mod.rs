@@ -80,6 +80,7 @@ pub fn store_options(cfg: &Config) -> StoreOptions {
             (true, n) => n,
         },
         uncached: f.uncached,
+        vectored: f.write_op.is_vectored(),
     }
 }
 
@@ -314,7 +315,7 @@ fn unused(cfg: &Config) -> Vec<String> {
         v.push("ring: every [ring] option (backend=blocking has no ring)".to_string());
         v.push("net: every [net] option (backend=blocking uses std::net)".to_string());
     }
-    v.push("file.io-depth, file.block-size, file.read-op: io-bench job options; the recorder writes append-buffer-bytes-sized aligned chunks, one in flight per match".to_string());
+    v.push("file.io-depth, file.block-size, file.arena-bytes: io-bench job options; the recorder stages up to append-buffer-bytes per match and keeps one write in flight per match".to_string());
     v
 }
 

@@ -136,7 +136,10 @@ impl MatchShared {
                 .0;
         }
     }
+    /// Call without holding the state lock. The version changes under the lock so a
+    /// waiter between its check and its wait cannot miss the notification.
     fn bump(&self) {
+        let _st = self.lock();
         self.version.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_all();
     }

@@ -110,6 +110,8 @@ pub struct IngestSession {
     acked: u64,
     reack: bool,
     first_pending: Option<Instant>,
+    /// When the last write was issued: the ack interval spaces writes (group commit).
+    last_write: Option<Instant>,
     last_rx: Instant,
     closing_error: Option<(ErrorCode, String)>,
     error_sent: Option<ErrorCode>,
@@ -136,6 +138,7 @@ impl IngestSession {
             acked: 0,
             reack: false,
             first_pending: None,
+            last_write: None,
             last_rx: now,
             closing_error: None,
             error_sent: None,
@@ -179,13 +182,23 @@ impl IngestSession {
         if matches!(self.state, State::AwaitHello | State::Streaming) {
             d = Some(self.last_rx + self.cfg.idle_timeout);
         }
-        if let Some(p) = self.first_pending {
+        if let Some(t) = self.write_due_at() {
             if !self.io_in_flight {
-                let t = p + self.cfg.ack_interval;
                 d = Some(d.map_or(t, |x: Instant| x.min(t)));
             }
         }
         d
+    }
+
+    /// Group commit: pending frames are written at once after a quiet period, otherwise one
+    /// `ack-interval` after the previous write, so a busy match gets at most one write (and
+    /// sync, and ACK) per interval while a quiet one is not delayed.
+    fn write_due_at(&self) -> Option<Instant> {
+        let p = self.first_pending?;
+        Some(match self.last_write {
+            Some(w) => p.max(w + self.cfg.ack_interval),
+            None => p,
+        })
     }
 
     /// Idle timeout check; afterwards ask `next_io` (an ack may be due).
@@ -522,17 +535,14 @@ impl IngestSession {
             return None;
         }
         let flushing = matches!(self.state, State::Sealing | State::Closing);
+        let write_due = self.write_due_at().is_some_and(|t| now >= t);
         let file = self.file.as_mut()?;
         if file.has_unwritten() {
-            let due = flushing
-                || file.stage_full()
-                || self.cfg.ack_interval.is_zero()
-                || self
-                    .first_pending
-                    .is_some_and(|p| now >= p + self.cfg.ack_interval);
+            let due = flushing || file.stage_full() || self.cfg.ack_interval.is_zero() || write_due;
             if due {
                 let req = file.take_write()?;
                 self.first_pending = None;
+                self.last_write = Some(now);
                 self.io_in_flight = true;
                 return Some(Io::Write(req));
             }
@@ -654,7 +664,7 @@ impl IngestSession {
             Ok(()) => {
                 Metrics::add(&self.registry.metrics.writes, 1);
                 Metrics::add(&self.registry.metrics.write_bytes, req.bytes().len() as u64);
-                f.write_done(&req);
+                f.write_done(req);
                 self.after_progress();
             }
         }

@@ -58,12 +58,18 @@ pub fn open_for_append(path: &Path, create: bool, opts: &StoreOptions) -> io::Re
     Ok(fd)
 }
 
-/// Executes one write request: pwrite, or pwritev2 with the options' RWF_* flags.
-pub fn write_req(fd: &OwnedFd, req: &super::WriteReq, rw_flags: i32) -> io::Result<()> {
+/// Executes one write request: pwrite, or pwritev2 with the options' RWF_* flags. Pass
+/// `StoreOptions::rw_flags()`; `vectored` (write-op=writev) always uses pwritev2.
+pub fn write_req(
+    fd: &OwnedFd,
+    req: &super::WriteReq,
+    rw_flags: i32,
+    vectored: bool,
+) -> io::Result<()> {
     let mut b = req.bytes();
     let mut off = req.offset;
     while !b.is_empty() {
-        let n = if rw_flags != 0 {
+        let n = if rw_flags != 0 || vectored {
             sysfs::pwritev2(fd, &[b], off, rw_flags)
         } else {
             sysfs::pwrite(fd, b, off)

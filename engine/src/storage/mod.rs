@@ -75,6 +75,8 @@ pub struct StoreOptions {
     pub prealloc_bytes: u64,
     /// RWF_DONTCACHE on every write (uncached buffered I/O, Linux 6.14+).
     pub uncached: bool,
+    /// Vectored writes (`file.write-op = writev`): pwritev2 in the blocking backend.
+    pub vectored: bool,
 }
 
 impl StoreOptions {
@@ -100,6 +102,7 @@ impl Default for StoreOptions {
             stage_bytes: 1 << 20,
             prealloc_bytes: 0,
             uncached: false,
+            vectored: false,
         }
     }
 }
@@ -168,7 +171,14 @@ impl AlignedBuf {
     }
     /// Pads with zeros up to `len`.
     pub fn pad_to(&mut self, len: usize) {
-        if len > self.len {
+        if len <= self.len {
+            return;
+        }
+        if len <= self.capacity() {
+            let (a, b) = (self.start + self.len, self.start + len);
+            self.raw[a..b].fill(0);
+            self.len = len;
+        } else {
             let z = vec![0u8; len - self.len];
             self.extend(&z);
         }
@@ -225,6 +235,8 @@ pub struct MatchFile {
     index: Vec<IndexEntry>,
     sealed_len: Option<u64>,
     scratch: Vec<u8>,
+    /// Buffers of completed writes, reused by `take_write`.
+    spare: Vec<AlignedBuf>,
 }
 
 impl MatchFile {
@@ -232,10 +244,11 @@ impl MatchFile {
     pub fn create(match_id: &str, created_unix_us: u64, opts: StoreOptions) -> MatchFile {
         let mut scratch = Vec::with_capacity(HEADER_BYTES_USIZE);
         format::encode_header(&mut scratch, match_id, created_unix_us);
-        let mut stage = AlignedBuf::with_capacity(
-            opts.stage_bytes.max(HEADER_BYTES_USIZE) + opts.align,
-            opts.align,
+        let cap = opts.stage_bytes.clamp(
+            HEADER_BYTES_USIZE,
+            INITIAL_STAGE_BYTES.max(HEADER_BYTES_USIZE),
         );
+        let mut stage = AlignedBuf::with_capacity(cap + opts.align, opts.align);
         stage.extend(&scratch);
         MatchFile {
             match_id: match_id.to_string(),
@@ -254,6 +267,7 @@ impl MatchFile {
             index: Vec::new(),
             sealed_len: None,
             scratch,
+            spare: Vec::new(),
             opts,
         }
     }
@@ -278,7 +292,10 @@ impl MatchFile {
             scan.valid_end.max(base),
             "tail must end at valid_end"
         );
-        let mut stage = AlignedBuf::with_capacity(opts.stage_bytes + opts.align, opts.align);
+        let mut stage = AlignedBuf::with_capacity(
+            opts.stage_bytes.min(INITIAL_STAGE_BYTES) + opts.align,
+            opts.align,
+        );
         if opts.direct {
             stage.extend(tail);
         }
@@ -305,6 +322,7 @@ impl MatchFile {
             index: scan.index.clone(),
             sealed_len: None,
             scratch: Vec::new(),
+            spare: Vec::new(),
             opts,
         }
     }
@@ -443,8 +461,11 @@ impl MatchFile {
         }
         let end = self.data_end;
         let a = self.opts.align as u64;
-        let mut fresh =
-            AlignedBuf::with_capacity(self.opts.stage_bytes + self.opts.align, self.opts.align);
+        let mut fresh = self.spare.pop().unwrap_or_else(|| {
+            let cap = self.opts.stage_bytes.min(INITIAL_STAGE_BYTES) + self.opts.align;
+            AlignedBuf::with_capacity(cap, self.opts.align)
+        });
+        fresh.clear();
         let mut buf = std::mem::replace(&mut self.stage, AlignedBuf::with_capacity(0, 1));
         let offset = self.stage_base;
         if self.opts.direct {
@@ -471,9 +492,13 @@ impl MatchFile {
         })
     }
 
-    /// Records a completed write (the whole `req.bytes()` at `req.offset`).
-    pub fn write_done(&mut self, req: &WriteReq) {
+    /// Records a completed write (the whole `req.bytes()` at `req.offset`) and takes its
+    /// buffer back for reuse.
+    pub fn write_done(&mut self, req: WriteReq) {
         assert!(self.in_flight, "write_done without a write in flight");
+        if self.spare.len() < 2 {
+            self.spare.push(req.buf);
+        }
         self.in_flight = false;
         self.written_end = req.end;
         self.written_seq = req.last_seq;
@@ -508,6 +533,9 @@ impl MatchFile {
 }
 
 const HEADER_BYTES_USIZE: usize = format::HEADER_BYTES;
+/// Staging buffers start this small and grow (by doubling) up to what a write interval
+/// needs, so ten thousand quiet matches do not each hold `stage_bytes`.
+const INITIAL_STAGE_BYTES: usize = 64 << 10;
 
 pub fn align_down(v: u64, a: u64) -> u64 {
     v - v % a

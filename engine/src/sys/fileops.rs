@@ -26,6 +26,7 @@ use io_uring::{opcode, squeue, types};
 use super::mem::{Arena, Slot};
 
 /// What `FileOps` needs from a ring.
+#[allow(clippy::result_unit_err)]
 pub trait RingOps {
     /// Queues one SQE; `Err(())` when the SQ is full.
     ///
@@ -64,7 +65,11 @@ impl CrateRing {
     /// A plain ring with `entries` SQ entries (flags given by the builder).
     pub fn new(entries: u32, builder: &io_uring::Builder) -> io::Result<CrateRing> {
         let ring = builder.build(entries)?;
-        Ok(CrateRing { ring, enters: 0, flags: 0 })
+        Ok(CrateRing {
+            ring,
+            enters: 0,
+            flags: 0,
+        })
     }
     /// Records the setup flags the ring was built with (the crate does not expose them).
     pub fn with_flags(mut self, flags: u32) -> Self {
@@ -87,7 +92,10 @@ impl RingOps for CrateRing {
         self.ring.submit_and_wait(want)
     }
     fn pop(&mut self) -> Option<(u64, i32, u32)> {
-        self.ring.completion().next().map(|c| (c.user_data(), c.result(), c.flags()))
+        self.ring
+            .completion()
+            .next()
+            .map(|c| (c.user_data(), c.result(), c.flags()))
     }
     unsafe fn register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
         // SAFETY: forwarded contract: the memory outlives the registration.
@@ -201,7 +209,12 @@ pub enum ReadOp {
 }
 
 impl WriteOp {
-    pub const ALL: [WriteOp; 4] = [WriteOp::Write, WriteOp::Writev, WriteOp::WriteFixed, WriteOp::WritevFixed];
+    pub const ALL: [WriteOp; 4] = [
+        WriteOp::Write,
+        WriteOp::Writev,
+        WriteOp::WriteFixed,
+        WriteOp::WritevFixed,
+    ];
     pub fn is_fixed(self) -> bool {
         matches!(self, WriteOp::WriteFixed | WriteOp::WritevFixed)
     }
@@ -219,7 +232,12 @@ impl WriteOp {
 }
 
 impl ReadOp {
-    pub const ALL: [ReadOp; 4] = [ReadOp::Read, ReadOp::Readv, ReadOp::ReadFixed, ReadOp::ReadvFixed];
+    pub const ALL: [ReadOp; 4] = [
+        ReadOp::Read,
+        ReadOp::Readv,
+        ReadOp::ReadFixed,
+        ReadOp::ReadvFixed,
+    ];
     pub fn is_fixed(self) -> bool {
         matches!(self, ReadOp::ReadFixed | ReadOp::ReadvFixed)
     }
@@ -265,7 +283,11 @@ pub enum OpError {
     /// More operations than the in-flight table holds.
     TooManyInFlight(usize, Option<Slot>),
     /// Length larger than the slot.
-    BadLength { len: usize, capacity: usize, slot: Option<Slot> },
+    BadLength {
+        len: usize,
+        capacity: usize,
+        slot: Option<Slot>,
+    },
     /// io_uring_enter failed while making room in the SQ.
     Submit(io::Error, Option<Slot>),
 }
@@ -334,7 +356,14 @@ impl<R: RingOps> FileOps<R> {
         FileOps {
             ring,
             table: (0..n).map(|_| None).collect(),
-            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n].into_boxed_slice(),
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                n
+            ]
+            .into_boxed_slice(),
             free: (0..n as u32).rev().collect(),
             registered_arena: None,
             registered_files: 0,
@@ -391,7 +420,9 @@ impl<R: RingOps> FileOps<R> {
     }
 
     fn take_index(&mut self, slot: &mut Option<Slot>) -> Result<u32, OpError> {
-        self.free.pop().ok_or_else(|| OpError::TooManyInFlight(self.table.len(), slot.take()))
+        self.free
+            .pop()
+            .ok_or_else(|| OpError::TooManyInFlight(self.table.len(), slot.take()))
     }
 
     fn push(&mut self, idx: u32, sqe: squeue::Entry, flight: InFlight) -> Result<(), OpError> {
@@ -426,6 +457,7 @@ impl<R: RingOps> FileOps<R> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// Queues a write of `slot[..len]` at `offset` with `op`'s opcode and `rw_flags`
     /// (`RWF_DSYNC`, `RWF_DONTCACHE`). The slot comes back in the completion.
     pub fn write(
@@ -442,26 +474,45 @@ impl<R: RingOps> FileOps<R> {
         let mut s = Some(slot);
         let cap = s.as_ref().map_or(0, |s| s.capacity());
         if len > cap {
-            return Err(OpError::BadLength { len, capacity: cap, slot: s.take() });
+            return Err(OpError::BadLength {
+                len,
+                capacity: cap,
+                slot: s.take(),
+            });
         }
         self.check_target(t, &mut s)?;
-        let buf_index = if op.is_fixed() { self.check_fixed(&mut s)? } else { 0 };
+        let buf_index = if op.is_fixed() {
+            self.check_fixed(&mut s)?
+        } else {
+            0
+        };
         let idx = self.take_index(&mut s)?;
         let ptr = s.as_ref().expect("slot present").as_ptr();
-        self.iovs[idx as usize] = libc::iovec { iov_base: ptr.cast(), iov_len: len };
+        self.iovs[idx as usize] = libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: len,
+        };
         let iov: *const libc::iovec = &self.iovs[idx as usize];
         let l = len as u32;
         macro_rules! build {
             ($f:expr) => {
                 match op {
-                    WriteOp::Write => opcode::Write::new($f, ptr, l).offset(offset).rw_flags(rw_flags).build(),
-                    WriteOp::Writev => opcode::Writev::new($f, iov, 1).offset(offset).rw_flags(rw_flags).build(),
-                    WriteOp::WriteFixed => {
-                        opcode::WriteFixed::new($f, ptr, l, buf_index).offset(offset).rw_flags(rw_flags).build()
-                    }
-                    WriteOp::WritevFixed => {
-                        opcode::WritevFixed::new($f, iov, 1, buf_index).offset(offset).rw_flags(rw_flags).build()
-                    }
+                    WriteOp::Write => opcode::Write::new($f, ptr, l)
+                        .offset(offset)
+                        .rw_flags(rw_flags)
+                        .build(),
+                    WriteOp::Writev => opcode::Writev::new($f, iov, 1)
+                        .offset(offset)
+                        .rw_flags(rw_flags)
+                        .build(),
+                    WriteOp::WriteFixed => opcode::WriteFixed::new($f, ptr, l, buf_index)
+                        .offset(offset)
+                        .rw_flags(rw_flags)
+                        .build(),
+                    WriteOp::WritevFixed => opcode::WritevFixed::new($f, iov, 1, buf_index)
+                        .offset(offset)
+                        .rw_flags(rw_flags)
+                        .build(),
                 }
             };
         }
@@ -469,9 +520,18 @@ impl<R: RingOps> FileOps<R> {
             Target::Fd(fd) => build!(types::Fd(fd)),
             Target::Fixed(i) => build!(types::Fixed(i)),
         };
-        self.push(idx, sqe, InFlight { tag, kind: OpKind::Write(op), buf: s })
+        self.push(
+            idx,
+            sqe,
+            InFlight {
+                tag,
+                kind: OpKind::Write(op),
+                buf: s,
+            },
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// Queues a read of `len` bytes at `offset` into `slot` with `op`'s opcode.
     pub fn read(
         &mut self,
@@ -487,26 +547,45 @@ impl<R: RingOps> FileOps<R> {
         let mut s = Some(slot);
         let cap = s.as_ref().map_or(0, |s| s.capacity());
         if len > cap {
-            return Err(OpError::BadLength { len, capacity: cap, slot: s.take() });
+            return Err(OpError::BadLength {
+                len,
+                capacity: cap,
+                slot: s.take(),
+            });
         }
         self.check_target(t, &mut s)?;
-        let buf_index = if op.is_fixed() { self.check_fixed(&mut s)? } else { 0 };
+        let buf_index = if op.is_fixed() {
+            self.check_fixed(&mut s)?
+        } else {
+            0
+        };
         let idx = self.take_index(&mut s)?;
         let ptr = s.as_ref().expect("slot present").as_ptr();
-        self.iovs[idx as usize] = libc::iovec { iov_base: ptr.cast(), iov_len: len };
+        self.iovs[idx as usize] = libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: len,
+        };
         let iov: *const libc::iovec = &self.iovs[idx as usize];
         let l = len as u32;
         macro_rules! build {
             ($f:expr) => {
                 match op {
-                    ReadOp::Read => opcode::Read::new($f, ptr, l).offset(offset).rw_flags(rw_flags).build(),
-                    ReadOp::Readv => opcode::Readv::new($f, iov, 1).offset(offset).rw_flags(rw_flags).build(),
-                    ReadOp::ReadFixed => {
-                        opcode::ReadFixed::new($f, ptr, l, buf_index).offset(offset).rw_flags(rw_flags).build()
-                    }
-                    ReadOp::ReadvFixed => {
-                        opcode::ReadvFixed::new($f, iov, 1, buf_index).offset(offset).rw_flags(rw_flags).build()
-                    }
+                    ReadOp::Read => opcode::Read::new($f, ptr, l)
+                        .offset(offset)
+                        .rw_flags(rw_flags)
+                        .build(),
+                    ReadOp::Readv => opcode::Readv::new($f, iov, 1)
+                        .offset(offset)
+                        .rw_flags(rw_flags)
+                        .build(),
+                    ReadOp::ReadFixed => opcode::ReadFixed::new($f, ptr, l, buf_index)
+                        .offset(offset)
+                        .rw_flags(rw_flags)
+                        .build(),
+                    ReadOp::ReadvFixed => opcode::ReadvFixed::new($f, iov, 1, buf_index)
+                        .offset(offset)
+                        .rw_flags(rw_flags)
+                        .build(),
                 }
             };
         }
@@ -514,34 +593,80 @@ impl<R: RingOps> FileOps<R> {
             Target::Fd(fd) => build!(types::Fd(fd)),
             Target::Fixed(i) => build!(types::Fixed(i)),
         };
-        self.push(idx, sqe, InFlight { tag, kind: OpKind::Read(op), buf: s })
+        self.push(
+            idx,
+            sqe,
+            InFlight {
+                tag,
+                kind: OpKind::Read(op),
+                buf: s,
+            },
+        )
     }
 
     /// Queues fsync (`datasync` = fdatasync semantics) of the whole file.
-    pub fn fsync(&mut self, file: impl FileTarget, datasync: bool, tag: u64) -> Result<(), OpError> {
+    pub fn fsync(
+        &mut self,
+        file: impl FileTarget,
+        datasync: bool,
+        tag: u64,
+    ) -> Result<(), OpError> {
         let t = file.target();
         let mut none = None;
         self.check_target(t, &mut none)?;
         let idx = self.take_index(&mut none)?;
-        let flags = if datasync { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
+        let flags = if datasync {
+            types::FsyncFlags::DATASYNC
+        } else {
+            types::FsyncFlags::empty()
+        };
         let sqe = match t.0 {
             Target::Fd(fd) => opcode::Fsync::new(types::Fd(fd)).flags(flags).build(),
             Target::Fixed(i) => opcode::Fsync::new(types::Fixed(i)).flags(flags).build(),
         };
-        self.push(idx, sqe, InFlight { tag, kind: OpKind::Fsync { datasync }, buf: None })
+        self.push(
+            idx,
+            sqe,
+            InFlight {
+                tag,
+                kind: OpKind::Fsync { datasync },
+                buf: None,
+            },
+        )
     }
 
     /// Queues fallocate(mode, offset, len).
-    pub fn fallocate(&mut self, file: impl FileTarget, mode: i32, offset: u64, len: u64, tag: u64) -> Result<(), OpError> {
+    pub fn fallocate(
+        &mut self,
+        file: impl FileTarget,
+        mode: i32,
+        offset: u64,
+        len: u64,
+        tag: u64,
+    ) -> Result<(), OpError> {
         let t = file.target();
         let mut none = None;
         self.check_target(t, &mut none)?;
         let idx = self.take_index(&mut none)?;
         let sqe = match t.0 {
-            Target::Fd(fd) => opcode::Fallocate::new(types::Fd(fd), len).offset(offset).mode(mode).build(),
-            Target::Fixed(i) => opcode::Fallocate::new(types::Fixed(i), len).offset(offset).mode(mode).build(),
+            Target::Fd(fd) => opcode::Fallocate::new(types::Fd(fd), len)
+                .offset(offset)
+                .mode(mode)
+                .build(),
+            Target::Fixed(i) => opcode::Fallocate::new(types::Fixed(i), len)
+                .offset(offset)
+                .mode(mode)
+                .build(),
         };
-        self.push(idx, sqe, InFlight { tag, kind: OpKind::Fallocate, buf: None })
+        self.push(
+            idx,
+            sqe,
+            InFlight {
+                tag,
+                kind: OpKind::Fallocate,
+                buf: None,
+            },
+        )
     }
 
     /// Submits what is queued. EINTR counts as nothing submitted.
@@ -564,7 +689,14 @@ impl<R: RingOps> FileOps<R> {
                 self.queued = 0;
                 Ok(n)
             }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => Ok(0),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
+                Ok(0)
+            }
             Err(e) => Err(e),
         }
     }
@@ -577,10 +709,21 @@ impl<R: RingOps> FileOps<R> {
             .table
             .get_mut(idx)
             .and_then(Option::take)
-            .unwrap_or_else(|| panic!("completion with user_data {ud} matches no in-flight operation"));
+            .unwrap_or_else(|| {
+                panic!("completion with user_data {ud} matches no in-flight operation")
+            });
         self.free.push(idx as u32);
-        let result = if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res as u32) };
-        Some(Completion { tag: f.tag, kind: f.kind, result, buf: f.buf })
+        let result = if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(res as u32)
+        };
+        Some(Completion {
+            tag: f.tag,
+            kind: f.kind,
+            result,
+            buf: f.buf,
+        })
     }
 
     /// Waits until every in-flight operation has completed; returns their completions.
@@ -608,12 +751,10 @@ impl<R: RingOps> Drop for FileOps<R> {
         // Buffers of in-flight operations must not be freed while the kernel may use
         // them: wait for every completion (errors here leave the slots leaked in the
         // table rather than freed under the kernel).
-        if self.in_flight() > 0 {
-            if self.drain().is_err() {
-                for e in self.table.iter_mut() {
-                    if let Some(f) = e.take() {
-                        std::mem::forget(f.buf);
-                    }
+        if self.in_flight() > 0 && self.drain().is_err() {
+            for e in self.table.iter_mut() {
+                if let Some(f) = e.take() {
+                    std::mem::forget(f.buf);
                 }
             }
         }

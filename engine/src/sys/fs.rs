@@ -28,8 +28,12 @@ pub struct OpenFlags {
 }
 
 fn cpath(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("path {} contains a NUL byte", path.display())))
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("path {} contains a NUL byte", path.display()),
+        )
+    })
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -127,15 +131,26 @@ pub fn dio_align(fd: &OwnedFd) -> io::Result<DioAlign> {
         });
     }
     if let Some(lbs) = logical_block_size(st.stx_dev_major, st.stx_dev_minor) {
-        return Ok(DioAlign { mem_align: lbs, offset_align: lbs, source: AlignSource::LogicalBlockSize });
+        return Ok(DioAlign {
+            mem_align: lbs,
+            offset_align: lbs,
+            source: AlignSource::LogicalBlockSize,
+        });
     }
-    Ok(DioAlign { mem_align: 4096, offset_align: 4096, source: AlignSource::Assumed })
+    Ok(DioAlign {
+        mem_align: 4096,
+        offset_align: 4096,
+        source: AlignSource::Assumed,
+    })
 }
 
 /// Logical block size of block device major:minor (a partition looks at its parent).
 pub fn logical_block_size(major: u32, minor: u32) -> Option<u32> {
     let base = format!("/sys/dev/block/{major}:{minor}");
-    for p in [format!("{base}/queue/logical_block_size"), format!("{base}/../queue/logical_block_size")] {
+    for p in [
+        format!("{base}/queue/logical_block_size"),
+        format!("{base}/../queue/logical_block_size"),
+    ] {
         if let Ok(s) = std::fs::read_to_string(&p) {
             if let Ok(v) = s.trim().parse::<u32>() {
                 return Some(v);
@@ -154,7 +169,15 @@ pub fn device_of(fd: &OwnedFd) -> io::Result<(u32, u32)> {
 /// fallocate(2). `mode` 0 allocates and extends the file size.
 pub fn fallocate(fd: &OwnedFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: plain syscall on a valid fd.
-    cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset as libc::off_t, len as libc::off_t) }).map(|_| ())
+    cvt(unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })
+    .map(|_| ())
 }
 
 /// fdatasync(2).
@@ -183,29 +206,69 @@ pub fn file_size(fd: &OwnedFd) -> io::Result<u64> {
 /// pwrite(2): one write at `offset`; returns the bytes written (may be short).
 pub fn pwrite(fd: &OwnedFd, buf: &[u8], offset: u64) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of its length during the call.
-    cvt_size(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), offset as libc::off_t) })
+    cvt_size(unsafe {
+        libc::pwrite(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    })
 }
 
 /// pread(2): one read at `offset`; returns the bytes read (0 at end of file).
 pub fn pread(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of its length during the call.
-    cvt_size(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset as libc::off_t) })
+    cvt_size(unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    })
 }
 
 /// pwritev2(2) with per-write flags (`RWF_DSYNC`, `RWF_DONTCACHE`).
 pub fn pwritev2(fd: &OwnedFd, bufs: &[&[u8]], offset: u64, flags: i32) -> io::Result<usize> {
-    let iov: Vec<libc::iovec> =
-        bufs.iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }).collect();
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
     // SAFETY: every iovec points into a live slice borrowed for the call.
-    cvt_size(unsafe { libc::pwritev2(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, offset as libc::off_t, flags) })
+    cvt_size(unsafe {
+        libc::pwritev2(
+            fd.as_raw_fd(),
+            iov.as_ptr(),
+            iov.len() as i32,
+            offset as libc::off_t,
+            flags,
+        )
+    })
 }
 
 /// preadv2(2) with per-read flags (`RWF_DONTCACHE`).
 pub fn preadv2(fd: &OwnedFd, bufs: &mut [&mut [u8]], offset: u64, flags: i32) -> io::Result<usize> {
-    let iov: Vec<libc::iovec> =
-        bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+    let iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
     // SAFETY: every iovec points into a live, exclusively borrowed slice for the call.
-    cvt_size(unsafe { libc::preadv2(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, offset as libc::off_t, flags) })
+    cvt_size(unsafe {
+        libc::preadv2(
+            fd.as_raw_fd(),
+            iov.as_ptr(),
+            iov.len() as i32,
+            offset as libc::off_t,
+            flags,
+        )
+    })
 }
 
 /// posix_fadvise(POSIX_FADV_DONTNEED) over the whole file: drops its clean cached pages
@@ -244,7 +307,9 @@ pub fn children_cpu_times() -> (f64, f64) {
 /// The `kernel.io_uring_disabled` sysctl (0 allowed, 1 only for a group, 2 disabled),
 /// or `None` when the kernel has no such sysctl.
 pub fn io_uring_disabled() -> Option<u32> {
-    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok().and_then(|s| s.trim().parse().ok())
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -256,8 +321,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fs-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("f");
-        let fd = open(&p, OpenFlags { read: true, write: true, create: true, truncate: true, ..Default::default() }).unwrap();
-        assert_eq!(pwritev2(&fd, &[b"hello ", b"world"], 10, RWF_DSYNC).unwrap(), 11);
+        let fd = open(
+            &p,
+            OpenFlags {
+                read: true,
+                write: true,
+                create: true,
+                truncate: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            pwritev2(&fd, &[b"hello ", b"world"], 10, RWF_DSYNC).unwrap(),
+            11
+        );
         fdatasync(&fd).unwrap();
         assert_eq!(file_size(&fd).unwrap(), 21);
         let mut b = [0u8; 11];
@@ -268,7 +346,10 @@ mod tests {
         truncate(&fd, 5).unwrap();
         assert_eq!(file_size(&fd).unwrap(), 5);
         let a = dio_align(&fd).unwrap();
-        assert!(a.mem_align.is_power_of_two() && a.offset_align.is_power_of_two(), "{a:?}");
+        assert!(
+            a.mem_align.is_power_of_two() && a.offset_align.is_power_of_two(),
+            "{a:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

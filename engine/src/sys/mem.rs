@@ -111,14 +111,16 @@ impl Arena {
     pub fn new(total_bytes: usize, slot_bytes: usize, align: usize) -> Result<Arena, ArenaError> {
         let page = page_size();
         if align == 0 || !align.is_power_of_two() {
-            return Err(ArenaError::Invalid(format!("arena alignment {align} is not a power of two")));
+            return Err(ArenaError::Invalid(format!(
+                "arena alignment {align} is not a power of two"
+            )));
         }
         if align > page {
             return Err(ArenaError::Invalid(format!(
                 "arena alignment {align} exceeds the page size {page}; no Linux filesystem asks for more"
             )));
         }
-        if slot_bytes == 0 || slot_bytes % align != 0 {
+        if slot_bytes == 0 || !slot_bytes.is_multiple_of(align) {
             return Err(ArenaError::Invalid(format!(
                 "buffer size {slot_bytes} is not a non-zero multiple of the alignment {align}: set block-size to a multiple of {align}"
             )));
@@ -130,7 +132,9 @@ impl Arena {
             )));
         }
         if slots > u32::MAX as usize {
-            return Err(ArenaError::Invalid(format!("arena of {slots} slots is too many")));
+            return Err(ArenaError::Invalid(format!(
+                "arena of {slots} slots is too many"
+            )));
         }
         // Round the mapping up to whole pages so slot `i * slot_bytes` stays inside it.
         let len = (slots * slot_bytes).div_ceil(page) * page;
@@ -148,7 +152,8 @@ impl Arena {
         if p == libc::MAP_FAILED {
             return Err(ArenaError::Map(io::Error::last_os_error()));
         }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| ArenaError::Map(io::Error::other("mmap returned null")))?;
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| ArenaError::Map(io::Error::other("mmap returned null")))?;
         let free = (0..slots as u32).rev().collect();
         Ok(Arena {
             inner: Arc::new(Inner {
@@ -165,13 +170,25 @@ impl Arena {
 
     /// Takes a free slot, or `None` when all are in use (size the arena for the queue depth).
     pub fn alloc(&self) -> Option<Slot> {
-        let idx = self.inner.free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-        Some(Slot { arena: self.inner.clone(), index: idx, len: self.inner.slot_bytes })
+        let idx = self
+            .inner
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()?;
+        Some(Slot {
+            arena: self.inner.clone(),
+            index: idx,
+            len: self.inner.slot_bytes,
+        })
     }
 
     /// Returns a slot to the free list (the same as dropping it).
     pub fn free(&self, slot: Slot) {
-        debug_assert_eq!(slot.arena.id, self.inner.id, "slot freed into another arena");
+        debug_assert_eq!(
+            slot.arena.id, self.inner.id,
+            "slot freed into another arena"
+        );
         drop(slot)
     }
 
@@ -186,7 +203,11 @@ impl Arena {
     }
     /// Slots currently free.
     pub fn free_slots(&self) -> usize {
-        self.inner.free.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
     /// Process-unique identity of this arena (slots carry it; a ring remembers which arena
     /// it registered).
@@ -236,7 +257,11 @@ pub struct Slot {
 
 impl fmt::Debug for Slot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Slot").field("arena", &self.arena.id).field("index", &self.index).field("len", &self.len).finish()
+        f.debug_struct("Slot")
+            .field("arena", &self.arena.id)
+            .field("index", &self.index)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -262,12 +287,21 @@ impl Slot {
     }
     /// Sets the length in use; at most the capacity.
     pub fn set_len(&mut self, len: usize) {
-        assert!(len <= self.arena.slot_bytes, "slot length {len} beyond its capacity {}", self.arena.slot_bytes);
+        assert!(
+            len <= self.arena.slot_bytes,
+            "slot length {len} beyond its capacity {}",
+            self.arena.slot_bytes
+        );
         self.len = len;
     }
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         // SAFETY: index < slots, so the offset is inside the mapping.
-        unsafe { self.arena.ptr.as_ptr().add(self.index as usize * self.arena.slot_bytes) }
+        unsafe {
+            self.arena
+                .ptr
+                .as_ptr()
+                .add(self.index as usize * self.arena.slot_bytes)
+        }
     }
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the slot's range is inside the live mapping (the Arc keeps it), no other
@@ -283,18 +317,31 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.arena.free.lock().unwrap_or_else(|e| e.into_inner()).push(self.index);
+        self.arena
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.index);
     }
 }
 
 /// RLIMIT_MEMLOCK as (soft, hard) in bytes; `None` means unlimited.
 pub fn memlock_limit() -> io::Result<(Option<u64>, Option<u64>)> {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `r` is a valid out-pointer for getrlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let f = |v: libc::rlim_t| if v == libc::RLIM_INFINITY { None } else { Some(v) };
+    let f = |v: libc::rlim_t| {
+        if v == libc::RLIM_INFINITY {
+            None
+        } else {
+            Some(v)
+        }
+    };
     Ok((f(r.rlim_cur), f(r.rlim_max)))
 }
 
@@ -335,7 +382,10 @@ pub fn check_memlock_now(need: u64) -> Result<(), String> {
 
 /// Lowers this process's soft and hard RLIMIT_MEMLOCK (for tests in a child process).
 pub fn set_memlock_limit(bytes: u64) -> io::Result<()> {
-    let r = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+    let r = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
     // SAFETY: `r` is a valid rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } != 0 {
         return Err(io::Error::last_os_error());

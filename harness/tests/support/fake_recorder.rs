@@ -4,7 +4,7 @@
 //! prints `ingest listening on ADDR` and `http listening on ADDR` on stderr, stops on SIGTERM.
 //! Ingest: a thread per connection, every frame CRC-checked, appended to `DIR/<id>.replay` as
 //! `u32 length + payload`, acked at once. HTTP: `GET /matches` (JSON), `GET /matches/{id}`
-//! (whole file, `Range: bytes=a-b`). Test hooks: `--fake-unsupported REASON` exits at start-up
+//! (whole file, `Range: bytes=a-b`). Test hooks: `--fake-corrupt-frame SEQ` stores that frame altered; `--fake-unsupported REASON` exits at start-up
 //! saying the configuration is unsupported; `--fake-crash-after-ms N` aborts after N ms.
 //! Every other `--NAME VALUE` is accepted and echoed to stderr.
 
@@ -27,6 +27,9 @@ struct MatchState {
 
 type Store = Arc<Mutex<HashMap<String, MatchState>>>;
 
+/// Frame seq whose stored payload gets one byte flipped (0 = none): lets tests prove `--verify` catches it.
+static CORRUPT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some("serve") {
@@ -48,6 +51,9 @@ fn main() {
             "fake-unsupported" => {
                 eprintln!("recorder: configuration unsupported on this machine: {v}");
                 std::process::exit(3);
+            }
+            "fake-corrupt-frame" => {
+                CORRUPT_SEQ.store(v.parse().unwrap_or(0), Ordering::Relaxed);
             }
             "fake-crash-after-ms" => {
                 let ms: u64 = v.parse().unwrap_or(0);
@@ -177,7 +183,14 @@ fn ingest_conn(mut s: TcpStream, store: Store, dir: PathBuf) {
                         return release(&store, &cur);
                     }
                     f.write_all(&(payload.len() as u32).to_le_bytes()).unwrap();
-                    f.write_all(payload).unwrap();
+                    if seq == CORRUPT_SEQ.load(Ordering::Relaxed) && !payload.is_empty() {
+                        let mut p = payload.to_vec();
+                        let mid = p.len() / 2;
+                        p[mid] ^= 0xff;
+                        f.write_all(&p).unwrap();
+                    } else {
+                        f.write_all(payload).unwrap();
+                    }
                     m.last_seq = seq;
                     acks = seq;
                 }
