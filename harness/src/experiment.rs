@@ -46,6 +46,12 @@ impl Cell {
     pub fn label(&self, dims: &[String]) -> String {
         dims.iter().map(|d| format!("{d}={}", self.get(d).unwrap_or(""))).collect::<Vec<_>>().join(";")
     }
+    /// A short label for progress lines: kind/workload and the dimensions this cell sets.
+    pub fn short_label(&self, dims: &[String]) -> String {
+        let mut parts = vec![if self.kind() == "recorder" { self.workload() } else { self.kind().to_string() }];
+        parts.extend(dims.iter().filter_map(|d| self.get(d).map(|v| format!("{d}={v}"))));
+        parts.join(" ")
+    }
     /// Keys in a namespace (`block.`), without the prefix.
     pub fn section(&self, prefix: &str) -> Vec<(String, String)> {
         self.values
@@ -105,7 +111,7 @@ pub struct Experiment {
     pub target: TargetSpec,
     pub steal_limit_pct: f64,
     pub gen_cpu_limit_pct: f64,
-    /// Dimension names in column order.
+    /// Dimension names in column order (kind and workload have their own columns).
     pub dims: Vec<String>,
     pub cells: Vec<Cell>,
     /// Cells removed by exclude rules (for the log).
@@ -382,6 +388,18 @@ impl Experiment {
         if cells_v.is_empty() {
             return Err(ctx("the experiment has no cells (every combination is excluded?)".into()));
         }
+        // Also a dimension: any key whose value is not the same in every cell (set by some
+        // [[include]] entries only, for example). kind and workload have their own columns.
+        for (k, _, _) in base.iter().chain(includes.iter().flatten()) {
+            if dims.contains(k) || k == "kind" || k == "workload" {
+                continue;
+            }
+            let first = cells_v[0].get(k);
+            if cells_v.iter().any(|c| c.get(k) != first) {
+                dims.push(k.clone());
+            }
+        }
+        dims.retain(|d| d != "kind" && d != "workload");
         let cells = cells_v.into_iter().enumerate().map(|(i, values)| Cell { id: format!("c{i:04}"), values }).collect();
         Ok(Experiment {
             path: path.to_path_buf(),

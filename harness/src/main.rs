@@ -43,6 +43,9 @@ struct SweepArgs {
     /// A/B mode: build BASE_REV in a temporary worktree and run base and head interleaved
     #[arg(long, value_name = "BASE_REV")]
     ab: Option<String>,
+    /// Exit with status 3 if any run failed (recorder crash, harness error)
+    #[arg(long)]
+    fail_on_failed: bool,
 }
 
 #[derive(Args)]
@@ -231,10 +234,14 @@ fn clients_main(a: ClientsArgs) -> Result<(), String> {
 
 fn plan_main(a: PlanArgs) -> Result<(), String> {
     let e = harness::experiment::Experiment::load(&a.experiment)?;
-    println!("{}: {} cells ({} excluded), dimensions: {}", e.name, e.cells.len(), e.excluded, e.dims.join(", "));
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}: {} cells ({} excluded), dimensions: {}", e.name, e.cells.len(), e.excluded, e.dims.join(", "));
     for c in &e.cells {
         let kv: Vec<String> = c.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("{} {} {}", c.id, c.kind(), kv.join(" "));
+        if writeln!(out, "{} {} {} {}", c.id, c.kind(), c.workload(), kv.join(" ")).is_err() {
+            break; // stdout closed (| head): not an error
+        }
     }
     Ok(())
 }
@@ -252,6 +259,7 @@ fn main() -> ExitCode {
                 recorder: a.recorder,
                 ab: a.ab,
                 command_line: std::env::args().collect::<Vec<_>>().join(" "),
+                fail_on_failed: a.fail_on_failed,
             };
             return match harness::sweep::sweep(opts, stop_flag()) {
                 Ok(code) => ExitCode::from(code as u8),

@@ -83,6 +83,8 @@ pub struct SweepOpts {
     pub recorder: Option<PathBuf>,
     pub ab: Option<String>,
     pub command_line: String,
+    /// Exit with 3 when a run failed (default: failed runs are data, exit 0).
+    pub fail_on_failed: bool,
 }
 
 /// One finished run.
@@ -503,7 +505,8 @@ fn run_recorder(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
                     b
                 }
                 (Ok(_), Err(e)) => {
-                    let mut b = Outcome::bad("failed", e);
+                    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+                    let mut b = Outcome::bad("failed", format!("{e}; last log line: {last}"));
                     b.log = log_rel.clone();
                     b
                 }
@@ -1296,7 +1299,7 @@ fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -
                 }
                 let (label, dir, bin) = &revs[ri];
                 let run_id = format!("{}-r{rep}", cell.id);
-                pb.set_message(format!("{}{} {}", if ab { format!("{label} ") } else { String::new() }, run_id, cell.label(&exp.dims)));
+                pb.set_message(format!("{}{} {}", if ab { format!("{label} ") } else { String::new() }, run_id, cell.short_label(&exp.dims)));
                 let rctx = Ctx { exp, out: dir.clone(), target: ctx.target.clone(), journal: ctx.journal, stop: ctx.stop.clone(), topo: ctx.topo.clone() };
                 let seed = exp.seed.wrapping_mul(1_000_003).wrapping_add(rep as u64);
                 let o = run_cell(&rctx, cell, &run_id, bin, seed);
@@ -1305,7 +1308,7 @@ fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -
                 let line = format!(
                     "{}{run_id} {} -> {}{}{}",
                     if ab { format!("[{label}] ") } else { String::new() },
-                    cell.label(&exp.dims),
+                    cell.short_label(&exp.dims),
                     o.status,
                     o.throughput().map(|t| format!(" {t:.2} MB/s")).unwrap_or_default(),
                     if o.reason.is_empty() { String::new() } else { format!(" ({})", o.reason) }
@@ -1351,7 +1354,10 @@ fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -
         eprintln!("harness: interrupted; the block layer is restored and runs.csv keeps every finished run (use --resume)");
     }
     eprintln!("harness: sweep done: results in {}", ctx.out.display());
-    Ok(if any_failed { 3 } else { 0 })
+    if any_failed {
+        eprintln!("harness: some runs failed; their rows say why and their logs are kept");
+    }
+    Ok(if any_failed && opts.fail_on_failed { 3 } else { 0 })
 }
 
 #[cfg(test)]

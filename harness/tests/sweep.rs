@@ -29,8 +29,8 @@ fn unsupported_and_crashed_cells_are_recorded_and_the_sweep_goes_on() {
         "#,
     );
     let out = d.join("out");
-    let (code, err) = sweep(&exp, &out, &d.join("state"), &[]);
-    assert_eq!(code, 3, "a failed run gives exit code 3: {err}");
+    let (code, err) = sweep(&exp, &out, &d.join("state"), &["--fail-on-failed"]);
+    assert_eq!(code, 3, "a failed run gives exit code 3 with --fail-on-failed: {err}");
     let rows = read_runs(&out);
     assert_eq!(rows.len(), 4, "{err}");
     let by = |cell: &str| rows.iter().find(|r| r["cell_id"] == cell).unwrap();
@@ -45,7 +45,7 @@ fn unsupported_and_crashed_cells_are_recorded_and_the_sweep_goes_on() {
         assert!(out.join(format!("timeseries/{}.csv", r["run_id"])).exists());
     }
     assert_eq!(by("c0000")["dim.load.matches"], "4");
-    assert_eq!(by("c0001")["dims"], "load.matches=8");
+    assert_eq!(by("c0001")["dims"], "load.matches=8;raw.fake-unsupported=;raw.fake-crash-after-ms=");
     let u = by("c0002");
     assert_eq!(u["status"], "unsupported");
     assert!(u["reason"].contains("IOPOLL needs poll queues"), "{u:?}");
@@ -54,20 +54,21 @@ fn unsupported_and_crashed_cells_are_recorded_and_the_sweep_goes_on() {
     assert_eq!(f["status"], "failed", "{f:?}");
     let log = std::fs::read_to_string(out.join(&f["log"])).unwrap();
     assert!(log.contains("crashing on purpose"), "the failed run's log is kept: {log}");
+    assert!(f["reason"].contains("crashing on purpose"), "the reason quotes the log: {f:?}");
     // Manifest.
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     for k in ["git_rev", "command_line", "started_at", "finished_at", "kernel", "cpu_model", "cores", "mem_total_kb", "hwloc_topology", "experiment"] {
         assert!(!m[k].is_null(), "manifest lacks {k}");
     }
     assert_eq!(m["schema"], 1);
-    assert_eq!(m["dimensions"], serde_json::json!(["load.matches"]));
+    assert_eq!(m["dimensions"], serde_json::json!(["load.matches", "raw.fake-unsupported", "raw.fake-crash-after-ms"]));
     assert_eq!(m["target"]["kind"], "dir");
     assert!(m["target"]["queue"].as_object().is_some_and(|q| q.contains_key("scheduler")), "{}", m["target"]);
     assert!(m["hwloc_topology"].as_str().unwrap().contains("PU"));
     // CSV header: documented columns in the documented order.
     let h = std::fs::read_to_string(out.join("runs.csv")).unwrap();
     let head = h.lines().next().unwrap();
-    assert!(head.starts_with("run_id,cell_id,rep,pair,revision,kind,workload,status,reason,started_at,duration_s,dims,dim.load.matches,requested_flags,effective_flags,throughput_mbps"), "{head}");
+    assert!(head.starts_with("run_id,cell_id,rep,pair,revision,kind,workload,status,reason,started_at,duration_s,dims,dim.load.matches,dim.raw.fake-unsupported,dim.raw.fake-crash-after-ms,requested_flags,effective_flags,throughput_mbps"), "{head}");
     // Resume: nothing left to do, no row added.
     let (code, err) = sweep(&exp, &out, &d.join("state"), &["--resume"]);
     assert_eq!(code, 0, "{err}");
