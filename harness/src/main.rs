@@ -9,7 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use harness::{clients, ds, util::SizeDist};
 
 #[derive(Parser)]
-#[command(name = "harness", about = "uring-lab harness: simulated game servers, replay clients, sweeps with telemetry")]
+#[command(
+    name = "harness",
+    about = "uring-lab harness: simulated game servers, replay clients, sweeps with telemetry"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -172,7 +175,8 @@ fn ds_main(a: DsArgs) -> Result<(), String> {
         id_prefix: a.id_prefix,
         credential: a.credential,
         end_at_stop: !a.no_end || a.verify,
-        max_frame_bytes: engine::config::parse_bytes(&a.max_frame_bytes).map_err(|e| format!("--max-frame-bytes: {e}"))?,
+        max_frame_bytes: engine::config::parse_bytes(&a.max_frame_bytes)
+            .map_err(|e| format!("--max-frame-bytes: {e}"))?,
         backlog_bytes: 4 << 20,
         seed: a.seed,
     };
@@ -184,7 +188,12 @@ fn ds_main(a: DsArgs) -> Result<(), String> {
     let mut ok = true;
     if a.verify {
         let v = ds::verify(&cfg, a.http.expect("checked above"), &rep.matches);
-        println!("verify: {} matches byte-identical, {} not sealed (not checked), {} mismatches", v.verified, v.not_sealed, v.mismatches.len());
+        println!(
+            "verify: {} matches byte-identical, {} not sealed (not checked), {} mismatches",
+            v.verified,
+            v.not_sealed,
+            v.mismatches.len()
+        );
         for m in v.mismatches.iter().take(20) {
             println!("verify: {m}");
         }
@@ -204,7 +213,11 @@ fn clients_main(a: ClientsArgs) -> Result<(), String> {
         let cold = match phase.as_str() {
             "hot" => false,
             "cold" => true,
-            p => return Err(format!("--phases: unknown phase {p:?}; use hot and/or cold")),
+            p => {
+                return Err(format!(
+                    "--phases: unknown phase {p:?}; use hot and/or cold"
+                ))
+            }
         };
         let cfg = clients::ClientsConfig {
             addr: a.addr,
@@ -236,10 +249,26 @@ fn plan_main(a: PlanArgs) -> Result<(), String> {
     let e = harness::experiment::Experiment::load(&a.experiment)?;
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}: {} cells ({} excluded), dimensions: {}", e.name, e.cells.len(), e.excluded, e.dims.join(", "));
+    let _ = writeln!(
+        out,
+        "{}: {} cells ({} excluded), dimensions: {}",
+        e.name,
+        e.cells.len(),
+        e.excluded,
+        e.dims.join(", ")
+    );
     for c in &e.cells {
         let kv: Vec<String> = c.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        if writeln!(out, "{} {} {} {}", c.id, c.kind(), c.workload(), kv.join(" ")).is_err() {
+        if writeln!(
+            out,
+            "{} {} {} {}",
+            c.id,
+            c.kind(),
+            c.workload(),
+            kv.join(" ")
+        )
+        .is_err()
+        {
             break; // stdout closed (| head): not an error
         }
     }

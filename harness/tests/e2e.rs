@@ -65,10 +65,16 @@ fn short_sweep_against_the_real_recorder() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(t0.elapsed() < Duration::from_secs(60), "the e2e sweep must stay short");
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "the e2e sweep must stay short"
+    );
     let rows = read_runs(&out);
     assert_eq!(rows.len(), 5, "{err}");
-    for r in rows.iter().filter(|r| r["dim.file.register-buffers"].is_empty()) {
+    for r in rows
+        .iter()
+        .filter(|r| r["dim.file.register-buffers"].is_empty())
+    {
         assert_eq!(r["status"], "ok", "{r:?}\n{err}");
         assert!(r["throughput_mbps"].parse::<f64>().unwrap() > 0.0, "{r:?}");
         assert_eq!(r["errors"], "0", "{r:?}");
@@ -78,16 +84,25 @@ fn short_sweep_against_the_real_recorder() {
             assert!(r["req_p50_us"].parse::<f64>().unwrap() > 0.0);
         }
         if r["dim.server.backend"] == "uring" {
-            assert!(r["ring_fdinfo"].starts_with("rings=") && r["ring_fdinfo"] != "rings=0", "{r:?}");
+            assert!(
+                r["ring_fdinfo"].starts_with("rings=") && r["ring_fdinfo"] != "rings=0",
+                "{r:?}"
+            );
         } else {
             assert_eq!(r["ring_fdinfo"], "rings=0");
         }
         let log = std::fs::read_to_string(out.join(&r["log"])).unwrap();
         assert!(log.contains("ingest listening on"), "{log}");
     }
-    let refused = rows.iter().find(|r| r["dim.file.register-buffers"] == "true").unwrap();
+    let refused = rows
+        .iter()
+        .find(|r| r["dim.file.register-buffers"] == "true")
+        .unwrap();
     assert_eq!(refused["status"], "unsupported", "{refused:?}");
-    assert!(refused["reason"].contains("register-buffers"), "the engine's message is kept: {refused:?}");
+    assert!(
+        refused["reason"].contains("register-buffers"),
+        "the engine's message is kept: {refused:?}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -99,18 +114,34 @@ fn ds_verify_through_resumes_against_the_real_recorder() {
     let mut child = Command::new(&rec)
         .args(["serve", "--store"])
         .arg(d.join("store"))
-        .args(["--ingest-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--backend", "uring"])
+        .args([
+            "--ingest-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--backend",
+            "uring",
+        ])
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let t0 = Instant::now();
     let (ingest, http) = loop {
         let t = std::fs::read_to_string(&log).unwrap_or_default();
-        let f = |p: &str| t.lines().find_map(|l| l.split(p).nth(1).and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok()));
+        let f = |p: &str| {
+            t.lines().find_map(|l| {
+                l.split(p)
+                    .nth(1)
+                    .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+            })
+        };
         if let (Some(i), Some(h)) = (f("ingest listening on "), f("http listening on ")) {
             break (i, h);
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "recorder did not start: {t}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "recorder did not start: {t}"
+        );
         assert!(child.try_wait().unwrap().is_none(), "recorder exited: {t}");
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -123,7 +154,12 @@ fn ds_verify_through_resumes_against_the_real_recorder() {
         disconnect_every_s: 0.7,
         ..Default::default()
     };
-    let rep = harness::ds::run(&cfg, Arc::new(harness::ds::DsCounters::default()), Arc::new(AtomicBool::new(false))).unwrap();
+    let rep = harness::ds::run(
+        &cfg,
+        Arc::new(harness::ds::DsCounters::default()),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     assert!(rep.reconnects > 0, "{}", rep.summary());
     assert_eq!(rep.sealed as usize, cfg.matches, "{}", rep.summary());
     let v = harness::ds::verify(&cfg, http, &rep.matches);
