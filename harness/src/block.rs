@@ -20,7 +20,8 @@ use crate::experiment::BLOCK_KEYS;
 /// Reads a queue setting; the scheduler's active value is the bracketed one.
 pub fn read_setting(dev: &str, key: &str) -> Result<String, String> {
     let p = queue_path(dev, key);
-    let raw = std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let raw =
+        std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     Ok(parse_value(key, &raw))
 }
 
@@ -43,7 +44,11 @@ pub fn all_settings(dev: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let dir = PathBuf::from(format!("/sys/block/{dev}/queue"));
     if let Ok(rd) = std::fs::read_dir(&dir) {
-        let mut names: Vec<String> = rd.flatten().filter(|e| e.path().is_file()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = rd
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         for n in names {
             if let Ok(v) = std::fs::read_to_string(dir.join(&n)) {
@@ -60,11 +65,17 @@ pub enum Entry {
     /// A sysfs file and the value it had before the harness wrote it.
     Sysfs { path: PathBuf, orig: String },
     /// A loop device the harness attached (detach it), its image (delete it) and mount point (unmount it).
-    Loop { dev: String, image: PathBuf, mount: Option<PathBuf> },
+    Loop {
+        dev: String,
+        image: PathBuf,
+        mount: Option<PathBuf>,
+    },
 }
 
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("HARNESS_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/lib/uring-lab-harness"))
+    std::env::var_os("HARNESS_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/uring-lab-harness"))
 }
 
 /// The journal of this process. All changes go through it.
@@ -76,9 +87,17 @@ pub struct Journal {
 impl Journal {
     pub fn open() -> Result<Journal, String> {
         let dir = state_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create the restore-journal dir {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            format!(
+                "cannot create the restore-journal dir {}: {e}",
+                dir.display()
+            )
+        })?;
         let path = dir.join(format!("{}.journal", std::process::id()));
-        Ok(Journal { path, inner: Mutex::new((None, Vec::new())) })
+        Ok(Journal {
+            path,
+            inner: Mutex::new((None, Vec::new())),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -98,20 +117,27 @@ impl Journal {
         }
         let line = serde_json::to_string(&e).map_err(|e| e.to_string())? + "\n";
         let f = g.0.as_mut().expect("opened above");
-        f.write_all(line.as_bytes()).and_then(|_| f.sync_data()).map_err(|e| format!("cannot write restore journal {}: {e}", self.path.display()))?;
+        f.write_all(line.as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(|e| format!("cannot write restore journal {}: {e}", self.path.display()))?;
         g.1.push(e);
         Ok(())
     }
 
     /// Writes a sysfs setting, journalled. Refusals come back as `Err` with the kernel's answer.
     pub fn set_sysfs(&self, path: &Path, value: &str, key: &str) -> Result<(), String> {
-        let orig_raw = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let orig_raw = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let orig = parse_value(key, &orig_raw);
         if orig == value {
             return Ok(());
         }
-        self.record(Entry::Sysfs { path: path.to_path_buf(), orig })?;
-        std::fs::write(path, value).map_err(|e| format!("{} refused {value:?}: {e}", path.display()))?;
+        self.record(Entry::Sysfs {
+            path: path.to_path_buf(),
+            orig,
+        })?;
+        std::fs::write(path, value)
+            .map_err(|e| format!("{} refused {value:?}: {e}", path.display()))?;
         Ok(())
     }
 
@@ -164,7 +190,11 @@ fn rewrite(path: &Path, g: &mut (Option<File>, Vec<Entry>)) {
         let _ = std::fs::remove_file(path);
         return;
     }
-    let text: String = g.1.iter().filter_map(|e| serde_json::to_string(e).ok()).map(|l| l + "\n").collect();
+    let text: String =
+        g.1.iter()
+            .filter_map(|e| serde_json::to_string(e).ok())
+            .map(|l| l + "\n")
+            .collect();
     let tmp = path.with_extension("tmp");
     if std::fs::write(&tmp, text).is_ok() {
         let _ = std::fs::rename(&tmp, path);
@@ -184,15 +214,26 @@ fn restore_one(path: &Path, orig: &str) -> Result<(), String> {
     if !path.exists() {
         return Ok(()); // device gone (loop detached): nothing to restore
     }
-    let key = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let cur = std::fs::read_to_string(path).map(|v| parse_value(&key, &v)).unwrap_or_default();
+    let key = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cur = std::fs::read_to_string(path)
+        .map(|v| parse_value(&key, &v))
+        .unwrap_or_default();
     if cur == orig {
         return Ok(());
     }
-    std::fs::write(path, orig).map_err(|e| format!("could not restore {} to {orig:?}: {e}", path.display()))?;
-    let now = std::fs::read_to_string(path).map(|v| parse_value(&key, &v)).unwrap_or_default();
+    std::fs::write(path, orig)
+        .map_err(|e| format!("could not restore {} to {orig:?}: {e}", path.display()))?;
+    let now = std::fs::read_to_string(path)
+        .map(|v| parse_value(&key, &v))
+        .unwrap_or_default();
     if now != orig {
-        return Err(format!("{} reads {now:?} after restoring {orig:?}", path.display()));
+        return Err(format!(
+            "{} reads {now:?} after restoring {orig:?}",
+            path.display()
+        ));
     }
     Ok(())
 }
@@ -229,30 +270,52 @@ fn undo(e: &Entry) -> Vec<String> {
 pub fn is_mounted(p: &Path) -> bool {
     let canon = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
     std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(4).is_some_and(|mp| Path::new(mp) == canon)))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(4).is_some_and(|mp| Path::new(mp) == canon))
+        })
         .unwrap_or(false)
 }
 
 pub fn loop_backing(dev: &str) -> Option<PathBuf> {
-    std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).ok().map(|s| PathBuf::from(s.trim()))
+    std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file"))
+        .ok()
+        .map(|s| PathBuf::from(s.trim()))
 }
 
 /// Replays the journals of harness processes that are gone. Returns what was done.
 pub fn recover_stale() -> Vec<String> {
     let dir = state_dir();
     let mut done = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else { return done };
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return done;
+    };
     for f in rd.flatten() {
         let name = f.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_suffix(".journal").and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let Some(pid) = name
+            .strip_suffix(".journal")
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
         if pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
         let text = std::fs::read_to_string(f.path()).unwrap_or_default();
-        let entries: Vec<Entry> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let entries: Vec<Entry> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
         for e in entries.iter().rev() {
             let problems = undo(e);
-            done.push(format!("restored after dead harness {pid}: {e:?}{}", if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) }));
+            done.push(format!(
+                "restored after dead harness {pid}: {e:?}{}",
+                if problems.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", problems.join("; "))
+                }
+            ));
         }
         let _ = std::fs::remove_file(f.path());
     }
@@ -268,12 +331,18 @@ pub fn apply(j: &Journal, dev: &str, settings: &[(String, String)]) -> Result<()
         }
         let p = queue_path(dev, k);
         if !p.exists() {
-            return Err(format!("device {dev} has no queue setting {k} ({} does not exist)", p.display()));
+            return Err(format!(
+                "device {dev} has no queue setting {k} ({} does not exist)",
+                p.display()
+            ));
         }
-        j.set_sysfs(&p, v, k).map_err(|e| format!("block.{k}={v}: {e}"))?;
+        j.set_sysfs(&p, v, k)
+            .map_err(|e| format!("block.{k}={v}: {e}"))?;
         let now = read_setting(dev, k)?;
         if now != *v {
-            return Err(format!("block.{k}={v}: {dev} reads {now:?} after the write (the kernel adjusted it)"));
+            return Err(format!(
+                "block.{k}={v}: {dev} reads {now:?} after the write (the kernel adjusted it)"
+            ));
         }
     }
     Ok(())
@@ -285,7 +354,10 @@ mod tests {
 
     #[test]
     fn scheduler_value_is_the_bracketed_one() {
-        assert_eq!(parse_value("scheduler", "none [mq-deadline] kyber\n"), "mq-deadline");
+        assert_eq!(
+            parse_value("scheduler", "none [mq-deadline] kyber\n"),
+            "mq-deadline"
+        );
         assert_eq!(parse_value("nomerges", "0\n"), "0");
     }
 }

@@ -32,13 +32,22 @@ impl Popularity {
         }
         if let Some(v) = s.strip_prefix("zipf") {
             let v = v.trim_start_matches([':', '=']);
-            let a: f64 = if v.is_empty() { 1.0 } else { v.parse().map_err(|_| format!("popularity {s:?}: zipf exponent is not a number"))? };
+            let a: f64 = if v.is_empty() {
+                1.0
+            } else {
+                v.parse()
+                    .map_err(|_| format!("popularity {s:?}: zipf exponent is not a number"))?
+            };
             if !(0.0..=5.0).contains(&a) {
-                return Err(format!("popularity {s:?}: zipf exponent must be between 0 and 5"));
+                return Err(format!(
+                    "popularity {s:?}: zipf exponent must be between 0 and 5"
+                ));
             }
             return Ok(Popularity::Zipf(a));
         }
-        Err(format!("popularity {s:?}: use uniform or zipf:S (for example zipf:1.1)"))
+        Err(format!(
+            "popularity {s:?}: use uniform or zipf:S (for example zipf:1.1)"
+        ))
     }
 }
 
@@ -48,7 +57,9 @@ pub enum Mode {
     /// Random ranges of this many bytes.
     Range(u64),
     /// Live tail with this delay.
-    Live { delay_ms: u64 },
+    Live {
+        delay_ms: u64,
+    },
 }
 
 impl Mode {
@@ -66,10 +77,17 @@ impl Mode {
         }
         if let Some(v) = s.strip_prefix("live") {
             let v = v.trim_start_matches(':');
-            let d = if v.is_empty() { 0 } else { v.parse().map_err(|_| format!("mode {s:?}: live delay must be whole milliseconds"))? };
+            let d = if v.is_empty() {
+                0
+            } else {
+                v.parse()
+                    .map_err(|_| format!("mode {s:?}: live delay must be whole milliseconds"))?
+            };
             return Ok(Mode::Live { delay_ms: d });
         }
-        Err(format!("mode {s:?}: use whole, range:SIZE (range:64k) or live:DELAY_MS"))
+        Err(format!(
+            "mode {s:?}: use whole, range:SIZE (range:64k) or live:DELAY_MS"
+        ))
     }
 }
 
@@ -140,7 +158,11 @@ impl ClientsReport {
         self.errors.values().sum::<u64>() + self.verify_failures.len() as u64
     }
     pub fn summary(&self) -> String {
-        let p = |h: &Histogram<u64>, q| Self::pct(h, q).map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+        let p = |h: &Histogram<u64>, q| {
+            Self::pct(h, q)
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "-".into())
+        };
         let mut s = format!(
             "clients: {} matches, window {:.1}s: {} requests, {:.2} MB/s\nrequest latency us: p50 {} p99 {} p99.9 {} max {}; first byte p50 {} p99 {}\ngenerator CPU {}\n",
             self.matches,
@@ -158,7 +180,11 @@ impl ClientsReport {
         if self.errors.is_empty() && self.verify_failures.is_empty() {
             s.push_str("errors: none; content verified\n");
         } else {
-            let e: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let e: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             s.push_str(&format!("errors: {}\n", e.join(" ")));
             for f in self.verify_failures.iter().take(10) {
                 s.push_str(&format!("verify: {f}\n"));
@@ -176,8 +202,8 @@ pub fn list_matches(addr: SocketAddr, timeout: Duration) -> Result<Vec<String>, 
     if r.status != 200 {
         return Err(format!("GET /matches answered {}", r.status));
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&r.body).map_err(|e| format!("GET /matches did not return JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&r.body)
+        .map_err(|e| format!("GET /matches did not return JSON: {e}"))?;
     let arr = match &v {
         serde_json::Value::Array(a) => a.clone(),
         serde_json::Value::Object(o) => match o.get("matches") {
@@ -191,9 +217,18 @@ pub fn list_matches(addr: SocketAddr, timeout: Duration) -> Result<Vec<String>, 
         match e {
             serde_json::Value::String(s) => ids.push(s),
             serde_json::Value::Object(o) => {
-                let id = o.get("id").or_else(|| o.get("match_id")).and_then(|v| v.as_str());
-                let live = o.get("sealed").and_then(|v| v.as_bool()).map(|s| !s).unwrap_or(false)
-                    || o.get("state").and_then(|v| v.as_str()).is_some_and(|s| s == "live" || s == "recording");
+                let id = o
+                    .get("id")
+                    .or_else(|| o.get("match_id"))
+                    .and_then(|v| v.as_str());
+                let live = o
+                    .get("sealed")
+                    .and_then(|v| v.as_bool())
+                    .map(|s| !s)
+                    .unwrap_or(false)
+                    || o.get("state")
+                        .and_then(|v| v.as_str())
+                        .is_some_and(|s| s == "live" || s == "recording");
                 if let Some(id) = id {
                     if !live {
                         ids.push(id.to_string());
@@ -209,8 +244,11 @@ pub fn list_matches(addr: SocketAddr, timeout: Duration) -> Result<Vec<String>, 
 /// Writes `3` to /proc/sys/vm/drop_caches after a sync.
 pub fn drop_caches() -> Result<(), String> {
     let _ = std::process::Command::new("sync").status();
-    std::fs::write("/proc/sys/vm/drop_caches", "3\n")
-        .map_err(|e| format!("cannot drop the page cache (/proc/sys/vm/drop_caches: {e}); cold-cache runs need root"))
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").map_err(|e| {
+        format!(
+            "cannot drop the page cache (/proc/sys/vm/drop_caches: {e}); cold-cache runs need root"
+        )
+    })
 }
 
 struct Zipf {
@@ -243,16 +281,30 @@ struct Reference {
     crc: u32,
 }
 
-pub fn run(cfg: &ClientsConfig, progress_bytes: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Result<ClientsReport, String> {
+pub fn run(
+    cfg: &ClientsConfig,
+    progress_bytes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> Result<ClientsReport, String> {
     if cfg.concurrency == 0 || cfg.concurrency > 10_000 {
-        return Err(format!("--concurrency {} is out of range; use 1 to 10000", cfg.concurrency));
+        return Err(format!(
+            "--concurrency {} is out of range; use 1 to 10000",
+            cfg.concurrency
+        ));
     }
     if cfg.measure_s <= 0.0 {
         return Err("--measure-s must be above 0".into());
     }
-    let ids = if cfg.ids.is_empty() { list_matches(cfg.addr, cfg.timeout)? } else { cfg.ids.clone() };
+    let ids = if cfg.ids.is_empty() {
+        list_matches(cfg.addr, cfg.timeout)?
+    } else {
+        cfg.ids.clone()
+    };
     if ids.is_empty() {
-        return Err("no matches to download: the recorder lists none (ingest some first, or pass --ids)".into());
+        return Err(
+            "no matches to download: the recorder lists none (ingest some first, or pass --ids)"
+                .into(),
+        );
     }
     // Reference pass.
     let mut refs = Vec::with_capacity(ids.len());
@@ -265,17 +317,33 @@ pub fn run(cfg: &ClientsConfig, progress_bytes: Arc<AtomicU64>, stop: Arc<Atomic
             }
             let c = conn.as_mut().expect("connected above");
             let mut crc = 0u32;
-            let h = c.get(&path, None, &mut |b| crc = crc32c::crc32c_append(crc, b)).map_err(|e| format!("reference download: {e}"))?;
+            let h = c
+                .get(&path, None, &mut |b| crc = crc32c::crc32c_append(crc, b))
+                .map_err(|e| format!("reference download: {e}"))?;
             if h.status != 200 {
-                return Err(format!("reference download of {path} answered {}", h.status));
+                return Err(format!(
+                    "reference download of {path} answered {}",
+                    h.status
+                ));
             }
             if !h.keep_alive {
                 conn = None;
             }
-            refs.push(Reference { id: id.clone(), len: h.body_bytes, crc });
+            refs.push(Reference {
+                id: id.clone(),
+                len: h.body_bytes,
+                crc,
+            });
         }
     } else {
-        refs = ids.iter().map(|id| Reference { id: id.clone(), len: 0, crc: 0 }).collect();
+        refs = ids
+            .iter()
+            .map(|id| Reference {
+                id: id.clone(),
+                len: 0,
+                crc: 0,
+            })
+            .collect();
     }
     if cfg.cold {
         drop_caches()?;
@@ -299,18 +367,22 @@ pub fn run(cfg: &ClientsConfig, progress_bytes: Arc<AtomicU64>, stop: Arc<Atomic
     let gen_cpu = std::thread::scope(|sc| {
         let probe = sc.spawn(|| {
             sleep_until(window_start, &stop);
-            *cpu_at_start.lock().expect("lock") = crate::util::proc_cpu_s(std::process::id() as i32).map(|c| (Instant::now(), c));
+            *cpu_at_start.lock().expect("lock") =
+                crate::util::proc_cpu_s(std::process::id() as i32).map(|c| (Instant::now(), c));
             sleep_until(window_end, &stop);
             let c1 = crate::util::proc_cpu_s(std::process::id() as i32);
             match (*cpu_at_start.lock().expect("lock"), c1) {
-                (Some((t, a)), Some(b)) => Some(100.0 * (b - a) / t.elapsed().as_secs_f64().max(1e-3)),
+                (Some((t, a)), Some(b)) => {
+                    Some(100.0 * (b - a) / t.elapsed().as_secs_f64().max(1e-3))
+                }
                 _ => None,
             }
         });
         for w in 0..cfg.concurrency {
             let refs = &refs;
             let zipf = zipf.as_ref();
-            let (requests, bytes, merged, stop, progress) = (&requests, &bytes, &merged, &stop, &progress_bytes);
+            let (requests, bytes, merged, stop, progress) =
+                (&requests, &bytes, &merged, &stop, &progress_bytes);
             sc.spawn(move || {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_mul(31).wrapping_add(w as u64));
                 let mut req = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
@@ -377,18 +449,14 @@ pub fn run(cfg: &ClientsConfig, progress_bytes: Arc<AtomicU64>, stop: Arc<Atomic
                             bytes.fetch_add(got_window, Relaxed);
                             if cfg.verify {
                                 match (&cfg.mode, range) {
-                                    (Mode::Whole, _) => {
-                                        if h.body_bytes != r.len || crc != r.crc {
-                                            fails.push(format!(
-                                                "{}: whole download {} bytes crc {crc:#010x}, reference {} bytes crc {:#010x}",
-                                                r.id, h.body_bytes, r.len, r.crc
-                                            ));
-                                        }
+                                    (Mode::Whole, _) if h.body_bytes != r.len || crc != r.crc => {
+                                        fails.push(format!(
+                                            "{}: whole download {} bytes crc {crc:#010x}, reference {} bytes crc {:#010x}",
+                                            r.id, h.body_bytes, r.len, r.crc
+                                        ));
                                     }
-                                    (Mode::Range(_), Some((a, b))) => {
-                                        if h.body_bytes != b - a + 1 {
-                                            fails.push(format!("{}: range {a}-{b} returned {} bytes", r.id, h.body_bytes));
-                                        }
+                                    (Mode::Range(_), Some((a, b))) if h.body_bytes != b - a + 1 => {
+                                        fails.push(format!("{}: range {a}-{b} returned {} bytes", r.id, h.body_bytes));
                                     }
                                     _ => {}
                                 }
@@ -426,7 +494,11 @@ pub fn run(cfg: &ClientsConfig, progress_bytes: Arc<AtomicU64>, stop: Arc<Atomic
         }
     }
     let measured = if stop.load(Relaxed) {
-        Instant::now().min(window_end).saturating_duration_since(window_start).as_secs_f64().max(1e-3)
+        Instant::now()
+            .min(window_end)
+            .saturating_duration_since(window_start)
+            .as_secs_f64()
+            .max(1e-3)
     } else {
         cfg.measure_s
     };
@@ -462,7 +534,10 @@ fn check_ranges(cfg: &ClientsConfig, refs: &[Reference]) -> Vec<String> {
             }
         };
         if crc32c::crc32c(&whole) != r.crc {
-            out.push(format!("{}: content changed since the reference pass", r.id));
+            out.push(format!(
+                "{}: content changed since the reference pass",
+                r.id
+            ));
             continue;
         }
         let len = whole.len() as u64;
@@ -472,8 +547,15 @@ fn check_ranges(cfg: &ClientsConfig, refs: &[Reference]) -> Vec<String> {
         let n = n.min(len);
         for start in [0, (len - n) / 2, len - n] {
             match crate::httpc::get(cfg.addr, &path, Some((start, start + n - 1)), cfg.timeout) {
-                Ok(p) if p.status == 206 && p.body == whole[start as usize..(start + n) as usize] => {}
-                Ok(p) => out.push(format!("{}: range {start}+{n}: status {} with {} bytes differs from the whole file", r.id, p.status, p.body.len())),
+                Ok(p)
+                    if p.status == 206 && p.body == whole[start as usize..(start + n) as usize] => {
+                }
+                Ok(p) => out.push(format!(
+                    "{}: range {start}+{n}: status {} with {} bytes differs from the whole file",
+                    r.id,
+                    p.status,
+                    p.body.len()
+                )),
                 Err(e) => out.push(format!("{}: range {start}+{n}: {e}", r.id)),
             }
         }
@@ -498,9 +580,15 @@ mod tests {
     #[test]
     fn parse_modes_and_popularity() {
         assert_eq!(Mode::parse("range:64k").unwrap(), Mode::Range(65536));
-        assert_eq!(Mode::parse("live:500").unwrap(), Mode::Live { delay_ms: 500 });
+        assert_eq!(
+            Mode::parse("live:500").unwrap(),
+            Mode::Live { delay_ms: 500 }
+        );
         assert!(Mode::parse("partial").unwrap_err().contains("whole"));
-        assert_eq!(Popularity::parse("zipf:1.2").unwrap(), Popularity::Zipf(1.2));
+        assert_eq!(
+            Popularity::parse("zipf:1.2").unwrap(),
+            Popularity::Zipf(1.2)
+        );
         assert!(Popularity::parse("zipf:x").is_err());
     }
 
@@ -512,6 +600,10 @@ mod tests {
         for _ in 0..20_000 {
             counts[z.sample(&mut rng)] += 1;
         }
-        assert!(counts[0] > counts[10] && counts[10] > counts[90], "{:?}", &counts[..12]);
+        assert!(
+            counts[0] > counts[10] && counts[10] > counts[90],
+            "{:?}",
+            &counts[..12]
+        );
     }
 }

@@ -87,10 +87,16 @@ impl DsConfig {
             return Err("--matches must be at least 1".into());
         }
         if !(self.tick_hz > 0.0 && self.tick_hz <= 10_000.0) {
-            return Err(format!("--tick-hz {} is out of range; use 1 to 10000", self.tick_hz));
+            return Err(format!(
+                "--tick-hz {} is out of range; use 1 to 10000",
+                self.tick_hz
+            ));
         }
         if self.threads == 0 || self.threads > 64 {
-            return Err(format!("--threads {} is out of range; use 1 to 64", self.threads));
+            return Err(format!(
+                "--threads {} is out of range; use 1 to 64",
+                self.threads
+            ));
         }
         if self.measure_s <= 0.0 {
             return Err("--measure-s must be above 0".into());
@@ -98,7 +104,8 @@ impl DsConfig {
         if self.id_prefix.is_empty() || self.id_prefix.len() > 40 {
             return Err("--id-prefix must be 1 to 40 characters".into());
         }
-        protocol::validate_match_id(&self.id_prefix).map_err(|e| format!("--id-prefix: {}", e.text))?;
+        protocol::validate_match_id(&self.id_prefix)
+            .map_err(|e| format!("--id-prefix: {}", e.text))?;
         if self.credential.len() > 255 {
             return Err("--credential is longer than 255 bytes".into());
         }
@@ -172,7 +179,11 @@ impl DsReport {
     }
 
     pub fn summary(&self) -> String {
-        let p = |q| self.ack_pct(q).map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+        let p = |q| {
+            self.ack_pct(q)
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "-".into())
+        };
         let mut s = format!(
             "ds: window {:.1}s: acked {} frames, {:.2} MB/s payload ({:.0} frames/s); sent total {} frames / {:.1} MB, acked total {} frames\n\
              ack latency us (from intended send time): p50 {} p99 {} p99.9 {} max {}\n\
@@ -196,7 +207,11 @@ impl DsReport {
         if self.errors.is_empty() {
             s.push_str("errors: none\n");
         } else {
-            let e: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let e: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             s.push_str(&format!("errors: {}\n", e.join(" ")));
         }
         s
@@ -273,7 +288,7 @@ impl<'a> Worker<'a> {
 
     fn schedule(&mut self, i: usize, at: Instant) {
         let m = &mut self.matches[i];
-        if m.wake.map_or(true, |w| at < w || w <= Instant::now()) {
+        if m.wake.is_none_or(|w| at < w || w <= Instant::now()) {
             m.wake = Some(at);
             self.heap.push(Reverse((at, i)));
         }
@@ -329,7 +344,11 @@ impl<'a> Worker<'a> {
         let addr = self.cfg.addr;
         match TcpStream::connect(addr) {
             Ok(mut s) => {
-                if let Err(e) = self.poll.registry().register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE) {
+                if let Err(e) = self.poll.registry().register(
+                    &mut s,
+                    Token(i),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
                     self.err("REGISTER");
                     eprintln!("ds: cannot register socket: {e}");
                     self.backoff(i);
@@ -346,7 +365,12 @@ impl<'a> Worker<'a> {
                 let id = m.id.clone();
                 protocol::encode(
                     &mut m.out,
-                    &Msg::Hello { version: protocol::VERSION, resume, match_id: &id, credential: self.cfg.credential.as_bytes() },
+                    &Msg::Hello {
+                        version: protocol::VERSION,
+                        resume,
+                        match_id: &id,
+                        credential: self.cfg.credential.as_bytes(),
+                    },
                 );
                 self.ctr.connects.fetch_add(1, Relaxed);
                 if resume {
@@ -382,7 +406,12 @@ impl<'a> Worker<'a> {
         let m = &mut self.matches[i];
         m.state = State::Done;
         m.wake = None;
-        self.records.push(MatchRecord { id: m.id.clone(), acked_seq: m.acked, sealed, failed });
+        self.records.push(MatchRecord {
+            id: m.id.clone(),
+            acked_seq: m.acked,
+            sealed,
+            failed,
+        });
     }
 
     /// Generates every due frame (up to the backlog limit) into the output buffer.
@@ -436,10 +465,17 @@ impl<'a> Worker<'a> {
 
     fn flush(&mut self, i: usize) -> io::Result<()> {
         let m = &mut self.matches[i];
-        let Some(s) = m.sock.as_mut() else { return Ok(()) };
+        let Some(s) = m.sock.as_mut() else {
+            return Ok(());
+        };
         while m.out_pos < m.out.len() {
             match s.write(&m.out[m.out_pos..]) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted 0 bytes")),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "socket accepted 0 bytes",
+                    ))
+                }
                 Ok(n) => m.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -484,7 +520,9 @@ impl<'a> Worker<'a> {
         self.ctr.payload_bytes_acked.fetch_add(bytes, Relaxed);
         if in_window {
             self.ctr.frames_acked_window.fetch_add(frames, Relaxed);
-            self.ctr.payload_bytes_acked_window.fetch_add(bytes, Relaxed);
+            self.ctr
+                .payload_bytes_acked_window
+                .fetch_add(bytes, Relaxed);
         }
     }
 
@@ -563,7 +601,11 @@ impl<'a> Worker<'a> {
                 // Everything after the durable point is resent; frames it already has are acked.
                 if last_seq + 1 > m.next_seq {
                     self.err("WELCOME_AHEAD_OF_SENT");
-                    self.finish(i, Some(format!("WELCOME last_seq {last_seq} is beyond frames sent")), None);
+                    self.finish(
+                        i,
+                        Some(format!("WELCOME last_seq {last_seq} is beyond frames sent")),
+                        None,
+                    );
                     return false;
                 }
                 if last_seq > m.acked {
@@ -583,7 +625,12 @@ impl<'a> Worker<'a> {
                 self.regenerate_after(i, from);
                 let m = &mut self.matches[i];
                 if m.last_frame.is_some_and(|l| m.next_seq > l) {
-                    protocol::encode(&mut m.out, &Msg::End { last_seq: m.next_seq - 1 });
+                    protocol::encode(
+                        &mut m.out,
+                        &Msg::End {
+                            last_seq: m.next_seq - 1,
+                        },
+                    );
                     m.state = State::Ending;
                 } else {
                     self.generate(i, now);
@@ -594,7 +641,10 @@ impl<'a> Worker<'a> {
                 self.on_ack(i, seq, now);
                 true
             }
-            OwnedMsg::Sealed { last_seq, file_bytes } => {
+            OwnedMsg::Sealed {
+                last_seq,
+                file_bytes,
+            } => {
                 self.ctr.sealed.fetch_add(1, Relaxed);
                 let acked = self.matches[i].acked;
                 if last_seq != acked {
@@ -609,15 +659,22 @@ impl<'a> Worker<'a> {
                 false
             }
             OwnedMsg::Error { code, text } => {
-                let name = ErrorCode::from_u16(code).map(|c| c.name().to_string()).unwrap_or_else(|| format!("ERROR_{code}"));
+                let name = ErrorCode::from_u16(code)
+                    .map(|c| c.name().to_string())
+                    .unwrap_or_else(|| format!("ERROR_{code}"));
                 self.err(&name);
                 match ErrorCode::from_u16(code) {
-                    Some(ErrorCode::ShuttingDown) | Some(ErrorCode::IdleTimeout) | Some(ErrorCode::MatchBusy) => {
+                    Some(ErrorCode::ShuttingDown)
+                    | Some(ErrorCode::IdleTimeout)
+                    | Some(ErrorCode::MatchBusy) => {
                         self.lost(i);
                     }
                     _ => {
                         if self.errors.values().sum::<u64>() < 20 {
-                            eprintln!("ds: match {}: recorder error {name}: {text}", self.matches[i].id);
+                            eprintln!(
+                                "ds: match {}: recorder error {name}: {text}",
+                                self.matches[i].id
+                            );
                         }
                         self.finish(i, Some(format!("{name}: {text}")), None);
                     }
@@ -702,11 +759,18 @@ impl<'a> Worker<'a> {
             match self.matches[i].state {
                 State::Streaming if self.cfg.end_at_stop => {
                     let m = &mut self.matches[i];
-                    protocol::encode(&mut m.out, &Msg::End { last_seq: m.next_seq - 1 });
+                    protocol::encode(
+                        &mut m.out,
+                        &Msg::End {
+                            last_seq: m.next_seq - 1,
+                        },
+                    );
                     m.state = State::Ending;
                     self.write_or_lose(i);
                 }
-                State::Waiting | State::Connecting | State::AwaitWelcome if self.cfg.end_at_stop && self.matches[i].next_seq > 1 => {
+                State::Waiting | State::Connecting | State::AwaitWelcome
+                    if self.cfg.end_at_stop && self.matches[i].next_seq > 1 =>
+                {
                     // Will END after the resume handshake.
                     self.matches[i].last_frame = Some(self.matches[i].next_seq - 1);
                 }
@@ -717,11 +781,20 @@ impl<'a> Worker<'a> {
         let _ = now;
     }
 
-    fn run(mut self, t0: Instant, run_end: Instant, seal_deadline: Duration) -> (Histogram<u64>, BTreeMap<String, u64>, Vec<MatchRecord>) {
+    fn run(
+        mut self,
+        t0: Instant,
+        run_end: Instant,
+        seal_deadline: Duration,
+    ) -> (Histogram<u64>, BTreeMap<String, u64>, Vec<MatchRecord>) {
         let n = self.slots.len();
         for i in 0..n {
             let slot = self.slots[i];
-            let offset = if self.cfg.matches > 1 { self.cfg.ramp_up_s * slot as f64 / self.cfg.matches as f64 } else { 0.0 };
+            let offset = if self.cfg.matches > 1 {
+                self.cfg.ramp_up_s * slot as f64 / self.cfg.matches as f64
+            } else {
+                0.0
+            };
             let jitter: f64 = self.rng.gen_range(0.0..1.0 / self.cfg.tick_hz);
             let start = t0 + Duration::from_secs_f64(offset + jitter);
             let m = self.make_match(slot, 0, start);
@@ -737,7 +810,11 @@ impl<'a> Worker<'a> {
                 hard_end = Some(now + seal_deadline);
             }
             if self.stopping {
-                let open = self.matches.iter().filter(|m| m.state != State::Done).count();
+                let open = self
+                    .matches
+                    .iter()
+                    .filter(|m| m.state != State::Done)
+                    .count();
                 if open == 0 || hard_end.is_some_and(|h| now >= h) {
                     break;
                 }
@@ -770,7 +847,8 @@ impl<'a> Worker<'a> {
                 if i >= self.matches.len() {
                     continue;
                 }
-                if self.matches[i].state == State::Connecting && (ev.is_writable() || ev.is_error()) {
+                if self.matches[i].state == State::Connecting && (ev.is_writable() || ev.is_error())
+                {
                     let ok = match self.matches[i].sock.as_ref() {
                         Some(s) => match s.take_error() {
                             Ok(None) => s.peer_addr().is_ok(),
@@ -807,7 +885,15 @@ impl<'a> Worker<'a> {
                 if self.cfg.end_at_stop {
                     self.err("NOT_SEALED");
                 }
-                self.finish(i, if self.cfg.end_at_stop { Some(why.into()) } else { None }, None);
+                self.finish(
+                    i,
+                    if self.cfg.end_at_stop {
+                        Some(why.into())
+                    } else {
+                        None
+                    },
+                    None,
+                );
             }
         }
         (self.hist, self.errors, self.records)
@@ -827,8 +913,17 @@ impl From<&Msg<'_>> for OwnedMsg {
         match *m {
             Msg::Welcome { last_seq, .. } => OwnedMsg::Welcome { last_seq },
             Msg::Ack { seq } => OwnedMsg::Ack { seq },
-            Msg::Sealed { last_seq, file_bytes } => OwnedMsg::Sealed { last_seq, file_bytes },
-            Msg::Error { code, text } => OwnedMsg::Error { code, text: text.to_string() },
+            Msg::Sealed {
+                last_seq,
+                file_bytes,
+            } => OwnedMsg::Sealed {
+                last_seq,
+                file_bytes,
+            },
+            Msg::Error { code, text } => OwnedMsg::Error {
+                code,
+                text: text.to_string(),
+            },
             Msg::Hello { .. } => OwnedMsg::Other(protocol::KIND_HELLO),
             Msg::Frame { .. } => OwnedMsg::Other(protocol::KIND_FRAME),
             Msg::End { .. } => OwnedMsg::Other(protocol::KIND_END),
@@ -851,12 +946,21 @@ fn io_kind(e: &io::Error) -> String {
 /// Builds the payload generator for a configuration (also used by `--verify`).
 pub fn payload_gen(cfg: &DsConfig) -> PayloadGen {
     let every = (cfg.keyframe_interval_s * cfg.tick_hz).round().max(1.0) as u64;
-    PayloadGen::new(cfg.delta.clone(), cfg.keyframe.clone(), every, cfg.max_frame_bytes)
+    PayloadGen::new(
+        cfg.delta.clone(),
+        cfg.keyframe.clone(),
+        every,
+        cfg.max_frame_bytes,
+    )
 }
 
 /// Runs the generator: ramp-up, measured window, then stop (END + SEALED if asked).
 /// `ctr` is shared with a sampler; `stop` ends the run early (SIGINT).
-pub fn run(cfg: &DsConfig, ctr: Arc<DsCounters>, stop: Arc<AtomicBool>) -> Result<DsReport, String> {
+pub fn run(
+    cfg: &DsConfig,
+    ctr: Arc<DsCounters>,
+    stop: Arc<AtomicBool>,
+) -> Result<DsReport, String> {
     cfg.check()?;
     let want_fds = (cfg.matches as u64 + 256).max(1024);
     let have = crate::util::raise_nofile(want_fds.max(65_536));
@@ -887,7 +991,8 @@ pub fn run(cfg: &DsConfig, ctr: Arc<DsCounters>, stop: Arc<AtomicBool>) -> Resul
                         left = left.saturating_sub(d);
                     }
                 }
-                *cpu0.lock().expect("cpu probe lock") = crate::util::proc_cpu_s(std::process::id() as i32).map(|c| (Instant::now(), c));
+                *cpu0.lock().expect("cpu probe lock") =
+                    crate::util::proc_cpu_s(std::process::id() as i32).map(|c| (Instant::now(), c));
                 let mut left = window_end.saturating_duration_since(Instant::now());
                 while left > Duration::ZERO && !stop.load(Relaxed) {
                     let d = left.min(Duration::from_millis(50));
@@ -921,7 +1026,8 @@ pub fn run(cfg: &DsConfig, ctr: Arc<DsCounters>, stop: Arc<AtomicBool>) -> Resul
                     matches: Vec::with_capacity(slots.len()),
                     slots,
                     heap: BinaryHeap::new(),
-                    hist: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+                    hist: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                        .expect("valid histogram bounds"),
                     errors: BTreeMap::new(),
                     records: Vec::new(),
                     window_start,
@@ -938,7 +1044,8 @@ pub fn run(cfg: &DsConfig, ctr: Arc<DsCounters>, stop: Arc<AtomicBool>) -> Resul
         (res, cpu)
     });
     let (res, gen_cpu_pct) = results;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
     let mut errors = BTreeMap::new();
     let mut matches = Vec::new();
     for r in res {
@@ -951,7 +1058,11 @@ pub fn run(cfg: &DsConfig, ctr: Arc<DsCounters>, stop: Arc<AtomicBool>) -> Resul
     }
     matches.sort_by(|a, b| a.id.cmp(&b.id));
     let measured = if stop.load(Relaxed) {
-        window_end.min(Instant::now()).saturating_duration_since(window_start).as_secs_f64().max(1e-3)
+        window_end
+            .min(Instant::now())
+            .saturating_duration_since(window_start)
+            .as_secs_f64()
+            .max(1e-3)
     } else {
         cfg.measure_s
     };
@@ -998,20 +1109,33 @@ pub fn verify(cfg: &DsConfig, http: SocketAddr, matches: &[MatchRecord]) -> Veri
             rep.not_sealed += 1;
             continue;
         }
-        let body = match crate::httpc::get(http, &format!("/matches/{}", m.id), None, Duration::from_secs(30)) {
+        let body = match crate::httpc::get(
+            http,
+            &format!("/matches/{}", m.id),
+            None,
+            Duration::from_secs(30),
+        ) {
             Ok(r) if r.status == 200 => r.body,
             Ok(r) => {
-                rep.mismatches.push(format!("{}: GET /matches/{} answered {}", m.id, m.id, r.status));
+                rep.mismatches.push(format!(
+                    "{}: GET /matches/{} answered {}",
+                    m.id, m.id, r.status
+                ));
                 continue;
             }
             Err(e) => {
-                rep.mismatches.push(format!("{}: download failed: {e}", m.id));
+                rep.mismatches
+                    .push(format!("{}: download failed: {e}", m.id));
                 continue;
             }
         };
         if let Some((_, file_bytes)) = m.sealed {
             if body.len() as u64 != file_bytes {
-                rep.mismatches.push(format!("{}: downloaded {} bytes, SEALED said {file_bytes}", m.id, body.len()));
+                rep.mismatches.push(format!(
+                    "{}: downloaded {} bytes, SEALED said {file_bytes}",
+                    m.id,
+                    body.len()
+                ));
                 continue;
             }
         }
@@ -1054,29 +1178,51 @@ pub fn verify(cfg: &DsConfig, http: SocketAddr, matches: &[MatchRecord]) -> Veri
 
 /// Checks a replay file in the recorder's format: sealed, every frame 1..=acked present in
 /// order with the kind, tick and payload the DS sent.
-fn verify_parsed(gen: &PayloadGen, h: u64, id: &str, acked: u64, body: &[u8]) -> Result<(), String> {
-    let r = engine::storage::format::parse_replay(body).map_err(|e| format!("{id}: replay does not parse: {e}"))?;
+fn verify_parsed(
+    gen: &PayloadGen,
+    h: u64,
+    id: &str,
+    acked: u64,
+    body: &[u8],
+) -> Result<(), String> {
+    let r = engine::storage::format::parse_replay(body)
+        .map_err(|e| format!("{id}: replay does not parse: {e}"))?;
     if r.trailer.is_none() {
         return Err(format!("{id}: replay is not sealed (no trailer)"));
     }
     if (r.frames.len() as u64) < acked {
-        return Err(format!("{id}: replay has {} frames but {acked} were acknowledged", r.frames.len()));
+        return Err(format!(
+            "{id}: replay has {} frames but {acked} were acknowledged",
+            r.frames.len()
+        ));
     }
     let mut payload = Vec::new();
     for (i, (hdr, range)) in r.frames.iter().enumerate() {
         let seq = i as u64 + 1;
         if hdr.seq != seq {
-            return Err(format!("{id}: record {i} has seq {} (expected {seq})", hdr.seq));
+            return Err(format!(
+                "{id}: record {i} has seq {} (expected {seq})",
+                hdr.seq
+            ));
         }
         if seq > acked {
             break;
         }
         let kind = gen.payload(h, seq, &mut payload);
         if hdr.kind != kind || hdr.tick != seq - 1 {
-            return Err(format!("{id}: frame {seq}: kind {} tick {} (sent kind {kind} tick {})", hdr.kind, hdr.tick, seq - 1));
+            return Err(format!(
+                "{id}: frame {seq}: kind {} tick {} (sent kind {kind} tick {})",
+                hdr.kind,
+                hdr.tick,
+                seq - 1
+            ));
         }
         if body[range.clone()] != payload[..] {
-            return Err(format!("{id}: acknowledged frame {seq} (of {acked}) differs from what was sent ({} vs {} bytes)", range.len(), payload.len()));
+            return Err(format!(
+                "{id}: acknowledged frame {seq} (of {acked}) differs from what was sent ({} vs {} bytes)",
+                range.len(),
+                payload.len()
+            ));
         }
     }
     Ok(())
@@ -1091,7 +1237,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let first = needle[0];
     let mut i = 0;
     while i + needle.len() <= hay.len() {
-        match hay[i..=hay.len() - needle.len()].iter().position(|b| *b == first) {
+        match hay[i..=hay.len() - needle.len()]
+            .iter()
+            .position(|b| *b == first)
+        {
             None => return None,
             Some(p) => {
                 let j = i + p;

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 /// One value of one key, kept as the text written to the CSV and passed to the recorder.
 pub type Value = String;
 
+/// Flattened keys of a table: (name, values, written as a list).
+type KeyVals = Vec<(String, Vec<String>, bool)>;
+
 /// A cell: an ordered set of key = value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cell {
@@ -44,25 +47,50 @@ impl Cell {
     }
     /// `name=value;...` for the given dimension names.
     pub fn label(&self, dims: &[String]) -> String {
-        dims.iter().map(|d| format!("{d}={}", self.get(d).unwrap_or(""))).collect::<Vec<_>>().join(";")
+        dims.iter()
+            .map(|d| format!("{d}={}", self.get(d).unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+    /// A short label for progress lines: kind/workload and the dimensions this cell sets.
+    pub fn short_label(&self, dims: &[String]) -> String {
+        let mut parts = vec![if self.kind() == "recorder" {
+            self.workload()
+        } else {
+            self.kind().to_string()
+        }];
+        parts.extend(
+            dims.iter()
+                .filter_map(|d| self.get(d).map(|v| format!("{d}={v}"))),
+        );
+        parts.join(" ")
     }
     /// Keys in a namespace (`block.`), without the prefix.
     pub fn section(&self, prefix: &str) -> Vec<(String, String)> {
         self.values
             .iter()
-            .filter_map(|(k, v)| k.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')).map(|r| (r.to_string(), v.clone())))
+            .filter_map(|(k, v)| {
+                k.strip_prefix(prefix)
+                    .and_then(|r| r.strip_prefix('.'))
+                    .map(|r| (r.to_string(), v.clone()))
+            })
             .collect()
     }
     pub fn f64_or(&self, k: &str, d: f64) -> Result<f64, String> {
         match self.get(k) {
             None => Ok(d),
-            Some(v) => v.parse().map_err(|_| format!("{k} = {v:?} is not a number")),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("{k} = {v:?} is not a number")),
         }
     }
     pub fn u64_or(&self, k: &str, d: u64) -> Result<u64, String> {
         match self.get(k) {
             None => Ok(d),
-            Some(v) => v.replace('_', "").parse().map_err(|_| format!("{k} = {v:?} is not a whole number")),
+            Some(v) => v
+                .replace('_', "")
+                .parse()
+                .map_err(|_| format!("{k} = {v:?} is not a whole number")),
         }
     }
     pub fn str_or<'a>(&'a self, k: &str, d: &'a str) -> &'a str {
@@ -105,7 +133,7 @@ pub struct Experiment {
     pub target: TargetSpec,
     pub steal_limit_pct: f64,
     pub gen_cpu_limit_pct: f64,
-    /// Dimension names in column order.
+    /// Dimension names in column order (kind and workload have their own columns).
     pub dims: Vec<String>,
     pub cells: Vec<Cell>,
     /// Cells removed by exclude rules (for the log).
@@ -113,10 +141,30 @@ pub struct Experiment {
 }
 
 /// Namespaces a cell key may use.
-pub const NAMESPACES: &[&str] = &["ring", "file", "net", "server", "raw", "block", "load", "placement", "fio", "iperf3", "nginx"];
+pub const NAMESPACES: &[&str] = &[
+    "ring",
+    "file",
+    "net",
+    "server",
+    "raw",
+    "block",
+    "load",
+    "placement",
+    "fio",
+    "iperf3",
+    "nginx",
+];
 pub const ENGINE_SECTIONS: &[&str] = &["ring", "file", "net", "server"];
-pub const BLOCK_KEYS: &[&str] =
-    &["scheduler", "nomerges", "nr_requests", "read_ahead_kb", "max_sectors_kb", "wbt_lat_usec", "rq_affinity", "io_poll"];
+pub const BLOCK_KEYS: &[&str] = &[
+    "scheduler",
+    "nomerges",
+    "nr_requests",
+    "read_ahead_kb",
+    "max_sectors_kb",
+    "wbt_lat_usec",
+    "rq_affinity",
+    "io_poll",
+];
 pub const LOAD_KEYS: &[&str] = &[
     "matches",
     "tick-hz",
@@ -135,7 +183,14 @@ pub const LOAD_KEYS: &[&str] = &[
     "file-size",
 ];
 pub const KINDS: &[&str] = &["recorder", "fio", "iperf3", "nginx"];
-pub const WORKLOADS: &[&str] = &["ingest", "bulk-ingest", "serve", "disk-write", "disk-read", "net"];
+pub const WORKLOADS: &[&str] = &[
+    "ingest",
+    "bulk-ingest",
+    "serve",
+    "disk-write",
+    "disk-read",
+    "net",
+];
 
 fn scalar(k: &str, v: &toml::Value) -> Result<String, String> {
     Ok(match v {
@@ -143,21 +198,36 @@ fn scalar(k: &str, v: &toml::Value) -> Result<String, String> {
         toml::Value::Integer(i) => i.to_string(),
         toml::Value::Float(f) => f.to_string(),
         toml::Value::Boolean(b) => b.to_string(),
-        other => return Err(format!("key {k:?}: value {other} must be a string, number or boolean (or a list of them)")),
+        other => {
+            return Err(format!(
+                "key {k:?}: value {other} must be a string, number or boolean (or a list of them)"
+            ))
+        }
     })
 }
 
 /// Flattens `[cell]`-like tables: nested tables become dotted names.
-fn flatten(prefix: &str, t: &toml::Table, out: &mut Vec<(String, Vec<String>, bool)>) -> Result<(), String> {
+fn flatten(
+    prefix: &str,
+    t: &toml::Table,
+    out: &mut Vec<(String, Vec<String>, bool)>,
+) -> Result<(), String> {
     for (k, v) in t {
-        let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let name = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             toml::Value::Table(sub) => flatten(&name, sub, out)?,
             toml::Value::Array(a) => {
                 if a.is_empty() {
                     return Err(format!("key {name:?}: an empty list gives no cells"));
                 }
-                let vals = a.iter().map(|x| scalar(&name, x)).collect::<Result<Vec<_>, _>>()?;
+                let vals = a
+                    .iter()
+                    .map(|x| scalar(&name, x))
+                    .collect::<Result<Vec<_>, _>>()?;
                 out.push((name, vals, true));
             }
             other => out.push((name.clone(), vec![scalar(&name, other)?], false)),
@@ -172,10 +242,16 @@ pub fn check_key(k: &str) -> Result<(), String> {
         return Ok(());
     }
     let (ns, rest) = k.split_once('.').ok_or_else(|| {
-        format!("key {k:?} has no namespace; use kind, workload or one of {}.NAME", NAMESPACES.join(", "))
+        format!(
+            "key {k:?} has no namespace; use kind, workload or one of {}.NAME",
+            NAMESPACES.join(", ")
+        )
     })?;
     if !NAMESPACES.contains(&ns) {
-        return Err(format!("key {k:?}: unknown namespace {ns:?}; use one of {}", NAMESPACES.join(", ")));
+        return Err(format!(
+            "key {k:?}: unknown namespace {ns:?}; use one of {}",
+            NAMESPACES.join(", ")
+        ));
     }
     if ENGINE_SECTIONS.contains(&ns) && engine::config::find_knob(k).is_none() {
         return Err(format!(
@@ -183,13 +259,21 @@ pub fn check_key(k: &str) -> Result<(), String> {
         ));
     }
     if ns == "block" && !BLOCK_KEYS.contains(&rest) {
-        return Err(format!("key {k:?}: unknown block-layer setting; use one of {}", BLOCK_KEYS.join(", ")));
+        return Err(format!(
+            "key {k:?}: unknown block-layer setting; use one of {}",
+            BLOCK_KEYS.join(", ")
+        ));
     }
     if ns == "load" && !LOAD_KEYS.contains(&rest) {
-        return Err(format!("key {k:?}: unknown load setting; use one of {}", LOAD_KEYS.join(", ")));
+        return Err(format!(
+            "key {k:?}: unknown load setting; use one of {}",
+            LOAD_KEYS.join(", ")
+        ));
     }
     if ns == "placement" && rest != "policy" {
-        return Err(format!("key {k:?}: the only placement setting is placement.policy"));
+        return Err(format!(
+            "key {k:?}: the only placement setting is placement.policy"
+        ));
     }
     Ok(())
 }
@@ -211,18 +295,22 @@ fn product(keys: &[(String, Vec<String>, bool)]) -> Vec<BTreeMap<String, String>
 }
 
 fn rule_matches(rule: &[(String, Vec<String>, bool)], cell: &BTreeMap<String, String>) -> bool {
-    rule.iter().all(|(k, vals, _)| cell.get(k).is_some_and(|v| vals.iter().any(|x| x == v)))
+    rule.iter()
+        .all(|(k, vals, _)| cell.get(k).is_some_and(|v| vals.iter().any(|x| x == v)))
 }
 
 impl Experiment {
     pub fn load(path: &Path) -> Result<Experiment, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read experiment {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read experiment {}: {e}", path.display()))?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Experiment, String> {
         let ctx = |e: String| format!("{}: {e}", path.display());
-        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ctx(format!("not valid TOML: {e}")))?;
+        let doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ctx(format!("not valid TOML: {e}")))?;
         const TOP: &[&str] = &[
             "name",
             "description",
@@ -239,7 +327,10 @@ impl Experiment {
         ];
         for k in doc.keys() {
             if !TOP.contains(&k.as_str()) {
-                return Err(ctx(format!("unknown top-level key {k:?}; expected one of {}", TOP.join(", "))));
+                return Err(ctx(format!(
+                    "unknown top-level key {k:?}; expected one of {}",
+                    TOP.join(", ")
+                )));
             }
         }
         let get_f = |t: &toml::Table, k: &str, d: f64| -> Result<f64, String> {
@@ -254,62 +345,113 @@ impl Experiment {
             .get("name")
             .and_then(|v| v.as_str())
             .map(String::from)
-            .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-        let description = doc.get("description").and_then(|v| v.as_str()).unwrap_or("").to_string();
+            .unwrap_or_else(|| {
+                path.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+        let description = doc
+            .get("description")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
         let ramp_up_s = get_f(&doc, "ramp_up_s", 2.0).map_err(ctx)?;
         let measure_s = get_f(&doc, "measure_s", 10.0).map_err(ctx)?;
         if measure_s <= 0.0 || ramp_up_s < 0.0 {
-            return Err(ctx("measure_s must be above 0 and ramp_up_s at least 0".into()));
+            return Err(ctx(
+                "measure_s must be above 0 and ramp_up_s at least 0".into()
+            ));
         }
         let seed = doc.get("seed").and_then(|v| v.as_integer()).unwrap_or(1) as u64;
-        let random_order = match doc.get("order").and_then(|v| v.as_str()).unwrap_or("random") {
+        let random_order = match doc
+            .get("order")
+            .and_then(|v| v.as_str())
+            .unwrap_or("random")
+        {
             "random" => true,
             "sequential" => false,
             o => return Err(ctx(format!("order = {o:?}; use random or sequential"))),
         };
         let empty = toml::Table::new();
-        let rep = doc.get("repeat").and_then(|v| v.as_table()).unwrap_or(&empty);
+        let rep = doc
+            .get("repeat")
+            .and_then(|v| v.as_table())
+            .unwrap_or(&empty);
         let repeat = Repeat {
             min: get_f(rep, "min", 1.0).map_err(ctx)? as u32,
             max: get_f(rep, "max", 1.0).map_err(ctx)? as u32,
             rsd_pct: get_f(rep, "rsd_pct", 5.0).map_err(ctx)?,
         };
         if repeat.min == 0 || repeat.max < repeat.min {
-            return Err(ctx(format!("repeat: min {} must be at least 1 and max {} at least min", repeat.min, repeat.max)));
+            return Err(ctx(format!(
+                "repeat: min {} must be at least 1 and max {} at least min",
+                repeat.min, repeat.max
+            )));
         }
-        let tt = doc.get("target").and_then(|v| v.as_table()).unwrap_or(&empty);
+        let tt = doc
+            .get("target")
+            .and_then(|v| v.as_table())
+            .unwrap_or(&empty);
         let target = TargetSpec {
-            kind: tt.get("kind").and_then(|v| v.as_str()).unwrap_or("dir").to_string(),
+            kind: tt
+                .get("kind")
+                .and_then(|v| v.as_str())
+                .unwrap_or("dir")
+                .to_string(),
             path: tt.get("path").and_then(|v| v.as_str()).map(PathBuf::from),
-            device: tt.get("device").and_then(|v| v.as_str()).map(|s| s.trim_start_matches("/dev/").to_string()),
-            size: tt.get("size").and_then(|v| v.as_str()).unwrap_or("2g").to_string(),
-            loop_direct_io: tt.get("direct_io").and_then(|v| v.as_bool()).unwrap_or(false),
-            allow_block_changes: tt.get("allow_block_changes").and_then(|v| v.as_bool()).unwrap_or(false),
+            device: tt
+                .get("device")
+                .and_then(|v| v.as_str())
+                .map(|s| s.trim_start_matches("/dev/").to_string()),
+            size: tt
+                .get("size")
+                .and_then(|v| v.as_str())
+                .unwrap_or("2g")
+                .to_string(),
+            loop_direct_io: tt
+                .get("direct_io")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            allow_block_changes: tt
+                .get("allow_block_changes")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
         };
         match target.kind.as_str() {
             "dir" | "loop" => {}
             "device" => {
                 if target.device.is_none() || target.path.is_none() {
-                    return Err(ctx("target kind = \"device\" needs device = \"NAME\" and path = a directory on a file system of that device".into()));
+                    return Err(ctx(
+                        "target kind = \"device\" needs device = \"NAME\" and path = a directory on a file system of that device".into(),
+                    ));
                 }
             }
             k => return Err(ctx(format!("target kind = {k:?}; use dir, loop or device"))),
         }
-        let lt = doc.get("limits").and_then(|v| v.as_table()).unwrap_or(&empty);
+        let lt = doc
+            .get("limits")
+            .and_then(|v| v.as_table())
+            .unwrap_or(&empty);
         let steal_limit_pct = get_f(lt, "steal_pct", 10.0).map_err(ctx)?;
         let gen_cpu_limit_pct = get_f(lt, "gen_cpu_pct", 95.0).map_err(ctx)?;
 
         let mut base = Vec::new();
         if let Some(c) = doc.get("cell") {
-            let t = c.as_table().ok_or_else(|| ctx("[cell] must be a table".into()))?;
+            let t = c
+                .as_table()
+                .ok_or_else(|| ctx("[cell] must be a table".into()))?;
             flatten("", t, &mut base).map_err(ctx)?;
         }
-        let table_list = |key: &str| -> Result<Vec<Vec<(String, Vec<String>, bool)>>, String> {
+        let table_list = |key: &str| -> Result<Vec<KeyVals>, String> {
             let mut out = Vec::new();
             if let Some(v) = doc.get(key) {
-                let arr = v.as_array().ok_or_else(|| format!("{key} must be written [[{key}]]"))?;
+                let arr = v
+                    .as_array()
+                    .ok_or_else(|| format!("{key} must be written [[{key}]]"))?;
                 for e in arr {
-                    let t = e.as_table().ok_or_else(|| format!("each [[{key}]] must be a table"))?;
+                    let t = e
+                        .as_table()
+                        .ok_or_else(|| format!("each [[{key}]] must be a table"))?;
                     let mut kv = Vec::new();
                     flatten("", t, &mut kv)?;
                     if kv.is_empty() {
@@ -322,19 +464,29 @@ impl Experiment {
         };
         let includes = table_list("include").map_err(ctx)?;
         let excludes = table_list("exclude").map_err(ctx)?;
-        for (k, vals, _) in base.iter().chain(includes.iter().flatten()).chain(excludes.iter().flatten()) {
+        for (k, vals, _) in base
+            .iter()
+            .chain(includes.iter().flatten())
+            .chain(excludes.iter().flatten())
+        {
             check_key(k).map_err(ctx)?;
             if k == "kind" {
                 for v in vals {
                     if !KINDS.contains(&v.as_str()) {
-                        return Err(ctx(format!("kind = {v:?}; use one of {}", KINDS.join(", "))));
+                        return Err(ctx(format!(
+                            "kind = {v:?}; use one of {}",
+                            KINDS.join(", ")
+                        )));
                     }
                 }
             }
             if k == "workload" {
                 for v in vals {
                     if !WORKLOADS.contains(&v.as_str()) {
-                        return Err(ctx(format!("workload = {v:?}; use one of {}", WORKLOADS.join(", "))));
+                        return Err(ctx(format!(
+                            "workload = {v:?}; use one of {}",
+                            WORKLOADS.join(", ")
+                        )));
                     }
                 }
             }
@@ -358,12 +510,20 @@ impl Experiment {
                 }
             }
         }
-        let base_scalars: Vec<(String, Vec<String>, bool)> = base.iter().filter(|(_, _, l)| !l).cloned().collect();
+        let base_scalars: Vec<(String, Vec<String>, bool)> =
+            base.iter().filter(|(_, _, l)| !l).cloned().collect();
         for inc in &includes {
-            let mut keys: Vec<(String, Vec<String>, bool)> =
-                base_scalars.iter().filter(|(k, _, _)| !inc.iter().any(|(ik, _, _)| ik == k)).cloned().collect();
+            let mut keys: Vec<(String, Vec<String>, bool)> = base_scalars
+                .iter()
+                .filter(|(k, _, _)| !inc.iter().any(|(ik, _, _)| ik == k))
+                .cloned()
+                .collect();
             // An anchor does not inherit recorder-only keys.
-            let kind = inc.iter().find(|(k, _, _)| k == "kind").map(|(_, v, _)| v[0].clone()).unwrap_or_else(|| "recorder".into());
+            let kind = inc
+                .iter()
+                .find(|(k, _, _)| k == "kind")
+                .map(|(_, v, _)| v[0].clone())
+                .unwrap_or_else(|| "recorder".into());
             if kind != "recorder" {
                 keys.retain(|(k, _, _)| {
                     let ns = k.split('.').next().unwrap_or("");
@@ -380,9 +540,30 @@ impl Experiment {
             }
         }
         if cells_v.is_empty() {
-            return Err(ctx("the experiment has no cells (every combination is excluded?)".into()));
+            return Err(ctx(
+                "the experiment has no cells (every combination is excluded?)".into(),
+            ));
         }
-        let cells = cells_v.into_iter().enumerate().map(|(i, values)| Cell { id: format!("c{i:04}"), values }).collect();
+        // Also a dimension: any key whose value is not the same in every cell (set by some
+        // [[include]] entries only, for example). kind and workload have their own columns.
+        for (k, _, _) in base.iter().chain(includes.iter().flatten()) {
+            if dims.contains(k) || k == "kind" || k == "workload" {
+                continue;
+            }
+            let first = cells_v[0].get(k);
+            if cells_v.iter().any(|c| c.get(k) != first) {
+                dims.push(k.clone());
+            }
+        }
+        dims.retain(|d| d != "kind" && d != "workload");
+        let cells = cells_v
+            .into_iter()
+            .enumerate()
+            .map(|(i, values)| Cell {
+                id: format!("c{i:04}"),
+                values,
+            })
+            .collect();
         Ok(Experiment {
             path: path.to_path_buf(),
             text: text.to_string(),
@@ -404,7 +585,9 @@ impl Experiment {
 
     /// Does any cell change the block layer?
     pub fn touches_block(&self) -> bool {
-        self.cells.iter().any(|c| c.values.keys().any(|k| k.starts_with("block.")))
+        self.cells
+            .iter()
+            .any(|c| c.values.keys().any(|k| k.starts_with("block.")))
     }
 }
 
@@ -436,7 +619,11 @@ mod tests {
         let fio: Vec<&Cell> = e.cells.iter().filter(|c| c.kind() == "fio").collect();
         assert_eq!(fio.len(), 2);
         assert_eq!(fio[1].workload(), "disk-read");
-        assert_eq!(fio[0].get("load.tick-hz"), Some("32"), "anchors inherit load scalars");
+        assert_eq!(
+            fio[0].get("load.tick-hz"),
+            Some("32"),
+            "anchors inherit load scalars"
+        );
         assert!(e.cells.iter().all(|c| c.get("load.tick-hz") == Some("32")));
         assert_eq!(e.cells[0].id, "c0000");
     }
@@ -445,9 +632,14 @@ mod tests {
     fn bad_names_are_refused_with_the_fix() {
         let err = Experiment::parse(Path::new("t.toml"), "[cell]\n\"bogus.x\" = 1\n").unwrap_err();
         assert!(err.contains("unknown namespace"), "{err}");
-        let err = Experiment::parse(Path::new("t.toml"), "[cell]\n\"block.colour\" = 1\n").unwrap_err();
+        let err =
+            Experiment::parse(Path::new("t.toml"), "[cell]\n\"block.colour\" = 1\n").unwrap_err();
         assert!(err.contains("scheduler"), "{err}");
-        let err = Experiment::parse(Path::new("t.toml"), "[cell]\n\"ring.no-such-knob\" = [1,2]\n").unwrap_err();
+        let err = Experiment::parse(
+            Path::new("t.toml"),
+            "[cell]\n\"ring.no-such-knob\" = [1,2]\n",
+        )
+        .unwrap_err();
         assert!(err.contains("recorder options"), "{err}");
         let err = Experiment::parse(Path::new("t.toml"), "typo = 1\n").unwrap_err();
         assert!(err.contains("unknown top-level key"), "{err}");

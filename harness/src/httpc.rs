@@ -20,7 +20,9 @@ impl Response {
 }
 
 pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    h.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// What a streamed request returned.
@@ -45,11 +47,18 @@ pub struct Conn {
 
 impl Conn {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
-        let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect to {addr}: {e}"))?;
-        s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-        s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        let s = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        s.set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
         let _ = s.set_nodelay(true);
-        Ok(Conn { rd: BufReader::with_capacity(256 * 1024, s), addr, host: addr.to_string() })
+        Ok(Conn {
+            rd: BufReader::with_capacity(256 * 1024, s),
+            addr,
+            host: addr.to_string(),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -57,14 +66,25 @@ impl Conn {
     }
 
     /// GET `path` (optionally a byte range, inclusive), body bytes passed to `sink` as they arrive.
-    pub fn get(&mut self, path: &str, range: Option<(u64, u64)>, sink: &mut dyn FnMut(&[u8])) -> Result<Head, String> {
+    pub fn get(
+        &mut self,
+        path: &str,
+        range: Option<(u64, u64)>,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<Head, String> {
         let t0 = Instant::now();
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: uring-lab-harness\r\n", self.host);
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: uring-lab-harness\r\n",
+            self.host
+        );
         if let Some((a, b)) = range {
             req.push_str(&format!("Range: bytes={a}-{b}\r\n"));
         }
         req.push_str("\r\n");
-        self.rd.get_mut().write_all(req.as_bytes()).map_err(|e| format!("sending request for {path}: {e}"))?;
+        self.rd
+            .get_mut()
+            .write_all(req.as_bytes())
+            .map_err(|e| format!("sending request for {path}: {e}"))?;
         let mut line = String::new();
         self.read_line(&mut line, path)?;
         let mut parts = line.trim_end().splitn(3, ' ');
@@ -74,7 +94,10 @@ impl Conn {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("{path}: malformed status line {:?}", line.trim_end()))?;
         if !version.starts_with("HTTP/1.") {
-            return Err(format!("{path}: not an HTTP/1.x response: {:?}", line.trim_end()));
+            return Err(format!(
+                "{path}: not an HTTP/1.x response: {:?}",
+                line.trim_end()
+            ));
         }
         let mut headers = Vec::new();
         loop {
@@ -84,12 +107,17 @@ impl Conn {
             if l.is_empty() {
                 break;
             }
-            let (k, v) = l.split_once(':').ok_or_else(|| format!("{path}: malformed header line {l:?}"))?;
+            let (k, v) = l
+                .split_once(':')
+                .ok_or_else(|| format!("{path}: malformed header line {l:?}"))?;
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
         let mut ttfb = t0.elapsed();
-        let conn_close = header(&headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) || version.as_str() == "HTTP/1.0";
-        let chunked = header(&headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let conn_close = header(&headers, "connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+            || version.as_str() == "HTTP/1.0";
+        let chunked = header(&headers, "transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         let clen = header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
         let mut total = 0u64;
         let mut first = true;
@@ -108,7 +136,8 @@ impl Conn {
                 line.clear();
                 self.read_line(&mut line, path)?;
                 let size_txt = line.trim_end().split(';').next().unwrap_or("").trim();
-                let size = u64::from_str_radix(size_txt, 16).map_err(|_| format!("{path}: bad chunk size line {:?}", line.trim_end()))?;
+                let size = u64::from_str_radix(size_txt, 16)
+                    .map_err(|_| format!("{path}: bad chunk size line {:?}", line.trim_end()))?;
                 if size == 0 {
                     // Trailers until the empty line.
                     loop {
@@ -123,7 +152,9 @@ impl Conn {
                 let mut left = size;
                 while left > 0 {
                     let n = (left as usize).min(buf.len());
-                    self.rd.read_exact(&mut buf[..n]).map_err(|e| format!("{path}: reading chunk: {e}"))?;
+                    self.rd
+                        .read_exact(&mut buf[..n])
+                        .map_err(|e| format!("{path}: reading chunk: {e}"))?;
                     note_first(&mut ttfb, &mut first);
                     sink(&buf[..n]);
                     left -= n as u64;
@@ -140,9 +171,15 @@ impl Conn {
             let mut left = len;
             while left > 0 {
                 let n = (left as usize).min(buf.len());
-                let got = self.rd.read(&mut buf[..n]).map_err(|e| format!("{path}: reading body: {e}"))?;
+                let got = self
+                    .rd
+                    .read(&mut buf[..n])
+                    .map_err(|e| format!("{path}: reading body: {e}"))?;
                 if got == 0 {
-                    return Err(format!("{path}: connection closed after {} of {len} body bytes", len - left));
+                    return Err(format!(
+                        "{path}: connection closed after {} of {len} body bytes",
+                        len - left
+                    ));
                 }
                 note_first(&mut ttfb, &mut first);
                 sink(&buf[..got]);
@@ -152,7 +189,10 @@ impl Conn {
             keep_alive = !conn_close;
         } else {
             loop {
-                let got = self.rd.read(&mut buf).map_err(|e| format!("{path}: reading body: {e}"))?;
+                let got = self
+                    .rd
+                    .read(&mut buf)
+                    .map_err(|e| format!("{path}: reading body: {e}"))?;
                 if got == 0 {
                     break;
                 }
@@ -162,24 +202,45 @@ impl Conn {
             }
             keep_alive = false;
         }
-        Ok(Head { status, headers, body_bytes: total, ttfb, total: t0.elapsed(), keep_alive })
+        Ok(Head {
+            status,
+            headers,
+            body_bytes: total,
+            ttfb,
+            total: t0.elapsed(),
+            keep_alive,
+        })
     }
 
     fn read_line(&mut self, line: &mut String, path: &str) -> Result<(), String> {
-        let n = self.rd.read_line(line).map_err(|e| format!("{path}: reading response: {e}"))?;
+        let n = self
+            .rd
+            .read_line(line)
+            .map_err(|e| format!("{path}: reading response: {e}"))?;
         if n == 0 {
-            return Err(format!("{path}: connection closed before the response was complete"));
+            return Err(format!(
+                "{path}: connection closed before the response was complete"
+            ));
         }
         Ok(())
     }
 }
 
 /// One GET on a fresh connection, body kept in memory.
-pub fn get(addr: SocketAddr, path: &str, range: Option<(u64, u64)>, timeout: Duration) -> Result<Response, String> {
+pub fn get(
+    addr: SocketAddr,
+    path: &str,
+    range: Option<(u64, u64)>,
+    timeout: Duration,
+) -> Result<Response, String> {
     let mut c = Conn::connect(addr, timeout)?;
     let mut body = Vec::new();
     let h = c.get(path, range, &mut |b| body.extend_from_slice(b))?;
-    Ok(Response { status: h.status, headers: h.headers, body })
+    Ok(Response {
+        status: h.status,
+        headers: h.headers,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -212,7 +273,8 @@ mod tests {
         let a = serve_once(b"HTTP/1.1 206 Partial\r\nContent-Length: 3\r\n\r\nabc");
         let r = get(a, "/x", Some((0, 2)), Duration::from_secs(5)).unwrap();
         assert_eq!((r.status, r.body.as_slice()), (206, &b"abc"[..]));
-        let a = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabc");
+        let a =
+            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabc");
         let e = get(a, "/x", None, Duration::from_secs(5)).unwrap_err();
         assert!(e.contains("closed after 3 of 10"), "{e}");
     }

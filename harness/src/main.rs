@@ -9,7 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use harness::{clients, ds, util::SizeDist};
 
 #[derive(Parser)]
-#[command(name = "harness", about = "uring-lab harness: simulated game servers, replay clients, sweeps with telemetry")]
+#[command(
+    name = "harness",
+    about = "uring-lab harness: simulated game servers, replay clients, sweeps with telemetry"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -43,6 +46,9 @@ struct SweepArgs {
     /// A/B mode: build BASE_REV in a temporary worktree and run base and head interleaved
     #[arg(long, value_name = "BASE_REV")]
     ab: Option<String>,
+    /// Exit with status 3 if any run failed (recorder crash, harness error)
+    #[arg(long)]
+    fail_on_failed: bool,
 }
 
 #[derive(Args)]
@@ -169,7 +175,8 @@ fn ds_main(a: DsArgs) -> Result<(), String> {
         id_prefix: a.id_prefix,
         credential: a.credential,
         end_at_stop: !a.no_end || a.verify,
-        max_frame_bytes: engine::config::parse_bytes(&a.max_frame_bytes).map_err(|e| format!("--max-frame-bytes: {e}"))?,
+        max_frame_bytes: engine::config::parse_bytes(&a.max_frame_bytes)
+            .map_err(|e| format!("--max-frame-bytes: {e}"))?,
         backlog_bytes: 4 << 20,
         seed: a.seed,
     };
@@ -181,7 +188,12 @@ fn ds_main(a: DsArgs) -> Result<(), String> {
     let mut ok = true;
     if a.verify {
         let v = ds::verify(&cfg, a.http.expect("checked above"), &rep.matches);
-        println!("verify: {} matches byte-identical, {} not sealed (not checked), {} mismatches", v.verified, v.not_sealed, v.mismatches.len());
+        println!(
+            "verify: {} matches byte-identical, {} not sealed (not checked), {} mismatches",
+            v.verified,
+            v.not_sealed,
+            v.mismatches.len()
+        );
         for m in v.mismatches.iter().take(20) {
             println!("verify: {m}");
         }
@@ -201,7 +213,11 @@ fn clients_main(a: ClientsArgs) -> Result<(), String> {
         let cold = match phase.as_str() {
             "hot" => false,
             "cold" => true,
-            p => return Err(format!("--phases: unknown phase {p:?}; use hot and/or cold")),
+            p => {
+                return Err(format!(
+                    "--phases: unknown phase {p:?}; use hot and/or cold"
+                ))
+            }
         };
         let cfg = clients::ClientsConfig {
             addr: a.addr,
@@ -231,10 +247,30 @@ fn clients_main(a: ClientsArgs) -> Result<(), String> {
 
 fn plan_main(a: PlanArgs) -> Result<(), String> {
     let e = harness::experiment::Experiment::load(&a.experiment)?;
-    println!("{}: {} cells ({} excluded), dimensions: {}", e.name, e.cells.len(), e.excluded, e.dims.join(", "));
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{}: {} cells ({} excluded), dimensions: {}",
+        e.name,
+        e.cells.len(),
+        e.excluded,
+        e.dims.join(", ")
+    );
     for c in &e.cells {
         let kv: Vec<String> = c.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("{} {} {}", c.id, c.kind(), kv.join(" "));
+        if writeln!(
+            out,
+            "{} {} {} {}",
+            c.id,
+            c.kind(),
+            c.workload(),
+            kv.join(" ")
+        )
+        .is_err()
+        {
+            break; // stdout closed (| head): not an error
+        }
     }
     Ok(())
 }
@@ -252,6 +288,7 @@ fn main() -> ExitCode {
                 recorder: a.recorder,
                 ab: a.ab,
                 command_line: std::env::args().collect::<Vec<_>>().join(" "),
+                fail_on_failed: a.fail_on_failed,
             };
             return match harness::sweep::sweep(opts, stop_flag()) {
                 Ok(code) => ExitCode::from(code as u8),

@@ -17,21 +17,47 @@ pub struct Topo {
 impl Topo {
     pub fn discover() -> Topo {
         let Some(t) = Topology::new() else {
-            let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u32;
-            return Topo { summary: format!("hwloc unavailable; {n} CPUs"), pus: (0..n).collect(), numa_nodes: 1 };
+            let n = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1) as u32;
+            return Topo {
+                summary: format!("hwloc unavailable; {n} CPUs"),
+                pus: (0..n).collect(),
+                numa_nodes: 1,
+            };
         };
         let mut parts = Vec::new();
         for d in 0..t.depth() {
             parts.push(format!("{:?}:{}", t.type_at_depth(d), t.size_at_depth(d)));
         }
-        let pus: Vec<u32> = t.objects_with_type(&ObjectType::PU).map(|v| v.iter().map(|o| o.os_index()).collect()).unwrap_or_default();
+        let pus: Vec<u32> = t
+            .objects_with_type(&ObjectType::PU)
+            .map(|v| v.iter().map(|o| o.os_index()).collect())
+            .unwrap_or_default();
         // NUMA nodes sit at a special (negative) depth that hwloc2 2.2 cannot index: ask sysfs.
         let numa_nodes = std::fs::read_dir("/sys/devices/system/node")
-            .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().strip_prefix("node").is_some_and(|n| n.parse::<u32>().is_ok())).count())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .strip_prefix("node")
+                            .is_some_and(|n| n.parse::<u32>().is_ok())
+                    })
+                    .count()
+            })
             .unwrap_or(1)
             .max(1);
-        let summary = format!("{}; PUs {:?}; NUMA nodes {numa_nodes}", parts.join(" "), pus);
-        Topo { summary, pus, numa_nodes }
+        let summary = format!(
+            "{}; PUs {:?}; NUMA nodes {numa_nodes}",
+            parts.join(" "),
+            pus
+        );
+        Topo {
+            summary,
+            pus,
+            numa_nodes,
+        }
     }
 }
 
@@ -46,21 +72,35 @@ impl Plan {
     pub fn describe(&self) -> String {
         match (&self.recorder_cpus, &self.generator_cpus) {
             (None, None) => self.policy.clone(),
-            (r, g) => format!("{}:recorder={};generator={}", self.policy, r.as_deref().unwrap_or("all"), g.as_deref().unwrap_or("all")),
+            (r, g) => format!(
+                "{}:recorder={};generator={}",
+                self.policy,
+                r.as_deref().unwrap_or("all"),
+                g.as_deref().unwrap_or("all")
+            ),
         }
     }
 }
 
 fn list(p: &[u32]) -> String {
-    p.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    p.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn plan(t: &Topo, policy: &str) -> Result<Plan, String> {
     match policy {
-        "shared" => Ok(Plan { policy: "shared".into(), ..Default::default() }),
+        "shared" => Ok(Plan {
+            policy: "shared".into(),
+            ..Default::default()
+        }),
         "separate" => {
             if t.pus.len() < 2 {
-                return Err(format!("placement.policy = separate needs at least 2 PUs; this machine has {}", t.pus.len()));
+                return Err(format!(
+                    "placement.policy = separate needs at least 2 PUs; this machine has {}",
+                    t.pus.len()
+                ));
             }
             let half = t.pus.len() / 2;
             Ok(Plan {
@@ -84,5 +124,6 @@ pub fn bind_self(t: &Topo, cpus: Option<&str>) -> Result<(), String> {
     for i in ids {
         set.set(i);
     }
-    topo.set_cpubind(set, CpuBindFlags::CPUBIND_PROCESS).map_err(|e| format!("hwloc set_cpubind: {e:?}"))
+    topo.set_cpubind(set, CpuBindFlags::CPUBIND_PROCESS)
+        .map_err(|e| format!("hwloc set_cpubind: {e:?}"))
 }

@@ -26,8 +26,20 @@ use crate::util::{fmt_opt, mean_sd, rfc3339_now, run_cmd, unix_now, SizeDist};
 use crate::{clients, ds, placement};
 
 /// Columns of runs.csv before the dimension columns.
-pub const HEAD_COLS: &[&str] =
-    &["run_id", "cell_id", "rep", "pair", "revision", "kind", "workload", "status", "reason", "started_at", "duration_s", "dims"];
+pub const HEAD_COLS: &[&str] = &[
+    "run_id",
+    "cell_id",
+    "rep",
+    "pair",
+    "revision",
+    "kind",
+    "workload",
+    "status",
+    "reason",
+    "started_at",
+    "duration_s",
+    "dims",
+];
 /// Columns after the dimension columns (docs/results.md order), then the added ones.
 pub const TAIL_COLS: &[&str] = &[
     "requested_flags",
@@ -83,6 +95,8 @@ pub struct SweepOpts {
     pub recorder: Option<PathBuf>,
     pub ab: Option<String>,
     pub command_line: String,
+    /// Exit with 3 when a run failed (default: failed runs are data, exit 0).
+    pub fail_on_failed: bool,
 }
 
 /// One finished run.
@@ -100,7 +114,11 @@ pub struct Outcome {
 
 impl Outcome {
     fn bad(status: &str, reason: impl Into<String>) -> Outcome {
-        Outcome { status: status.into(), reason: one_line(&reason.into()), ..Default::default() }
+        Outcome {
+            status: status.into(),
+            reason: one_line(&reason.into()),
+            ..Default::default()
+        }
     }
     pub fn throughput(&self) -> Option<f64> {
         self.m.get("throughput_mbps").and_then(|v| v.parse().ok())
@@ -110,7 +128,15 @@ impl Outcome {
 fn one_line(s: &str) -> String {
     let s = s.replace(['\n', '\r'], " | ");
     if s.len() > 600 {
-        format!("{}...", &s[..s.char_indices().take_while(|(i, _)| *i < 600).last().map(|(i, _)| i).unwrap_or(0)])
+        format!(
+            "{}...",
+            &s[..s
+                .char_indices()
+                .take_while(|(i, _)| *i < 600)
+                .last()
+                .map(|(i, _)| i)
+                .unwrap_or(0)]
+        )
     } else {
         s
     }
@@ -131,10 +157,19 @@ impl RunsCsv {
         let mut done = HashMap::new();
         if path.exists() {
             if !resume {
-                return Err(format!("{} exists; use --resume to continue that sweep or choose another --out", path.display()));
+                return Err(format!(
+                    "{} exists; use --resume to continue that sweep or choose another --out",
+                    path.display()
+                ));
             }
-            let mut rd = csv::Reader::from_path(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let h: Vec<String> = rd.headers().map_err(|e| e.to_string())?.iter().map(String::from).collect();
+            let mut rd = csv::Reader::from_path(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let h: Vec<String> = rd
+                .headers()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(String::from)
+                .collect();
             if h != header {
                 return Err(format!(
                     "{} was written by a different experiment (its columns differ); resume needs the same experiment file",
@@ -142,17 +177,26 @@ impl RunsCsv {
                 ));
             }
             let ci = |n: &str| h.iter().position(|x| x == n).expect("own header");
-            let (c_cell, c_rep, c_status, c_thr) = (ci("cell_id"), ci("rep"), ci("status"), ci("throughput_mbps"));
+            let (c_cell, c_rep, c_status, c_thr) = (
+                ci("cell_id"),
+                ci("rep"),
+                ci("status"),
+                ci("throughput_mbps"),
+            );
             for r in rd.records() {
                 let r = r.map_err(|e| format!("{}: {e}", path.display()))?;
                 let rep: u32 = r.get(c_rep).and_then(|v| v.parse().ok()).unwrap_or(0);
                 done.insert(
                     (r.get(c_cell).unwrap_or("").to_string(), rep),
-                    (r.get(c_status).unwrap_or("").to_string(), r.get(c_thr).and_then(|v| v.parse().ok())),
+                    (
+                        r.get(c_status).unwrap_or("").to_string(),
+                        r.get(c_thr).and_then(|v| v.parse().ok()),
+                    ),
                 );
             }
         } else {
-            let mut w = csv::Writer::from_path(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            let mut w = csv::Writer::from_path(&path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
             w.write_record(&header).map_err(|e| e.to_string())?;
             w.flush().map_err(|e| e.to_string())?;
         }
@@ -160,11 +204,19 @@ impl RunsCsv {
     }
 
     pub fn append(&mut self, row: &BTreeMap<String, String>) -> Result<(), String> {
-        let f = std::fs::OpenOptions::new().append(true).open(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(f);
-        let rec: Vec<&str> = self.header.iter().map(|h| row.get(h).map(String::as_str).unwrap_or("")).collect();
+        let rec: Vec<&str> = self
+            .header
+            .iter()
+            .map(|h| row.get(h).map(String::as_str).unwrap_or(""))
+            .collect();
         w.write_record(&rec).map_err(|e| e.to_string())?;
-        w.flush().map_err(|e| format!("{}: {e}", self.path.display()))?;
+        w.flush()
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let f = w.into_inner().map_err(|e| e.to_string())?;
         f.sync_data().map_err(|e| e.to_string())?;
         Ok(())
@@ -186,6 +238,7 @@ const HARNESS_OWNED: &[&str] = &["server.store", "server.ingest-addr", "server.h
 
 /// The recorder's command-line arguments for a cell and the setup flags it requests,
 /// validated with the engine's own rules first (a refusal makes the cell `unsupported`).
+#[allow(clippy::result_large_err)] // an Outcome is the natural error here
 fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), Outcome> {
     let mut cfg = engine::config::Config::default();
     let _ = cfg.set("server.store", "/nonexistent-store-checked-by-the-recorder");
@@ -194,13 +247,21 @@ fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), Outcome> {
     let mut args = Vec::new();
     for k in cell.values.keys() {
         if HARNESS_OWNED.contains(&k.as_str()) {
-            return Err(Outcome::bad("failed", format!("{k} is set by the harness for every run; remove it from the experiment")));
+            return Err(Outcome::bad(
+                "failed",
+                format!("{k} is set by the harness for every run; remove it from the experiment"),
+            ));
         }
     }
     for (k, v) in &cell.values {
         let ns = k.split('.').next().unwrap_or("");
         if ENGINE_SECTIONS.contains(&ns) {
-            cfg.set(k, v).map_err(|e| Outcome::bad("unsupported", format!("refused by the engine's knob table: {e}")))?;
+            cfg.set(k, v).map_err(|e| {
+                Outcome::bad(
+                    "unsupported",
+                    format!("refused by the engine's knob table: {e}"),
+                )
+            })?;
             let knob = engine::config::find_knob(k).expect("checked at load");
             args.push(format!("--{}", knob.name));
             args.push(v.clone());
@@ -211,7 +272,12 @@ fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), Outcome> {
     }
     cfg.validate()
         .and_then(|_| engine::config::server::validate_serve(&cfg))
-        .map_err(|e| Outcome::bad("unsupported", format!("refused by the engine's configuration rules: {e}")))?;
+        .map_err(|e| {
+            Outcome::bad(
+                "unsupported",
+                format!("refused by the engine's configuration rules: {e}"),
+            )
+        })?;
     let requested = if cfg.server.backend == engine::config::server::Backend::Uring {
         engine::uring::flag_names(cfg.ring.setup_flags()).replace("none", "")
     } else {
@@ -224,13 +290,29 @@ fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), Outcome> {
 fn classify_exit(log: &str, status: &str) -> Outcome {
     let hit = log.lines().find(|l| {
         let l = l.to_ascii_lowercase();
-        l.contains("unsupported") || l.contains("not supported") || l.contains("eopnotsupp") || l.contains("unknown option")
+        l.contains("unsupported")
+            || l.contains("not supported")
+            || l.contains("eopnotsupp")
+            || l.contains("unknown option")
     });
     match hit {
         Some(l) => Outcome::bad("unsupported", l.trim().to_string()),
         None => {
-            let tail: Vec<&str> = log.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
-            Outcome::bad("failed", format!("recorder exited ({status}) before listening: {}", tail.join(" | ")))
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            Outcome::bad(
+                "failed",
+                format!(
+                    "recorder exited ({status}) before listening: {}",
+                    tail.join(" | ")
+                ),
+            )
         }
     }
 }
@@ -246,7 +328,11 @@ fn flags_from_log(log: &str, word: &str) -> String {
                 None => (rest.split(',').next().unwrap_or("").trim(), ""),
             };
             let v = if word == "effective" { eff } else { req };
-            return if v == "none" { String::new() } else { v.to_string() };
+            return if v == "none" {
+                String::new()
+            } else {
+                v.to_string()
+            };
         }
     }
     for l in log.lines() {
@@ -269,8 +355,21 @@ struct Recorder {
     log_path: PathBuf,
 }
 
-fn spawn_recorder(bin: &Path, store: &Path, args: &[String], log_path: &Path, cpus: Option<&str>, stop: &AtomicBool) -> Result<Recorder, Outcome> {
-    let log = std::fs::File::create(log_path).map_err(|e| Outcome::bad("failed", format!("cannot create log {}: {e}", log_path.display())))?;
+#[allow(clippy::result_large_err)]
+fn spawn_recorder(
+    bin: &Path,
+    store: &Path,
+    args: &[String],
+    log_path: &Path,
+    cpus: Option<&str>,
+    stop: &AtomicBool,
+) -> Result<Recorder, Outcome> {
+    let log = std::fs::File::create(log_path).map_err(|e| {
+        Outcome::bad(
+            "failed",
+            format!("cannot create log {}: {e}", log_path.display()),
+        )
+    })?;
     let mut cmd = match cpus {
         Some(c) => {
             let mut cmd = Command::new("taskset");
@@ -285,16 +384,38 @@ fn spawn_recorder(bin: &Path, store: &Path, args: &[String], log_path: &Path, cp
         .args(["--ingest-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .args(args)
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| Outcome::bad("failed", e.to_string()))?)
+        .stdout(
+            log.try_clone()
+                .map_err(|e| Outcome::bad("failed", e.to_string()))?,
+        )
         .stderr(log);
-    let mut child = cmd.spawn().map_err(|e| Outcome::bad("failed", format!("cannot start recorder {}: {e}", bin.display())))?;
-    let _ = crate::util::run_cmd("prlimit", &["--pid", &child.id().to_string(), "--nofile=65536:65536"]);
+    let mut child = cmd.spawn().map_err(|e| {
+        Outcome::bad(
+            "failed",
+            format!("cannot start recorder {}: {e}", bin.display()),
+        )
+    })?;
+    let _ = crate::util::run_cmd(
+        "prlimit",
+        &["--pid", &child.id().to_string(), "--nofile=65536:65536"],
+    );
     let t0 = Instant::now();
     loop {
         let text = std::fs::read_to_string(log_path).unwrap_or_default();
-        let find = |p: &str| text.lines().find_map(|l| l.split(p).nth(1).and_then(|a| a.trim().parse::<SocketAddr>().ok()));
+        let find = |p: &str| {
+            text.lines().find_map(|l| {
+                l.split(p)
+                    .nth(1)
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+            })
+        };
         if let (Some(i), Some(h)) = (find("ingest listening on "), find("http listening on ")) {
-            return Ok(Recorder { child, ingest: i, http: h, log_path: log_path.to_path_buf() });
+            return Ok(Recorder {
+                child,
+                ingest: i,
+                http: h,
+                log_path: log_path.to_path_buf(),
+            });
         }
         if let Ok(Some(st)) = child.try_wait() {
             std::thread::sleep(Duration::from_millis(50));
@@ -304,7 +425,10 @@ fn spawn_recorder(bin: &Path, store: &Path, args: &[String], log_path: &Path, cp
         if t0.elapsed() > Duration::from_secs(30) || stop.load(Relaxed) {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(Outcome::bad("failed", "recorder did not print `ingest listening on` and `http listening on` within 30 s"));
+            return Err(Outcome::bad(
+                "failed",
+                "recorder did not print `ingest listening on` and `http listening on` within 30 s",
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -314,7 +438,9 @@ impl Recorder {
     /// SIGTERM, wait up to 10 s, then SIGKILL. Err if it had died before we asked.
     fn stop(mut self) -> Result<(), String> {
         if let Ok(Some(st)) = self.child.try_wait() {
-            return Err(format!("recorder exited during the run ({st}); see the log"));
+            return Err(format!(
+                "recorder exited during the run ({st}); see the log"
+            ));
         }
         let _ = crate::util::send_signal(self.child.id(), "TERM");
         let t0 = Instant::now();
@@ -329,21 +455,49 @@ impl Recorder {
         let _ = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log_path)
-            .and_then(|mut f| writeln!(f, "harness: recorder did not stop within 10 s of SIGTERM; killed"));
+            .and_then(|mut f| {
+                writeln!(
+                    f,
+                    "harness: recorder did not stop within 10 s of SIGTERM; killed"
+                )
+            });
         Ok(())
     }
 }
 
 fn vmhwm_kb(pid: u32) -> Option<f64> {
-    procfs::process::Process::new(pid as i32).ok()?.status().ok()?.vmhwm.map(|v| v as f64)
+    procfs::process::Process::new(pid as i32)
+        .ok()?
+        .status()
+        .ok()?
+        .vmhwm
+        .map(|v| v as f64)
 }
 
-fn ds_config_for(cell: &Cell, exp: &Experiment, addr: SocketAddr, run_seed: u64) -> Result<ds::DsConfig, String> {
+fn ds_config_for(
+    cell: &Cell,
+    exp: &Experiment,
+    addr: SocketAddr,
+    run_seed: u64,
+) -> Result<ds::DsConfig, String> {
     let bulk = cell.workload() == "bulk-ingest";
-    let mut c = ds::DsConfig { addr, ramp_up_s: exp.ramp_up_s, measure_s: exp.measure_s, seed: run_seed, ..Default::default() };
+    let mut c = ds::DsConfig {
+        addr,
+        ramp_up_s: exp.ramp_up_s,
+        measure_s: exp.measure_s,
+        seed: run_seed,
+        ..Default::default()
+    };
     c.matches = cell.u64_or("load.matches", if bulk { 8 } else { 64 })? as usize;
     c.tick_hz = cell.f64_or("load.tick-hz", if bulk { 100.0 } else { 32.0 })?;
-    c.delta = SizeDist::parse(cell.str_or("load.delta", if bulk { "fixed:64k" } else { "uniform:200-2000" }))?;
+    c.delta = SizeDist::parse(cell.str_or(
+        "load.delta",
+        if bulk {
+            "fixed:64k"
+        } else {
+            "uniform:200-2000"
+        },
+    ))?;
     c.keyframe = SizeDist::parse(cell.str_or("load.keyframe", "48k"))?;
     c.keyframe_interval_s = cell.f64_or("load.keyframe-interval-s", 3.0)?;
     c.match_duration_s = cell.f64_or("load.match-duration-s", 0.0)?;
@@ -356,7 +510,14 @@ fn ds_config_for(cell: &Cell, exp: &Experiment, addr: SocketAddr, run_seed: u64)
 }
 
 /// The measured part of a recorder run, given a started recorder.
-fn drive_recorder(ctx: &Ctx, cell: &Cell, rec: &Recorder, run_seed: u64, progress: &Arc<AtomicU64>, o: &mut Outcome) -> Result<(Instant, f64, u64), String> {
+fn drive_recorder(
+    ctx: &Ctx,
+    cell: &Cell,
+    rec: &Recorder,
+    run_seed: u64,
+    progress: &Arc<AtomicU64>,
+    o: &mut Outcome,
+) -> Result<(Instant, f64, u64), String> {
     let exp = ctx.exp;
     match cell.workload().as_str() {
         "ingest" | "bulk-ingest" => {
@@ -374,7 +535,8 @@ fn drive_recorder(ctx: &Ctx, cell: &Cell, rec: &Recorder, run_seed: u64, progres
                     p.store(ctr.payload_bytes_acked.load(Relaxed), Relaxed);
                 })
             };
-            let ws = Instant::now() + Duration::from_millis(20) + Duration::from_secs_f64(cfg.ramp_up_s);
+            let ws =
+                Instant::now() + Duration::from_millis(20) + Duration::from_secs_f64(cfg.ramp_up_s);
             let started = unix_now() + 0.02 + cfg.ramp_up_s;
             let rep = ds::run(&cfg, ctr, ctx.stop.clone());
             fwd_stop.store(true, Relaxed);
@@ -390,7 +552,14 @@ fn drive_recorder(ctx: &Ctx, cell: &Cell, rec: &Recorder, run_seed: u64, progres
             o.m.insert("ack_max_us", fmt_opt(rep.ack_pct(100.0)));
             o.m.insert("gen_cpu_pct", fmt_opt(rep.gen_cpu_pct));
             o.m.insert("errors", rep.errors_total().to_string());
-            o.m.insert("error_kinds", rep.errors.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";"));
+            o.m.insert(
+                "error_kinds",
+                rep.errors
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+            );
             Ok((ws, rep.measure_s, rep.payload_bytes_acked_window))
         }
         "serve" => {
@@ -400,18 +569,34 @@ fn drive_recorder(ctx: &Ctx, cell: &Cell, rec: &Recorder, run_seed: u64, progres
             pre.ramp_up_s = 0.2;
             pre.measure_s = cell.f64_or("load.prefill-s", 3.0)?;
             let prep = ds::run(&pre, Arc::new(ds::DsCounters::default()), ctx.stop.clone())?;
-            let ids: Vec<String> = prep.matches.iter().filter(|m| m.sealed.is_some() && m.acked_seq > 0).map(|m| m.id.clone()).collect();
+            let ids: Vec<String> = prep
+                .matches
+                .iter()
+                .filter(|m| m.sealed.is_some() && m.acked_seq > 0)
+                .map(|m| m.id.clone())
+                .collect();
             if ids.is_empty() {
-                return Err(format!("prefill sealed no match ({})", prep.summary().replace('\n', " ")));
+                return Err(format!(
+                    "prefill sealed no match ({})",
+                    prep.summary().replace('\n', " ")
+                ));
             }
             let ccfg = clients_config_for(cell, exp, rec.http, ids, run_seed)?;
             run_clients(&ccfg, progress, ctx, o)
         }
-        w => Err(format!("workload {w} does not apply to the recorder; use ingest, bulk-ingest or serve")),
+        w => Err(format!(
+            "workload {w} does not apply to the recorder; use ingest, bulk-ingest or serve"
+        )),
     }
 }
 
-fn clients_config_for(cell: &Cell, exp: &Experiment, addr: SocketAddr, ids: Vec<String>, seed: u64) -> Result<clients::ClientsConfig, String> {
+fn clients_config_for(
+    cell: &Cell,
+    exp: &Experiment,
+    addr: SocketAddr,
+    ids: Vec<String>,
+    seed: u64,
+) -> Result<clients::ClientsConfig, String> {
     let cold = match cell.str_or("load.cache", "hot") {
         "hot" => false,
         "cold" => true,
@@ -433,7 +618,12 @@ fn clients_config_for(cell: &Cell, exp: &Experiment, addr: SocketAddr, ids: Vec<
     })
 }
 
-fn run_clients(ccfg: &clients::ClientsConfig, progress: &Arc<AtomicU64>, ctx: &Ctx, o: &mut Outcome) -> Result<(Instant, f64, u64), String> {
+fn run_clients(
+    ccfg: &clients::ClientsConfig,
+    progress: &Arc<AtomicU64>,
+    ctx: &Ctx,
+    o: &mut Outcome,
+) -> Result<(Instant, f64, u64), String> {
     // The reference pass happens inside clients::run before its clock starts; estimate the
     // window start from when the run's own t0 is taken: sample progress until it moves.
     let before = Instant::now();
@@ -444,14 +634,23 @@ fn run_clients(ccfg: &clients::ClientsConfig, progress: &Arc<AtomicU64>, ctx: &C
     o.duration_s = Some(rep.measure_s);
     let _ = before;
     o.m.insert("throughput_mbps", fmt_opt(Some(rep.throughput_mbps())));
-    o.m.insert("req_p50_us", fmt_opt(clients::ClientsReport::pct(&rep.req_us, 50.0)));
-    o.m.insert("req_p99_us", fmt_opt(clients::ClientsReport::pct(&rep.req_us, 99.0)));
+    o.m.insert(
+        "req_p50_us",
+        fmt_opt(clients::ClientsReport::pct(&rep.req_us, 50.0)),
+    );
+    o.m.insert(
+        "req_p99_us",
+        fmt_opt(clients::ClientsReport::pct(&rep.req_us, 99.0)),
+    );
     o.m.insert("gen_cpu_pct", fmt_opt(rep.gen_cpu_pct));
     o.m.insert("errors", rep.errors_total().to_string());
     let mut kinds: Vec<String> = rep.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !rep.verify_failures.is_empty() {
         kinds.push(format!("VERIFY={}", rep.verify_failures.len()));
-        o.reason = one_line(&format!("content verification failed: {}", rep.verify_failures[0]));
+        o.reason = one_line(&format!(
+            "content verification failed: {}",
+            rep.verify_failures[0]
+        ));
     }
     o.m.insert("error_kinds", kinds.join(";"));
     Ok((ws, rep.measure_s, rep.bytes))
@@ -466,7 +665,10 @@ fn run_recorder(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
     let store = ctx.target.path.join(format!("store-{run_id}"));
     let _ = std::fs::remove_dir_all(&store);
     if let Err(e) = std::fs::create_dir_all(&store) {
-        return Outcome::bad("failed", format!("cannot create store {}: {e}", store.display()));
+        return Outcome::bad(
+            "failed",
+            format!("cannot create store {}: {e}", store.display()),
+        );
     }
     let log_rel = format!("logs/{run_id}.log");
     let log_path = ctx.out.join(&log_rel);
@@ -475,15 +677,34 @@ fn run_recorder(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
         Ok(p) => p,
         Err(e) => return Outcome::bad("unsupported", e),
     };
-    let mut o = match spawn_recorder(bin, &store, &args, &log_path, pl.recorder_cpus.as_deref(), &ctx.stop) {
+    let mut o = match spawn_recorder(
+        bin,
+        &store,
+        &args,
+        &log_path,
+        pl.recorder_cpus.as_deref(),
+        &ctx.stop,
+    ) {
         Ok(rec) => {
-            let mut o = Outcome { status: "ok".into(), log: log_rel.clone(), ..Default::default() };
+            let mut o = Outcome {
+                status: "ok".into(),
+                log: log_rel.clone(),
+                ..Default::default()
+            };
             o.m.insert("placement", pl.describe());
             if let Err(e) = placement::bind_self(&ctx.topo, pl.generator_cpus.as_deref()) {
-                o.m.insert("placement", format!("{} (generator binding failed: {e})", pl.describe()));
+                o.m.insert(
+                    "placement",
+                    format!("{} (generator binding failed: {e})", pl.describe()),
+                );
             }
             let progress = Arc::new(AtomicU64::new(0));
-            let sampler = Sampler::start(ctx.target.device.clone(), vec![rec.child.id() as i32], progress.clone(), Duration::from_millis(250));
+            let sampler = Sampler::start(
+                ctx.target.device.clone(),
+                vec![rec.child.id() as i32],
+                progress.clone(),
+                Duration::from_millis(250),
+            );
             let res = drive_recorder(ctx, cell, &rec, run_seed, &progress, &mut o);
             let (samples, fdinfo) = sampler.finish();
             let _ = placement::bind_self(&ctx.topo, None);
@@ -494,7 +715,11 @@ fn run_recorder(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
             // Requested: from the engine's knob table (the one place that maps knobs to flags);
             // effective: only what the recorder itself reports in its log (never guessed).
             let logged = flags_from_log(&text, "requested");
-            o.requested_flags = if logged.is_empty() { requested.clone() } else { logged };
+            o.requested_flags = if logged.is_empty() {
+                requested.clone()
+            } else {
+                logged
+            };
             o.effective_flags = flags_from_log(&text, "effective");
             match (res, stopped) {
                 (Err(e), _) => {
@@ -503,14 +728,24 @@ fn run_recorder(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
                     b
                 }
                 (Ok(_), Err(e)) => {
-                    let mut b = Outcome::bad("failed", e);
+                    let last = text
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("")
+                        .trim();
+                    let mut b = Outcome::bad("failed", format!("{e}; last log line: {last}"));
                     b.log = log_rel.clone();
                     b
                 }
                 (Ok((ws, measure_s, bytes)), Ok(())) => {
                     let we = ws + Duration::from_secs_f64(measure_s);
                     let d = telemetry::derive(&samples, ws, we);
-                    let _ = telemetry::write_timeseries(&ctx.out.join(format!("timeseries/{run_id}.csv")), &samples, ws);
+                    let _ = telemetry::write_timeseries(
+                        &ctx.out.join(format!("timeseries/{run_id}.csv")),
+                        &samples,
+                        ws,
+                    );
                     fill_derived(&mut o, &d, bytes, measure_s);
                     o
                 }
@@ -547,7 +782,10 @@ fn fill_derived(o: &mut Outcome, d: &Derived, bytes: u64, measure_s: f64) {
     if let Some(cpu) = d.srv_cpu_s {
         o.m.insert("recorder_cpu_pct", fmt_opt(Some(100.0 * cpu / measure_s)));
         if bytes > 0 && !o.m.contains_key("cpu_s_per_gib") {
-            o.m.insert("cpu_s_per_gib", fmt_opt(Some(cpu / (bytes as f64 / (1u64 << 30) as f64))));
+            o.m.insert(
+                "cpu_s_per_gib",
+                fmt_opt(Some(cpu / (bytes as f64 / (1u64 << 30) as f64))),
+            );
         }
     }
 }
@@ -559,16 +797,23 @@ fn reject_if_noisy(ctx: &Ctx, cell: &Cell, o: &mut Outcome) {
         return;
     }
     let get = |k: &str| o.m.get(k).and_then(|v| v.parse::<f64>().ok());
-    let thr = get("throughput_mbps").map(|t| format!(" (measured {t:.2} MB/s)")).unwrap_or_default();
+    let thr = get("throughput_mbps")
+        .map(|t| format!(" (measured {t:.2} MB/s)"))
+        .unwrap_or_default();
     if let Some(s) = get("steal_pct") {
         if s > ctx.exp.steal_limit_pct {
             o.status = "rejected".into();
-            o.reason = format!("steal {s:.1}% is over the limit {}%{thr}", ctx.exp.steal_limit_pct);
+            o.reason = format!(
+                "steal {s:.1}% is over the limit {}%{thr}",
+                ctx.exp.steal_limit_pct
+            );
         }
     }
     if let Some(g) = get("gen_cpu_pct") {
         // The generator can use one core per thread, up to the machine's cores.
-        let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let ncpu = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
         let threads = match (cell.kind(), cell.workload().as_str()) {
             ("iperf3", _) => 1.0,
             (_, "serve") => cell.u64_or("load.concurrency", 8).unwrap_or(8) as f64,
@@ -577,7 +822,9 @@ fn reject_if_noisy(ctx: &Ctx, cell: &Cell, o: &mut Outcome) {
         let limit = ctx.exp.gen_cpu_limit_pct * threads.min(ncpu).max(1.0);
         if o.status == "ok" && g > limit {
             o.status = "rejected".into();
-            o.reason = format!("load generator saturated: {g:.0}% of a core is over the limit {limit:.0}%{thr}");
+            o.reason = format!(
+                "load generator saturated: {g:.0}% of a core is over the limit {limit:.0}%{thr}"
+            );
         }
     }
     if o.status != "ok" {
@@ -592,17 +839,38 @@ fn clear_metrics_keep(o: &mut Outcome) {
 }
 
 fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| format!("no free port: {e}"))
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
 }
 
 /// Runs a child to completion while sampling telemetry for it; returns (exit ok, stdout+stderr text).
-fn run_sampled(ctx: &Ctx, mut cmd: Command, log_path: &Path, extra_pids: &[i32]) -> Result<(bool, String, Vec<telemetry::Sample>), String> {
-    let log = std::fs::File::create(log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-    cmd.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {:?}: {e} (is it installed?)", cmd.get_program()))?;
+fn run_sampled(
+    ctx: &Ctx,
+    mut cmd: Command,
+    log_path: &Path,
+    extra_pids: &[i32],
+) -> Result<(bool, String, Vec<telemetry::Sample>), String> {
+    let log =
+        std::fs::File::create(log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    let mut child = cmd.spawn().map_err(|e| {
+        format!(
+            "cannot start {:?}: {e} (is it installed?)",
+            cmd.get_program()
+        )
+    })?;
     let mut pids = vec![child.id() as i32];
     pids.extend_from_slice(extra_pids);
-    let sampler = Sampler::start(ctx.target.device.clone(), pids, Arc::new(AtomicU64::new(0)), Duration::from_millis(250));
+    let sampler = Sampler::start(
+        ctx.target.device.clone(),
+        pids,
+        Arc::new(AtomicU64::new(0)),
+        Duration::from_millis(250),
+    );
     let status = loop {
         if let Ok(Some(st)) = child.try_wait() {
             break st;
@@ -626,12 +894,18 @@ fn unsupported_or_failed(text: &str, what: &str) -> Outcome {
         .lines()
         .find(|l| {
             let l = l.to_ascii_lowercase();
-            l.contains("not supported") || l.contains("unsupported") || l.contains("invalid argument") || l.contains("error")
+            l.contains("not supported")
+                || l.contains("unsupported")
+                || l.contains("invalid argument")
+                || l.contains("error")
         })
         .unwrap_or_else(|| text.lines().last().unwrap_or(""))
         .trim()
         .to_string();
-    if low.contains("operation not supported") || low.contains("not supported") || low.contains("unsupported") {
+    if low.contains("operation not supported")
+        || low.contains("not supported")
+        || low.contains("unsupported")
+    {
         Outcome::bad("unsupported", format!("{what}: {line}"))
     } else {
         Outcome::bad("failed", format!("{what}: {line}"))
@@ -686,24 +960,49 @@ fn run_fio(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
         return o;
     }
     // fio may print warnings before the JSON object.
-    let v: serde_json::Value = match jtext.find('{').and_then(|i| serde_json::from_str(&jtext[i..]).ok()) {
+    let v: serde_json::Value = match jtext
+        .find('{')
+        .and_then(|i| serde_json::from_str(&jtext[i..]).ok())
+    {
         Some(v) => v,
-        None => return Outcome { log: log_rel, ..Outcome::bad("failed", "fio wrote no JSON result") },
+        None => {
+            return Outcome {
+                log: log_rel,
+                ..Outcome::bad("failed", "fio wrote no JSON result")
+            }
+        }
     };
     let job = &v["jobs"][0];
     if job["error"].as_i64().unwrap_or(0) != 0 {
-        let mut o = unsupported_or_failed(&format!("{text}\nerror {}", job["error"]), "fio job error");
+        let mut o =
+            unsupported_or_failed(&format!("{text}\nerror {}", job["error"]), "fio job error");
         if job["error"].as_i64() == Some(95) {
             o.status = "unsupported".into();
         }
         o.log = log_rel;
         return o;
     }
-    let bw = job["read"]["bw_bytes"].as_f64().unwrap_or(0.0) + job["write"]["bw_bytes"].as_f64().unwrap_or(0.0);
-    let iops = job["read"]["iops"].as_f64().unwrap_or(0.0) + job["write"]["iops"].as_f64().unwrap_or(0.0);
-    let side = if job["write"]["bw_bytes"].as_f64().unwrap_or(0.0) >= job["read"]["bw_bytes"].as_f64().unwrap_or(0.0) { "write" } else { "read" };
-    let pct = |p: &str| job[side]["clat_ns"]["percentile"][p].as_f64().map(|ns| ns / 1000.0);
-    let mut o = Outcome { status: "ok".into(), log: log_rel, ..Default::default() };
+    let bw = job["read"]["bw_bytes"].as_f64().unwrap_or(0.0)
+        + job["write"]["bw_bytes"].as_f64().unwrap_or(0.0);
+    let iops =
+        job["read"]["iops"].as_f64().unwrap_or(0.0) + job["write"]["iops"].as_f64().unwrap_or(0.0);
+    let side = if job["write"]["bw_bytes"].as_f64().unwrap_or(0.0)
+        >= job["read"]["bw_bytes"].as_f64().unwrap_or(0.0)
+    {
+        "write"
+    } else {
+        "read"
+    };
+    let pct = |p: &str| {
+        job[side]["clat_ns"]["percentile"][p]
+            .as_f64()
+            .map(|ns| ns / 1000.0)
+    };
+    let mut o = Outcome {
+        status: "ok".into(),
+        log: log_rel,
+        ..Default::default()
+    };
     let ws = t_start + Duration::from_secs_f64(exp.ramp_up_s.ceil());
     o.started_at = Some(started + exp.ramp_up_s.ceil());
     o.duration_s = Some(exp.measure_s.ceil());
@@ -712,14 +1011,23 @@ fn run_fio(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
     o.m.insert("req_p99_us", fmt_opt(pct("99.000000")));
     o.m.insert("errors", "0".into());
     let runtime_s = exp.measure_s.ceil();
-    let cpu_s = (job["usr_cpu"].as_f64().unwrap_or(0.0) + job["sys_cpu"].as_f64().unwrap_or(0.0)) / 100.0 * runtime_s;
+    let cpu_s = (job["usr_cpu"].as_f64().unwrap_or(0.0) + job["sys_cpu"].as_f64().unwrap_or(0.0))
+        / 100.0
+        * runtime_s;
     let bytes = bw * runtime_s;
     if bytes > 0.0 {
-        o.m.insert("cpu_s_per_gib", fmt_opt(Some(cpu_s / (bytes / (1u64 << 30) as f64))));
+        o.m.insert(
+            "cpu_s_per_gib",
+            fmt_opt(Some(cpu_s / (bytes / (1u64 << 30) as f64))),
+        );
     }
     let _ = iops;
     let d = telemetry::derive(&samples, ws, ws + Duration::from_secs_f64(runtime_s));
-    let _ = telemetry::write_timeseries(&ctx.out.join(format!("timeseries/{run_id}.csv")), &samples, ws);
+    let _ = telemetry::write_timeseries(
+        &ctx.out.join(format!("timeseries/{run_id}.csv")),
+        &samples,
+        ws,
+    );
     fill_derived(&mut o, &d, bytes as u64, runtime_s);
     reject_if_noisy(ctx, cell, &mut o);
     o
@@ -779,7 +1087,10 @@ fn run_iperf3(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
             other => {
                 let _ = server.kill();
                 let _ = server.wait();
-                return Outcome::bad("failed", format!("iperf3.{other} is not a known iperf3 setting; use parallel, len, window, zerocopy, reverse"));
+                return Outcome::bad(
+                    "failed",
+                    format!("iperf3.{other} is not a known iperf3 setting; use parallel, len, window, zerocopy, reverse"),
+                );
             }
         }
     }
@@ -792,15 +1103,25 @@ fn run_iperf3(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
         Ok(x) => x,
         Err(e) => return Outcome::bad("failed", e),
     };
-    let v: Option<serde_json::Value> = text.find('{').and_then(|i| serde_json::from_str(&text[i..]).ok());
+    let v: Option<serde_json::Value> = text
+        .find('{')
+        .and_then(|i| serde_json::from_str(&text[i..]).ok());
     let Some(v) = v.filter(|_| ok) else {
         let mut o = unsupported_or_failed(&text, "iperf3");
         o.log = log_rel;
         return o;
     };
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
-    let secs = v["end"]["sum_received"]["seconds"].as_f64().unwrap_or(exp.measure_s);
-    let mut o = Outcome { status: "ok".into(), log: log_rel, ..Default::default() };
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let secs = v["end"]["sum_received"]["seconds"]
+        .as_f64()
+        .unwrap_or(exp.measure_s);
+    let mut o = Outcome {
+        status: "ok".into(),
+        log: log_rel,
+        ..Default::default()
+    };
     let ws = t_start + Duration::from_secs_f64(exp.ramp_up_s.ceil());
     o.started_at = Some(started + exp.ramp_up_s.ceil());
     o.duration_s = Some(secs);
@@ -810,11 +1131,18 @@ fn run_iperf3(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
     let cpu_pct = v["end"]["cpu_utilization_percent"]["remote_total"].as_f64();
     if let Some(c) = cpu_pct {
         if bytes > 0.0 {
-            o.m.insert("cpu_s_per_gib", fmt_opt(Some(c / 100.0 * secs / (bytes / (1u64 << 30) as f64))));
+            o.m.insert(
+                "cpu_s_per_gib",
+                fmt_opt(Some(c / 100.0 * secs / (bytes / (1u64 << 30) as f64))),
+            );
         }
     }
     let d = telemetry::derive(&samples, ws, ws + Duration::from_secs_f64(secs));
-    let _ = telemetry::write_timeseries(&ctx.out.join(format!("timeseries/{run_id}.csv")), &samples, ws);
+    let _ = telemetry::write_timeseries(
+        &ctx.out.join(format!("timeseries/{run_id}.csv")),
+        &samples,
+        ws,
+    );
     fill_derived(&mut o, &d, bytes as u64, secs);
     // The generator here is the iperf3 client, not the harness.
     if let Some(c) = v["end"]["cpu_utilization_percent"]["host_total"].as_f64() {
@@ -831,7 +1159,11 @@ fn run_nginx(ctx: &Ctx, cell: &Cell, run_id: &str, run_seed: u64) -> Outcome {
         Ok(v) => v.max(1),
         Err(e) => return Outcome::bad("failed", e),
     };
-    let size = match engine::config::parse_bytes(cell.get("nginx.file-size").or(cell.get("load.file-size")).unwrap_or("8m")) {
+    let size = match engine::config::parse_bytes(
+        cell.get("nginx.file-size")
+            .or(cell.get("load.file-size"))
+            .unwrap_or("8m"),
+    ) {
         Ok(v) => v,
         Err(e) => return Outcome::bad("failed", format!("nginx.file-size: {e}")),
     };
@@ -843,11 +1175,15 @@ fn run_nginx(ctx: &Ctx, cell: &Cell, run_id: &str, run_seed: u64) -> Outcome {
         return Outcome::bad("failed", format!("{}: {e}", mdir.display()));
     }
     let ids: Vec<String> = (0..files).map(|i| format!("n{i:05}")).collect();
-    let gen = crate::util::PayloadGen::new(SizeDist::Fixed(size), SizeDist::Fixed(size), 1, size.max(1));
+    let gen =
+        crate::util::PayloadGen::new(SizeDist::Fixed(size), SizeDist::Fixed(size), 1, size.max(1));
     let mut buf = Vec::new();
     for id in &ids {
         let p = mdir.join(id);
-        if std::fs::metadata(&p).map(|m| m.len() == size).unwrap_or(false) {
+        if std::fs::metadata(&p)
+            .map(|m| m.len() == size)
+            .unwrap_or(false)
+        {
             continue;
         }
         gen.payload(crate::util::fnv1a(id.as_bytes()), 1, &mut buf);
@@ -875,19 +1211,21 @@ fn run_nginx(ctx: &Ctx, cell: &Cell, run_id: &str, run_seed: u64) -> Outcome {
         return Outcome::bad("failed", e.to_string());
     }
     let log_path = ctx.out.join(&log_rel);
-    let mut child = match std::fs::File::create(&log_path).map_err(|e| e.to_string()).and_then(|f| {
-        Command::new("nginx")
-            .arg("-p")
-            .arg(&ndir)
-            .arg("-c")
-            .arg(&conf_path)
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().map_err(|e| e.to_string())?)
-            .stderr(f)
-            .spawn()
-            .map_err(|e| format!("cannot start nginx: {e} (is nginx installed?)"))
-    }) {
+    let mut child = match std::fs::File::create(&log_path)
+        .map_err(|e| e.to_string())
+        .and_then(|f| {
+            Command::new("nginx")
+                .arg("-p")
+                .arg(&ndir)
+                .arg("-c")
+                .arg(&conf_path)
+                .args(["-g", "daemon off;"])
+                .stdin(Stdio::null())
+                .stdout(f.try_clone().map_err(|e| e.to_string())?)
+                .stderr(f)
+                .spawn()
+                .map_err(|e| format!("cannot start nginx: {e} (is nginx installed?)"))
+        }) {
         Ok(c) => c,
         Err(e) => return Outcome::bad("failed", e),
     };
@@ -896,12 +1234,21 @@ fn run_nginx(ctx: &Ctx, cell: &Cell, run_id: &str, run_seed: u64) -> Outcome {
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
         if let Ok(Some(st)) = child.try_wait() {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            return Outcome { log: log_rel, ..Outcome::bad("failed", format!("nginx exited ({st}): {}", one_line(&text))) };
+            return Outcome {
+                log: log_rel,
+                ..Outcome::bad(
+                    "failed",
+                    format!("nginx exited ({st}): {}", one_line(&text)),
+                )
+            };
         }
         if t0.elapsed() > Duration::from_secs(10) {
             let _ = child.kill();
             let _ = child.wait();
-            return Outcome { log: log_rel, ..Outcome::bad("failed", "nginx did not listen within 10 s") };
+            return Outcome {
+                log: log_rel,
+                ..Outcome::bad("failed", "nginx did not listen within 10 s")
+            };
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -916,8 +1263,17 @@ fn run_nginx(ctx: &Ctx, cell: &Cell, run_id: &str, run_seed: u64) -> Outcome {
         }
     };
     let progress = Arc::new(AtomicU64::new(0));
-    let sampler = Sampler::start(ctx.target.device.clone(), pids, progress.clone(), Duration::from_millis(250));
-    let mut o = Outcome { status: "ok".into(), log: log_rel.clone(), ..Default::default() };
+    let sampler = Sampler::start(
+        ctx.target.device.clone(),
+        pids,
+        progress.clone(),
+        Duration::from_millis(250),
+    );
+    let mut o = Outcome {
+        status: "ok".into(),
+        log: log_rel.clone(),
+        ..Default::default()
+    };
     let res = run_clients(&ccfg, &progress, ctx, &mut o);
     let (samples, _) = sampler.finish();
     let _ = crate::util::send_signal(child.id(), "QUIT");
@@ -932,10 +1288,17 @@ fn run_nginx(ctx: &Ctx, cell: &Cell, run_id: &str, run_seed: u64) -> Outcome {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&ndir);
     match res {
-        Err(e) => Outcome { log: log_rel, ..Outcome::bad("failed", e) },
+        Err(e) => Outcome {
+            log: log_rel,
+            ..Outcome::bad("failed", e)
+        },
         Ok((ws, measure_s, bytes)) => {
             let d = telemetry::derive(&samples, ws, ws + Duration::from_secs_f64(measure_s));
-            let _ = telemetry::write_timeseries(&ctx.out.join(format!("timeseries/{run_id}.csv")), &samples, ws);
+            let _ = telemetry::write_timeseries(
+                &ctx.out.join(format!("timeseries/{run_id}.csv")),
+                &samples,
+                ws,
+            );
             fill_derived(&mut o, &d, bytes, measure_s);
             if o.reason.starts_with("content verification failed") {
                 o.status = "failed".into();
@@ -959,7 +1322,10 @@ pub fn run_cell(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
     let blk = cell.section("block");
     if !blk.is_empty() {
         let Some(dev) = ctx.target.device.clone() else {
-            return Outcome::bad("unsupported", "block.* settings need a target on a block device; none found for the target path");
+            return Outcome::bad(
+                "unsupported",
+                "block.* settings need a target on a block device; none found for the target path",
+            );
         };
         if ctx.target.kind == "dir" && !ctx.exp.target.allow_block_changes {
             return Outcome::bad(
@@ -971,7 +1337,8 @@ pub fn run_cell(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
             let problems = ctx.journal.restore_sysfs();
             let mut o = Outcome::bad("unsupported", format!("{dev} refused it: {e}"));
             if !problems.is_empty() {
-                o.reason.push_str(&format!("; restore problems: {}", problems.join("; ")));
+                o.reason
+                    .push_str(&format!("; restore problems: {}", problems.join("; ")));
             }
             return o;
         }
@@ -986,11 +1353,20 @@ pub fn run_cell(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
     }));
     let problems = ctx.journal.restore_sysfs();
     let mut o = res.unwrap_or_else(|p| {
-        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
         Outcome::bad("failed", format!("harness panicked during the run: {msg}"))
     });
     if !problems.is_empty() {
-        o.reason = one_line(&format!("{}{}block restore problems: {}", o.reason, if o.reason.is_empty() { "" } else { "; " }, problems.join("; ")));
+        o.reason = one_line(&format!(
+            "{}{}block restore problems: {}",
+            o.reason,
+            if o.reason.is_empty() { "" } else { "; " },
+            problems.join("; ")
+        ));
     }
     if ctx.stop.load(Relaxed) && o.status == "ok" {
         o.status = "failed".into();
@@ -1000,7 +1376,15 @@ pub fn run_cell(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
     o
 }
 
-fn row_for(exp: &Experiment, cell: &Cell, run_id: &str, rep: u32, pair: Option<u32>, revision: &str, o: &Outcome) -> BTreeMap<String, String> {
+fn row_for(
+    exp: &Experiment,
+    cell: &Cell,
+    run_id: &str,
+    rep: u32,
+    pair: Option<u32>,
+    revision: &str,
+    o: &Outcome,
+) -> BTreeMap<String, String> {
     let mut r = BTreeMap::new();
     let mut put = |k: &str, v: String| {
         r.insert(k.to_string(), v);
@@ -1014,8 +1398,20 @@ fn row_for(exp: &Experiment, cell: &Cell, run_id: &str, rep: u32, pair: Option<u
     put("workload", cell.workload());
     put("status", o.status.clone());
     put("reason", o.reason.clone());
-    put("started_at", o.started_at.filter(|_| o.status == "ok").map(|t| format!("{t:.3}")).unwrap_or_default());
-    put("duration_s", o.duration_s.filter(|_| o.status == "ok").map(|t| format!("{t:.3}")).unwrap_or_default());
+    put(
+        "started_at",
+        o.started_at
+            .filter(|_| o.status == "ok")
+            .map(|t| format!("{t:.3}"))
+            .unwrap_or_default(),
+    );
+    put(
+        "duration_s",
+        o.duration_s
+            .filter(|_| o.status == "ok")
+            .map(|t| format!("{t:.3}"))
+            .unwrap_or_default(),
+    );
     put("dims", cell.label(&exp.dims));
     for d in &exp.dims {
         put(&format!("dim.{d}"), cell.get(d).unwrap_or("").to_string());
@@ -1032,7 +1428,13 @@ fn row_for(exp: &Experiment, cell: &Cell, run_id: &str, rep: u32, pair: Option<u
 /// System facts for the manifest.
 fn system_facts() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("").trim().to_string();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string();
     let mem = procfs::Meminfo::current_mem_total_kb();
     serde_json::json!({
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
@@ -1048,15 +1450,27 @@ trait MemKb {
 impl MemKb for procfs::Meminfo {
     fn current_mem_total_kb() -> u64 {
         use procfs::Current;
-        procfs::Meminfo::current().map(|m| m.mem_total / 1024).unwrap_or(0)
+        procfs::Meminfo::current()
+            .map(|m| m.mem_total / 1024)
+            .unwrap_or(0)
     }
 }
 
 pub fn git_rev(dir: &Path, rev: &str) -> String {
-    run_cmd("git", &["-C", &dir.to_string_lossy(), "rev-parse", rev]).map(|s| s.trim().to_string()).unwrap_or_default()
+    run_cmd("git", &["-C", &dir.to_string_lossy(), "rev-parse", rev])
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
-fn write_manifest(dir: &Path, ctx: &Ctx, cmdline: &str, started: &str, finished: Option<&str>, revisions: Option<&BTreeMap<String, String>>, queue_before: &[(String, String)]) -> Result<(), String> {
+fn write_manifest(
+    dir: &Path,
+    ctx: &Ctx,
+    cmdline: &str,
+    started: &str,
+    finished: Option<&str>,
+    revisions: Option<&BTreeMap<String, String>>,
+    queue_before: &[(String, String)],
+) -> Result<(), String> {
     let exp = ctx.exp;
     let facts = system_facts();
     let repo = std::env::current_dir().unwrap_or_default();
@@ -1090,7 +1504,11 @@ fn write_manifest(dir: &Path, ctx: &Ctx, cmdline: &str, started: &str, finished:
         }
     }
     let tmp = dir.join("manifest.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&m).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_string_pretty(&m).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, dir.join("manifest.json")).map_err(|e| e.to_string())
 }
 
@@ -1099,26 +1517,59 @@ fn build_base(out: &Path, rev: &str) -> Result<(PathBuf, String), String> {
     let repo = std::env::current_dir().map_err(|e| e.to_string())?;
     let sha = git_rev(&repo, rev);
     if sha.is_empty() {
-        return Err(format!("--ab {rev}: not a revision of the repository in {}", repo.display()));
+        return Err(format!(
+            "--ab {rev}: not a revision of the repository in {}",
+            repo.display()
+        ));
     }
     let wt = out.join(".ab-base");
     if !wt.join("Cargo.toml").exists() {
-        run_cmd("git", &["-C", &repo.to_string_lossy(), "worktree", "add", "--detach", &wt.to_string_lossy(), &sha])
-            .map_err(|e| format!("--ab: cannot create a worktree for {rev}: {e}"))?;
+        run_cmd(
+            "git",
+            &[
+                "-C",
+                &repo.to_string_lossy(),
+                "worktree",
+                "add",
+                "--detach",
+                &wt.to_string_lossy(),
+                &sha,
+            ],
+        )
+        .map_err(|e| format!("--ab: cannot create a worktree for {rev}: {e}"))?;
     }
-    eprintln!("harness: building base revision {sha} in {} (cargo build --release -p engine)", wt.display());
+    // A target dir of its own (so head's target/release/recorder is never overwritten) that
+    // persists across A/B sweeps, so only the engine itself is rebuilt next time.
+    let top = run_cmd(
+        "git",
+        &[
+            "-C",
+            &repo.to_string_lossy(),
+            "rev-parse",
+            "--show-toplevel",
+        ],
+    )
+    .map(|s| PathBuf::from(s.trim()))
+    .unwrap_or(repo.clone());
+    let tdir = top.join("target/ab-base");
+    eprintln!(
+        "harness: building base revision {sha} in {} (cargo build --release -p engine, target dir {})",
+        wt.display(),
+        tdir.display()
+    );
     let st = Command::new("cargo")
-        .args(["build", "--release", "-p", "engine"])
+        .args(["build", "--release", "-p", "engine", "--bin", "recorder"])
+        .env("CARGO_TARGET_DIR", &tdir)
         .current_dir(&wt)
         .status()
         .map_err(|e| format!("--ab: cannot run cargo: {e}"))?;
     if !st.success() {
         return Err(format!("--ab: building {rev} failed ({st})"));
     }
-    let bin = wt.join("target/release/recorder");
-    if !bin.exists() {
-        return Err(format!("--ab: {} was not built", bin.display()));
-    }
+    let built = tdir.join("release/recorder");
+    let bin = out.join("recorder-base");
+    std::fs::copy(&built, &bin)
+        .map_err(|e| format!("--ab: {} was not built ({e})", built.display()))?;
     Ok((bin, sha))
 }
 
@@ -1126,13 +1577,25 @@ fn remove_base_worktree(out: &Path) {
     let wt = out.join(".ab-base");
     if wt.exists() {
         let repo = std::env::current_dir().unwrap_or_default();
-        let _ = run_cmd("git", &["-C", &repo.to_string_lossy(), "worktree", "remove", "--force", &wt.to_string_lossy()]);
+        let _ = run_cmd(
+            "git",
+            &[
+                "-C",
+                &repo.to_string_lossy(),
+                "worktree",
+                "remove",
+                "--force",
+                &wt.to_string_lossy(),
+            ],
+        );
     }
 }
 
 pub fn default_recorder() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent().map(|p| p.join("recorder")).unwrap_or_else(|| PathBuf::from("recorder"))
+    exe.parent()
+        .map(|p| p.join("recorder"))
+        .unwrap_or_else(|| PathBuf::from("recorder"))
 }
 
 /// The whole sweep. Returns the exit code.
@@ -1141,14 +1604,31 @@ pub fn sweep(opts: SweepOpts, stop: Arc<AtomicBool>) -> Result<i32, String> {
         eprintln!("harness: {msg}");
     }
     let exp = Experiment::load(&opts.experiment)?;
-    let out = opts.out.clone().unwrap_or_else(|| PathBuf::from(format!("results/{}-{}", exp.name, rfc3339_now().replace([':', '-'], ""))));
+    let out = opts.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "results/{}-{}",
+            exp.name,
+            rfc3339_now().replace([':', '-'], "")
+        ))
+    });
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let out = out.canonicalize().map_err(|e| e.to_string())?;
     let journal = Journal::open()?;
     let mut target = Target::setup(&exp.target, &out, &journal)?;
-    let queue_before = target.device.as_deref().map(block::all_settings).unwrap_or_default();
+    let queue_before = target
+        .device
+        .as_deref()
+        .map(block::all_settings)
+        .unwrap_or_default();
     let topo = placement::Topo::discover();
-    let ctx = Ctx { exp: &exp, out: out.clone(), target: target.clone(), journal: &journal, stop: stop.clone(), topo };
+    let ctx = Ctx {
+        exp: &exp,
+        out: out.clone(),
+        target: target.clone(),
+        journal: &journal,
+        stop: stop.clone(),
+        topo,
+    };
     let result = sweep_inner(&ctx, &opts, &queue_before);
     let problems = journal.restore_sysfs();
     for p in &problems {
@@ -1164,7 +1644,11 @@ pub fn sweep(opts: SweepOpts, stop: Arc<AtomicBool>) -> Result<i32, String> {
     result.map(|c| if stop.load(Relaxed) { 130 } else { c })
 }
 
-fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -> Result<i32, String> {
+fn sweep_inner(
+    ctx: &Ctx,
+    opts: &SweepOpts,
+    queue_before: &[(String, String)],
+) -> Result<i32, String> {
     let exp = ctx.exp;
     let stop = &ctx.stop;
     let started = rfc3339_now();
@@ -1172,7 +1656,10 @@ fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -
     let head_bin = opts.recorder.clone().unwrap_or_else(default_recorder);
     let needs_recorder = exp.cells.iter().any(|c| c.kind() == "recorder");
     if needs_recorder && !head_bin.exists() {
-        return Err(format!("recorder binary {} not found; build it (cargo build --release -p engine) or pass --recorder PATH", head_bin.display()));
+        return Err(format!(
+            "recorder binary {} not found; build it (cargo build --release -p engine) or pass --recorder PATH",
+            head_bin.display()
+        ));
     }
     let mut revs: Vec<(String, PathBuf, PathBuf)> = Vec::new(); // label, dir, binary
     let mut revisions = None;
@@ -1191,11 +1678,20 @@ fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -
     let mut csvs = Vec::new();
     for (_, dir, _) in &revs {
         for sub in ["logs", "timeseries"] {
-            std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         // Timeseries and logs are written under ctx.out; for A/B they go to the revision dir.
         csvs.push(RunsCsv::open(dir, &exp.dims, opts.resume)?);
-        write_manifest(dir, ctx, &opts.command_line, &started, None, revisions.as_ref(), queue_before)?;
+        write_manifest(
+            dir,
+            ctx,
+            &opts.command_line,
+            &started,
+            None,
+            revisions.as_ref(),
+            queue_before,
+        )?;
     }
     let ab = opts.ab.is_some();
     let mut rng = rand::rngs::StdRng::seed_from_u64(exp.seed ^ 0xA5A5);
@@ -1205,9 +1701,17 @@ fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -
     let mut once: HashSet<String> = HashSet::new(); // unsupported cells are not repeated
     for c in &exp.cells {
         let mut r = 0;
-        while csvs.iter().all(|csv| csv.done.contains_key(&(c.id.clone(), r + 1))) {
+        while csvs
+            .iter()
+            .all(|csv| csv.done.contains_key(&(c.id.clone(), r + 1)))
+        {
             r += 1;
-            let h = csvs.last().expect("head").done.get(&(c.id.clone(), r)).cloned();
+            let h = csvs
+                .last()
+                .expect("head")
+                .done
+                .get(&(c.id.clone(), r))
+                .cloned();
             if let Some((st, thr)) = h {
                 if st == "unsupported" {
                     once.insert(c.id.clone());
@@ -1215,7 +1719,11 @@ fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -
                 if st == "ok" {
                     if let Some(t) = thr {
                         let v = if ab {
-                            csvs[0].done.get(&(c.id.clone(), r)).and_then(|b| b.1).map(|b| t / b)
+                            csvs[0]
+                                .done
+                                .get(&(c.id.clone(), r))
+                                .and_then(|b| b.1)
+                                .map(|b| t / b)
                         } else {
                             Some(t)
                         };
@@ -1228,12 +1736,19 @@ fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -
         }
         reps_done.insert(c.id.clone(), r);
     }
-    let est_runs: u64 = exp.cells.iter().map(|c| exp.repeat.min.saturating_sub(reps_done[&c.id]) as u64).sum::<u64>() * revs.len() as u64;
+    let est_runs: u64 = exp
+        .cells
+        .iter()
+        .map(|c| exp.repeat.min.saturating_sub(reps_done[&c.id]) as u64)
+        .sum::<u64>()
+        * revs.len() as u64;
     let per_run_s = exp.ramp_up_s + exp.measure_s + 3.0;
     let pb = indicatif::ProgressBar::new(est_runs);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs, ETA {eta} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs, ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let tty = std::io::stderr().is_terminal();
     eprintln!(
@@ -1296,19 +1811,53 @@ fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -
                 }
                 let (label, dir, bin) = &revs[ri];
                 let run_id = format!("{}-r{rep}", cell.id);
-                pb.set_message(format!("{}{} {}", if ab { format!("{label} ") } else { String::new() }, run_id, cell.label(&exp.dims)));
-                let rctx = Ctx { exp, out: dir.clone(), target: ctx.target.clone(), journal: ctx.journal, stop: ctx.stop.clone(), topo: ctx.topo.clone() };
+                pb.set_message(format!(
+                    "{}{} {}",
+                    if ab {
+                        format!("{label} ")
+                    } else {
+                        String::new()
+                    },
+                    run_id,
+                    cell.short_label(&exp.dims)
+                ));
+                let rctx = Ctx {
+                    exp,
+                    out: dir.clone(),
+                    target: ctx.target.clone(),
+                    journal: ctx.journal,
+                    stop: ctx.stop.clone(),
+                    topo: ctx.topo.clone(),
+                };
                 let seed = exp.seed.wrapping_mul(1_000_003).wrapping_add(rep as u64);
                 let o = run_cell(&rctx, cell, &run_id, bin, seed);
-                let row = row_for(exp, cell, &run_id, rep, if ab { Some(rep) } else { None }, label, &o);
+                let row = row_for(
+                    exp,
+                    cell,
+                    &run_id,
+                    rep,
+                    if ab { Some(rep) } else { None },
+                    label,
+                    &o,
+                );
                 csvs[ri].append(&row)?;
                 let line = format!(
                     "{}{run_id} {} -> {}{}{}",
-                    if ab { format!("[{label}] ") } else { String::new() },
-                    cell.label(&exp.dims),
+                    if ab {
+                        format!("[{label}] ")
+                    } else {
+                        String::new()
+                    },
+                    cell.short_label(&exp.dims),
                     o.status,
-                    o.throughput().map(|t| format!(" {t:.2} MB/s")).unwrap_or_default(),
-                    if o.reason.is_empty() { String::new() } else { format!(" ({})", o.reason) }
+                    o.throughput()
+                        .map(|t| format!(" {t:.2} MB/s"))
+                        .unwrap_or_default(),
+                    if o.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", o.reason)
+                    }
                 );
                 if tty {
                     pb.println(line);
@@ -1322,7 +1871,14 @@ fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -
                 if o.status == "unsupported" {
                     once.insert(cell.id.clone());
                 }
-                thr.insert(ri, if o.status == "ok" { o.throughput() } else { None });
+                thr.insert(
+                    ri,
+                    if o.status == "ok" {
+                        o.throughput()
+                    } else {
+                        None
+                    },
+                );
                 statuses.push(o.status.clone());
             }
             if stop.load(Relaxed) && statuses.len() < revs.len() {
@@ -1330,7 +1886,10 @@ fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -
             }
             *reps_done.get_mut(&cell.id).expect("every cell") = rep;
             let v = if ab {
-                match (thr.get(&0).copied().flatten(), thr.get(&1).copied().flatten()) {
+                match (
+                    thr.get(&0).copied().flatten(),
+                    thr.get(&1).copied().flatten(),
+                ) {
                     (Some(b), Some(h)) if b > 0.0 => Some(h / b),
                     _ => None,
                 }
@@ -1345,13 +1904,28 @@ fn sweep_inner(ctx: &Ctx, opts: &SweepOpts, queue_before: &[(String, String)]) -
     pb.finish_and_clear();
     let finished = rfc3339_now();
     for (_, dir, _) in &revs {
-        write_manifest(dir, ctx, &opts.command_line, &started, Some(&finished), revisions.as_ref(), queue_before)?;
+        write_manifest(
+            dir,
+            ctx,
+            &opts.command_line,
+            &started,
+            Some(&finished),
+            revisions.as_ref(),
+            queue_before,
+        )?;
     }
     if stop.load(Relaxed) {
         eprintln!("harness: interrupted; the block layer is restored and runs.csv keeps every finished run (use --resume)");
     }
     eprintln!("harness: sweep done: results in {}", ctx.out.display());
-    Ok(if any_failed { 3 } else { 0 })
+    if any_failed {
+        eprintln!("harness: some runs failed; their rows say why and their logs are kept");
+    }
+    Ok(if any_failed && opts.fail_on_failed {
+        3
+    } else {
+        0
+    })
 }
 
 #[cfg(test)]
@@ -1360,7 +1934,10 @@ mod tests {
 
     #[test]
     fn unsupported_is_told_from_failed() {
-        let o = classify_exit("starting\nrecorder: ring.iopoll: IOPOLL unsupported on vda (no poll queues)\n", "exit status: 3");
+        let o = classify_exit(
+            "starting\nrecorder: ring.iopoll: IOPOLL unsupported on vda (no poll queues)\n",
+            "exit status: 3",
+        );
         assert_eq!(o.status, "unsupported");
         assert!(o.reason.contains("IOPOLL"));
         let o = classify_exit("thread main panicked at x.rs\n", "signal: 6");
@@ -1371,18 +1948,36 @@ mod tests {
     #[test]
     fn flags_are_read_from_the_log() {
         let log = "ring: requested IORING_SETUP_SQPOLL|IORING_SETUP_SQ_AFF\nring: effective flags IORING_SETUP_SQPOLL\n";
-        assert_eq!(flags_from_log(log, "requested"), "IORING_SETUP_SQPOLL|IORING_SETUP_SQ_AFF");
+        assert_eq!(
+            flags_from_log(log, "requested"),
+            "IORING_SETUP_SQPOLL|IORING_SETUP_SQ_AFF"
+        );
         assert_eq!(flags_from_log(log, "effective"), "IORING_SETUP_SQPOLL");
         let log = "uring worker 0: ring flags IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL (asked IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL), sq 256 cq 512\n";
-        assert_eq!(flags_from_log(log, "effective"), "IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL");
-        assert_eq!(flags_from_log(log, "requested"), "IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL");
-        assert_eq!(flags_from_log("uring worker 1: ring flags none (asked none), sq 256\n", "effective"), "");
+        assert_eq!(
+            flags_from_log(log, "effective"),
+            "IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL"
+        );
+        assert_eq!(
+            flags_from_log(log, "requested"),
+            "IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL"
+        );
+        assert_eq!(
+            flags_from_log(
+                "uring worker 1: ring flags none (asked none), sq 256\n",
+                "effective"
+            ),
+            ""
+        );
     }
 
     #[test]
     fn header_has_documented_columns_in_order() {
         let h = header(&["server.backend".to_string()]);
-        assert_eq!(h[..12], HEAD_COLS.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]);
+        assert_eq!(
+            h[..12],
+            HEAD_COLS.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]
+        );
         assert_eq!(h[12], "dim.server.backend");
         assert_eq!(h[13], "requested_flags");
         let log_at = h.iter().position(|c| c == "log").unwrap();

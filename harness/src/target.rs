@@ -29,7 +29,9 @@ pub fn device_of(path: &Path) -> Option<String> {
     let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
     let sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()?;
     if sys.join("partition").exists() {
-        sys.parent()?.file_name().map(|s| s.to_string_lossy().into_owned())
+        sys.parent()?
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
     } else {
         sys.file_name().map(|s| s.to_string_lossy().into_owned())
     }
@@ -47,7 +49,7 @@ pub fn mount_of(path: &Path) -> (String, String) {
         }
         let mp = f[4];
         let sep = f.iter().position(|x| *x == "-").unwrap_or(0);
-        if canon.starts_with(mp) && best.as_ref().map_or(true, |b| mp.len() >= b.0) {
+        if canon.starts_with(mp) && best.as_ref().is_none_or(|b| mp.len() >= b.0) {
             let fstype = f.get(sep + 1).unwrap_or(&"").to_string();
             let opts = format!("{},{}", f[5], f.get(sep + 3).unwrap_or(&""));
             best = Some((mp.len(), fstype, opts));
@@ -69,7 +71,12 @@ pub fn device_model(dev: &str) -> String {
         }
     }
     if dev.starts_with("loop") {
-        return format!("loop device over {}", crate::block::loop_backing(dev).map(|p| p.display().to_string()).unwrap_or_default());
+        return format!(
+            "loop device over {}",
+            crate::block::loop_backing(dev)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
     }
     if dev.starts_with("vd") {
         return "virtio-blk".into();
@@ -83,14 +90,17 @@ impl Target {
         match spec.kind.as_str() {
             "dir" => {
                 let path = spec.path.clone().unwrap_or_else(|| out.join("target"));
-                std::fs::create_dir_all(&path).map_err(|e| format!("cannot create target dir {}: {e}", path.display()))?;
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| format!("cannot create target dir {}: {e}", path.display()))?;
                 Ok(Self::describe("dir", path, None))
             }
             "device" => {
                 let dev = spec.device.clone().expect("checked at parse");
                 let path = spec.path.clone().expect("checked at parse");
                 if !Path::new(&format!("/sys/block/{dev}")).exists() {
-                    return Err(format!("target device {dev} does not exist (no /sys/block/{dev})"));
+                    return Err(format!(
+                        "target device {dev} does not exist (no /sys/block/{dev})"
+                    ));
                 }
                 let found = device_of(&path);
                 if found.as_deref() != Some(dev.as_str()) {
@@ -103,12 +113,16 @@ impl Target {
                 Ok(Self::describe("device", path, Some(dev)))
             }
             "loop" => {
-                let size = engine::config::parse_bytes(&spec.size).map_err(|e| format!("target size: {e}"))?;
+                let size = engine::config::parse_bytes(&spec.size)
+                    .map_err(|e| format!("target size: {e}"))?;
                 let image = out.join("target.img");
                 let mnt = out.join("target-mnt");
-                std::fs::create_dir_all(&mnt).map_err(|e| format!("cannot create {}: {e}", mnt.display()))?;
-                let f = std::fs::File::create(&image).map_err(|e| format!("cannot create loop image {}: {e}", image.display()))?;
-                f.set_len(size).map_err(|e| format!("cannot size loop image: {e}"))?;
+                std::fs::create_dir_all(&mnt)
+                    .map_err(|e| format!("cannot create {}: {e}", mnt.display()))?;
+                let f = std::fs::File::create(&image)
+                    .map_err(|e| format!("cannot create loop image {}: {e}", image.display()))?;
+                f.set_len(size)
+                    .map_err(|e| format!("cannot size loop image: {e}"))?;
                 drop(f);
                 let image = image.canonicalize().map_err(|e| e.to_string())?;
                 let mut args = vec!["--find", "--show"];
@@ -117,14 +131,29 @@ impl Target {
                 }
                 let img_s = image.to_string_lossy().into_owned();
                 args.push(&img_s);
-                let devpath = run_cmd("losetup", &args).map_err(|e| format!("cannot create a loop device: {e}"))?;
+                let devpath = run_cmd("losetup", &args)
+                    .map_err(|e| format!("cannot create a loop device: {e}"))?;
                 let devpath = devpath.trim().to_string();
                 let dev = devpath.trim_start_matches("/dev/").to_string();
                 let mnt = mnt.canonicalize().map_err(|e| e.to_string())?;
-                journal.record(Entry::Loop { dev: dev.clone(), image: image.clone(), mount: Some(mnt.clone()) })?;
-                run_cmd("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", &devpath])
-                    .map_err(|e| format!("mkfs.ext4 on {devpath}: {e}"))?;
-                run_cmd("mount", &[&devpath, &mnt.to_string_lossy()]).map_err(|e| format!("mounting {devpath}: {e}"))?;
+                journal.record(Entry::Loop {
+                    dev: dev.clone(),
+                    image: image.clone(),
+                    mount: Some(mnt.clone()),
+                })?;
+                run_cmd(
+                    "mkfs.ext4",
+                    &[
+                        "-q",
+                        "-F",
+                        "-E",
+                        "lazy_itable_init=0,lazy_journal_init=0",
+                        &devpath,
+                    ],
+                )
+                .map_err(|e| format!("mkfs.ext4 on {devpath}: {e}"))?;
+                run_cmd("mount", &[&devpath, &mnt.to_string_lossy()])
+                    .map_err(|e| format!("mounting {devpath}: {e}"))?;
                 let mut t = Self::describe("loop", mnt.clone(), Some(dev.clone()));
                 t.loop_dev = Some((dev, image, mnt));
                 Ok(t)
@@ -137,7 +166,15 @@ impl Target {
         let device = dev.or_else(|| device_of(&path));
         let (fs, mount_options) = mount_of(&path);
         let model = device.as_deref().map(device_model).unwrap_or_default();
-        Target { kind: kind.into(), path, device, model, fs, mount_options, loop_dev: None }
+        Target {
+            kind: kind.into(),
+            path,
+            device,
+            model,
+            fs,
+            mount_options,
+            loop_dev: None,
+        }
     }
 
     /// Removes what `setup` created (loop device, mount, image).
@@ -165,7 +202,10 @@ impl Target {
     }
 
     pub fn to_json(&self, queue_before: &[(String, String)]) -> serde_json::Value {
-        let q: serde_json::Map<String, serde_json::Value> = queue_before.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        let q: serde_json::Map<String, serde_json::Value> = queue_before
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
         serde_json::json!({
             "kind": self.kind,
             "path": self.path.display().to_string(),

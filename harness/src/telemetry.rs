@@ -41,7 +41,12 @@ fn softirq_totals() -> (u64, u64) {
     let sum = |name: &str| -> u64 {
         txt.lines()
             .find(|l| l.trim_start().starts_with(name))
-            .map(|l| l.split_whitespace().skip(1).filter_map(|x| x.parse::<u64>().ok()).sum())
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse::<u64>().ok())
+                    .sum()
+            })
             .unwrap_or(0)
     };
     (sum("NET_RX:"), sum("BLOCK:"))
@@ -49,15 +54,29 @@ fn softirq_totals() -> (u64, u64) {
 
 fn interrupts_total() -> u64 {
     let txt = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
-    let ncpu = txt.lines().next().map(|l| l.split_whitespace().count()).unwrap_or(0);
+    let ncpu = txt
+        .lines()
+        .next()
+        .map(|l| l.split_whitespace().count())
+        .unwrap_or(0);
     txt.lines()
         .skip(1)
-        .map(|l| l.split_whitespace().skip(1).take(ncpu).filter_map(|x| x.parse::<u64>().ok()).sum::<u64>())
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .take(ncpu)
+                .filter_map(|x| x.parse::<u64>().ok())
+                .sum::<u64>()
+        })
         .sum()
 }
 
 pub fn take(dev: Option<&str>, srv_pids: &[i32], progress: &AtomicU64) -> Sample {
-    let mut s = Sample { t: Some(Instant::now()), progress_bytes: progress.load(Relaxed), ..Default::default() };
+    let mut s = Sample {
+        t: Some(Instant::now()),
+        progress_bytes: progress.load(Relaxed),
+        ..Default::default()
+    };
     if let Some(d) = dev {
         if let Ok(all) = procfs::diskstats() {
             s.disk = all.into_iter().find(|x| x.name == d);
@@ -69,7 +88,14 @@ pub fn take(dev: Option<&str>, srv_pids: &[i32], progress: &AtomicU64) -> Sample
         s.cpu_sys = c.system + c.irq.unwrap_or(0) + c.softirq.unwrap_or(0);
         s.cpu_iowait = c.iowait.unwrap_or(0);
         s.cpu_steal = c.steal.unwrap_or(0);
-        s.cpu_total = c.user + c.nice + c.system + c.idle + s.cpu_iowait + c.irq.unwrap_or(0) + c.softirq.unwrap_or(0) + s.cpu_steal;
+        s.cpu_total = c.user
+            + c.nice
+            + c.system
+            + c.idle
+            + s.cpu_iowait
+            + c.irq.unwrap_or(0)
+            + c.softirq.unwrap_or(0)
+            + s.cpu_steal;
         s.ctxt = k.ctxt;
     }
     if let Ok(m) = procfs::Meminfo::current() {
@@ -100,15 +126,30 @@ pub fn take(dev: Option<&str>, srv_pids: &[i32], progress: &AtomicU64) -> Sample
 pub fn ring_fdinfo(pid: i32) -> String {
     let mut rings = 0;
     let mut parts: Vec<String> = Vec::new();
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return String::new() };
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return String::new();
+    };
     for e in rd.flatten() {
-        let link = std::fs::read_link(e.path()).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let link = std::fs::read_link(e.path())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if !link.contains("io_uring") {
             continue;
         }
         rings += 1;
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy())).unwrap_or_default();
-        for key in ["SqThread:", "SqThreadCpu:", "UserFiles:", "UserBufs:", "SqEntries:", "CqEntries:"] {
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        for key in [
+            "SqThread:",
+            "SqThreadCpu:",
+            "UserFiles:",
+            "UserBufs:",
+            "SqEntries:",
+            "CqEntries:",
+        ] {
             if let Some(l) = info.lines().find(|l| l.trim_start().starts_with(key)) {
                 let v = l.split_whitespace().nth(1).unwrap_or("");
                 parts.push(format!("r{rings}.{}={v}", key.trim_end_matches(':')));
@@ -129,7 +170,12 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn start(dev: Option<String>, srv_pids: Vec<i32>, progress: Arc<AtomicU64>, every: Duration) -> Sampler {
+    pub fn start(
+        dev: Option<String>,
+        srv_pids: Vec<i32>,
+        progress: Arc<AtomicU64>,
+        every: Duration,
+    ) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let fdinfo = Arc::new(Mutex::new(String::new()));
@@ -154,7 +200,12 @@ impl Sampler {
                 }
             })
             .ok();
-        Sampler { stop, handle, samples, fdinfo }
+        Sampler {
+            stop,
+            handle,
+            samples,
+            fdinfo,
+        }
     }
 
     pub fn finish(mut self) -> (Vec<Sample>, String) {
@@ -163,7 +214,11 @@ impl Sampler {
             let _ = h.join();
         }
         let s = std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()));
-        let f = self.fdinfo.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let f = self
+            .fdinfo
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         (s, f)
     }
 }
@@ -190,27 +245,48 @@ pub struct Derived {
 }
 
 pub fn derive(samples: &[Sample], ws: Instant, we: Instant) -> Derived {
-    let inwin: Vec<&Sample> = samples.iter().filter(|s| s.t.is_some_and(|t| t >= ws && t <= we + Duration::from_millis(300))).collect();
+    let inwin: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.t.is_some_and(|t| t >= ws && t <= we + Duration::from_millis(300))
+        })
+        .collect();
     let mut d = Derived::default();
     if inwin.len() < 2 {
         return d;
     }
     let (a, b) = (inwin[0], inwin[inwin.len() - 1]);
-    let dt = b.t.expect("set").duration_since(a.t.expect("set")).as_secs_f64();
+    let dt =
+        b.t.expect("set")
+            .duration_since(a.t.expect("set"))
+            .as_secs_f64();
     if dt <= 0.0 {
         return d;
     }
     if let (Some(x), Some(y)) = (&a.disk, &b.disk) {
         let ios = (y.reads + y.writes).saturating_sub(x.reads + x.writes) as f64;
         let merges = (y.merged + y.writes_merged).saturating_sub(x.merged + x.writes_merged) as f64;
-        let sectors = (y.sectors_read + y.sectors_written).saturating_sub(x.sectors_read + x.sectors_written) as f64;
-        let ticks = (y.time_reading + y.time_writing).saturating_sub(x.time_reading + x.time_writing) as f64;
+        let sectors = (y.sectors_read + y.sectors_written)
+            .saturating_sub(x.sectors_read + x.sectors_written) as f64;
+        let ticks = (y.time_reading + y.time_writing)
+            .saturating_sub(x.time_reading + x.time_writing) as f64;
         d.dev_mbps = Some(sectors * 512.0 / 1e6 / dt);
         d.dev_iops = Some(ios / dt);
-        d.dev_merge_pct = if ios + merges > 0.0 { Some(100.0 * merges / (ios + merges)) } else { Some(0.0) };
+        d.dev_merge_pct = if ios + merges > 0.0 {
+            Some(100.0 * merges / (ios + merges))
+        } else {
+            Some(0.0)
+        };
         d.dev_await_ms = if ios > 0.0 { Some(ticks / ios) } else { None };
-        d.dev_aqu_sz = Some(y.weighted_time_in_progress.saturating_sub(x.weighted_time_in_progress) as f64 / (dt * 1000.0));
-        d.dev_util_pct = Some((100.0 * y.time_in_progress.saturating_sub(x.time_in_progress) as f64 / (dt * 1000.0)).min(100.0));
+        d.dev_aqu_sz = Some(
+            y.weighted_time_in_progress
+                .saturating_sub(x.weighted_time_in_progress) as f64
+                / (dt * 1000.0),
+        );
+        d.dev_util_pct = Some(
+            (100.0 * y.time_in_progress.saturating_sub(x.time_in_progress) as f64 / (dt * 1000.0))
+                .min(100.0),
+        );
     }
     d.ctx_switches_per_s = Some(b.ctxt.saturating_sub(a.ctxt) as f64 / dt);
     let tot = b.cpu_total.saturating_sub(a.cpu_total) as f64;
@@ -260,20 +336,42 @@ pub fn write_timeseries(path: &Path, samples: &[Sample], ws: Instant) -> std::io
     let o = crate::util::fmt_opt;
     for w in samples.windows(2) {
         let (a, b) = (&w[0], &w[1]);
-        let (Some(ta), Some(tb)) = (a.t, b.t) else { continue };
+        let (Some(ta), Some(tb)) = (a.t, b.t) else {
+            continue;
+        };
         let dt = tb.duration_since(ta).as_secs_f64();
         if dt <= 0.0 {
             continue;
         }
-        let t_s = if tb >= ws { tb.duration_since(ws).as_secs_f64() } else { -ws.duration_since(tb).as_secs_f64() };
+        let t_s = if tb >= ws {
+            tb.duration_since(ws).as_secs_f64()
+        } else {
+            -ws.duration_since(tb).as_secs_f64()
+        };
         let (mut dev_mbps, mut dev_iops, mut util) = (None, None, None);
         if let (Some(x), Some(y)) = (&a.disk, &b.disk) {
-            dev_mbps = Some((y.sectors_read + y.sectors_written).saturating_sub(x.sectors_read + x.sectors_written) as f64 * 512.0 / 1e6 / dt);
+            dev_mbps = Some(
+                (y.sectors_read + y.sectors_written)
+                    .saturating_sub(x.sectors_read + x.sectors_written) as f64
+                    * 512.0
+                    / 1e6
+                    / dt,
+            );
             dev_iops = Some((y.reads + y.writes).saturating_sub(x.reads + x.writes) as f64 / dt);
-            util = Some((100.0 * y.time_in_progress.saturating_sub(x.time_in_progress) as f64 / (dt * 1000.0)).min(100.0));
+            util = Some(
+                (100.0 * y.time_in_progress.saturating_sub(x.time_in_progress) as f64
+                    / (dt * 1000.0))
+                    .min(100.0),
+            );
         }
         let tot = b.cpu_total.saturating_sub(a.cpu_total) as f64;
-        let pct = |x: u64, y: u64| if tot > 0.0 { Some(100.0 * y.saturating_sub(x) as f64 / tot) } else { None };
+        let pct = |x: u64, y: u64| {
+            if tot > 0.0 {
+                Some(100.0 * y.saturating_sub(x) as f64 / tot)
+            } else {
+                None
+            }
+        };
         let cpu_pct = |x: Option<f64>, y: Option<f64>| match (x, y) {
             (Some(x), Some(y)) => Some(100.0 * (y - x).max(0.0) / dt),
             _ => None,
@@ -282,7 +380,9 @@ pub fn write_timeseries(path: &Path, samples: &[Sample], ws: Instant) -> std::io
             f,
             "{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             t_s,
-            o(Some(b.progress_bytes.saturating_sub(a.progress_bytes) as f64 / 1e6 / dt)),
+            o(Some(
+                b.progress_bytes.saturating_sub(a.progress_bytes) as f64 / 1e6 / dt
+            )),
             o(dev_mbps),
             o(dev_iops),
             o(util),
@@ -296,7 +396,9 @@ pub fn write_timeseries(path: &Path, samples: &[Sample], ws: Instant) -> std::io
             o(cpu_pct(a.gen_cpu_s, b.gen_cpu_s)),
             o(Some(b.ctxt.saturating_sub(a.ctxt) as f64 / dt)),
             o(Some(b.net_rx.saturating_sub(a.net_rx) as f64 / dt)),
-            o(Some(b.block_softirq.saturating_sub(a.block_softirq) as f64 / dt)),
+            o(Some(
+                b.block_softirq.saturating_sub(a.block_softirq) as f64 / dt
+            )),
             o(Some((b.pgpgout - a.pgpgout).max(0) as f64 / dt)),
         )?;
     }

@@ -8,7 +8,10 @@ use rand::{Rng, SeedableRng};
 
 /// Seconds since the Unix epoch as a float.
 pub fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
 }
 
 /// RFC 3339 UTC timestamp (`2026-11-25T21:01:13Z`) for `SystemTime::now()`.
@@ -17,7 +20,10 @@ pub fn rfc3339_now() -> String {
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs() as i64;
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs() as i64;
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     // Howard Hinnant's civil_from_days.
@@ -31,7 +37,12 @@ pub fn rfc3339(t: SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", sod / 3600, (sod / 60) % 60, sod % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
 }
 
 /// A distribution of sizes in bytes, parsed from text:
@@ -48,9 +59,7 @@ impl SizeDist {
     pub fn parse(s: &str) -> Result<SizeDist, String> {
         let s = s.trim();
         let bad = |why: &str| {
-            format!(
-                "size distribution {s:?}: {why}; use fixed:N, uniform:A-B, lognormal:MEDIAN,SIGMA or exp:MEAN (sizes like 512, 4k, 1m)"
-            )
+            format!("size distribution {s:?}: {why}; use fixed:N, uniform:A-B, lognormal:MEDIAN,SIGMA or exp:MEAN (sizes like 512, 4k, 1m)")
         };
         let bytes = |v: &str| engine::config::parse_bytes(v).map_err(|e| bad(&e));
         let (kind, arg) = match s.split_once(':') {
@@ -60,7 +69,9 @@ impl SizeDist {
         match kind {
             "fixed" => Ok(SizeDist::Fixed(bytes(arg)?)),
             "uniform" => {
-                let (a, b) = arg.split_once('-').ok_or_else(|| bad("uniform needs A-B"))?;
+                let (a, b) = arg
+                    .split_once('-')
+                    .ok_or_else(|| bad("uniform needs A-B"))?;
                 let (a, b) = (bytes(a)?, bytes(b)?);
                 if a > b {
                     return Err(bad("uniform lower bound is above the upper bound"));
@@ -68,14 +79,24 @@ impl SizeDist {
                 Ok(SizeDist::Uniform(a, b))
             }
             "lognormal" => {
-                let (m, sg) = arg.split_once(',').ok_or_else(|| bad("lognormal needs MEDIAN,SIGMA"))?;
-                let sigma: f64 = sg.trim().parse().map_err(|_| bad("SIGMA is not a number"))?;
+                let (m, sg) = arg
+                    .split_once(',')
+                    .ok_or_else(|| bad("lognormal needs MEDIAN,SIGMA"))?;
+                let sigma: f64 = sg
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("SIGMA is not a number"))?;
                 if !(0.0..=5.0).contains(&sigma) {
                     return Err(bad("SIGMA must be between 0 and 5"));
                 }
-                Ok(SizeDist::LogNormal { median: bytes(m)? as f64, sigma })
+                Ok(SizeDist::LogNormal {
+                    median: bytes(m)? as f64,
+                    sigma,
+                })
             }
-            "exp" => Ok(SizeDist::Exp { mean: bytes(arg)? as f64 }),
+            "exp" => Ok(SizeDist::Exp {
+                mean: bytes(arg)? as f64,
+            }),
             _ => Err(bad("unknown distribution")),
         }
     }
@@ -148,15 +169,26 @@ pub struct PayloadGen {
 }
 
 impl PayloadGen {
-    pub fn new(delta: SizeDist, keyframe: SizeDist, keyframe_every: u64, max_bytes: u64) -> PayloadGen {
+    pub fn new(
+        delta: SizeDist,
+        keyframe: SizeDist,
+        keyframe_every: u64,
+        max_bytes: u64,
+    ) -> PayloadGen {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_f00d);
         let mut pool = vec![0u8; POOL_BYTES];
         rng.fill(&mut pool[..]);
-        PayloadGen { pool, delta, keyframe, keyframe_every: keyframe_every.max(1), max_bytes }
+        PayloadGen {
+            pool,
+            delta,
+            keyframe,
+            keyframe_every: keyframe_every.max(1),
+            max_bytes,
+        }
     }
 
     pub fn frame_kind(&self, seq: u64) -> u8 {
-        if (seq - 1) % self.keyframe_every == 0 {
+        if (seq - 1).is_multiple_of(self.keyframe_every) {
             engine::protocol::FRAME_KEY
         } else {
             engine::protocol::FRAME_DELTA
@@ -168,7 +200,11 @@ impl PayloadGen {
         let seed = id_hash ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut rng = SplitMix(seed);
         let kind = self.frame_kind(seq);
-        let dist = if kind == engine::protocol::FRAME_KEY { &self.keyframe } else { &self.delta };
+        let dist = if kind == engine::protocol::FRAME_KEY {
+            &self.keyframe
+        } else {
+            &self.delta
+        };
         let len = dist.sample(&mut rng, self.max_bytes) as usize;
         out.clear();
         let mut remaining = len;
@@ -230,7 +266,11 @@ pub fn mean_sd(xs: &[f64]) -> (f64, f64, f64) {
     }
     let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
     let sd = var.sqrt();
-    let rsd = if mean.abs() > 0.0 { 100.0 * sd / mean.abs() } else { 0.0 };
+    let rsd = if mean.abs() > 0.0 {
+        100.0 * sd / mean.abs()
+    } else {
+        0.0
+    };
     (mean, sd, rsd)
 }
 
@@ -281,13 +321,16 @@ pub fn send_signal(pid: u32, sig: &str) -> Result<(), String> {
 /// connections. Returns the limit in force afterwards.
 pub fn raise_nofile(want: u64) -> u64 {
     let pid = std::process::id().to_string();
-    let _ = run_cmd("prlimit", &["--pid", &pid, &format!("--nofile={want}:{want}")]);
+    let _ = run_cmd(
+        "prlimit",
+        &["--pid", &pid, &format!("--nofile={want}:{want}")],
+    );
     procfs::process::Process::myself()
         .ok()
         .and_then(|p| p.limits().ok())
-        .and_then(|l| match l.max_open_files.soft_limit {
-            procfs::process::LimitValue::Value(v) => Some(v),
-            procfs::process::LimitValue::Unlimited => Some(u64::MAX),
+        .map(|l| match l.max_open_files.soft_limit {
+            procfs::process::LimitValue::Value(v) => v,
+            procfs::process::LimitValue::Unlimited => u64::MAX,
         })
         .unwrap_or(1024)
 }
@@ -299,8 +342,14 @@ mod tests {
     #[test]
     fn rfc3339_known_dates() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_764_104_473)), "2025-11-25T21:01:13Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_764_104_473)),
+            "2025-11-25T21:01:13Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]
@@ -313,15 +362,24 @@ mod tests {
             assert!((200..=2048).contains(&v));
         }
         assert_eq!(SizeDist::parse("4k").unwrap(), SizeDist::Fixed(4096));
-        assert!(SizeDist::parse("uniform:9-3").unwrap_err().contains("lower bound"));
-        assert!(SizeDist::parse("pareto:1").unwrap_err().contains("unknown distribution"));
+        assert!(SizeDist::parse("uniform:9-3")
+            .unwrap_err()
+            .contains("lower bound"));
+        assert!(SizeDist::parse("pareto:1")
+            .unwrap_err()
+            .contains("unknown distribution"));
         let l = SizeDist::parse("lognormal:1k,0.5").unwrap();
         assert!(l.sample(&mut rng, 100) <= 100);
     }
 
     #[test]
     fn payloads_are_deterministic_and_distinct() {
-        let g = PayloadGen::new(SizeDist::parse("uniform:10-5000").unwrap(), SizeDist::Fixed(70_000), 8, 1 << 20);
+        let g = PayloadGen::new(
+            SizeDist::parse("uniform:10-5000").unwrap(),
+            SizeDist::Fixed(70_000),
+            8,
+            1 << 20,
+        );
         let (mut a, mut b) = (Vec::new(), Vec::new());
         assert_eq!(g.payload(7, 1, &mut a), engine::protocol::FRAME_KEY);
         assert_eq!(a.len(), 70_000);

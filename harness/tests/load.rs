@@ -30,24 +30,49 @@ fn every_acked_frame_downloads_byte_identical_across_disconnects_and_churn() {
     let mut c = cfg(f.ingest);
     c.disconnect_every_s = 0.4;
     c.match_duration_s = 0.8;
-    let rep = ds::run(&c, Arc::new(DsCounters::default()), Arc::new(AtomicBool::new(false))).unwrap();
-    assert!(rep.reconnects > 0, "disconnects must have happened: {}", rep.summary());
-    assert!(rep.sealed as usize > c.matches, "churn must have ended and replaced matches: {}", rep.summary());
+    let rep = ds::run(
+        &c,
+        Arc::new(DsCounters::default()),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    assert!(
+        rep.reconnects > 0,
+        "disconnects must have happened: {}",
+        rep.summary()
+    );
+    assert!(
+        rep.sealed as usize > c.matches,
+        "churn must have ended and replaced matches: {}",
+        rep.summary()
+    );
     assert_eq!(rep.frames_acked, rep.frames_sent, "{}", rep.summary());
-    let bad: Vec<_> = rep.errors.keys().filter(|k| !k.starts_with("MATCH_BUSY") && *k != "DISCONNECTED").collect();
+    let bad: Vec<_> = rep
+        .errors
+        .keys()
+        .filter(|k| !k.starts_with("MATCH_BUSY") && *k != "DISCONNECTED")
+        .collect();
     assert!(bad.is_empty(), "unexpected errors: {:?}", rep.errors);
     assert!(rep.ack_pct(50.0).is_some());
     let v = ds::verify(&c, f.http, &rep.matches);
     assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
     assert_eq!(v.not_sealed, 0);
-    assert_eq!(v.verified, rep.matches.iter().filter(|m| m.acked_seq > 0).count());
+    assert_eq!(
+        v.verified,
+        rep.matches.iter().filter(|m| m.acked_seq > 0).count()
+    );
 }
 
 #[test]
 fn verify_names_the_altered_frame() {
     let f = common::Fake::start(&["--fake-corrupt-frame", "7"]);
     let c = cfg(f.ingest);
-    let rep = ds::run(&c, Arc::new(DsCounters::default()), Arc::new(AtomicBool::new(false))).unwrap();
+    let rep = ds::run(
+        &c,
+        Arc::new(DsCounters::default()),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     let v = ds::verify(&c, f.http, &rep.matches);
     assert_eq!(v.verified, 0, "every match has an altered frame 7");
     assert_eq!(v.mismatches.len(), c.matches);
@@ -58,7 +83,12 @@ fn verify_names_the_altered_frame() {
 fn clients_verify_whole_and_range_downloads() {
     let f = common::Fake::start(&[]);
     let c = cfg(f.ingest);
-    let rep = ds::run(&c, Arc::new(DsCounters::default()), Arc::new(AtomicBool::new(false))).unwrap();
+    let rep = ds::run(
+        &c,
+        Arc::new(DsCounters::default()),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     assert_eq!(rep.sealed as usize, c.matches);
     for mode in [Mode::Whole, Mode::Range(4096)] {
         let cc = ClientsConfig {
@@ -70,10 +100,19 @@ fn clients_verify_whole_and_range_downloads() {
             measure_s: 1.0,
             ..Default::default()
         };
-        let r = clients::run(&cc, Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false))).unwrap();
+        let r = clients::run(
+            &cc,
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap();
         assert_eq!(r.matches, c.matches, "ids come from GET /matches");
         assert!(r.requests > 0 && r.bytes > 0, "{mode:?}: {}", r.summary());
-        assert!(r.verify_failures.is_empty(), "{mode:?}: {:?}", r.verify_failures);
+        assert!(
+            r.verify_failures.is_empty(),
+            "{mode:?}: {:?}",
+            r.verify_failures
+        );
         assert!(r.errors.is_empty(), "{mode:?}: {:?}", r.errors);
     }
 }
@@ -81,12 +120,24 @@ fn clients_verify_whole_and_range_downloads() {
 #[test]
 fn refused_connections_are_counted_not_fatal() {
     // Nothing listens on this port: every connect is refused, the run still ends with a report.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut c = cfg(port);
     c.matches = 2;
     c.measure_s = 0.5;
     c.end_at_stop = false;
-    let rep = ds::run(&c, Arc::new(DsCounters::default()), Arc::new(AtomicBool::new(false))).unwrap();
+    let rep = ds::run(
+        &c,
+        Arc::new(DsCounters::default()),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     assert_eq!(rep.frames_acked, 0);
-    assert!(rep.errors.keys().any(|k| k.contains("REFUSED")), "{:?}", rep.errors);
+    assert!(
+        rep.errors.keys().any(|k| k.contains("REFUSED")),
+        "{:?}",
+        rep.errors
+    );
 }

@@ -29,8 +29,11 @@ fn unsupported_and_crashed_cells_are_recorded_and_the_sweep_goes_on() {
         "#,
     );
     let out = d.join("out");
-    let (code, err) = sweep(&exp, &out, &d.join("state"), &[]);
-    assert_eq!(code, 3, "a failed run gives exit code 3: {err}");
+    let (code, err) = sweep(&exp, &out, &d.join("state"), &["--fail-on-failed"]);
+    assert_eq!(
+        code, 3,
+        "a failed run gives exit code 3 with --fail-on-failed: {err}"
+    );
     let rows = read_runs(&out);
     assert_eq!(rows.len(), 4, "{err}");
     let by = |cell: &str| rows.iter().find(|r| r["cell_id"] == cell).unwrap();
@@ -45,29 +48,67 @@ fn unsupported_and_crashed_cells_are_recorded_and_the_sweep_goes_on() {
         assert!(out.join(format!("timeseries/{}.csv", r["run_id"])).exists());
     }
     assert_eq!(by("c0000")["dim.load.matches"], "4");
-    assert_eq!(by("c0001")["dims"], "load.matches=8");
+    assert_eq!(
+        by("c0001")["dims"],
+        "load.matches=8;raw.fake-unsupported=;raw.fake-crash-after-ms="
+    );
     let u = by("c0002");
     assert_eq!(u["status"], "unsupported");
     assert!(u["reason"].contains("IOPOLL needs poll queues"), "{u:?}");
-    assert!(u["throughput_mbps"].is_empty(), "no metric for a run that was not measured");
+    assert!(
+        u["throughput_mbps"].is_empty(),
+        "no metric for a run that was not measured"
+    );
     let f = by("c0003");
     assert_eq!(f["status"], "failed", "{f:?}");
     let log = std::fs::read_to_string(out.join(&f["log"])).unwrap();
-    assert!(log.contains("crashing on purpose"), "the failed run's log is kept: {log}");
+    assert!(
+        log.contains("crashing on purpose"),
+        "the failed run's log is kept: {log}"
+    );
+    assert!(
+        f["reason"].contains("crashing on purpose"),
+        "the reason quotes the log: {f:?}"
+    );
     // Manifest.
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    for k in ["git_rev", "command_line", "started_at", "finished_at", "kernel", "cpu_model", "cores", "mem_total_kb", "hwloc_topology", "experiment"] {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    for k in [
+        "git_rev",
+        "command_line",
+        "started_at",
+        "finished_at",
+        "kernel",
+        "cpu_model",
+        "cores",
+        "mem_total_kb",
+        "hwloc_topology",
+        "experiment",
+    ] {
         assert!(!m[k].is_null(), "manifest lacks {k}");
     }
     assert_eq!(m["schema"], 1);
-    assert_eq!(m["dimensions"], serde_json::json!(["load.matches"]));
+    assert_eq!(
+        m["dimensions"],
+        serde_json::json!([
+            "load.matches",
+            "raw.fake-unsupported",
+            "raw.fake-crash-after-ms"
+        ])
+    );
     assert_eq!(m["target"]["kind"], "dir");
-    assert!(m["target"]["queue"].as_object().is_some_and(|q| q.contains_key("scheduler")), "{}", m["target"]);
+    assert!(
+        m["target"]["queue"]
+            .as_object()
+            .is_some_and(|q| q.contains_key("scheduler")),
+        "{}",
+        m["target"]
+    );
     assert!(m["hwloc_topology"].as_str().unwrap().contains("PU"));
     // CSV header: documented columns in the documented order.
     let h = std::fs::read_to_string(out.join("runs.csv")).unwrap();
     let head = h.lines().next().unwrap();
-    assert!(head.starts_with("run_id,cell_id,rep,pair,revision,kind,workload,status,reason,started_at,duration_s,dims,dim.load.matches,requested_flags,effective_flags,throughput_mbps"), "{head}");
+    assert!(head.starts_with("run_id,cell_id,rep,pair,revision,kind,workload,status,reason,started_at,duration_s,dims,dim.load.matches,dim.raw.fake-unsupported,dim.raw.fake-crash-after-ms,requested_flags,effective_flags,throughput_mbps"), "{head}");
     // Resume: nothing left to do, no row added.
     let (code, err) = sweep(&exp, &out, &d.join("state"), &["--resume"]);
     assert_eq!(code, 0, "{err}");
@@ -79,7 +120,12 @@ fn unsupported_and_crashed_cells_are_recorded_and_the_sweep_goes_on() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-fn watch(dev: String, key: &'static str, seen: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn watch(
+    dev: String,
+    key: &'static str,
+    seen: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             if let Ok(v) = harness::block::read_setting(&dev, key) {
@@ -97,7 +143,11 @@ fn watch(dev: String, key: &'static str, seen: Arc<Mutex<Vec<String>>>, stop: Ar
 fn block_settings_are_applied_then_restored_on_normal_end_and_on_refusal() {
     let lf = LoopFs::new("blk1");
     let (sched0, nom0) = (lf.read("scheduler"), lf.read("nomerges"));
-    let other = if sched0 == "mq-deadline" { "none" } else { "mq-deadline" };
+    let other = if sched0 == "mq-deadline" {
+        "none"
+    } else {
+        "mq-deadline"
+    };
     let d = tmpdir("blk1o");
     let exp = write_exp(
         &d,
@@ -132,20 +182,42 @@ fn block_settings_are_applied_then_restored_on_normal_end_and_on_refusal() {
     w1.join().unwrap();
     w2.join().unwrap();
     assert_eq!(code, 0, "{err}");
-    assert!(seen.lock().unwrap().contains(&other.to_string()), "the scheduler was switched during runs: {:?}", seen.lock().unwrap());
+    assert!(
+        seen.lock().unwrap().contains(&other.to_string()),
+        "the scheduler was switched during runs: {:?}",
+        seen.lock().unwrap()
+    );
     let n = seen_n.lock().unwrap().clone();
-    assert!(n.contains(&"1".to_string()) && n.contains(&"2".to_string()), "nomerges took both values: {n:?}");
+    assert!(
+        n.contains(&"1".to_string()) && n.contains(&"2".to_string()),
+        "nomerges took both values: {n:?}"
+    );
     assert_eq!(lf.read("scheduler"), sched0, "scheduler restored");
-    assert_eq!(lf.read("nomerges"), nom0, "nomerges restored (also after the refused cell)");
+    assert_eq!(
+        lf.read("nomerges"),
+        nom0,
+        "nomerges restored (also after the refused cell)"
+    );
     let rows = read_runs(&out);
     let refused = rows.iter().find(|r| r["cell_id"] == "c0002").unwrap();
     assert_eq!(refused["status"], "unsupported");
-    assert!(refused["reason"].contains("no-such-scheduler") && refused["reason"].contains("Invalid argument"), "{refused:?}");
+    assert!(
+        refused["reason"].contains("no-such-scheduler")
+            && refused["reason"].contains("Invalid argument"),
+        "{refused:?}"
+    );
     assert!(rows.iter().filter(|r| r["status"] == "ok").count() == 2);
     // The timeseries has the device's stats.
-    let ts = std::fs::read_to_string(out.join(format!("timeseries/{}.csv", rows.iter().find(|r| r["status"] == "ok").unwrap()["run_id"]))).unwrap();
+    let ts = std::fs::read_to_string(out.join(format!(
+        "timeseries/{}.csv",
+        rows.iter().find(|r| r["status"] == "ok").unwrap()["run_id"]
+    )))
+    .unwrap();
     assert!(ts.lines().count() > 3, "{ts}");
-    assert!(std::fs::read_dir(d.join("state")).unwrap().next().is_none(), "journal removed after a clean end");
+    assert!(
+        std::fs::read_dir(d.join("state")).unwrap().next().is_none(),
+        "journal removed after a clean end"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -153,7 +225,11 @@ fn block_settings_are_applied_then_restored_on_normal_end_and_on_refusal() {
 fn sigint_mid_run_restores_block_settings() {
     let lf = LoopFs::new("blk2");
     let (sched0, ra0) = (lf.read("scheduler"), lf.read("read_ahead_kb"));
-    let other = if sched0 == "mq-deadline" { "none" } else { "mq-deadline" };
+    let other = if sched0 == "mq-deadline" {
+        "none"
+    } else {
+        "mq-deadline"
+    };
     let ra = if ra0 == "512" { "256" } else { "512" };
     let d = tmpdir("blk2o");
     let exp = write_exp(
@@ -177,32 +253,64 @@ fn sigint_mid_run_restores_block_settings() {
         .unwrap();
     let t0 = Instant::now();
     while lf.read("scheduler") != other || lf.read("read_ahead_kb") != ra {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the sweep never applied the settings");
-        assert!(child.try_wait().unwrap().is_none(), "sweep ended early: {}", std::fs::read_to_string(d.join("stderr")).unwrap());
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the sweep never applied the settings"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "sweep ended early: {}",
+            std::fs::read_to_string(d.join("stderr")).unwrap()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // The journal holds the originals while they are changed.
-    let journal: String = std::fs::read_dir(d.join("state")).unwrap().flatten().map(|e| std::fs::read_to_string(e.path()).unwrap()).collect();
-    assert!(journal.contains(&format!("\"orig\":\"{sched0}\"")), "{journal}");
+    let journal: String = std::fs::read_dir(d.join("state"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(
+        journal.contains(&format!("\"orig\":\"{sched0}\"")),
+        "{journal}"
+    );
     std::thread::sleep(Duration::from_millis(500));
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let t1 = Instant::now();
     let st = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(t1.elapsed() < Duration::from_secs(30), "the sweep did not stop after SIGINT");
+        assert!(
+            t1.elapsed() < Duration::from_secs(30),
+            "the sweep did not stop after SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let err = std::fs::read_to_string(d.join("stderr")).unwrap();
     assert_eq!(st.code(), Some(130), "{err}");
-    assert_eq!(lf.read("scheduler"), sched0, "scheduler restored after SIGINT: {err}");
-    assert_eq!(lf.read("read_ahead_kb"), ra0, "read_ahead_kb restored after SIGINT");
+    assert_eq!(
+        lf.read("scheduler"),
+        sched0,
+        "scheduler restored after SIGINT: {err}"
+    );
+    assert_eq!(
+        lf.read("read_ahead_kb"),
+        ra0,
+        "read_ahead_kb restored after SIGINT"
+    );
     let rows = read_runs(&out);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["status"], "failed");
     assert!(rows[0]["reason"].contains("interrupted"), "{:?}", rows[0]);
-    assert!(std::fs::read_dir(d.join("state")).unwrap().next().is_none(), "journal removed");
+    assert!(
+        std::fs::read_dir(d.join("state")).unwrap().next().is_none(),
+        "journal removed"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -236,11 +344,15 @@ fn loop_target_is_created_and_removed() {
     assert_eq!(code, 0, "{err}");
     let rows = read_runs(&out);
     assert!(rows.iter().all(|r| r["status"] == "ok"), "{rows:?}");
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     let dev = m["target"]["device"].as_str().unwrap().to_string();
     assert!(dev.starts_with("loop"), "{}", m["target"]);
     assert_eq!(m["target"]["fs"], "ext4");
-    assert!(harness::block::loop_backing(&dev).map_or(true, |b| !b.starts_with(&out)), "loop device detached");
+    assert!(
+        harness::block::loop_backing(&dev).is_none_or(|b| !b.starts_with(&out)),
+        "loop device detached"
+    );
     assert!(!out.join("target.img").exists());
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub live_max_delay_ms: u64,
     pub ds_token: String,
     pub retention_s: u64,
+    /// TEST ONLY: injected delay after every replay-file write completes.
+    pub test_write_delay_us: u64,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +71,7 @@ impl Default for ServerConfig {
             live_max_delay_ms: 120_000,
             ds_token: String::new(),
             retention_s: 0,
+            test_write_delay_us: 0,
         }
     }
 }
@@ -109,6 +112,7 @@ const KNOBS: &[Knob] = &[
     k("live-max-delay-ms", "u64", "120000", "Largest ?delay_ms a live viewer may ask for; bounds the per-match publish history."),
     k("ds-token", "string", "", "Credential every DS HELLO must carry (empty: none required)."),
     k("retention-s", "u64", "0", "Sealed replays older than this many seconds are deleted (then 410 Gone until restart, and their id cannot be reused); 0 keeps them forever."),
+    k("test-write-delay-us", "u64", "0", "TEST ONLY: sleep this many microseconds after every replay-file write completes, on the thread that handles it. Injects a known slowdown so the regression check can be shown to catch one; never set it in production."),
 ];
 
 impl Section for ServerConfig {
@@ -136,6 +140,7 @@ impl Section for ServerConfig {
             "live-max-delay-ms" => self.live_max_delay_ms = parse_num(v)?,
             "ds-token" => self.ds_token = v.to_string(),
             "retention-s" => self.retention_s = parse_num(v)?,
+            "test-write-delay-us" => self.test_write_delay_us = parse_num(v)?,
             _ => return Err(format!("unknown option {name}")),
         }
         Ok(())
@@ -160,6 +165,7 @@ impl Section for ServerConfig {
             "live-max-delay-ms" => self.live_max_delay_ms.to_string(),
             "ds-token" => self.ds_token.clone(),
             "retention-s" => self.retention_s.to_string(),
+            "test-write-delay-us" => self.test_write_delay_us.to_string(),
             _ => return None,
         })
     }

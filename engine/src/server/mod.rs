@@ -146,6 +146,7 @@ pub fn session_config(cfg: &Config) -> SessionConfig {
         store: store_options(cfg),
         // always room for one whole message plus a read
         max_buffered_input: (2 * (s.max_frame_bytes as usize + 68)).max(4 << 20),
+        test_write_delay: Duration::from_micros(s.test_write_delay_us),
     }
 }
 

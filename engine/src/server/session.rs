@@ -34,6 +34,8 @@ pub struct SessionConfig {
     pub store: StoreOptions,
     /// Input bytes buffered before the session stops asking for more (backpressure).
     pub max_buffered_input: usize,
+    /// TEST ONLY (`test-write-delay-us`): sleep after every completed write.
+    pub test_write_delay: Duration,
 }
 
 impl Default for SessionConfig {
@@ -46,6 +48,7 @@ impl Default for SessionConfig {
             ds_token: Vec::new(),
             store: StoreOptions::default(),
             max_buffered_input: 4 << 20,
+            test_write_delay: Duration::ZERO,
         }
     }
 }
@@ -662,6 +665,10 @@ impl IngestSession {
                 self.storage_failed("write the replay file", e);
             }
             Ok(()) => {
+                if !self.cfg.test_write_delay.is_zero() {
+                    // Deliberate, test-only slowdown (see `test-write-delay-us`).
+                    std::thread::sleep(self.cfg.test_write_delay);
+                }
                 Metrics::add(&self.registry.metrics.writes, 1);
                 Metrics::add(&self.registry.metrics.write_bytes, req.bytes().len() as u64);
                 f.write_done(req);

@@ -7,13 +7,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("harness-test-{tag}-{}-{}", std::process::id(), rand_suffix()));
+    let d = std::env::temp_dir().join(format!(
+        "harness-test-{tag}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
 fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
 }
 
 pub fn harness_bin() -> &'static str {
@@ -33,6 +40,7 @@ pub struct Fake {
 }
 
 impl Fake {
+    #[allow(clippy::zombie_processes)] // killed and waited for in Drop
     pub fn start(extra: &[&str]) -> Fake {
         let dir = tmpdir("fake");
         let log = dir.join("log");
@@ -48,11 +56,22 @@ impl Fake {
         let t0 = Instant::now();
         loop {
             let t = std::fs::read_to_string(&log).unwrap_or_default();
-            let f = |p: &str| t.lines().find_map(|l| l.split(p).nth(1).and_then(|a| a.trim().parse().ok()));
+            let f = |p: &str| {
+                t.lines()
+                    .find_map(|l| l.split(p).nth(1).and_then(|a| a.trim().parse().ok()))
+            };
             if let (Some(i), Some(h)) = (f("ingest listening on "), f("http listening on ")) {
-                return Fake { child, ingest: i, http: h, dir };
+                return Fake {
+                    child,
+                    ingest: i,
+                    http: h,
+                    dir,
+                };
             }
-            assert!(t0.elapsed() < Duration::from_secs(10), "fake recorder did not start: {t}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "fake recorder did not start: {t}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -74,8 +93,15 @@ pub struct LoopFs {
 }
 
 fn sh(prog: &str, args: &[&str]) -> String {
-    let o = Command::new(prog).args(args).output().unwrap_or_else(|e| panic!("{prog}: {e}"));
-    assert!(o.status.success(), "{prog} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog}: {e}"));
+    assert!(
+        o.status.success(),
+        "{prog} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
@@ -91,7 +117,11 @@ impl LoopFs {
         let mnt = base.join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
         sh("mount", &[&devpath, &mnt.to_string_lossy()]);
-        LoopFs { dev: devpath.trim_start_matches("/dev/").to_string(), mnt, image }
+        LoopFs {
+            dev: devpath.trim_start_matches("/dev/").to_string(),
+            mnt,
+            image,
+        }
     }
 
     pub fn read(&self, key: &str) -> String {
@@ -102,7 +132,9 @@ impl LoopFs {
 impl Drop for LoopFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = Command::new("losetup").args(["-d", &format!("/dev/{}", self.dev)]).status();
+        let _ = Command::new("losetup")
+            .args(["-d", &format!("/dev/{}", self.dev)])
+            .status();
         let _ = std::fs::remove_file(&self.image);
     }
 }
@@ -110,7 +142,14 @@ impl Drop for LoopFs {
 pub fn read_runs(dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
     let mut rd = csv::Reader::from_path(dir.join("runs.csv")).unwrap();
     let h: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
-    rd.records().map(|r| h.iter().cloned().zip(r.unwrap().iter().map(String::from)).collect()).collect()
+    rd.records()
+        .map(|r| {
+            h.iter()
+                .cloned()
+                .zip(r.unwrap().iter().map(String::from))
+                .collect()
+        })
+        .collect()
 }
 
 pub fn write_exp(dir: &Path, text: &str) -> PathBuf {
@@ -131,5 +170,8 @@ pub fn sweep(exp: &Path, out: &Path, state: &Path, extra: &[&str]) -> (i32, Stri
         .env("HARNESS_STATE_DIR", state)
         .output()
         .unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }

@@ -109,7 +109,13 @@ fn send(s: &mut TcpStream, m: &Msg<'_>) -> std::io::Result<()> {
 }
 
 fn error(s: &mut TcpStream, code: ErrorCode, text: &str) {
-    let _ = send(s, &Msg::Error { code: code as u16, text });
+    let _ = send(
+        s,
+        &Msg::Error {
+            code: code as u16,
+            text,
+        },
+    );
 }
 
 fn ingest_conn(mut s: TcpStream, store: Store, dir: PathBuf) {
@@ -136,7 +142,9 @@ fn ingest_conn(mut s: TcpStream, store: Store, dir: PathBuf) {
             };
             off += used;
             match msg {
-                Msg::Hello { match_id, resume, .. } => {
+                Msg::Hello {
+                    match_id, resume, ..
+                } => {
                     if let Err(e) = protocol::validate_match_id(match_id) {
                         error(&mut s, e.code, &e.text);
                         return;
@@ -158,11 +166,28 @@ fn ingest_conn(mut s: TcpStream, store: Store, dir: PathBuf) {
                     m.busy = true;
                     let last = m.last_seq;
                     drop(st);
-                    let f = OpenOptions::new().create(true).append(true).open(path(&dir, match_id)).expect("open replay");
+                    let f = OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path(&dir, match_id))
+                        .expect("open replay");
                     cur = Some((match_id.to_string(), f));
-                    let _ = send(&mut s, &Msg::Welcome { version: 1, ack_mode: AckMode::Durable, last_seq: last, max_frame_bytes: 1 << 20 });
+                    let _ = send(
+                        &mut s,
+                        &Msg::Welcome {
+                            version: 1,
+                            ack_mode: AckMode::Durable,
+                            last_seq: last,
+                            max_frame_bytes: 1 << 20,
+                        },
+                    );
                 }
-                Msg::Frame { seq, crc32c, payload, .. } => {
+                Msg::Frame {
+                    seq,
+                    crc32c,
+                    payload,
+                    ..
+                } => {
                     let Some((id, f)) = cur.as_mut() else {
                         error(&mut s, ErrorCode::Unexpected, "FRAME before HELLO");
                         return;
@@ -207,7 +232,13 @@ fn ingest_conn(mut s: TcpStream, store: Store, dir: PathBuf) {
                     m.sealed = true;
                     m.busy = false;
                     let bytes = f.metadata().unwrap().len();
-                    let _ = send(&mut s, &Msg::Sealed { last_seq, file_bytes: bytes });
+                    let _ = send(
+                        &mut s,
+                        &Msg::Sealed {
+                            last_seq,
+                            file_bytes: bytes,
+                        },
+                    );
                     return;
                 }
                 _ => {
@@ -264,10 +295,16 @@ fn http_conn(s: TcpStream, store: Store, dir: PathBuf) {
         let path_only = target.split('?').next().unwrap_or("");
         if path_only == "/matches" {
             let st = store.lock().unwrap();
-            let list: Vec<serde_json::Value> =
-                st.iter().map(|(k, v)| serde_json::json!({"id": k, "sealed": v.sealed, "last_seq": v.last_seq})).collect();
+            let list: Vec<serde_json::Value> = st
+                .iter()
+                .map(|(k, v)| serde_json::json!({"id": k, "sealed": v.sealed, "last_seq": v.last_seq}))
+                .collect();
             let body = serde_json::to_vec(&list).unwrap();
-            let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
             let _ = w.write_all(&body);
             continue;
         }
@@ -294,7 +331,11 @@ fn http_conn(s: TcpStream, store: Store, dir: PathBuf) {
                 let _ = w.write_all(part);
             }
             _ => {
-                let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    data.len()
+                );
                 let _ = w.write_all(&data);
             }
         }
