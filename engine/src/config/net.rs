@@ -303,7 +303,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             format!("with send=splice each chunk passes through the pipe: serve-chunk-bytes ({}) must not exceed pipe-bytes ({})", n.serve_chunk_bytes, n.pipe_bytes),
         ));
     }
-    if n.serve_read == ServeRead::Direct && n.serve_chunk_bytes % 4096 != 0 {
+    if n.serve_read == ServeRead::Direct && !n.serve_chunk_bytes.is_multiple_of(4096) {
         return Err(ConfigError::new(
             &["serve-read", "serve-chunk-bytes"],
             format!("serve-read=direct reads whole aligned blocks: serve-chunk-bytes must be a multiple of 4096, got {}", n.serve_chunk_bytes),

@@ -518,6 +518,7 @@ where
         (Port::Http, opts.http_addr),
     ] {
         let mut bound = addr;
+        #[allow(clippy::needless_range_loop)] // i also picks the caller's listener for i == 0
         for i in 0..nl {
             // A listener bound by the caller (its address already announced) is used as
             // the first one, so no connection ever finds the port closed; with reuseport

@@ -10,6 +10,7 @@
 //!   asks once per ack cadence, covering every frame written since).
 //! - `Io::Open` and `Io::FinishSeal` (create + directory fsync, truncate + rename + fsync)
 //!   are rare metadata steps run with the same std calls as the blocking backend.
+//!
 //! HTTP bodies go out with `Io::send_file` (READ/READ_FIXED + SEND/SEND_ZC, or SPLICE, per
 //! [net]); a live tail is a chunked stream polled at each tick and after each chunk.
 
