@@ -288,3 +288,26 @@ fn direct_reads_with_registered_buffers_and_read_fixed() {
 fn acceptor_hands_connections_to_every_worker() {
     scenario(&[("net.listeners", "acceptor"), ("net.workers-pin", "cores")]);
 }
+
+#[test]
+fn effective_rings_report_what_the_kernel_set_up_or_why_not() {
+    use engine::server::uring::{effective_rings, UringError};
+    let mut cfg = Config::default();
+    cfg.set("ring.sqpoll", "true").unwrap();
+    cfg.set("ring.attach-wq", "first").unwrap();
+    let eff = effective_rings(&cfg, 2).unwrap();
+    assert_eq!(eff.len(), 2);
+    for e in &eff {
+        assert_eq!(e.flags, e.requested_flags);
+        assert!(e.flag_names.contains("SQPOLL") && e.flag_names.contains("ATTACH_WQ"), "{}", e.flag_names);
+        assert_eq!(e.attach_wq, "attached");
+    }
+    // IOPOLL cannot serve sockets: refused by name before any ring is built.
+    let mut cfg = Config::default();
+    cfg.set("ring.iopoll", "true").unwrap();
+    cfg.set("file.direct", "required").unwrap();
+    match effective_rings(&cfg, 1) {
+        Err(UringError::Config(m)) => assert!(m.contains("iopoll") && m.contains("EINVAL"), "{m}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}

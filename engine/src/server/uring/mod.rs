@@ -631,6 +631,24 @@ where
     }
 }
 
+/// What the io_uring backend's rings would be with `cfg`, without serving: builds (and
+/// drops) one ring per worker the way `run` does (anchor ring first for attach-wq), so
+/// `--print-config` can show requested vs effective setup flags, sizes and fdinfo, or
+/// the kernel's refusal, before anything listens. DEFER_TASKRUN/SINGLE_ISSUER rings are
+/// built on this thread here; `run` builds them on their worker threads.
+pub fn effective_rings(cfg: &Config, workers: usize) -> Result<Vec<Effective>, UringError> {
+    cfg.validate().map_err(|e| UringError::Config(e.message))?;
+    let anchor: Option<Mutex<Ring>> = if cfg.ring.attach_wq == crate::config::ring::AttachWq::First
+    {
+        Some(Mutex::new(build_ring(cfg, None)?.0))
+    } else {
+        None
+    };
+    (0..workers.max(1))
+        .map(|_| build_ring(cfg, anchor.as_ref()).map(|(_, e)| e))
+        .collect()
+}
+
 /// Connections handed from the acceptor (worker 0) to another worker.
 #[derive(Default)]
 struct Mailbox {
