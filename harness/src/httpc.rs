@@ -162,7 +162,7 @@ impl Conn {
                         .read_exact(&mut buf[..n])
                         .map_err(|e| format!("{path}: reading chunk: {e}"))?;
                     note_first(&mut ttfb, &mut first);
-                self.check_deadline()?;
+                    self.check_deadline()?;
                     self.check_deadline()?;
                     sink(&buf[..n]);
                     left -= n as u64;

@@ -395,10 +395,7 @@ fn spawn_recorder(
             format!("cannot start recorder {}: {e}", bin.display()),
         )
     })?;
-    let _ = crate::util::run_cmd(
-        "prlimit",
-        &["--pid", &child.id().to_string(), "--nofile=65536:65536"],
-    );
+    crate::util::raise_nofile_of(child.id(), 65_536);
     let t0 = Instant::now();
     loop {
         let text = std::fs::read_to_string(log_path).unwrap_or_default();
