@@ -485,8 +485,8 @@ fn ds_config_for(
         seed: run_seed,
         ..Default::default()
     };
-    c.matches = cell.u64_or("load.matches", if bulk { 8 } else { 64 })? as usize;
-    c.tick_hz = cell.f64_or("load.tick-hz", if bulk { 100.0 } else { 32.0 })?;
+    c.matches = cell.u64_or("load.matches", if bulk { 32 } else { 300 })? as usize;
+    c.tick_hz = cell.f64_or("load.tick-hz", if bulk { 200.0 } else { 64.0 })?;
     c.delta = SizeDist::parse(cell.str_or(
         "load.delta",
         if bulk {
