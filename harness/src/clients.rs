@@ -4,7 +4,9 @@
 //! ramp-up plus a measured window, `concurrency` clients loop: pick a match (uniform or
 //! Zipf popularity), download it whole or a random byte range over a keep-alive
 //! connection, check the bytes against the reference, record latency. Live viewers
-//! instead follow `GET /matches/{id}?delay_ms=N` until the stream ends. Cold runs drop the
+//! instead follow `GET /matches/{id}?delay_ms=N` until the stream ends or the window does
+//! (a stream still open at the window end counts its bytes; its request is not a latency
+//! sample). Cold runs drop the
 //! page cache after the reference pass (needs root).
 
 use std::collections::BTreeMap;
@@ -419,6 +421,12 @@ pub fn run(
                         }
                     }
                     let c = conn.as_mut().expect("connected above");
+                    let live = matches!(cfg.mode, Mode::Live { .. });
+                    if live {
+                        // A live stream lasts as long as the match: stop following it at the window end.
+                        c.deadline = Some(window_end);
+                        c.set_read_timeout(Duration::from_millis(500));
+                    }
                     let mut crc = 0u32;
                     let mut got_window = 0u64;
                     let mut sink = |b: &[u8]| {
@@ -461,6 +469,16 @@ pub fn run(
                                     _ => {}
                                 }
                             }
+                        }
+                        Err(e) if live && (e.contains(crate::httpc::DEADLINE) || Instant::now() >= window_end) => {
+                            // Still following at the window end: its bytes count, it is no error.
+                            conn = None;
+                            bytes.fetch_add(got_window, Relaxed);
+                        }
+                        Err(e) if live && (e.contains("timed out") || e.contains("temporarily")) => {
+                            // No new bytes for 500 ms: keep following on a new request.
+                            conn = None;
+                            bytes.fetch_add(got_window, Relaxed);
                         }
                         Err(e) => {
                             conn = None;

@@ -43,7 +43,12 @@ pub struct Conn {
     rd: BufReader<TcpStream>,
     addr: SocketAddr,
     host: String,
+    /// A body still arriving after this instant is abandoned with [`DEADLINE`] (live tails).
+    pub deadline: Option<Instant>,
 }
+
+/// Error text of a request abandoned at its deadline (the connection is then unusable).
+pub const DEADLINE: &str = "deadline reached while the body was still arriving";
 
 impl Conn {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
@@ -58,6 +63,7 @@ impl Conn {
             rd: BufReader::with_capacity(256 * 1024, s),
             addr,
             host: addr.to_string(),
+            deadline: None,
         })
     }
 
@@ -156,6 +162,8 @@ impl Conn {
                         .read_exact(&mut buf[..n])
                         .map_err(|e| format!("{path}: reading chunk: {e}"))?;
                     note_first(&mut ttfb, &mut first);
+                    self.check_deadline()?;
+                    self.check_deadline()?;
                     sink(&buf[..n]);
                     left -= n as u64;
                     total += n as u64;
@@ -182,6 +190,7 @@ impl Conn {
                     ));
                 }
                 note_first(&mut ttfb, &mut first);
+                self.check_deadline()?;
                 sink(&buf[..got]);
                 left -= got as u64;
                 total += got as u64;
@@ -197,6 +206,7 @@ impl Conn {
                     break;
                 }
                 note_first(&mut ttfb, &mut first);
+                self.check_deadline()?;
                 sink(&buf[..got]);
                 total += got as u64;
             }
@@ -210,6 +220,18 @@ impl Conn {
             total: t0.elapsed(),
             keep_alive,
         })
+    }
+
+    fn check_deadline(&self) -> Result<(), String> {
+        match self.deadline {
+            Some(d) if Instant::now() >= d => Err(DEADLINE.to_string()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets the socket read timeout (a live tail uses a short one so the deadline is seen).
+    pub fn set_read_timeout(&self, t: Duration) {
+        let _ = self.rd.get_ref().set_read_timeout(Some(t));
     }
 
     fn read_line(&mut self, line: &mut String, path: &str) -> Result<(), String> {

@@ -395,10 +395,7 @@ fn spawn_recorder(
             format!("cannot start recorder {}: {e}", bin.display()),
         )
     })?;
-    let _ = crate::util::run_cmd(
-        "prlimit",
-        &["--pid", &child.id().to_string(), "--nofile=65536:65536"],
-    );
+    crate::util::raise_nofile_of(child.id(), 65_536);
     let t0 = Instant::now();
     loop {
         let text = std::fs::read_to_string(log_path).unwrap_or_default();
@@ -488,8 +485,8 @@ fn ds_config_for(
         seed: run_seed,
         ..Default::default()
     };
-    c.matches = cell.u64_or("load.matches", if bulk { 8 } else { 64 })? as usize;
-    c.tick_hz = cell.f64_or("load.tick-hz", if bulk { 100.0 } else { 32.0 })?;
+    c.matches = cell.u64_or("load.matches", if bulk { 32 } else { 300 })? as usize;
+    c.tick_hz = cell.f64_or("load.tick-hz", if bulk { 200.0 } else { 64.0 })?;
     c.delta = SizeDist::parse(cell.str_or(
         "load.delta",
         if bulk {

@@ -317,22 +317,47 @@ pub fn send_signal(pid: u32, sig: &str) -> Result<(), String> {
     run_cmd("kill", &[&format!("-{sig}"), &pid.to_string()]).map(|_| ())
 }
 
-/// Raises this process's open-file limit (soft and hard) with `prlimit`, for thousands of
-/// connections. Returns the limit in force afterwards.
-pub fn raise_nofile(want: u64) -> u64 {
-    let pid = std::process::id().to_string();
-    let _ = run_cmd(
+/// Raises a process's open-file limit with `prlimit` (the harness has no `unsafe`) for
+/// thousands of connections: to `want`, or, when that is not permitted (no
+/// CAP_SYS_RESOURCE), the soft limit up to the hard one. Returns the soft limit in force.
+pub fn raise_nofile_of(pid: u32, want: u64) -> u64 {
+    let pid_s = pid.to_string();
+    let limits = |p: u32| {
+        procfs::process::Process::new(p as i32)
+            .ok()
+            .and_then(|p| p.limits().ok())
+            .map(|l| {
+                let v = |x: procfs::process::LimitValue| match x {
+                    procfs::process::LimitValue::Value(v) => v,
+                    procfs::process::LimitValue::Unlimited => u64::MAX,
+                };
+                (
+                    v(l.max_open_files.soft_limit),
+                    v(l.max_open_files.hard_limit),
+                )
+            })
+    };
+    if run_cmd(
         "prlimit",
-        &["--pid", &pid, &format!("--nofile={want}:{want}")],
-    );
-    procfs::process::Process::myself()
-        .ok()
-        .and_then(|p| p.limits().ok())
-        .map(|l| match l.max_open_files.soft_limit {
-            procfs::process::LimitValue::Value(v) => v,
-            procfs::process::LimitValue::Unlimited => u64::MAX,
-        })
-        .unwrap_or(1024)
+        &["--pid", &pid_s, &format!("--nofile={want}:{want}")],
+    )
+    .is_err()
+    {
+        if let Some((soft, hard)) = limits(pid) {
+            if soft < hard {
+                let _ = run_cmd(
+                    "prlimit",
+                    &["--pid", &pid_s, &format!("--nofile={hard}:{hard}")],
+                );
+            }
+        }
+    }
+    limits(pid).map(|l| l.0).unwrap_or(1024)
+}
+
+/// [`raise_nofile_of`] for this process.
+pub fn raise_nofile(want: u64) -> u64 {
+    raise_nofile_of(std::process::id(), want)
 }
 
 #[cfg(test)]
