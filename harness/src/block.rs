@@ -86,14 +86,9 @@ pub struct Journal {
 
 impl Journal {
     pub fn open() -> Result<Journal, String> {
-        let dir = state_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            format!(
-                "cannot create the restore-journal dir {}: {e}",
-                dir.display()
-            )
-        })?;
-        let path = dir.join(format!("{}.journal", std::process::id()));
+        // The directory is created on the first change, so sweeps that change nothing need
+        // no write access to it.
+        let path = state_dir().join(format!("{}.journal", std::process::id()));
         Ok(Journal {
             path,
             inner: Mutex::new((None, Vec::new())),
@@ -108,6 +103,14 @@ impl Journal {
     pub fn record(&self, e: Entry) -> Result<(), String> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if g.0.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    format!(
+                        "cannot create the restore-journal dir {} (set HARNESS_STATE_DIR to a writable directory): {e}",
+                        dir.display()
+                    )
+                })?;
+            }
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
