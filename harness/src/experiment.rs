@@ -629,6 +629,49 @@ mod tests {
     }
 
     #[test]
+    fn list_valued_exclude_rules_and_anchor_inheritance() {
+        let e = Experiment::parse(
+            Path::new("t.toml"),
+            r#"
+            [cell]
+            "server.backend" = ["blocking", "uring"]
+            "file.write-op" = ["write", "writev", "write-fixed"]
+            "load.matches" = 7
+            [[exclude]]
+            "server.backend" = "blocking"
+            "file.write-op" = ["writev", "write-fixed"]
+            [[include]]
+            kind = "iperf3"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(e.excluded, 2);
+        let rec: Vec<&Cell> = e.cells.iter().filter(|c| c.kind() == "recorder").collect();
+        assert_eq!(rec.len(), 4);
+        assert!(rec
+            .iter()
+            .all(|c| !(c.get("server.backend") == Some("blocking")
+                && c.get("file.write-op") != Some("write"))));
+        let ip = e.cells.iter().find(|c| c.kind() == "iperf3").unwrap();
+        assert_eq!(
+            ip.get("server.backend"),
+            None,
+            "anchors do not inherit engine keys"
+        );
+        assert_eq!(
+            ip.get("load.matches"),
+            Some("7"),
+            "but they keep load scalars"
+        );
+        assert_eq!(ip.workload(), "net");
+        assert_eq!(
+            e.dims,
+            vec!["server.backend", "file.write-op"],
+            "kind has its own column"
+        );
+    }
+
+    #[test]
     fn bad_names_are_refused_with_the_fix() {
         let err = Experiment::parse(Path::new("t.toml"), "[cell]\n\"bogus.x\" = 1\n").unwrap_err();
         assert!(err.contains("unknown namespace"), "{err}");

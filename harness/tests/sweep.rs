@@ -223,7 +223,16 @@ fn block_settings_are_applied_then_restored_on_normal_end_and_on_refusal() {
 
 #[test]
 fn sigint_mid_run_restores_block_settings() {
-    let lf = LoopFs::new("blk2");
+    signal_mid_run_restores_block_settings("-INT", "blk2");
+}
+
+#[test]
+fn sigterm_mid_run_restores_block_settings() {
+    signal_mid_run_restores_block_settings("-TERM", "blk4");
+}
+
+fn signal_mid_run_restores_block_settings(signal: &str, tag: &str) {
+    let lf = LoopFs::new(tag);
     let (sched0, ra0) = (lf.read("scheduler"), lf.read("read_ahead_kb"));
     let other = if sched0 == "mq-deadline" {
         "none"
@@ -276,7 +285,7 @@ fn sigint_mid_run_restores_block_settings() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert!(Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap()
         .success());
@@ -354,5 +363,33 @@ fn loop_target_is_created_and_removed() {
         "loop device detached"
     );
     assert!(!out.join("target.img").exists());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn runs_over_the_generator_limit_are_rejected_with_the_reason() {
+    let d = tmpdir("rej");
+    let exp = write_exp(
+        &d,
+        "ramp_up_s = 0.2\nmeasure_s = 1\n[limits]\ngen_cpu_pct = 0.0001\n[cell]\n\"load.matches\" = 100\n",
+    );
+    let out = d.join("out");
+    let (code, err) = sweep(&exp, &out, &d.join("state"), &[]);
+    assert_eq!(code, 0, "{err}");
+    let rows = read_runs(&out);
+    assert_eq!(rows[0]["status"], "rejected", "{:?}", rows[0]);
+    assert!(
+        rows[0]["reason"].contains("load generator saturated"),
+        "{:?}",
+        rows[0]
+    );
+    assert!(
+        rows[0]["reason"].contains("MB/s"),
+        "the measured figure stays in the reason"
+    );
+    assert!(
+        rows[0]["throughput_mbps"].is_empty(),
+        "a rejected run has no metrics"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
