@@ -896,7 +896,12 @@ fn unsupported_or_failed(text: &str, what: &str) -> Outcome {
                 || l.contains("invalid argument")
                 || l.contains("error")
         })
-        .unwrap_or_else(|| text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|| {
+            text.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+        })
         .trim()
         .to_string();
     if low.contains("operation not supported")
@@ -932,7 +937,16 @@ fn run_fio(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
         opts.insert(k, v);
     }
     let mut cmd = Command::new("fio");
-    for (k, v) in &opts {
+    // Engine options (hipri, sqthread_poll, fixedbufs, ...) are only known after --ioengine.
+    for first in ["name", "ioengine"] {
+        if let Some(v) = opts.get(first) {
+            cmd.arg(format!("--{first}={v}"));
+        }
+    }
+    for (k, v) in opts
+        .iter()
+        .filter(|(k, _)| *k != "name" && *k != "ioengine")
+    {
         cmd.arg(format!("--{k}={v}"));
     }
     cmd.arg(format!("--directory={}", dir.display()))
