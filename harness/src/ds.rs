@@ -59,7 +59,7 @@ pub struct DsConfig {
 impl Default for DsConfig {
     fn default() -> Self {
         DsConfig {
-            addr: "127.0.0.1:7000".parse().expect("literal address"),
+            addr: "127.0.0.1:7070".parse().expect("literal address"),
             matches: 16,
             tick_hz: 32.0,
             delta: SizeDist::Uniform(200, 2000),

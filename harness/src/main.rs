@@ -59,11 +59,11 @@ struct PlanArgs {
 #[derive(Args)]
 struct DsArgs {
     /// Recorder ingest address
-    #[arg(long, default_value = "127.0.0.1:7000")]
+    #[arg(long, default_value = "127.0.0.1:7070")]
     addr: SocketAddr,
-    /// Recorder HTTP address (for --verify)
-    #[arg(long)]
-    http: Option<SocketAddr>,
+    /// Recorder HTTP address (for --verify; the recorder's default)
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
     /// Concurrent matches, one connection each
     #[arg(long, default_value_t = 16)]
     matches: usize,
@@ -112,7 +112,7 @@ struct DsArgs {
     /// Seed for ids and payloads
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Afterwards download every acknowledged match and check it byte for byte (needs --http)
+    /// Afterwards download every acknowledged match and check it byte for byte over --http
     #[arg(long)]
     verify: bool,
 }
@@ -180,14 +180,11 @@ fn ds_main(a: DsArgs) -> Result<(), String> {
         backlog_bytes: 4 << 20,
         seed: a.seed,
     };
-    if a.verify && a.http.is_none() {
-        return Err("--verify needs --http ADDR (the recorder's HTTP address)".into());
-    }
     let rep = ds::run(&cfg, Arc::new(ds::DsCounters::default()), stop_flag())?;
     print!("{}", rep.summary());
     let mut ok = true;
     if a.verify {
-        let v = ds::verify(&cfg, a.http.expect("checked above"), &rep.matches);
+        let v = ds::verify(&cfg, a.http, &rep.matches);
         println!(
             "verify: {} matches byte-identical, {} not sealed (not checked), {} mismatches",
             v.verified,
