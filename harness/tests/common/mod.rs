@@ -90,6 +90,7 @@ pub struct LoopFs {
     pub dev: String,
     pub mnt: PathBuf,
     image: PathBuf,
+    base: PathBuf,
 }
 
 fn sh(prog: &str, args: &[&str]) -> String {
@@ -121,6 +122,7 @@ impl LoopFs {
             dev: devpath.trim_start_matches("/dev/").to_string(),
             mnt,
             image,
+            base,
         }
     }
 
@@ -136,6 +138,7 @@ impl Drop for LoopFs {
             .args(["-d", &format!("/dev/{}", self.dev)])
             .status();
         let _ = std::fs::remove_file(&self.image);
+        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 
