@@ -220,6 +220,14 @@ fn by_cell<'a>(runs: &[&'a Run]) -> BTreeMap<&'a str, Vec<&'a Run>> {
     out
 }
 
+fn only_cell<'a>(m: &BTreeMap<&'a str, Vec<&'a Run>>, cell: &str) -> BTreeMap<&'a str, Vec<&'a Run>> {
+    m.get_key_value(cell).map(|(k, v)| BTreeMap::from([(*k, v.clone())])).unwrap_or_default()
+}
+
+fn is_latency(k: usize) -> bool {
+    matches!(k, m::ACK_P50 | m::ACK_P99 | m::ACK_P999 | m::ACK_MAX | m::REQ_P50 | m::REQ_P99)
+}
+
 /// Median |ln(x_i / x_j)| over every pair of ok runs of the same cell within one build.
 pub fn aa_spread(groups: &[&BTreeMap<&str, Vec<&Run>>], metric: usize) -> (Option<f64>, usize) {
     let mut d = Vec::new();
@@ -343,10 +351,7 @@ pub fn compare(
         .iter()
         .map(|&k| {
             let (spread, n) = aa_spread(&[&b_cells, &h_cells], k);
-            let latency = matches!(
-                k,
-                m::ACK_P50 | m::ACK_P99 | m::ACK_P999 | m::ACK_MAX | m::REQ_P50 | m::REQ_P99
-            );
+            let latency = is_latency(k);
             let (delta, rule) = if latency {
                 (
                     DELTA_LATENCY,
@@ -359,7 +364,7 @@ pub fn compare(
                         (
                             DELTA_FLOOR.max(twice),
                             format!(
-                                "max(3%, 2 × A/A spread {:.2}% = {:.2}%)",
+                                "max(3%, 2 × A/A spread {:.2}% = {:.2}%) over all cells; per cell, the same rule on that cell's own runs when it has at least 4 per build (the delta column)",
                                 (s.exp() - 1.0) * 100.0,
                                 twice * 100.0
                             ),
@@ -404,10 +409,23 @@ pub fn compare(
                     r.workload.clone(),
                 )
             });
+            let label = format!("{label} ({workload})");
             margins
                 .iter()
                 .filter_map(|mg| {
                     let k = mg.metric;
+                    // The margin is derived from this cell's own same-build spread when
+                    // it has repetitions: one noisy cell (say, serving) must not widen
+                    // the margin of a quiet one (ingest).
+                    let delta = if is_latency(k) {
+                        mg.delta
+                    } else {
+                        let (ob, oh) = (only_cell(&b_cells, cell), only_cell(&h_cells, cell));
+                        match aa_spread(&[&ob, &oh], k) {
+                            (Some(sp), n) if n >= 12 => DELTA_FLOOR.max((2.0 * sp).exp() - 1.0),
+                            _ => mg.delta,
+                        }
+                    };
                     let w: Vec<f64> = ps
                         .iter()
                         .filter_map(|(b, h)| {
@@ -424,7 +442,7 @@ pub fn compare(
                     if w.is_empty() {
                         return None;
                     }
-                    Some(verdict_row(cell, &label, &kind, &workload, k, &w, mg.delta))
+                    Some(verdict_row(cell, &label, &kind, &workload, k, &w, delta))
                 })
                 .collect::<Vec<_>>()
         })
@@ -597,15 +615,7 @@ fn write_doc(
                     } else {
                         r.verdict.as_str().into()
                     },
-                    format!(
-                        "{}{}",
-                        r.label,
-                        if r.kind != "recorder" {
-                            format!(" ({})", r.workload)
-                        } else {
-                            String::new()
-                        }
-                    ),
+                    r.label.clone(),
                     crate::aggregate::metric_title(r.metric).into(),
                     r.pairs.to_string(),
                     format!("{:+.1}%", (r.ratio - 1.0) * 100.0),

@@ -46,6 +46,10 @@ struct SweepArgs {
     /// A/B mode: build BASE_REV in a temporary worktree and run base and head interleaved
     #[arg(long, value_name = "BASE_REV")]
     ab: Option<String>,
+    /// A/B mode with a prebuilt base recorder binary instead of a revision to build
+    /// (same-build A/A checks, or a head with an injected slowdown via --recorder)
+    #[arg(long, value_name = "PATH", conflicts_with = "ab")]
+    base_recorder: Option<std::path::PathBuf>,
     /// Exit with status 3 if any run failed (recorder crash, harness error)
     #[arg(long)]
     fail_on_failed: bool,
@@ -284,6 +288,7 @@ fn main() -> ExitCode {
                 resume: a.resume,
                 recorder: a.recorder,
                 ab: a.ab,
+                base_recorder: a.base_recorder,
                 command_line: std::env::args().collect::<Vec<_>>().join(" "),
                 fail_on_failed: a.fail_on_failed,
             };

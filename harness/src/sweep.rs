@@ -94,6 +94,8 @@ pub struct SweepOpts {
     pub resume: bool,
     pub recorder: Option<PathBuf>,
     pub ab: Option<String>,
+    /// A/B with a prebuilt base binary (no build); exclusive with `ab`.
+    pub base_recorder: Option<PathBuf>,
     pub command_line: String,
     /// Exit with 3 when a run failed (default: failed runs are data, exit 0).
     pub fail_on_failed: bool,
@@ -1674,7 +1676,18 @@ fn sweep_inner(
     }
     let mut revs: Vec<(String, PathBuf, PathBuf)> = Vec::new(); // label, dir, binary
     let mut revisions = None;
-    if let Some(base) = &opts.ab {
+    if let Some(bbin) = &opts.base_recorder {
+        if !bbin.exists() {
+            return Err(format!("--base-recorder {}: no such file", bbin.display()));
+        }
+        let repo = std::env::current_dir().unwrap_or_default();
+        let mut r = BTreeMap::new();
+        r.insert("base".to_string(), format!("binary {}", bbin.display()));
+        r.insert("head".to_string(), format!("{} ({})", git_rev(&repo, "HEAD"), head_bin.display()));
+        revisions = Some(r);
+        revs.push(("base".into(), ctx.out.join("base"), bbin.clone()));
+        revs.push(("head".into(), ctx.out.join("head"), head_bin.clone()));
+    } else if let Some(base) = &opts.ab {
         let (bbin, bsha) = build_base(&ctx.out, base)?;
         let repo = std::env::current_dir().unwrap_or_default();
         let mut r = BTreeMap::new();
@@ -1704,7 +1717,7 @@ fn sweep_inner(
             queue_before,
         )?;
     }
-    let ab = opts.ab.is_some();
+    let ab = opts.ab.is_some() || opts.base_recorder.is_some();
     let mut rng = rand::rngs::StdRng::seed_from_u64(exp.seed ^ 0xA5A5);
     // Per cell: throughputs of ok runs (head, or head/base ratio for A/B) and reps done.
     let mut values: HashMap<String, Vec<f64>> = HashMap::new();
