@@ -167,6 +167,8 @@ pub struct Sampler {
     handle: Option<std::thread::JoinHandle<()>>,
     samples: Arc<Mutex<Vec<Sample>>>,
     pub fdinfo: Arc<Mutex<String>>,
+    /// The recorder, read once more at the end when the run was too short for a sample.
+    pid: Option<i32>,
 }
 
 impl Sampler {
@@ -179,6 +181,7 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let fdinfo = Arc::new(Mutex::new(String::new()));
+        let pid = srv_pids.first().copied();
         let (st, sa, fi) = (stop.clone(), samples.clone(), fdinfo.clone());
         let handle = std::thread::Builder::new()
             .name("telemetry".into())
@@ -205,6 +208,7 @@ impl Sampler {
             handle,
             samples,
             fdinfo,
+            pid,
         }
     }
 
@@ -214,11 +218,16 @@ impl Sampler {
             let _ = h.join();
         }
         let s = std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()));
-        let f = self
+        let mut f = self
             .fdinfo
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        if f.is_empty() {
+            if let Some(pid) = self.pid {
+                f = ring_fdinfo(pid);
+            }
+        }
         (s, f)
     }
 }
