@@ -321,7 +321,7 @@ pub fn best(
             },
         };
         if v.is_empty() {
-            other.push(format!("{d} (empty in the sweep)"));
+            other.push(format!("{d} (not set in this configuration, so its default)"));
             continue;
         }
         match SECTIONS.iter().find(|s| **s == section) {
@@ -348,7 +348,7 @@ pub fn best(
     if !other.is_empty() {
         let _ = writeln!(
             o,
-            "# Sweep dimensions that are not recorder options (load or environment): {}",
+            "# Other sweep dimensions (load, anchors, environment, or options left at their default here): {}",
             other.join(", ")
         );
         o.push('\n');
