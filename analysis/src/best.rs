@@ -50,6 +50,32 @@ pub fn parse_options_md(text: &str) -> HashMap<String, String> {
     out
 }
 
+/// Scalar `section.name = value` keys of the experiment's `[cell]` table (manifest.json's
+/// `experiment` text), as strings.
+fn experiment_scalars(manifest: &serde_json::Value) -> Vec<(String, String)> {
+    let Some(text) = manifest.get("experiment").and_then(|v| v.as_str()) else {
+        return Vec::new();
+    };
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let Some(cell) = doc.get("cell").and_then(|c| c.as_table()) else {
+        return Vec::new();
+    };
+    cell.iter()
+        .filter_map(|(k, v)| {
+            let v = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => return None,
+            };
+            Some((k.clone(), v))
+        })
+        .collect()
+}
+
 fn find_options_md(dir: &Path) -> Option<PathBuf> {
     let mut starts = vec![dir.to_path_buf()];
     if let Ok(cwd) = std::env::current_dir() {
@@ -308,6 +334,18 @@ pub fn best(
     let mut block = Vec::new();
     let mut other = Vec::new();
     let mut dims_out = Vec::new();
+    // Recorder options the experiment fixed for every cell (scalars under [cell]) are not
+    // dimensions, but they are part of the measured configuration: carry them over.
+    for (d, v) in experiment_scalars(&rs.manifest) {
+        if rs.dimensions.contains(&d) {
+            continue;
+        }
+        if let Some((sec, name)) = d.split_once('.') {
+            if let Some(s) = SECTIONS.iter().find(|s| **s == sec) {
+                by_section.entry(s).or_default().push((name.to_string(), v));
+            }
+        }
+    }
     for (d, v) in rs.dimensions.iter().zip(&chosen.dims) {
         dims_out.push((d.clone(), v.clone()));
         let (section, name) = match d.split_once('.') {
@@ -410,5 +448,18 @@ mod tests {
         assert!(is_default(&d, "file.write-op", "write"));
         assert!(is_default(&HashMap::new(), "x.y", "false"));
         assert!(!is_default(&HashMap::new(), "x.y", "true"));
+    }
+
+    #[test]
+    fn experiment_scalars_are_carried_over_but_lists_are_not() {
+        let m = serde_json::json!({
+            "experiment": "name = \"x\"\n[cell]\n\"server.backend\" = \"blocking\"\n\"file.direct\" = \"required\"\n\"ring.sq-entries\" = 512\n\"ring.sqpoll\" = [true, false]\n"
+        });
+        let got = experiment_scalars(&m);
+        assert!(got.contains(&("server.backend".into(), "blocking".into())), "{got:?}");
+        assert!(got.contains(&("file.direct".into(), "required".into())));
+        assert!(got.contains(&("ring.sq-entries".into(), "512".into())));
+        assert!(!got.iter().any(|(k, _)| k == "ring.sqpoll"), "a list is a dimension, not a scalar");
+        assert!(experiment_scalars(&serde_json::json!({})).is_empty());
     }
 }
