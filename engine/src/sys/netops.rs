@@ -55,6 +55,18 @@ pub trait SqSink {
     fn sq_space(&self) -> usize;
     /// Hands queued SQEs to the kernel (io_uring_enter, or a wake of the SQ thread).
     fn flush(&mut self) -> io::Result<usize>;
+    /// SQ entries in all (an upper bound on what one push can ever need).
+    fn sq_capacity(&self) -> usize {
+        usize::MAX
+    }
+    /// Called when the SQ is still full after a [`flush`](SqSink::flush): blocks until
+    /// the kernel has consumed at least one entry. With SQPOLL the SQ drains only when
+    /// the kernel's SQ thread runs, so a flush alone may leave it full; this waits for
+    /// that thread (IORING_ENTER_SQ_WAIT). Without SQPOLL a flush consumes the SQ, so
+    /// the default is another flush.
+    fn wait_sq_space(&mut self) -> io::Result<()> {
+        self.flush().map(|_| ())
+    }
 }
 
 impl SqSink for io_uring::IoUring {
@@ -69,6 +81,22 @@ impl SqSink for io_uring::IoUring {
     }
     fn flush(&mut self) -> io::Result<usize> {
         self.submit()
+    }
+    fn sq_capacity(&self) -> usize {
+        // SAFETY: only reads the ring's size; no other thread holds the SQ.
+        unsafe { self.submission_shared() }.capacity()
+    }
+    fn wait_sq_space(&mut self) -> io::Result<()> {
+        if self.params().is_setup_sqpoll() {
+            self.submit()?;
+            // SAFETY: as above.
+            if unsafe { self.submission_shared() }.is_full() {
+                self.submitter().squeue_wait()?;
+            }
+            Ok(())
+        } else {
+            self.submit().map(|_| ())
+        }
     }
 }
 
@@ -224,7 +252,8 @@ pub enum SubmitError {
     /// Every slot of the table is in flight: the table was sized too small for the load
     /// (raise the connection limit's derived op capacity, or lower concurrency).
     TableFull { capacity: usize },
-    /// The submission queue stayed full after a flush: raise `sq-entries`.
+    /// One operation needs more SQ entries than the whole submission queue has
+    /// (a linked splice needs 2): raise `sq-entries`. A merely full SQ is waited out.
     SqFull,
     /// The flush that should have made room failed.
     Flush(io::Error),
@@ -240,7 +269,7 @@ impl fmt::Display for SubmitError {
             }
             SubmitError::SqFull => write!(
                 f,
-                "the submission queue is still full after a flush; consider a larger sq-entries"
+                "the submission queue is smaller than one operation's linked entries; raise sq-entries"
             ),
             SubmitError::Flush(e) => {
                 write!(f, "io_uring_enter failed while making room in the SQ: {e}")
@@ -409,6 +438,9 @@ pub struct NetOps<B: IoBuf = Vec<u8>> {
     tag: u8,
     /// MSG_WAITALL on sends: the kernel retries short sends itself (5.19+ for SEND).
     pub send_waitall: bool,
+    /// Times a push found the SQ still full after a flush and waited for the kernel
+    /// to consume entries (or retried a busy enter): a sign sq-entries is small.
+    sq_waits: u64,
 }
 
 /// Counters of one table, for reports.
@@ -443,6 +475,7 @@ impl<B: IoBuf> NetOps<B> {
             slots,
             free_head: 0,
             in_flight: 0,
+            sq_waits: 0,
             tag,
             send_waitall: true,
         }
@@ -457,6 +490,11 @@ impl<B: IoBuf> NetOps<B> {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Times a push found the SQ full after a flush and had to wait for the kernel.
+    pub fn sq_waits(&self) -> u64 {
+        self.sq_waits
     }
 
     /// Does this user_data belong to this table?
@@ -514,26 +552,55 @@ impl<B: IoBuf> NetOps<B> {
 
     /// Pushes `entries` (already pointing into slot `idx`'s owned memory), flushing once if
     /// the SQ has no room. On failure the slot is freed and its buffer returned.
+    ///
+    /// A full SQ is transient, never an error: it is flushed, and if it is still full
+    /// (with SQPOLL the kernel thread may not have run yet) the call waits for the kernel
+    /// to consume entries ([`SqSink::wait_sq_space`]). EINTR/EAGAIN/EBUSY from the flush
+    /// are retried the same way. Only an SQ smaller than `entries` (it could never fit)
+    /// or a hard flush error rejects the operation.
     fn push<S: SqSink + ?Sized>(
         &mut self,
         ring: &mut S,
         idx: u32,
         entries: &[Entry],
     ) -> Result<u64, Rejected<B>> {
-        if ring.sq_space() < entries.len() {
-            if let Err(e) = ring.flush() {
-                let op = self.release(idx);
-                return Err(Rejected {
-                    error: SubmitError::Flush(e),
-                    buf: Self::take_buf(op),
-                });
-            }
-            if ring.sq_space() < entries.len() {
-                let op = self.release(idx);
-                return Err(Rejected {
-                    error: SubmitError::SqFull,
-                    buf: Self::take_buf(op),
-                });
+        if entries.len() > ring.sq_capacity() {
+            let op = self.release(idx);
+            return Err(Rejected {
+                error: SubmitError::SqFull,
+                buf: Self::take_buf(op),
+            });
+        }
+        let mut flushed = false;
+        while ring.sq_space() < entries.len() {
+            let r = if flushed {
+                self.sq_waits += 1;
+                ring.wait_sq_space().map(|_| 0)
+            } else {
+                ring.flush()
+            };
+            flushed = true;
+            match r {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) =>
+                {
+                    // EBUSY/EAGAIN: the kernel has completions to post first; the
+                    // sink routes them to user space when it waits (MuxRing), or the
+                    // next flush succeeds once the CQ has room.
+                    self.sq_waits += 1;
+                    std::thread::yield_now();
+                }
+                Err(e) => {
+                    let op = self.release(idx);
+                    return Err(Rejected {
+                        error: SubmitError::Flush(e),
+                        buf: Self::take_buf(op),
+                    });
+                }
             }
         }
         for e in entries {
@@ -844,7 +911,13 @@ impl<B: IoBuf> NetOps<B> {
     }
 
     /// SHUTDOWN (5.11+) of a socket: `how` is libc::SHUT_WR / SHUT_RD / SHUT_RDWR.
-    pub fn shutdown<S: SqSink + ?Sized>(&mut self, ring: &mut S, fd: RawFd, how: i32, ctx: u64) -> Result<u64, Rejected<B>> {
+    pub fn shutdown<S: SqSink + ?Sized>(
+        &mut self,
+        ring: &mut S,
+        fd: RawFd,
+        how: i32,
+        ctx: u64,
+    ) -> Result<u64, Rejected<B>> {
         let idx = self.alloc(Op::Shutdown, ctx).map_err(|e| self.reject(e))?;
         let e = opcode::Shutdown::new(types::Fd(fd), how).build();
         let ud = self.user_data(idx);
@@ -1012,7 +1085,10 @@ impl<B: IoBuf> NetOps<B> {
             }
             Op::Shutdown => {
                 self.release(idx);
-                Some(Completion::Shutdown { ctx, res: res_to(res).map(|_| ()) })
+                Some(Completion::Shutdown {
+                    ctx,
+                    res: res_to(res).map(|_| ()),
+                })
             }
             Op::MsgRing => {
                 self.release(idx);
@@ -1403,7 +1479,12 @@ pub trait MuxBase {
     /// As [`SqSink::push_sqe`].
     unsafe fn base_push(&mut self, e: &Entry) -> bool;
     fn base_sq_space(&self) -> usize;
+    /// SQ entries in all.
+    fn base_sq_capacity(&self) -> usize;
     fn base_submit(&mut self) -> io::Result<usize>;
+    /// Blocks until the kernel has consumed SQ entries (SQPOLL: IORING_ENTER_SQ_WAIT,
+    /// waking the SQ thread if it sleeps); other rings submit.
+    fn base_wait_sq_space(&mut self) -> io::Result<()>;
     /// Submits and waits for `want` CQEs, or until `timeout` passes.
     fn base_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<usize>;
     /// Pops one CQE: (user_data, res, flags).
@@ -1422,8 +1503,14 @@ impl MuxBase for io_uring::IoUring {
     fn base_sq_space(&self) -> usize {
         self.sq_space()
     }
+    fn base_sq_capacity(&self) -> usize {
+        self.sq_capacity()
+    }
     fn base_submit(&mut self) -> io::Result<usize> {
         self.submit()
+    }
+    fn base_wait_sq_space(&mut self) -> io::Result<()> {
+        SqSink::wait_sq_space(self)
     }
     fn base_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<usize> {
         match timeout {
@@ -1465,7 +1552,11 @@ pub struct RingWithTimer {
 
 impl RingWithTimer {
     pub fn new(ring: super::ring::Ring) -> Self {
-        RingWithTimer { ring, ts: Box::new(types::Timespec::new()), timer_armed: false }
+        RingWithTimer {
+            ring,
+            ts: Box::new(types::Timespec::new()),
+            timer_armed: false,
+        }
     }
 }
 
@@ -1477,8 +1568,14 @@ impl MuxBase for RingWithTimer {
     fn base_sq_space(&self) -> usize {
         self.ring.sq_space_left()
     }
+    fn base_sq_capacity(&self) -> usize {
+        self.ring.sq_entries() as usize
+    }
     fn base_submit(&mut self) -> io::Result<usize> {
         self.ring.submit()
+    }
+    fn base_wait_sq_space(&mut self) -> io::Result<()> {
+        self.ring.wait_sq_space()
     }
     fn base_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<usize> {
         if let Some(t) = timeout {
@@ -1486,8 +1583,12 @@ impl MuxBase for RingWithTimer {
                 // The kernel copies the timespec when it prepares the request, which with
                 // SQPOLL happens later on the SQ thread: the boxed timespec stays put for
                 // the ring's life and is rewritten only while no timer is armed.
-                *self.ts = types::Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
-                let e = opcode::Timeout::new(&*self.ts).build().user_data(MUX_WAIT_TIMER);
+                *self.ts = types::Timespec::new()
+                    .sec(t.as_secs())
+                    .nsec(t.subsec_nanos());
+                let e = opcode::Timeout::new(&*self.ts)
+                    .build()
+                    .user_data(MUX_WAIT_TIMER);
                 // SAFETY: the timespec is owned by self and outlives the request.
                 if unsafe { self.ring.push(&e) }.is_ok() {
                     self.timer_armed = true;
@@ -1592,6 +1693,16 @@ impl<R: MuxBase> SqSink for MuxRing<R> {
         self.enters += 1;
         self.ring.base_submit()
     }
+    fn sq_capacity(&self) -> usize {
+        self.ring.base_sq_capacity()
+    }
+    fn wait_sq_space(&mut self) -> io::Result<()> {
+        // Move posted CQEs to user space first: a kernel with completions it cannot
+        // post (EBUSY) makes room in the CQ before it consumes more SQEs.
+        self.route();
+        self.enters += 1;
+        self.ring.base_wait_sq_space()
+    }
 }
 
 /// `FileOps`' view of a [`MuxRing`]: tags its user_data with [`MUX_TAG_FILE`] and pops
@@ -1613,6 +1724,13 @@ impl<R: MuxBase> super::fileops::RingOps for FileView<R> {
     }
     fn submit(&mut self) -> io::Result<usize> {
         let mut s = self.0.borrow_mut();
+        if s.ring.base_sq_space() == 0 {
+            // FileOps calls this when a push found the SQ full. With SQPOLL a plain
+            // submit may return before the SQ thread has taken anything (a busy spin):
+            // wait for room instead.
+            SqSink::wait_sq_space(&mut *s)?;
+            return Ok(0);
+        }
         s.enters += 1;
         s.ring.base_submit()
     }

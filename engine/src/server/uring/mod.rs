@@ -330,6 +330,9 @@ pub struct WorkerStats {
     /// Connections aborted because their output made no progress (send timeout).
     pub send_timeouts: AtomicU64,
     pub enter_calls: AtomicU64,
+    /// Socket-op pushes that found the SQ full after a flush and waited for the kernel
+    /// (SQPOLL thread) to consume entries: non-zero means sq-entries is small for the load.
+    pub sq_waits: AtomicU64,
 }
 
 /// Shared view of the server while it runs.
@@ -917,6 +920,9 @@ impl<'a> Worker<'a> {
             self.stats
                 .enter_calls
                 .store(self.shared.borrow().enters, Ordering::Relaxed);
+            self.stats
+                .sq_waits
+                .store(self.net.sq_waits(), Ordering::Relaxed);
             self.io.now = Instant::now();
             self.dispatch(&mut svc)?;
             if deadline.is_some_and(|d| d <= self.io.now) {
