@@ -381,6 +381,7 @@ impl std::error::Error for UringError {}
 pub type WorkerRing = netops::RingWithTimer;
 
 type Shared = netops::MuxRing<WorkerRing>;
+
 type FileView = netops::FileView<WorkerRing>;
 
 fn build_ring(cfg: &Config, anchor: Option<&Mutex<Ring>>) -> Result<(Ring, Effective), UringError> {
@@ -788,13 +789,18 @@ impl<'a> Worker<'a> {
             attached_to_anchor: anchor.is_some(),
         };
         eprintln!(
-            "uring worker {id}: ring flags {} (asked {}), features {}, sq {} cq {}, attach-wq {}, recv {}{}, accept {}, send {}, listeners {}, arena {} x {} bytes{}",
+            "uring worker {id}: ring flags {} (asked {}), features {}, sq {} cq {}, attach-wq {}, io-wq max workers {}, recv {}{}, accept {}, send {}, listeners {}, arena {} x {} bytes{}",
             report.ring.flag_names,
             report.ring.requested_flag_names,
             report.ring.feature_names,
             report.ring.sq_entries,
             report.ring.cq_entries,
             report.ring.attach_wq,
+            report
+                .ring
+                .iowq_max_workers
+                .map(|[b, u]| format!("bounded {b} unbounded {u}"))
+                .unwrap_or_else(|| "kernel default".into()),
             report.recv,
             report.buf_ring.map(|(n, b)| format!(" (buffer ring {n} x {b})")).unwrap_or_default(),
             report.accept,

@@ -106,6 +106,8 @@ struct Ds {
     /// Still attached to a connection (false: the socket is gone, the session flushes).
     attached: bool,
     paused: bool,
+    /// In `Recorder::waiting_for_slots` (a write piece found the arena empty).
+    waiting: bool,
     _guard: Option<ConnGuard>,
 }
 
@@ -372,9 +374,10 @@ fn issue_more(ds: &mut Ds, id: ConnId, io: &mut Io, rw_flags: i32, queued: &mut 
         *next += 1;
         *in_flight += 1;
     }
-    if *next < *total && *in_flight == 0 && !queued.contains(&id) {
+    if *next < *total && *in_flight == 0 && !ds.waiting {
         // Nothing of ours in flight to wake us: retry when any file op returns a slot
-        // (or at the next tick).
+        // (or at the next tick). The flag keeps this O(1) with thousands waiting.
+        ds.waiting = true;
         queued.push(id);
     }
 }
@@ -480,6 +483,7 @@ impl Service for Recorder {
                         pending: Pending::None,
                         attached: true,
                         paused: false,
+                        waiting: false,
                         _guard: Some(g),
                     };
                     self.conns.insert(conn, Conn::Ds(Box::new(ds)));
@@ -695,12 +699,27 @@ impl Service for Recorder {
         }
         self.waiting_for_slots = queued;
         self.drive(id, io);
-        // Slots came back: writes that waited for them go now (in arrival order).
+        // Slots came back: writes that waited for them go now, in arrival order, until
+        // the arena is empty again (retrying every waiter on every completion would be
+        // O(waiters) per completion, O(n^2) under load).
         if !self.waiting_for_slots.is_empty() {
-            let waiting = std::mem::take(&mut self.waiting_for_slots);
-            for w in waiting {
+            let mut waiting = std::mem::take(&mut self.waiting_for_slots);
+            let mut done = 0;
+            while done < waiting.len() {
+                let w = waiting[done];
+                done += 1;
+                match self.ds_mut(w) {
+                    Some(ds) => ds.waiting = false,
+                    None => continue,
+                }
                 self.drive(w, io);
+                if self.ds_mut(w).is_some_and(|ds| ds.waiting) {
+                    break; // out of slots again: the rest keep their place
+                }
             }
+            waiting.drain(..done);
+            waiting.append(&mut self.waiting_for_slots);
+            self.waiting_for_slots = waiting;
         }
     }
 
