@@ -183,6 +183,32 @@ impl Recorder {
 
     /// Runs the session's storage operations until one is asynchronous or none is due,
     /// sends its output, closes when it is finished.
+    /// Retries writes that waited for arena slots, in arrival order, until the arena is
+    /// empty again (retrying every waiter on every completion would be O(waiters) per
+    /// completion, O(n^2) under load).
+    fn retry_waiting(&mut self, io: &mut Io) {
+        if self.waiting_for_slots.is_empty() {
+            return;
+        }
+        let mut waiting = std::mem::take(&mut self.waiting_for_slots);
+        let mut done = 0;
+        while done < waiting.len() {
+            let w = waiting[done];
+            done += 1;
+            match self.ds_mut(w) {
+                Some(ds) => ds.waiting = false,
+                None => continue,
+            }
+            self.drive(w, io);
+            if self.ds_mut(w).is_some_and(|ds| ds.waiting) {
+                break; // out of slots again: the rest keep their place
+            }
+        }
+        waiting.drain(..done);
+        waiting.append(&mut self.waiting_for_slots);
+        self.waiting_for_slots = waiting;
+    }
+
     fn drive(&mut self, id: ConnId, io: &mut Io) {
         let reg = self.reg.clone();
         let rw_flags = self.scfg.store.rw_flags();
@@ -699,28 +725,8 @@ impl Service for Recorder {
         }
         self.waiting_for_slots = queued;
         self.drive(id, io);
-        // Slots came back: writes that waited for them go now, in arrival order, until
-        // the arena is empty again (retrying every waiter on every completion would be
-        // O(waiters) per completion, O(n^2) under load).
-        if !self.waiting_for_slots.is_empty() {
-            let mut waiting = std::mem::take(&mut self.waiting_for_slots);
-            let mut done = 0;
-            while done < waiting.len() {
-                let w = waiting[done];
-                done += 1;
-                match self.ds_mut(w) {
-                    Some(ds) => ds.waiting = false,
-                    None => continue,
-                }
-                self.drive(w, io);
-                if self.ds_mut(w).is_some_and(|ds| ds.waiting) {
-                    break; // out of slots again: the rest keep their place
-                }
-            }
-            waiting.drain(..done);
-            waiting.append(&mut self.waiting_for_slots);
-            self.waiting_for_slots = waiting;
-        }
+        // Slots came back: writes that waited for them go now.
+        self.retry_waiting(io);
     }
 
     fn tick(&mut self, io: &mut Io) {
@@ -771,18 +777,18 @@ impl Service for Recorder {
                 }
                 Some(Conn::Refused) | None if !self.detached.contains_key(&id) => {}
                 _ => {
-                    // Only sessions with something due: a timer that passed, or a write
-                    // waiting for arena slots. (Driving all of them every tick is O(n)
-                    // work per wake-up with thousands of matches.)
+                    // Only sessions with something due: a timer that passed. Writes
+                    // waiting for arena slots are retried in order by `retry_waiting`
+                    // below, not one drive each per tick: the tick runs whenever any
+                    // session deadline passes, i.e. on almost every wake-up with
+                    // thousands of matches.
                     let due = match self.ds_mut(id) {
                         Some(ds) => {
                             let timer = ds.sess.deadline().is_some_and(|d| d <= now);
                             if timer {
                                 ds.sess.on_timer(now);
                             }
-                            timer
-                                || matches!(ds.pending, Pending::Write { in_flight: 0, .. })
-                                || (!ds.attached && matches!(ds.pending, Pending::None))
+                            timer || (!ds.attached && matches!(ds.pending, Pending::None))
                         }
                         None => false,
                     };
@@ -792,6 +798,8 @@ impl Service for Recorder {
                 }
             }
         }
+        // A safety net: normally a returning slot retries the waiters at once.
+        self.retry_waiting(io);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
