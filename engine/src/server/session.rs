@@ -97,7 +97,12 @@ pub struct IngestSession {
     cfg: Arc<SessionConfig>,
     registry: Arc<Registry>,
     state: State,
+    /// Received bytes not yet parsed are `inbuf[inbuf_pos..]`: consuming frames only
+    /// advances `inbuf_pos`; the buffer is compacted when the consumed prefix is at
+    /// least as long as the rest (amortised O(1) per byte; draining the front after
+    /// every parse moved up to max-buffered-input bytes per 16 KiB received).
     inbuf: Vec<u8>,
+    inbuf_pos: usize,
     out: Vec<u8>,
     match_id: String,
     guard: Option<WriterGuard>,
@@ -127,6 +132,7 @@ impl IngestSession {
             registry,
             state: State::AwaitHello,
             inbuf: Vec::new(),
+            inbuf_pos: 0,
             out: Vec::new(),
             match_id: String::new(),
             guard: None,
@@ -176,7 +182,7 @@ impl IngestSession {
         matches!(
             self.state,
             State::AwaitHello | State::Opening | State::Streaming
-        ) && self.inbuf.len() < self.cfg.max_buffered_input
+        ) && self.inbuf.len() - self.inbuf_pos < self.cfg.max_buffered_input
     }
 
     /// When `on_timer` must be called next.
@@ -227,6 +233,7 @@ impl IngestSession {
             _ => {}
         }
         self.inbuf.clear();
+        self.inbuf_pos = 0;
     }
 
     /// Graceful shutdown: flush and ack what was received, then SHUTTING_DOWN.
@@ -257,6 +264,7 @@ impl IngestSession {
         self.registry.metrics.error(code);
         self.closing_error = Some((code, text));
         self.inbuf.clear();
+        self.inbuf_pos = 0;
         if self.file.is_none() || self.state == State::Opening && !self.open_issued {
             self.state = State::Done;
             self.send_closing_error();
@@ -306,7 +314,9 @@ impl IngestSession {
         ) {
             return;
         }
-        if self.inbuf.is_empty() {
+        if self.inbuf_pos == self.inbuf.len() {
+            self.inbuf.clear();
+            self.inbuf_pos = 0;
             let used = self.process(data, now);
             if matches!(
                 self.state,
@@ -315,6 +325,10 @@ impl IngestSession {
                 self.inbuf.extend_from_slice(&data[used..]);
             }
         } else {
+            if self.inbuf_pos >= self.inbuf.len() - self.inbuf_pos {
+                self.inbuf.drain(..self.inbuf_pos);
+                self.inbuf_pos = 0;
+            }
             self.inbuf.extend_from_slice(data);
             self.process_buffered(now);
         }
@@ -322,13 +336,19 @@ impl IngestSession {
 
     fn process_buffered(&mut self, now: Instant) {
         let buf = std::mem::take(&mut self.inbuf);
-        let used = self.process(&buf, now);
+        let used = self.process(&buf[self.inbuf_pos..], now);
         if matches!(
             self.state,
             State::AwaitHello | State::Opening | State::Streaming
         ) {
             self.inbuf = buf;
-            self.inbuf.drain(..used);
+            self.inbuf_pos += used;
+            if self.inbuf_pos == self.inbuf.len() {
+                self.inbuf.clear();
+                self.inbuf_pos = 0;
+            }
+        } else {
+            self.inbuf_pos = 0;
         }
     }
 
@@ -647,7 +667,7 @@ impl IngestSession {
                 if self.state == State::Opening {
                     self.state = State::Streaming;
                     let now = Instant::now();
-                    if !self.inbuf.is_empty() {
+                    if self.inbuf_pos < self.inbuf.len() {
                         self.process_buffered(now);
                     }
                 }
@@ -702,7 +722,7 @@ impl IngestSession {
             let a = self.ackable();
             self.send_ack(a);
         }
-        if self.state == State::Streaming && !self.inbuf.is_empty() {
+        if self.state == State::Streaming && self.inbuf_pos < self.inbuf.len() {
             self.process_buffered(Instant::now());
         }
     }
