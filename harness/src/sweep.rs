@@ -819,7 +819,9 @@ fn reject_if_noisy(ctx: &Ctx, cell: &Cell, o: &mut Outcome) {
             _ => cell.u64_or("load.threads", 2).unwrap_or(2) as f64,
         };
         let limit = ctx.exp.gen_cpu_limit_pct * threads.min(ncpu).max(1.0);
-        if o.status == "ok" && g > limit {
+        // iperf3 is CPU-bound on loopback by nature: its client saturating a core *is* the
+        // network limit this anchor measures, so it is never rejected for it.
+        if o.status == "ok" && g > limit && cell.kind() != "iperf3" {
             o.status = "rejected".into();
             o.reason = format!(
                 "load generator saturated: {g:.0}% of a core is over the limit {limit:.0}%{thr}"
