@@ -350,6 +350,23 @@ fn flags_from_log(log: &str, word: &str) -> String {
     String::new()
 }
 
+/// `(io_uring_enter calls, completions)` from the recorder's `/metrics`.
+fn uring_counters(http: SocketAddr) -> Option<(u64, u64)> {
+    let r = crate::httpc::get(http, "/metrics", None, Duration::from_secs(2)).ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&r.body);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+    };
+    Some((
+        value("recorder_uring_enter_calls_total ")?,
+        value("recorder_uring_completions_total ")?,
+    ))
+}
+
 struct Recorder {
     child: Child,
     ingest: SocketAddr,
@@ -704,7 +721,15 @@ fn run_recorder(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
                 progress.clone(),
                 Duration::from_millis(250),
             );
+            let uring0 = uring_counters(rec.http);
             let res = drive_recorder(ctx, cell, &rec, run_seed, &progress, &mut o);
+            // I/Os per system call over the whole run (ramp-up included), from the
+            // recorder's own counters; empty when it made no io_uring_enter call (blocking).
+            if let (Some((e0, c0)), Some((e1, c1))) = (uring0, uring_counters(rec.http)) {
+                if e1 > e0 {
+                    o.m.insert("ios_per_syscall", fmt_opt(Some((c1 - c0) as f64 / (e1 - e0) as f64)));
+                }
+            }
             let (samples, fdinfo) = sampler.finish();
             let _ = placement::bind_self(&ctx.topo, None);
             o.m.insert("rss_kb", fmt_opt(vmhwm_kb(rec.child.id())));

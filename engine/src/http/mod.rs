@@ -846,6 +846,19 @@ pub fn metrics_text(reg: &Registry) -> String {
         g(&m.payload_bytes),
     );
     put("acks_total", "counter", "ACK messages sent.", g(&m.acks));
+    let (enters, cqes) = crate::sys::ring::process_counters();
+    put(
+        "uring_enter_calls_total",
+        "counter",
+        "io_uring_enter system calls made by all rings of the process (0 for the blocking backend).",
+        enters,
+    );
+    put(
+        "uring_completions_total",
+        "counter",
+        "Completions reaped from all rings of the process; divided by uring_enter_calls_total it is I/Os per system call.",
+        cqes,
+    );
     put(
         "file_writes_total",
         "counter",

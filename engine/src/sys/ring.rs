@@ -1086,6 +1086,7 @@ impl Ring {
             None => (ptr::null(), 0),
         };
         self.enter_calls += 1;
+        PROCESS_ENTER_CALLS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: argp is null (argsz 0) or points to a live io_uring_getevents_arg whose
         // `ts` points to a live timespec (both borrowed for the duration of the call).
         let r = unsafe {
@@ -1321,6 +1322,7 @@ impl Ring {
                 self.cqe_skips += 1;
                 continue;
             }
+            PROCESS_CQES.fetch_add(1, Ordering::Relaxed);
             return Some(cqe);
         }
     }
@@ -1341,6 +1343,7 @@ impl Ring {
             n += 1;
         }
         self.store_cq_head();
+        PROCESS_CQES.fetch_add(n as u64, Ordering::Relaxed);
         n
     }
 
@@ -1746,4 +1749,15 @@ pub fn rlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
         return Err(io::Error::last_os_error());
     }
     Ok((r.rlim_cur, r.rlim_max))
+}
+
+/// `io_uring_enter` calls made by every ring of this process.
+static PROCESS_ENTER_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Completions (CQEs, padding excluded) reaped from every ring of this process.
+static PROCESS_CQES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `(io_uring_enter calls, completions reaped)` over every ring of this process since it
+/// started: their ratio is the process's I/Os per system call (`/metrics` exports both).
+pub fn process_counters() -> (u64, u64) {
+    (PROCESS_ENTER_CALLS.load(Ordering::Relaxed), PROCESS_CQES.load(Ordering::Relaxed))
 }
