@@ -165,6 +165,15 @@ pub trait FileTarget: Copy + sealed::Sealed {
 #[derive(Clone, Copy, Debug)]
 pub struct TargetRepr(Target);
 
+/// A slot made ready for one read or write (see `prepare`).
+struct Prepared {
+    s: Option<Slot>,
+    idx: u32,
+    ptr: *mut u8,
+    iov: *const libc::iovec,
+    buf_index: u16,
+}
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for super::Fd {}
@@ -457,6 +466,43 @@ impl<R: RingOps> FileOps<R> {
         }
     }
 
+    /// What a read and a write share before their opcode is built: the length fits the
+    /// slot, the target and (for fixed ops) the buffer are registered with this ring, an
+    /// in-flight index is free, and its one-entry iovec points at the slot.
+    fn prepare(
+        &mut self,
+        t: TargetRepr,
+        slot: Slot,
+        len: usize,
+        fixed: bool,
+    ) -> Result<Prepared, OpError> {
+        let mut s = Some(slot);
+        let cap = s.as_ref().map_or(0, |s| s.capacity());
+        if len > cap {
+            return Err(OpError::BadLength {
+                len,
+                capacity: cap,
+                slot: s.take(),
+            });
+        }
+        self.check_target(t, &mut s)?;
+        let buf_index = if fixed { self.check_fixed(&mut s)? } else { 0 };
+        let idx = self.take_index(&mut s)?;
+        let ptr = s.as_ref().expect("slot present").as_ptr();
+        self.iovs[idx as usize] = libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: len,
+        };
+        let iov: *const libc::iovec = &self.iovs[idx as usize];
+        Ok(Prepared {
+            s,
+            idx,
+            ptr,
+            iov,
+            buf_index,
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     /// Queues a write of `slot[..len]` at `offset` with `op`'s opcode and `rw_flags`
     /// (`RWF_DSYNC`, `RWF_DONTCACHE`). The slot comes back in the completion.
@@ -471,28 +517,13 @@ impl<R: RingOps> FileOps<R> {
         tag: u64,
     ) -> Result<(), OpError> {
         let t = file.target();
-        let mut s = Some(slot);
-        let cap = s.as_ref().map_or(0, |s| s.capacity());
-        if len > cap {
-            return Err(OpError::BadLength {
-                len,
-                capacity: cap,
-                slot: s.take(),
-            });
-        }
-        self.check_target(t, &mut s)?;
-        let buf_index = if op.is_fixed() {
-            self.check_fixed(&mut s)?
-        } else {
-            0
-        };
-        let idx = self.take_index(&mut s)?;
-        let ptr = s.as_ref().expect("slot present").as_ptr();
-        self.iovs[idx as usize] = libc::iovec {
-            iov_base: ptr.cast(),
-            iov_len: len,
-        };
-        let iov: *const libc::iovec = &self.iovs[idx as usize];
+        let Prepared {
+            s,
+            idx,
+            ptr,
+            iov,
+            buf_index,
+        } = self.prepare(t, slot, len, op.is_fixed())?;
         let l = len as u32;
         macro_rules! build {
             ($f:expr) => {
@@ -544,28 +575,13 @@ impl<R: RingOps> FileOps<R> {
         tag: u64,
     ) -> Result<(), OpError> {
         let t = file.target();
-        let mut s = Some(slot);
-        let cap = s.as_ref().map_or(0, |s| s.capacity());
-        if len > cap {
-            return Err(OpError::BadLength {
-                len,
-                capacity: cap,
-                slot: s.take(),
-            });
-        }
-        self.check_target(t, &mut s)?;
-        let buf_index = if op.is_fixed() {
-            self.check_fixed(&mut s)?
-        } else {
-            0
-        };
-        let idx = self.take_index(&mut s)?;
-        let ptr = s.as_ref().expect("slot present").as_ptr();
-        self.iovs[idx as usize] = libc::iovec {
-            iov_base: ptr.cast(),
-            iov_len: len,
-        };
-        let iov: *const libc::iovec = &self.iovs[idx as usize];
+        let Prepared {
+            s,
+            idx,
+            ptr,
+            iov,
+            buf_index,
+        } = self.prepare(t, slot, len, op.is_fixed())?;
         let l = len as u32;
         macro_rules! build {
             ($f:expr) => {
