@@ -294,8 +294,10 @@ pub fn head(status: u16, headers: &[(&str, &str)], len: Option<u64>, keep_alive:
 pub enum Body {
     None,
     Bytes(Vec<u8>),
-    /// `len` bytes of the file at `path` from `offset` (a sealed replay).
+    /// `len` bytes of the sealed replay `file` (already open, so retention deleting
+    /// the path after the head was decided cannot cut the body short) from `offset`.
     File {
+        file: std::fs::File,
         path: PathBuf,
         offset: u64,
         len: u64,
@@ -728,6 +730,33 @@ fn replay_response(
         range = RangeSpec::Full;
     }
     let path = reg.paths.sealed_path(&i.id);
+    // Open before answering: a replay removed by retention between the listing and
+    // now is gone (410), never a 200 whose body cannot follow.
+    let file = if head_only || matches!(range, RangeSpec::Unsatisfiable) {
+        None
+    } else {
+        match std::fs::File::open(&path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Response::simple(
+                    410,
+                    &format!("match {} has expired and its replay was deleted", i.id),
+                    ka,
+                    head_only,
+                    &[],
+                );
+            }
+            Err(e) => {
+                return Response::simple(
+                    500,
+                    &format!("cannot open the replay: {e}"),
+                    ka,
+                    head_only,
+                    &[],
+                );
+            }
+        }
+    };
     let common = [
         ("Content-Type", "application/octet-stream"),
         ("Accept-Ranges", "bytes"),
@@ -739,14 +768,14 @@ fn replay_response(
         RangeSpec::Full => Response {
             status: 200,
             head: head(200, &common, Some(len), ka),
-            body: if head_only {
-                Body::None
-            } else {
-                Body::File {
+            body: match file {
+                None => Body::None,
+                Some(file) => Body::File {
+                    file,
                     path,
                     offset: 0,
                     len,
-                }
+                },
             },
             close: !ka,
         },
@@ -757,14 +786,14 @@ fn replay_response(
             Response {
                 status: 206,
                 head: head(206, &hs, Some(b - a + 1), ka),
-                body: if head_only {
-                    Body::None
-                } else {
-                    Body::File {
+                body: match file {
+                    None => Body::None,
+                    Some(file) => Body::File {
+                        file,
                         path,
                         offset: a,
                         len: b - a + 1,
-                    }
+                    },
                 },
                 close: !ka,
             }

@@ -13,7 +13,6 @@ use super::{ServerContext, ServerError};
 use crate::http::{self, Body, LiveTail};
 use crate::protocol::{self, Msg};
 use crate::storage;
-use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
@@ -444,8 +443,12 @@ fn send_response(s: &mut TcpStream, resp: http::Response, reg: &Registry) -> io:
             s.write_all(&b)?;
             sent = b.len() as u64;
         }
-        Body::File { path, offset, len } => {
-            let mut f = File::open(&path)?;
+        Body::File {
+            file: mut f,
+            offset,
+            len,
+            ..
+        } => {
             f.seek(SeekFrom::Start(offset))?;
             // std::io::copy uses sendfile/splice for File -> TcpStream on Linux
             let n = io::copy(&mut f.take(len), s)?;

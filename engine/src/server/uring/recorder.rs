@@ -418,21 +418,14 @@ fn send_response(h: &mut Http, id: ConnId, resp: http::Response, io: &mut Io, re
                 .fetch_add(b.len() as u64, Ordering::Relaxed);
             io.send(id, b);
         }
-        Body::File { path, offset, len } => match File::open(&path) {
-            Ok(f) => {
-                if len > 0 {
-                    h.files_in_flight += 1;
-                    io.send_file(id, Arc::new(f), offset, len, TOKEN_BODY);
-                }
+        Body::File {
+            file, offset, len, ..
+        } => {
+            if len > 0 {
+                h.files_in_flight += 1;
+                io.send_file(id, Arc::new(file), offset, len, TOKEN_BODY);
             }
-            Err(e) => {
-                // The head promised a body: the connection cannot continue.
-                eprintln!("recorder: cannot open {} to serve it: {e}", path.display());
-                io.abort(id);
-                h.closing = true;
-                return;
-            }
-        },
+        }
         Body::Live(tail) => match tail.open() {
             Ok(f) => {
                 h.live = Some(Live {
