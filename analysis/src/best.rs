@@ -359,7 +359,9 @@ pub fn best(
             },
         };
         if v.is_empty() {
-            other.push(format!("{d} (not set in this configuration, so its default)"));
+            other.push(format!(
+                "{d} (not set in this configuration, so its default)"
+            ));
             continue;
         }
         match SECTIONS.iter().find(|s| **s == section) {
@@ -456,10 +458,16 @@ mod tests {
             "experiment": "name = \"x\"\n[cell]\n\"server.backend\" = \"blocking\"\n\"file.direct\" = \"required\"\n\"ring.sq-entries\" = 512\n\"ring.sqpoll\" = [true, false]\n"
         });
         let got = experiment_scalars(&m);
-        assert!(got.contains(&("server.backend".into(), "blocking".into())), "{got:?}");
+        assert!(
+            got.contains(&("server.backend".into(), "blocking".into())),
+            "{got:?}"
+        );
         assert!(got.contains(&("file.direct".into(), "required".into())));
         assert!(got.contains(&("ring.sq-entries".into(), "512".into())));
-        assert!(!got.iter().any(|(k, _)| k == "ring.sqpoll"), "a list is a dimension, not a scalar");
+        assert!(
+            !got.iter().any(|(k, _)| k == "ring.sqpoll"),
+            "a list is a dimension, not a scalar"
+        );
         assert!(experiment_scalars(&serde_json::json!({})).is_empty());
     }
 }

@@ -220,12 +220,20 @@ fn by_cell<'a>(runs: &[&'a Run]) -> BTreeMap<&'a str, Vec<&'a Run>> {
     out
 }
 
-fn only_cell<'a>(m: &BTreeMap<&'a str, Vec<&'a Run>>, cell: &str) -> BTreeMap<&'a str, Vec<&'a Run>> {
-    m.get_key_value(cell).map(|(k, v)| BTreeMap::from([(*k, v.clone())])).unwrap_or_default()
+fn only_cell<'a>(
+    m: &BTreeMap<&'a str, Vec<&'a Run>>,
+    cell: &str,
+) -> BTreeMap<&'a str, Vec<&'a Run>> {
+    m.get_key_value(cell)
+        .map(|(k, v)| BTreeMap::from([(*k, v.clone())]))
+        .unwrap_or_default()
 }
 
 fn is_latency(k: usize) -> bool {
-    matches!(k, m::ACK_P50 | m::ACK_P99 | m::ACK_P999 | m::ACK_MAX | m::REQ_P50 | m::REQ_P99)
+    matches!(
+        k,
+        m::ACK_P50 | m::ACK_P99 | m::ACK_P999 | m::ACK_MAX | m::REQ_P50 | m::REQ_P99
+    )
 }
 
 /// Median |ln(x_i / x_j)| over every pair of ok runs of the same cell within one build.

@@ -117,13 +117,39 @@ impl fmt::Display for ErrorCode {
 /// One decoded message. Payload and strings borrow from the input buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg<'a> {
-    Hello { version: u16, resume: bool, match_id: &'a str, credential: &'a [u8] },
-    Frame { seq: u64, tick: u64, frame_kind: u8, crc32c: u32, payload: &'a [u8] },
-    End { last_seq: u64 },
-    Welcome { version: u16, ack_mode: AckMode, last_seq: u64, max_frame_bytes: u32 },
-    Ack { seq: u64 },
-    Error { code: u16, text: &'a str },
-    Sealed { last_seq: u64, file_bytes: u64 },
+    Hello {
+        version: u16,
+        resume: bool,
+        match_id: &'a str,
+        credential: &'a [u8],
+    },
+    Frame {
+        seq: u64,
+        tick: u64,
+        frame_kind: u8,
+        crc32c: u32,
+        payload: &'a [u8],
+    },
+    End {
+        last_seq: u64,
+    },
+    Welcome {
+        version: u16,
+        ack_mode: AckMode,
+        last_seq: u64,
+        max_frame_bytes: u32,
+    },
+    Ack {
+        seq: u64,
+    },
+    Error {
+        code: u16,
+        text: &'a str,
+    },
+    Sealed {
+        last_seq: u64,
+        file_bytes: u64,
+    },
 }
 
 /// Why a byte sequence is not a valid message. Maps to an [`ErrorCode`].
@@ -142,14 +168,19 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 fn malformed(text: impl Into<String>) -> DecodeError {
-    DecodeError { code: ErrorCode::Malformed, text: text.into() }
+    DecodeError {
+        code: ErrorCode::Malformed,
+        text: text.into(),
+    }
 }
 
 /// Checks a match id against the documented alphabet: 1..=64 of `A-Za-z0-9_-`, not starting with `-`.
 pub fn validate_match_id(id: &str) -> Result<(), DecodeError> {
-    let bad = |why: &str| DecodeError {
+    let bad = |why: &str| {
+        DecodeError {
         code: ErrorCode::BadMatchId,
         text: format!("match id {:?} {why}; use 1 to {MATCH_ID_MAX} characters of A-Z a-z 0-9 _ -, not starting with '-'", id.escape_debug().to_string()),
+    }
     };
     if id.is_empty() {
         return Err(bad("is empty"));
@@ -160,7 +191,10 @@ pub fn validate_match_id(id: &str) -> Result<(), DecodeError> {
     if id.starts_with('-') {
         return Err(bad("starts with '-'"));
     }
-    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
         return Err(bad(&format!("contains {:?}", c)));
     }
     Ok(())
@@ -196,7 +230,11 @@ impl<'a> Rd<'a> {
         if self.b.is_empty() {
             Ok(())
         } else {
-            Err(malformed(format!("{} message has {} trailing bytes", self.what, self.b.len())))
+            Err(malformed(format!(
+                "{} message has {} trailing bytes",
+                self.what,
+                self.b.len()
+            )))
         }
     }
 }
@@ -235,14 +273,20 @@ pub fn decode(buf: &[u8], max_len: u32) -> Result<Option<(Msg<'_>, usize)>, Deco
 fn decode_body(kind: u8, body: &[u8]) -> Result<Msg<'_>, DecodeError> {
     match kind {
         KIND_HELLO => {
-            let mut r = Rd { b: body, what: "HELLO" };
+            let mut r = Rd {
+                b: body,
+                what: "HELLO",
+            };
             if r.take(4)? != MAGIC {
                 return Err(malformed("HELLO does not start with the magic \"RPLY\""));
             }
             let version = r.u16()?;
             let flags = r.u16()?;
             if flags & !HELLO_FLAG_RESUME != 0 {
-                return Err(malformed(format!("HELLO sets reserved flag bits {:#06x}", flags & !HELLO_FLAG_RESUME)));
+                return Err(malformed(format!(
+                    "HELLO sets reserved flag bits {:#06x}",
+                    flags & !HELLO_FLAG_RESUME
+                )));
             }
             let id_len = r.u8()? as usize;
             let id = r.take(id_len)?;
@@ -253,24 +297,44 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Msg<'_>, DecodeError> {
                 code: ErrorCode::BadMatchId,
                 text: "match id is not UTF-8; use A-Z a-z 0-9 _ -".into(),
             })?;
-            Ok(Msg::Hello { version, resume: flags & HELLO_FLAG_RESUME != 0, match_id, credential })
+            Ok(Msg::Hello {
+                version,
+                resume: flags & HELLO_FLAG_RESUME != 0,
+                match_id,
+                credential,
+            })
         }
         KIND_FRAME => {
-            let mut r = Rd { b: body, what: "FRAME" };
+            let mut r = Rd {
+                b: body,
+                what: "FRAME",
+            };
             let seq = r.u64()?;
             let tick = r.u64()?;
             let frame_kind = r.u8()?;
             let crc32c = r.u32()?;
-            Ok(Msg::Frame { seq, tick, frame_kind, crc32c, payload: r.b })
+            Ok(Msg::Frame {
+                seq,
+                tick,
+                frame_kind,
+                crc32c,
+                payload: r.b,
+            })
         }
         KIND_END => {
-            let mut r = Rd { b: body, what: "END" };
+            let mut r = Rd {
+                b: body,
+                what: "END",
+            };
             let last_seq = r.u64()?;
             r.done()?;
             Ok(Msg::End { last_seq })
         }
         KIND_WELCOME => {
-            let mut r = Rd { b: body, what: "WELCOME" };
+            let mut r = Rd {
+                b: body,
+                what: "WELCOME",
+            };
             let version = r.u16()?;
             let ack_mode = match r.u8()? {
                 0 => AckMode::Durable,
@@ -280,16 +344,27 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Msg<'_>, DecodeError> {
             let last_seq = r.u64()?;
             let max_frame_bytes = r.u32()?;
             r.done()?;
-            Ok(Msg::Welcome { version, ack_mode, last_seq, max_frame_bytes })
+            Ok(Msg::Welcome {
+                version,
+                ack_mode,
+                last_seq,
+                max_frame_bytes,
+            })
         }
         KIND_ACK => {
-            let mut r = Rd { b: body, what: "ACK" };
+            let mut r = Rd {
+                b: body,
+                what: "ACK",
+            };
             let seq = r.u64()?;
             r.done()?;
             Ok(Msg::Ack { seq })
         }
         KIND_ERROR => {
-            let mut r = Rd { b: body, what: "ERROR" };
+            let mut r = Rd {
+                b: body,
+                what: "ERROR",
+            };
             let code = r.u16()?;
             let n = r.u16()? as usize;
             let t = r.take(n)?;
@@ -298,11 +373,17 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Msg<'_>, DecodeError> {
             Ok(Msg::Error { code, text })
         }
         KIND_SEALED => {
-            let mut r = Rd { b: body, what: "SEALED" };
+            let mut r = Rd {
+                b: body,
+                what: "SEALED",
+            };
             let last_seq = r.u64()?;
             let file_bytes = r.u64()?;
             r.done()?;
-            Ok(Msg::Sealed { last_seq, file_bytes })
+            Ok(Msg::Sealed {
+                last_seq,
+                file_bytes,
+            })
         }
         k => Err(malformed(format!("unknown message kind {k:#04x}"))),
     }
@@ -329,9 +410,18 @@ fn put_header(out: &mut Vec<u8>, kind: u8, body_len: usize) {
 /// Appends an encoded message to `out`.
 pub fn encode(out: &mut Vec<u8>, msg: &Msg<'_>) {
     match *msg {
-        Msg::Hello { version, resume, match_id, credential } => {
+        Msg::Hello {
+            version,
+            resume,
+            match_id,
+            credential,
+        } => {
             assert!(match_id.len() <= 255 && credential.len() <= 255);
-            put_header(out, KIND_HELLO, 4 + 2 + 2 + 1 + match_id.len() + 1 + credential.len());
+            put_header(
+                out,
+                KIND_HELLO,
+                4 + 2 + 2 + 1 + match_id.len() + 1 + credential.len(),
+            );
             out.extend_from_slice(&MAGIC);
             out.extend_from_slice(&version.to_le_bytes());
             let flags: u16 = if resume { HELLO_FLAG_RESUME } else { 0 };
@@ -341,7 +431,13 @@ pub fn encode(out: &mut Vec<u8>, msg: &Msg<'_>) {
             out.push(credential.len() as u8);
             out.extend_from_slice(credential);
         }
-        Msg::Frame { seq, tick, frame_kind, crc32c, payload } => {
+        Msg::Frame {
+            seq,
+            tick,
+            frame_kind,
+            crc32c,
+            payload,
+        } => {
             put_header(out, KIND_FRAME, 8 + 8 + 1 + 4 + payload.len());
             out.extend_from_slice(&seq.to_le_bytes());
             out.extend_from_slice(&tick.to_le_bytes());
@@ -353,7 +449,12 @@ pub fn encode(out: &mut Vec<u8>, msg: &Msg<'_>) {
             put_header(out, KIND_END, 8);
             out.extend_from_slice(&last_seq.to_le_bytes());
         }
-        Msg::Welcome { version, ack_mode, last_seq, max_frame_bytes } => {
+        Msg::Welcome {
+            version,
+            ack_mode,
+            last_seq,
+            max_frame_bytes,
+        } => {
             put_header(out, KIND_WELCOME, 2 + 1 + 8 + 4);
             out.extend_from_slice(&version.to_le_bytes());
             out.push(ack_mode as u8);
@@ -371,7 +472,10 @@ pub fn encode(out: &mut Vec<u8>, msg: &Msg<'_>) {
             out.extend_from_slice(&(t.len() as u16).to_le_bytes());
             out.extend_from_slice(t);
         }
-        Msg::Sealed { last_seq, file_bytes } => {
+        Msg::Sealed {
+            last_seq,
+            file_bytes,
+        } => {
             put_header(out, KIND_SEALED, 16);
             out.extend_from_slice(&last_seq.to_le_bytes());
             out.extend_from_slice(&file_bytes.to_le_bytes());
@@ -382,7 +486,16 @@ pub fn encode(out: &mut Vec<u8>, msg: &Msg<'_>) {
 /// Encodes a FRAME, computing the payload CRC32C.
 pub fn encode_frame(out: &mut Vec<u8>, seq: u64, tick: u64, frame_kind: u8, payload: &[u8]) {
     let crc32c = crc32c::crc32c(payload);
-    encode(out, &Msg::Frame { seq, tick, frame_kind, crc32c, payload });
+    encode(
+        out,
+        &Msg::Frame {
+            seq,
+            tick,
+            frame_kind,
+            crc32c,
+            payload,
+        },
+    );
 }
 
 #[cfg(test)]
@@ -403,22 +516,60 @@ mod tests {
 
     #[test]
     fn all_messages_roundtrip() {
-        roundtrip(Msg::Hello { version: 1, resume: true, match_id: "m-1_x", credential: b"tok" });
-        roundtrip(Msg::Frame { seq: 7, tick: 99, frame_kind: FRAME_KEY, crc32c: crc32c::crc32c(b"abc"), payload: b"abc" });
-        roundtrip(Msg::Frame { seq: 1, tick: 0, frame_kind: FRAME_DELTA, crc32c: 0, payload: b"" });
+        roundtrip(Msg::Hello {
+            version: 1,
+            resume: true,
+            match_id: "m-1_x",
+            credential: b"tok",
+        });
+        roundtrip(Msg::Frame {
+            seq: 7,
+            tick: 99,
+            frame_kind: FRAME_KEY,
+            crc32c: crc32c::crc32c(b"abc"),
+            payload: b"abc",
+        });
+        roundtrip(Msg::Frame {
+            seq: 1,
+            tick: 0,
+            frame_kind: FRAME_DELTA,
+            crc32c: 0,
+            payload: b"",
+        });
         roundtrip(Msg::End { last_seq: 12 });
-        roundtrip(Msg::Welcome { version: 1, ack_mode: AckMode::Durable, last_seq: 5, max_frame_bytes: 1 << 20 });
+        roundtrip(Msg::Welcome {
+            version: 1,
+            ack_mode: AckMode::Durable,
+            last_seq: 5,
+            max_frame_bytes: 1 << 20,
+        });
         roundtrip(Msg::Ack { seq: 3 });
-        roundtrip(Msg::Error { code: ErrorCode::SeqGap as u16, text: "gap" });
-        roundtrip(Msg::Sealed { last_seq: 3, file_bytes: 4096 });
+        roundtrip(Msg::Error {
+            code: ErrorCode::SeqGap as u16,
+            text: "gap",
+        });
+        roundtrip(Msg::Sealed {
+            last_seq: 3,
+            file_bytes: 4096,
+        });
     }
 
     #[test]
     fn documented_hello_example_decodes() {
-        let bytes = [0x0d, 0, 0, 0, 0x01, 0x52, 0x50, 0x4c, 0x59, 1, 0, 0, 0, 2, b'm', b'1', 0];
+        let bytes = [
+            0x0d, 0, 0, 0, 0x01, 0x52, 0x50, 0x4c, 0x59, 1, 0, 0, 0, 2, b'm', b'1', 0,
+        ];
         let (m, n) = decode(&bytes, 1024).unwrap().unwrap();
         assert_eq!(n, bytes.len());
-        assert_eq!(m, Msg::Hello { version: 1, resume: false, match_id: "m1", credential: b"" });
+        assert_eq!(
+            m,
+            Msg::Hello {
+                version: 1,
+                resume: false,
+                match_id: "m1",
+                credential: b""
+            }
+        );
     }
 
     #[test]
@@ -430,11 +581,28 @@ mod tests {
 
     #[test]
     fn bad_input_is_named() {
-        assert_eq!(decode(&[0, 0, 0, 0, 1], 100).unwrap_err().code, ErrorCode::Malformed);
-        assert_eq!(decode(&[200, 0, 0, 0], 100).unwrap_err().code, ErrorCode::FrameTooLarge);
-        assert_eq!(decode(&[1, 0, 0, 0, 0x7f], 100).unwrap_err().code, ErrorCode::Malformed);
+        assert_eq!(
+            decode(&[0, 0, 0, 0, 1], 100).unwrap_err().code,
+            ErrorCode::Malformed
+        );
+        assert_eq!(
+            decode(&[200, 0, 0, 0], 100).unwrap_err().code,
+            ErrorCode::FrameTooLarge
+        );
+        assert_eq!(
+            decode(&[1, 0, 0, 0, 0x7f], 100).unwrap_err().code,
+            ErrorCode::Malformed
+        );
         let mut v = Vec::new();
-        encode(&mut v, &Msg::Hello { version: 1, resume: false, match_id: "a", credential: b"" });
+        encode(
+            &mut v,
+            &Msg::Hello {
+                version: 1,
+                resume: false,
+                match_id: "a",
+                credential: b"",
+            },
+        );
         v[5] = b'X';
         assert!(decode(&v, 100).unwrap_err().text.contains("magic"));
         assert_eq!(check_crc(4, 1, b"x").unwrap_err().code, ErrorCode::BadCrc);
@@ -445,8 +613,22 @@ mod tests {
         for ok in ["a", "m-1", "A_b-9", &"x".repeat(64)] {
             validate_match_id(ok).unwrap();
         }
-        for bad in ["", "../x", "a/b", "a.b", "-a", &"x".repeat(65), "é", "a b", "a\0"] {
-            assert_eq!(validate_match_id(bad).unwrap_err().code, ErrorCode::BadMatchId, "{bad:?}");
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "a.b",
+            "-a",
+            &"x".repeat(65),
+            "é",
+            "a b",
+            "a\0",
+        ] {
+            assert_eq!(
+                validate_match_id(bad).unwrap_err().code,
+                ErrorCode::BadMatchId,
+                "{bad:?}"
+            );
         }
     }
 }

@@ -305,8 +305,14 @@ fn attach_wq_shares_the_first_rings_io_wq() {
     let (first, e1) = uring::build(&c, None).unwrap();
     let (mut second, e2) = uring::build(&c, Some(&first)).unwrap();
     assert!(e1.sq_thread_pid.is_some());
-    assert_eq!(e1.sq_thread_pid, e2.sq_thread_pid, "one SQ thread for both rings");
-    assert_eq!(file_io(&mut second, "attach-sqpoll", false, false), Outcome::Ok);
+    assert_eq!(
+        e1.sq_thread_pid, e2.sq_thread_pid,
+        "one SQ thread for both rings"
+    );
+    assert_eq!(
+        file_io(&mut second, "attach-sqpoll", false, false),
+        Outcome::Ok
+    );
 }
 
 #[test]

@@ -15,8 +15,15 @@ fn docs_options_md_is_up_to_date() {
 #[test]
 fn every_ring_knob_is_documented_with_its_kernel_constant() {
     let md = engine::config::options_markdown();
-    for k in engine::config::all_knobs().into_iter().filter(|k| k.section == "ring") {
+    for k in engine::config::all_knobs()
+        .into_iter()
+        .filter(|k| k.section == "ring")
+    {
         assert!(md.contains(&format!("`{}`", k.name)), "{} missing", k.name);
-        assert!(!k.kernel.is_empty() && !k.since.is_empty(), "{} lacks kernel constant or since", k.name);
+        assert!(
+            !k.kernel.is_empty() && !k.since.is_empty(),
+            "{} lacks kernel constant or since",
+            k.name
+        );
     }
 }

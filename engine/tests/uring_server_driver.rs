@@ -299,7 +299,11 @@ fn effective_rings_report_what_the_kernel_set_up_or_why_not() {
     assert_eq!(eff.len(), 2);
     for e in &eff {
         assert_eq!(e.flags, e.requested_flags);
-        assert!(e.flag_names.contains("SQPOLL") && e.flag_names.contains("ATTACH_WQ"), "{}", e.flag_names);
+        assert!(
+            e.flag_names.contains("SQPOLL") && e.flag_names.contains("ATTACH_WQ"),
+            "{}",
+            e.flag_names
+        );
         assert_eq!(e.attach_wq, "attached");
     }
     // IOPOLL cannot serve sockets: refused by name before any ring is built.

@@ -727,7 +727,10 @@ fn run_recorder(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
             // recorder's own counters; empty when it made no io_uring_enter call (blocking).
             if let (Some((e0, c0)), Some((e1, c1))) = (uring0, uring_counters(rec.http)) {
                 if e1 > e0 {
-                    o.m.insert("ios_per_syscall", fmt_opt(Some((c1 - c0) as f64 / (e1 - e0) as f64)));
+                    o.m.insert(
+                        "ios_per_syscall",
+                        fmt_opt(Some((c1 - c0) as f64 / (e1 - e0) as f64)),
+                    );
                 }
             }
             let (samples, fdinfo) = sampler.finish();
@@ -1710,7 +1713,10 @@ fn sweep_inner(
         let repo = std::env::current_dir().unwrap_or_default();
         let mut r = BTreeMap::new();
         r.insert("base".to_string(), format!("binary {}", bbin.display()));
-        r.insert("head".to_string(), format!("{} ({})", git_rev(&repo, "HEAD"), head_bin.display()));
+        r.insert(
+            "head".to_string(),
+            format!("{} ({})", git_rev(&repo, "HEAD"), head_bin.display()),
+        );
         revisions = Some(r);
         revs.push(("base".into(), ctx.out.join("base"), bbin.clone()));
         revs.push(("head".into(), ctx.out.join("head"), head_bin.clone()));

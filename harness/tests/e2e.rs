@@ -88,11 +88,16 @@ fn short_sweep_against_the_real_recorder() {
                 r["ring_fdinfo"].starts_with("rings=") && r["ring_fdinfo"] != "rings=0",
                 "{r:?}"
             );
-            let ios: f64 = r["ios_per_syscall"].parse().unwrap_or_else(|_| panic!("uring run without ios_per_syscall: {r:?}"));
+            let ios: f64 = r["ios_per_syscall"]
+                .parse()
+                .unwrap_or_else(|_| panic!("uring run without ios_per_syscall: {r:?}"));
             assert!(ios > 0.0, "{r:?}");
         } else {
             assert_eq!(r["ring_fdinfo"], "rings=0");
-            assert_eq!(r["ios_per_syscall"], "", "the blocking backend makes no io_uring_enter call: {r:?}");
+            assert_eq!(
+                r["ios_per_syscall"], "",
+                "the blocking backend makes no io_uring_enter call: {r:?}"
+            );
         }
         let log = std::fs::read_to_string(out.join(&r["log"])).unwrap();
         assert!(log.contains("ingest listening on"), "{log}");

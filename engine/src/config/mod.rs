@@ -50,7 +50,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(knobs: &[&'static str], message: impl Into<String>) -> Self {
-        ConfigError { knobs: knobs.to_vec(), message: message.into() }
+        ConfigError {
+            knobs: knobs.to_vec(),
+            message: message.into(),
+        }
     }
 }
 
@@ -98,7 +101,9 @@ pub fn find_knob(key: &str) -> Option<&'static Knob> {
         None => (None, key),
     };
     let name_dash = name.replace('_', "-");
-    all_knobs().into_iter().find(|k| k.name == name_dash && section.map_or(true, |s| s == k.section))
+    all_knobs()
+        .into_iter()
+        .find(|k| k.name == name_dash && section.map_or(true, |s| s == k.section))
 }
 
 pub fn parse_bool(v: &str) -> Result<bool, String> {
@@ -111,13 +116,18 @@ pub fn parse_bool(v: &str) -> Result<bool, String> {
 
 pub fn parse_num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
     let t = v.trim().replace('_', "");
-    t.parse::<T>().map_err(|_| format!("expected a non-negative whole number, got {v:?}"))
+    t.parse::<T>()
+        .map_err(|_| format!("expected a non-negative whole number, got {v:?}"))
 }
 
 /// Parses sizes such as `4096`, `64k`, `1m`, `2g` (binary multiples).
 pub fn parse_bytes(v: &str) -> Result<u64, String> {
     let t = v.trim().to_ascii_lowercase().replace('_', "");
-    let t = t.strip_suffix("ib").or_else(|| t.strip_suffix('b')).unwrap_or(&t).to_string();
+    let t = t
+        .strip_suffix("ib")
+        .or_else(|| t.strip_suffix('b'))
+        .unwrap_or(&t)
+        .to_string();
     let (num, mult) = match t.chars().last() {
         Some('k') => (&t[..t.len() - 1], 1u64 << 10),
         Some('m') => (&t[..t.len() - 1], 1 << 20),
@@ -133,22 +143,33 @@ pub fn parse_bytes(v: &str) -> Result<u64, String> {
 /// Parses one of the values of an enum knob, listing them on error.
 pub fn parse_choice<T: Copy>(v: &str, choices: &[(&str, T)]) -> Result<T, String> {
     let t = v.trim().to_ascii_lowercase().replace('_', "-");
-    choices.iter().find(|(n, _)| *n == t).map(|(_, c)| *c).ok_or_else(|| {
-        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-        format!("expected one of {}, got {v:?}", names.join(", "))
-    })
+    choices
+        .iter()
+        .find(|(n, _)| *n == t)
+        .map(|(_, c)| *c)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+            format!("expected one of {}, got {v:?}", names.join(", "))
+        })
 }
 
 /// The name of an enum value in `choices`.
 pub fn choice_name<T: Copy + PartialEq>(v: T, choices: &[(&'static str, T)]) -> &'static str {
-    choices.iter().find(|(_, c)| *c == v).map(|(n, _)| *n).expect("every enum value is in its choice table")
+    choices
+        .iter()
+        .find(|(_, c)| *c == v)
+        .map(|(n, _)| *n)
+        .expect("every enum value is in its choice table")
 }
 
 impl Config {
     /// Sets a knob by `name` or `section.name`. Errors name the knob and the accepted values.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let knob = find_knob(key).ok_or_else(|| {
-            ConfigError::new(&[], format!("unknown option {key:?}; `recorder options` lists every option"))
+            ConfigError::new(
+                &[],
+                format!("unknown option {key:?}; `recorder options` lists every option"),
+            )
         })?;
         let r = match knob.section {
             "ring" => self.ring.set(knob.name, value),
@@ -185,9 +206,9 @@ impl Config {
     /// Applies a TOML document: `[section]` tables of `name = value`, or top-level
     /// `name = value` / `"section.name" = value`. Unknown keys are errors.
     pub fn apply_toml(&mut self, text: &str) -> Result<(), ConfigError> {
-        let doc: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::new(&[], format!("config file is not valid TOML: {e}")))?;
+        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError::new(&[], format!("config file is not valid TOML: {e}"))
+        })?;
         for (k, v) in &doc {
             match v {
                 toml::Value::Table(t) => {
@@ -207,7 +228,9 @@ impl Config {
         for section in ["ring", "file", "net", "server"] {
             out.push_str(&format!("[{section}]\n"));
             for k in all_knobs().into_iter().filter(|k| k.section == section) {
-                let v = self.get(&format!("{section}.{}", k.name)).unwrap_or_default();
+                let v = self
+                    .get(&format!("{section}.{}", k.name))
+                    .unwrap_or_default();
                 out.push_str(&format!("{} = {}\n", k.name, toml_quote(k, &v)));
             }
             out.push('\n');
@@ -234,13 +257,24 @@ fn toml_scalar(v: &toml::Value) -> Result<String, ConfigError> {
         toml::Value::Integer(i) => i.to_string(),
         toml::Value::Boolean(b) => b.to_string(),
         toml::Value::Float(f) => f.to_string(),
-        toml::Value::Array(a) => a.iter().map(toml_scalar).collect::<Result<Vec<_>, _>>()?.join(","),
-        other => return Err(ConfigError::new(&[], format!("unsupported TOML value {other}"))),
+        toml::Value::Array(a) => a
+            .iter()
+            .map(toml_scalar)
+            .collect::<Result<Vec<_>, _>>()?
+            .join(","),
+        other => {
+            return Err(ConfigError::new(
+                &[],
+                format!("unsupported TOML value {other}"),
+            ))
+        }
     })
 }
 
 fn toml_quote(k: &Knob, v: &str) -> String {
-    if k.values == "bool" || (!v.is_empty() && v.chars().all(|c| c.is_ascii_digit()) && v.len() < 18) {
+    if k.values == "bool"
+        || (!v.is_empty() && v.chars().all(|c| c.is_ascii_digit()) && v.len() < 18)
+    {
         v.to_string()
     } else {
         format!("{v:?}")
@@ -250,7 +284,16 @@ fn toml_quote(k: &Knob, v: &str) -> String {
 /// Adds one `--NAME VALUE` argument per knob to a clap command, with the table's help.
 pub fn add_knob_args(mut cmd: clap::Command) -> clap::Command {
     for k in all_knobs() {
-        let mut help = format!("{} [{}] (default: {})", k.help, k.values, if k.default.is_empty() { "none" } else { k.default });
+        let mut help = format!(
+            "{} [{}] (default: {})",
+            k.help,
+            k.values,
+            if k.default.is_empty() {
+                "none"
+            } else {
+                k.default
+            }
+        );
         if !k.kernel.is_empty() {
             help.push_str(&format!(" [{}; Linux {}+]", k.kernel, k.since));
         }
@@ -309,7 +352,13 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for k in all_knobs() {
             assert!(seen.insert(k.name), "knob {} appears twice", k.name);
-            assert!(k.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{}", k.name);
+            assert!(
+                k.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{}",
+                k.name
+            );
             assert!(!k.help.is_empty(), "knob {} has no help", k.name);
         }
     }
@@ -319,10 +368,16 @@ mod tests {
         let d = Config::default();
         for k in all_knobs() {
             let key = format!("{}.{}", k.section, k.name);
-            let v = d.get(&key).unwrap_or_else(|| panic!("knob {key} has no getter"));
-            assert_eq!(v, k.default, "default of {key} in the table differs from Config::default()");
+            let v = d
+                .get(&key)
+                .unwrap_or_else(|| panic!("knob {key} has no getter"));
+            assert_eq!(
+                v, k.default,
+                "default of {key} in the table differs from Config::default()"
+            );
             let mut c = Config::default();
-            c.set(&key, &v).unwrap_or_else(|e| panic!("knob {key} refuses its own value {v:?}: {e}"));
+            c.set(&key, &v)
+                .unwrap_or_else(|e| panic!("knob {key} refuses its own value {v:?}: {e}"));
             assert_eq!(c, d, "setting {key} to its default changed the config");
         }
     }
@@ -364,7 +419,10 @@ pub fn cli_main(args: Vec<String>) -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     for k in all_knobs() {
-        println!("{:<8} {:<28} [{}] default {}  {}", k.section, k.name, k.values, k.default, k.help);
+        println!(
+            "{:<8} {:<28} [{}] default {}  {}",
+            k.section, k.name, k.values, k.default, k.help
+        );
     }
     std::process::ExitCode::SUCCESS
 }

@@ -1759,5 +1759,8 @@ static PROCESS_CQES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 /// `(io_uring_enter calls, completions reaped)` over every ring of this process since it
 /// started: their ratio is the process's I/Os per system call (`/metrics` exports both).
 pub fn process_counters() -> (u64, u64) {
-    (PROCESS_ENTER_CALLS.load(Ordering::Relaxed), PROCESS_CQES.load(Ordering::Relaxed))
+    (
+        PROCESS_ENTER_CALLS.load(Ordering::Relaxed),
+        PROCESS_CQES.load(Ordering::Relaxed),
+    )
 }
