@@ -298,7 +298,6 @@ pub enum Body {
     /// the path after the head was decided cannot cut the body short) from `offset`.
     File {
         file: std::fs::File,
-        path: PathBuf,
         offset: u64,
         len: u64,
     },
@@ -772,7 +771,6 @@ fn replay_response(
                 None => Body::None,
                 Some(file) => Body::File {
                     file,
-                    path,
                     offset: 0,
                     len,
                 },
@@ -790,7 +788,6 @@ fn replay_response(
                     None => Body::None,
                     Some(file) => Body::File {
                         file,
-                        path,
                         offset: a,
                         len: b - a + 1,
                     },

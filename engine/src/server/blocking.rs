@@ -447,7 +447,6 @@ fn send_response(s: &mut TcpStream, resp: http::Response, reg: &Registry) -> io:
             file: mut f,
             offset,
             len,
-            ..
         } => {
             f.seek(SeekFrom::Start(offset))?;
             // std::io::copy uses sendfile/splice for File -> TcpStream on Linux

@@ -418,9 +418,7 @@ fn send_response(h: &mut Http, id: ConnId, resp: http::Response, io: &mut Io, re
                 .fetch_add(b.len() as u64, Ordering::Relaxed);
             io.send(id, b);
         }
-        Body::File {
-            file, offset, len, ..
-        } => {
+        Body::File { file, offset, len } => {
             if len > 0 {
                 h.files_in_flight += 1;
                 io.send_file(id, Arc::new(file), offset, len, TOKEN_BODY);
