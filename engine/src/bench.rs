@@ -23,10 +23,11 @@ use std::process::{Command, ExitCode};
 use serde_json::{json, Value};
 
 use crate::config::file::{format_bytes, Direct, Durability};
-use crate::config::{self, parse_bytes, Config, ConfigError};
+use crate::config::{self, choice_name, parse_bytes, Config, ConfigError};
 use crate::fileio::{self, Backend, FileIoError, Fill, Job, JobResult, Pattern, WriteMode};
 use crate::sys::fileops::{ReadOp, WriteOp};
 use crate::sys::fs;
+use crate::sys::mem::{self, PageKind};
 
 /// What to benchmark.
 #[derive(Clone, Debug)]
@@ -47,6 +48,41 @@ pub struct BenchSpec {
     pub fio_bin: String,
     /// How write runs treat the file (the same for fio).
     pub write_mode: WriteMode,
+    /// fio's buffer memory (its `iomem`).
+    pub fio_iomem: FioIomem,
+    /// Raise vm.nr_hugepages for the run when the huge pages asked for are short, and put
+    /// the old value back at the end.
+    pub reserve_huge_pages: bool,
+}
+
+/// fio's buffer memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FioIomem {
+    /// Like ours: 4 KiB pages when buffer-memory=pages, else hugetlb (`shmhuge`) when the
+    /// pool has room, else 4 KiB pages with a note that the sides differ.
+    Auto,
+    /// `--iomem=malloc` (fio's default: 4 KiB pages).
+    Malloc,
+    /// `--iomem=shmhuge` (SysV shared memory from the hugetlb pool). fio has no THP mode.
+    Shmhuge,
+}
+
+impl FioIomem {
+    pub fn parse(s: &str) -> Result<FioIomem, String> {
+        match s {
+            "auto" => Ok(FioIomem::Auto),
+            "malloc" => Ok(FioIomem::Malloc),
+            "shmhuge" => Ok(FioIomem::Shmhuge),
+            _ => Err(format!("{s:?} is not one of auto, malloc, shmhuge")),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            FioIomem::Auto => "auto",
+            FioIomem::Malloc => "malloc",
+            FioIomem::Shmhuge => "shmhuge",
+        }
+    }
 }
 
 impl BenchSpec {
@@ -61,6 +97,8 @@ impl BenchSpec {
             repeat: 3,
             fio_bin: "fio".into(),
             write_mode: WriteMode::Fresh,
+            fio_iomem: FioIomem::Auto,
+            reserve_huge_pages: false,
         }
     }
 }
@@ -168,6 +206,10 @@ pub struct BenchResult {
     pub results: Vec<PatternResult>,
     /// fio version string, when fio ran.
     pub fio_version: Option<String>,
+    /// fio's `iomem` as run (auto resolved).
+    pub fio_iomem: FioIomem,
+    /// How the buffer memory of the two sides compares, and what was reserved.
+    pub memory_notes: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -212,6 +254,9 @@ pub fn fio_args(
         "--randrepeat=0".into(),
         format!("--fallocate={}", if f.prealloc { "native" } else { "none" }),
     ];
+    if spec.fio_iomem == FioIomem::Shmhuge {
+        a.push("--iomem=shmhuge".into());
+    }
     if f.prealloc && f.prealloc_bytes != 0 && f.prealloc_bytes != spec.size {
         return Err("fio preallocates exactly the job size; prealloc-bytes differs".into());
     }
@@ -243,6 +288,13 @@ pub fn fio_args(
         Backend::Uring => {
             a.push("--ioengine=io_uring".into());
             a.push(format!("--iodepth={}", f.io_depth));
+            // fio's iodepth_batch_submit is our submit-batch (0 = the whole queue).
+            let batch = if f.submit_batch == 0 {
+                f.io_depth
+            } else {
+                f.submit_batch
+            };
+            a.push(format!("--iodepth_batch_submit={batch}"));
             a.push(format!("--size={}", spec.size));
             if pattern.is_write() {
                 match f.write_op {
@@ -453,6 +505,12 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
     } else {
         None
     };
+    let mut memory_notes = Vec::new();
+    let (fio_iomem, _reserved) = plan_huge_pages(spec, &mut memory_notes)?;
+    let spec = &BenchSpec {
+        fio_iomem,
+        ..spec.clone()
+    };
     let wpath = spec.dir.join("io-bench.write.dat");
     let rpath = spec.dir.join("io-bench.read.dat");
     let mut results = Vec::new();
@@ -499,7 +557,34 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
             Ok(())
         };
         let mut pr: Option<PatternResult> = None;
-        for _ in 0..repeat {
+        // Pairs alternate their order (ours then fio, fio then ours, ...): on this kind of
+        // machine the second run of a pair is often faster (the host's cache has settled),
+        // and a fixed order would bias every ratio the same way.
+        let run_fio_into = |p: &mut PatternResult, direct: bool| -> Result<(), BenchError> {
+            let args = fio_args(spec, pattern, path, direct).map_err(BenchError::Fio)?;
+            reset(path)?;
+            if p.fio_startup_cpu_s.is_none() {
+                p.fio_startup_cpu_s = Some(fio_startup_cpu(
+                    &spec.fio_bin,
+                    &args,
+                    pattern,
+                    spec.cfg.file.block_size,
+                )?);
+                reset(path)?;
+            }
+            let startup = p.fio_startup_cpu_s.unwrap_or(0.0);
+            p.fio
+                .push(run_fio(&spec.fio_bin, &args, pattern, startup)?.0);
+            Ok(())
+        };
+        for i in 0..repeat {
+            let fio_first = i % 2 == 1;
+            if fio_first {
+                if let Some(p) = pr.as_mut().filter(|p| p.fio_command.is_some()) {
+                    let direct = p.effective.direct;
+                    run_fio_into(p, direct)?;
+                }
+            }
             reset(path)?;
             let r = fileio::run(&job, &spec.cfg, spec.backend)?;
             let p = pr.get_or_insert_with(|| {
@@ -523,23 +608,8 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
                 }
             });
             p.ours.push(Measurement::from(&r));
-            if p.fio_command.is_some() {
-                let args =
-                    fio_args(spec, pattern, path, r.effective.direct).map_err(BenchError::Fio)?;
-                reset(path)?;
-                if p.fio_startup_cpu_s.is_none() {
-                    reset(path)?;
-                    p.fio_startup_cpu_s = Some(fio_startup_cpu(
-                        &spec.fio_bin,
-                        &args,
-                        pattern,
-                        spec.cfg.file.block_size,
-                    )?);
-                    reset(path)?;
-                }
-                let startup = p.fio_startup_cpu_s.unwrap_or(0.0);
-                p.fio
-                    .push(run_fio(&spec.fio_bin, &args, pattern, startup)?.0);
+            if !fio_first && p.fio_command.is_some() {
+                run_fio_into(p, r.effective.direct)?;
             }
         }
         if pattern.is_write() && spec.write_mode != WriteMode::Overwrite {
@@ -547,11 +617,136 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
         }
         results.extend(pr);
     }
+    for r in &results {
+        let e = &r.effective;
+        if e.buffer_memory != PageKind::Small {
+            if let Some(h) = e.arena_huge_bytes {
+                memory_notes.push(format!(
+                    "{}: our arena {} MiB, {} MiB of it in huge pages",
+                    r.pattern.name(),
+                    e.arena_bytes >> 20,
+                    h >> 20
+                ));
+            }
+        }
+    }
     Ok(BenchResult {
         spec: spec.clone(),
         results,
         fio_version,
+        fio_iomem,
+        memory_notes,
     })
+}
+
+/// The hugetlb pool as /proc/meminfo shows it: (total, free) 2 MiB pages.
+fn huge_pool() -> Option<(u64, u64)> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((field("HugePages_Total:")?, field("HugePages_Free:")?))
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+/// Puts vm.nr_hugepages back to what it was when dropped.
+struct HugePoolGuard {
+    old: u64,
+}
+
+impl Drop for HugePoolGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(NR_HUGEPAGES, self.old.to_string()) {
+            eprintln!(
+                "io-bench: could not put vm.nr_hugepages back to {}: {e}; do it by hand: echo {} > {NR_HUGEPAGES}",
+                self.old, self.old
+            );
+        }
+    }
+}
+
+/// Decides fio's iomem for `spec.fio_iomem` and `file.buffer-memory`, reserving huge
+/// pages when asked. Notes say when the two sides' buffer memory differs.
+fn plan_huge_pages(
+    spec: &BenchSpec,
+    notes: &mut Vec<String>,
+) -> Result<(FioIomem, Option<HugePoolGuard>), BenchError> {
+    let f = &spec.cfg.file;
+    let huge = mem::HUGE_PAGE_BYTES as u64;
+    // fio's buffer: io-depth blocks plus its rounding to its hugepage-size (4 MiB) and
+    // alignment slack (measured with fio 3.33: 32 x 1 MiB needs 18-20 pages).
+    let fio_need = if spec.fio {
+        (f.io_depth as u64 * f.block_size).div_ceil(huge) + 4
+    } else {
+        0
+    };
+    let ours_need = if f.buffer_memory == PageKind::Hugetlb {
+        (f.arena_bytes_effective()
+            .max(f.io_depth as u64 * f.block_size))
+        .div_ceil(huge)
+    } else {
+        0
+    };
+    let wants_fio_huge = spec.fio
+        && match spec.fio_iomem {
+            FioIomem::Auto => f.buffer_memory != PageKind::Small,
+            FioIomem::Shmhuge => true,
+            FioIomem::Malloc => false,
+        };
+    let need = ours_need + if wants_fio_huge { fio_need } else { 0 };
+    let mut guard = None;
+    let (mut total, mut free) = huge_pool().unwrap_or((0, 0));
+    if spec.reserve_huge_pages && need > free {
+        let want = total + (need - free);
+        std::fs::write(NR_HUGEPAGES, want.to_string()).map_err(|e| {
+            BenchError::Fio(format!(
+                "--reserve-huge-pages: cannot write {want} to {NR_HUGEPAGES} ({e}); run as root or reserve them yourself"
+            ))
+        })?;
+        let old = total;
+        guard = Some(HugePoolGuard { old });
+        (total, free) = huge_pool().unwrap_or((0, 0));
+        notes.push(format!(
+            "vm.nr_hugepages raised from {old} to {total} for this run (asked {want}; {free} free), put back to {old} at the end"
+        ));
+    }
+    let room_for_fio = free >= ours_need + fio_need;
+    let iomem = match spec.fio_iomem {
+        FioIomem::Auto if wants_fio_huge && room_for_fio => FioIomem::Shmhuge,
+        FioIomem::Auto => FioIomem::Malloc,
+        FioIomem::Shmhuge if spec.fio && !room_for_fio => {
+            return Err(BenchError::Fio(format!(
+                "--fio-iomem shmhuge needs {} free 2 MiB huge pages and the pool has {free}: add --reserve-huge-pages or echo N > {NR_HUGEPAGES}",
+                ours_need + fio_need
+            )))
+        }
+        x => x,
+    };
+    if spec.fio {
+        let ours = choice_name(f.buffer_memory, crate::config::file::BUFFER_MEMORIES);
+        let like = match (f.buffer_memory, iomem) {
+            (PageKind::Small, FioIomem::Malloc) => true,
+            (PageKind::Small, _) | (_, FioIomem::Malloc) => false,
+            _ => true,
+        };
+        if like {
+            notes.push(format!(
+                "buffer memory: ours {ours}, fio iomem={}",
+                iomem.name()
+            ));
+        } else {
+            notes.push(format!(
+                "buffer memory differs: ours {ours}, fio iomem={} (4 KiB pages unless shmhuge). Not like-for-like: \
+                 huge pages alone can change large O_DIRECT I/O a lot here; for a fair ratio add --reserve-huge-pages \
+                 (fio then uses shmhuge) or set --buffer-memory pages",
+                iomem.name()
+            ));
+        }
+    }
+    Ok((iomem, guard))
 }
 
 impl BenchResult {
@@ -624,6 +819,9 @@ impl BenchResult {
                 ));
             }
         }
+        for n in &self.memory_notes {
+            out.push_str(&format!("{n}\n"));
+        }
         if let Some(ring) = self.results.iter().find_map(|r| r.effective.ring.as_ref()) {
             out.push_str(&format!(
                 "our ring: flags {} sq {} cq {}\n",
@@ -657,6 +855,8 @@ impl BenchResult {
             "repeat": s.repeat.max(1),
             "config": s.cfg.to_pairs().into_iter().filter(|(k, _)| k.starts_with("file.") || k.starts_with("ring.")).collect::<std::collections::BTreeMap<_, _>>(),
             "fio_version": self.fio_version,
+            "fio_iomem": self.fio_iomem.name(),
+            "memory_notes": self.memory_notes,
             "results": self.results.iter().map(|r| json!({
                 "pattern": r.pattern.name(),
                 "ours": r.ours.iter().map(m).collect::<Vec<_>>(),
@@ -679,6 +879,9 @@ impl BenchResult {
                     "ring_flags": r.effective.ring_flags,
                     "registered_buffers": r.effective.registered_buffers,
                     "registered_files": r.effective.registered_files,
+                    "buffer_memory": choice_name(r.effective.buffer_memory, crate::config::file::BUFFER_MEMORIES),
+                    "arena_bytes": r.effective.arena_bytes,
+                    "arena_huge_bytes": r.effective.arena_huge_bytes,
                 },
             })).collect::<Vec<_>>(),
         })
@@ -711,6 +914,19 @@ fn command() -> clap::Command {
                 .value_name("fresh|sparse|overwrite")
                 .default_value("fresh")
                 .help("Write runs: fresh = new empty file, every write extends it (fio's default); sparse = ftruncate'd to the size first; overwrite = existing blocks"),
+        )
+        .arg(
+            clap::Arg::new("fio-iomem")
+                .long("fio-iomem")
+                .value_name("auto|malloc|shmhuge")
+                .default_value("auto")
+                .help("fio's buffer memory: auto = like ours (malloc for buffer-memory=pages, else shmhuge when the hugetlb pool has room, else malloc with a note); fio has no THP mode"),
+        )
+        .arg(
+            clap::Arg::new("reserve-huge-pages")
+                .long("reserve-huge-pages")
+                .action(clap::ArgAction::SetTrue)
+                .help("Raise vm.nr_hugepages for the run when the huge pages needed (fio's shmhuge, our hugetlb) are short; the old value is put back at the end"),
         )
         .arg(clap::Arg::new("json").long("json").action(clap::ArgAction::SetTrue).help("Print one JSON object"))
         .arg(clap::Arg::new("config").long("config").value_name("FILE").help("TOML configuration file, applied before the options"));
@@ -786,6 +1002,9 @@ pub fn parse_args(args: Vec<String>) -> Result<(BenchSpec, bool), String> {
     spec.fio_bin = m.get_one::<String>("fio-bin").expect("default").clone();
     spec.write_mode = WriteMode::parse(m.get_one::<String>("write-mode").expect("default"))
         .map_err(|e| format!("--write-mode: {e}"))?;
+    spec.fio_iomem = FioIomem::parse(m.get_one::<String>("fio-iomem").expect("default"))
+        .map_err(|e| format!("--fio-iomem: {e}"))?;
+    spec.reserve_huge_pages = m.get_flag("reserve-huge-pages");
     if spec.cfg.file.direct == Direct::Off && spec.fio {
         eprintln!("io-bench: note: direct=off: buffered results depend on the page cache state");
     }

@@ -182,6 +182,12 @@ pub struct Effective {
     pub registered_files: bool,
     /// Operations in flight at most (queue depth or threads).
     pub io_depth: u32,
+    /// Pages asked for behind the buffer arena (buffer-memory).
+    pub buffer_memory: crate::sys::mem::PageKind,
+    /// Bytes of the arena mapping, and how many of them were in huge pages at the end of
+    /// the job (None: /proc/self/smaps unreadable).
+    pub arena_bytes: u64,
+    pub arena_huge_bytes: Option<u64>,
 }
 
 /// Measured figures of one job (the window excludes opening and preallocation).
@@ -461,7 +467,7 @@ pub fn make_arena(
         .min(mem::page_size());
     let slot = (f.block_size as usize).div_ceil(a) * a;
     let total = (f.arena_bytes_effective() as usize).max(slot * slots_min);
-    Arena::new(total, slot, a).map_err(|e| FileIoError::Io {
+    Arena::with_pages(total, slot, a, f.buffer_memory).map_err(|e| FileIoError::Io {
         what: "buffer arena".into(),
         err: io::Error::other(e.to_string()),
     })
@@ -577,6 +583,14 @@ fn map_io_error(err: io::Error, cfg: &Config, ring_flags: Option<u32>, what: &st
 /// Runs one job on `backend` with `cfg`. Validates first.
 pub fn run(job: &Job, cfg: &Config, backend: Backend) -> Result<JobResult, FileIoError> {
     check_job(job, cfg)?;
+    if backend == Backend::Blocking
+        && cfg.file.submit_batch != crate::config::file::FileConfig::default().submit_batch
+    {
+        return Err(FileIoError::Config(ConfigError::new(
+            &["submit-batch", "backend"],
+            "submit-batch sets SQEs per io_uring_enter and the blocking backend has no ring: leave it at its default with backend=blocking",
+        )));
+    }
     let write = job.pattern.is_write();
     let of = open_file(&job.path, cfg, write, write)?;
     prepare(job, &of)?;
@@ -778,11 +792,20 @@ fn run_uring_loop<R: RingOps, T: FileTarget>(
         err: io::Error::other(e.to_string()),
     };
 
+    let batch = f.submit_batch as usize;
+    let mut queued = 0usize;
     let enters0 = ops.enter_calls();
     let (u0, s0) = fs::cpu_times();
     let t0 = Instant::now();
     loop {
         while io_in_flight < qd && next < order.len() {
+            if batch != 0 && queued == batch {
+                // submit-batch: hand the last `batch` to the kernel before queueing more
+                // (1-2 per enter go unplugged). The final batch of a turn goes with the
+                // wait below, so batch 1 costs one enter per I/O, not two.
+                ops.submit().map_err(io_err("io_uring_enter"))?;
+                queued = 0;
+            }
             let blk = order[next];
             let mut slot = arena.alloc().ok_or_else(|| FileIoError::Io {
                 what: "buffer arena".into(),
@@ -817,7 +840,9 @@ fn run_uring_loop<R: RingOps, T: FileTarget>(
             }
             next += 1;
             io_in_flight += 1;
+            queued += 1;
         }
+        queued = 0;
         if let Some(g) = gc.as_mut() {
             // Group commit, plus a final fdatasync once every write has completed.
             let all_done = next == order.len() && io_in_flight == 0 && g.bytes_since > 0;
@@ -895,6 +920,9 @@ fn run_uring_loop<R: RingOps, T: FileTarget>(
             registered_buffers: f.register_buffers,
             registered_files: f.register_files,
             io_depth: f.io_depth,
+            buffer_memory: f.buffer_memory,
+            arena_bytes: arena.mapped_bytes() as u64,
+            arena_huge_bytes: arena.huge_bytes(),
         },
     })
 }
@@ -1116,6 +1144,9 @@ fn run_blocking(job: &Job, cfg: &Config, of: OpenFile) -> Result<JobResult, File
             registered_buffers: false,
             registered_files: false,
             io_depth: f.io_depth,
+            buffer_memory: f.buffer_memory,
+            arena_bytes: arena.mapped_bytes() as u64,
+            arena_huge_bytes: arena.huge_bytes(),
         },
     })
 }

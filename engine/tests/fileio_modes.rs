@@ -342,3 +342,91 @@ fn memlock_check_reads_the_real_limit_in_a_child() {
         "{text}"
     );
 }
+
+#[test]
+fn submit_batch_one_enters_once_per_io_and_every_batch_writes_the_same_bytes() {
+    let d = tmpdir("batch");
+    for batch in ["0", "1", "2", "3", "4"] {
+        let c = cfg(&[("file.submit-batch", batch)]);
+        let r = write(&d, &c, Backend::Uring, 7);
+        assert_eq!(r.ios, SIZE / BS, "batch {batch}");
+        if batch == "1" {
+            // At most one SQE per io_uring_enter: never fewer enters than I/Os.
+            assert!(
+                r.syscalls >= r.ios,
+                "batch 1: {} enters for {} I/Os",
+                r.syscalls,
+                r.ios
+            );
+        }
+    }
+    // More than io-depth can never be queued: refused, naming both knobs.
+    let mut c = Config::default();
+    c.set("file.io-depth", "4").unwrap();
+    c.set("file.submit-batch", "5").unwrap();
+    let e = fileio::validate(&c).unwrap_err().to_string();
+    assert!(
+        e.contains("submit-batch=5") && e.contains("io-depth=4"),
+        "{e}"
+    );
+    // The blocking backend has no ring: a non-default batch is refused, not ignored.
+    let path = d.join("blocking");
+    let c = cfg(&[("file.submit-batch", "4")]);
+    let e = fileio::run(
+        &Job::new(&path, SIZE, Pattern::Write),
+        &c,
+        Backend::Blocking,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("submit-batch") && e.contains("blocking"), "{e}");
+}
+
+#[test]
+fn buffer_memory_thp_and_pages_write_the_same_bytes_and_report_huge_pages() {
+    let d = tmpdir("bufmem");
+    for mem_kind in ["thp", "pages"] {
+        let c = cfg(&[
+            ("file.buffer-memory", mem_kind),
+            ("file.direct", "required"),
+        ]);
+        for b in [Backend::Uring, Backend::Blocking] {
+            let r = write(&d, &c, b, 9);
+            let e = &r.effective;
+            assert_eq!(
+                e.arena_bytes % if mem_kind == "thp" { 2 << 20 } else { 4096 },
+                0,
+                "{mem_kind}: the mapping is whole pages of its kind"
+            );
+            let huge = e.arena_huge_bytes.expect("smaps readable");
+            if mem_kind == "pages" {
+                assert_eq!(huge, 0);
+            }
+            assert!(huge <= e.arena_bytes);
+        }
+    }
+}
+
+#[test]
+fn buffer_memory_hugetlb_without_a_pool_says_how_to_reserve_one() {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let free: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if free > 0 {
+        eprintln!("skipped: the hugetlb pool has {free} free pages here");
+        return;
+    }
+    let d = tmpdir("hugetlb");
+    let c = cfg(&[("file.buffer-memory", "hugetlb")]);
+    let e = fileio::run(
+        &Job::new(d.join("f"), SIZE, Pattern::Write),
+        &c,
+        Backend::Uring,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("nr_hugepages") && e.contains("thp"), "{e}");
+}

@@ -158,7 +158,12 @@ fn round_trip_small_rings_submit_on_full_sq() {
 fn full_submission_queue_is_submitted_and_retried() {
     let dir = tmpdir("sqfull");
     let c = base(
-        &[("ring.sq-entries", "2"), ("ring.cq-entries", "8")],
+        // submit-batch 0: all four queued before one enter (with 1, the SQ never fills).
+        &[
+            ("ring.sq-entries", "2"),
+            ("ring.cq-entries", "8"),
+            ("file.submit-batch", "0"),
+        ],
         "off",
         false,
     );

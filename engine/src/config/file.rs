@@ -9,6 +9,7 @@ use super::{
     Section,
 };
 pub use crate::sys::fileops::{ReadOp, WriteOp};
+pub use crate::sys::mem::PageKind;
 
 /// O_DIRECT policy (three states, as TigerBeetle's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,6 +60,12 @@ pub const DURABILITIES: &[(&str, Durability)] = &[
     ("rwf-dsync", Durability::RwfDsync),
 ];
 
+pub const BUFFER_MEMORIES: &[(&str, PageKind)] = &[
+    ("thp", PageKind::Thp),
+    ("pages", PageKind::Small),
+    ("hugetlb", PageKind::Hugetlb),
+];
+
 /// Largest queue depth accepted (the in-flight table and arena are sized from it).
 pub const IO_DEPTH_MAX: u32 = 4096;
 /// Largest block size: one registered buffer is at most 1 GiB.
@@ -82,6 +89,9 @@ pub struct FileConfig {
     pub block_size: u64,
     /// 0 = io-depth x block-size.
     pub arena_bytes: u64,
+    pub buffer_memory: PageKind,
+    /// SQEs per io_uring_enter in the file engine; 0 = all queued at once.
+    pub submit_batch: u32,
 }
 
 impl Default for FileConfig {
@@ -101,6 +111,8 @@ impl Default for FileConfig {
             io_depth: 32,
             block_size: 1 << 20,
             arena_bytes: 0,
+            buffer_memory: PageKind::Thp,
+            submit_batch: 1,
         }
     }
 }
@@ -131,6 +143,8 @@ const KNOBS: &[Knob] = &[
     Knob { section: "file", name: "io-depth", kernel: "", since: "", values: "u32", default: "32", help: "Operations in flight per file (ring queue depth, or threads of the blocking backend)." },
     Knob { section: "file", name: "block-size", kernel: "", since: "", values: "size", default: "1m", help: "Bytes per read or write; a multiple of the O_DIRECT alignment when direct is on." },
     Knob { section: "file", name: "arena-bytes", kernel: "", since: "", values: "size", default: "0", help: "Size of the aligned buffer arena (0 = io-depth x block-size); at least io-depth x block-size." },
+    Knob { section: "file", name: "buffer-memory", kernel: "MADV_HUGEPAGE / MAP_HUGETLB", since: "2.6.38", values: "thp|pages|hugetlb", default: "thp", help: "Pages behind the buffer arena: thp = 2 MiB-aligned with MADV_HUGEPAGE (a 1 MiB buffer is then one DMA segment; with 4 KiB pages virtio-blk splits it into two requests), pages = plain 4 KiB pages, hugetlb = MAP_HUGETLB from the vm.nr_hugepages pool (fails if the pool is short). The bytes really in huge pages are reported." },
+    Knob { section: "file", name: "submit-batch", kernel: "io_uring_enter(to_submit)", since: "5.1", values: "u32", default: "1", help: "File engine (io-bench): SQEs per io_uring_enter, 0 = everything queued at once. The kernel plugs a batch of 3 or more, so sequential bios merge up to max_sectors_kb: fewer, larger requests that complete together, and the loop then refills in bursts (on virtio-blk slower); 1 or 2 go unplugged, one I/O per completion. fio's iodepth_batch_submit (default 1). Not used by recorder serve." },
 ];
 
 /// Formats bytes the way `parse_bytes` reads them, with the largest exact suffix.
@@ -167,6 +181,8 @@ impl Section for FileConfig {
             "io-depth" => self.io_depth = parse_num(v)?,
             "block-size" => self.block_size = parse_bytes(v)?,
             "arena-bytes" => self.arena_bytes = parse_bytes(v)?,
+            "buffer-memory" => self.buffer_memory = parse_choice(v, BUFFER_MEMORIES)?,
+            "submit-batch" => self.submit_batch = parse_num(v)?,
             _ => return Err(format!("unknown option {name}")),
         }
         Ok(())
@@ -187,6 +203,8 @@ impl Section for FileConfig {
             "io-depth" => self.io_depth.to_string(),
             "block-size" => format_bytes(self.block_size),
             "arena-bytes" => format_bytes(self.arena_bytes),
+            "buffer-memory" => choice_name(self.buffer_memory, BUFFER_MEMORIES).into(),
+            "submit-batch" => self.submit_batch.to_string(),
             _ => return None,
         })
     }
@@ -295,6 +313,15 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 "io-depth={} needs a completion queue of at least {} entries but it has {cq}: raise sq-entries or cq-entries, or lower io-depth",
                 f.io_depth,
                 f.io_depth + 1
+            ),
+        ));
+    }
+    if f.submit_batch > f.io_depth {
+        return Err(ConfigError::new(
+            &["submit-batch", "io-depth"],
+            format!(
+                "submit-batch={} is more than io-depth={}: no more than io-depth I/Os are ever queued; use at most {} (or 0 for all)",
+                f.submit_batch, f.io_depth, f.io_depth
             ),
         ));
     }

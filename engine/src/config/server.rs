@@ -253,6 +253,12 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
             "the recorder's group commit is server.ack-interval-ms (frames are written, synced and acked together at that cadence): set file.sync-interval-ms and file.sync-interval-bytes to 0",
         ));
     }
+    if f.submit_batch != crate::config::file::FileConfig::default().submit_batch {
+        return Err(ConfigError::new(
+            &["submit-batch"],
+            "submit-batch is the file benchmark engine's (recorder io-bench); the server submits everything queued once per loop turn: leave submit-batch at its default",
+        ));
+    }
     if s.backend == Backend::Blocking
         && (f.write_op.is_fixed()
             || f.read_op != crate::config::file::ReadOp::Read

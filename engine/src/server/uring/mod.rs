@@ -742,12 +742,11 @@ impl<'a> Worker<'a> {
         // request that finds it empty waits for a slot (never a heap fallback).
         let slot_bytes = (net.serve_chunk_bytes as usize + 4096).next_multiple_of(4096);
         let slots = net.worker_arena_slots as usize;
-        let arena = Arena::new(slots * slot_bytes, slot_bytes, 4096).map_err(|e| {
-            UringError::Unsupported {
+        let arena = Arena::with_pages(slots * slot_bytes, slot_bytes, 4096, cfg.file.buffer_memory)
+            .map_err(|e| UringError::Unsupported {
                 what: "worker arena".into(),
                 err: io::Error::other(e.to_string()),
-            }
-        })?;
+            })?;
         let mut files = FileOps::new(
             netops::FileView(shared.clone()),
             slots + maxc.min(4096) + 64,
