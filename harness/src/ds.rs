@@ -1,16 +1,29 @@
-//! `harness ds`: simulated game dedicated servers, open loop.
+//! `harness ds`: simulated game dedicated servers, open loop or closed loop.
 //!
-//! Each match sends its frames at its tick rate whatever the recorder does: frame `seq` of a
-//! match is *due* at `start + (seq - 1) / tick_hz`, and its ack latency is measured from that
-//! intended time, so a stalled recorder shows up as latency instead of as a slower sender
-//! (no coordinated omission). A few threads each drive thousands of non-blocking sockets with
-//! epoll (mio) and a timer heap; frames are generated lazily, at most `backlog_bytes` ahead of
-//! what the socket accepted, and are a pure function of (match id, seq) so `--verify` can
-//! regenerate them.
+//! **Paced (open loop, `tick_hz > 0`)**: each match sends its frames at its tick rate whatever
+//! the recorder does: frame `seq` of a match is *due* at `start + (seq - 1) / tick_hz`, and its
+//! ack latency is measured from that intended time, so a stalled recorder shows up as latency
+//! instead of as a slower sender (no coordinated omission). An optional bound on frames (or
+//! payload bytes) sent but not yet acknowledged per match (`max_unacked`) holds frames back
+//! when it is reached; they go out late, and frames whose last byte left more than one tick
+//! after their intended time are counted as *late frames*.
+//!
+//! **Unpaced (closed loop, `tick_hz == 0`)**: each match sends its next frame whenever fewer
+//! than `max_unacked` frames are unacknowledged and the socket is writable, stops at the bound
+//! and resumes on the next (cumulative) ACK: the recorder's saturation throughput. Ack latency
+//! is measured from the frame's actual send time: the moment `writev` returned having accepted
+//! the frame's last byte into the socket.
+//!
+//! A few threads each drive their share of the connections with epoll (mio) and a timer heap.
+//! Frames are never buffered: the payload of frame `seq` of a match is a pure function of
+//! (match id, seq) built from a pool generated once ([`FramePool`]), written with `writev`
+//! straight from the pool (header + pool slice + 16-byte tag per frame, no per-frame allocation
+//! or copy), and regenerated for a resend after RESUME and for `--verify`.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
-use std::io::{self, Read, Write};
+use std::fmt::Write as _;
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -20,9 +33,9 @@ use engine::protocol::{self, ErrorCode, Msg};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 
-use crate::util::{fnv1a, PayloadGen, SizeDist};
+use crate::util::{fnv1a, SizeDist, SplitMix};
 
 /// Everything `harness ds` can be told.
 #[derive(Clone, Debug)]
@@ -30,10 +43,21 @@ pub struct DsConfig {
     pub addr: SocketAddr,
     /// Concurrent matches (one TCP connection each).
     pub matches: usize,
+    /// Frames per second per match; 0 = unpaced (closed loop: as fast as acks allow).
     pub tick_hz: f64,
     pub delta: SizeDist,
     pub keyframe: SizeDist,
+    /// Paced mode: a keyframe every this many seconds (x tick rate = every K-th frame).
     pub keyframe_interval_s: f64,
+    /// Unpaced mode: a keyframe every this many frames; 0 = only the first frame.
+    /// Must be 0 with a tick rate (use `keyframe_interval_s` there).
+    pub keyframe_every: u64,
+    /// Frames sent but not yet acknowledged, per match, at most this many; `None` = no bound
+    /// (only allowed when paced: pure open loop).
+    pub max_unacked: Option<u64>,
+    /// Payload bytes sent but not yet acknowledged, per match, at most this many (a single
+    /// frame larger than this is still sent when nothing else is in flight); `None` = no bound.
+    pub max_unacked_bytes: Option<u64>,
     /// Length of one match; 0 = until the run ends. A match that ends is sealed (END) and a
     /// new one starts in its slot at once (match churn at constant concurrency).
     pub match_duration_s: f64,
@@ -51,8 +75,6 @@ pub struct DsConfig {
     /// At the end, send END for every match and wait for SEALED (needed for `--verify`).
     pub end_at_stop: bool,
     pub max_frame_bytes: u64,
-    /// Per connection: frames are generated at most this far ahead of the socket.
-    pub backlog_bytes: usize,
     pub seed: u64,
 }
 
@@ -65,6 +87,9 @@ impl Default for DsConfig {
             delta: SizeDist::Uniform(200, 2000),
             keyframe: SizeDist::Fixed(48 * 1024),
             keyframe_interval_s: 3.0,
+            keyframe_every: 0,
+            max_unacked: None,
+            max_unacked_bytes: None,
             match_duration_s: 0.0,
             ramp_up_s: 1.0,
             measure_s: 5.0,
@@ -75,22 +100,71 @@ impl Default for DsConfig {
             credential: String::new(),
             end_at_stop: true,
             max_frame_bytes: 1 << 20,
-            backlog_bytes: 4 << 20,
             seed: 1,
         }
     }
 }
 
+/// `harness ds --tick-hz 0` without `--max-unacked` / `--max-unacked-bytes`: frames in flight per match.
+pub const DEFAULT_MAX_UNACKED_UNPACED: u64 = 32;
+
+/// Largest accepted `--max-unacked` (frames per match).
+pub const MAX_UNACKED_LIMIT: u64 = 1 << 20;
+
 impl DsConfig {
+    /// Unpaced (closed loop): `tick_hz == 0`.
+    pub fn unpaced(&self) -> bool {
+        self.tick_hz == 0.0
+    }
+
     pub fn check(&self) -> Result<(), String> {
         if self.matches == 0 {
             return Err("--matches must be at least 1".into());
         }
-        if !(self.tick_hz > 0.0 && self.tick_hz <= 10_000.0) {
+        if !self.tick_hz.is_finite() || self.tick_hz < 0.0 || self.tick_hz > 10_000.0 {
             return Err(format!(
-                "--tick-hz {} is out of range; use 1 to 10000",
+                "--tick-hz {} is out of range; use 1 to 10000 frames per second, or 0 for unpaced (closed loop, bounded by --max-unacked)",
                 self.tick_hz
             ));
+        }
+        if let Some(n) = self.max_unacked {
+            if n == 0 {
+                return Err("--max-unacked 0 would never send a frame; use 1 or more (frames sent but not yet acknowledged, per match)".into());
+            }
+            if n > MAX_UNACKED_LIMIT {
+                return Err(format!(
+                    "--max-unacked {n} is above the limit {MAX_UNACKED_LIMIT} frames per match"
+                ));
+            }
+        }
+        if self.max_unacked_bytes == Some(0) {
+            return Err("--max-unacked-bytes 0 would never send a frame; use a size such as 4m (payload bytes in flight per match)".into());
+        }
+        if self.unpaced() && self.max_unacked.is_none() && self.max_unacked_bytes.is_none() {
+            return Err("--tick-hz 0 (unpaced) needs a bound on frames in flight: give --max-unacked N and/or --max-unacked-bytes SIZE".into());
+        }
+        if self.keyframe_every > 0 && !self.unpaced() {
+            return Err(format!(
+                "--keyframe-every {} counts frames and applies only with --tick-hz 0; with --tick-hz {} use --keyframe-interval-s",
+                self.keyframe_every, self.tick_hz
+            ));
+        }
+        if !self.unpaced()
+            && !(self.keyframe_interval_s.is_finite() && self.keyframe_interval_s > 0.0)
+        {
+            return Err(format!(
+                "--keyframe-interval-s {} must be above 0",
+                self.keyframe_interval_s
+            ));
+        }
+        for (name, v) in [
+            ("--match-duration-s", self.match_duration_s),
+            ("--ramp-up-s", self.ramp_up_s),
+            ("--disconnect-every-s", self.disconnect_every_s),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{name} {v} must be 0 or more"));
+            }
         }
         if self.threads == 0 || self.threads > 64 {
             return Err(format!(
@@ -98,8 +172,14 @@ impl DsConfig {
                 self.threads
             ));
         }
-        if self.measure_s <= 0.0 {
+        if !(self.measure_s.is_finite() && self.measure_s > 0.0) {
             return Err("--measure-s must be above 0".into());
+        }
+        if self.max_frame_bytes > u32::MAX as u64 - 64 {
+            return Err(format!(
+                "--max-frame-bytes {} is too large for the protocol's u32 length",
+                self.max_frame_bytes
+            ));
         }
         if self.id_prefix.is_empty() || self.id_prefix.len() > 40 {
             return Err("--id-prefix must be 1 to 40 characters".into());
@@ -111,23 +191,51 @@ impl DsConfig {
         }
         Ok(())
     }
+
+    /// The load settings in effect, `key=value;...` (written with every sweep result).
+    pub fn describe(&self) -> String {
+        let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_else(|| "off".into());
+        let mut s = format!(
+            "matches={};tick-hz={};max-unacked={};max-unacked-bytes={};delta={};keyframe={};",
+            self.matches,
+            self.tick_hz,
+            opt(self.max_unacked),
+            opt(self.max_unacked_bytes),
+            self.delta,
+            self.keyframe
+        );
+        if self.unpaced() {
+            let _ = write!(s, "keyframe-every={};", self.keyframe_every);
+        } else {
+            let _ = write!(s, "keyframe-interval-s={};", self.keyframe_interval_s);
+        }
+        let _ = write!(
+            s,
+            "match-duration-s={};disconnect-every-s={};threads={}",
+            self.match_duration_s, self.disconnect_every_s, self.threads
+        );
+        s
+    }
 }
 
 /// Counters shared with the telemetry sampler while a run is going.
 #[derive(Default, Debug)]
 pub struct DsCounters {
+    /// Frames whose last byte was written for the first time.
     pub frames_sent: AtomicU64,
     pub payload_bytes_sent: AtomicU64,
     pub frames_acked: AtomicU64,
     pub payload_bytes_acked: AtomicU64,
     pub frames_acked_window: AtomicU64,
     pub payload_bytes_acked_window: AtomicU64,
+    /// Paced mode: frames whose last byte left more than one tick after their intended time.
+    pub late_frames: AtomicU64,
     pub connects: AtomicU64,
     pub reconnects: AtomicU64,
     pub sealed: AtomicU64,
 }
 
-/// What a match ended as, for `--verify`.
+/// What a match ended as, for `--verify` and for the in-flight bound.
 #[derive(Clone, Debug)]
 pub struct MatchRecord {
     pub id: String,
@@ -135,21 +243,30 @@ pub struct MatchRecord {
     /// SEALED's (last_seq, file_bytes) if the match was sealed.
     pub sealed: Option<(u64, u64)>,
     pub failed: Option<String>,
+    /// Most frames sent (at least partly written) but not acknowledged at any moment.
+    pub max_inflight_frames: u64,
+    /// Most payload bytes of such frames at any moment.
+    pub max_inflight_bytes: u64,
 }
 
 #[derive(Debug)]
 pub struct DsReport {
     pub measure_s: f64,
+    /// Unpaced (closed loop) run: latencies are from the actual send time.
+    pub unpaced: bool,
     pub frames_sent: u64,
     pub payload_bytes_sent: u64,
     pub frames_acked: u64,
     pub payload_bytes_acked: u64,
     pub frames_acked_window: u64,
     pub payload_bytes_acked_window: u64,
+    /// Paced mode: frames sent more than one tick after their intended time (whole run).
+    pub late_frames: u64,
     pub connects: u64,
     pub reconnects: u64,
     pub sealed: u64,
-    /// Ack latency in microseconds from the intended send time, measured window only.
+    /// Ack latency in microseconds, measured window only: from the intended send time
+    /// (paced) or from the time the frame's last byte was written (unpaced).
     pub ack_us: Histogram<u64>,
     pub errors: BTreeMap<String, u64>,
     /// This process's CPU over the measured window, percent of one core.
@@ -166,6 +283,22 @@ impl DsReport {
     }
     pub fn errors_total(&self) -> u64 {
         self.errors.values().sum()
+    }
+    /// Most frames in flight on any match at any moment.
+    pub fn max_inflight_frames(&self) -> u64 {
+        self.matches
+            .iter()
+            .map(|m| m.max_inflight_frames)
+            .max()
+            .unwrap_or(0)
+    }
+    /// Most payload bytes in flight on any match at any moment.
+    pub fn max_inflight_bytes(&self) -> u64 {
+        self.matches
+            .iter()
+            .map(|m| m.max_inflight_bytes)
+            .max()
+            .unwrap_or(0)
     }
     /// Percentile in microseconds, None when nothing was acked in the window.
     pub fn ack_pct(&self, q: f64) -> Option<f64> {
@@ -186,7 +319,8 @@ impl DsReport {
         };
         let mut s = format!(
             "ds: window {:.1}s: acked {} frames, {:.2} MB/s payload ({:.0} frames/s); sent total {} frames / {:.1} MB, acked total {} frames\n\
-             ack latency us (from intended send time): p50 {} p99 {} p99.9 {} max {}\n\
+             ack latency us ({}): p50 {} p99 {} p99.9 {} max {}\n\
+             in flight per match at most {} frames / {:.2} MB{}\n\
              connects {} reconnects {} sealed {}; generator CPU {}\n",
             self.measure_s,
             self.frames_acked_window,
@@ -195,10 +329,22 @@ impl DsReport {
             self.frames_sent,
             self.payload_bytes_sent as f64 / 1e6,
             self.frames_acked,
+            if self.unpaced {
+                "unpaced: from the write of the frame's last byte"
+            } else {
+                "from intended send time"
+            },
             p(50.0),
             p(99.0),
             p(99.9),
             p(100.0),
+            self.max_inflight_frames(),
+            self.max_inflight_bytes() as f64 / 1e6,
+            if self.unpaced {
+                String::new()
+            } else {
+                format!("; late frames {}", self.late_frames)
+            },
             self.connects,
             self.reconnects,
             self.sealed,
@@ -218,6 +364,180 @@ impl DsReport {
     }
 }
 
+/// Distinct payload bodies per size.
+pub const POOL_VARIANTS: usize = 16;
+/// Offset between the variants' bodies in the pool (odd, so no two align alike).
+const VARIANT_STRIDE: usize = 4099;
+/// CRC32C checkpoints along each variant's body, every this many bytes.
+const CRC_STEP: usize = 4096;
+/// Each payload ends with (match hash, seq), 16 bytes, so every frame is distinct.
+pub const TAG_BYTES: usize = 16;
+
+/// One frame's payload, as the pieces `writev` sends: `body` (a slice of the pool) then
+/// `tag[..tag_len]`, of total length `len`, and its CRC32C.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameRef<'a> {
+    pub kind: u8,
+    pub len: usize,
+    pub crc: u32,
+    pub body: &'a [u8],
+    pub tag: [u8; TAG_BYTES],
+    pub tag_len: usize,
+}
+
+impl FrameRef<'_> {
+    /// The payload as one buffer (for `--verify`; the hot path never builds it).
+    pub fn to_vec_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(self.body);
+        out.extend_from_slice(&self.tag[..self.tag_len]);
+    }
+}
+
+/// Deterministic frame payloads from a pool generated once.
+///
+/// Frame `seq` of match `id_hash`: a SplitMix64 seeded from (id_hash, seq) draws the length
+/// (from the delta or keyframe distribution, clamped to `max_bytes`) and one of
+/// [`POOL_VARIANTS`] bodies; the payload is that body's first `len - 16` bytes followed by
+/// the 16-byte tag (id_hash LE, seq LE). The CRC32C of a body prefix comes from checkpoints
+/// every 4 KiB computed at start-up plus at most 4 KiB of hardware CRC, then the tag is
+/// appended: well under a microsecond per frame whatever its size.
+pub struct FramePool {
+    pool: Vec<u8>,
+    /// `crc_at[v][k]` = CRC32C of variant v's first `k * CRC_STEP` bytes.
+    crc_at: Vec<Vec<u32>>,
+    pub delta: SizeDist,
+    pub keyframe: SizeDist,
+    /// A keyframe every this many frames (1 = every frame; u64::MAX = only the first).
+    pub keyframe_every: u64,
+    pub max_bytes: u64,
+}
+
+impl FramePool {
+    pub fn new(
+        delta: SizeDist,
+        keyframe: SizeDist,
+        keyframe_every: u64,
+        max_bytes: u64,
+    ) -> FramePool {
+        let cap = |d: &SizeDist| {
+            match *d {
+                SizeDist::Fixed(n) => n,
+                SizeDist::Uniform(_, b) => b,
+                _ => max_bytes,
+            }
+            .min(max_bytes) as usize
+        };
+        let body_max = cap(&delta).max(cap(&keyframe)).saturating_sub(TAG_BYTES);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_f00d);
+        let mut pool = vec![0u8; body_max + VARIANT_STRIDE * POOL_VARIANTS];
+        rng.fill_bytes(&mut pool);
+        let crc_at = (0..POOL_VARIANTS)
+            .map(|v| {
+                let body = &pool[v * VARIANT_STRIDE..v * VARIANT_STRIDE + body_max];
+                let mut c = vec![0u32];
+                let mut crc = 0;
+                for chunk in body.chunks_exact(CRC_STEP) {
+                    crc = crc32c::crc32c_append(crc, chunk);
+                    c.push(crc);
+                }
+                c
+            })
+            .collect();
+        FramePool {
+            pool,
+            crc_at,
+            delta,
+            keyframe,
+            keyframe_every: keyframe_every.max(1),
+            max_bytes,
+        }
+    }
+
+    /// The pool for a configuration (also used by `--verify`).
+    pub fn for_config(cfg: &DsConfig) -> FramePool {
+        let every = if cfg.unpaced() {
+            if cfg.keyframe_every == 0 {
+                u64::MAX
+            } else {
+                cfg.keyframe_every
+            }
+        } else {
+            (cfg.keyframe_interval_s * cfg.tick_hz).round().max(1.0) as u64
+        };
+        FramePool::new(
+            cfg.delta.clone(),
+            cfg.keyframe.clone(),
+            every,
+            cfg.max_frame_bytes,
+        )
+    }
+
+    pub fn frame_kind(&self, seq: u64) -> u8 {
+        if (seq - 1).is_multiple_of(self.keyframe_every) {
+            protocol::FRAME_KEY
+        } else {
+            protocol::FRAME_DELTA
+        }
+    }
+
+    /// Frame `seq` (from 1) of match `id_hash`.
+    pub fn frame(&self, id_hash: u64, seq: u64) -> FrameRef<'_> {
+        let mut rng = SplitMix(id_hash ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let kind = self.frame_kind(seq);
+        let dist = if kind == protocol::FRAME_KEY {
+            &self.keyframe
+        } else {
+            &self.delta
+        };
+        let len = dist.sample(&mut rng, self.max_bytes) as usize;
+        let v = (rng.next_u64() % POOL_VARIANTS as u64) as usize;
+        let mut tag = [0u8; TAG_BYTES];
+        tag[..8].copy_from_slice(&id_hash.to_le_bytes());
+        tag[8..].copy_from_slice(&seq.to_le_bytes());
+        let body_len = len.saturating_sub(TAG_BYTES);
+        let tag_len = len - body_len;
+        let start = v * VARIANT_STRIDE;
+        let body = &self.pool[start..start + body_len];
+        let k = body_len / CRC_STEP;
+        let crc = crc32c::crc32c_append(self.crc_at[v][k], &body[k * CRC_STEP..]);
+        let crc = crc32c::crc32c_append(crc, &tag[..tag_len]);
+        FrameRef {
+            kind,
+            len,
+            crc,
+            body,
+            tag,
+            tag_len,
+        }
+    }
+
+    /// Writes frame `seq`'s payload into `out` (cleared first); returns its kind.
+    pub fn payload(&self, id_hash: u64, seq: u64, out: &mut Vec<u8>) -> u8 {
+        let f = self.frame(id_hash, seq);
+        f.to_vec_into(out);
+        f.kind
+    }
+}
+
+/// Bytes of a FRAME message before its payload.
+const HDR: usize = protocol::FRAME_HEADER_BYTES;
+/// Frames per `writev` (3 iovecs each).
+const BATCH: usize = 32;
+
+/// The FRAME header (len, kind, seq, tick, frame kind, crc) as `engine::protocol::encode` writes it.
+fn frame_header(seq: u64, f: &FrameRef<'_>) -> [u8; HDR] {
+    let mut h = [0u8; HDR];
+    h[..4].copy_from_slice(&((HDR - 4 + f.len) as u32).to_le_bytes());
+    h[4] = protocol::KIND_FRAME;
+    h[5..13].copy_from_slice(&seq.to_le_bytes());
+    // Game tick: one per frame, so it increases with every frame in both modes.
+    h[13..21].copy_from_slice(&(seq - 1).to_le_bytes());
+    h[21] = f.kind;
+    h[22..26].copy_from_slice(&f.crc.to_le_bytes());
+    h
+}
+
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum State {
     /// Not started yet (ramp-up) or waiting to reconnect.
@@ -225,8 +545,17 @@ enum State {
     Connecting,
     AwaitWelcome,
     Streaming,
+    /// No new frames: the ones up to `last_frame` are written, then END, then SEALED awaited.
     Ending,
     Done,
+}
+
+/// A frame sent (at least partly) and not acknowledged yet.
+#[derive(Clone, Copy)]
+struct Inflight {
+    len: u32,
+    /// When its last byte was first written; None while partly written.
+    sent: Option<Instant>,
 }
 
 struct Match {
@@ -236,17 +565,27 @@ struct Match {
     sock: Option<TcpStream>,
     /// Intended time of frame 1.
     start: Instant,
-    /// Next frame to generate.
-    next_seq: u64,
     /// Highest cumulative ACK.
     acked: u64,
-    /// Payload lengths of frames acked+1 ..= next_seq-1.
-    unacked_lens: VecDeque<u32>,
-    out: Vec<u8>,
-    out_pos: usize,
+    /// Highest frame started (partly or fully written) on any connection of this match.
+    hi_seq: u64,
+    /// Next frame to write on this connection; `wr_off` of its bytes are written already.
+    wr_seq: u64,
+    wr_off: usize,
+    /// Frames acked+1 ..= hi_seq.
+    inflight: VecDeque<Inflight>,
+    inflight_bytes: u64,
+    max_inflight_frames: u64,
+    max_inflight_bytes: u64,
+    /// HELLO (before any frame) or END (after the last one).
+    ctrl: Vec<u8>,
+    ctrl_pos: usize,
+    end_queued: bool,
     inbuf: Vec<u8>,
-    /// Last frame of this match, if it has a length.
+    /// Last frame of this match, once known: END follows it.
     last_frame: Option<u64>,
+    /// Unpaced matches with a duration end at this time.
+    end_at: Option<Instant>,
     resume: bool,
     ever_connected: bool,
     disconnect_at: Option<Instant>,
@@ -260,9 +599,16 @@ impl Match {
     }
 }
 
+/// Per-worker buffers for one `writev`, allocated once.
+struct Scratch {
+    hdrs: [[u8; HDR]; BATCH],
+    /// (seq, frame length on the wire, payload length) per batch entry.
+    batch: [(u64, usize, u32); BATCH],
+}
+
 struct Worker<'a> {
     cfg: &'a DsConfig,
-    gen: &'a PayloadGen,
+    pool: &'a FramePool,
     ctr: &'a DsCounters,
     stop: &'a AtomicBool,
     poll: Poll,
@@ -275,11 +621,20 @@ struct Worker<'a> {
     window_start: Instant,
     window_end: Instant,
     rng: rand::rngs::StdRng,
-    scratch: Vec<u8>,
+    scratch: Box<Scratch>,
     stopping: bool,
 }
 
 const MAX_MSG: u32 = 1 << 16;
+
+/// What stopped a match's writing for now.
+#[derive(Debug, PartialEq, Eq)]
+enum Blocked {
+    /// The socket is full: wait for writable.
+    Socket,
+    /// Nothing more may go out now (pacing, in-flight bound, END written).
+    Nothing,
+}
 
 impl<'a> Worker<'a> {
     fn err(&mut self, kind: &str) {
@@ -304,25 +659,36 @@ impl<'a> Worker<'a> {
 
     fn make_match(&mut self, slot: usize, gen: u32, start: Instant) -> Match {
         let id = self.new_match_id(slot, gen);
-        let last_frame = if self.cfg.match_duration_s > 0.0 {
-            Some(((self.cfg.match_duration_s * self.cfg.tick_hz).ceil() as u64).max(1))
+        let dur = self.cfg.match_duration_s;
+        let (last_frame, end_at) = if dur <= 0.0 {
+            (None, None)
+        } else if self.cfg.unpaced() {
+            (None, Some(start + Duration::from_secs_f64(dur)))
         } else {
-            None
+            (Some(((dur * self.cfg.tick_hz).ceil() as u64).max(1)), None)
         };
         let disconnect_at = self.next_disconnect(start);
+        let cap = self.cfg.max_unacked.unwrap_or(64).min(4096) as usize;
         Match {
             id_hash: fnv1a(id.as_bytes()),
             id,
             state: State::Waiting,
             sock: None,
             start,
-            next_seq: 1,
             acked: 0,
-            unacked_lens: VecDeque::new(),
-            out: Vec::with_capacity(4096),
-            out_pos: 0,
+            hi_seq: 0,
+            wr_seq: 1,
+            wr_off: 0,
+            inflight: VecDeque::with_capacity(cap),
+            inflight_bytes: 0,
+            max_inflight_frames: 0,
+            max_inflight_bytes: 0,
+            ctrl: Vec::with_capacity(256),
+            ctrl_pos: 0,
+            end_queued: false,
             inbuf: Vec::with_capacity(256),
             last_frame,
+            end_at,
             resume: false,
             ever_connected: false,
             disconnect_at,
@@ -359,16 +725,17 @@ impl<'a> Worker<'a> {
                 m.sock = Some(s);
                 m.state = State::Connecting;
                 m.inbuf.clear();
-                m.out.clear();
-                m.out_pos = 0;
+                m.ctrl.clear();
+                m.ctrl_pos = 0;
+                m.end_queued = false;
+                m.wr_off = 0;
                 let resume = m.resume;
-                let id = m.id.clone();
                 protocol::encode(
-                    &mut m.out,
+                    &mut m.ctrl,
                     &Msg::Hello {
                         version: protocol::VERSION,
                         resume,
-                        match_id: &id,
+                        match_id: &m.id,
                         credential: self.cfg.credential.as_bytes(),
                     },
                 );
@@ -411,85 +778,205 @@ impl<'a> Worker<'a> {
             acked_seq: m.acked,
             sealed,
             failed,
+            max_inflight_frames: m.max_inflight_frames,
+            max_inflight_bytes: m.max_inflight_bytes,
         });
     }
 
-    /// Generates every due frame (up to the backlog limit) into the output buffer.
-    fn generate(&mut self, i: usize, now: Instant) {
-        let hz = self.cfg.tick_hz;
-        let backlog = self.cfg.backlog_bytes;
-        let m = &mut self.matches[i];
-        if m.state != State::Streaming {
-            return;
-        }
-        let elapsed = now.saturating_duration_since(m.start).as_secs_f64();
-        let mut due = (elapsed * hz).floor() as u64 + 1;
-        if let Some(l) = m.last_frame {
-            due = due.min(l);
-        }
-        let (mut n, mut bytes) = (0u64, 0u64);
-        while m.next_seq <= due && m.out.len() - m.out_pos < backlog {
-            let seq = m.next_seq;
-            let kind = self.gen.payload(m.id_hash, seq, &mut self.scratch);
-            protocol::encode_frame(&mut m.out, seq, seq - 1, kind, &self.scratch);
-            m.unacked_lens.push_back(self.scratch.len() as u32);
-            bytes += self.scratch.len() as u64;
-            n += 1;
-            m.next_seq += 1;
-        }
-        self.ctr.frames_sent.fetch_add(n, Relaxed);
-        self.ctr.payload_bytes_sent.fetch_add(bytes, Relaxed);
-        if m.last_frame == Some(m.next_seq - 1) && !self.stopping {
-            // Whole match generated: END follows the last frame.
-            let last = m.next_seq - 1;
-            protocol::encode(&mut m.out, &Msg::End { last_seq: last });
-            m.state = State::Ending;
-        } else if m.next_seq <= m.last_frame.unwrap_or(u64::MAX) {
-            let at = m.intended(m.next_seq, hz);
-            m.wake = None;
-            self.schedule(i, at.max(now));
-        }
-    }
-
-    /// Regenerates frames after `from` (exclusive) for a resend after RESUME.
-    fn regenerate_after(&mut self, i: usize, from: u64) {
-        let m = &mut self.matches[i];
-        let mut lens = VecDeque::new();
-        for seq in from + 1..m.next_seq {
-            let kind = self.gen.payload(m.id_hash, seq, &mut self.scratch);
-            protocol::encode_frame(&mut m.out, seq, seq - 1, kind, &self.scratch);
-            lens.push_back(self.scratch.len() as u32);
-        }
-        m.unacked_lens = lens;
-    }
-
-    fn flush(&mut self, i: usize) -> io::Result<()> {
-        let m = &mut self.matches[i];
-        let Some(s) = m.sock.as_mut() else {
+    /// Writes whatever may go out now: control bytes (HELLO / END), then frames (resends
+    /// first, then new ones as pacing and the in-flight bound allow), then END once the last
+    /// frame is written. Returns when the socket is full or nothing more may be sent.
+    fn pump(&mut self, i: usize, now: Instant) -> io::Result<()> {
+        loop {
+            {
+                let m = &mut self.matches[i];
+                let Some(s) = m.sock.as_mut() else {
+                    return Ok(());
+                };
+                while m.ctrl_pos < m.ctrl.len() {
+                    match s.write(&m.ctrl[m.ctrl_pos..]) {
+                        Ok(0) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                "socket accepted 0 bytes",
+                            ))
+                        }
+                        Ok(n) => m.ctrl_pos += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                m.ctrl.clear();
+                m.ctrl_pos = 0;
+                if !matches!(m.state, State::Streaming | State::Ending) || m.end_queued {
+                    return Ok(());
+                }
+                // An unpaced match with a duration ends when its time is up.
+                if m.state == State::Streaming
+                    && m.last_frame.is_none()
+                    && m.end_at.is_some_and(|t| now >= t)
+                {
+                    m.last_frame = Some(m.hi_seq);
+                }
+            }
+            if self.write_frames(i, now)? == Blocked::Socket {
+                return Ok(());
+            }
+            let hz = self.cfg.tick_hz;
+            let m = &mut self.matches[i];
+            if let Some(l) = m.last_frame {
+                if m.wr_seq > l && m.wr_off == 0 {
+                    protocol::encode(&mut m.ctrl, &Msg::End { last_seq: l });
+                    m.end_queued = true;
+                    m.state = State::Ending;
+                    continue;
+                }
+            }
+            if m.state != State::Streaming {
+                return Ok(());
+            }
+            if hz > 0.0 {
+                // Paced: wake up when the next new frame is due (a frame held back by the
+                // in-flight bound is retried on the next ACK instead).
+                if m.wr_seq > m.hi_seq && m.wr_seq <= m.last_frame.unwrap_or(u64::MAX) {
+                    let at = m.intended(m.wr_seq, hz);
+                    if at > now {
+                        self.schedule(i, at);
+                    }
+                }
+            } else if let (None, Some(t)) = (m.last_frame, m.end_at) {
+                self.schedule(i, t);
+            }
             return Ok(());
+        }
+    }
+
+    /// Writes frames with `writev` straight from the pool, batch after batch, until the socket
+    /// is full or no frame may go out now.
+    fn write_frames(&mut self, i: usize, now: Instant) -> io::Result<Blocked> {
+        let cfg = self.cfg;
+        let hz = cfg.tick_hz;
+        let pool = self.pool;
+        let sc = &mut *self.scratch;
+        let m = &mut self.matches[i];
+        let Some(sock) = m.sock.as_mut() else {
+            return Ok(Blocked::Nothing);
         };
-        while m.out_pos < m.out.len() {
-            match s.write(&m.out[m.out_pos..]) {
+        let (mut sent_frames, mut sent_bytes, mut late) = (0u64, 0u64, 0u64);
+        let res = loop {
+            let limit = m.last_frame.unwrap_or(u64::MAX);
+            let due = if hz > 0.0 {
+                let e = now.saturating_duration_since(m.start).as_secs_f64();
+                ((e * hz).floor() as u64 + 1).min(limit)
+            } else {
+                limit
+            };
+            // Plan a batch: resends (seq <= hi_seq) are already in flight; a new frame must
+            // fit under the bound, counting the frames planned before it.
+            let mut frs: [Option<FrameRef<'_>>; BATCH] = [None; BATCH];
+            let (mut n, mut seq) = (0usize, m.wr_seq);
+            let (mut fl, mut fb) = (m.hi_seq.saturating_sub(m.acked), m.inflight_bytes);
+            while n < BATCH && seq <= due {
+                let f = pool.frame(m.id_hash, seq);
+                if seq > m.hi_seq {
+                    if cfg.max_unacked.is_some_and(|mx| fl >= mx) {
+                        break;
+                    }
+                    if cfg
+                        .max_unacked_bytes
+                        .is_some_and(|mb| fl > 0 && fb + f.len as u64 > mb)
+                    {
+                        break;
+                    }
+                    fl += 1;
+                    fb += f.len as u64;
+                }
+                sc.hdrs[n] = frame_header(seq, &f);
+                sc.batch[n] = (seq, HDR + f.len, f.len as u32);
+                frs[n] = Some(f);
+                n += 1;
+                seq += 1;
+            }
+            if n == 0 {
+                break Ok(Blocked::Nothing);
+            }
+            let mut iov = [IoSlice::new(&[]); 3 * BATCH];
+            let mut k = 0;
+            for (j, f) in frs[..n].iter().enumerate() {
+                let Some(f) = f else { continue };
+                let mut skip = if j == 0 { m.wr_off } else { 0 };
+                for seg in [&sc.hdrs[j][..], f.body, &f.tag[..f.tag_len]] {
+                    if skip >= seg.len() {
+                        skip -= seg.len();
+                        continue;
+                    }
+                    iov[k] = IoSlice::new(&seg[skip..]);
+                    skip = 0;
+                    k += 1;
+                }
+            }
+            let w = match sock.write_vectored(&iov[..k]) {
                 Ok(0) => {
-                    return Err(io::Error::new(
+                    break Err(io::Error::new(
                         io::ErrorKind::WriteZero,
                         "socket accepted 0 bytes",
                     ))
                 }
-                Ok(n) => m.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(Blocked::Socket),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
+            };
+            // The time the frames completed by this write had their last byte accepted.
+            let t = Instant::now();
+            let mut left = w;
+            for &(seq, wire, plen) in &sc.batch[..n] {
+                if left == 0 {
+                    break;
+                }
+                let off = if seq == m.wr_seq { m.wr_off } else { 0 };
+                if seq > m.hi_seq {
+                    m.hi_seq = seq;
+                    m.inflight.push_back(Inflight {
+                        len: plen,
+                        sent: None,
+                    });
+                    m.inflight_bytes += plen as u64;
+                    m.max_inflight_frames = m.max_inflight_frames.max(m.hi_seq - m.acked);
+                    m.max_inflight_bytes = m.max_inflight_bytes.max(m.inflight_bytes);
+                }
+                let rem = wire - off;
+                if left < rem {
+                    m.wr_off = off + left;
+                    break;
+                }
+                left -= rem;
+                m.wr_seq = seq + 1;
+                m.wr_off = 0;
+                if seq > m.acked {
+                    if let Some(e) = m.inflight.get_mut((seq - m.acked - 1) as usize) {
+                        if e.sent.is_none() {
+                            e.sent = Some(t);
+                            sent_frames += 1;
+                            sent_bytes += plen as u64;
+                            // Late: last byte out more than one tick after the intended time.
+                            if hz > 0.0 && t > m.start + Duration::from_secs_f64(seq as f64 / hz) {
+                                late += 1;
+                            }
+                        }
+                    }
+                }
             }
+        };
+        if sent_frames > 0 {
+            self.ctr.frames_sent.fetch_add(sent_frames, Relaxed);
+            self.ctr.payload_bytes_sent.fetch_add(sent_bytes, Relaxed);
         }
-        if m.out_pos == m.out.len() {
-            m.out.clear();
-            m.out_pos = 0;
-        } else if m.out_pos > 1 << 20 {
-            m.out.drain(..m.out_pos);
-            m.out_pos = 0;
+        if late > 0 {
+            self.ctr.late_frames.fetch_add(late, Relaxed);
         }
-        Ok(())
+        res
     }
 
     fn on_ack(&mut self, i: usize, seq: u64, now: Instant) {
@@ -500,22 +987,31 @@ impl<'a> Worker<'a> {
             *self.errors.entry("ACK_WENT_DOWN".into()).or_insert(0) += 1;
             return;
         }
-        if seq >= m.next_seq {
+        if seq > m.hi_seq {
             *self.errors.entry("ACK_BEYOND_SENT".into()).or_insert(0) += 1;
             return;
         }
         let (mut frames, mut bytes) = (0u64, 0u64);
         for s in m.acked + 1..=seq {
-            let len = m.unacked_lens.pop_front().unwrap_or(0) as u64;
+            let e = m
+                .inflight
+                .pop_front()
+                .unwrap_or(Inflight { len: 0, sent: None });
             frames += 1;
-            bytes += len;
-            let intended = m.start + Duration::from_secs_f64((s - 1) as f64 / hz);
-            if in_window && intended >= self.window_start {
-                let us = now.saturating_duration_since(intended).as_micros() as u64;
+            bytes += e.len as u64;
+            // Paced: from the intended send time. Unpaced: from the write of the last byte.
+            let from = if hz > 0.0 {
+                m.start + Duration::from_secs_f64((s - 1) as f64 / hz)
+            } else {
+                e.sent.unwrap_or(now)
+            };
+            if in_window && from >= self.window_start {
+                let us = now.saturating_duration_since(from).as_micros() as u64;
                 let _ = self.hist.record(us.max(1));
             }
         }
         m.acked = seq;
+        m.inflight_bytes = m.inflight_bytes.saturating_sub(bytes);
         self.ctr.frames_acked.fetch_add(frames, Relaxed);
         self.ctr.payload_bytes_acked.fetch_add(bytes, Relaxed);
         if in_window {
@@ -550,6 +1046,7 @@ impl<'a> Worker<'a> {
             }
         }
         let mut consumed = 0;
+        let mut acks = false;
         loop {
             let inbuf = std::mem::take(&mut self.matches[i].inbuf);
             let res = protocol::decode(&inbuf[consumed..], MAX_MSG);
@@ -571,6 +1068,7 @@ impl<'a> Worker<'a> {
                     owned
                 }
             };
+            acks |= matches!(step, OwnedMsg::Ack { .. });
             if !self.handle(i, step, now) {
                 return;
             }
@@ -584,6 +1082,11 @@ impl<'a> Worker<'a> {
             // the protocol did not announce is a disconnect.
             self.err("DISCONNECTED");
             self.lost(i);
+            return;
+        }
+        if acks {
+            // ACKs free room under the in-flight bound: send what now may go.
+            self.write_or_lose(i, now);
         }
     }
 
@@ -597,9 +1100,8 @@ impl<'a> Worker<'a> {
                     return true;
                 }
                 m.ever_connected = true;
-                m.state = State::Streaming;
                 // Everything after the durable point is resent; frames it already has are acked.
-                if last_seq + 1 > m.next_seq {
+                if last_seq > m.hi_seq {
                     self.err("WELCOME_AHEAD_OF_SENT");
                     self.finish(
                         i,
@@ -610,32 +1112,18 @@ impl<'a> Worker<'a> {
                 }
                 if last_seq > m.acked {
                     self.on_ack(i, last_seq, now);
-                } else if last_seq < self.matches[i].acked {
+                } else if last_seq < m.acked {
                     // The recorder acked frames that it no longer has durable: a durability bug.
                     self.err("RESUME_BELOW_ACK");
                 }
                 let m = &mut self.matches[i];
-                m.out.clear();
-                m.out_pos = 0;
-                let from = last_seq;
-                m.acked = m.acked.max(last_seq);
-                if from < m.acked {
-                    // Resend from the recorder's point of view; acked stays (counted already).
-                }
-                self.regenerate_after(i, from);
-                let m = &mut self.matches[i];
-                if m.last_frame.is_some_and(|l| m.next_seq > l) {
-                    protocol::encode(
-                        &mut m.out,
-                        &Msg::End {
-                            last_seq: m.next_seq - 1,
-                        },
-                    );
-                    m.state = State::Ending;
-                } else {
-                    self.generate(i, now);
-                }
-                self.write_or_lose(i)
+                m.state = State::Streaming;
+                m.wr_seq = last_seq + 1;
+                m.wr_off = 0;
+                // WELCOME answers a whole HELLO: nothing of it is left to write.
+                m.ctrl.clear();
+                m.ctrl_pos = 0;
+                self.write_or_lose(i, now)
             }
             OwnedMsg::Ack { seq } => {
                 self.on_ack(i, seq, now);
@@ -646,9 +1134,9 @@ impl<'a> Worker<'a> {
                 file_bytes,
             } => {
                 self.ctr.sealed.fetch_add(1, Relaxed);
-                let acked = self.matches[i].acked;
-                if last_seq != acked {
-                    if last_seq > acked && last_seq < self.matches[i].next_seq {
+                let m = &self.matches[i];
+                if last_seq != m.acked {
+                    if last_seq > m.acked && last_seq <= m.hi_seq {
                         self.on_ack(i, last_seq, now);
                     } else {
                         self.err("SEALED_LAST_SEQ_MISMATCH");
@@ -708,8 +1196,8 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn write_or_lose(&mut self, i: usize) -> bool {
-        if let Err(e) = self.flush(i) {
+    fn write_or_lose(&mut self, i: usize, now: Instant) -> bool {
+        if let Err(e) = self.pump(i, now) {
             self.err(&format!("WRITE_{}", io_kind(&e)));
             self.lost(i);
             return false;
@@ -740,8 +1228,7 @@ impl<'a> Worker<'a> {
                         return;
                     }
                 }
-                self.generate(i, now);
-                self.write_or_lose(i);
+                self.write_or_lose(i, now);
                 if let Some(d) = self.matches[i].disconnect_at {
                     if self.matches[i].state == State::Streaming {
                         self.schedule(i, d);
@@ -752,33 +1239,28 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Stop: no more frames; END every live match (if asked) and wait for SEALED.
+    /// Stop: no more new frames; END every live match (if asked) after the frames already
+    /// started, and wait for SEALED.
     fn begin_stop(&mut self, now: Instant) {
         self.stopping = true;
         for i in 0..self.matches.len() {
             match self.matches[i].state {
                 State::Streaming if self.cfg.end_at_stop => {
                     let m = &mut self.matches[i];
-                    protocol::encode(
-                        &mut m.out,
-                        &Msg::End {
-                            last_seq: m.next_seq - 1,
-                        },
-                    );
+                    m.last_frame = Some(m.hi_seq);
                     m.state = State::Ending;
-                    self.write_or_lose(i);
+                    self.write_or_lose(i, now);
                 }
                 State::Waiting | State::Connecting | State::AwaitWelcome
-                    if self.cfg.end_at_stop && self.matches[i].next_seq > 1 =>
+                    if self.cfg.end_at_stop && self.matches[i].hi_seq > 0 =>
                 {
                     // Will END after the resume handshake.
-                    self.matches[i].last_frame = Some(self.matches[i].next_seq - 1);
+                    self.matches[i].last_frame = Some(self.matches[i].hi_seq);
                 }
                 State::Done | State::Ending => {}
                 _ => self.finish(i, None, None),
             }
         }
-        let _ = now;
     }
 
     fn run(
@@ -795,7 +1277,11 @@ impl<'a> Worker<'a> {
             } else {
                 0.0
             };
-            let jitter: f64 = self.rng.gen_range(0.0..1.0 / self.cfg.tick_hz);
+            let jitter: f64 = if self.cfg.unpaced() {
+                0.0
+            } else {
+                self.rng.gen_range(0.0..1.0 / self.cfg.tick_hz)
+            };
             let start = t0 + Duration::from_secs_f64(offset + jitter);
             let m = self.make_match(slot, 0, start);
             self.matches.push(m);
@@ -868,11 +1354,11 @@ impl<'a> Worker<'a> {
                 if ev.is_readable() || ev.is_read_closed() {
                     self.on_readable(i, now);
                 }
-                if ev.is_writable() && self.matches[i].sock.is_some() {
-                    if self.matches[i].state == State::Streaming {
-                        self.generate(i, now);
-                    }
-                    self.write_or_lose(i);
+                if ev.is_writable()
+                    && self.matches[i].sock.is_some()
+                    && self.matches[i].state != State::Connecting
+                {
+                    self.write_or_lose(i, now);
                 }
             }
         }
@@ -943,17 +1429,6 @@ fn io_kind(e: &io::Error) -> String {
     }
 }
 
-/// Builds the payload generator for a configuration (also used by `--verify`).
-pub fn payload_gen(cfg: &DsConfig) -> PayloadGen {
-    let every = (cfg.keyframe_interval_s * cfg.tick_hz).round().max(1.0) as u64;
-    PayloadGen::new(
-        cfg.delta.clone(),
-        cfg.keyframe.clone(),
-        every,
-        cfg.max_frame_bytes,
-    )
-}
-
 /// Runs the generator: ramp-up, measured window, then stop (END + SEALED if asked).
 /// `ctr` is shared with a sampler; `stop` ends the run early (SIGINT).
 pub fn run(
@@ -970,7 +1445,7 @@ pub fn run(
             cfg.matches, want_fds
         ));
     }
-    let gen = payload_gen(cfg);
+    let pool = FramePool::for_config(cfg);
     let t0 = Instant::now() + Duration::from_millis(20);
     let window_start = t0 + Duration::from_secs_f64(cfg.ramp_up_s);
     let window_end = window_start + Duration::from_secs_f64(cfg.measure_s);
@@ -1012,14 +1487,14 @@ pub fn run(
         };
         let mut handles = Vec::new();
         for t in 0..nthreads {
-            let gen = &gen;
+            let pool = &pool;
             let ctr = &*ctr;
             let stop = &*stop;
             handles.push(sc.spawn(move || -> Result<_, String> {
                 let slots: Vec<usize> = (0..cfg.matches).filter(|s| s % nthreads == t).collect();
                 let w = Worker {
                     cfg,
-                    gen,
+                    pool,
                     ctr,
                     stop,
                     poll: Poll::new().map_err(|e| format!("epoll_create failed: {e}"))?,
@@ -1033,7 +1508,10 @@ pub fn run(
                     window_start,
                     window_end,
                     rng: rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(t as u64 * 7919)),
-                    scratch: Vec::with_capacity(64 * 1024),
+                    scratch: Box::new(Scratch {
+                        hdrs: [[0u8; HDR]; BATCH],
+                        batch: [(0, 0, 0); BATCH],
+                    }),
                     stopping: false,
                 };
                 Ok(w.run(t0, window_end, Duration::from_secs(20)))
@@ -1068,12 +1546,14 @@ pub fn run(
     };
     Ok(DsReport {
         measure_s: measured,
+        unpaced: cfg.unpaced(),
         frames_sent: ctr.frames_sent.load(Relaxed),
         payload_bytes_sent: ctr.payload_bytes_sent.load(Relaxed),
         frames_acked: ctr.frames_acked.load(Relaxed),
         payload_bytes_acked: ctr.payload_bytes_acked.load(Relaxed),
         frames_acked_window: ctr.frames_acked_window.load(Relaxed),
         payload_bytes_acked_window: ctr.payload_bytes_acked_window.load(Relaxed),
+        late_frames: ctr.late_frames.load(Relaxed),
         connects: ctr.connects.load(Relaxed),
         reconnects: ctr.reconnects.load(Relaxed),
         sealed: ctr.sealed.load(Relaxed),
@@ -1098,7 +1578,7 @@ pub struct VerifyReport {
 /// kind, tick, payload); any other container is checked by finding each regenerated payload
 /// after the previous one, which a missing, reordered or altered frame cannot pass.
 pub fn verify(cfg: &DsConfig, http: SocketAddr, matches: &[MatchRecord]) -> VerifyReport {
-    let gen = payload_gen(cfg);
+    let gen = FramePool::for_config(cfg);
     let mut rep = VerifyReport::default();
     let mut payload = Vec::new();
     for m in matches {
@@ -1178,13 +1658,7 @@ pub fn verify(cfg: &DsConfig, http: SocketAddr, matches: &[MatchRecord]) -> Veri
 
 /// Checks a replay file in the recorder's format: sealed, every frame 1..=acked present in
 /// order with the kind, tick and payload the DS sent.
-fn verify_parsed(
-    gen: &PayloadGen,
-    h: u64,
-    id: &str,
-    acked: u64,
-    body: &[u8],
-) -> Result<(), String> {
+fn verify_parsed(gen: &FramePool, h: u64, id: &str, acked: u64, body: &[u8]) -> Result<(), String> {
     let r = engine::storage::format::parse_replay(body)
         .map_err(|e| format!("{id}: replay does not parse: {e}"))?;
     if r.trailer.is_none() {
@@ -1229,11 +1703,16 @@ fn verify_parsed(
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
     if needle.len() > hay.len() {
         return None;
     }
-    // Payloads start with a 16-byte unique tag: search for the tag, then compare the rest.
-    let k = needle.len().min(16);
+    // Payloads end with a 16-byte unique tag (their bodies repeat across frames): at each
+    // candidate, compare the tag first, then the rest.
+    let k = needle.len().min(TAG_BYTES);
+    let tail = &needle[needle.len() - k..];
     let first = needle[0];
     let mut i = 0;
     while i + needle.len() <= hay.len() {
@@ -1244,7 +1723,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
             None => return None,
             Some(p) => {
                 let j = i + p;
-                if hay[j..j + k] == needle[..k] && hay[j..j + needle.len()] == *needle {
+                let end = j + needle.len();
+                if hay[end - k..end] == *tail && hay[j..end] == *needle {
                     return Some(j);
                 }
                 i = j + 1;

@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Simulated game dedicated servers streaming matches to a recorder (open loop)
+    /// Simulated game dedicated servers streaming matches to a recorder (open loop at a tick
+    /// rate, or closed loop with --tick-hz 0)
     Ds(DsArgs),
     /// Replay downloaders and live viewers over HTTP
     Clients(ClientsArgs),
@@ -71,16 +72,30 @@ struct DsArgs {
     /// Concurrent matches, one connection each
     #[arg(long, default_value_t = 16)]
     matches: usize,
-    /// Frames per second per match
+    /// Frames per second per match; 0 = unpaced (closed loop: as fast as acks allow, bounded
+    /// by --max-unacked)
     #[arg(long, default_value_t = 32.0)]
     tick_hz: f64,
+    /// Frames sent but not yet acknowledged, per match, at most this many. Default: 32 with
+    /// --tick-hz 0; no bound with a tick rate (pure open loop; frames held back by a bound
+    /// go out late and are counted as late frames)
+    #[arg(long, value_name = "N")]
+    max_unacked: Option<u64>,
+    /// Payload bytes sent but not yet acknowledged, per match, at most this much (e.g. 4m; a
+    /// frame larger than this still goes out alone); with --max-unacked both bounds apply
+    #[arg(long, value_name = "SIZE")]
+    max_unacked_bytes: Option<String>,
+    /// Unpaced only (--tick-hz 0): a keyframe every N frames; 0 = only the first frame is a
+    /// keyframe. With a tick rate use --keyframe-interval-s
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keyframe_every: u64,
     /// Delta frame size distribution: fixed:N, uniform:A-B, lognormal:MEDIAN,SIGMA, exp:MEAN
     #[arg(long, default_value = "uniform:200-2000")]
     delta: String,
     /// Keyframe size distribution (same forms)
     #[arg(long, default_value = "48k")]
     keyframe: String,
-    /// Seconds between keyframes
+    /// Seconds between keyframes (paced mode; x tick rate = every K-th frame)
     #[arg(long, default_value_t = 3.0)]
     keyframe_interval_s: f64,
     /// Match length in seconds; 0 = until the run ends. Ended matches are replaced (churn)
@@ -170,6 +185,18 @@ fn ds_main(a: DsArgs) -> Result<(), String> {
         delta: SizeDist::parse(&a.delta).map_err(|e| format!("--delta: {e}"))?,
         keyframe: SizeDist::parse(&a.keyframe).map_err(|e| format!("--keyframe: {e}"))?,
         keyframe_interval_s: a.keyframe_interval_s,
+        keyframe_every: a.keyframe_every,
+        max_unacked: match (a.max_unacked, &a.max_unacked_bytes) {
+            (Some(n), _) => Some(n),
+            (None, None) if a.tick_hz == 0.0 => Some(ds::DEFAULT_MAX_UNACKED_UNPACED),
+            (None, _) => None,
+        },
+        max_unacked_bytes: a
+            .max_unacked_bytes
+            .as_deref()
+            .map(engine::config::parse_bytes)
+            .transpose()
+            .map_err(|e| format!("--max-unacked-bytes: {e}"))?,
         match_duration_s: a.match_duration_s,
         ramp_up_s: a.ramp_up_s,
         measure_s: a.measure_s,
@@ -181,7 +208,6 @@ fn ds_main(a: DsArgs) -> Result<(), String> {
         end_at_stop: !a.no_end || a.verify,
         max_frame_bytes: engine::config::parse_bytes(&a.max_frame_bytes)
             .map_err(|e| format!("--max-frame-bytes: {e}"))?,
-        backlog_bytes: 4 << 20,
         seed: a.seed,
     };
     let rep = ds::run(&cfg, Arc::new(ds::DsCounters::default()), stop_flag())?;
