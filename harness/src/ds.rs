@@ -1733,3 +1733,184 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unpaced() -> DsConfig {
+        DsConfig {
+            tick_hz: 0.0,
+            max_unacked: Some(8),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pool_frames_encode_exactly_like_the_protocol_codec() {
+        for (delta, key) in [
+            ("fixed:64k", "48k"),
+            ("uniform:0-20000", "fixed:70000"),
+            ("fixed:7", "fixed:16"),
+        ] {
+            let pool = FramePool::new(
+                SizeDist::parse(delta).unwrap(),
+                SizeDist::parse(key).unwrap(),
+                3,
+                1 << 20,
+            );
+            let mut payload = Vec::new();
+            for seq in 1..200u64 {
+                let f = pool.frame(0xabcdef, seq);
+                f.to_vec_into(&mut payload);
+                assert_eq!(payload.len(), f.len);
+                assert_eq!(f.crc, crc32c::crc32c(&payload), "{delta} seq {seq}");
+                let mut want = Vec::new();
+                protocol::encode_frame(&mut want, seq, seq - 1, f.kind, &payload);
+                let mut got = frame_header(seq, &f).to_vec();
+                got.extend_from_slice(&payload);
+                assert_eq!(got, want, "{delta} seq {seq}");
+            }
+        }
+    }
+
+    #[test]
+    fn payloads_are_deterministic_distinct_and_tagged() {
+        let pool = FramePool::new(SizeDist::Fixed(4096), SizeDist::Fixed(4096), 1, 1 << 20);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        pool.payload(7, 1, &mut a);
+        pool.payload(7, 1, &mut b);
+        assert_eq!(a, b);
+        pool.payload(7, 2, &mut b);
+        assert_ne!(a, b);
+        pool.payload(8, 1, &mut b);
+        assert_ne!(a, b);
+        assert_eq!(a[a.len() - 8..], 1u64.to_le_bytes());
+        // Bodies come from a few variants, so many frames share one; the tag tells them apart.
+        let bodies: std::collections::HashSet<_> = (1..200)
+            .map(|s| pool.frame(7, s).body.as_ptr() as usize)
+            .collect();
+        assert!(bodies.len() > 1 && bodies.len() <= POOL_VARIANTS);
+    }
+
+    #[test]
+    fn keyframe_rules_per_mode() {
+        let mut c = unpaced();
+        let kinds = |c: &DsConfig| {
+            let p = FramePool::for_config(c);
+            (1..=12).map(|s| p.frame_kind(s)).collect::<Vec<_>>()
+        };
+        let (k, d) = (protocol::FRAME_KEY, protocol::FRAME_DELTA);
+        assert_eq!(kinds(&c), [vec![k], vec![d; 11]].concat(), "only the first");
+        c.keyframe_every = 5;
+        let got = kinds(&c);
+        for (i, kind) in got.iter().enumerate() {
+            assert_eq!(*kind, if i % 5 == 0 { k } else { d }, "frame {}", i + 1);
+        }
+        let paced = DsConfig {
+            tick_hz: 4.0,
+            keyframe_interval_s: 0.5,
+            ..Default::default()
+        };
+        assert_eq!(kinds(&paced)[..4], [k, d, k, d]);
+    }
+
+    #[test]
+    fn check_names_what_is_wrong() {
+        let err = |c: DsConfig| c.check().unwrap_err();
+        assert!(unpaced().check().is_ok());
+        assert!(DsConfig::default().check().is_ok(), "paced, unbounded");
+        let e = err(DsConfig {
+            max_unacked: Some(0),
+            ..unpaced()
+        });
+        assert!(e.contains("--max-unacked 0"), "{e}");
+        let e = err(DsConfig {
+            tick_hz: -1.0,
+            ..Default::default()
+        });
+        assert!(
+            e.contains("--tick-hz -1") && e.contains("0 for unpaced"),
+            "{e}"
+        );
+        let e = err(DsConfig {
+            tick_hz: f64::NAN,
+            ..Default::default()
+        });
+        assert!(e.contains("--tick-hz NaN"), "{e}");
+        let e = err(DsConfig {
+            keyframe_every: 10,
+            ..Default::default()
+        });
+        assert!(
+            e.contains("--keyframe-every 10") && e.contains("--keyframe-interval-s"),
+            "{e}"
+        );
+        let e = err(DsConfig {
+            max_unacked: None,
+            ..unpaced()
+        });
+        assert!(e.contains("needs a bound"), "{e}");
+        assert!(DsConfig {
+            max_unacked: None,
+            max_unacked_bytes: Some(1 << 20),
+            ..unpaced()
+        }
+        .check()
+        .is_ok());
+        let e = err(DsConfig {
+            max_unacked_bytes: Some(0),
+            ..unpaced()
+        });
+        assert!(e.contains("--max-unacked-bytes 0"), "{e}");
+        let e = err(DsConfig {
+            max_unacked: Some(MAX_UNACKED_LIMIT + 1),
+            ..unpaced()
+        });
+        assert!(e.contains("above the limit"), "{e}");
+        let e = err(DsConfig {
+            keyframe_interval_s: 0.0,
+            ..Default::default()
+        });
+        assert!(e.contains("--keyframe-interval-s 0"), "{e}");
+        let e = err(DsConfig {
+            match_duration_s: -2.0,
+            ..Default::default()
+        });
+        assert!(e.contains("--match-duration-s -2"), "{e}");
+    }
+
+    #[test]
+    fn describe_lists_the_mode_and_bounds() {
+        let d = unpaced().describe();
+        assert!(
+            d.contains("tick-hz=0;max-unacked=8;max-unacked-bytes=off"),
+            "{d}"
+        );
+        assert!(
+            d.contains("keyframe-every=0") && !d.contains("keyframe-interval-s"),
+            "{d}"
+        );
+        let d = DsConfig::default().describe();
+        assert!(
+            d.contains("max-unacked=off") && d.contains("keyframe-interval-s=3"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn find_locates_tagged_payloads_in_order() {
+        let pool = FramePool::new(SizeDist::Fixed(300), SizeDist::Fixed(300), 1, 1 << 20);
+        let mut hay = Vec::new();
+        let mut p = Vec::new();
+        for s in 1..=20 {
+            pool.payload(3, s, &mut p);
+            hay.extend_from_slice(&[0u8; 5]);
+            hay.extend_from_slice(&p);
+        }
+        pool.payload(3, 7, &mut p);
+        assert_eq!(find(&hay, &p), Some(6 * 305 + 5));
+        pool.payload(3, 21, &mut p);
+        assert_eq!(find(&hay, &p), None, "same body, other tag: not there");
+    }
+}

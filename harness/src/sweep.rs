@@ -77,6 +77,10 @@ pub const TAIL_COLS: &[&str] = &[
     "ring_fdinfo",
     "error_kinds",
     "placement",
+    "load",
+    "inflight_max_frames",
+    "inflight_max_bytes",
+    "late_frames",
 ];
 
 pub fn header(dims: &[String]) -> Vec<String> {
@@ -496,6 +500,8 @@ fn ds_config_for(
     addr: SocketAddr,
     run_seed: u64,
 ) -> Result<ds::DsConfig, String> {
+    // bulk-ingest: closed loop, a few matches sending 64 KiB frames as fast as acks allow
+    // (64 frames = 4 MiB in flight per match): the recorder's saturation throughput.
     let bulk = cell.workload() == "bulk-ingest";
     let mut c = ds::DsConfig {
         addr,
@@ -504,8 +510,8 @@ fn ds_config_for(
         seed: run_seed,
         ..Default::default()
     };
-    c.matches = cell.u64_or("load.matches", if bulk { 32 } else { 300 })? as usize;
-    c.tick_hz = cell.f64_or("load.tick-hz", if bulk { 200.0 } else { 64.0 })?;
+    c.matches = cell.u64_or("load.matches", if bulk { 8 } else { 300 })? as usize;
+    c.tick_hz = cell.f64_or("load.tick-hz", if bulk { 0.0 } else { 64.0 })?;
     c.delta = SizeDist::parse(cell.str_or(
         "load.delta",
         if bulk {
@@ -516,12 +522,37 @@ fn ds_config_for(
     ))?;
     c.keyframe = SizeDist::parse(cell.str_or("load.keyframe", "48k"))?;
     c.keyframe_interval_s = cell.f64_or("load.keyframe-interval-s", 3.0)?;
+    c.keyframe_every = cell.u64_or("load.keyframe-every", 0)?;
+    // load.max-unacked: frames in flight per match, or "off" (paced runs only).
+    let default_unacked = if bulk {
+        Some(64)
+    } else if c.tick_hz == 0.0 && cell.get("load.max-unacked-bytes").is_none() {
+        Some(ds::DEFAULT_MAX_UNACKED_UNPACED)
+    } else {
+        None
+    };
+    c.max_unacked = match cell.get("load.max-unacked") {
+        None => default_unacked,
+        Some("off") => None,
+        Some(_) => Some(cell.u64_or("load.max-unacked", 0)?),
+    };
+    c.max_unacked_bytes = match cell.get("load.max-unacked-bytes") {
+        None | Some("off") => None,
+        Some(v) => Some(
+            engine::config::parse_bytes(v)
+                .map_err(|e| format!("load.max-unacked-bytes = {v:?}: {e}"))?,
+        ),
+    };
     c.match_duration_s = cell.f64_or("load.match-duration-s", 0.0)?;
     c.disconnect_every_s = cell.f64_or("load.disconnect-every-s", 0.0)?;
     c.threads = cell.u64_or("load.threads", 2)? as usize;
     c.end_at_stop = true;
     c.id_prefix = "m".into();
-    c.check()?;
+    c.check().map_err(|e| {
+        format!(
+            "load settings refused: {e} (the load.* keys map to the harness ds flags of the same name)"
+        )
+    })?;
     Ok(c)
 }
 
@@ -567,6 +598,13 @@ fn drive_recorder(
             o.m.insert("ack_p999_us", fmt_opt(rep.ack_pct(99.9)));
             o.m.insert("ack_max_us", fmt_opt(rep.ack_pct(100.0)));
             o.m.insert("gen_cpu_pct", fmt_opt(rep.gen_cpu_pct));
+            o.m.insert("load", cfg.describe());
+            o.m.insert("inflight_max_frames", rep.max_inflight_frames().to_string());
+            o.m.insert("inflight_max_bytes", rep.max_inflight_bytes().to_string());
+            // Late frames only exist when paced; empty (not 0) for closed-loop runs.
+            if !cfg.unpaced() {
+                o.m.insert("late_frames", rep.late_frames.to_string());
+            }
             o.m.insert("errors", rep.errors_total().to_string());
             o.m.insert(
                 "error_kinds",
@@ -863,7 +901,7 @@ fn reject_if_noisy(ctx: &Ctx, cell: &Cell, o: &mut Outcome) {
 
 /// A run that is not `ok` keeps no metrics (docs/results.md), only its diagnostics.
 fn clear_metrics_keep(o: &mut Outcome) {
-    let keep = ["errors", "error_kinds", "placement", "ring_fdinfo"];
+    let keep = ["errors", "error_kinds", "placement", "ring_fdinfo", "load"];
     o.m.retain(|k, _| keep.contains(k));
 }
 
