@@ -149,9 +149,8 @@ impl DsConfig {
                 self.keyframe_every, self.tick_hz
             ));
         }
-        if !self.unpaced()
-            && !(self.keyframe_interval_s.is_finite() && self.keyframe_interval_s > 0.0)
-        {
+        let interval_ok = self.keyframe_interval_s.is_finite() && self.keyframe_interval_s > 0.0;
+        if !self.unpaced() && !interval_ok {
             return Err(format!(
                 "--keyframe-interval-s {} must be above 0",
                 self.keyframe_interval_s
