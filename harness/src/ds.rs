@@ -847,6 +847,11 @@ impl<'a> Worker<'a> {
             } else if let (None, Some(t)) = (m.last_frame, m.end_at) {
                 self.schedule(i, t);
             }
+            // A forced disconnect must happen even when no tick timer runs (unpaced, or
+            // paced frames held back by the bound).
+            if let Some(d) = self.matches[i].disconnect_at {
+                self.schedule(i, d);
+            }
             return Ok(());
         }
     }

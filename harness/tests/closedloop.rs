@@ -171,6 +171,32 @@ fn closed_loop_verifies_and_keeps_the_bound_blocking() {
 }
 
 #[test]
+fn closed_loop_resumes_against_the_real_recorder() {
+    // Forced disconnects cut frames mid-write; the recorder's WELCOME says where to resume.
+    let rec = Recorder::start("uring");
+    let c = DsConfig {
+        disconnect_every_s: 0.3,
+        reconnect_delay_ms: 20,
+        measure_s: 1.5,
+        ..closed(rec.ingest, 16)
+    };
+    let rep = run(&c);
+    let s = rep.summary();
+    assert!(rep.reconnects > 0, "{s}");
+    assert_eq!(rep.sealed as usize, c.matches, "{s}");
+    let bad: Vec<_> = rep
+        .errors
+        .keys()
+        .filter(|k| !k.starts_with("MATCH_BUSY") && *k != "DISCONNECTED")
+        .collect();
+    assert!(bad.is_empty(), "unexpected errors: {:?}", rep.errors);
+    assert!(rep.max_inflight_frames() <= 16, "{s}");
+    let v = ds::verify(&c, rec.http, &rep.matches);
+    assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+    assert_eq!(v.verified, c.matches);
+}
+
+#[test]
 fn byte_bound_holds_against_the_fake_recorder() {
     let f = Fake::start(&[]);
     let c = DsConfig {
@@ -191,6 +217,38 @@ fn byte_bound_holds_against_the_fake_recorder() {
     let v = ds::verify(&c, f.http, &rep.matches);
     assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
     assert_eq!(v.verified, c.matches);
+}
+
+#[test]
+fn unpaced_churn_and_resume_keep_every_acked_frame() {
+    // Disconnects cut frames mid-write; RESUME resends from WELCOME's last_seq; matches end
+    // after their duration and new ones take the slot.
+    let f = Fake::start(&[]);
+    let c = DsConfig {
+        disconnect_every_s: 0.25,
+        match_duration_s: 0.5,
+        reconnect_delay_ms: 20,
+        measure_s: 1.5,
+        ..closed(f.ingest, 8)
+    };
+    let rep = run(&c);
+    let s = rep.summary();
+    assert!(rep.reconnects > 0, "{s}");
+    assert!(rep.sealed as usize > c.matches, "churn: {s}");
+    let bad: Vec<_> = rep
+        .errors
+        .keys()
+        .filter(|k| !k.starts_with("MATCH_BUSY") && *k != "DISCONNECTED")
+        .collect();
+    assert!(bad.is_empty(), "unexpected errors: {:?}", rep.errors);
+    assert!(rep.max_inflight_frames() <= 8, "{s}");
+    let v = ds::verify(&c, f.http, &rep.matches);
+    assert!(v.mismatches.is_empty(), "{:?}", v.mismatches);
+    assert_eq!(v.not_sealed, 0);
+    assert_eq!(
+        v.verified,
+        rep.matches.iter().filter(|m| m.acked_seq > 0).count()
+    );
 }
 
 /// What the slow peer saw.
