@@ -862,6 +862,7 @@ fn run_uring_loop<R: RingOps, T: FileTarget>(
                 kind,
                 result,
                 buf,
+                ..
             } = c;
             match kind {
                 OpKind::Fsync { .. } => {

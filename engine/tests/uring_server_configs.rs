@@ -228,12 +228,83 @@ fn registered_fd_only_r_disabled_tiny_buffer_ring() {
 
 #[test]
 fn tiny_arena_makes_writes_wait_for_slots() {
-    // 4 slots of 260 KiB; 1 MiB appends need all 4: concurrent matches queue for slots.
+    // 4 slots of 132 KiB (an append of 4 KiB plus 128 KiB): 8 matches queue for slots.
     ingest_and_download_checked(
-        &["--worker-arena-slots", "4", "--append-buffer-bytes", "1m"],
+        &[
+            "--worker-arena-slots",
+            "4",
+            "--append-buffer-bytes",
+            "4k",
+            "--serve-chunk-bytes",
+            "16k",
+        ],
         8,
         &[],
-        &["arena 4 x 266240"],
+        &["arena 4 x 135168"],
+    );
+}
+
+#[test]
+fn appends_larger_than_a_slot_are_written_in_pieces_in_order() {
+    // Frames of 300 KB in slots of 132 KiB: every append is three pieces, written one after
+    // the other; with 4 slots three matches also wait for each other. O_DIRECT adds the
+    // tail-block rewrite at every piece boundary.
+    let dir = TempDir::new("uring-pieces");
+    let srv = spawn_server(
+        "uring",
+        dir.path(),
+        &[
+            "--workers",
+            "1",
+            "--worker-arena-slots",
+            "4",
+            "--append-buffer-bytes",
+            "4k",
+            "--serve-chunk-bytes",
+            "16k",
+            "--direct",
+            "required",
+            "--durability",
+            "fdatasync",
+        ],
+    );
+    let ingest = srv.ingest;
+    let handles: Vec<_> = (0..3)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let id = format!("big{i}");
+                let (sent, r) = stream_match(ingest, &id, 6, 300_000 + i * 4099);
+                (id, sent, r)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (id, sent, r) = h.join().unwrap();
+        assert!(
+            matches!(r, Reply::Sealed { last_seq: 6, .. }),
+            "{id}: {r:?} ({})",
+            srv.log_text()
+        );
+        let g = testkit::http_get(srv.http, "GET", &format!("/matches/{id}"), &[]).unwrap();
+        assert_eq!(g.status, 200, "{id}");
+        check_replay(&g.body, &id, &sent, true);
+    }
+}
+
+#[test]
+fn write_buffer_stage_writes_straight_from_the_staging_buffer() {
+    ingest_and_download_checked(
+        &[
+            "--write-buffer",
+            "stage",
+            "--direct",
+            "required",
+            "--durability",
+            "fdatasync",
+        ],
+        6,
+        &[],
+        &[],
     );
 }
 

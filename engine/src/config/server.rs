@@ -21,6 +21,20 @@ pub enum AckModeKnob {
     Received,
 }
 
+/// Where the uring backend writes a match's appends from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteBuffer {
+    /// Copied into the worker's arena (aligned, THP-backed, registered with
+    /// register-buffers), one slot per append when it fits.
+    Arena,
+    /// Straight from the session's staging buffer (heap, no copy; user pages are pinned per
+    /// write). Not with the fixed write opcodes.
+    Stage,
+}
+
+pub const WRITE_BUFFERS: &[(&str, WriteBuffer)] =
+    &[("arena", WriteBuffer::Arena), ("stage", WriteBuffer::Stage)];
+
 pub const ACK_MODES: &[(&str, AckModeKnob)] = &[
     ("durable", AckModeKnob::Durable),
     ("received", AckModeKnob::Received),
@@ -36,6 +50,7 @@ pub struct ServerConfig {
     pub ack_mode: AckModeKnob,
     pub ack_interval_ms: u64,
     pub append_buffer_bytes: u64,
+    pub write_buffer: WriteBuffer,
     pub max_frame_bytes: u64,
     pub max_matches: u64,
     pub max_connections: u64,
@@ -72,6 +87,7 @@ impl Default for ServerConfig {
             ds_token: String::new(),
             retention_s: 0,
             test_write_delay_us: 0,
+            write_buffer: WriteBuffer::Arena,
         }
     }
 }
@@ -102,6 +118,7 @@ const KNOBS: &[Knob] = &[
     k("ack-mode", "durable|received", "durable", "durable: an ACK for N means frames 1..=N are durable per the file durability policy; received: ACK on receipt (experiments only, announced in WELCOME)."),
     k("ack-interval-ms", "u64", "20", "Group commit per match: at most one write (+ fdatasync per the durability policy) and one cumulative ACK per interval; frames arriving after a quiet period are written at once (0 = after every batch of input)."),
     k("append-buffer-bytes", "bytes", "1048576", "Per-match staging buffer: a write is issued at the latest when this much is pending (whole aligned blocks with O_DIRECT)."),
+    k("write-buffer", "arena|stage", "arena", "uring backend: where match-file writes come from. arena: the append is copied into the worker's arena (aligned, buffer-memory pages, registered with register-buffers; slots hold one append of append-buffer-bytes plus 128 KiB), one write per append; stage: straight from the match's staging buffer (no copy, but heap pages pinned per write). stage needs write-op write or writev."),
     k("max-frame-bytes", "bytes", "1048576", "Largest frame payload a DS may send (FRAME_TOO_LARGE above; messages above it + 64 are refused before their body is read)."),
     k("max-matches", "u64", "10000", "Matches in progress at once; a new match over it gets TOO_MANY_MATCHES."),
     k("max-connections", "u64", "20000", "DS connections at once; one more gets TOO_MANY_CONNECTIONS."),
@@ -130,6 +147,7 @@ impl Section for ServerConfig {
             "ack-mode" => self.ack_mode = parse_choice(v, ACK_MODES)?,
             "ack-interval-ms" => self.ack_interval_ms = parse_num(v)?,
             "append-buffer-bytes" => self.append_buffer_bytes = parse_bytes(v)?,
+            "write-buffer" => self.write_buffer = parse_choice(v, WRITE_BUFFERS)?,
             "max-frame-bytes" => self.max_frame_bytes = parse_bytes(v)?,
             "max-matches" => self.max_matches = parse_num(v)?,
             "max-connections" => self.max_connections = parse_num(v)?,
@@ -155,6 +173,7 @@ impl Section for ServerConfig {
             "ack-mode" => choice_name(self.ack_mode, ACK_MODES).to_string(),
             "ack-interval-ms" => self.ack_interval_ms.to_string(),
             "append-buffer-bytes" => self.append_buffer_bytes.to_string(),
+            "write-buffer" => choice_name(self.write_buffer, WRITE_BUFFERS).to_string(),
             "max-frame-bytes" => self.max_frame_bytes.to_string(),
             "max-matches" => self.max_matches.to_string(),
             "max-connections" => self.max_connections.to_string(),
@@ -251,6 +270,12 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             &["sync-interval-ms", "sync-interval-bytes", "ack-interval-ms"],
             "the recorder's group commit is server.ack-interval-ms (frames are written, synced and acked together at that cadence): set file.sync-interval-ms and file.sync-interval-bytes to 0",
+        ));
+    }
+    if s.write_buffer == WriteBuffer::Stage && f.write_op.is_fixed() {
+        return Err(ConfigError::new(
+            &["write-buffer", "write-op"],
+            "write-buffer=stage writes from the heap staging buffer, which is not a registered buffer: use write-op=write or writev with it, or write-buffer=arena for the fixed opcodes",
         ));
     }
     if f.submit_batch != crate::config::file::FileConfig::default().submit_batch {

@@ -133,6 +133,21 @@ impl AlignedBuf {
     pub fn capacity(&self) -> usize {
         self.raw.len() - self.start
     }
+    /// Takes the buffer apart for a write straight from its memory: (the Vec, where the
+    /// aligned bytes start, how many, the alignment). [`AlignedBuf::from_raw`] rebuilds it.
+    pub fn into_raw(self) -> (Vec<u8>, usize, usize, usize) {
+        (self.raw, self.start, self.len, self.align)
+    }
+    /// Rebuilds a buffer taken apart by [`AlignedBuf::into_raw`] (the same parts).
+    pub fn from_raw(raw: Vec<u8>, start: usize, len: usize, align: usize) -> AlignedBuf {
+        assert!(start + len <= raw.len(), "parts of another buffer");
+        AlignedBuf {
+            raw,
+            start,
+            len,
+            align,
+        }
+    }
     pub fn len(&self) -> usize {
         self.len
     }

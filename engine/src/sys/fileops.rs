@@ -280,6 +280,8 @@ pub struct Completion {
     pub kind: OpKind,
     pub result: io::Result<u32>,
     pub buf: Option<Slot>,
+    /// The heap buffer of a [`FileOps::write_vec`], handed back.
+    pub heap: Option<Vec<u8>>,
 }
 
 /// Why an operation could not be queued. The buffer, if any, is handed back.
@@ -341,6 +343,9 @@ struct InFlight {
     tag: u64,
     kind: OpKind,
     buf: Option<Slot>,
+    /// The buffer of a `write_vec`: owned here until the completion, so its heap memory
+    /// (which a move of the Vec does not move) stays valid while the kernel reads it.
+    heap: Option<Vec<u8>>,
 }
 
 /// File I/O on a ring with owned buffers. See the module documentation.
@@ -435,12 +440,23 @@ impl<R: RingOps> FileOps<R> {
     }
 
     fn push(&mut self, idx: u32, sqe: squeue::Entry, flight: InFlight) -> Result<(), OpError> {
+        self.push_keep(idx, sqe, flight).map_err(|(e, _)| e)
+    }
+
+    /// `push`, handing back a `write_vec` buffer when the entry could not be queued.
+    fn push_keep(
+        &mut self,
+        idx: u32,
+        sqe: squeue::Entry,
+        flight: InFlight,
+    ) -> Result<(), (OpError, Option<Vec<u8>>)> {
         let sqe = sqe.user_data(idx as u64);
         self.table[idx as usize] = Some(flight);
         loop {
-            // SAFETY: the buffer (a Slot) and the iovec (in `self.iovs`) this entry points
-            // to are owned by the in-flight table until `complete` removes the entry after
-            // the kernel's completion; the arena mapping outlives the slot.
+            // SAFETY: the buffer (a Slot, or a `write_vec` Vec whose heap memory does not
+            // move with the Vec) and the iovec (in `self.iovs`) this entry points to are
+            // owned by the in-flight table until `complete` removes the entry after the
+            // kernel's completion; the arena mapping outlives the slot.
             if unsafe { self.ring.push_sqe(&sqe) }.is_ok() {
                 self.queued += 1;
                 return Ok(());
@@ -452,7 +468,7 @@ impl<R: RingOps> FileOps<R> {
                 }
                 let f = self.table[idx as usize].take().expect("entry just stored");
                 self.free.push(idx);
-                return Err(OpError::Submit(e, f.buf));
+                return Err((OpError::Submit(e, f.buf), f.heap));
             }
             self.queued = 0;
         }
@@ -558,8 +574,86 @@ impl<R: RingOps> FileOps<R> {
                 tag,
                 kind: OpKind::Write(op),
                 buf: s,
+                heap: None,
             },
         )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    /// Queues a write of `buf[start..start + len]` at `offset` straight from a heap buffer
+    /// (no copy into an arena slot), with WRITE or WRITEV (`op`; the fixed forms need a
+    /// registered slot and are refused). The Vec comes back in [`Completion::heap`], or
+    /// with the error when it cannot be queued.
+    pub fn write_vec(
+        &mut self,
+        file: impl FileTarget,
+        op: WriteOp,
+        buf: Vec<u8>,
+        start: usize,
+        len: usize,
+        offset: u64,
+        rw_flags: i32,
+        tag: u64,
+    ) -> Result<(), (OpError, Vec<u8>)> {
+        let t = file.target();
+        if op.is_fixed() {
+            return Err((OpError::BufferNotRegistered(None), buf));
+        }
+        if start.checked_add(len).is_none_or(|end| end > buf.len()) || len > u32::MAX as usize {
+            let capacity = buf.len().saturating_sub(start);
+            return Err((
+                OpError::BadLength {
+                    len,
+                    capacity,
+                    slot: None,
+                },
+                buf,
+            ));
+        }
+        let mut none = None;
+        if let Err(e) = self.check_target(t, &mut none) {
+            return Err((e, buf));
+        }
+        let idx = match self.take_index(&mut none) {
+            Ok(i) => i,
+            Err(e) => return Err((e, buf)),
+        };
+        let ptr = buf[start..].as_ptr();
+        self.iovs[idx as usize] = libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len,
+        };
+        let iov: *const libc::iovec = &self.iovs[idx as usize];
+        let l = len as u32;
+        macro_rules! build {
+            ($f:expr) => {
+                match op {
+                    WriteOp::Writev => opcode::Writev::new($f, iov, 1)
+                        .offset(offset)
+                        .rw_flags(rw_flags)
+                        .build(),
+                    _ => opcode::Write::new($f, ptr, l)
+                        .offset(offset)
+                        .rw_flags(rw_flags)
+                        .build(),
+                }
+            };
+        }
+        let sqe = match t.0 {
+            Target::Fd(fd) => build!(types::Fd(fd)),
+            Target::Fixed(i) => build!(types::Fixed(i)),
+        };
+        self.push_keep(
+            idx,
+            sqe,
+            InFlight {
+                tag,
+                kind: OpKind::Write(op),
+                buf: None,
+                heap: Some(buf),
+            },
+        )
+        .map_err(|(e, heap)| (e, heap.unwrap_or_default()))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -616,6 +710,7 @@ impl<R: RingOps> FileOps<R> {
                 tag,
                 kind: OpKind::Read(op),
                 buf: s,
+                heap: None,
             },
         )
     }
@@ -647,6 +742,7 @@ impl<R: RingOps> FileOps<R> {
                 tag,
                 kind: OpKind::Fsync { datasync },
                 buf: None,
+                heap: None,
             },
         )
     }
@@ -681,6 +777,7 @@ impl<R: RingOps> FileOps<R> {
                 tag,
                 kind: OpKind::Fallocate,
                 buf: None,
+                heap: None,
             },
         )
     }
@@ -739,6 +836,7 @@ impl<R: RingOps> FileOps<R> {
             kind: f.kind,
             result,
             buf: f.buf,
+            heap: f.heap,
         })
     }
 

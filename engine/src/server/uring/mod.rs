@@ -109,6 +109,15 @@ enum Req {
         rw_flags: i32,
         token: u64,
     },
+    WriteVec {
+        fd: RawFd,
+        buf: Vec<u8>,
+        start: usize,
+        len: usize,
+        off: u64,
+        rw_flags: i32,
+        token: u64,
+    },
     Read {
         fd: RawFd,
         buf: Slot,
@@ -130,6 +139,7 @@ pub struct Io {
     arena: Arena,
     now: Instant,
     worker: usize,
+    from_stage: bool,
 }
 
 impl Io {
@@ -197,6 +207,34 @@ impl Io {
             token,
         });
     }
+    /// True when appends go straight from the staging buffer (`write_vec`,
+    /// `server.write-buffer = stage`) rather than through arena slots (`write`).
+    pub fn write_from_stage(&self) -> bool {
+        self.from_stage
+    }
+    /// Writes `buf[start..start + len]` at `off` straight from the Vec (no copy into the
+    /// arena), in one operation of any length. `Service::file_done_vec` gives it back.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_vec(
+        &mut self,
+        fd: RawFd,
+        buf: Vec<u8>,
+        start: usize,
+        len: usize,
+        off: u64,
+        rw_flags: i32,
+        token: u64,
+    ) {
+        self.reqs.push(Req::WriteVec {
+            fd,
+            buf,
+            start,
+            len,
+            off,
+            rw_flags,
+            token,
+        });
+    }
     /// Reads up to `len` bytes at `off` into `buf` through the ring (`file.read-op`).
     pub fn read(&mut self, fd: RawFd, buf: Slot, len: usize, off: u64, token: u64) {
         self.reqs.push(Req::Read {
@@ -241,6 +279,8 @@ pub trait Service {
     fn sent_file(&mut self, _conn: ConnId, _token: u64, _res: io::Result<u64>, _io: &mut Io) {}
     /// A write/read/fsync finished; the buffer comes back.
     fn file_done(&mut self, _token: u64, _res: io::Result<u32>, _buf: Option<Slot>, _io: &mut Io) {}
+    /// A `write_vec` finished (or could not be queued); the Vec comes back.
+    fn file_done_vec(&mut self, _token: u64, _res: io::Result<u32>, _buf: Vec<u8>, _io: &mut Io) {}
     /// Called every tick (`tick` in [`DriverOptions`]) and whenever `next_deadline` has
     /// passed: timers, group commit, live tails.
     fn tick(&mut self, _io: &mut Io) {}
@@ -740,7 +780,13 @@ impl<'a> Worker<'a> {
         // Arena: one slot holds one HTTP chunk (plus the O_DIRECT head skip) or one piece
         // of a match-file write. Sized by net.worker-arena-slots; a
         // request that finds it empty waits for a slot (never a heap fallback).
-        let slot_bytes = (net.serve_chunk_bytes as usize + 4096).next_multiple_of(4096);
+        // ... and one slot holds a whole append (append-buffer-bytes plus a frame's worth),
+        // so an append is one write: pieces of one append would take turns on the file's
+        // inode lock (extending writes), and small pieces keep the device queue shallow.
+        let append_slot = cfg.server.append_buffer_bytes as usize + (128 << 10);
+        let slot_bytes = (net.serve_chunk_bytes as usize + 4096)
+            .max(append_slot)
+            .next_multiple_of(4096);
         let slots = net.worker_arena_slots as usize;
         let arena = Arena::with_pages(slots * slot_bytes, slot_bytes, 4096, cfg.file.buffer_memory)
             .map_err(|e| UringError::Unsupported {
@@ -825,6 +871,8 @@ impl<'a> Worker<'a> {
             arena: arena.clone(),
             now: Instant::now(),
             worker: id,
+            from_stage: cfg.server.write_buffer == crate::config::server::WriteBuffer::Stage
+                && !cfg.file.write_op.is_fixed(),
         };
         Ok(Worker {
             cfg,
@@ -1748,7 +1796,10 @@ impl<'a> Worker<'a> {
                     Err(e) => self.fail_file(id, e, svc),
                 }
             }
-            K_SERVICE_FILE => svc.file_done(c.tag & ((1 << 56) - 1), c.result, c.buf, &mut self.io),
+            K_SERVICE_FILE => match c.heap {
+                Some(v) => svc.file_done_vec(c.tag & ((1 << 56) - 1), c.result, v, &mut self.io),
+                None => svc.file_done(c.tag & ((1 << 56) - 1), c.result, c.buf, &mut self.io),
+            },
             _ => {}
         }
     }
@@ -1951,6 +2002,30 @@ impl<'a> Worker<'a> {
                                 e.into_slot(),
                                 &mut self.io,
                             );
+                        }
+                    }
+                    Req::WriteVec {
+                        fd,
+                        buf,
+                        start,
+                        len,
+                        off,
+                        rw_flags,
+                        token,
+                    } => {
+                        let op = self.cfg.file.write_op;
+                        if let Err((e, buf)) = self.files.write_vec(
+                            fileops::Fd(fd),
+                            op,
+                            buf,
+                            start,
+                            len,
+                            off,
+                            rw_flags,
+                            ctx(K_SERVICE_FILE, ConnId(token)),
+                        ) {
+                            let msg = format!("{e:?}");
+                            svc.file_done_vec(token, Err(io::Error::other(msg)), buf, &mut self.io);
                         }
                     }
                     Req::Read {

@@ -96,6 +96,16 @@ enum Pending {
         in_flight: usize,
         err: Option<io::Error>,
     },
+    /// A match-file write straight from the staging buffer, in one operation: the buffer
+    /// is with the kernel, these are the rest of its `WriteReq`.
+    WriteVec {
+        offset: u64,
+        end: u64,
+        last_seq: u64,
+        start: usize,
+        len: usize,
+        align: usize,
+    },
     Sync,
 }
 
@@ -347,6 +357,28 @@ fn issue_write(
     if ds.file.is_none() {
         ds.sess
             .write_done(req, Err(io::Error::other("match file is not open")));
+        return;
+    }
+    if io.write_from_stage() {
+        // One write of the whole staged range from the staging buffer itself: no copy,
+        // one operation (and one inode-lock turn) per append, whatever its size.
+        let WriteReq {
+            offset,
+            buf,
+            end,
+            last_seq,
+        } = req;
+        let (raw, start, len, align) = buf.into_raw();
+        let fd = ds.file.as_ref().expect("checked above").as_raw_fd();
+        ds.pending = Pending::WriteVec {
+            offset,
+            end,
+            last_seq,
+            start,
+            len,
+            align,
+        };
+        io.write_vec(fd, raw, start, len, offset, rw_flags, id.0);
         return;
     }
     let total = req.bytes().len().div_ceil(io.slot_bytes()).max(1);
@@ -716,12 +748,52 @@ impl Service for Recorder {
                 ds.pending = Pending::None;
                 ds.sess.sync_done(res.map(|_| ()));
             }
-            Pending::None => {}
+            // A write_vec completes through file_done_vec, never here.
+            Pending::WriteVec { .. } | Pending::None => {}
         }
         self.waiting_for_slots = queued;
         self.drive(id, io);
         // Slots came back: writes that waited for them go now.
         self.retry_waiting(io);
+    }
+
+    fn file_done_vec(&mut self, token: u64, res: io::Result<u32>, raw: Vec<u8>, io: &mut Io) {
+        let id = ConnId(token);
+        let Some(ds) = self.ds_mut(id) else { return };
+        let Pending::WriteVec {
+            offset,
+            end,
+            last_seq,
+            start,
+            len,
+            align,
+        } = std::mem::replace(&mut ds.pending, Pending::None)
+        else {
+            return;
+        };
+        let result = match res {
+            Err(e) => Err(e),
+            Ok(n) if n as usize != len => Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {n} of {len} bytes"),
+            )),
+            Ok(_) => Ok(()),
+        };
+        let buf = if raw.len() >= start + len {
+            crate::storage::AlignedBuf::from_raw(raw, start, len, align)
+        } else {
+            // Only when the ring could not take the write at all (the buffer never
+            // reached the kernel and the error is reported below).
+            crate::storage::AlignedBuf::with_capacity(0, align)
+        };
+        let req = WriteReq {
+            offset,
+            buf,
+            end,
+            last_seq,
+        };
+        ds.sess.write_done(req, result);
+        self.drive(id, io);
     }
 
     fn tick(&mut self, io: &mut Io) {
