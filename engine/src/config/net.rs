@@ -127,7 +127,7 @@ impl Default for NetConfig {
             listen_backlog: 1024,
             sndbuf_bytes: 0,
             rcvbuf_bytes: 0,
-            worker_arena_slots: 128,
+            worker_arena_slots: 64,
         }
     }
 }
@@ -172,8 +172,8 @@ const KNOBS: &[Knob] = &[
         "IORING_REGISTER_BUFFERS",
         "5.1",
         "u32",
-        "128",
-        "Aligned buffers per io_uring worker (each serve-chunk-bytes + 4 KiB), registered when register-buffers: HTTP chunks and match-file write pieces wait for one when all are in use.",
+        "64",
+        "Aligned buffers per io_uring worker, each the larger of serve-chunk-bytes + 4 KiB and server.append-buffer-bytes + 128 KiB (one whole append), registered when register-buffers: HTTP chunks and match-file writes wait for one when all are in use. Memory is touched only as slots are used.",
     ),
 ];
 
