@@ -92,3 +92,31 @@ fn refused_options_say_what_to_change() {
     assert_eq!(code, 1);
     assert!(err.contains("--store"), "{err}");
 }
+
+#[test]
+fn durable_uring_serve_raises_unset_iowq_bounded_workers_and_says_so() {
+    let dir = std::env::temp_dir().join(format!("cli-iowq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let get = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["--store", dir.to_str().unwrap(), "--print-config"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = serve(&args);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let key = "ring.iowq-max-bounded";
+    // fdatasync on io_uring: unset -> 512, shown as effective, requested stays empty.
+    let v = get(&["--durability", "fdatasync"]);
+    assert_eq!(v["requested"][key], "");
+    assert_eq!(v["effective"][key], "512");
+    // An explicit value is kept.
+    let v = get(&["--durability", "fdatasync", "--iowq-max-bounded", "16"]);
+    assert_eq!(v["effective"][key], "16");
+    // Nothing blocks on sync without a durability policy, and blocking has no ring.
+    assert_eq!(get(&[])["effective"][key], "");
+    assert_eq!(
+        get(&["--durability", "fdatasync", "--backend", "blocking"])["effective"][key],
+        ""
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
