@@ -211,6 +211,9 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
         );
     }
     registry.load_recovered(&rec.sealed, live);
+    for n in registry.load_expired() {
+        eprintln!("recovery: {n}");
+    }
     let ingest = TcpListener::bind(&cfg.server.ingest_addr).map_err(|e| {
         ServerError(format!(
             "cannot listen on ingest-addr {}: {e}",

@@ -254,6 +254,74 @@ impl Registry {
         })
     }
 
+    /// Remembers the ids a previous run deleted by retention (`STORE/expired.ids`), so they
+    /// stay 410 Gone and unusable after a restart. Lines that are not valid match ids are
+    /// skipped with a note; a log more than twice the remembered bound is rewritten with
+    /// its newest ids (temporary file, rename, directory sync). Returns notes to print.
+    pub fn load_expired(&self) -> Vec<String> {
+        let path = self.paths.expired_log();
+        let text =
+            match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+                Err(e) => return vec![format!(
+                    "{}: cannot read ({e}); expired ids from earlier runs will answer 404, not 410",
+                    path.display()
+                )],
+            };
+        let mut notes = Vec::new();
+        let mut ids = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let id = line.trim();
+            if id.is_empty() {
+                continue;
+            }
+            if crate::protocol::validate_match_id(id).is_err() {
+                notes.push(format!(
+                    "{}:{}: not a match id, skipped",
+                    path.display(),
+                    i + 1
+                ));
+                continue;
+            }
+            ids.push(id.to_string());
+        }
+        let total = ids.len();
+        let keep = &ids[total.saturating_sub(EXPIRED_MEMORY)..];
+        {
+            let mut ex = self.expired.lock().unwrap_or_else(|p| p.into_inner());
+            for id in keep {
+                if ex.0.insert(id.clone()) {
+                    ex.1.push_back(id.clone());
+                }
+            }
+        }
+        if total > 2 * EXPIRED_MEMORY {
+            let tmp = path.with_extension("ids.tmp");
+            let body: String = keep.iter().map(|id| format!("{id}\n")).collect();
+            let r = std::fs::write(&tmp, body)
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .and_then(|_| crate::storage::io::sync_dir(&self.paths.root));
+            if let Err(e) = r {
+                notes.push(format!("{}: cannot compact ({e})", path.display()));
+            }
+        }
+        notes
+    }
+
+    /// Appends `ids` to the retention log and makes it durable.
+    fn log_expired(&self, ids: &[String]) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.paths.expired_log())?;
+        let body: String = ids.iter().map(|id| format!("{id}\n")).collect();
+        f.write_all(body.as_bytes())?;
+        f.sync_data()
+    }
+
     /// True when `id` was a sealed replay deleted by retention.
     pub fn is_expired(&self, id: &str) -> bool {
         self.expired
@@ -302,7 +370,15 @@ impl Registry {
             done.push(m.id.clone());
         }
         if !done.is_empty() {
+            // Files first, then the log: a crash in between forgets the ids (404 instead
+            // of 410 after the restart) but never marks a replay that still exists.
             let _ = crate::storage::io::sync_dir(&self.paths.root);
+            if let Err(e) = self.log_expired(&done) {
+                eprintln!(
+                    "retention: cannot record expired ids in {}: {e} (they will answer 404 after a restart)",
+                    self.paths.expired_log().display()
+                );
+            }
         }
         done
     }

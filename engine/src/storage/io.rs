@@ -233,6 +233,9 @@ pub fn recover_store(
             continue;
         }
         let Some(id) = StorePaths::id_from_name(&name, ".rpl") else {
+            if name == super::EXPIRED_LOG {
+                continue; // the retention log (Registry::load_expired)
+            }
             out.notes.push(format!("{name}: not a replay, ignored"));
             continue;
         };

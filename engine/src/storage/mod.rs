@@ -560,6 +560,9 @@ pub fn align_up(v: u64, a: u64) -> u64 {
 }
 
 /// Paths of the store.
+/// File name of the retention log in the store root (see [`StorePaths::expired_log`]).
+pub const EXPIRED_LOG: &str = "expired.ids";
+
 #[derive(Clone, Debug)]
 pub struct StorePaths {
     pub root: PathBuf,
@@ -571,6 +574,10 @@ impl StorePaths {
     }
     pub fn live_dir(&self) -> PathBuf {
         self.root.join("live")
+    }
+    /// `STORE/expired.ids`: ids deleted by retention, one per line, oldest first.
+    pub fn expired_log(&self) -> PathBuf {
+        self.root.join(EXPIRED_LOG)
     }
     /// `STORE/live/<id>.rpl.part`. `id` must have passed `protocol::validate_match_id`.
     pub fn part_path(&self, id: &str) -> PathBuf {
