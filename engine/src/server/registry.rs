@@ -260,15 +260,16 @@ impl Registry {
     /// its newest ids (temporary file, rename, directory sync). Returns notes to print.
     pub fn load_expired(&self) -> Vec<String> {
         let path = self.paths.expired_log();
-        let text =
-            match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
-                Err(e) => return vec![format!(
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => {
+                return vec![format!(
                     "{}: cannot read ({e}); expired ids from earlier runs will answer 404, not 410",
                     path.display()
-                )],
-            };
+                )]
+            }
+        };
         let mut notes = Vec::new();
         let mut ids = Vec::new();
         for (i, line) in text.lines().enumerate() {

@@ -140,6 +140,7 @@ pub struct Io {
     now: Instant,
     worker: usize,
     from_stage: bool,
+    waker: Waker,
 }
 
 impl Io {
@@ -206,6 +207,10 @@ impl Io {
             rw_flags,
             token,
         });
+    }
+    /// A handle that wakes this worker from another thread (`Service::woken` runs).
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
     }
     /// True when appends go straight from the staging buffer (`write_vec`,
     /// `server.write-buffer = stage`) rather than through arena slots (`write`).
@@ -279,6 +284,9 @@ pub trait Service {
     fn sent_file(&mut self, _conn: ConnId, _token: u64, _res: io::Result<u64>, _io: &mut Io) {}
     /// A write/read/fsync finished; the buffer comes back.
     fn file_done(&mut self, _token: u64, _res: io::Result<u32>, _buf: Option<Slot>, _io: &mut Io) {}
+    /// Someone called this worker's [`Waker`] (and at every tick): look at whatever other
+    /// threads handed over.
+    fn woken(&mut self, _io: &mut Io) {}
     /// A `write_vec` finished (or could not be queued); the Vec comes back.
     fn file_done_vec(&mut self, _token: u64, _res: io::Result<u32>, _buf: Vec<u8>, _io: &mut Io) {}
     /// Called every tick (`tick` in [`DriverOptions`]) and whenever `next_deadline` has
@@ -693,6 +701,59 @@ pub fn effective_rings(cfg: &Config, workers: usize) -> Result<Vec<Effective>, U
         .collect()
 }
 
+/// Wakes one worker from any thread: a MSG_RING CQE tagged [`TAG_WAKE`] on the worker's
+/// ring, sent from a small process-wide "poster" ring, so a worker blocked in
+/// io_uring_enter runs `Service::woken` at once (storage work finished on a helper
+/// thread, say). A worker whose ring has no fd (REGISTERED_FD_ONLY) cannot be named by
+/// MSG_RING: `wake` does nothing and the worker notices at its next tick.
+#[derive(Clone)]
+pub struct Waker {
+    ring_fd: Option<RawFd>,
+}
+
+/// The process's poster ring, made at the first wake-up.
+static POSTER: Mutex<Option<Poster>> = Mutex::new(None);
+
+struct Poster {
+    ring: io_uring::IoUring,
+    net: NetOps<NetBuf>,
+}
+
+impl Waker {
+    pub fn wake(&self) {
+        let Some(fd) = self.ring_fd else { return };
+        let mut g = POSTER.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            match io_uring::IoUring::new(8) {
+                Ok(ring) => {
+                    *g = Some(Poster {
+                        ring,
+                        net: NetOps::new(8, TAG_NET),
+                    })
+                }
+                Err(e) => {
+                    eprintln!("uring: cannot make the wake-up ring ({e}); workers notice finished storage work at their next tick");
+                    return;
+                }
+            }
+        }
+        let p = g.as_mut().expect("just made");
+        if p.net
+            .msg_ring(&mut p.ring, fd, 0, (TAG_WAKE as u64) << 56, 0)
+            .is_err()
+        {
+            return;
+        }
+        // MSG_RING completes on the sender at once; reap it so the table stays free.
+        if p.ring.submit_and_wait(1).is_ok() {
+            let cqes: Vec<_> = p.ring.completion().collect();
+            for c in cqes {
+                let _ = p.net.complete(c.user_data(), c.result(), c.flags());
+            }
+        }
+    }
+}
+
 /// Connections handed from the acceptor (worker 0) to another worker.
 #[derive(Default)]
 struct Mailbox {
@@ -873,6 +934,12 @@ impl<'a> Worker<'a> {
             worker: id,
             from_stage: cfg.server.write_buffer == crate::config::server::WriteBuffer::Stage
                 && !cfg.file.write_op.is_fixed(),
+            waker: Waker {
+                ring_fd: *mailboxes[id]
+                    .ring_fd
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            },
         };
         Ok(Worker {
             cfg,
@@ -1069,7 +1136,8 @@ impl<'a> Worker<'a> {
         for (fd, port) in got {
             self.adopt(fd, port, svc)?;
         }
-        Ok(())
+        svc.woken(&mut self.io);
+        self.exec(svc)
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
@@ -1436,9 +1504,9 @@ impl<'a> Worker<'a> {
     }
 
     fn on_tick<S: Service>(&mut self, svc: &mut S) {
-        if self.cfg.net.listeners == Listeners::Acceptor {
-            let _ = self.take_mail(svc);
-        }
+        // Hand-overs and `Service::woken` also run every tick, in case a wake-up was lost
+        // (no ring fd to MSG_RING, or the poster ring could not be made).
+        let _ = self.take_mail(svc);
         let now = self.io.now;
         let lingered: Vec<ConnId> = self
             .conns

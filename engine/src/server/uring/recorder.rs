@@ -2,14 +2,18 @@
 //! (`server::session::IngestSession`) and HTTP (`crate::http`) on the same workers.
 //!
 //! Storage operations of a session map to the ring as follows:
-//! - `Io::Write(req)`: the request's aligned bytes are copied into arena slots (the
-//!   worker's registered buffers when `file.register-buffers`) and written with
-//!   `file.write-op` (WRITE / WRITEV / WRITE_FIXED / WRITEV_FIXED) through `sys::fileops`;
-//!   one slot per `slot_bytes` piece, all in flight at once; `write_done` when all are back.
+//! - `Io::Write(req)`: the request's aligned bytes are copied into an arena slot (the
+//!   worker's registered buffers when `file.register-buffers`; a slot holds a whole
+//!   append) and written with `file.write-op` (WRITE / WRITEV / WRITE_FIXED /
+//!   WRITEV_FIXED) through `sys::fileops`; a larger append goes in slot-sized pieces one
+//!   after the other. With `server.write-buffer=stage`, one write straight from the
+//!   staging buffer instead.
 //! - `Io::Sync`: IORING_OP_FSYNC with IORING_FSYNC_DATASYNC (group commit: the session
 //!   asks once per ack cadence, covering every frame written since).
-//! - `Io::Open` and `Io::FinishSeal` (create + directory fsync, truncate + rename + fsync)
-//!   are rare metadata steps run with the same std calls as the blocking backend.
+//! - `Io::Open` and `Io::FinishSeal` (create + directory fsync, a resume scan, truncate +
+//!   fdatasync + rename + directory fsyncs) run the blocking backend's std calls on the
+//!   storage helper threads ([`StoragePool`]), so no worker loop waits on them; the result
+//!   comes back through the worker's inbox and a MSG_RING wake-up (`Service::woken`).
 //!
 //! HTTP bodies go out with `Io::send_file` (READ/READ_FIXED + SEND/SEND_ZC, or SPLICE, per
 //! [net]); a live tail is a chunked stream polled at each tick and after each chunk.
@@ -17,18 +21,65 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{ConnId, DriverOptions, Io, Port, Service};
+use super::{ConnId, DriverOptions, Io, Port, Service, Waker};
 use crate::http::{self, Body, LiveTail};
 use crate::protocol::{self, Msg};
 use crate::server::registry::{ConnGuard, Registry};
 use crate::server::session::{self, IngestSession, SessionConfig};
 use crate::server::{ServerContext, ServerError};
-use crate::storage::{self, WriteReq};
+use crate::storage::{self, MatchFile, SealedInfo, WriteReq};
+
+/// Threads that run the blocking storage steps of sessions (open, resume scan, seal).
+struct StoragePool {
+    tx: Mutex<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+}
+
+/// Storage helper threads (the steps are rare and mostly wait on the disk).
+const STORAGE_THREADS: usize = 2;
+
+impl StoragePool {
+    fn start() -> Result<Arc<StoragePool>, ServerError> {
+        let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..STORAGE_THREADS {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("storage-{i}"))
+                .spawn(move || loop {
+                    // Ends when every sender (the workers' recorders) is gone.
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })
+                .map_err(|e| ServerError(format!("cannot start a storage thread: {e}")))?;
+        }
+        Ok(Arc::new(StoragePool { tx: Mutex::new(tx) }))
+    }
+
+    /// Runs `job` on a helper thread; false when the helpers are gone.
+    fn run(&self, job: Box<dyn FnOnce() + Send>) -> bool {
+        self.tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .is_ok()
+    }
+}
+
+/// A storage step's result, waiting for the worker.
+enum StorageDone {
+    Opened(io::Result<(OwnedFd, Option<MatchFile>)>),
+    Sealed(io::Result<SealedInfo>),
+}
+
+type Inbox = Arc<Mutex<Vec<(ConnId, StorageDone)>>>;
 
 /// `recorder serve --backend uring`.
 pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
@@ -72,8 +123,12 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
     };
     let handle = Arc::new(super::Handle::default());
     let http_max = cfg.server.http_max_request_bytes as usize;
-    let make =
-        |w: usize| Recorder::new(w, registry.clone(), session.clone(), http_max, http_timeout);
+    let pool = StoragePool::start()?;
+    let make = |w: usize| {
+        let mut r = Recorder::new(w, registry.clone(), session.clone(), http_max, http_timeout);
+        r.pool = Some(pool.clone());
+        r
+    };
     let r = super::run(
         &cfg,
         &opts,
@@ -107,6 +162,8 @@ enum Pending {
         align: usize,
     },
     Sync,
+    /// An open or seal on a storage helper thread.
+    Storage,
 }
 
 struct Ds {
@@ -161,6 +218,9 @@ pub struct Recorder {
     /// Sessions whose write waits for arena slots, retried as file ops complete.
     waiting_for_slots: Vec<ConnId>,
     shutting_down: bool,
+    /// Helper threads for open/seal; `None` runs them inline (tests of the service alone).
+    pool: Option<Arc<StoragePool>>,
+    inbox: Inbox,
 }
 
 impl Recorder {
@@ -181,6 +241,8 @@ impl Recorder {
             detached: HashMap::new(),
             waiting_for_slots: Vec::new(),
             shutting_down: false,
+            pool: None,
+            inbox: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -235,6 +297,7 @@ impl Recorder {
         rw_flags: i32,
         queued: &mut Vec<ConnId>,
     ) {
+        let (pool, inbox) = (self.pool.clone(), self.inbox.clone());
         let Some(ds) = self.ds_mut(id) else { return };
         let now = io.now();
         if matches!(ds.pending, Pending::Write { in_flight: 0, .. }) {
@@ -252,19 +315,30 @@ impl Recorder {
                     ..
                 } => {
                     let mid = ds.sess.match_id().to_string();
-                    match storage::io::open_match(
-                        &reg.paths,
-                        &mid,
-                        create,
-                        rescan,
-                        &options,
-                        u32::MAX,
-                    ) {
-                        Ok((f, st)) => {
-                            ds.file = Some(f);
-                            ds.sess.open_done(Ok(st));
+                    let paths = reg.paths.clone();
+                    let open = move || {
+                        storage::io::open_match(&paths, &mid, create, rescan, &options, u32::MAX)
+                    };
+                    match &pool {
+                        Some(p) => {
+                            let (inbox, waker) = (inbox.clone(), io.waker());
+                            ds.pending = Pending::Storage;
+                            if !p.run(Box::new(move || {
+                                let r = open();
+                                post(&inbox, &waker, id, StorageDone::Opened(r));
+                            })) {
+                                ds.pending = Pending::None;
+                                ds.sess
+                                    .open_done(Err(io::Error::other("storage threads stopped")));
+                            }
                         }
-                        Err(e) => ds.sess.open_done(Err(e)),
+                        None => match open() {
+                            Ok((f, st)) => {
+                                ds.file = Some(f);
+                                ds.sess.open_done(Ok(st));
+                            }
+                            Err(e) => ds.sess.open_done(Err(e)),
+                        },
                     }
                 }
                 session::Io::Write(req) => issue_write(ds, req, id, io, rw_flags, queued),
@@ -279,11 +353,29 @@ impl Recorder {
                 },
                 session::Io::FinishSeal { len, .. } => {
                     let mid = ds.sess.match_id().to_string();
-                    let r = match &ds.file {
-                        Some(f) => storage::io::seal_match(&reg.paths, &mid, f, len),
-                        None => Err(io::Error::other("match file is not open")),
-                    };
-                    ds.sess.seal_done(r);
+                    let paths = reg.paths.clone();
+                    match (ds.file.take(), &pool) {
+                        (None, _) => ds
+                            .sess
+                            .seal_done(Err(io::Error::other("match file is not open"))),
+                        (Some(f), None) => {
+                            ds.sess
+                                .seal_done(storage::io::seal_match(&paths, &mid, &f, len));
+                        }
+                        (Some(f), Some(p)) => {
+                            let (inbox, waker) = (inbox.clone(), io.waker());
+                            ds.pending = Pending::Storage;
+                            if !p.run(Box::new(move || {
+                                let r = storage::io::seal_match(&paths, &mid, &f, len);
+                                drop(f);
+                                post(&inbox, &waker, id, StorageDone::Sealed(r));
+                            })) {
+                                ds.pending = Pending::None;
+                                ds.sess
+                                    .seal_done(Err(io::Error::other("storage threads stopped")));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -344,6 +436,15 @@ impl Recorder {
         }
         pump_live(h, id, io, &reg);
     }
+}
+
+/// Hands a storage result to its worker and wakes it.
+fn post(inbox: &Inbox, waker: &Waker, id: ConnId, done: StorageDone) {
+    inbox
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, done));
+    waker.wake();
 }
 
 fn issue_write(
@@ -749,12 +850,32 @@ impl Service for Recorder {
                 ds.sess.sync_done(res.map(|_| ()));
             }
             // A write_vec completes through file_done_vec, never here.
-            Pending::WriteVec { .. } | Pending::None => {}
+            Pending::WriteVec { .. } | Pending::Storage | Pending::None => {}
         }
         self.waiting_for_slots = queued;
         self.drive(id, io);
         // Slots came back: writes that waited for them go now.
         self.retry_waiting(io);
+    }
+
+    fn woken(&mut self, io: &mut Io) {
+        let done = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        for (id, d) in done {
+            let Some(ds) = self.ds_mut(id) else { continue };
+            if !matches!(ds.pending, Pending::Storage) {
+                continue;
+            }
+            ds.pending = Pending::None;
+            match d {
+                StorageDone::Opened(Ok((f, st))) => {
+                    ds.file = Some(f);
+                    ds.sess.open_done(Ok(st));
+                }
+                StorageDone::Opened(Err(e)) => ds.sess.open_done(Err(e)),
+                StorageDone::Sealed(r) => ds.sess.seal_done(r),
+            }
+            self.drive(id, io);
+        }
     }
 
     fn file_done_vec(&mut self, token: u64, res: io::Result<u32>, raw: Vec<u8>, io: &mut Io) {
