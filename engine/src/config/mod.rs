@@ -103,7 +103,7 @@ pub fn find_knob(key: &str) -> Option<&'static Knob> {
     let name_dash = name.replace('_', "-");
     all_knobs()
         .into_iter()
-        .find(|k| k.name == name_dash && section.map_or(true, |s| s == k.section))
+        .find(|k| k.name == name_dash && section.is_none_or(|s| s == k.section))
 }
 
 pub fn parse_bool(v: &str) -> Result<bool, String> {
