@@ -822,6 +822,18 @@ impl BenchResult {
         for n in &self.memory_notes {
             out.push_str(&format!("{n}\n"));
         }
+        let extending =
+            s.patterns.iter().any(|p| p.is_write()) && s.write_mode != WriteMode::Overwrite;
+        if extending
+            && s.backend == Backend::Uring
+            && s.cfg.ring.iowq_max_bounded.is_none()
+            && self.results.iter().any(|r| r.effective.direct)
+        {
+            out.push_str(
+                "hint: O_DIRECT writes that extend the file run one at a time under the inode lock, in io-wq \
+                 workers that spin on it; --iowq-max-bounded 2 keeps just two of them (less CPU, often faster)\n",
+            );
+        }
         if let Some(ring) = self.results.iter().find_map(|r| r.effective.ring.as_ref()) {
             out.push_str(&format!(
                 "our ring: flags {} sq {} cq {}\n",
