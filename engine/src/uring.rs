@@ -101,7 +101,22 @@ pub struct Effective {
 
 impl Effective {
     /// Re-reads /proc/self/fdinfo/<fd> (SqThread, SqThreadCpu, UserBufs, UserFiles, ...).
+    /// Right after setup the kernel may still show the creating thread as `SqThread` (the
+    /// SQPOLL thread records its own pid when it first runs): with SQPOLL, a reading that
+    /// names this thread is retried for up to 200 ms.
     pub fn refresh_fdinfo(&mut self, ring: &Ring) {
+        let own = own_tid();
+        for _ in 0..100 {
+            self.read_fdinfo(ring);
+            let sqpoll = self.flags & IORING_SETUP_SQPOLL != 0;
+            if !sqpoll || own.is_none() || self.sq_thread_pid != own {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    fn read_fdinfo(&mut self, ring: &Ring) {
         self.fdinfo.clear();
         let Some(fd) = ring.fd() else {
             self.fdinfo_note = "no ring fd (registered-fd-only): fdinfo unavailable".into();
@@ -126,6 +141,16 @@ impl Effective {
         self.user_bufs = num("UserBufs").map(|v| v as u64);
         self.user_files = num("UserFiles").map(|v| v as u64);
     }
+}
+
+/// This thread's id, from /proc/thread-self (a link to PID/task/TID).
+fn own_tid() -> Option<i64> {
+    std::fs::read_link("/proc/thread-self")
+        .ok()?
+        .file_name()?
+        .to_str()?
+        .parse()
+        .ok()
 }
 
 /// `Key:\tvalue` lines of an io_uring fdinfo; indented or keyless lines (per-entry
