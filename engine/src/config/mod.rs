@@ -343,6 +343,26 @@ pub fn options_markdown() -> String {
     out
 }
 
+
+/// `recorder options [--markdown]`: lists every knob.
+pub fn cli_main(args: Vec<String>) -> std::process::ExitCode {
+    if args.iter().any(|a| a == "--markdown") {
+        print!("{}", options_markdown());
+        return std::process::ExitCode::SUCCESS;
+    }
+    if let Some(a) = args.iter().find(|a| a.as_str() != "--markdown") {
+        eprintln!("recorder options: unknown argument {a:?}; usage: recorder options [--markdown]");
+        return std::process::ExitCode::from(2);
+    }
+    for k in all_knobs() {
+        println!(
+            "{:<8} {:<28} [{}] default {}  {}",
+            k.section, k.name, k.values, k.default, k.help
+        );
+    }
+    std::process::ExitCode::SUCCESS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,23 +426,4 @@ mod tests {
         assert_eq!(parse_bytes("4096").unwrap(), 4096);
         assert!(parse_bytes("x").is_err());
     }
-}
-
-/// `recorder options [--markdown]`: lists every knob.
-pub fn cli_main(args: Vec<String>) -> std::process::ExitCode {
-    if args.iter().any(|a| a == "--markdown") {
-        print!("{}", options_markdown());
-        return std::process::ExitCode::SUCCESS;
-    }
-    if let Some(a) = args.iter().find(|a| a.as_str() != "--markdown") {
-        eprintln!("recorder options: unknown argument {a:?}; usage: recorder options [--markdown]");
-        return std::process::ExitCode::from(2);
-    }
-    for k in all_knobs() {
-        println!(
-            "{:<8} {:<28} [{}] default {}  {}",
-            k.section, k.name, k.values, k.default, k.help
-        );
-    }
-    std::process::ExitCode::SUCCESS
 }
