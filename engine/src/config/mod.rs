@@ -343,7 +343,6 @@ pub fn options_markdown() -> String {
     out
 }
 
-
 /// `recorder options [--markdown]`: lists every knob.
 pub fn cli_main(args: Vec<String>) -> std::process::ExitCode {
     if args.iter().any(|a| a == "--markdown") {
