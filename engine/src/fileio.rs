@@ -584,7 +584,7 @@ fn map_io_error(err: io::Error, cfg: &Config, ring_flags: Option<u32>, what: &st
 pub fn run(job: &Job, cfg: &Config, backend: Backend) -> Result<JobResult, FileIoError> {
     check_job(job, cfg)?;
     if backend == Backend::Blocking
-        && cfg.file.submit_batch != crate::config::file::FileConfig::default().submit_batch
+        && cfg.file.submit_batch != crate::config::file::SUBMIT_BATCH_DEFAULT
     {
         return Err(FileIoError::Config(ConfigError::new(
             &["submit-batch", "backend"],

@@ -18,24 +18,6 @@ use engine::protocol::{self, AckMode, Msg};
 use harness::ds::{self, DsConfig, DsCounters};
 use harness::util::SizeDist;
 
-/// The engine's `recorder` binary next to ours, built if missing (as in e2e.rs).
-fn recorder_bin() -> PathBuf {
-    let dir = PathBuf::from(harness_bin()).parent().unwrap().to_path_buf();
-    let bin = dir.join("recorder");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "engine", "--bin", "recorder"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo to build the recorder");
-        assert!(st.success(), "building the recorder failed");
-    }
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
-}
-
 /// A real recorder on free ports; killed and its store removed on drop.
 struct Recorder {
     child: Child,

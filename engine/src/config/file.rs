@@ -66,6 +66,9 @@ pub const BUFFER_MEMORIES: &[(&str, PageKind)] = &[
     ("hugetlb", PageKind::Hugetlb),
 ];
 
+/// `submit-batch` default: one SQE per io_uring_enter, like fio's iodepth_batch_submit.
+pub const SUBMIT_BATCH_DEFAULT: u32 = 1;
+
 /// Largest queue depth accepted (the in-flight table and arena are sized from it).
 pub const IO_DEPTH_MAX: u32 = 4096;
 /// Largest block size: one registered buffer is at most 1 GiB.
@@ -112,7 +115,7 @@ impl Default for FileConfig {
             block_size: 1 << 20,
             arena_bytes: 0,
             buffer_memory: PageKind::Thp,
-            submit_batch: 1,
+            submit_batch: SUBMIT_BATCH_DEFAULT,
         }
     }
 }

@@ -278,7 +278,7 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
             "write-buffer=stage writes from the heap staging buffer, which is not a registered buffer: use write-op=write or writev with it, or write-buffer=arena for the fixed opcodes",
         ));
     }
-    if f.submit_batch != crate::config::file::FileConfig::default().submit_batch {
+    if f.submit_batch != crate::config::file::SUBMIT_BATCH_DEFAULT {
         return Err(ConfigError::new(
             &["submit-batch"],
             "submit-batch is the file benchmark engine's (recorder io-bench); the server submits everything queued once per loop turn: leave submit-batch at its default",

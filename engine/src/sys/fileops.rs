@@ -363,6 +363,47 @@ pub struct FileOps<R: RingOps> {
     sq_full_retries: u64,
 }
 
+/// The SQE of a write with `op`'s opcode from `ptr` (or the one-entry `iov` for the
+/// vectored forms), `buf_index` for the fixed forms.
+#[allow(clippy::too_many_arguments)]
+fn write_sqe(
+    t: TargetRepr,
+    op: WriteOp,
+    ptr: *const u8,
+    iov: *const libc::iovec,
+    len: u32,
+    buf_index: u16,
+    offset: u64,
+    rw_flags: i32,
+) -> squeue::Entry {
+    macro_rules! build {
+        ($f:expr) => {
+            match op {
+                WriteOp::Write => opcode::Write::new($f, ptr, len)
+                    .offset(offset)
+                    .rw_flags(rw_flags)
+                    .build(),
+                WriteOp::Writev => opcode::Writev::new($f, iov, 1)
+                    .offset(offset)
+                    .rw_flags(rw_flags)
+                    .build(),
+                WriteOp::WriteFixed => opcode::WriteFixed::new($f, ptr, len, buf_index)
+                    .offset(offset)
+                    .rw_flags(rw_flags)
+                    .build(),
+                WriteOp::WritevFixed => opcode::WritevFixed::new($f, iov, 1, buf_index)
+                    .offset(offset)
+                    .rw_flags(rw_flags)
+                    .build(),
+            }
+        };
+    }
+    match t.0 {
+        Target::Fd(fd) => build!(types::Fd(fd)),
+        Target::Fixed(i) => build!(types::Fixed(i)),
+    }
+}
+
 impl<R: RingOps> FileOps<R> {
     /// Wraps `ring`, allowing up to `max_in_flight` operations at once.
     pub fn new(ring: R, max_in_flight: usize) -> FileOps<R> {
@@ -540,33 +581,7 @@ impl<R: RingOps> FileOps<R> {
             iov,
             buf_index,
         } = self.prepare(t, slot, len, op.is_fixed())?;
-        let l = len as u32;
-        macro_rules! build {
-            ($f:expr) => {
-                match op {
-                    WriteOp::Write => opcode::Write::new($f, ptr, l)
-                        .offset(offset)
-                        .rw_flags(rw_flags)
-                        .build(),
-                    WriteOp::Writev => opcode::Writev::new($f, iov, 1)
-                        .offset(offset)
-                        .rw_flags(rw_flags)
-                        .build(),
-                    WriteOp::WriteFixed => opcode::WriteFixed::new($f, ptr, l, buf_index)
-                        .offset(offset)
-                        .rw_flags(rw_flags)
-                        .build(),
-                    WriteOp::WritevFixed => opcode::WritevFixed::new($f, iov, 1, buf_index)
-                        .offset(offset)
-                        .rw_flags(rw_flags)
-                        .build(),
-                }
-            };
-        }
-        let sqe = match t.0 {
-            Target::Fd(fd) => build!(types::Fd(fd)),
-            Target::Fixed(i) => build!(types::Fixed(i)),
-        };
+        let sqe = write_sqe(t, op, ptr, iov, len as u32, buf_index, offset, rw_flags);
         self.push(
             idx,
             sqe,
@@ -624,25 +639,8 @@ impl<R: RingOps> FileOps<R> {
             iov_len: len,
         };
         let iov: *const libc::iovec = &self.iovs[idx as usize];
-        let l = len as u32;
-        macro_rules! build {
-            ($f:expr) => {
-                match op {
-                    WriteOp::Writev => opcode::Writev::new($f, iov, 1)
-                        .offset(offset)
-                        .rw_flags(rw_flags)
-                        .build(),
-                    _ => opcode::Write::new($f, ptr, l)
-                        .offset(offset)
-                        .rw_flags(rw_flags)
-                        .build(),
-                }
-            };
-        }
-        let sqe = match t.0 {
-            Target::Fd(fd) => build!(types::Fd(fd)),
-            Target::Fixed(i) => build!(types::Fixed(i)),
-        };
+        // `op` is WRITE or WRITEV here (fixed forms refused above): no buffer index.
+        let sqe = write_sqe(t, op, ptr, iov, len as u32, 0, offset, rw_flags);
         self.push_keep(
             idx,
             sqe,

@@ -312,10 +312,6 @@ impl Arena {
     pub fn slots(&self) -> usize {
         self.inner.slots
     }
-    /// The kind of pages asked for.
-    pub fn pages(&self) -> PageKind {
-        self.inner.pages
-    }
     /// Bytes of the mapping (whole pages of its kind).
     pub fn mapped_bytes(&self) -> usize {
         self.inner.len
@@ -330,21 +326,6 @@ impl Arena {
             PageKind::Thp => {
                 let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
                 smaps_anon_huge(&smaps, self.inner.ptr.as_ptr() as usize, self.inner.len)
-            }
-        }
-    }
-    /// Writes one byte in every base page, so the kernel backs the whole arena now (with
-    /// huge pages where it can) rather than at the first I/O.
-    pub fn prefault(&self) {
-        let page = page_size();
-        let base = self.inner.ptr.as_ptr();
-        for off in (0..self.inner.len).step_by(page) {
-            // SAFETY: `off < len`, inside the mapping; a volatile read-write of one byte
-            // keeps its value and races with nothing the arena gives out as `&`/`&mut`
-            // because callers prefault before handing out slots.
-            unsafe {
-                let p = base.add(off);
-                std::ptr::write_volatile(p, std::ptr::read_volatile(p));
             }
         }
     }
@@ -553,13 +534,12 @@ mod tests {
     #[test]
     fn thp_arena_is_2mib_aligned_whole_huge_pages_and_usable() {
         let a = Arena::with_pages(3 * (1 << 20), 1 << 20, 4096, PageKind::Thp).unwrap();
-        assert_eq!(a.pages(), PageKind::Thp);
         assert_eq!(a.mapped_bytes(), 4 << 20, "rounded up to whole 2 MiB pages");
         let mut s = a.alloc().unwrap();
         assert_eq!(s.as_ptr() as usize % HUGE_PAGE_BYTES, 0);
         s.as_mut_slice().fill(0xAB);
         assert!(s.as_slice().iter().all(|&b| b == 0xAB));
-        a.prefault();
+        // Touched memory only; the kernel may or may not have found a huge page.
         let huge = a.huge_bytes().expect("smaps lists the mapping");
         assert!(huge <= 4 << 20);
         drop(s);

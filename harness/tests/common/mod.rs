@@ -27,6 +27,24 @@ pub fn harness_bin() -> &'static str {
     env!("CARGO_BIN_EXE_harness")
 }
 
+/// The engine's `recorder` binary next to ours, built if missing.
+pub fn recorder_bin() -> PathBuf {
+    let dir = PathBuf::from(harness_bin()).parent().unwrap().to_path_buf();
+    let bin = dir.join("recorder");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "engine", "--bin", "recorder"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo to build the recorder");
+        assert!(st.success(), "building the recorder failed");
+    }
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}
+
 pub fn fake_bin() -> &'static str {
     env!("CARGO_BIN_EXE_fake-recorder")
 }
