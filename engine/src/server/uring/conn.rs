@@ -1,0 +1,520 @@
+//! Connections: accept and adoption, receive, end of input, reset, and the close
+//! sequence (SHUT_WR, linger, cancel, CLOSE). One [`Conn`] per socket.
+
+use super::*;
+
+/// ctx kinds in the top byte of NetOps/FileOps ctx values.
+pub(super) const K_RECV: u64 = 1;
+pub(super) const K_SEND: u64 = 2;
+pub(super) const K_SPLICE_IN: u64 = 3;
+pub(super) const K_SPLICE_OUT: u64 = 4;
+pub(super) const K_SPLICE_DRAIN: u64 = 5;
+pub(super) const K_CLOSE: u64 = 6;
+pub(super) const K_ACCEPT: u64 = 7;
+pub(super) const K_TICK: u64 = 8;
+pub(super) const K_IGNORE: u64 = 9;
+pub(super) const K_FILE_READ: u64 = 10;
+pub(super) const K_SERVICE_FILE: u64 = 11;
+pub(super) const K_MSG: u64 = 12;
+pub(super) const K_SHUTDOWN: u64 = 13;
+
+/// How long a closing connection reads (and drops) input waiting for the peer's EOF.
+pub(super) const LINGER: Duration = Duration::from_millis(200);
+
+pub(super) fn ctx(kind: u64, conn: ConnId) -> u64 {
+    (kind << 56) | conn.0
+}
+pub(super) fn ctx_kind(c: u64) -> u64 {
+    c >> 56
+}
+pub(super) fn ctx_conn(c: u64) -> ConnId {
+    ConnId(c & ((1 << 56) - 1))
+}
+
+#[derive(PartialEq, Eq, Debug, Clone, Copy)]
+pub(super) enum State {
+    Open,
+    /// No more receiving; close once the output queue is empty.
+    Closing,
+    /// Output sent and SHUT_WR done: reading (and dropping) until the peer's EOF or the
+    /// deadline, so unread input does not turn the close into a reset that destroys our
+    /// last bytes (an error message) before the peer reads them.
+    Lingering(Instant),
+    /// Ops being cancelled; CLOSE once none is in flight.
+    Cancelling,
+    /// CLOSE in flight.
+    Closed,
+}
+
+pub(super) struct Conn {
+    pub(super) gen: u32,
+    pub(super) fd: Option<OwnedFd>,
+    pub(super) state: State,
+    pub(super) recv_in_flight: bool,
+    /// user_data of the receive in flight (to cancel a multishot one on pause).
+    pub(super) recv_ud: u64,
+    /// The service asked not to receive for now.
+    pub(super) paused: bool,
+    /// The peer closed its sending side.
+    pub(super) eof_seen: bool,
+    pub(super) recv_buf: Option<Vec<u8>>,
+    pub(super) out: VecDeque<Out>,
+    /// A send, splice or file read of this connection is in flight.
+    pub(super) out_busy: bool,
+    /// Bytes asked of the send in flight.
+    pub(super) send_len: usize,
+    pub(super) ops: u32,
+    pub(super) last_active: Instant,
+    /// When the output op in flight was issued or last made progress.
+    pub(super) last_out: Instant,
+    pub(super) port: Port,
+    pub(super) pipe: Option<Pipe>,
+}
+
+impl<'a> Worker<'a> {
+    pub(super) fn adopt<S: Service>(
+        &mut self,
+        fd: OwnedFd,
+        port: Port,
+        svc: &mut S,
+    ) -> Result<(), UringError> {
+        let net = &self.cfg.net;
+        if self.live >= self.opts.max_connections_per_worker {
+            // The driver's hard limit (tables are sized from it): refuse at once. The
+            // service's own limits (with a protocol error message) are lower.
+            drop(fd);
+            return Ok(());
+        }
+        let raw = fd.as_raw_fd();
+        if net.tcp_nodelay {
+            let _ = sockopt::set_nodelay(raw, true);
+        }
+        if net.sndbuf_bytes > 0 {
+            let _ = sockopt::set_sndbuf(raw, net.sndbuf_bytes as i32);
+        }
+        if net.rcvbuf_bytes > 0 {
+            let _ = sockopt::set_rcvbuf(raw, net.rcvbuf_bytes as i32);
+        }
+        let idx = match self.free.pop() {
+            Some(i) => i as usize,
+            None => {
+                self.conns.push(None);
+                self.gens.push(0);
+                self.conns.len() - 1
+            }
+        };
+        self.gens[idx] = (self.gens[idx] + 1) & 0xff_ffff;
+        let gen = self.gens[idx];
+        self.conns[idx] = Some(Conn {
+            gen,
+            fd: Some(fd),
+            state: State::Open,
+            recv_in_flight: false,
+            recv_ud: 0,
+            paused: false,
+            eof_seen: false,
+            recv_buf: if net.recv == RecvMode::Single {
+                Some(vec![0u8; net.recv_buf_bytes as usize])
+            } else {
+                None
+            },
+            out: VecDeque::new(),
+            out_busy: false,
+            send_len: 0,
+            ops: 0,
+            last_active: self.io.now,
+            last_out: self.io.now,
+            port,
+            pipe: None,
+        });
+        self.live += 1;
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let id = ConnId::new(idx as u32, gen);
+        if svc.open(id, port, &mut self.io) {
+            self.arm_recv(id);
+        } else {
+            self.io.reqs.push(Req::Close(id));
+        }
+        Ok(())
+    }
+
+    pub(super) fn arm_recv(&mut self, id: ConnId) {
+        let multishot = self.pbuf.is_some();
+        let Some(c) = self.conn_mut(id) else { return };
+        let lingering = matches!(c.state, State::Lingering(_));
+        if !(c.state == State::Open || lingering) || c.recv_in_flight || (c.paused && !lingering) {
+            return;
+        }
+        let fd =
+            c.fd.as_ref()
+                .map(|f| f.as_raw_fd())
+                .expect("open connection has its fd");
+        let buf = c.recv_buf.take();
+        let r = {
+            let mut s = self.shared.borrow_mut();
+            if multishot {
+                self.net.recv_multishot(&mut *s, fd, BGID, ctx(K_RECV, id))
+            } else {
+                self.net.recv(
+                    &mut *s,
+                    fd,
+                    NetBuf::Heap(match buf {
+                        Some(b) => b,
+                        None => vec![0u8; self.cfg.net.recv_buf_bytes as usize],
+                    }),
+                    0,
+                    ctx(K_RECV, id),
+                )
+            }
+        };
+        let c = self.conn_mut(id).expect("still there");
+        match r {
+            Ok(ud) => {
+                c.recv_in_flight = true;
+                c.recv_ud = ud;
+                c.ops += 1;
+            }
+            Err(rej) => {
+                if let Some(NetBuf::Heap(b)) = rej.buf {
+                    c.recv_buf = Some(b);
+                }
+                eprintln!(
+                    "uring worker: cannot arm a receive: {}; closing the connection",
+                    rej.error
+                );
+                self.abort(id);
+            }
+        }
+    }
+
+    pub(super) fn on_net<S: Service>(
+        &mut self,
+        c: Completion<NetBuf>,
+        svc: &mut S,
+    ) -> Result<(), UringError> {
+        match c {
+            Completion::Accept { ctx: cx, res, more } => {
+                let i = (cx & 0xffff) as usize;
+                if !more {
+                    self.listeners[i].2 = false;
+                }
+                match res {
+                    Ok(fd) => {
+                        let port = self.listeners[i].0;
+                        self.route_conn(fd, port, svc)?;
+                    }
+                    Err(Errno(libc::ECANCELED)) => {}
+                    Err(Errno(
+                        e @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM),
+                    )) => {
+                        eprintln!("uring worker {}: accept: {} (raise the fd limit or lower max connections)", self.id, Errno(e));
+                    }
+                    Err(e) => {
+                        if !matches!(e.0, libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) {
+                            eprintln!("uring worker {}: accept: {e}", self.id);
+                        }
+                    }
+                }
+                if !self.listeners[i].2 && !self.pending_close_listeners {
+                    self.arm_accept(i)?;
+                }
+            }
+            Completion::Timeout { ctx: _, res: _ } => {
+                self.on_tick(svc);
+                self.arm_tick()?;
+            }
+            Completion::Cancel { .. } | Completion::MsgRing { .. } => {}
+            Completion::Shutdown { ctx: cx, res: _ } => {
+                let id = ctx_conn(cx);
+                self.op_done(id, false);
+                self.maybe_close(id);
+            }
+            Completion::Close { ctx: cx, res: _ } => self.release_conn(ctx_conn(cx), svc),
+            Completion::RecvMulti {
+                ctx: cx, res, more, ..
+            } => {
+                let id = ctx_conn(cx);
+                if !more {
+                    self.op_done(id, false);
+                    if let Some(c) = self.conn_mut(id) {
+                        c.recv_in_flight = false;
+                    }
+                }
+                let open = self.conn_mut(id).is_some_and(|c| c.state == State::Open);
+                match res {
+                    Ok(Some((bid, len))) => {
+                        let pbuf = self.pbuf.as_mut().expect("multishot has a buffer ring");
+                        let data = &pbuf.buf(bid)[..len];
+                        if open {
+                            self.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+                            svc.data(id, data, &mut self.io);
+                        }
+                        pbuf.recycle(bid);
+                        let now = self.io.now;
+                        if let Some(c) = self.conn_mut(id) {
+                            c.last_active = now;
+                        }
+                        if !more {
+                            self.stats.recv_rearms.fetch_add(1, Ordering::Relaxed);
+                            self.exec(svc)?;
+                            self.arm_recv(id);
+                            self.maybe_close(id);
+                        }
+                    }
+                    Ok(None) => self.on_eof(id, svc),
+                    Err(Errno(libc::ENOBUFS)) => {
+                        self.stats.enobufs.fetch_add(1, Ordering::Relaxed);
+                        self.stats.recv_rearms.fetch_add(1, Ordering::Relaxed);
+                        self.arm_recv(id);
+                        self.maybe_close(id);
+                    }
+                    Err(Errno(libc::ECANCELED)) => {
+                        self.arm_recv(id);
+                        self.maybe_close(id)
+                    }
+                    Err(_) => self.on_reset(id),
+                }
+            }
+            Completion::Recv {
+                ctx: cx, res, buf, ..
+            } => {
+                let id = ctx_conn(cx);
+                self.op_done(id, false);
+                let NetBuf::Heap(buf) = buf else {
+                    unreachable!("receive buffers are heap buffers")
+                };
+                let now = self.io.now;
+                let Some(c) = self.conn_mut(id) else {
+                    return Ok(());
+                };
+                c.recv_in_flight = false;
+                c.recv_buf = Some(buf);
+                match res {
+                    Ok(0) => self.on_eof(id, svc),
+                    Ok(n) => {
+                        c.last_active = now;
+                        let open = c.state == State::Open;
+                        let buf = c.recv_buf.take().expect("just stored");
+                        self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                        if open {
+                            svc.data(id, &buf[..n], &mut self.io);
+                        }
+                        if let Some(c) = self.conn_mut(id) {
+                            c.recv_buf = Some(buf);
+                        }
+                        // Run the service's requests (maybe a close) before re-arming.
+                        self.exec(svc)?;
+                        self.arm_recv(id);
+                    }
+                    Err(Errno(libc::ECANCELED)) => {
+                        self.arm_recv(id);
+                        self.maybe_close(id)
+                    }
+                    Err(_) => self.on_reset(id),
+                }
+            }
+            Completion::Send {
+                ctx: cx,
+                res,
+                buf,
+                off,
+                zc,
+                notif_pending: _,
+            } => {
+                let id = ctx_conn(cx);
+                if zc {
+                    self.stats.zc_sends.fetch_add(1, Ordering::Relaxed);
+                }
+                self.op_done(id, true);
+                match res {
+                    Ok(n) => {
+                        self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                        let Some(c) = self.conn_mut(id) else {
+                            return Ok(());
+                        };
+                        if n < c.send_len {
+                            match buf {
+                                // Short send: the rest goes first.
+                                Some(b) => self.send_buf(id, b, off + n),
+                                // SEND_ZC keeps the buffer until its notification: a short
+                                // zero-copy send (an error midway) cannot be resumed.
+                                None => self.abort(id),
+                            }
+                            return Ok(());
+                        }
+                        if let Some(Out::File(f)) = c.out.front_mut() {
+                            if f.chunk > 0 {
+                                f.sent += f.chunk;
+                                f.off += f.chunk;
+                                f.remaining -= f.chunk.min(f.remaining);
+                                f.chunk = 0;
+                            }
+                        }
+                        self.pump(id, svc);
+                    }
+                    Err(Errno(libc::ECANCELED)) => self.maybe_close(id),
+                    Err(_) => self.on_reset(id),
+                }
+            }
+            Completion::SendZcNotif { copied, .. } => {
+                if copied {
+                    self.stats.zc_copied.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Completion::Splice { ctx: cx, res } => {
+                let id = ctx_conn(cx);
+                let kind = ctx_kind(cx);
+                self.op_done(id, kind != K_SPLICE_IN);
+                self.on_splice(id, kind, res, svc);
+            }
+        }
+        Ok(())
+    }
+
+    /// One op of connection `id` came back. `out` when it was the output op.
+    pub(super) fn op_done(&mut self, id: ConnId, out: bool) {
+        if let Some(c) = self.conn_mut(id) {
+            c.ops -= 1;
+            if out {
+                c.out_busy = false;
+                c.last_out = Instant::now();
+            }
+        }
+    }
+
+    pub(super) fn on_eof<S: Service>(&mut self, id: ConnId, svc: &mut S) {
+        let Some(c) = self.conn_mut(id) else { return };
+        c.eof_seen = true;
+        match c.state {
+            State::Open => svc.eof(id, &mut self.io),
+            State::Lingering(_) => self.abort(id),
+            _ => self.maybe_close(id),
+        }
+    }
+
+    pub(super) fn on_reset(&mut self, id: ConnId) {
+        self.abort(id);
+    }
+
+    pub(super) fn route_conn<S: Service>(
+        &mut self,
+        fd: OwnedFd,
+        port: Port,
+        svc: &mut S,
+    ) -> Result<(), UringError> {
+        let n = self.mailboxes.len();
+        if self.cfg.net.listeners == Listeners::Acceptor && n > 1 {
+            let target = self.next_target % n;
+            self.next_target = self.next_target.wrapping_add(1);
+            if target != self.id {
+                self.mailboxes[target]
+                    .conns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((fd, port));
+                let tfd = *self.mailboxes[target]
+                    .ring_fd
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(tfd) = tfd {
+                    let r = self.net.msg_ring(
+                        &mut *self.shared.borrow_mut(),
+                        tfd,
+                        0,
+                        (TAG_WAKE as u64) << 56,
+                        ctx(K_MSG, ConnId(0)),
+                    );
+                    if let Err(e) = r {
+                        // The target also checks its mailbox every tick.
+                        eprintln!("uring worker {}: MSG_RING to worker {target}: {e}; it will pick the connection up at its next tick", self.id);
+                    }
+                }
+                return Ok(());
+            }
+        }
+        self.adopt(fd, port, svc)
+    }
+
+    /// Stops receiving and sending now, cancels what is in flight, then closes.
+    pub(super) fn abort(&mut self, id: ConnId) {
+        let Some(c) = self.conn_mut(id) else { return };
+        if matches!(c.state, State::Cancelling | State::Closed) {
+            return;
+        }
+        c.state = State::Cancelling;
+        c.out.clear();
+        let fd = c.fd.as_ref().map(|f| f.as_raw_fd());
+        if c.ops > 0 {
+            if let Some(fd) = fd {
+                let _ = self
+                    .net
+                    .cancel_fd(&mut *self.shared.borrow_mut(), fd, ctx(K_IGNORE, id));
+            }
+        }
+        self.maybe_close(id);
+    }
+
+    /// CLOSE once nothing of `id` is in flight any more.
+    pub(super) fn maybe_close(&mut self, id: ConnId) {
+        let Some(c) = self.conn_mut(id) else { return };
+        if c.state == State::Cancelling && c.ops == 0 {
+            c.state = State::Closed;
+            let fd = c.fd.take().expect("fd until CLOSE");
+            c.pipe = None;
+            if let Err(rej) = self
+                .net
+                .close(&mut *self.shared.borrow_mut(), fd, ctx(K_CLOSE, id))
+            {
+                // The fd was closed synchronously; the slot is freed at once.
+                eprintln!(
+                    "uring worker: CLOSE not queued ({}); closed synchronously",
+                    rej.error
+                );
+                self.closed_now.push(id);
+            }
+        }
+    }
+
+    pub(super) fn release_conn<S: Service>(&mut self, id: ConnId, svc: &mut S) {
+        if let Some(slot) = self.conns.get_mut(id.idx()) {
+            if slot.as_ref().is_some_and(|c| c.gen == id.gen()) {
+                *slot = None;
+                self.free.push(id.idx() as u32);
+                self.live -= 1;
+                self.stats.closed.fetch_add(1, Ordering::Relaxed);
+                svc.closed(id, &mut self.io);
+            }
+        }
+    }
+
+    /// Output is flushed: SHUT_WR, then linger reading until EOF (or 200 ms), then close.
+    pub(super) fn start_close(&mut self, id: ConnId) {
+        let now = self.io.now;
+        let Some(c) = conn_of(&mut self.conns, id) else {
+            return;
+        };
+        if c.state != State::Closing {
+            return; // already lingering or being torn down
+        }
+        if c.eof_seen || c.fd.is_none() {
+            return self.abort(id);
+        }
+        let fd = c.fd.as_ref().map(|f| f.as_raw_fd()).expect("checked");
+        let r = self.net.shutdown(
+            &mut *self.shared.borrow_mut(),
+            fd,
+            libc::SHUT_WR,
+            ctx(K_SHUTDOWN, id),
+        );
+        match r {
+            Ok(_) => {
+                let c = conn_of(&mut self.conns, id).expect("still there");
+                c.ops += 1;
+                c.state = State::Lingering(now + LINGER);
+                c.paused = false;
+                self.arm_recv(id);
+            }
+            Err(_) => self.abort(id),
+        }
+    }
+}
