@@ -12,10 +12,16 @@
 //! - `protocol`, `storage`, `http`, `server`: the recorder itself.
 #![deny(unsafe_code)]
 
+/// The package version (Cargo.toml).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit this was built from ("unknown" outside a checkout); see build.rs.
+pub const GIT_REVISION: &str = env!("GIT_REVISION");
+
 pub mod bench;
 pub mod config;
 pub mod fileio;
 pub mod http;
+pub mod logging;
 pub mod probe;
 pub mod protocol;
 pub mod server;

@@ -17,7 +17,7 @@ fn assert_workers(srv: &Server, flags: &[&str], facts: &[&str]) {
         let log = srv.log_text();
         let lines: Vec<&str> = log
             .lines()
-            .filter(|l| l.starts_with("uring worker "))
+            .filter(|l| l.contains("uring worker ") && l.contains("ring flags "))
             .collect();
         if lines.len() >= 2 {
             for l in lines {

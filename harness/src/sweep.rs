@@ -406,6 +406,9 @@ fn spawn_recorder(
         .arg(store)
         .args(["--ingest-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .args(args)
+        // the recorder's per-worker ring set-up lines, which `flags_from_log` reads, are
+        // logged at debug level under this target
+        .env("RUST_LOG", "info,recorder::startup=debug")
         .stdin(Stdio::null())
         .stdout(
             log.try_clone()

@@ -63,7 +63,23 @@ pub struct ServerConfig {
     pub retention_s: u64,
     /// TEST ONLY: injected delay after every replay-file write completes.
     pub test_write_delay_us: u64,
+    /// Log filter (tracing EnvFilter directives); "" = RUST_LOG, else `info`.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Log to this file (reopened on SIGHUP) instead of stderr; "" = stderr.
+    pub log_file: String,
+    /// One `info` line per HTTP response (target `recorder::access`).
+    pub access_log: bool,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub const LOG_FORMATS: &[(&str, LogFormat)] =
+    &[("text", LogFormat::Text), ("json", LogFormat::Json)];
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -88,6 +104,10 @@ impl Default for ServerConfig {
             retention_s: 0,
             test_write_delay_us: 0,
             write_buffer: WriteBuffer::Arena,
+            log_level: String::new(),
+            log_format: LogFormat::Text,
+            log_file: String::new(),
+            access_log: false,
         }
     }
 }
@@ -130,6 +150,10 @@ const KNOBS: &[Knob] = &[
     k("ds-token", "string", "", "Credential every DS HELLO must carry (empty: none required)."),
     k("retention-s", "u64", "0", "Sealed replays older than this many seconds are deleted (then 410 Gone until restart, and their id cannot be reused); 0 keeps them forever."),
     k("test-write-delay-us", "u64", "0", "TEST ONLY: sleep this many microseconds after every replay-file write completes, on the thread that handles it. Injects a known slowdown so the regression check can be shown to catch one; never set it in production."),
+    k("log-level", "filter", "", "Log filter: a level (error, warn, info, debug, trace) or tracing EnvFilter directives such as `info,recorder::startup=debug` (the per-worker ring set-up lines are `recorder::startup` at debug). Empty: RUST_LOG if set, else info; a value given here wins over RUST_LOG."),
+    k("log-format", "text|json", "text", "Log lines on stderr (or log-file): text (RFC 3339 UTC timestamp, level, target, message) or json (one object per line: timestamp, level, target, message and fields)."),
+    k("log-file", "path", "", "Append log lines to this file instead of stderr; SIGHUP reopens it (for logrotate). Empty: stderr."),
+    k("access-log", "bool", "false", "Log one info line per HTTP response (target recorder::access: peer, method, target, status, body bytes, duration)."),
 ];
 
 impl Section for ServerConfig {
@@ -159,6 +183,10 @@ impl Section for ServerConfig {
             "ds-token" => self.ds_token = v.to_string(),
             "retention-s" => self.retention_s = parse_num(v)?,
             "test-write-delay-us" => self.test_write_delay_us = parse_num(v)?,
+            "log-level" => self.log_level = v.trim().to_string(),
+            "log-format" => self.log_format = parse_choice(v, LOG_FORMATS)?,
+            "log-file" => self.log_file = v.to_string(),
+            "access-log" => self.access_log = super::parse_bool(v)?,
             _ => return Err(format!("unknown option {name}")),
         }
         Ok(())
@@ -185,6 +213,10 @@ impl Section for ServerConfig {
             "ds-token" => self.ds_token.clone(),
             "retention-s" => self.retention_s.to_string(),
             "test-write-delay-us" => self.test_write_delay_us.to_string(),
+            "log-level" => self.log_level.clone(),
+            "log-format" => choice_name(self.log_format, LOG_FORMATS).to_string(),
+            "log-file" => self.log_file.clone(),
+            "access-log" => self.access_log.to_string(),
             _ => return None,
         })
     }
@@ -250,6 +282,10 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             &["workers"],
             format!("workers {} is over 1024", s.workers),
         ));
+    }
+    if !s.log_level.is_empty() {
+        crate::logging::parse_filter(&s.log_level)
+            .map_err(|e| ConfigError::new(&["log-level"], format!("log-level: {e}")))?;
     }
     if s.ds_token.len() > 255 {
         return Err(ConfigError::new(

@@ -102,7 +102,7 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
                     active.fetch_sub(1, Ordering::AcqRel);
                 });
                 if r.is_err() {
-                    eprintln!("recorder: cannot start a DS connection thread");
+                    tracing::error!("cannot start a DS connection thread");
                 }
             })
         })
@@ -126,7 +126,7 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
                     active.fetch_sub(1, Ordering::AcqRel);
                 });
                 if r.is_err() {
-                    eprintln!("recorder: cannot start an HTTP connection thread");
+                    tracing::error!("cannot start an HTTP connection thread");
                 }
             })
         })
@@ -136,7 +136,9 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
     while !shutdown.load(Ordering::Acquire) {
         thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("recorder serve: shutting down: no new connections, flushing and acknowledging what was received");
+    tracing::info!(
+        "shutting down: no new connections, flushing and acknowledging what was received"
+    );
     registry.begin_shutdown();
     stop_accept.store(true, Ordering::Release);
     conns.wake_all();
@@ -151,7 +153,7 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
     }
     let left = active.load(Ordering::Acquire);
     if left > 0 {
-        eprintln!("recorder serve: {left} connections still open after 20 s; exiting anyway (live matches stay resumable)");
+        tracing::warn!("{left} connections still open after 20 s; exiting anyway (live matches stay resumable)");
     }
     Ok(())
 }
@@ -177,7 +179,7 @@ fn accept_loop(l: TcpListener, stop: &AtomicBool, mut on_conn: impl FnMut(TcpStr
                     return;
                 }
                 // EMFILE and friends: back off instead of spinning
-                eprintln!("recorder: accept failed: {e}");
+                tracing::warn!("accept failed: {e}");
                 thread::sleep(Duration::from_millis(10));
             }
         }

@@ -31,6 +31,7 @@
 
 pub mod blocking;
 pub mod registry;
+pub mod service;
 pub mod session;
 pub mod testkit;
 pub mod uring;
@@ -185,7 +186,7 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
     let paths = StorePaths::new(&cfg.server.store);
     let (opts, notes) = resolve_store_options(&cfg, &paths.root)?;
     for n in &notes {
-        eprintln!("storage: {n}");
+        tracing::info!("storage: {n}");
     }
     let rec =
         storage::recover_store(&paths, &opts, cfg.server.max_frame_bytes as u32).map_err(|e| {
@@ -195,7 +196,7 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
             ))
         })?;
     for n in &rec.notes {
-        eprintln!("recovery: {n}");
+        tracing::info!("recovery: {n}");
     }
     let registry = Registry::new(paths, limits(&cfg));
     let live: Vec<MatchFile> = rec
@@ -204,7 +205,7 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
         .map(|(id, scan, tail)| MatchFile::resume(id, scan, tail, opts.clone()))
         .collect();
     if !live.is_empty() || !rec.sealed.is_empty() {
-        eprintln!(
+        tracing::info!(
             "recovery: {} resumable matches, {} sealed replays",
             live.len(),
             rec.sealed.len()
@@ -212,7 +213,7 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
     }
     registry.load_recovered(&rec.sealed, live);
     for n in registry.load_expired() {
-        eprintln!("recovery: {n}");
+        tracing::info!("recovery: {n}");
     }
     let ingest = TcpListener::bind(&cfg.server.ingest_addr).map_err(|e| {
         ServerError(format!(
@@ -260,7 +261,7 @@ fn spawn_retention(
             while !shutdown.load(std::sync::atomic::Ordering::Acquire) {
                 let cutoff = storage::now_unix_us().saturating_sub(retention.as_micros() as u64);
                 for id in reg.expire_sealed_before(cutoff) {
-                    eprintln!("retention: deleted {id}.rpl");
+                    tracing::info!("retention: deleted {id}.rpl");
                 }
                 std::thread::sleep(step);
             }
@@ -414,41 +415,61 @@ pub fn cli_main(args: Vec<String>) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    let setup = match crate::logging::init(&eff.server) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("recorder serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(
+        version = crate::VERSION,
+        revision = crate::GIT_REVISION,
+        backend = config::choice_name(eff.server.backend, config::server::BACKENDS),
+        "recorder serve starting (log filter {:?} from {})",
+        setup.filter,
+        setup.filter_from
+    );
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, shutdown.clone()) {
-            eprintln!("recorder serve: cannot install the signal handler: {e}");
+            tracing::error!("recorder serve: cannot install the signal handler: {e}");
             return ExitCode::from(1);
         }
+    }
+    if let Err(e) = service::handle_sighup(m.get_one::<String>("config").cloned()) {
+        tracing::error!("recorder serve: cannot install the SIGHUP handler: {e}");
+        return ExitCode::from(1);
     }
     let ctx = match start(eff, shutdown) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("recorder serve: {e}");
+            tracing::error!("recorder serve: {e}");
             return ExitCode::from(1);
         }
     };
     match (ctx.ingest.local_addr(), ctx.http.local_addr()) {
         (Ok(i), Ok(h)) => {
-            eprintln!("ingest listening on {i}");
-            eprintln!("http listening on {h}");
+            tracing::info!("ingest listening on {i}");
+            tracing::info!("http listening on {h}");
         }
         _ => {
-            eprintln!("recorder serve: cannot read the bound addresses");
+            tracing::error!("recorder serve: cannot read the bound addresses");
             return ExitCode::from(1);
         }
     }
+    service::notify_ready(&ctx);
     let r = match ctx.cfg.server.backend {
         Backend::Blocking => blocking::run(ctx),
         Backend::Uring => run_uring(ctx),
     };
     match r {
         Ok(()) => {
-            eprintln!("recorder serve: stopped");
+            tracing::info!("recorder serve: stopped");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("recorder serve: {e}");
+            tracing::error!("recorder serve: {e}");
             ExitCode::from(1)
         }
     }

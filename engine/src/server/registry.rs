@@ -351,7 +351,7 @@ impl Registry {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    eprintln!("retention: cannot delete {}: {e}", path.display());
+                    tracing::warn!("retention: cannot delete {}: {e}", path.display());
                     continue;
                 }
             }
@@ -375,7 +375,7 @@ impl Registry {
             // of 410 after the restart) but never marks a replay that still exists.
             let _ = crate::storage::io::sync_dir(&self.paths.root);
             if let Err(e) = self.log_expired(&done) {
-                eprintln!(
+                tracing::warn!(
                     "retention: cannot record expired ids in {}: {e} (they will answer 404 after a restart)",
                     self.paths.expired_log().display()
                 );

@@ -70,6 +70,8 @@ fn start(backend: &str, store: &Path, extra: &[String]) -> Server {
             backend,
         ])
         .args(extra)
+        // the per-worker ring set-up lines (debug) are what some tests check
+        .env("RUST_LOG", "info,recorder::startup=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -83,17 +85,19 @@ fn start(backend: &str, store: &Path, extra: &[String]) -> Server {
         let mut ingest = None;
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if let Some(a) = line.strip_prefix("ingest listening on ") {
+            // log lines are "TIMESTAMP LEVEL TARGET: message"
+            if let Some(a) = line.split("ingest listening on ").nth(1) {
                 ingest = a.parse::<SocketAddr>().ok();
-            } else if let Some(a) = line.strip_prefix("http listening on ") {
+            } else if let Some(a) = line.split("http listening on ").nth(1) {
                 if let (Some(t), Some(i), Ok(h)) = (tx.take(), ingest, a.parse::<SocketAddr>()) {
                     let _ = t.send(Ok((i, h)));
                 }
             } else {
                 log2.lock().unwrap().push(line.clone());
-                if let Some(t) = tx.as_ref().filter(|_| {
-                    line.starts_with("recorder serve:") && !line.contains("shutting down")
-                }) {
+                if let Some(t) = tx
+                    .as_ref()
+                    .filter(|_| line.contains("recorder serve:") && !line.contains("shutting down"))
+                {
                     let _ = t.send(Err(line.clone()));
                 }
             }

@@ -178,7 +178,7 @@ impl<'a> Worker<'a> {
                 if let Some(NetBuf::Heap(b)) = rej.buf {
                     c.recv_buf = Some(b);
                 }
-                eprintln!(
+                tracing::error!(
                     "uring worker: cannot arm a receive: {}; closing the connection",
                     rej.error
                 );
@@ -207,11 +207,11 @@ impl<'a> Worker<'a> {
                     Err(Errno(
                         e @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM),
                     )) => {
-                        eprintln!("uring worker {}: accept: {} (raise the fd limit or lower max connections)", self.id, Errno(e));
+                        tracing::warn!("uring worker {}: accept: {} (raise the fd limit or lower max connections)", self.id, Errno(e));
                     }
                     Err(e) => {
                         if !matches!(e.0, libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) {
-                            eprintln!("uring worker {}: accept: {e}", self.id);
+                            tracing::warn!("uring worker {}: accept: {e}", self.id);
                         }
                     }
                 }
@@ -426,7 +426,7 @@ impl<'a> Worker<'a> {
                     );
                     if let Err(e) = r {
                         // The target also checks its mailbox every tick.
-                        eprintln!("uring worker {}: MSG_RING to worker {target}: {e}; it will pick the connection up at its next tick", self.id);
+                        tracing::warn!("uring worker {}: MSG_RING to worker {target}: {e}; it will pick the connection up at its next tick", self.id);
                     }
                 }
                 return Ok(());
@@ -466,7 +466,7 @@ impl<'a> Worker<'a> {
                 .close(&mut *self.shared.borrow_mut(), fd, ctx(K_CLOSE, id))
             {
                 // The fd was closed synchronously; the slot is freed at once.
-                eprintln!(
+                tracing::warn!(
                     "uring worker: CLOSE not queued ({}); closed synchronously",
                     rej.error
                 );

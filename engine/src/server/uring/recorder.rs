@@ -572,7 +572,7 @@ fn send_response(h: &mut Http, id: ConnId, resp: http::Response, io: &mut Io, re
                 return;
             }
             Err(e) => {
-                eprintln!("recorder: cannot open the live match file: {e}");
+                tracing::error!("cannot open the live match file: {e}");
                 io.abort(id);
                 h.closing = true;
                 return;

@@ -56,7 +56,7 @@ impl<'a> Worker<'a> {
                 c.last_active = now;
             }
             Err(rej) => {
-                eprintln!(
+                tracing::error!(
                     "uring worker: cannot queue a send: {}; closing the connection",
                     rej.error
                 );
@@ -108,7 +108,9 @@ impl<'a> Worker<'a> {
                         match Pipe::new(net.pipe_bytes as usize) {
                             Ok(p) => c.pipe = Some(p),
                             Err(e) => {
-                                eprintln!("uring worker: cannot create a pipe for splice: {e}");
+                                tracing::error!(
+                                    "uring worker: cannot create a pipe for splice: {e}"
+                                );
                                 return self.fail_file(id, e, svc);
                             }
                         }

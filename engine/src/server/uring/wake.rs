@@ -34,7 +34,7 @@ impl Waker {
                     })
                 }
                 Err(e) => {
-                    eprintln!("uring: cannot make the wake-up ring ({e}); workers notice finished storage work at their next tick");
+                    tracing::warn!("uring: cannot make the wake-up ring ({e}); workers notice finished storage work at their next tick");
                     return;
                 }
             }

@@ -137,7 +137,8 @@ impl<'a> Worker<'a> {
             arena_registered: registered,
             attached_to_anchor: anchor.is_some(),
         };
-        eprintln!(
+        tracing::debug!(
+            target: crate::logging::STARTUP,
             "uring worker {id}: ring flags {} (asked {}), features {}, sq {} cq {}, attach-wq {}, io-wq max workers {}, recv {}{}, accept {}, send {}, listeners {}, arena {} x {} bytes{}",
             report.ring.flag_names,
             report.ring.requested_flag_names,
