@@ -1,0 +1,135 @@
+//! Response plans ([`Response`]: head bytes, a [`Body`], close or keep alive) and the
+//! head builders. Sans-IO: the backend sends `head`, then the body the plan names.
+
+use super::{HttpError, LiveTail};
+use std::fmt::Write as _;
+
+pub fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        410 => "Gone",
+        413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// A response head. `len`: Content-Length, or None for chunked.
+pub fn head(status: u16, headers: &[(&str, &str)], len: Option<u64>, keep_alive: bool) -> Vec<u8> {
+    let mut h = format!(
+        "HTTP/1.1 {status} {}\r\nServer: recorder\r\n",
+        status_text(status)
+    );
+    for (k, v) in headers {
+        let _ = write!(h, "{k}: {v}\r\n");
+    }
+    match len {
+        Some(n) => {
+            let _ = write!(h, "Content-Length: {n}\r\n");
+        }
+        None => h.push_str("Transfer-Encoding: chunked\r\n"),
+    }
+    h.push_str(if keep_alive {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
+    h.into_bytes()
+}
+
+/// What to send for one request.
+pub enum Body {
+    None,
+    Bytes(Vec<u8>),
+    /// `len` bytes of the sealed replay `file` (already open, so retention deleting
+    /// the path after the head was decided cannot cut the body short) from `offset`.
+    File {
+        file: std::fs::File,
+        offset: u64,
+        len: u64,
+    },
+    /// A live match, chunked from byte 0 following the tail (see [`LiveTail`]).
+    Live(LiveTail),
+}
+
+pub struct Response {
+    pub status: u16,
+    pub head: Vec<u8>,
+    pub body: Body,
+    /// Close the connection after this response.
+    pub close: bool,
+}
+
+impl Response {
+    pub(crate) fn simple(
+        status: u16,
+        text: &str,
+        keep_alive: bool,
+        head_only: bool,
+        extra: &[(&str, &str)],
+    ) -> Response {
+        let body = format!("{text}\n").into_bytes();
+        let mut hs: Vec<(&str, &str)> = vec![("Content-Type", "text/plain; charset=utf-8")];
+        hs.extend_from_slice(extra);
+        Response {
+            status,
+            head: head(status, &hs, Some(body.len() as u64), keep_alive),
+            body: if head_only {
+                Body::None
+            } else {
+                Body::Bytes(body)
+            },
+            close: !keep_alive,
+        }
+    }
+    pub(crate) fn json(v: &serde_json::Value, keep_alive: bool, head_only: bool) -> Response {
+        let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+        body.push(b'\n');
+        Response {
+            status: 200,
+            head: head(
+                200,
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Cache-Control", "no-cache"),
+                ],
+                Some(body.len() as u64),
+                keep_alive,
+            ),
+            body: if head_only {
+                Body::None
+            } else {
+                Body::Bytes(body)
+            },
+            close: !keep_alive,
+        }
+    }
+}
+
+/// The answer to a request that failed to parse (always closes).
+pub fn error_response(e: &HttpError) -> Response {
+    Response::simple(e.status, &e.text, false, false, &[])
+}
+
+pub(crate) fn head_304(etag: &str, ka: bool) -> Vec<u8> {
+    let mut h = format!(
+        "HTTP/1.1 304 Not Modified\r\nServer: recorder\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n"
+    );
+    h.push_str(if ka {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
+    h.into_bytes()
+}

@@ -1,0 +1,160 @@
+//! Routing: one parsed [`Request`] and the registry -> a [`Response`] plan. Add an
+//! endpoint as a match arm in [`route`] and a `*_response` function in its own file.
+
+use super::replay::{read_sealed_index, replay_response};
+use super::response::{head, Body, Response};
+use super::{metrics_text, truncate, Method, Request};
+use crate::protocol;
+use crate::server::registry::{MatchInfo, MatchShared, Phase, Registry};
+use crate::storage::IndexEntry;
+use std::sync::atomic::Ordering;
+
+/// Turns one request into a response plan.
+pub fn route(req: &Request, reg: &Registry) -> Response {
+    Metrics_add(reg, 1);
+    let ka = req.keep_alive && !reg.shutting_down();
+    let head_only = req.method == Method::Head;
+    if req.method == Method::Other {
+        return Response::simple(
+            405,
+            &format!("method {} is not allowed; use GET or HEAD", req.method_text),
+            ka,
+            false,
+            &[("Allow", "GET, HEAD")],
+        );
+    }
+    let path = match percent_decode(&req.path) {
+        Some(p) => p,
+        None => {
+            return Response::simple(
+                400,
+                "malformed percent-encoding in the path",
+                false,
+                head_only,
+                &[],
+            )
+        }
+    };
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match segs.as_slice() {
+        ["matches"] => list_response(reg, ka, head_only),
+        ["metrics"] => {
+            let body = metrics_text(reg).into_bytes();
+            Response {
+                status: 200,
+                head: head(
+                    200,
+                    &[("Content-Type", "text/plain; version=0.0.4")],
+                    Some(body.len() as u64),
+                    ka,
+                ),
+                body: if head_only {
+                    Body::None
+                } else {
+                    Body::Bytes(body)
+                },
+                close: !ka,
+            }
+        }
+        ["matches", id] | ["matches", id, "index"] => {
+            if let Err(e) = protocol::validate_match_id(id) {
+                return Response::simple(400, &e.text, ka, head_only, &[]);
+            }
+            let Some(m) = reg.get(id) else {
+                if reg.is_expired(id) {
+                    let text = format!("match {id} has expired and was deleted (retention-s)");
+                    return Response::simple(410, &text, ka, head_only, &[]);
+                }
+                return Response::simple(
+                    404,
+                    &format!("no match {id} is recorded or being recorded here"),
+                    ka,
+                    head_only,
+                    &[],
+                );
+            };
+            if segs.len() == 3 {
+                index_response(reg, &m, ka, head_only)
+            } else {
+                replay_response(req, reg, m, ka, head_only)
+            }
+        }
+        _ => Response::simple(
+            404,
+            &format!("no such resource {:?}; try /matches", truncate(&path, 100)),
+            ka,
+            head_only,
+            &[],
+        ),
+    }
+}
+
+#[allow(non_snake_case)]
+fn Metrics_add(reg: &Registry, n: u64) {
+    reg.metrics.http_requests.fetch_add(n, Ordering::Relaxed);
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn info_json(i: &MatchInfo) -> serde_json::Value {
+    let s = &i.stats;
+    serde_json::json!({
+        "id": i.id,
+        "state": i.phase.name(),
+        "bytes": i.bytes,
+        "frames": s.frame_count,
+        "last_seq": s.last_seq,
+        "first_tick": if s.frame_count > 0 { Some(s.first_tick) } else { None },
+        "last_tick": if s.frame_count > 0 { Some(s.last_tick) } else { None },
+        "payload_bytes": s.payload_bytes,
+        "start_unix_ms": s.created_unix_us / 1000,
+        "end_unix_ms": if i.phase == Phase::Sealed { Some(i.sealed_unix_us / 1000) } else { None },
+        "writer_connected": i.writer,
+    })
+}
+
+fn list_response(reg: &Registry, ka: bool, head_only: bool) -> Response {
+    let v: Vec<serde_json::Value> = reg.list().iter().map(info_json).collect();
+    Response::json(&serde_json::json!({ "matches": v }), ka, head_only)
+}
+
+fn index_response(reg: &Registry, m: &MatchShared, ka: bool, head_only: bool) -> Response {
+    let i = m.info();
+    let entries: Result<Vec<IndexEntry>, String> = if i.phase == Phase::Sealed {
+        read_sealed_index(&reg.paths.sealed_path(&i.id), i.bytes)
+    } else {
+        Ok(m.live_index())
+    };
+    match entries {
+        Err(e) => Response::simple(
+            500,
+            &format!("could not read the index of match {}: {e}", i.id),
+            false,
+            head_only,
+            &[],
+        ),
+        Ok(entries) => {
+            let mut v = info_json(&i);
+            v["keyframes"] = serde_json::to_value(entries).unwrap_or_default();
+            Response::json(&v, ka, head_only)
+        }
+    }
+}
