@@ -1,0 +1,58 @@
+//! A recorder cell's command-line flags, checked with the engine's own configuration rules.
+
+use super::Outcome;
+use crate::experiment::{Cell, ENGINE_SECTIONS};
+
+/// Knobs the harness sets itself for every recorder run.
+pub(crate) const HARNESS_OWNED: &[&str] =
+    &["server.store", "server.ingest-addr", "server.http-addr"];
+
+/// The recorder's command-line arguments for a cell and the setup flags it requests,
+/// validated with the engine's own rules first (a refusal makes the cell `unsupported`).
+#[allow(clippy::result_large_err)] // an Outcome is the natural error here
+pub(crate) fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), Outcome> {
+    let mut cfg = engine::config::Config::default();
+    let _ = cfg.set("server.store", "/nonexistent-store-checked-by-the-recorder");
+    let _ = cfg.set("server.ingest-addr", "127.0.0.1:0");
+    let _ = cfg.set("server.http-addr", "127.0.0.1:0");
+    let mut args = Vec::new();
+    for k in cell.values.keys() {
+        if HARNESS_OWNED.contains(&k.as_str()) {
+            return Err(Outcome::bad(
+                "failed",
+                format!("{k} is set by the harness for every run; remove it from the experiment"),
+            ));
+        }
+    }
+    for (k, v) in &cell.values {
+        let ns = k.split('.').next().unwrap_or("");
+        if ENGINE_SECTIONS.contains(&ns) {
+            cfg.set(k, v).map_err(|e| {
+                Outcome::bad(
+                    "unsupported",
+                    format!("refused by the engine's knob table: {e}"),
+                )
+            })?;
+            let knob = engine::config::find_knob(k).expect("checked at load");
+            args.push(format!("--{}", knob.name));
+            args.push(v.clone());
+        } else if let Some(raw) = k.strip_prefix("raw.") {
+            args.push(format!("--{raw}"));
+            args.push(v.clone());
+        }
+    }
+    cfg.validate()
+        .and_then(|_| engine::config::server::validate_serve(&cfg))
+        .map_err(|e| {
+            Outcome::bad(
+                "unsupported",
+                format!("refused by the engine's configuration rules: {e}"),
+            )
+        })?;
+    let requested = if cfg.server.backend == engine::config::server::Backend::Uring {
+        engine::uring::flag_names(cfg.ring.setup_flags()).replace("none", "")
+    } else {
+        String::new()
+    };
+    Ok((args, requested))
+}

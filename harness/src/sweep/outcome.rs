@@ -1,0 +1,128 @@
+//! The result of one run (`Outcome`), the per-run columns derived from telemetry, and the
+//! rejection of runs measured on a noisy machine (steal, generator saturation).
+
+use std::collections::BTreeMap;
+
+use super::Ctx;
+use crate::experiment::Cell;
+use crate::telemetry::Derived;
+use crate::util::fmt_opt;
+
+/// One finished run.
+#[derive(Default, Debug, Clone)]
+pub struct Outcome {
+    pub status: String,
+    pub reason: String,
+    pub started_at: Option<f64>,
+    pub duration_s: Option<f64>,
+    pub requested_flags: String,
+    pub effective_flags: String,
+    pub m: BTreeMap<&'static str, String>,
+    pub log: String,
+}
+
+impl Outcome {
+    pub(crate) fn bad(status: &str, reason: impl Into<String>) -> Outcome {
+        Outcome {
+            status: status.into(),
+            reason: one_line(&reason.into()),
+            ..Default::default()
+        }
+    }
+    pub fn throughput(&self) -> Option<f64> {
+        self.m.get("throughput_mbps").and_then(|v| v.parse().ok())
+    }
+}
+
+pub(crate) fn one_line(s: &str) -> String {
+    let s = s.replace(['\n', '\r'], " | ");
+    if s.len() > 600 {
+        format!(
+            "{}...",
+            &s[..s
+                .char_indices()
+                .take_while(|(i, _)| *i < 600)
+                .last()
+                .map(|(i, _)| i)
+                .unwrap_or(0)]
+        )
+    } else {
+        s
+    }
+}
+
+pub(crate) fn fill_derived(o: &mut Outcome, d: &Derived, bytes: u64, measure_s: f64) {
+    o.m.insert("dev_mbps", fmt_opt(d.dev_mbps));
+    o.m.insert("dev_iops", fmt_opt(d.dev_iops));
+    o.m.insert("dev_merge_pct", fmt_opt(d.dev_merge_pct));
+    o.m.insert("dev_await_ms", fmt_opt(d.dev_await_ms));
+    o.m.insert("dev_aqu_sz", fmt_opt(d.dev_aqu_sz));
+    o.m.insert("dev_util_pct", fmt_opt(d.dev_util_pct));
+    o.m.insert("ctx_switches_per_s", fmt_opt(d.ctx_switches_per_s));
+    o.m.insert("steal_pct", fmt_opt(d.steal_pct));
+    o.m.insert("dirty_kb_max", fmt_opt(d.dirty_kb_max));
+    o.m.insert("writeback_kb_max", fmt_opt(d.writeback_kb_max));
+    o.m.insert("net_rx_softirq_per_s", fmt_opt(d.net_rx_softirq_per_s));
+    o.m.insert("block_softirq_per_s", fmt_opt(d.block_softirq_per_s));
+    o.m.insert("interrupts_per_s", fmt_opt(d.interrupts_per_s));
+    o.m.insert("recorder_write_mbps", fmt_opt(d.srv_write_mbps));
+    if let Some(cpu) = d.srv_cpu_s {
+        o.m.insert("recorder_cpu_pct", fmt_opt(Some(100.0 * cpu / measure_s)));
+        if bytes > 0 && !o.m.contains_key("cpu_s_per_gib") {
+            o.m.insert(
+                "cpu_s_per_gib",
+                fmt_opt(Some(cpu / (bytes as f64 / (1u64 << 30) as f64))),
+            );
+        }
+    }
+}
+
+/// Marks a run `rejected` when steal or generator saturation is over its limit.
+pub(crate) fn reject_if_noisy(ctx: &Ctx, cell: &Cell, o: &mut Outcome) {
+    if o.status != "ok" {
+        clear_metrics_keep(o);
+        return;
+    }
+    let get = |k: &str| o.m.get(k).and_then(|v| v.parse::<f64>().ok());
+    let thr = get("throughput_mbps")
+        .map(|t| format!(" (measured {t:.2} MB/s)"))
+        .unwrap_or_default();
+    if let Some(s) = get("steal_pct") {
+        if s > ctx.exp.steal_limit_pct {
+            o.status = "rejected".into();
+            o.reason = format!(
+                "steal {s:.1}% is over the limit {}%{thr}",
+                ctx.exp.steal_limit_pct
+            );
+        }
+    }
+    if let Some(g) = get("gen_cpu_pct") {
+        // The generator can use one core per thread, up to the machine's cores.
+        let ncpu = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
+        let threads = match (cell.kind(), cell.workload().as_str()) {
+            ("iperf3", _) => 1.0,
+            (_, "serve") => cell.u64_or("load.concurrency", 8).unwrap_or(8) as f64,
+            _ => cell.u64_or("load.threads", 2).unwrap_or(2) as f64,
+        };
+        let limit = ctx.exp.gen_cpu_limit_pct * threads.min(ncpu).max(1.0);
+        // iperf3 is CPU-bound on loopback by nature: its client saturating a core *is* the
+        // network limit this anchor measures, so it is never rejected for it.
+        if o.status == "ok" && g > limit && cell.kind() != "iperf3" {
+            o.status = "rejected".into();
+            o.reason = format!(
+                "load generator saturated: {g:.0}% of a core is over the limit {limit:.0}%{thr}"
+            );
+        }
+    }
+    if o.status != "ok" {
+        clear_metrics_keep(o);
+    }
+}
+
+/// A run that is not `ok` keeps no metrics (docs/results.md), only its diagnostics.
+pub(crate) fn clear_metrics_keep(o: &mut Outcome) {
+    let keep = ["errors", "error_kinds", "placement", "ring_fdinfo", "load"];
+    o.m.retain(|k, _| keep.contains(k));
+}

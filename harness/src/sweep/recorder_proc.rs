@@ -1,0 +1,260 @@
+//! Starting and stopping a recorder process for one run, and reading what it logs (its
+//! addresses, its ring flags, why it refused a configuration) and its `/metrics` counters.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use super::Outcome;
+
+/// Reads the recorder's log for a line saying the config is unsupported.
+pub(crate) fn classify_exit(log: &str, status: &str) -> Outcome {
+    let hit = log.lines().find(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("unsupported")
+            || l.contains("not supported")
+            || l.contains("eopnotsupp")
+            || l.contains("unknown option")
+    });
+    match hit {
+        Some(l) => Outcome::bad("unsupported", l.trim().to_string()),
+        None => {
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            Outcome::bad(
+                "failed",
+                format!(
+                    "recorder exited ({status}) before listening: {}",
+                    tail.join(" | ")
+                ),
+            )
+        }
+    }
+}
+
+/// Setup flags the recorder reports in its log. The uring backend prints, per worker,
+/// `ring flags EFFECTIVE (asked REQUESTED), ...`; other lines naming `requested` / `effective`
+/// with `IORING_SETUP_*` tokens are also understood. `word` is `requested` or `effective`.
+pub(crate) fn flags_from_log(log: &str, word: &str) -> String {
+    for l in log.lines() {
+        if let Some(rest) = l.split("ring flags ").nth(1) {
+            let (eff, req) = match rest.split_once(" (asked ") {
+                Some((e, r)) => (e.trim(), r.split(')').next().unwrap_or("").trim()),
+                None => (rest.split(',').next().unwrap_or("").trim(), ""),
+            };
+            let v = if word == "effective" { eff } else { req };
+            return if v == "none" {
+                String::new()
+            } else {
+                v.to_string()
+            };
+        }
+    }
+    for l in log.lines() {
+        let low = l.to_ascii_lowercase();
+        if low.contains(word) && l.contains("IORING_SETUP_") {
+            let names: Vec<&str> = l
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|t| t.starts_with("IORING_SETUP_"))
+                .collect();
+            return names.join("|");
+        }
+    }
+    String::new()
+}
+
+/// `(io_uring_enter calls, completions)` from the recorder's `/metrics`.
+pub(crate) fn uring_counters(http: SocketAddr) -> Option<(u64, u64)> {
+    let r = crate::httpc::get(http, "/metrics", None, Duration::from_secs(2)).ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&r.body);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+    };
+    Some((
+        value("recorder_uring_enter_calls_total ")?,
+        value("recorder_uring_completions_total ")?,
+    ))
+}
+
+pub(crate) struct Recorder {
+    pub child: Child,
+    pub ingest: SocketAddr,
+    pub http: SocketAddr,
+    pub log_path: PathBuf,
+}
+
+#[allow(clippy::result_large_err)]
+pub(crate) fn spawn_recorder(
+    bin: &Path,
+    store: &Path,
+    args: &[String],
+    log_path: &Path,
+    cpus: Option<&str>,
+    stop: &AtomicBool,
+) -> Result<Recorder, Outcome> {
+    let log = std::fs::File::create(log_path).map_err(|e| {
+        Outcome::bad(
+            "failed",
+            format!("cannot create log {}: {e}", log_path.display()),
+        )
+    })?;
+    let mut cmd = match cpus {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(c).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    };
+    cmd.arg("serve")
+        .arg("--store")
+        .arg(store)
+        .args(["--ingest-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(args)
+        // the recorder's per-worker ring set-up lines, which `flags_from_log` reads, are
+        // logged at debug level under this target
+        .env("RUST_LOG", "info,recorder::startup=debug")
+        .stdin(Stdio::null())
+        .stdout(
+            log.try_clone()
+                .map_err(|e| Outcome::bad("failed", e.to_string()))?,
+        )
+        .stderr(log);
+    let mut child = cmd.spawn().map_err(|e| {
+        Outcome::bad(
+            "failed",
+            format!("cannot start recorder {}: {e}", bin.display()),
+        )
+    })?;
+    crate::util::raise_nofile_of(child.id(), 65_536);
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log_path).unwrap_or_default();
+        let find = |p: &str| {
+            text.lines().find_map(|l| {
+                l.split(p)
+                    .nth(1)
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+            })
+        };
+        if let (Some(i), Some(h)) = (find("ingest listening on "), find("http listening on ")) {
+            return Ok(Recorder {
+                child,
+                ingest: i,
+                http: h,
+                log_path: log_path.to_path_buf(),
+            });
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            std::thread::sleep(Duration::from_millis(50));
+            let text = std::fs::read_to_string(log_path).unwrap_or_default();
+            return Err(classify_exit(&text, &st.to_string()));
+        }
+        if t0.elapsed() > Duration::from_secs(30) || stop.load(Relaxed) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Outcome::bad(
+                "failed",
+                "recorder did not print `ingest listening on` and `http listening on` within 30 s",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Recorder {
+    /// SIGTERM, wait up to 10 s, then SIGKILL. Err if it had died before we asked.
+    pub(crate) fn stop(mut self) -> Result<(), String> {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            return Err(format!(
+                "recorder exited during the run ({st}); see the log"
+            ));
+        }
+        let _ = crate::util::send_signal(self.child.id(), "TERM");
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .and_then(|mut f| {
+                writeln!(
+                    f,
+                    "harness: recorder did not stop within 10 s of SIGTERM; killed"
+                )
+            });
+        Ok(())
+    }
+}
+
+pub(crate) fn vmhwm_kb(pid: u32) -> Option<f64> {
+    procfs::process::Process::new(pid as i32)
+        .ok()?
+        .status()
+        .ok()?
+        .vmhwm
+        .map(|v| v as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_is_told_from_failed() {
+        let o = classify_exit(
+            "starting\nrecorder: ring.iopoll: IOPOLL unsupported on vda (no poll queues)\n",
+            "exit status: 3",
+        );
+        assert_eq!(o.status, "unsupported");
+        assert!(o.reason.contains("IOPOLL"));
+        let o = classify_exit("thread main panicked at x.rs\n", "signal: 6");
+        assert_eq!(o.status, "failed");
+        assert!(o.reason.contains("panicked"), "{}", o.reason);
+    }
+
+    #[test]
+    fn flags_are_read_from_the_log() {
+        let log = "ring: requested IORING_SETUP_SQPOLL|IORING_SETUP_SQ_AFF\nring: effective flags IORING_SETUP_SQPOLL\n";
+        assert_eq!(
+            flags_from_log(log, "requested"),
+            "IORING_SETUP_SQPOLL|IORING_SETUP_SQ_AFF"
+        );
+        assert_eq!(flags_from_log(log, "effective"), "IORING_SETUP_SQPOLL");
+        let log = "uring worker 0: ring flags IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL (asked IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL), sq 256 cq 512\n";
+        assert_eq!(
+            flags_from_log(log, "effective"),
+            "IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL"
+        );
+        assert_eq!(
+            flags_from_log(log, "requested"),
+            "IORING_SETUP_SQPOLL|IORING_SETUP_SUBMIT_ALL"
+        );
+        assert_eq!(
+            flags_from_log(
+                "uring worker 1: ring flags none (asked none), sq 256\n",
+                "effective"
+            ),
+            ""
+        );
+    }
+}

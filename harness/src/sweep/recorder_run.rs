@@ -1,0 +1,142 @@
+//! One run of a recorder cell: store, placement, recorder process, telemetry, load, and
+//! the derived columns.
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::engine_args::cell_engine_args;
+use super::load::drive_recorder;
+use super::outcome::{fill_derived, reject_if_noisy};
+use super::recorder_proc::{flags_from_log, spawn_recorder, uring_counters, vmhwm_kb};
+use super::{Ctx, Outcome};
+use crate::experiment::Cell;
+use crate::placement;
+use crate::telemetry::{self, Sampler};
+use crate::util::fmt_opt;
+
+/// Runs one recorder cell once.
+pub(crate) fn run_recorder(
+    ctx: &Ctx,
+    cell: &Cell,
+    run_id: &str,
+    bin: &Path,
+    run_seed: u64,
+) -> Outcome {
+    let (args, requested) = match cell_engine_args(cell) {
+        Ok(a) => a,
+        Err(o) => return o,
+    };
+    let store = ctx.target.path.join(format!("store-{run_id}"));
+    let _ = std::fs::remove_dir_all(&store);
+    if let Err(e) = std::fs::create_dir_all(&store) {
+        return Outcome::bad(
+            "failed",
+            format!("cannot create store {}: {e}", store.display()),
+        );
+    }
+    let log_rel = format!("logs/{run_id}.log");
+    let log_path = ctx.out.join(&log_rel);
+    let pl = placement::plan(&ctx.topo, cell.str_or("placement.policy", "shared"));
+    let pl = match pl {
+        Ok(p) => p,
+        Err(e) => return Outcome::bad("unsupported", e),
+    };
+    let mut o = match spawn_recorder(
+        bin,
+        &store,
+        &args,
+        &log_path,
+        pl.recorder_cpus.as_deref(),
+        &ctx.stop,
+    ) {
+        Ok(rec) => {
+            let mut o = Outcome {
+                status: "ok".into(),
+                log: log_rel.clone(),
+                ..Default::default()
+            };
+            o.m.insert("placement", pl.describe());
+            if let Err(e) = placement::bind_self(&ctx.topo, pl.generator_cpus.as_deref()) {
+                o.m.insert(
+                    "placement",
+                    format!("{} (generator binding failed: {e})", pl.describe()),
+                );
+            }
+            let progress = Arc::new(AtomicU64::new(0));
+            let sampler = Sampler::start(
+                ctx.target.device.clone(),
+                vec![rec.child.id() as i32],
+                progress.clone(),
+                Duration::from_millis(250),
+            );
+            let uring0 = uring_counters(rec.http);
+            let res = drive_recorder(ctx, cell, &rec, run_seed, &progress, &mut o);
+            // I/Os per system call over the whole run (ramp-up included), from the
+            // recorder's own counters; empty when it made no io_uring_enter call (blocking).
+            if let (Some((e0, c0)), Some((e1, c1))) = (uring0, uring_counters(rec.http)) {
+                if e1 > e0 {
+                    o.m.insert(
+                        "ios_per_syscall",
+                        fmt_opt(Some((c1 - c0) as f64 / (e1 - e0) as f64)),
+                    );
+                }
+            }
+            let (samples, fdinfo) = sampler.finish();
+            let _ = placement::bind_self(&ctx.topo, None);
+            o.m.insert("rss_kb", fmt_opt(vmhwm_kb(rec.child.id())));
+            o.m.insert("ring_fdinfo", fdinfo);
+            let stopped = rec.stop();
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            // Requested: from the engine's knob table (the one place that maps knobs to flags);
+            // effective: only what the recorder itself reports in its log (never guessed).
+            let logged = flags_from_log(&text, "requested");
+            o.requested_flags = if logged.is_empty() {
+                requested.clone()
+            } else {
+                logged
+            };
+            o.effective_flags = flags_from_log(&text, "effective");
+            match (res, stopped) {
+                (Err(e), _) => {
+                    let mut b = Outcome::bad("failed", e);
+                    b.log = log_rel.clone();
+                    b
+                }
+                (Ok(_), Err(e)) => {
+                    let last = text
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("")
+                        .trim();
+                    let mut b = Outcome::bad("failed", format!("{e}; last log line: {last}"));
+                    b.log = log_rel.clone();
+                    b
+                }
+                (Ok((ws, measure_s, bytes)), Ok(())) => {
+                    let we = ws + Duration::from_secs_f64(measure_s);
+                    let d = telemetry::derive(&samples, ws, we);
+                    let _ = telemetry::write_timeseries(
+                        &ctx.out.join(format!("timeseries/{run_id}.csv")),
+                        &samples,
+                        ws,
+                    );
+                    fill_derived(&mut o, &d, bytes, measure_s);
+                    o
+                }
+            }
+        }
+        Err(mut o) => {
+            o.log = log_rel;
+            o
+        }
+    };
+    let _ = std::fs::remove_dir_all(&store);
+    if o.status == "ok" && o.reason.starts_with("content verification failed") {
+        o.status = "failed".into();
+    }
+    reject_if_noisy(ctx, cell, &mut o);
+    o
+}

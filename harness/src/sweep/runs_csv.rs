@@ -1,0 +1,222 @@
+//! runs.csv: its columns, opening (and resuming) it, and one row per run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::Outcome;
+use crate::experiment::{Cell, Experiment};
+
+/// Columns of runs.csv before the dimension columns.
+pub const HEAD_COLS: &[&str] = &[
+    "run_id",
+    "cell_id",
+    "rep",
+    "pair",
+    "revision",
+    "kind",
+    "workload",
+    "status",
+    "reason",
+    "started_at",
+    "duration_s",
+    "dims",
+];
+/// Columns after the dimension columns (docs/results.md order), then the added ones.
+pub const TAIL_COLS: &[&str] = &[
+    "requested_flags",
+    "effective_flags",
+    "throughput_mbps",
+    "frames_per_s",
+    "ack_p50_us",
+    "ack_p99_us",
+    "ack_p999_us",
+    "ack_max_us",
+    "req_p50_us",
+    "req_p99_us",
+    "cpu_s_per_gib",
+    "ios_per_syscall",
+    "rss_kb",
+    "gen_cpu_pct",
+    "dev_mbps",
+    "dev_iops",
+    "dev_merge_pct",
+    "dev_await_ms",
+    "dev_aqu_sz",
+    "dev_util_pct",
+    "ctx_switches_per_s",
+    "steal_pct",
+    "dirty_kb_max",
+    "writeback_kb_max",
+    "errors",
+    "log",
+    // Added after the documented columns (readers by name are unaffected).
+    "recorder_cpu_pct",
+    "recorder_write_mbps",
+    "net_rx_softirq_per_s",
+    "block_softirq_per_s",
+    "interrupts_per_s",
+    "ring_fdinfo",
+    "error_kinds",
+    "placement",
+    "load",
+    "inflight_max_frames",
+    "inflight_max_bytes",
+    "late_frames",
+];
+
+pub fn header(dims: &[String]) -> Vec<String> {
+    HEAD_COLS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(dims.iter().map(|d| format!("dim.{d}")))
+        .chain(TAIL_COLS.iter().map(|s| s.to_string()))
+        .collect()
+}
+
+/// runs.csv of one result directory.
+pub struct RunsCsv {
+    path: PathBuf,
+    header: Vec<String>,
+    /// (cell_id, rep) already present, with their status and throughput.
+    pub done: HashMap<(String, u32), (String, Option<f64>)>,
+}
+
+impl RunsCsv {
+    pub fn open(dir: &Path, dims: &[String], resume: bool) -> Result<RunsCsv, String> {
+        let path = dir.join("runs.csv");
+        let header = header(dims);
+        let mut done = HashMap::new();
+        if path.exists() {
+            if !resume {
+                return Err(format!(
+                    "{} exists; use --resume to continue that sweep or choose another --out",
+                    path.display()
+                ));
+            }
+            let mut rd = csv::Reader::from_path(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let h: Vec<String> = rd
+                .headers()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(String::from)
+                .collect();
+            if h != header {
+                return Err(format!(
+                    "{} was written by a different experiment (its columns differ); resume needs the same experiment file",
+                    path.display()
+                ));
+            }
+            let ci = |n: &str| h.iter().position(|x| x == n).expect("own header");
+            let (c_cell, c_rep, c_status, c_thr) = (
+                ci("cell_id"),
+                ci("rep"),
+                ci("status"),
+                ci("throughput_mbps"),
+            );
+            for r in rd.records() {
+                let r = r.map_err(|e| format!("{}: {e}", path.display()))?;
+                let rep: u32 = r.get(c_rep).and_then(|v| v.parse().ok()).unwrap_or(0);
+                done.insert(
+                    (r.get(c_cell).unwrap_or("").to_string(), rep),
+                    (
+                        r.get(c_status).unwrap_or("").to_string(),
+                        r.get(c_thr).and_then(|v| v.parse().ok()),
+                    ),
+                );
+            }
+        } else {
+            let mut w = csv::Writer::from_path(&path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            w.write_record(&header).map_err(|e| e.to_string())?;
+            w.flush().map_err(|e| e.to_string())?;
+        }
+        Ok(RunsCsv { path, header, done })
+    }
+
+    pub fn append(&mut self, row: &BTreeMap<String, String>) -> Result<(), String> {
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let mut w = csv::WriterBuilder::new().has_headers(false).from_writer(f);
+        let rec: Vec<&str> = self
+            .header
+            .iter()
+            .map(|h| row.get(h).map(String::as_str).unwrap_or(""))
+            .collect();
+        w.write_record(&rec).map_err(|e| e.to_string())?;
+        w.flush()
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let f = w.into_inner().map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+pub(crate) fn row_for(
+    exp: &Experiment,
+    cell: &Cell,
+    run_id: &str,
+    rep: u32,
+    pair: Option<u32>,
+    revision: &str,
+    o: &Outcome,
+) -> BTreeMap<String, String> {
+    let mut r = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        r.insert(k.to_string(), v);
+    };
+    put("run_id", run_id.into());
+    put("cell_id", cell.id.clone());
+    put("rep", rep.to_string());
+    put("pair", pair.map(|p| p.to_string()).unwrap_or_default());
+    put("revision", revision.into());
+    put("kind", cell.kind().into());
+    put("workload", cell.workload());
+    put("status", o.status.clone());
+    put("reason", o.reason.clone());
+    put(
+        "started_at",
+        o.started_at
+            .filter(|_| o.status == "ok")
+            .map(|t| format!("{t:.3}"))
+            .unwrap_or_default(),
+    );
+    put(
+        "duration_s",
+        o.duration_s
+            .filter(|_| o.status == "ok")
+            .map(|t| format!("{t:.3}"))
+            .unwrap_or_default(),
+    );
+    put("dims", cell.label(&exp.dims));
+    for d in &exp.dims {
+        put(&format!("dim.{d}"), cell.get(d).unwrap_or("").to_string());
+    }
+    put("requested_flags", o.requested_flags.clone());
+    put("effective_flags", o.effective_flags.clone());
+    for (k, v) in &o.m {
+        put(k, v.clone());
+    }
+    put("log", o.log.clone());
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_has_documented_columns_in_order() {
+        let h = header(&["server.backend".to_string()]);
+        assert_eq!(
+            h[..12],
+            HEAD_COLS.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]
+        );
+        assert_eq!(h[12], "dim.server.backend");
+        assert_eq!(h[13], "requested_flags");
+        let log_at = h.iter().position(|c| c == "log").unwrap();
+        assert_eq!(h[log_at - 1], "errors");
+    }
+}
