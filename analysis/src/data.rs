@@ -9,32 +9,10 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
-/// Float metric columns of `runs.csv`, in schema order. Indexes into [`Run::metrics`].
-pub const METRICS: &[&str] = &[
-    "throughput_mbps",
-    "frames_per_s",
-    "ack_p50_us",
-    "ack_p99_us",
-    "ack_p999_us",
-    "ack_max_us",
-    "req_p50_us",
-    "req_p99_us",
-    "cpu_s_per_gib",
-    "ios_per_syscall",
-    "rss_kb",
-    "gen_cpu_pct",
-    "dev_mbps",
-    "dev_iops",
-    "dev_merge_pct",
-    "dev_await_ms",
-    "dev_aqu_sz",
-    "dev_util_pct",
-    "ctx_switches_per_s",
-    "steal_pct",
-    "dirty_kb_max",
-    "writeback_kb_max",
-];
-pub const N_METRICS: usize = 22;
+/// Float metric columns of `runs.csv`, in schema order (results-schema). Indexes into
+/// [`Run::metrics`].
+pub use results_schema::METRICS;
+pub const N_METRICS: usize = METRICS.len();
 
 /// Metric indexes by name.
 pub mod m {
@@ -59,16 +37,7 @@ pub fn metric_index(name: &str) -> Option<usize> {
 }
 
 /// Columns without which nothing can be said about a run.
-pub const REQUIRED_COLUMNS: &[&str] = &[
-    "run_id",
-    "cell_id",
-    "rep",
-    "revision",
-    "kind",
-    "workload",
-    "status",
-    "throughput_mbps",
-];
+pub use results_schema::REQUIRED as REQUIRED_COLUMNS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Status {
@@ -305,8 +274,13 @@ fn parse_runs(
         ));
     }
     let mut idx = HashMap::new();
+    // Old result directories name some columns differently (`throughput_mbps`): they are
+    // read under their current names; messages quote the file's own header.
     for (i, h) in headers.iter().enumerate() {
-        if idx.insert(h.to_string(), i).is_some() {
+        if idx
+            .insert(results_schema::canonical(h).to_string(), i)
+            .is_some()
+        {
             return Err(Error::input(
                 path,
                 Some(1),
@@ -482,21 +456,7 @@ fn parse_row(
     })
 }
 
-/// Columns of a time-series file, in schema order.
-pub const SERIES_COLUMNS: &[&str] = &[
-    "throughput_mbps",
-    "dev_mbps",
-    "dev_iops",
-    "dev_util_pct",
-    "dirty_kb",
-    "writeback_kb",
-    "cpu_user_pct",
-    "cpu_sys_pct",
-    "cpu_iowait_pct",
-    "steal_pct",
-    "recorder_cpu_pct",
-    "gen_cpu_pct",
-];
+use results_schema::series;
 
 /// `timeseries/<run_id>.csv`: one row per sample.
 #[derive(Clone, Debug, Default)]
@@ -553,7 +513,7 @@ impl TimeSeries {
             t_s: Vec::new(),
             columns: cols
                 .iter()
-                .map(|(_, n)| (n.to_string(), Vec::new()))
+                .map(|(_, n)| (results_schema::canonical(n).to_string(), Vec::new()))
                 .collect(),
         };
         for rec in rdr.records() {
@@ -609,7 +569,7 @@ impl TimeSeries {
 
     pub fn summary(&self) -> SeriesSummary {
         let mut s = SeriesSummary::default();
-        if let Some(tp) = self.column("throughput_mbps") {
+        if let Some(tp) = self.column(series::THROUGHPUT) {
             let w: Vec<f64> = self
                 .t_s
                 .iter()
@@ -631,14 +591,14 @@ impl TimeSeries {
             self.column(name)
                 .map_or(0.0, |v| v.iter().flatten().fold(0.0f64, |a, b| a.max(*b)))
         };
-        s.dirty_kb_max = max_of("dirty_kb");
-        s.writeback_kb_max = max_of("writeback_kb");
+        s.dirty_kb_max = max_of(series::DIRTY_KB);
+        s.writeback_kb_max = max_of(series::WRITEBACK_KB);
         s
     }
 }
 
 /// [`SeriesSummary`] of a time-series file without building the whole [`TimeSeries`]:
-/// only `t_s`, `throughput_mbps`, `dirty_kb` and `writeback_kb` are parsed (every value
+/// only `t_s`, `throughput_mb_per_s` (or its old name), `dirty_kb` and `writeback_kb` are parsed (every value
 /// of those columns is checked, with the same file/line/column errors). Files with
 /// quoted fields take the full CSV path.
 pub fn summarize_series(path: &Path, text: &str) -> Result<SeriesSummary> {
@@ -652,7 +612,11 @@ pub fn summarize_series(path: &Path, text: &str) -> Result<SeriesSummary> {
         .split(',')
         .map(str::trim)
         .collect();
-    let col = |n: &str| header.iter().position(|h| *h == n);
+    let col = |n: &str| {
+        header
+            .iter()
+            .position(|h| results_schema::canonical(h) == n)
+    };
     let t_i = col("t_s").ok_or_else(|| {
         Error::input(
             path,
@@ -661,7 +625,11 @@ pub fn summarize_series(path: &Path, text: &str) -> Result<SeriesSummary> {
             "required column `t_s` is missing from the header",
         )
     })?;
-    let wanted = [col("throughput_mbps"), col("dirty_kb"), col("writeback_kb")];
+    let wanted = [
+        col(series::THROUGHPUT),
+        col(series::DIRTY_KB),
+        col(series::WRITEBACK_KB),
+    ];
     let mut tp = Vec::new();
     let (mut dirty, mut wb) = (0.0f64, 0.0f64);
     for (k, line) in lines.enumerate() {
@@ -770,5 +738,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("x.csv:2: malformed CSV row"), "{e}");
+    }
+
+    #[test]
+    fn old_results_with_throughput_mbps_are_read_under_the_new_name() {
+        let p = Path::new("runs.csv");
+        for name in ["throughput_mbps", "throughput_mb_per_s"] {
+            let text = format!(
+                "run_id,cell_id,rep,revision,kind,workload,status,{name},dev_mbps\nc1-r1,c1,1,head,recorder,ingest,ok,12.5,3\n"
+            );
+            let (_, runs, absent) = parse_runs(p, &text, None).unwrap();
+            assert_eq!(runs[0].metric(m::THROUGHPUT), Some(12.5), "{name}");
+            assert_eq!(runs[0].metric(12), Some(3.0), "dev_mbps is dev_mb_per_s");
+            assert!(!absent.iter().any(|a| a == "throughput_mb_per_s"));
+        }
+        let ts = TimeSeries::parse(p, "t_s,throughput_mbps\n0,4\n").unwrap();
+        assert_eq!(ts.column(series::THROUGHPUT), Some(&[Some(4.0)][..]));
     }
 }

@@ -135,7 +135,7 @@ pub fn generate(dir: &Path, spec: &FixtureSpec) -> Result<FixtureInfo> {
     let cells = n_cells(spec);
     let dim_names: Vec<&str> = DIMS.iter().map(|d| d.0).collect();
     let manifest = serde_json::json!({
-        "schema": 1,
+        "schema": results_schema::SCHEMA_VERSION,
         "fixture": true,
         "git_rev": format!("fixture-{}-{}", spec.revision, spec.seed),
         "command_line": format!("analysis gen-fixture {} --runs {} --seed {}", dir.display(), spec.runs, spec.seed),
@@ -392,7 +392,8 @@ fn recorder_row(spec: &FixtureSpec, cells: usize, i: usize) -> Row {
     fields.push("0".into());
     fields.push(format!("logs/{run_id}.log"));
     let series = (spec.samples > 0).then(|| {
-        let mut s = String::from("t_s,throughput_mbps,dev_mbps,dev_iops,dev_util_pct,dirty_kb,writeback_kb,cpu_user_pct,cpu_sys_pct,cpu_iowait_pct,steal_pct,recorder_cpu_pct,gen_cpu_pct\n");
+        let mut s = results_schema::series::COLUMNS[..13].join(",");
+        s.push('\n');
         let stall_at = spec.samples * 3 / 5;
         for k in 0..(spec.samples + 4) {
             let t = (k as f64 - 4.0) * 0.25;

@@ -1046,8 +1046,8 @@ fn timeseries_section(
         (
             "MB/s",
             &[
-                ("throughput_mbps", "recorder throughput"),
-                ("dev_mbps", "device"),
+                (results_schema::series::THROUGHPUT, "recorder throughput"),
+                (results_schema::series::DEV_MB_PER_S, "device"),
             ][..],
             false,
         ),

@@ -144,7 +144,7 @@ pub struct ClientsReport {
 }
 
 impl ClientsReport {
-    pub fn throughput_mbps(&self) -> f64 {
+    pub fn throughput_mb_per_s(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.measure_s
     }
     pub fn pct(h: &Histogram<u64>, q: f64) -> Option<f64> {
@@ -170,7 +170,7 @@ impl ClientsReport {
             self.matches,
             self.measure_s,
             self.requests,
-            self.throughput_mbps(),
+            self.throughput_mb_per_s(),
             p(&self.req_us, 50.0),
             p(&self.req_us, 99.0),
             p(&self.req_us, 99.9),

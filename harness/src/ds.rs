@@ -274,7 +274,7 @@ pub struct DsReport {
 }
 
 impl DsReport {
-    pub fn throughput_mbps(&self) -> f64 {
+    pub fn throughput_mb_per_s(&self) -> f64 {
         self.payload_bytes_acked_window as f64 / 1e6 / self.measure_s
     }
     pub fn frames_per_s(&self) -> f64 {
@@ -323,7 +323,7 @@ impl DsReport {
              connects {} reconnects {} sealed {}; generator CPU {}\n",
             self.measure_s,
             self.frames_acked_window,
-            self.throughput_mbps(),
+            self.throughput_mb_per_s(),
             self.frames_per_s(),
             self.frames_sent,
             self.payload_bytes_sent as f64 / 1e6,

@@ -235,7 +235,7 @@ impl Sampler {
 /// Per-run figures derived from the samples inside the measured window.
 #[derive(Debug, Default, Clone)]
 pub struct Derived {
-    pub dev_mbps: Option<f64>,
+    pub dev_mb_per_s: Option<f64>,
     pub dev_iops: Option<f64>,
     pub dev_merge_pct: Option<f64>,
     pub dev_await_ms: Option<f64>,
@@ -246,7 +246,7 @@ pub struct Derived {
     pub dirty_kb_max: Option<f64>,
     pub writeback_kb_max: Option<f64>,
     pub srv_cpu_s: Option<f64>,
-    pub srv_write_mbps: Option<f64>,
+    pub srv_write_mb_per_s: Option<f64>,
     pub net_rx_softirq_per_s: Option<f64>,
     pub block_softirq_per_s: Option<f64>,
     pub interrupts_per_s: Option<f64>,
@@ -279,7 +279,7 @@ pub fn derive(samples: &[Sample], ws: Instant, we: Instant) -> Derived {
             .saturating_sub(x.sectors_read + x.sectors_written) as f64;
         let ticks = (y.time_reading + y.time_writing)
             .saturating_sub(x.time_reading + x.time_writing) as f64;
-        d.dev_mbps = Some(sectors * 512.0 / 1e6 / dt);
+        d.dev_mb_per_s = Some(sectors * 512.0 / 1e6 / dt);
         d.dev_iops = Some(ios / dt);
         d.dev_merge_pct = if ios + merges > 0.0 {
             Some(100.0 * merges / (ios + merges))
@@ -308,7 +308,7 @@ pub fn derive(samples: &[Sample], ws: Instant, we: Instant) -> Derived {
         d.srv_cpu_s = Some((y - x).max(0.0));
     }
     if let (Some(x), Some(y)) = (a.srv_write_bytes, b.srv_write_bytes) {
-        d.srv_write_mbps = Some(y.saturating_sub(x) as f64 / 1e6 / dt);
+        d.srv_write_mb_per_s = Some(y.saturating_sub(x) as f64 / 1e6 / dt);
     }
     d.net_rx_softirq_per_s = Some(b.net_rx.saturating_sub(a.net_rx) as f64 / dt);
     d.block_softirq_per_s = Some(b.block_softirq.saturating_sub(a.block_softirq) as f64 / dt);
@@ -317,26 +317,8 @@ pub fn derive(samples: &[Sample], ws: Instant, we: Instant) -> Derived {
     d
 }
 
-pub const TIMESERIES_COLUMNS: &[&str] = &[
-    "t_s",
-    "throughput_mbps",
-    "dev_mbps",
-    "dev_iops",
-    "dev_util_pct",
-    "dirty_kb",
-    "writeback_kb",
-    "cpu_user_pct",
-    "cpu_sys_pct",
-    "cpu_iowait_pct",
-    "steal_pct",
-    "recorder_cpu_pct",
-    "gen_cpu_pct",
-    // Added columns (after the documented ones, so readers by name keep working):
-    "ctx_switches_per_s",
-    "net_rx_softirq_per_s",
-    "block_softirq_per_s",
-    "pgpgout_kb_per_s",
-];
+/// Columns of the time-series files (results-schema).
+pub use results_schema::series::COLUMNS as TIMESERIES_COLUMNS;
 
 /// Writes one row per sample interval; `t_s` is relative to the window start (ramp-up negative).
 pub fn write_timeseries(path: &Path, samples: &[Sample], ws: Instant) -> std::io::Result<()> {
@@ -357,9 +339,9 @@ pub fn write_timeseries(path: &Path, samples: &[Sample], ws: Instant) -> std::io
         } else {
             -ws.duration_since(tb).as_secs_f64()
         };
-        let (mut dev_mbps, mut dev_iops, mut util) = (None, None, None);
+        let (mut dev_mb_per_s, mut dev_iops, mut util) = (None, None, None);
         if let (Some(x), Some(y)) = (&a.disk, &b.disk) {
-            dev_mbps = Some(
+            dev_mb_per_s = Some(
                 (y.sectors_read + y.sectors_written)
                     .saturating_sub(x.sectors_read + x.sectors_written) as f64
                     * 512.0
@@ -392,7 +374,7 @@ pub fn write_timeseries(path: &Path, samples: &[Sample], ws: Instant) -> std::io
             o(Some(
                 b.progress_bytes.saturating_sub(a.progress_bytes) as f64 / 1e6 / dt
             )),
-            o(dev_mbps),
+            o(dev_mb_per_s),
             o(dev_iops),
             o(util),
             b.dirty_kb,

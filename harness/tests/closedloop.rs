@@ -114,7 +114,7 @@ fn closed_loop_against_the_real_recorder(backend: &str) {
     assert!(rep.unpaced);
     assert_eq!(rep.sealed as usize, c.matches, "{s}");
     assert!(
-        rep.frames_acked_window > 0 && rep.throughput_mbps() > 0.0,
+        rep.frames_acked_window > 0 && rep.throughput_mb_per_s() > 0.0,
         "{s}"
     );
     assert_eq!(
@@ -472,7 +472,10 @@ fn bulk_ingest_sweep_cells_record_their_load_settings() {
     assert_eq!((refused.len(), ok.len()), (1, 3), "{rows:?}");
     for r in &ok {
         assert_eq!(r["status"], "ok", "{r:?}\n{err}");
-        assert!(r["throughput_mbps"].parse::<f64>().unwrap() > 0.0, "{r:?}");
+        assert!(
+            r["throughput_mb_per_s"].parse::<f64>().unwrap() > 0.0,
+            "{r:?}"
+        );
         assert_eq!(r["errors"], "0", "{r:?}");
     }
     let by = |v: &str| {

@@ -57,7 +57,10 @@ fn short_sweep_against_the_real_recorder() {
         .filter(|r| r["dim.file.register-buffers"].is_empty())
     {
         assert_eq!(r["status"], "ok", "{r:?}\n{err}");
-        assert!(r["throughput_mbps"].parse::<f64>().unwrap() > 0.0, "{r:?}");
+        assert!(
+            r["throughput_mb_per_s"].parse::<f64>().unwrap() > 0.0,
+            "{r:?}"
+        );
         assert_eq!(r["errors"], "0", "{r:?}");
         if r["workload"] == "ingest" {
             assert!(r["ack_p50_us"].parse::<f64>().unwrap() > 0.0);

@@ -40,7 +40,7 @@ fn unsupported_and_crashed_cells_are_recorded_and_the_sweep_goes_on() {
     for c in ["c0000", "c0001"] {
         let r = by(c);
         assert_eq!(r["status"], "ok", "{r:?}");
-        assert!(r["throughput_mbps"].parse::<f64>().unwrap() > 0.0);
+        assert!(r["throughput_mb_per_s"].parse::<f64>().unwrap() > 0.0);
         assert!(r["ack_p99_us"].parse::<f64>().unwrap() > 0.0);
         assert!(!r["steal_pct"].is_empty() && !r["ctx_switches_per_s"].is_empty());
         assert_eq!(r["errors"], "0");
@@ -56,7 +56,7 @@ fn unsupported_and_crashed_cells_are_recorded_and_the_sweep_goes_on() {
     assert_eq!(u["status"], "unsupported");
     assert!(u["reason"].contains("IOPOLL needs poll queues"), "{u:?}");
     assert!(
-        u["throughput_mbps"].is_empty(),
+        u["throughput_mb_per_s"].is_empty(),
         "no metric for a run that was not measured"
     );
     let f = by("c0003");
@@ -87,7 +87,7 @@ fn unsupported_and_crashed_cells_are_recorded_and_the_sweep_goes_on() {
     ] {
         assert!(!m[k].is_null(), "manifest lacks {k}");
     }
-    assert_eq!(m["schema"], 1);
+    assert_eq!(m["schema"], 2);
     assert_eq!(
         m["dimensions"],
         serde_json::json!([
@@ -108,7 +108,7 @@ fn unsupported_and_crashed_cells_are_recorded_and_the_sweep_goes_on() {
     // CSV header: documented columns in the documented order.
     let h = std::fs::read_to_string(out.join("runs.csv")).unwrap();
     let head = h.lines().next().unwrap();
-    assert!(head.starts_with("run_id,cell_id,rep,pair,revision,kind,workload,status,reason,started_at,duration_s,dims,dim.load.matches,dim.raw.fake-unsupported,dim.raw.fake-crash-after-ms,requested_flags,effective_flags,throughput_mbps"), "{head}");
+    assert!(head.starts_with("run_id,cell_id,rep,pair,revision,kind,workload,status,reason,started_at,duration_s,dims,dim.load.matches,dim.raw.fake-unsupported,dim.raw.fake-crash-after-ms,requested_flags,effective_flags,throughput_mb_per_s"), "{head}");
     // Resume: nothing left to do, no row added.
     let (code, err) = sweep(&exp, &out, &d.join("state"), &["--resume"]);
     assert_eq!(code, 0, "{err}");
@@ -388,7 +388,7 @@ fn runs_over_the_generator_limit_are_rejected_with_the_reason() {
         "the measured figure stays in the reason"
     );
     assert!(
-        rows[0]["throughput_mbps"].is_empty(),
+        rows[0]["throughput_mb_per_s"].is_empty(),
         "a rejected run has no metrics"
     );
     let _ = std::fs::remove_dir_all(&d);

@@ -12,6 +12,7 @@ use super::{Ctx, Outcome};
 use crate::experiment::{Cell, Experiment};
 use crate::util::{fmt_opt, unix_now, SizeDist};
 use crate::{clients, ds};
+use results_schema::col;
 
 pub(crate) fn ds_config_for(
     cell: &Cell,
@@ -110,21 +111,27 @@ pub(crate) fn drive_recorder(
             let rep = rep?;
             o.started_at = Some(started);
             o.duration_s = Some(rep.measure_s);
-            o.m.insert("throughput_mbps", fmt_opt(Some(rep.throughput_mbps())));
-            o.m.insert("frames_per_s", fmt_opt(Some(rep.frames_per_s())));
-            o.m.insert("ack_p50_us", fmt_opt(rep.ack_pct(50.0)));
-            o.m.insert("ack_p99_us", fmt_opt(rep.ack_pct(99.0)));
-            o.m.insert("ack_p999_us", fmt_opt(rep.ack_pct(99.9)));
-            o.m.insert("ack_max_us", fmt_opt(rep.ack_pct(100.0)));
-            o.m.insert("gen_cpu_pct", fmt_opt(rep.gen_cpu_pct));
-            o.m.insert("load", cfg.describe());
-            o.m.insert("inflight_max_frames", rep.max_inflight_frames().to_string());
-            o.m.insert("inflight_max_bytes", rep.max_inflight_bytes().to_string());
+            o.m.insert(col::THROUGHPUT, fmt_opt(Some(rep.throughput_mb_per_s())));
+            o.m.insert(col::FRAMES_PER_S, fmt_opt(Some(rep.frames_per_s())));
+            o.m.insert(col::ACK_P50_US, fmt_opt(rep.ack_pct(50.0)));
+            o.m.insert(col::ACK_P99_US, fmt_opt(rep.ack_pct(99.0)));
+            o.m.insert(col::ACK_P999_US, fmt_opt(rep.ack_pct(99.9)));
+            o.m.insert(col::ACK_MAX_US, fmt_opt(rep.ack_pct(100.0)));
+            o.m.insert(col::GEN_CPU_PCT, fmt_opt(rep.gen_cpu_pct));
+            o.m.insert(col::LOAD, cfg.describe());
+            o.m.insert(
+                col::INFLIGHT_MAX_FRAMES,
+                rep.max_inflight_frames().to_string(),
+            );
+            o.m.insert(
+                col::INFLIGHT_MAX_BYTES,
+                rep.max_inflight_bytes().to_string(),
+            );
             // Late frames only exist when paced; empty (not 0) for closed-loop runs.
             if !cfg.unpaced() {
-                o.m.insert("late_frames", rep.late_frames.to_string());
+                o.m.insert(col::LATE_FRAMES, rep.late_frames.to_string());
             }
-            o.m.insert("errors", rep.errors_total().to_string());
+            o.m.insert(col::ERRORS, rep.errors_total().to_string());
             o.m.insert(
                 "error_kinds",
                 rep.errors
@@ -206,7 +213,7 @@ pub(crate) fn run_clients(
     o.started_at = Some(unix_now() - end.duration_since(ws).as_secs_f64());
     o.duration_s = Some(rep.measure_s);
     let _ = before;
-    o.m.insert("throughput_mbps", fmt_opt(Some(rep.throughput_mbps())));
+    o.m.insert(col::THROUGHPUT, fmt_opt(Some(rep.throughput_mb_per_s())));
     o.m.insert(
         "req_p50_us",
         fmt_opt(clients::ClientsReport::pct(&rep.req_us, 50.0)),
@@ -215,8 +222,8 @@ pub(crate) fn run_clients(
         "req_p99_us",
         fmt_opt(clients::ClientsReport::pct(&rep.req_us, 99.0)),
     );
-    o.m.insert("gen_cpu_pct", fmt_opt(rep.gen_cpu_pct));
-    o.m.insert("errors", rep.errors_total().to_string());
+    o.m.insert(col::GEN_CPU_PCT, fmt_opt(rep.gen_cpu_pct));
+    o.m.insert(col::ERRORS, rep.errors_total().to_string());
     let mut kinds: Vec<String> = rep.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !rep.verify_failures.is_empty() {
         kinds.push(format!("VERIFY={}", rep.verify_failures.len()));
@@ -225,6 +232,6 @@ pub(crate) fn run_clients(
             rep.verify_failures[0]
         ));
     }
-    o.m.insert("error_kinds", kinds.join(";"));
+    o.m.insert(col::ERROR_KINDS, kinds.join(";"));
     Ok((ws, rep.measure_s, rep.bytes))
 }

@@ -56,7 +56,7 @@ pub(crate) fn write_manifest(
     let facts = system_facts();
     let repo = std::env::current_dir().unwrap_or_default();
     let mut m = serde_json::json!({
-        "schema": 1,
+        "schema": results_schema::SCHEMA_VERSION,
         "git_rev": git_rev(&repo, "HEAD"),
         "command_line": cmdline,
         "started_at": started,

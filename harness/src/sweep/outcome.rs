@@ -7,6 +7,7 @@ use super::Ctx;
 use crate::experiment::Cell;
 use crate::telemetry::Derived;
 use crate::util::fmt_opt;
+use results_schema::col;
 
 /// One finished run.
 #[derive(Default, Debug, Clone)]
@@ -30,7 +31,7 @@ impl Outcome {
         }
     }
     pub fn throughput(&self) -> Option<f64> {
-        self.m.get("throughput_mbps").and_then(|v| v.parse().ok())
+        self.m.get(col::THROUGHPUT).and_then(|v| v.parse().ok())
     }
 }
 
@@ -52,22 +53,25 @@ pub(crate) fn one_line(s: &str) -> String {
 }
 
 pub(crate) fn fill_derived(o: &mut Outcome, d: &Derived, bytes: u64, measure_s: f64) {
-    o.m.insert("dev_mbps", fmt_opt(d.dev_mbps));
-    o.m.insert("dev_iops", fmt_opt(d.dev_iops));
-    o.m.insert("dev_merge_pct", fmt_opt(d.dev_merge_pct));
-    o.m.insert("dev_await_ms", fmt_opt(d.dev_await_ms));
-    o.m.insert("dev_aqu_sz", fmt_opt(d.dev_aqu_sz));
-    o.m.insert("dev_util_pct", fmt_opt(d.dev_util_pct));
-    o.m.insert("ctx_switches_per_s", fmt_opt(d.ctx_switches_per_s));
-    o.m.insert("steal_pct", fmt_opt(d.steal_pct));
-    o.m.insert("dirty_kb_max", fmt_opt(d.dirty_kb_max));
-    o.m.insert("writeback_kb_max", fmt_opt(d.writeback_kb_max));
-    o.m.insert("net_rx_softirq_per_s", fmt_opt(d.net_rx_softirq_per_s));
-    o.m.insert("block_softirq_per_s", fmt_opt(d.block_softirq_per_s));
-    o.m.insert("interrupts_per_s", fmt_opt(d.interrupts_per_s));
-    o.m.insert("recorder_write_mbps", fmt_opt(d.srv_write_mbps));
+    o.m.insert(col::DEV_MB_PER_S, fmt_opt(d.dev_mb_per_s));
+    o.m.insert(col::DEV_IOPS, fmt_opt(d.dev_iops));
+    o.m.insert(col::DEV_MERGE_PCT, fmt_opt(d.dev_merge_pct));
+    o.m.insert(col::DEV_AWAIT_MS, fmt_opt(d.dev_await_ms));
+    o.m.insert(col::DEV_AQU_SZ, fmt_opt(d.dev_aqu_sz));
+    o.m.insert(col::DEV_UTIL_PCT, fmt_opt(d.dev_util_pct));
+    o.m.insert(col::CTX_SWITCHES_PER_S, fmt_opt(d.ctx_switches_per_s));
+    o.m.insert(col::STEAL_PCT, fmt_opt(d.steal_pct));
+    o.m.insert(col::DIRTY_KB_MAX, fmt_opt(d.dirty_kb_max));
+    o.m.insert(col::WRITEBACK_KB_MAX, fmt_opt(d.writeback_kb_max));
+    o.m.insert(col::NET_RX_SOFTIRQ_PER_S, fmt_opt(d.net_rx_softirq_per_s));
+    o.m.insert(col::BLOCK_SOFTIRQ_PER_S, fmt_opt(d.block_softirq_per_s));
+    o.m.insert(col::INTERRUPTS_PER_S, fmt_opt(d.interrupts_per_s));
+    o.m.insert(col::RECORDER_WRITE_MB_PER_S, fmt_opt(d.srv_write_mb_per_s));
     if let Some(cpu) = d.srv_cpu_s {
-        o.m.insert("recorder_cpu_pct", fmt_opt(Some(100.0 * cpu / measure_s)));
+        o.m.insert(
+            col::RECORDER_CPU_PCT,
+            fmt_opt(Some(100.0 * cpu / measure_s)),
+        );
         if bytes > 0 && !o.m.contains_key("cpu_s_per_gib") {
             o.m.insert(
                 "cpu_s_per_gib",
@@ -84,10 +88,10 @@ pub(crate) fn reject_if_noisy(ctx: &Ctx, cell: &Cell, o: &mut Outcome) {
         return;
     }
     let get = |k: &str| o.m.get(k).and_then(|v| v.parse::<f64>().ok());
-    let thr = get("throughput_mbps")
+    let thr = get(col::THROUGHPUT)
         .map(|t| format!(" (measured {t:.2} MB/s)"))
         .unwrap_or_default();
-    if let Some(s) = get("steal_pct") {
+    if let Some(s) = get(col::STEAL_PCT) {
         if s > ctx.exp.steal_limit_pct {
             o.status = "rejected".into();
             o.reason = format!(
@@ -96,7 +100,7 @@ pub(crate) fn reject_if_noisy(ctx: &Ctx, cell: &Cell, o: &mut Outcome) {
             );
         }
     }
-    if let Some(g) = get("gen_cpu_pct") {
+    if let Some(g) = get(col::GEN_CPU_PCT) {
         // The generator can use one core per thread, up to the machine's cores.
         let ncpu = std::thread::available_parallelism()
             .map(|n| n.get())

@@ -15,6 +15,7 @@ use crate::experiment::Cell;
 use crate::placement;
 use crate::telemetry::{self, Sampler};
 use crate::util::fmt_opt;
+use results_schema::col;
 
 /// Runs one recorder cell once.
 pub(crate) fn run_recorder(
@@ -57,7 +58,7 @@ pub(crate) fn run_recorder(
                 log: log_rel.clone(),
                 ..Default::default()
             };
-            o.m.insert("placement", pl.describe());
+            o.m.insert(col::PLACEMENT, pl.describe());
             if let Err(e) = placement::bind_self(&ctx.topo, pl.generator_cpus.as_deref()) {
                 o.m.insert(
                     "placement",
@@ -85,8 +86,8 @@ pub(crate) fn run_recorder(
             }
             let (samples, fdinfo) = sampler.finish();
             let _ = placement::bind_self(&ctx.topo, None);
-            o.m.insert("rss_kb", fmt_opt(vmhwm_kb(rec.child.id())));
-            o.m.insert("ring_fdinfo", fdinfo);
+            o.m.insert(col::RSS_KB, fmt_opt(vmhwm_kb(rec.child.id())));
+            o.m.insert(col::RING_FDINFO, fdinfo);
             let stopped = rec.stop();
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             // Requested: from the engine's knob table (the one place that maps knobs to flags);

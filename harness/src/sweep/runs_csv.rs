@@ -5,73 +5,9 @@ use std::path::{Path, PathBuf};
 
 use super::Outcome;
 use crate::experiment::{Cell, Experiment};
+use results_schema::col;
 
-/// Columns of runs.csv before the dimension columns.
-pub const HEAD_COLS: &[&str] = &[
-    "run_id",
-    "cell_id",
-    "rep",
-    "pair",
-    "revision",
-    "kind",
-    "workload",
-    "status",
-    "reason",
-    "started_at",
-    "duration_s",
-    "dims",
-];
-/// Columns after the dimension columns (docs/results.md order), then the added ones.
-pub const TAIL_COLS: &[&str] = &[
-    "requested_flags",
-    "effective_flags",
-    "throughput_mbps",
-    "frames_per_s",
-    "ack_p50_us",
-    "ack_p99_us",
-    "ack_p999_us",
-    "ack_max_us",
-    "req_p50_us",
-    "req_p99_us",
-    "cpu_s_per_gib",
-    "ios_per_syscall",
-    "rss_kb",
-    "gen_cpu_pct",
-    "dev_mbps",
-    "dev_iops",
-    "dev_merge_pct",
-    "dev_await_ms",
-    "dev_aqu_sz",
-    "dev_util_pct",
-    "ctx_switches_per_s",
-    "steal_pct",
-    "dirty_kb_max",
-    "writeback_kb_max",
-    "errors",
-    "log",
-    // Added after the documented columns (readers by name are unaffected).
-    "recorder_cpu_pct",
-    "recorder_write_mbps",
-    "net_rx_softirq_per_s",
-    "block_softirq_per_s",
-    "interrupts_per_s",
-    "ring_fdinfo",
-    "error_kinds",
-    "placement",
-    "load",
-    "inflight_max_frames",
-    "inflight_max_bytes",
-    "late_frames",
-];
-
-pub fn header(dims: &[String]) -> Vec<String> {
-    HEAD_COLS
-        .iter()
-        .map(|s| s.to_string())
-        .chain(dims.iter().map(|d| format!("dim.{d}")))
-        .chain(TAIL_COLS.iter().map(|s| s.to_string()))
-        .collect()
-}
+pub use results_schema::{header, HEAD as HEAD_COLS, TAIL as TAIL_COLS};
 
 /// runs.csv of one result directory.
 pub struct RunsCsv {
@@ -109,10 +45,10 @@ impl RunsCsv {
             }
             let ci = |n: &str| h.iter().position(|x| x == n).expect("own header");
             let (c_cell, c_rep, c_status, c_thr) = (
-                ci("cell_id"),
-                ci("rep"),
-                ci("status"),
-                ci("throughput_mbps"),
+                ci(col::CELL_ID),
+                ci(col::REP),
+                ci(col::STATUS),
+                ci(col::THROUGHPUT),
             );
             for r in rd.records() {
                 let r = r.map_err(|e| format!("{}: {e}", path.display()))?;

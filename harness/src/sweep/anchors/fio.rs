@@ -10,6 +10,7 @@ use crate::sweep::outcome::{fill_derived, reject_if_noisy};
 use crate::sweep::{Ctx, Outcome};
 use crate::telemetry;
 use crate::util::{fmt_opt, unix_now};
+use results_schema::col;
 
 pub(crate) fn run_fio(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
     let exp = ctx.exp;
@@ -114,10 +115,10 @@ pub(crate) fn run_fio(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
     let ws = t_start + Duration::from_secs_f64(exp.ramp_up_s.ceil());
     o.started_at = Some(started + exp.ramp_up_s.ceil());
     o.duration_s = Some(exp.measure_s.ceil());
-    o.m.insert("throughput_mbps", fmt_opt(Some(bw / 1e6)));
-    o.m.insert("req_p50_us", fmt_opt(pct("50.000000")));
-    o.m.insert("req_p99_us", fmt_opt(pct("99.000000")));
-    o.m.insert("errors", "0".into());
+    o.m.insert(col::THROUGHPUT, fmt_opt(Some(bw / 1e6)));
+    o.m.insert(col::REQ_P50_US, fmt_opt(pct("50.000000")));
+    o.m.insert(col::REQ_P99_US, fmt_opt(pct("99.000000")));
+    o.m.insert(col::ERRORS, "0".into());
     let runtime_s = exp.measure_s.ceil();
     let cpu_s = (job["usr_cpu"].as_f64().unwrap_or(0.0) + job["sys_cpu"].as_f64().unwrap_or(0.0))
         / 100.0

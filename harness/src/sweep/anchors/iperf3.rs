@@ -9,6 +9,7 @@ use crate::sweep::outcome::{fill_derived, reject_if_noisy};
 use crate::sweep::{Ctx, Outcome};
 use crate::telemetry;
 use crate::util::{fmt_opt, unix_now};
+use results_schema::col;
 
 pub(crate) fn run_iperf3(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
     let exp = ctx.exp;
@@ -102,8 +103,8 @@ pub(crate) fn run_iperf3(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
     let ws = t_start + Duration::from_secs_f64(exp.ramp_up_s.ceil());
     o.started_at = Some(started + exp.ramp_up_s.ceil());
     o.duration_s = Some(secs);
-    o.m.insert("throughput_mbps", fmt_opt(Some(bps / 8.0 / 1e6)));
-    o.m.insert("errors", "0".into());
+    o.m.insert(col::THROUGHPUT, fmt_opt(Some(bps / 8.0 / 1e6)));
+    o.m.insert(col::ERRORS, "0".into());
     let bytes = bps / 8.0 * secs;
     let cpu_pct = v["end"]["cpu_utilization_percent"]["remote_total"].as_f64();
     if let Some(c) = cpu_pct {
@@ -123,7 +124,7 @@ pub(crate) fn run_iperf3(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
     fill_derived(&mut o, &d, bytes as u64, secs);
     // The generator here is the iperf3 client, not the harness.
     if let Some(c) = v["end"]["cpu_utilization_percent"]["host_total"].as_f64() {
-        o.m.insert("gen_cpu_pct", fmt_opt(Some(c)));
+        o.m.insert(col::GEN_CPU_PCT, fmt_opt(Some(c)));
     }
     reject_if_noisy(ctx, cell, &mut o);
     o
