@@ -3,7 +3,7 @@
 
 use engine::protocol::{self, AckMode, ErrorCode, Msg};
 use engine::server::registry::{Limits, Registry};
-use engine::server::session::{IngestSession, Io, SessionConfig};
+use engine::server::session::{IngestSession, Io, SessionConfig, WRITER_WAIT};
 use engine::storage::{self, StoreOptions, StorePaths};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -191,11 +191,55 @@ fn received_mode_acks_on_receipt_and_errors_come_last() {
     s2.feed(&hello("r1", true), t0);
     pump(&mut s2, &mut fd, &r.reg, t0);
     assert_eq!(decode_all(&s2.take_output()), ["WELCOME 2 Received"]);
-    // while s2 writes, a third connection is refused
+    // while s2 writes, a third connection waits for the writer role, then is refused
     let mut s3 = IngestSession::new(r.cfg.clone(), r.reg.clone(), t0);
     s3.feed(&hello("r1", true), t0);
+    assert!(s3.take_output().is_empty(), "waits for the writer first");
+    assert!(s3.deadline().is_some_and(|d| d < t0 + WRITER_WAIT));
+    s3.on_timer(t0 + WRITER_WAIT);
     assert_eq!(decode_all(&s3.take_output()), ["ERROR MATCH_BUSY"]);
     assert!(s3.is_finished());
+}
+
+/// Issue 12 bug 5: a RESUME that arrives while the match's previous writer is still
+/// finishing (a DS reconnecting right after a reset or a close) waits for it instead of
+/// getting MATCH_BUSY; input sent behind the HELLO is kept meanwhile.
+#[test]
+fn resume_right_after_a_close_waits_for_the_old_writer() {
+    let r = rig("wait", |c| c.ack_interval = Duration::ZERO);
+    let t0 = Instant::now();
+    let mut fd = None;
+    let mut s1 = IngestSession::new(r.cfg.clone(), r.reg.clone(), t0);
+    s1.feed(&hello("w1", false), t0);
+    pump(&mut s1, &mut fd, &r.reg, t0);
+    let mut b = Vec::new();
+    protocol::encode_frame(&mut b, 1, 1, 1, b"one");
+    s1.feed(&b, t0);
+    // the DS reconnects before the old session noticed it went away
+    let mut s2 = IngestSession::new(r.cfg.clone(), r.reg.clone(), t0);
+    let mut raw = hello("w1", true);
+    protocol::encode_frame(&mut raw, 2, 2, 2, b"two");
+    s2.feed(&raw, t0);
+    assert!(
+        s2.take_output().is_empty(),
+        "waits while the old writer finishes"
+    );
+    let t1 = t0 + Duration::from_millis(20);
+    s2.on_timer(t1);
+    assert!(s2.take_output().is_empty(), "the old writer is still there");
+    // the old connection's reset arrives: it flushes frame 1 and lets go
+    s1.peer_closed();
+    pump(&mut s1, &mut fd, &r.reg, t1);
+    assert!(s1.is_finished());
+    drop(s1);
+    let mut fd2 = None;
+    s2.on_timer(t1 + Duration::from_millis(10));
+    pump(&mut s2, &mut fd2, &r.reg, t1);
+    assert_eq!(
+        decode_all(&s2.take_output()),
+        ["WELCOME 1 Durable", "ACK 2"],
+        "frame 2, sent behind the HELLO, is stored once the writer role is free"
+    );
 }
 
 #[test]

@@ -79,9 +79,19 @@ pub enum Io {
     },
 }
 
+/// How long a HELLO for a match whose writer connection is still finishing waits for it
+/// before MATCH_BUSY: a DS that reconnects right after a reset (or right after the
+/// recorder closed its connection) races the old session's last writes and its release.
+pub const WRITER_WAIT: Duration = Duration::from_secs(2);
+/// How often a waiting HELLO asks for the writer role again.
+const WRITER_POLL: Duration = Duration::from_millis(5);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     AwaitHello,
+    /// HELLO received, the match's writer is still finishing: asking again until
+    /// `WRITER_WAIT` has passed (input is buffered meanwhile).
+    Claiming,
     /// Io::Open is due or in flight.
     Opening,
     Streaming,
@@ -123,6 +133,13 @@ pub struct IngestSession {
     last_rx: Instant,
     closing_error: Option<(ErrorCode, String)>,
     error_sent: Option<ErrorCode>,
+    /// The peer closed its sending side: what is buffered is still processed (input sent
+    /// with HELLO is kept until the open is done), then the session closes.
+    eof: bool,
+    /// Parsing stopped with whole messages still buffered (backpressure).
+    stalled: bool,
+    /// While `Claiming`: (resume flag, give up at, next try).
+    claim: Option<(bool, Instant, Instant)>,
 }
 
 impl IngestSession {
@@ -151,6 +168,9 @@ impl IngestSession {
             last_rx: now,
             closing_error: None,
             error_sent: None,
+            eof: false,
+            stalled: false,
+            claim: None,
         }
     }
 
@@ -179,10 +199,12 @@ impl IngestSession {
 
     /// False while the session has enough unprocessed input (stop reading: backpressure).
     pub fn wants_input(&self) -> bool {
-        matches!(
-            self.state,
-            State::AwaitHello | State::Opening | State::Streaming
-        ) && self.inbuf.len() - self.inbuf_pos < self.cfg.max_buffered_input
+        !self.eof
+            && matches!(
+                self.state,
+                State::AwaitHello | State::Claiming | State::Opening | State::Streaming
+            )
+            && self.inbuf.len() - self.inbuf_pos < self.cfg.max_buffered_input
     }
 
     /// When `on_timer` must be called next.
@@ -190,6 +212,9 @@ impl IngestSession {
         let mut d = None;
         if matches!(self.state, State::AwaitHello | State::Streaming) {
             d = Some(self.last_rx + self.cfg.idle_timeout);
+        }
+        if let (State::Claiming, Some((_, _, next))) = (self.state, self.claim) {
+            d = Some(next);
         }
         if let Some(t) = self.write_due_at() {
             if !self.io_in_flight {
@@ -212,6 +237,9 @@ impl IngestSession {
 
     /// Idle timeout check; afterwards ask `next_io` (an ack may be due).
     pub fn on_timer(&mut self, now: Instant) {
+        if self.state == State::Claiming && self.claim.is_some_and(|(_, _, next)| now >= next) {
+            self.try_claim(now);
+        }
         if matches!(self.state, State::AwaitHello | State::Streaming)
             && now >= self.last_rx + self.cfg.idle_timeout
         {
@@ -225,28 +253,47 @@ impl IngestSession {
         }
     }
 
-    /// The peer closed its side (EOF) or the connection broke: flush what was received and finish.
+    /// The peer closed its side (EOF) or the connection broke: process every whole
+    /// message received before it (also input that arrived with HELLO while the match is
+    /// still opening), flush, then finish. Only a torn last message is dropped.
     pub fn peer_closed(&mut self) {
+        self.eof = true;
         match self.state {
-            State::AwaitHello => self.state = State::Done,
-            State::Opening | State::Streaming => self.state = State::Closing,
+            // whole messages are parsed as they arrive here: what is left is torn (and a
+            // HELLO still waiting for the writer role has nobody to answer any more)
+            State::AwaitHello | State::Claiming => {
+                self.state = State::Done;
+                self.inbuf.clear();
+                self.inbuf_pos = 0;
+            }
+            // the buffered input is processed once the open is done (`open_done`)
+            State::Opening => {}
+            State::Streaming => self.close_if_input_done(),
             _ => {}
         }
-        self.inbuf.clear();
-        self.inbuf_pos = 0;
+    }
+
+    /// After EOF: once no whole message waits (parsing did not stop for backpressure),
+    /// drop the torn rest and close.
+    fn close_if_input_done(&mut self) {
+        if self.eof && self.state == State::Streaming && !self.stalled {
+            self.state = State::Closing;
+            self.inbuf.clear();
+            self.inbuf_pos = 0;
+        }
     }
 
     /// Graceful shutdown: flush and ack what was received, then SHUTTING_DOWN.
     pub fn begin_shutdown(&mut self) {
         if matches!(
             self.state,
-            State::AwaitHello | State::Opening | State::Streaming
+            State::AwaitHello | State::Claiming | State::Opening | State::Streaming
         ) {
             self.closing_error = Some((
                 ErrorCode::ShuttingDown,
                 "the recorder is stopping; reconnect with RESUME later".into(),
             ));
-            self.state = if self.state == State::AwaitHello {
+            self.state = if matches!(self.state, State::AwaitHello | State::Claiming) {
                 State::Done
             } else {
                 State::Closing
@@ -310,7 +357,7 @@ impl IngestSession {
         }
         if !matches!(
             self.state,
-            State::AwaitHello | State::Opening | State::Streaming
+            State::AwaitHello | State::Claiming | State::Opening | State::Streaming
         ) {
             return;
         }
@@ -320,7 +367,7 @@ impl IngestSession {
             let used = self.process(data, now);
             if matches!(
                 self.state,
-                State::AwaitHello | State::Opening | State::Streaming
+                State::AwaitHello | State::Claiming | State::Opening | State::Streaming
             ) {
                 self.inbuf.extend_from_slice(&data[used..]);
             }
@@ -339,7 +386,7 @@ impl IngestSession {
         let used = self.process(&buf[self.inbuf_pos..], now);
         if matches!(
             self.state,
-            State::AwaitHello | State::Opening | State::Streaming
+            State::AwaitHello | State::Claiming | State::Opening | State::Streaming
         ) {
             self.inbuf = buf;
             self.inbuf_pos += used;
@@ -357,9 +404,11 @@ impl IngestSession {
         let max_len = self.cfg.max_frame_bytes.saturating_add(64);
         let mut used = 0;
         let recv_us = storage::now_unix_us();
+        self.stalled = false;
         while matches!(self.state, State::AwaitHello | State::Streaming) {
             if let Some(f) = &self.file {
                 if f.in_flight() && f.stage_full() {
+                    self.stalled = true;
                     break; // backpressure: wait for the write
                 }
             }
@@ -392,7 +441,7 @@ impl IngestSession {
                     match_id,
                     credential,
                 },
-            ) => self.on_hello(version, resume, match_id, credential),
+            ) => self.on_hello(version, resume, match_id, credential, now),
             (State::AwaitHello, m) => self.fail(
                 ErrorCode::Unexpected,
                 format!("the first message must be HELLO, got {}", msg_name(&m)),
@@ -415,7 +464,14 @@ impl IngestSession {
         }
     }
 
-    fn on_hello(&mut self, version: u16, resume: bool, match_id: &str, credential: &[u8]) {
+    fn on_hello(
+        &mut self,
+        version: u16,
+        resume: bool,
+        match_id: &str,
+        credential: &[u8],
+        now: Instant,
+    ) {
         if version != protocol::VERSION {
             return self.fail(
                 ErrorCode::BadVersion,
@@ -432,12 +488,35 @@ impl IngestSession {
             );
         }
         self.match_id = match_id.to_string();
-        match self.registry.claim_writer(match_id, resume) {
+        self.claim = Some((resume, now + WRITER_WAIT, now));
+        self.try_claim(now);
+    }
+
+    /// Asks for the writer role; a match whose writer is still finishing is asked again
+    /// every `WRITER_POLL` until `WRITER_WAIT` has passed, then MATCH_BUSY.
+    fn try_claim(&mut self, now: Instant) {
+        let Some((resume, until, _)) = self.claim else {
+            return;
+        };
+        let match_id = self.match_id.clone();
+        match self.registry.claim_writer(&match_id, resume) {
+            Err((ErrorCode::MatchBusy, _)) if now < until => {
+                self.claim = Some((resume, until, now + WRITER_POLL));
+                self.state = State::Claiming;
+                return;
+            }
+            Err((ErrorCode::MatchBusy, text)) => self.fail(
+                ErrorCode::MatchBusy,
+                format!(
+                    "{text} (waited {} ms for it to finish); retry later",
+                    WRITER_WAIT.as_millis()
+                ),
+            ),
             Err((code, text)) => self.fail(code, text),
             Ok(Claim::New(g)) => {
                 self.guard = Some(g);
                 self.file = Some(MatchFile::create(
-                    match_id,
+                    &match_id,
                     storage::now_unix_us(),
                     self.cfg.store.clone(),
                 ));
@@ -455,6 +534,7 @@ impl IngestSession {
                 self.state = State::Opening;
             }
         }
+        self.claim = None;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -670,6 +750,7 @@ impl IngestSession {
                     if self.inbuf_pos < self.inbuf.len() {
                         self.process_buffered(now);
                     }
+                    self.close_if_input_done();
                 }
             }
         }
@@ -724,6 +805,7 @@ impl IngestSession {
         }
         if self.state == State::Streaming && self.inbuf_pos < self.inbuf.len() {
             self.process_buffered(Instant::now());
+            self.close_if_input_done();
         }
     }
 

@@ -61,6 +61,13 @@ impl DsClient {
         self.stream.write_all(b)
     }
 
+    /// Closes the connection with a RST (SO_LINGER 0), the way a crashing DS goes away.
+    pub fn reset(self) {
+        use std::os::fd::AsRawFd;
+        let _ = crate::sys::netops::sockopt::set_linger_zero(self.stream.as_raw_fd());
+        drop(self);
+    }
+
     /// Sends HELLO and returns the first reply (WELCOME or ERROR).
     pub fn hello(&mut self, match_id: &str, resume: bool, credential: &[u8]) -> io::Result<Reply> {
         let mut v = Vec::new();

@@ -1363,6 +1363,30 @@ pub mod sockopt {
         set_int(fd, libc::SOL_SOCKET, libc::SO_ZEROCOPY, 1)
     }
 
+    /// SO_LINGER on with a 0 s timeout: closing the socket then sends a RST instead of a
+    /// FIN (what a crashing peer looks like; tests use it to reset connections).
+    pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: passes a pointer to a live linger struct and its size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&l as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
     /// A TCP listener on `addr` with SO_REUSEADDR and optionally SO_REUSEPORT, backlog
     /// `backlog`, close-on-exec. Returned as a std listener (blocking; the ring accepts).
     pub fn listen(

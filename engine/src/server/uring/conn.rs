@@ -371,13 +371,18 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// One op of connection `id` came back. `out` when it was the output op.
+    /// One op of connection `id` came back. `out` when it was the output op. A
+    /// connection being torn down is closed once its last op is back, whatever the
+    /// completion's handler does next (a send that completed before its cancel, say).
     pub(super) fn op_done(&mut self, id: ConnId, out: bool) {
         if let Some(c) = self.conn_mut(id) {
             c.ops -= 1;
             if out {
                 c.out_busy = false;
                 c.last_out = Instant::now();
+            }
+            if c.state == State::Cancelling && c.ops == 0 {
+                self.maybe_close(id);
             }
         }
     }
@@ -439,7 +444,12 @@ impl<'a> Worker<'a> {
     pub(super) fn abort(&mut self, id: ConnId) {
         let Some(c) = self.conn_mut(id) else { return };
         if matches!(c.state, State::Cancelling | State::Closed) {
-            return;
+            // Already being torn down, but the op that brought us here (a send or
+            // receive failing with ECONNRESET after the first abort) may have been the
+            // last one in flight: close now. Returning without this left a reset
+            // connection in Cancelling with nothing in flight forever (issue 12 bug 1:
+            // its session held the match, MATCH_BUSY until restart, two fds leaked).
+            return self.maybe_close(id);
         }
         c.state = State::Cancelling;
         c.out.clear();

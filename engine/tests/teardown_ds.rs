@@ -1,0 +1,413 @@
+//! DS connection teardown on both backends (issue 12): resets while frames are being
+//! written, input followed at once by a half-close, the connection limit, reconnecting
+//! right after a close. Each test is named after the bug it pins and runs on both
+//! backends against a real `recorder serve` on loopback.
+
+mod common;
+use common::*;
+use engine::protocol::{self, ErrorCode, Msg};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// One test function per backend.
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn blocking() {
+                super::$name("blocking");
+            }
+            #[test]
+            fn uring() {
+                super::$name("uring");
+            }
+        }
+    };
+}
+
+fn hello_bytes(id: &str, resume: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    protocol::encode(
+        &mut v,
+        &Msg::Hello {
+            version: protocol::VERSION,
+            resume,
+            match_id: id,
+            credential: b"",
+        },
+    );
+    v
+}
+
+fn frame_bytes(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    protocol::encode_frame(&mut v, seq, seq, if seq == 1 { 1 } else { 2 }, payload);
+    v
+}
+
+fn end_bytes(last_seq: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    protocol::encode(&mut v, &Msg::End { last_seq });
+    v
+}
+
+/// Open file descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// What a process's descriptors point at (for failure messages).
+fn fd_targets(pid: u32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Waits (bounded) until `f` holds; returns whether it did.
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Resumes match `id` and finishes it: RESUME, resend frames after WELCOME's last_seq up
+/// to `frames`, END. Returns the WELCOME (or the error) and the final reply.
+fn resume_and_seal(addr: SocketAddr, id: &str, frames: u64, size: usize) -> (Reply, Reply) {
+    let mut c = DsClient::connect(addr).unwrap();
+    let w = c.hello(id, true, b"").unwrap();
+    let Reply::Welcome { last_seq, .. } = w else {
+        return (w, Reply::Closed);
+    };
+    for seq in last_seq + 1..=frames {
+        let p = testkit::payload_for(id, seq, size);
+        c.frame(seq, seq, if seq == 1 { 1 } else { 2 }, &p).unwrap();
+    }
+    let r = c.end(frames).unwrap();
+    (w, r)
+}
+
+// ---------------------------------------------------------------------------------
+// Bug 1: a connection reset while its frames are being written left a zombie session on
+// uring (MATCH_BUSY until the idle timeout, two fds leaked each time, slow SIGTERM).
+
+fn reset_while_frames_are_written_leaves_no_zombie_session(backend: &str) {
+    let dir = TempDir::new("reset-zombie");
+    let mut srv = spawn_server(
+        backend,
+        dir.path(),
+        &[
+            "--workers",
+            "2",
+            "--durability",
+            "fdatasync",
+            "--ack-interval-ms",
+            "0",
+        ],
+    );
+    let pid = srv.child.as_ref().unwrap().id();
+    // one whole match first, so the rings and helper threads exist before counting fds
+    let (_, r) = stream_match(srv.ingest, "warmup", 3, 100);
+    assert!(matches!(r, Reply::Sealed { .. }), "{r:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let base_fds = fd_count(pid);
+    const DS: usize = 240;
+    const FRAMES: u64 = 4;
+    const SIZE: usize = 3000;
+    let addr = srv.ingest;
+    let threads: Vec<_> = (0..24)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut busy = Vec::new();
+                let mut bad = Vec::new();
+                for k in 0..DS / 24 {
+                    let i = t * (DS / 24) + k;
+                    let id = format!("z{i:03}");
+                    let mut c = DsClient::connect(addr).unwrap();
+                    let mut raw = hello_bytes(&id, false);
+                    for seq in 1..=FRAMES {
+                        raw.extend(frame_bytes(seq, &testkit::payload_for(&id, seq, SIZE)));
+                    }
+                    c.send_raw(&raw).unwrap();
+                    // reset 0-30 ms later: while the open, the writes or the syncs run
+                    std::thread::sleep(Duration::from_micros((i as u64 * 7919) % 30_000));
+                    c.reset();
+                    let (w, r) = resume_and_seal(addr, &id, FRAMES, SIZE);
+                    if w.error_code() == Some(ErrorCode::MatchBusy) {
+                        busy.push(id.clone());
+                    } else if !matches!(
+                        r,
+                        Reply::Sealed {
+                            last_seq: FRAMES,
+                            ..
+                        }
+                    ) {
+                        bad.push(format!("{id}: {w:?} then {r:?}"));
+                    }
+                }
+                (busy, bad)
+            })
+        })
+        .collect();
+    let mut busy = Vec::new();
+    let mut bad = Vec::new();
+    for t in threads {
+        let (b, x) = t.join().unwrap();
+        busy.extend(b);
+        bad.extend(x);
+    }
+    assert!(
+        busy.is_empty(),
+        "{} of {DS} resumes right after a reset got MATCH_BUSY: {busy:?}",
+        busy.len()
+    );
+    assert!(bad.is_empty(), "{bad:?}");
+    // every session ended: its socket and its match file are closed
+    let settled = eventually(Duration::from_secs(5), || fd_count(pid) <= base_fds + 2);
+    assert!(
+        settled,
+        "the recorder holds {} fds after every DS left, {base_fds} before: {:?}",
+        fd_count(pid),
+        fd_targets(pid)
+    );
+    for i in 0..DS {
+        let id = format!("z{i:03}");
+        let b = std::fs::read(dir.path().join(format!("{id}.rpl"))).unwrap();
+        let want: Vec<Vec<u8>> = (1..=FRAMES)
+            .map(|s| testkit::payload_for(&id, s, SIZE))
+            .collect();
+        check_replay(&b, &id, &want, true);
+    }
+    let t = Instant::now();
+    assert!(srv.terminate(), "SIGTERM exit status");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "SIGTERM took {:?} with no DS connected",
+        t.elapsed()
+    );
+}
+both_backends!(reset_while_frames_are_written_leaves_no_zombie_session);
+
+// ---------------------------------------------------------------------------------
+// Bug 2: on uring, input sent with HELLO and followed at once by a half-close was dropped
+// (only WELCOME came back). Everything received before EOF is processed and answered.
+
+fn input_sent_with_hello_then_half_close_is_processed(backend: &str) {
+    let dir = TempDir::new("halfclose");
+    let srv = spawn_server(
+        backend,
+        dir.path(),
+        &["--durability", "fdatasync", "--ack-interval-ms", "0"],
+    );
+    for i in 0..20 {
+        // HELLO + frames + END in one write, then SHUT_WR: stored, acked, sealed
+        let id = format!("h{i:02}");
+        let mut c = DsClient::connect(srv.ingest).unwrap();
+        let mut raw = hello_bytes(&id, false);
+        let want: Vec<Vec<u8>> = (1..=5).map(|s| testkit::payload_for(&id, s, 700)).collect();
+        for (s, p) in want.iter().enumerate() {
+            raw.extend(frame_bytes(s as u64 + 1, p));
+        }
+        raw.extend(end_bytes(5));
+        c.stream.write_all(&raw).unwrap();
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        loop {
+            let r = c.recv(Duration::from_secs(10)).unwrap();
+            let stop = matches!(r, Reply::Closed);
+            got.push(r);
+            if stop {
+                break;
+            }
+        }
+        assert!(
+            matches!(got[0], Reply::Welcome { last_seq: 0, .. }),
+            "{id}: {got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|r| matches!(r, Reply::Sealed { last_seq: 5, .. })),
+            "{id}: no SEALED: {got:?}"
+        );
+        let b = std::fs::read(dir.path().join(format!("{id}.rpl"))).unwrap();
+        check_replay(&b, &id, &want, true);
+
+        // HELLO + a good frame + a bad CRC, then SHUT_WR: ACK 1, then BAD_CRC
+        let id = format!("c{i:02}");
+        let mut c = DsClient::connect(srv.ingest).unwrap();
+        let mut raw = hello_bytes(&id, false);
+        raw.extend(frame_bytes(1, b"good"));
+        let mut bad = frame_bytes(2, b"bad");
+        let l = bad.len();
+        bad[l - 1] ^= 0xff;
+        raw.extend(bad);
+        c.stream.write_all(&raw).unwrap();
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        loop {
+            let r = c.recv(Duration::from_secs(10)).unwrap();
+            let stop = matches!(r, Reply::Closed);
+            got.push(r);
+            if stop {
+                break;
+            }
+        }
+        assert!(matches!(got[0], Reply::Welcome { .. }), "{id}: {got:?}");
+        assert!(got.contains(&Reply::Ack(1)), "{id}: {got:?}");
+        let n = got.len();
+        assert_eq!(
+            got[n - 2].error_code(),
+            Some(ErrorCode::BadCrc),
+            "{id}: ERROR comes last: {got:?}"
+        );
+    }
+}
+both_backends!(input_sent_with_hello_then_half_close_is_processed);
+
+// ---------------------------------------------------------------------------------
+// Bug 3: uring did not enforce max-connections like blocking (the 5th DS with
+// max-connections 4 got IDLE_TIMEOUT instead of TOO_MANY_CONNECTIONS).
+
+fn max_connections_refuses_the_next_ds(backend: &str) {
+    let dir = TempDir::new("maxconn");
+    let srv = spawn_server(
+        backend,
+        dir.path(),
+        &[
+            "--workers",
+            "2",
+            "--max-connections",
+            "4",
+            "--idle-timeout-ms",
+            "1000",
+        ],
+    );
+    for round in 0..3 {
+        // four connections, each admitted (WELCOME), the fifth refused at once
+        let mut held = Vec::new();
+        for i in 0..4 {
+            let mut c = DsClient::connect(srv.ingest).unwrap();
+            let r = c.hello(&format!("mc{round}x{i}"), false, b"").unwrap();
+            assert!(matches!(r, Reply::Welcome { .. }), "{i}: {r:?}");
+            held.push(c);
+        }
+        let mut c = DsClient::connect(srv.ingest).unwrap();
+        let r = c.recv(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            r.error_code(),
+            Some(ErrorCode::TooManyConnections),
+            "round {round}: {r:?}"
+        );
+        for (i, mut h) in held.into_iter().enumerate() {
+            let r = h.end(0).unwrap();
+            assert!(matches!(r, Reply::Sealed { .. }), "{i}: {r:?}");
+        }
+        drop(c);
+        // the refused and the finished connections are gone: room again
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // connections that never send HELLO count too: four silent ones, the fifth refused
+    let silent: Vec<_> = (0..4)
+        .map(|_| DsClient::connect(srv.ingest).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = DsClient::connect(srv.ingest).unwrap();
+    let r = c.recv(Duration::from_secs(5)).unwrap();
+    assert_eq!(r.error_code(), Some(ErrorCode::TooManyConnections), "{r:?}");
+    drop(silent);
+}
+both_backends!(max_connections_refuses_the_next_ds);
+
+// ---------------------------------------------------------------------------------
+// Bug 5: reconnecting right after the recorder closed a connection sometimes got
+// MATCH_BUSY (the old writer was not released yet). A HELLO for a match whose writer is
+// finishing waits for it (bounded, session::WRITER_WAIT).
+
+fn resume_right_after_a_close_is_not_match_busy(backend: &str) {
+    let dir = TempDir::new("reclose");
+    let srv = spawn_server(
+        backend,
+        dir.path(),
+        &[
+            "--workers",
+            "2",
+            "--durability",
+            "fdatasync",
+            "--ack-interval-ms",
+            "0",
+        ],
+    );
+    let addr = srv.ingest;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut wrong = Vec::new();
+                for k in 0..25 {
+                    let id = format!("rc{t}x{k}");
+                    // a frame, then a bad one: ACK 1, ERROR BAD_CRC, the recorder closes
+                    let mut c = DsClient::connect(addr).unwrap();
+                    let w = c.hello(&id, false, b"").unwrap();
+                    assert!(matches!(w, Reply::Welcome { .. }), "{id}: {w:?}");
+                    let mut raw = frame_bytes(1, b"one");
+                    let mut bad = frame_bytes(2, b"two");
+                    let l = bad.len();
+                    bad[l - 1] ^= 0xff;
+                    raw.extend(bad);
+                    c.send_raw(&raw).unwrap();
+                    let r = loop {
+                        match c.recv(Duration::from_secs(10)).unwrap() {
+                            Reply::Ack(_) => continue,
+                            r => break r,
+                        }
+                    };
+                    assert_eq!(r.error_code(), Some(ErrorCode::BadCrc), "{id}: {r:?}");
+                    // reconnect at once, before reading the close
+                    let (w, r) = resume_and_seal(addr, &id, 2, 10);
+                    if !matches!(w, Reply::Welcome { last_seq: 1, .. })
+                        || !matches!(r, Reply::Sealed { last_seq: 2, .. })
+                    {
+                        wrong.push(format!("{id}: {w:?} then {r:?}"));
+                    }
+                    drop(c);
+                    // frames, then the DS closes (FIN) and reconnects at once, before the
+                    // recorder has finished with the old connection
+                    let id = format!("rf{t}x{k}");
+                    let mut c = DsClient::connect(addr).unwrap();
+                    let mut raw = hello_bytes(&id, false);
+                    raw.extend(frame_bytes(1, &[1u8; 2000]));
+                    c.send_raw(&raw).unwrap();
+                    drop(c);
+                    let (w, r) = resume_and_seal(addr, &id, 2, 10);
+                    if !matches!(w, Reply::Welcome { .. })
+                        || !matches!(r, Reply::Sealed { last_seq: 2, .. })
+                    {
+                        wrong.push(format!("{id}: {w:?} then {r:?}"));
+                    }
+                }
+                wrong
+            })
+        })
+        .collect();
+    let wrong: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(wrong.is_empty(), "{} of 400: {wrong:?}", wrong.len());
+}
+both_backends!(resume_right_after_a_close_is_not_match_busy);
