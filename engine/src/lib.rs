@@ -22,6 +22,7 @@ pub mod config;
 pub mod fileio;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod probe;
 pub mod protocol;
 pub mod server;

@@ -237,3 +237,51 @@ fn bad_log_filters_are_refused_with_the_source_named() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot open log-file"));
 }
+
+#[test]
+fn access_log_has_one_line_per_response_only_when_asked() {
+    let dir = TempDir::new("log-access");
+    for on in [true, false] {
+        let log = dir.path().join(format!("access-{on}.log"));
+        let c = recorder(
+            dir.path(),
+            &[
+                "--backend",
+                "uring",
+                "--access-log",
+                &on.to_string(),
+                "--log-file",
+                log.to_str().unwrap(),
+            ],
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        wait_for("listening", || read().contains("http listening on"));
+        let http: std::net::SocketAddr = read()
+            .lines()
+            .find_map(|l| l.split("http listening on ").nth(1)?.trim().parse().ok())
+            .unwrap();
+        let r = common::testkit::http_get(http, "GET", "/matches?x=1", &[]).unwrap();
+        assert_eq!(r.status, 200);
+        let r = common::testkit::http_get(http, "GET", "/nope", &[]).unwrap();
+        assert_eq!(r.status, 404);
+        if on {
+            wait_for("access lines", || read().contains("GET /nope 404"));
+            let text = read();
+            let l = text
+                .lines()
+                .find(|l| l.contains("GET /matches?x=1 200"))
+                .unwrap();
+            assert!(
+                l.contains("recorder::access") && l.contains("duration_ms="),
+                "{l}"
+            );
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        term(c);
+        assert_eq!(read().contains("recorder::access"), on, "{}", read());
+    }
+}

@@ -153,7 +153,7 @@ const KNOBS: &[Knob] = &[
     k("log-level", "filter", "", "Log filter: a level (error, warn, info, debug, trace) or tracing EnvFilter directives such as `info,recorder::startup=debug` (the per-worker ring set-up lines are `recorder::startup` at debug). Empty: RUST_LOG if set, else info; a value given here wins over RUST_LOG."),
     k("log-format", "text|json", "text", "Log lines on stderr (or log-file): text (RFC 3339 UTC timestamp, level, target, message) or json (one object per line: timestamp, level, target, message and fields)."),
     k("log-file", "path", "", "Append log lines to this file instead of stderr; SIGHUP reopens it (for logrotate). Empty: stderr."),
-    k("access-log", "bool", "false", "Log one info line per HTTP response (target recorder::access: peer, method, target, status, body bytes, duration)."),
+    k("access-log", "bool", "false", "Log one info line per HTTP response when it is complete (target recorder::access: method, target, status, body bytes, duration_ms, complete)."),
 ];
 
 impl Section for ServerConfig {

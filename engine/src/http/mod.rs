@@ -10,17 +10,18 @@
 //! `/metrics` (Prometheus text).
 //!
 //! Files by job: [`parse`] (request head), [`route`] (endpoints), [`replay`] (a replay's
-//! response), [`live`] (the live tail), [`response`] (heads and plans), `metrics_text`.
+//! response), [`live`] (the live tail), [`response`] (heads and plans); `/metrics` is [`crate::metrics`].
 
+mod access;
 mod live;
-mod metrics_text;
 mod parse;
 mod replay;
 mod response;
 mod route;
 
+pub use crate::metrics::render as metrics_text;
+pub use access::{set_access_log, Exchange};
 pub use live::{chunk_head, LiveTail, CHUNK_END};
-pub use metrics_text::metrics_text;
 pub use parse::{parse_request, HttpError, Method, Request};
 pub use replay::{parse_range, read_sealed_index, RangeSpec};
 pub use response::{error_response, head, status_text, Body, Response};

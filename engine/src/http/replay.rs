@@ -2,7 +2,7 @@
 //! or live (chunked, see [`super::LiveTail`]).
 
 use super::response::{head, head_304, Body, Response};
-use super::{LiveTail, Request};
+use super::{Exchange, LiveTail, Request};
 use crate::server::registry::{MatchShared, Phase, Registry};
 use crate::storage::{format, IndexEntry};
 use std::sync::Arc;
@@ -141,6 +141,7 @@ pub(super) fn replay_response(
                 })
             },
             close: !ka,
+            exchange: Exchange::default(),
         };
     }
     let etag = i.etag.clone().unwrap_or_default();
@@ -156,6 +157,7 @@ pub(super) fn replay_response(
                 head: head_304(&etag, ka),
                 body: Body::None,
                 close: !ka,
+                exchange: Exchange::default(),
             };
         }
     }
@@ -214,6 +216,7 @@ pub(super) fn replay_response(
                 },
             },
             close: !ka,
+            exchange: Exchange::default(),
         },
         RangeSpec::Part(a, b) => {
             let cr = format!("bytes {a}-{b}/{len}");
@@ -231,6 +234,7 @@ pub(super) fn replay_response(
                     },
                 },
                 close: !ka,
+                exchange: Exchange::default(),
             }
         }
         RangeSpec::Unsatisfiable => {

@@ -1,7 +1,7 @@
 //! Response plans ([`Response`]: head bytes, a [`Body`], close or keep alive) and the
 //! head builders. Sans-IO: the backend sends `head`, then the body the plan names.
 
-use super::{HttpError, LiveTail};
+use super::{Exchange, HttpError, LiveTail};
 use std::fmt::Write as _;
 
 pub fn status_text(status: u16) -> &'static str {
@@ -69,6 +69,8 @@ pub struct Response {
     pub body: Body,
     /// Close the connection after this response.
     pub close: bool,
+    /// Report it with `exchange.finish(...)` once the response is sent.
+    pub exchange: Exchange,
 }
 
 impl Response {
@@ -91,6 +93,7 @@ impl Response {
                 Body::Bytes(body)
             },
             close: !keep_alive,
+            exchange: Exchange::default(),
         }
     }
     pub(crate) fn json(v: &serde_json::Value, keep_alive: bool, head_only: bool) -> Response {
@@ -113,13 +116,16 @@ impl Response {
                 Body::Bytes(body)
             },
             close: !keep_alive,
+            exchange: Exchange::default(),
         }
     }
 }
 
 /// The answer to a request that failed to parse (always closes).
 pub fn error_response(e: &HttpError) -> Response {
-    Response::simple(e.status, &e.text, false, false, &[])
+    let mut r = Response::simple(e.status, &e.text, false, false, &[]);
+    r.exchange.status = e.status;
+    r
 }
 
 pub(crate) fn head_304(etag: &str, ka: bool) -> Vec<u8> {

@@ -3,14 +3,22 @@
 
 use super::replay::{read_sealed_index, replay_response};
 use super::response::{head, Body, Response};
-use super::{metrics_text, truncate, Method, Request};
+use super::{metrics_text, truncate, Exchange, Method, Request};
 use crate::protocol;
 use crate::server::registry::{MatchInfo, MatchShared, Phase, Registry};
 use crate::storage::IndexEntry;
 use std::sync::atomic::Ordering;
 
-/// Turns one request into a response plan.
+/// Turns one request into a response plan; its `exchange` is stamped with the request
+/// and the time (call it as soon as the head is parsed).
 pub fn route(req: &Request, reg: &Registry) -> Response {
+    let t0 = std::time::Instant::now();
+    let mut r = route_inner(req, reg);
+    r.exchange = Exchange::new(req, r.status, t0);
+    r
+}
+
+fn route_inner(req: &Request, reg: &Registry) -> Response {
     Metrics_add(reg, 1);
     let ka = req.keep_alive && !reg.shutting_down();
     let head_only = req.method == Method::Head;
@@ -44,7 +52,7 @@ pub fn route(req: &Request, reg: &Registry) -> Response {
                 status: 200,
                 head: head(
                     200,
-                    &[("Content-Type", "text/plain; version=0.0.4")],
+                    &[("Content-Type", crate::metrics::CONTENT_TYPE)],
                     Some(body.len() as u64),
                     ka,
                 ),
@@ -54,6 +62,7 @@ pub fn route(req: &Request, reg: &Registry) -> Response {
                     Body::Bytes(body)
                 },
                 close: !ka,
+                exchange: Exchange::default(),
             }
         }
         ["matches", id] | ["matches", id, "index"] => {

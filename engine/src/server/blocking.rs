@@ -436,14 +436,26 @@ fn http_connection(
 }
 
 /// Sends one response; Ok(true) when the connection may serve another request.
-fn send_response(s: &mut TcpStream, resp: http::Response, reg: &Registry) -> io::Result<bool> {
-    s.write_all(&resp.head)?;
+fn send_response(s: &mut TcpStream, mut resp: http::Response, reg: &Registry) -> io::Result<bool> {
+    let x = std::mem::take(&mut resp.exchange);
     let mut sent = 0u64;
+    let r = send_body(s, resp, reg, &mut sent);
+    x.finish(reg, sent, r.is_ok());
+    r
+}
+
+fn send_body(
+    s: &mut TcpStream,
+    resp: http::Response,
+    reg: &Registry,
+    sent: &mut u64,
+) -> io::Result<bool> {
+    s.write_all(&resp.head)?;
     match resp.body {
         Body::None => {}
         Body::Bytes(b) => {
             s.write_all(&b)?;
-            sent = b.len() as u64;
+            *sent = b.len() as u64;
         }
         Body::File {
             file: mut f,
@@ -453,7 +465,7 @@ fn send_response(s: &mut TcpStream, resp: http::Response, reg: &Registry) -> io:
             f.seek(SeekFrom::Start(offset))?;
             // std::io::copy uses sendfile/splice for File -> TcpStream on Linux
             let n = io::copy(&mut f.take(len), s)?;
-            sent = n;
+            *sent = n;
             if n != len {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -463,13 +475,14 @@ fn send_response(s: &mut TcpStream, resp: http::Response, reg: &Registry) -> io:
         }
         Body::Live(mut tail) => {
             let r = live_tail(s, &mut tail, reg);
+            *sent = tail.sent;
             reg.metrics
                 .http_bytes
                 .fetch_add(tail.sent, Ordering::Relaxed);
             return r.map(|ok| ok && !resp.close);
         }
     }
-    reg.metrics.http_bytes.fetch_add(sent, Ordering::Relaxed);
+    reg.metrics.http_bytes.fetch_add(*sent, Ordering::Relaxed);
     Ok(!resp.close)
 }
 

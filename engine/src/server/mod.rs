@@ -430,6 +430,7 @@ pub fn cli_main(args: Vec<String>) -> ExitCode {
         setup.filter,
         setup.filter_from
     );
+    crate::http::set_access_log(eff.server.access_log);
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, shutdown.clone()) {

@@ -163,6 +163,8 @@ pub struct Metrics {
     pub http_bytes: AtomicU64,
     pub http_errors: AtomicU64,
     errors: [AtomicU64; 32],
+    /// Latency histograms (see `crate::metrics`).
+    pub hist: crate::metrics::Histograms,
 }
 
 impl Metrics {

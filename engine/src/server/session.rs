@@ -140,6 +140,11 @@ pub struct IngestSession {
     stalled: bool,
     /// While `Claiming`: (resume flag, give up at, next try).
     claim: Option<(bool, Instant, Instant)>,
+    /// Frames received and not yet acknowledged: (seq, when read), for the ack-latency
+    /// histogram.
+    unacked_rx: std::collections::VecDeque<(u64, Instant)>,
+    /// When the write or sync in flight was issued (storage latency histograms).
+    io_issued: Option<Instant>,
 }
 
 impl IngestSession {
@@ -171,6 +176,8 @@ impl IngestSession {
             eof: false,
             stalled: false,
             claim: None,
+            unacked_rx: Default::default(),
+            io_issued: None,
         }
     }
 
@@ -339,6 +346,12 @@ impl IngestSession {
             self.acked = seq;
             self.reack = false;
             Metrics::add(&self.registry.metrics.acks, 1);
+            let h = &self.registry.metrics.hist.ds_ack_latency;
+            let now = Instant::now();
+            while let Some(&(_, t)) = self.unacked_rx.front().filter(|f| f.0 <= seq) {
+                h.observe(now.saturating_duration_since(t).as_secs_f64());
+                self.unacked_rx.pop_front();
+            }
         }
     }
 
@@ -593,6 +606,7 @@ impl IngestSession {
         f.append(seq, tick, kind, crc, payload, recv_us);
         Metrics::add(&self.registry.metrics.frames, 1);
         Metrics::add(&self.registry.metrics.payload_bytes, payload.len() as u64);
+        self.unacked_rx.push_back((seq, now));
         if self.first_pending.is_none() {
             self.first_pending = Some(now);
         }
@@ -647,6 +661,7 @@ impl IngestSession {
                 self.first_pending = None;
                 self.last_write = Some(now);
                 self.io_in_flight = true;
+                self.io_issued = Some(now);
                 return Some(Io::Write(req));
             }
             return None;
@@ -654,6 +669,7 @@ impl IngestSession {
         if file.needs_sync() {
             self.sync_point = Some(file.sync_point());
             self.io_in_flight = true;
+            self.io_issued = Some(now);
             return Some(Io::Sync);
         }
         if self.state == State::Sealing && !self.seal_issued {
@@ -770,6 +786,9 @@ impl IngestSession {
                     // Deliberate, test-only slowdown (see `test-write-delay-us`).
                     std::thread::sleep(self.cfg.test_write_delay);
                 }
+                if let Some(t) = self.io_issued.take() {
+                    crate::metrics::observe_since(&self.registry.metrics.hist.storage_write, t);
+                }
                 Metrics::add(&self.registry.metrics.writes, 1);
                 Metrics::add(&self.registry.metrics.write_bytes, req.bytes().len() as u64);
                 f.write_done(req);
@@ -786,6 +805,9 @@ impl IngestSession {
         match result {
             Err(e) => self.storage_failed("fdatasync the replay file", e),
             Ok(()) => {
+                if let Some(t) = self.io_issued.take() {
+                    crate::metrics::observe_since(&self.registry.metrics.hist.storage_sync, t);
+                }
                 Metrics::add(&self.registry.metrics.syncs, 1);
                 if let Some((end, seq)) = point {
                     f.sync_done(end, seq);

@@ -183,6 +183,7 @@ struct Live {
     file: Arc<File>,
     chunk_in_flight: bool,
     close_after: bool,
+    exchange: http::Exchange,
 }
 
 struct Http {
@@ -192,6 +193,8 @@ struct Http {
     idle_since: Instant,
     live: Option<Live>,
     files_in_flight: usize,
+    /// The requests whose file bodies are in flight, oldest first (sends complete in order).
+    file_exchanges: std::collections::VecDeque<http::Exchange>,
     closing: bool,
 }
 
@@ -545,20 +548,25 @@ fn issue_more(ds: &mut Ds, id: ConnId, io: &mut Io, rw_flags: i32, queued: &mut 
     }
 }
 
-fn send_response(h: &mut Http, id: ConnId, resp: http::Response, io: &mut Io, reg: &Registry) {
+fn send_response(h: &mut Http, id: ConnId, mut resp: http::Response, io: &mut Io, reg: &Registry) {
+    let x = std::mem::take(&mut resp.exchange);
     io.send(id, resp.head);
     match resp.body {
-        Body::None => {}
+        Body::None => x.finish(reg, 0, true),
         Body::Bytes(b) => {
             reg.metrics
                 .http_bytes
                 .fetch_add(b.len() as u64, Ordering::Relaxed);
+            x.finish(reg, b.len() as u64, true);
             io.send(id, b);
         }
         Body::File { file, offset, len } => {
             if len > 0 {
                 h.files_in_flight += 1;
+                h.file_exchanges.push_back(x);
                 io.send_file(id, Arc::new(file), offset, len, TOKEN_BODY);
+            } else {
+                x.finish(reg, 0, true);
             }
         }
         Body::Live(tail) => match tail.open() {
@@ -568,10 +576,12 @@ fn send_response(h: &mut Http, id: ConnId, resp: http::Response, io: &mut Io, re
                     file: Arc::new(f),
                     chunk_in_flight: false,
                     close_after: resp.close,
+                    exchange: x,
                 });
                 return;
             }
             Err(e) => {
+                x.finish(reg, 0, false);
                 tracing::error!("cannot open the live match file: {e}");
                 io.abort(id);
                 h.closing = true;
@@ -606,6 +616,7 @@ fn pump_live(h: &mut Http, id: ConnId, io: &mut Io, reg: &Registry) {
         reg.metrics
             .http_bytes
             .fetch_add(live.tail.sent, Ordering::Relaxed);
+        live.exchange.finish(reg, live.tail.sent, true);
         let close = live.close_after;
         h.live = None;
         h.idle_since = now;
@@ -619,6 +630,7 @@ fn pump_live(h: &mut Http, id: ConnId, io: &mut Io, reg: &Registry) {
         reg.metrics
             .http_bytes
             .fetch_add(live.tail.sent, Ordering::Relaxed);
+        live.exchange.finish(reg, live.tail.sent, false);
         h.live = None;
         h.closing = true;
         io.close(id);
@@ -673,6 +685,7 @@ impl Service for Recorder {
                         idle_since: io.now(),
                         live: None,
                         files_in_flight: 0,
+                        file_exchanges: Default::default(),
                         closing: false,
                     };
                     self.conns.insert(conn, Conn::Http(Box::new(h)));
@@ -787,6 +800,9 @@ impl Service for Recorder {
                 h.files_in_flight -= 1;
                 if let Ok(n) = res {
                     reg.metrics.http_bytes.fetch_add(n, Ordering::Relaxed);
+                }
+                if let Some(x) = h.file_exchanges.pop_front() {
+                    x.finish(&reg, *res.as_ref().unwrap_or(&0), res.is_ok());
                 }
                 h.idle_since = io.now();
             }
