@@ -103,6 +103,36 @@ pub const COUNTERS: &[(&str, &str, Field)] = &[
         "Malformed or timed-out HTTP requests.",
         |m| &m.http_errors,
     ),
+    (
+        "journal_flushes",
+        "storage-layout=journal: journal flushes completed (each made a group of appends durable).",
+        |m| &m.journal_flushes,
+    ),
+    (
+        "journal_flushed_appends",
+        "Replay-file writes made durable by journal flushes; divided by journal_flushes_total it is the group size (matches per flush).",
+        |m| &m.journal_flushed_appends,
+    ),
+    (
+        "journal_record_bytes",
+        "Record bytes made durable in the journals (headers and frame bytes, without block padding).",
+        |m| &m.journal_record_bytes,
+    ),
+    (
+        "journal_write_bytes",
+        "Bytes written to the journal files (whole blocks: padding and tail-block rewrites included); with file_write_bytes_total over payload_bytes_total it is the write amplification.",
+        |m| &m.journal_write_bytes,
+    ),
+    (
+        "journal_checkpoints",
+        "Journal checkpoints (replay files made durable, journal space before them reusable).",
+        |m| &m.journal_checkpoints,
+    ),
+    (
+        "journal_full_waits",
+        "Appends that found their journal full and waited for a checkpoint (back-pressure).",
+        |m| &m.journal_full_waits,
+    ),
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -245,6 +275,17 @@ pub fn render(reg: &Registry) -> String {
         ("http_connections", "Open HTTP connections.", Gauge, reg.http_connections() as u64),
         ("uring_enter_calls", "io_uring_enter system calls made by all rings of the process (0 for the blocking backend).", Counter, enters),
         ("uring_completions", "Completions reaped from all rings of the process; divided by uring_enter_calls_total it is I/Os per system call.", Counter, cqes),
+    ]);
+    let (occ, cap, oldest) = m.journal_gauge();
+    let lag_ms = if oldest == 0 {
+        0
+    } else {
+        crate::storage::now_unix_us().saturating_sub(oldest) / 1000
+    };
+    snap.rows.extend([
+        ("journal_occupancy_bytes", "Journal bytes not yet reclaimable (appended since each journal's last checkpoint), summed over the journals.", Gauge, occ),
+        ("journal_capacity_bytes", "Record ring bytes of all journals.", Gauge, cap),
+        ("journal_checkpoint_lag_ms", "Time since the oldest of the journals' last checkpoints (0 without journals).", Gauge, lag_ms),
     ]);
     for &(name, help, f) in COUNTERS {
         snap.rows

@@ -49,7 +49,7 @@ fn pump(
             Io::Sync => y += 1,
             _ => {}
         }
-        engine::server::blocking::exec_io(io, s, fd, reg, &StoreOptions::default());
+        engine::server::blocking::exec_io(io, s, fd, reg, &StoreOptions::default(), None);
     }
     (w, y)
 }

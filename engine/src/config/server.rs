@@ -35,6 +35,23 @@ pub enum WriteBuffer {
 pub const WRITE_BUFFERS: &[(&str, WriteBuffer)] =
     &[("arena", WriteBuffer::Arena), ("stage", WriteBuffer::Stage)];
 
+/// How DS frames become durable (docs/architecture.md, "Durability").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageLayout {
+    /// Each match's replay file is written and synced on its own (one fdatasync, or
+    /// O_DSYNC write, per match per ack interval).
+    PerMatch,
+    /// Frames are made durable by a write-ahead journal per io_uring worker (one group
+    /// commit writer for the blocking backend); replay files are written behind, buffered,
+    /// and made durable at checkpoints and at seal.
+    Journal,
+}
+
+pub const STORAGE_LAYOUTS: &[(&str, StorageLayout)] = &[
+    ("per-match", StorageLayout::PerMatch),
+    ("journal", StorageLayout::Journal),
+];
+
 pub const ACK_MODES: &[(&str, AckModeKnob)] = &[
     ("durable", AckModeKnob::Durable),
     ("received", AckModeKnob::Received),
@@ -51,6 +68,11 @@ pub struct ServerConfig {
     pub ack_interval_ms: u64,
     pub append_buffer_bytes: u64,
     pub write_buffer: WriteBuffer,
+    pub storage_layout: StorageLayout,
+    pub journal_bytes: u64,
+    pub journal_flush_us: u64,
+    pub journal_flush_bytes: u64,
+    pub journal_checkpoint_ms: u64,
     pub max_frame_bytes: u64,
     pub max_matches: u64,
     pub max_connections: u64,
@@ -108,6 +130,11 @@ impl Default for ServerConfig {
             log_format: LogFormat::Text,
             log_file: String::new(),
             access_log: false,
+            storage_layout: StorageLayout::PerMatch,
+            journal_bytes: 64 << 20,
+            journal_flush_us: 1000,
+            journal_flush_bytes: 256 << 10,
+            journal_checkpoint_ms: 1000,
         }
     }
 }
@@ -139,6 +166,11 @@ const KNOBS: &[Knob] = &[
     k("ack-interval-ms", "u64", "20", "Group commit per match: at most one write (+ fdatasync per the durability policy) and one cumulative ACK per interval; frames arriving after a quiet period are written at once (0 = after every batch of input)."),
     k("append-buffer-bytes", "bytes", "1048576", "Per-match staging buffer: a write is issued at the latest when this much is pending (whole aligned blocks with O_DIRECT)."),
     k("write-buffer", "arena|stage", "arena", "uring backend: where match-file writes come from. arena: the append is copied into the worker's arena (aligned, buffer-memory pages, registered with register-buffers; slots hold one append of append-buffer-bytes plus 128 KiB), one write per append; stage: straight from the match's staging buffer (no copy, but heap pages pinned per write). stage needs write-op write or writev."),
+    k("storage-layout", "per-match|journal", "per-match", "How acked frames are made durable. per-match: each match's replay file is written and synced itself (file.direct and file.durability apply to it; one sync per match per ack interval). journal: one write-ahead journal per io_uring worker (one group-commit writer thread for the blocking backend) makes the frames of all its matches durable with one flush per group; file.direct and file.durability apply to the journal, replay files are written behind it buffered and made durable at checkpoints (syncfs) and at seal."),
+    k("journal-bytes", "bytes", "64m", "storage-layout=journal: size of each journal file (STORE/journal/w<N>.wal), preallocated and written once, then reused as a ring. A full journal slows acks until a checkpoint frees space."),
+    k("journal-flush-us", "u64", "1000", "storage-layout=journal: minimum spacing between the starts of two flushes of one journal (flushes per second <= journals x 1e6 / this). One flush is in flight per journal; the next takes everything appended meanwhile. 0 = flush as soon as the previous one completed."),
+    k("journal-flush-bytes", "bytes", "256k", "storage-layout=journal: flush at once, whatever journal-flush-us says, when this many bytes wait for a flush."),
+    k("journal-checkpoint-ms", "u64", "1000", "storage-layout=journal: at least this often (and at once when a journal is half full) the replay files are made durable (syncfs of the store) and a checkpoint lets the journal space before it be reused."),
     k("max-frame-bytes", "bytes", "1048576", "Largest frame payload a DS may send (FRAME_TOO_LARGE above; messages above it + 64 are refused before their body is read)."),
     k("max-matches", "u64", "10000", "Matches in progress at once; a new match over it gets TOO_MANY_MATCHES."),
     k("max-connections", "u64", "20000", "DS connections at once; one more gets TOO_MANY_CONNECTIONS."),
@@ -172,6 +204,11 @@ impl Section for ServerConfig {
             "ack-interval-ms" => self.ack_interval_ms = parse_num(v)?,
             "append-buffer-bytes" => self.append_buffer_bytes = parse_bytes(v)?,
             "write-buffer" => self.write_buffer = parse_choice(v, WRITE_BUFFERS)?,
+            "storage-layout" => self.storage_layout = parse_choice(v, STORAGE_LAYOUTS)?,
+            "journal-bytes" => self.journal_bytes = parse_bytes(v)?,
+            "journal-flush-us" => self.journal_flush_us = parse_num(v)?,
+            "journal-flush-bytes" => self.journal_flush_bytes = parse_bytes(v)?,
+            "journal-checkpoint-ms" => self.journal_checkpoint_ms = parse_num(v)?,
             "max-frame-bytes" => self.max_frame_bytes = parse_bytes(v)?,
             "max-matches" => self.max_matches = parse_num(v)?,
             "max-connections" => self.max_connections = parse_num(v)?,
@@ -202,6 +239,11 @@ impl Section for ServerConfig {
             "ack-interval-ms" => self.ack_interval_ms.to_string(),
             "append-buffer-bytes" => self.append_buffer_bytes.to_string(),
             "write-buffer" => choice_name(self.write_buffer, WRITE_BUFFERS).to_string(),
+            "storage-layout" => choice_name(self.storage_layout, STORAGE_LAYOUTS).to_string(),
+            "journal-bytes" => self.journal_bytes.to_string(),
+            "journal-flush-us" => self.journal_flush_us.to_string(),
+            "journal-flush-bytes" => self.journal_flush_bytes.to_string(),
+            "journal-checkpoint-ms" => self.journal_checkpoint_ms.to_string(),
             "max-frame-bytes" => self.max_frame_bytes.to_string(),
             "max-matches" => self.max_matches.to_string(),
             "max-connections" => self.max_connections.to_string(),
@@ -286,6 +328,45 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if !s.log_level.is_empty() {
         crate::logging::parse_filter(&s.log_level)
             .map_err(|e| ConfigError::new(&["log-level"], format!("log-level: {e}")))?;
+    }
+    let largest = s.append_buffer_bytes + s.max_frame_bytes;
+    let min_journal = crate::storage::journal::JournalOptions::min_bytes(65536, largest);
+    if s.journal_bytes < min_journal || s.journal_bytes > (64 << 30) {
+        return Err(ConfigError::new(
+            &["journal-bytes", "append-buffer-bytes", "max-frame-bytes"],
+            format!(
+                "journal-bytes {} must be between {min_journal} (room for 8 of the largest appends, append-buffer-bytes + max-frame-bytes = {largest}) and 64g: raise journal-bytes or lower append-buffer-bytes / max-frame-bytes",
+                s.journal_bytes
+            ),
+        ));
+    }
+    if s.journal_flush_us > 1_000_000 {
+        return Err(ConfigError::new(
+            &["journal-flush-us"],
+            format!(
+                "journal-flush-us {} is over 1000000: acks would wait a second for a flush",
+                s.journal_flush_us
+            ),
+        ));
+    }
+    if s.journal_flush_bytes < 4096 || s.journal_flush_bytes > s.journal_bytes / 4 {
+        return Err(ConfigError::new(
+            &["journal-flush-bytes", "journal-bytes"],
+            format!(
+                "journal-flush-bytes {} must be between 4k and a quarter of journal-bytes ({})",
+                s.journal_flush_bytes,
+                s.journal_bytes / 4
+            ),
+        ));
+    }
+    if s.journal_checkpoint_ms < 10 || s.journal_checkpoint_ms > 600_000 {
+        return Err(ConfigError::new(
+            &["journal-checkpoint-ms"],
+            format!(
+                "journal-checkpoint-ms {} must be between 10 and 600000",
+                s.journal_checkpoint_ms
+            ),
+        ));
     }
     if s.ds_token.len() > 255 {
         return Err(ConfigError::new(

@@ -71,7 +71,16 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
         ingest,
         http,
         shutdown,
+        journals,
     } = ctx;
+    // storage-layout=journal: one group-commit WAL writer for every connection thread
+    let wal = match journals.into_iter().next() {
+        Some(j) => Some(
+            super::wal::Wal::start(j, registry.clone())
+                .map_err(|e| ServerError(format!("cannot start the WAL writer: {e}")))?,
+        ),
+        None => None,
+    };
     let active = Arc::new(AtomicUsize::new(0));
     let conns = Arc::new(Conns::default());
     let ingest_addr = ingest
@@ -89,15 +98,17 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
         );
         let shutdown = shutdown.clone();
         let conns = conns.clone();
+        let wal = wal.clone();
         spawn("ds-accept", move || {
             accept_loop(ingest, &stop, |s| {
                 let (reg, sess, active, shutdown) =
                     (reg.clone(), sess.clone(), active.clone(), shutdown.clone());
                 let conns = conns.clone();
+                let wal = wal.clone();
                 active.fetch_add(1, Ordering::AcqRel);
                 let r = spawn("ds-conn", move || {
                     let id = conns.add(&s);
-                    ds_connection(s, reg, sess, &shutdown);
+                    ds_connection(s, reg, sess, &shutdown, wal.as_deref());
                     conns.remove(id);
                     active.fetch_sub(1, Ordering::AcqRel);
                 });
@@ -155,6 +166,9 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
     if left > 0 {
         tracing::warn!("{left} connections still open after 20 s; exiting anyway (live matches stay resumable)");
     }
+    if let Some(w) = wal {
+        w.stop();
+    }
     Ok(())
 }
 
@@ -186,13 +200,16 @@ fn accept_loop(l: TcpListener, stop: &AtomicBool, mut on_conn: impl FnMut(TcpStr
     }
 }
 
-/// Executes one storage operation for a session with std calls.
+/// Executes one storage operation for a session with std calls. With `wal`
+/// (storage-layout=journal) a replay-file write is journaled after it completes and
+/// reported done once the journal made it durable.
 pub fn exec_io(
     io: Io,
     sess: &mut IngestSession,
     file: &mut Option<OwnedFd>,
     reg: &Registry,
     opts: &storage::StoreOptions,
+    wal: Option<&super::wal::Wal>,
 ) {
     let id = sess.match_id().to_string();
     match io {
@@ -212,6 +229,10 @@ pub fn exec_io(
             let r = match file {
                 Some(f) => storage::io::write_req(f, &req, opts.rw_flags(), opts.vectored),
                 None => Err(io::Error::other("match file is not open")),
+            };
+            let r = match (r, wal) {
+                (Ok(()), Some(w)) => w.append_wait(&id, &req),
+                (r, _) => r,
             };
             sess.write_done(req, r);
         }
@@ -237,6 +258,7 @@ fn ds_connection(
     reg: Arc<Registry>,
     cfg: Arc<super::session::SessionConfig>,
     shutdown: &AtomicBool,
+    wal: Option<&super::wal::Wal>,
 ) {
     let _guard = match reg.try_ds_connection() {
         Ok(g) => g,
@@ -267,7 +289,7 @@ fn ds_connection(
     loop {
         let now = Instant::now();
         while let Some(io) = sess.next_io(now) {
-            exec_io(io, &mut sess, &mut file, &reg, &store);
+            exec_io(io, &mut sess, &mut file, &reg, &store, wal);
         }
         if sess.has_output() {
             let out = sess.take_output();

@@ -35,8 +35,9 @@ pub mod service;
 pub mod session;
 pub mod testkit;
 pub mod uring;
+pub mod wal;
 
-use crate::config::server::{AckModeKnob, Backend};
+use crate::config::server::{AckModeKnob, Backend, StorageLayout};
 use crate::config::{self, Config};
 use crate::protocol::AckMode;
 use crate::storage::{self, Durability, MatchFile, StoreOptions, StorePaths};
@@ -57,6 +58,46 @@ pub struct ServerContext {
     pub http: TcpListener,
     /// Set by SIGINT/SIGTERM (or a test): stop accepting, flush, ack, close, return.
     pub shutdown: Arc<AtomicBool>,
+    /// `storage-layout = journal`: the journals of this run, recovered and ready (one per
+    /// io_uring worker, one for the blocking backend); empty with `per-match`.
+    pub journals: Vec<storage::journal_io::JournalFile>,
+}
+
+/// The replay files' write options under `storage-layout = journal`: buffered (the page
+/// cache gathers the small appends; checkpoints write them out in large chunks), no sync
+/// per write (the journal made the frames durable before the write is reported done).
+pub fn replay_options_for_journal(o: &StoreOptions) -> StoreOptions {
+    StoreOptions {
+        direct: false,
+        align: 8,
+        durability: Durability::None,
+        uncached: false,
+        ..o.clone()
+    }
+}
+
+/// The journal's sizes and triggers from the [server] section (`align`: the store's).
+pub fn journal_options(cfg: &Config, align: usize) -> storage::journal::JournalOptions {
+    let s = &cfg.server;
+    storage::journal::JournalOptions {
+        bytes: s.journal_bytes / align as u64 * align as u64,
+        align,
+        flush_interval: Duration::from_micros(s.journal_flush_us),
+        flush_bytes: s.journal_flush_bytes as usize,
+        checkpoint_interval: Duration::from_millis(s.journal_checkpoint_ms),
+        checkpoint_fill_pct: JOURNAL_CHECKPOINT_FILL_PCT,
+    }
+}
+
+/// A checkpoint starts at once when a journal's unreclaimed part reaches this share.
+pub const JOURNAL_CHECKPOINT_FILL_PCT: u64 = 50;
+
+/// Journals a run needs: one per io_uring worker, one for the blocking backend.
+pub fn journal_count(cfg: &Config) -> usize {
+    match cfg.server.backend {
+        Backend::Blocking => 1,
+        Backend::Uring => (cfg.server.workers as usize).max(1),
+    }
 }
 
 /// How match files are written, from the run's [file] and [server] sections, before the
@@ -188,6 +229,18 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
     for n in &notes {
         tracing::info!("storage: {n}");
     }
+    match crate::sys::limits::raise_nofile() {
+        Ok((before, after)) => eprintln!("limits: RLIMIT_NOFILE {before} -> {after} (hard limit)"),
+        Err(e) => eprintln!("limits: cannot raise RLIMIT_NOFILE: {e}"),
+    }
+    // Journals first: their records since the last checkpoint go into the replay files,
+    // then the live-file scan below cuts each file after its last whole frame.
+    let (recovered_journals, jnotes) =
+        storage::journal_io::recover_journals(&paths, cfg.server.max_frame_bytes as u32)
+            .map_err(|e| ServerError(format!("cannot recover the journals: {e}")))?;
+    for n in &jnotes {
+        eprintln!("recovery: {n}");
+    }
     let rec =
         storage::recover_store(&paths, &opts, cfg.server.max_frame_bytes as u32).map_err(|e| {
             ServerError(format!(
@@ -198,11 +251,50 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
     for n in &rec.notes {
         tracing::info!("recovery: {n}");
     }
+    let journal_layout = cfg.server.storage_layout == StorageLayout::Journal;
+    let journals = if journal_layout {
+        let jio = storage::journal_io::JournalIo {
+            direct: opts.direct,
+            durability: opts.durability,
+        };
+        let jo = journal_options(&cfg, opts.align.max(4096));
+        let (j, notes) = storage::journal_io::open_journals(
+            &paths,
+            journal_count(&cfg),
+            &jo,
+            jio,
+            &recovered_journals,
+            std::time::Instant::now(),
+        )
+        .map_err(|e| ServerError(format!("cannot prepare the journals: {e}")))?;
+        for n in &notes {
+            eprintln!("storage: {n}");
+        }
+        j
+    } else {
+        // per-match: journals of an earlier journal run were replayed above; drop them
+        for p in storage::journal_io::journal_files(&paths).unwrap_or_default() {
+            let _ = std::fs::remove_file(&p);
+            eprintln!(
+                "storage: {} removed (storage-layout=per-match; its records were replayed)",
+                p.display()
+            );
+        }
+        Vec::new()
+    };
+    let replay_opts = if journal_layout {
+        replay_options_for_journal(&opts)
+    } else {
+        opts.clone()
+    };
     let registry = Registry::new(paths, limits(&cfg));
     let live: Vec<MatchFile> = rec
         .live
         .iter()
-        .map(|(id, scan, tail)| MatchFile::resume(id, scan, tail, opts.clone()))
+        .map(|(id, scan, tail)| {
+            let t: &[u8] = if replay_opts.direct { tail } else { &[] };
+            MatchFile::resume(id, scan, t, replay_opts.clone())
+        })
         .collect();
     if !live.is_empty() || !rec.sealed.is_empty() {
         tracing::info!(
@@ -235,7 +327,7 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
         )?;
     }
     let mut sc = session_config(&cfg);
-    sc.store = opts;
+    sc.store = replay_opts;
     let session = Arc::new(sc);
     Ok(ServerContext {
         cfg,
@@ -244,6 +336,7 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
         ingest,
         http,
         shutdown,
+        journals,
     })
 }
 
@@ -300,17 +393,47 @@ pub fn config_json(requested: &Config, effective: &Config) -> serde_json::Value 
     serde_json::json!({
         "requested": pairs(requested),
         "effective": pairs(effective),
-        "storage": {
-            "direct": o.direct,
-            "align": o.align,
-            "durability": o.durability.name(),
-            "uncached": o.uncached,
-            "stage_bytes": o.stage_bytes,
-            "prealloc_bytes": o.prealloc_bytes,
-            "notes": notes,
-        },
+        "storage": storage_json(effective, &o, notes),
         "unused": unused(effective),
     })
+}
+
+/// The "storage" part of --print-config: what replay files (and journals) are written with.
+fn storage_json(cfg: &Config, o: &StoreOptions, notes: Vec<String>) -> serde_json::Value {
+    let layout = cfg.server.storage_layout;
+    let replay = if layout == StorageLayout::Journal {
+        replay_options_for_journal(o)
+    } else {
+        o.clone()
+    };
+    let mut v = serde_json::json!({
+        "layout": crate::config::choice_name(layout, crate::config::server::STORAGE_LAYOUTS),
+        "direct": replay.direct,
+        "align": o.align,
+        "durability": replay.durability.name(),
+        "uncached": replay.uncached,
+        "stage_bytes": replay.stage_bytes,
+        "prealloc_bytes": replay.prealloc_bytes,
+        "notes": notes,
+    });
+    if layout == StorageLayout::Journal {
+        let jo = journal_options(cfg, o.align.max(4096));
+        v["journal"] = serde_json::json!({
+            "files": journal_count(cfg),
+            "bytes": jo.bytes,
+            "ring_bytes": jo.capacity(),
+            "direct": o.direct,
+            "durability": o.durability.name(),
+            "align": jo.align,
+            "flush_us": jo.flush_interval.as_micros() as u64,
+            "flush_bytes": jo.flush_bytes,
+            "checkpoint_ms": jo.checkpoint_interval.as_millis() as u64,
+            "checkpoint_fill_pct": jo.checkpoint_fill_pct,
+            "checkpoint_sync": "syncfs",
+            "replay_files": "buffered, no sync per write; durable at checkpoints and at seal",
+        });
+    }
+    v
 }
 
 /// Sections that the chosen backend does not use (so nobody thinks they were applied).

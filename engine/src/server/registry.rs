@@ -162,9 +162,29 @@ pub struct Metrics {
     pub http_requests: AtomicU64,
     pub http_bytes: AtomicU64,
     pub http_errors: AtomicU64,
+    /// storage-layout=journal: flushes that completed, appends (replay-file writes) they
+    /// made durable (/ flushes = group size), record bytes, bytes written to the journal
+    /// files (blocks: padding and tail rewrites included), checkpoints, appends that found
+    /// a journal full and waited.
+    pub journal_flushes: AtomicU64,
+    pub journal_flushed_appends: AtomicU64,
+    pub journal_record_bytes: AtomicU64,
+    pub journal_write_bytes: AtomicU64,
+    pub journal_checkpoints: AtomicU64,
+    pub journal_full_waits: AtomicU64,
+    /// Per journal: (unreclaimed bytes, ring bytes, unix us of its last checkpoint).
+    pub journal_gauges: Mutex<Vec<JournalGauge>>,
     errors: [AtomicU64; 32],
     /// Latency histograms (see `crate::metrics`).
     pub hist: crate::metrics::Histograms,
+}
+
+/// The gauges of one journal (see [`Metrics::journal_gauge`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalGauge {
+    pub occupancy_bytes: u64,
+    pub capacity_bytes: u64,
+    pub last_checkpoint_unix_us: u64,
 }
 
 impl Metrics {
@@ -176,6 +196,57 @@ impl Metrics {
     }
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Adds a journal's counters since `before` and sets its gauges.
+    pub fn journal(
+        &self,
+        n: usize,
+        before: &crate::storage::journal::JournalStats,
+        now: &crate::storage::journal::JournalStats,
+        gauge: JournalGauge,
+    ) {
+        Self::add(&self.journal_flushes, now.flushes - before.flushes);
+        Self::add(
+            &self.journal_flushed_appends,
+            now.flushed_appends - before.flushed_appends,
+        );
+        Self::add(
+            &self.journal_record_bytes,
+            now.record_bytes - before.record_bytes,
+        );
+        Self::add(
+            &self.journal_write_bytes,
+            now.written_bytes - before.written_bytes,
+        );
+        Self::add(
+            &self.journal_checkpoints,
+            now.checkpoints - before.checkpoints,
+        );
+        Self::add(&self.journal_full_waits, now.full_waits - before.full_waits);
+        let mut g = self
+            .journal_gauges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if g.len() <= n {
+            g.resize(n + 1, JournalGauge::default());
+        }
+        g[n] = gauge;
+    }
+    /// Sum of the journals' unreclaimed bytes, sum of their ring bytes, and the oldest
+    /// last-checkpoint time (0 without journals).
+    pub fn journal_gauge(&self) -> (u64, u64, u64) {
+        let g = self
+            .journal_gauges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let occ = g.iter().map(|x| x.occupancy_bytes).sum();
+        let cap = g.iter().map(|x| x.capacity_bytes).sum();
+        let oldest = g
+            .iter()
+            .map(|x| x.last_checkpoint_unix_us)
+            .min()
+            .unwrap_or(0);
+        (occ, cap, oldest)
     }
 }
 

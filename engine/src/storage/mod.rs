@@ -21,6 +21,8 @@
 
 pub mod format;
 pub mod io;
+pub mod journal;
+pub mod journal_io;
 
 use std::path::{Path, PathBuf};
 
@@ -209,6 +211,9 @@ pub struct WriteReq {
     pub end: u64,
     /// Highest frame sequence wholly contained once this write completes.
     pub last_seq: u64,
+    /// First frame sequence this write starts (`last_seq + 1` when it holds no frame
+    /// start, e.g. the header alone or the seal's index and trailer).
+    pub first_seq: u64,
 }
 
 impl WriteReq {
@@ -246,6 +251,8 @@ pub struct MatchFile {
     written_seq: u64,
     durable_seq: u64,
     in_flight: bool,
+    /// Last sequence handed to a write (`take_write`).
+    taken_seq: u64,
     stats: FileStats,
     index: Vec<IndexEntry>,
     sealed_len: Option<u64>,
@@ -261,7 +268,7 @@ impl MatchFile {
         format::encode_header(&mut scratch, match_id, created_unix_us);
         let cap = opts.stage_bytes.clamp(
             HEADER_BYTES_USIZE,
-            INITIAL_STAGE_BYTES.max(HEADER_BYTES_USIZE),
+            initial_stage(&opts).max(HEADER_BYTES_USIZE),
         );
         let mut stage = AlignedBuf::with_capacity(cap + opts.align, opts.align);
         stage.extend(&scratch);
@@ -275,6 +282,7 @@ impl MatchFile {
             written_seq: 0,
             durable_seq: 0,
             in_flight: false,
+            taken_seq: 0,
             stats: FileStats {
                 created_unix_us,
                 ..Default::default()
@@ -308,7 +316,7 @@ impl MatchFile {
             "tail must end at valid_end"
         );
         let mut stage = AlignedBuf::with_capacity(
-            opts.stage_bytes.min(INITIAL_STAGE_BYTES) + opts.align,
+            opts.stage_bytes.min(initial_stage(&opts)) + opts.align,
             opts.align,
         );
         if opts.direct {
@@ -324,6 +332,7 @@ impl MatchFile {
             written_seq: scan.last_seq,
             durable_seq: scan.last_seq,
             in_flight: false,
+            taken_seq: scan.last_seq,
             stats: FileStats {
                 created_unix_us: scan.created_unix_us,
                 frame_count: scan.frame_count,
@@ -477,7 +486,7 @@ impl MatchFile {
         let end = self.data_end;
         let a = self.opts.align as u64;
         let mut fresh = self.spare.pop().unwrap_or_else(|| {
-            let cap = self.opts.stage_bytes.min(INITIAL_STAGE_BYTES) + self.opts.align;
+            let cap = self.opts.stage_bytes.min(initial_stage(&self.opts)) + self.opts.align;
             AlignedBuf::with_capacity(cap, self.opts.align)
         });
         fresh.clear();
@@ -499,11 +508,14 @@ impl MatchFile {
         }
         self.stage = fresh;
         self.in_flight = true;
+        let first_seq = self.taken_seq + 1;
+        self.taken_seq = self.stats.last_seq;
         Some(WriteReq {
             offset,
             buf,
             end,
             last_seq: self.stats.last_seq,
+            first_seq,
         })
     }
 
@@ -511,7 +523,10 @@ impl MatchFile {
     /// buffer back for reuse.
     pub fn write_done(&mut self, req: WriteReq) {
         assert!(self.in_flight, "write_done without a write in flight");
-        if self.spare.len() < 2 {
+        // Buffered files (the journal layout's replay files) keep only small buffers: a
+        // keyframe's large one is freed, so quiet matches stay small.
+        let keep = self.opts.direct || req.buf.capacity() <= 4 * BUFFERED_STAGE_BYTES;
+        if self.spare.len() < 2 && keep {
             self.spare.push(req.buf);
         }
         self.in_flight = false;
@@ -551,6 +566,17 @@ const HEADER_BYTES_USIZE: usize = format::HEADER_BYTES;
 /// Staging buffers start this small and grow (by doubling) up to what a write interval
 /// needs, so ten thousand quiet matches do not each hold `stage_bytes`.
 const INITIAL_STAGE_BYTES: usize = 64 << 10;
+/// Initial staging buffer of a buffered (not O_DIRECT) match file: one 20-64 Hz frame
+/// interval of deltas; grows for a keyframe, and the grown buffer is not kept.
+const BUFFERED_STAGE_BYTES: usize = 4 << 10;
+
+fn initial_stage(o: &StoreOptions) -> usize {
+    if o.direct {
+        INITIAL_STAGE_BYTES
+    } else {
+        BUFFERED_STAGE_BYTES
+    }
+}
 
 pub fn align_down(v: u64, a: u64) -> u64 {
     v - v % a
@@ -574,6 +600,10 @@ impl StorePaths {
     }
     pub fn live_dir(&self) -> PathBuf {
         self.root.join("live")
+    }
+    /// `STORE/journal`: the write-ahead journals (`server.storage-layout = journal`).
+    pub fn journal_dir(&self) -> PathBuf {
+        self.root.join("journal")
     }
     /// `STORE/expired.ids`: ids deleted by retention, one per line, oldest first.
     pub fn expired_log(&self) -> PathBuf {

@@ -353,3 +353,10 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// syncfs(2): writes back every dirty file of the file system that holds `fd` and commits
+/// its journal once (the recorder's journal checkpoints).
+pub fn syncfs(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    cvt(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(|_| ())
+}

@@ -8,6 +8,7 @@
 pub mod bufring;
 pub mod fileops;
 pub mod fs;
+pub mod limits;
 pub mod mem;
 pub mod netops;
 pub mod ring;

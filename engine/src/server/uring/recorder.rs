@@ -32,7 +32,10 @@ use crate::protocol::{self, Msg};
 use crate::server::registry::{ConnGuard, Registry};
 use crate::server::session::{self, IngestSession, SessionConfig};
 use crate::server::{ServerContext, ServerError};
+use crate::storage::journal::{AppendError, JournalStats, JournalWrite, WriteKind};
+use crate::storage::journal_io::JournalFile;
 use crate::storage::{self, MatchFile, SealedInfo, WriteReq};
+use std::collections::VecDeque;
 
 /// Threads that run the blocking storage steps of sessions (open, resume scan, seal).
 struct StoragePool {
@@ -77,6 +80,32 @@ impl StoragePool {
 enum StorageDone {
     Opened(io::Result<(OwnedFd, Option<MatchFile>)>),
     Sealed(io::Result<SealedInfo>),
+    /// A journal checkpoint's syncfs of the store finished (redo LSN, result).
+    CheckpointSynced(u64, io::Result<()>),
+}
+
+/// Tokens of the worker journal's file operations: file tokens carry 56 bits, and a
+/// connection id this high would need a slot index near 2^32 (connections per worker are
+/// bounded far below).
+const TOKEN_JOURNAL_WRITE: u64 = (1 << 56) - 2;
+const TOKEN_JOURNAL_SYNC: u64 = (1 << 56) - 3;
+/// Inbox id of journal results (not a connection).
+const JOURNAL_INBOX: ConnId = ConnId(u64::MAX - 3);
+
+/// The worker's journal (`storage-layout = journal`): its flushes go through this worker's
+/// ring (arena slots, `file.write-op`, registered buffers when configured), one in flight.
+struct WorkerJournal {
+    n: usize,
+    file: JournalFile,
+    /// The write in flight (and whether its fdatasync was issued).
+    in_flight: Option<(JournalWrite, bool)>,
+    /// Sessions waiting for their append to become durable, in LSN order.
+    waiters: VecDeque<(u64, ConnId)>,
+    /// Sessions whose append found the journal full, in arrival order.
+    full: VecDeque<ConnId>,
+    /// A checkpoint's store sync runs on a storage thread.
+    syncing: bool,
+    reported: JournalStats,
 }
 
 type Inbox = Arc<Mutex<Vec<(ConnId, StorageDone)>>>;
@@ -90,7 +119,10 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
         ingest,
         http,
         shutdown,
+        journals,
     } = ctx;
+    let journals: Mutex<Vec<Option<JournalFile>>> =
+        Mutex::new(journals.into_iter().map(Some).collect());
     let ingest_addr = ingest
         .local_addr()
         .map_err(|e| ServerError(e.to_string()))?;
@@ -127,6 +159,20 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
     let make = |w: usize| {
         let mut r = Recorder::new(w, registry.clone(), session.clone(), http_max, http_timeout);
         r.pool = Some(pool.clone());
+        let jf = journals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(w)
+            .and_then(Option::take);
+        r.journal = jf.map(|file| WorkerJournal {
+            n: w,
+            file,
+            in_flight: None,
+            waiters: VecDeque::new(),
+            full: VecDeque::new(),
+            syncing: false,
+            reported: JournalStats::default(),
+        });
         r
     };
     let r = super::run(
@@ -157,6 +203,7 @@ enum Pending {
         offset: u64,
         end: u64,
         last_seq: u64,
+        first_seq: u64,
         start: usize,
         len: usize,
         align: usize,
@@ -164,6 +211,15 @@ enum Pending {
     Sync,
     /// An open or seal on a storage helper thread.
     Storage,
+    /// storage-layout=journal: the replay-file write completed and is journaled; it is
+    /// reported done when the journal is durable past `lsn`.
+    Journal {
+        req: WriteReq,
+    },
+    /// ... or it waits for journal space (a checkpoint).
+    JournalFull {
+        req: WriteReq,
+    },
 }
 
 struct Ds {
@@ -224,6 +280,7 @@ pub struct Recorder {
     /// Helper threads for open/seal; `None` runs them inline (tests of the service alone).
     pool: Option<Arc<StoragePool>>,
     inbox: Inbox,
+    journal: Option<WorkerJournal>,
 }
 
 impl Recorder {
@@ -246,7 +303,218 @@ impl Recorder {
             shutting_down: false,
             pool: None,
             inbox: Arc::new(Mutex::new(Vec::new())),
+            journal: None,
         }
+    }
+
+    /// A replay-file write of session `id` finished. Per-match layout: report it. Journal
+    /// layout: journal it; it is reported when the journal flush that holds it is durable.
+    fn replay_written(&mut self, id: ConnId, req: WriteReq, r: io::Result<()>, io: &mut Io) {
+        if self.journal.is_none() || r.is_err() {
+            if let Some(ds) = self.ds_mut(id) {
+                ds.sess.write_done(req, r);
+            }
+            return;
+        }
+        self.journal_append(id, req);
+        self.pump_journal(io);
+    }
+
+    fn journal_append(&mut self, id: ConnId, req: WriteReq) {
+        let Some(wj) = self.journal.as_mut() else {
+            return;
+        };
+        let ds = match self.conns.get_mut(&id) {
+            Some(Conn::Ds(d)) => &mut **d,
+            _ => match self.detached.get_mut(&id) {
+                Some(d) => &mut **d,
+                None => return,
+            },
+        };
+        let r = wj.file.journal.append(
+            ds.sess.match_id(),
+            req.first_seq,
+            req.last_seq,
+            req.offset,
+            req.bytes(),
+        );
+        match r {
+            Ok(lsn) => {
+                wj.waiters.push_back((lsn, id));
+                ds.pending = Pending::Journal { req };
+            }
+            Err(AppendError::Full) => {
+                wj.full.push_back(id);
+                ds.pending = Pending::JournalFull { req };
+            }
+            Err(AppendError::Failed(e)) => {
+                ds.pending = Pending::None;
+                ds.sess.write_done(req, Err(io::Error::other(e)));
+            }
+        }
+    }
+
+    /// Issues the journal's next write (a flush or a checkpoint slot) when one is due and
+    /// none is in flight, and starts a checkpoint when one is due.
+    fn pump_journal(&mut self, io: &mut Io) {
+        let now = io.now();
+        let (pool, inbox) = (self.pool.clone(), self.inbox.clone());
+        let Some(wj) = self.journal.as_mut() else {
+            return;
+        };
+        if wj.in_flight.is_none() && wj.file.journal.write_due_at().is_some_and(|t| t <= now) {
+            if let Some(mut slot) = io.alloc_slot() {
+                let cap = slot.capacity();
+                slot.set_len(cap);
+                match wj.file.journal.take_write(now, slot.as_mut_slice()) {
+                    Some(w) => {
+                        slot.set_len(w.len);
+                        let fd = wj.file.fd.as_raw_fd();
+                        io.write(
+                            fd,
+                            None,
+                            slot,
+                            w.len,
+                            w.offset,
+                            wj.file.io.rw_flags(),
+                            TOKEN_JOURNAL_WRITE,
+                        );
+                        wj.in_flight = Some((w, false));
+                    }
+                    None => drop(slot),
+                }
+            }
+            // no free slot: retried when a file operation returns one, or at the tick
+        }
+        if !wj.syncing
+            && wj
+                .file
+                .journal
+                .checkpoint_due_at()
+                .is_some_and(|t| t <= now)
+        {
+            let redo = wj.file.journal.begin_checkpoint();
+            let root = self.reg.paths.root.clone();
+            let job = move || storage::journal_io::sync_store(&root);
+            match pool {
+                Some(p) => {
+                    wj.syncing = true;
+                    let waker = io.waker();
+                    if !p.run(Box::new(move || {
+                        let r = job();
+                        post(
+                            &inbox,
+                            &waker,
+                            JOURNAL_INBOX,
+                            StorageDone::CheckpointSynced(redo, r),
+                        );
+                    })) {
+                        wj.syncing = false;
+                        wj.file.journal.checkpoint_synced(redo, false, now);
+                    }
+                }
+                None => {
+                    let r = job();
+                    wj.file.journal.checkpoint_synced(redo, r.is_ok(), now);
+                }
+            }
+        }
+    }
+
+    /// A journal file operation completed.
+    fn journal_done(&mut self, token: u64, res: io::Result<u32>, io: &mut Io) {
+        let Some(wj) = self.journal.as_mut() else {
+            return;
+        };
+        let Some((w, synced)) = wj.in_flight.take() else {
+            return;
+        };
+        let mut result = match res {
+            Err(e) => Err(format!(
+                "journal {} write failed: {e}",
+                wj.file.path.display()
+            )),
+            Ok(n) if token == TOKEN_JOURNAL_WRITE && n as usize != w.len => Err(format!(
+                "journal {}: short write, {n} of {} bytes",
+                wj.file.path.display(),
+                w.len
+            )),
+            Ok(_) => Ok(()),
+        };
+        if result.is_ok() && token == TOKEN_JOURNAL_WRITE && wj.file.io.needs_fdatasync() && !synced
+        {
+            io.fsync(wj.file.fd.as_raw_fd(), true, TOKEN_JOURNAL_SYNC);
+            wj.in_flight = Some((w, true));
+            return;
+        }
+        if let Err(e) = &result {
+            eprintln!("storage: {e}");
+        } else {
+            result = Ok(());
+        }
+        let now = io.now();
+        wj.file.journal.write_done(w, result, now);
+        let st = wj.file.journal.stats();
+        let j = &wj.file.journal;
+        self.reg.metrics.journal(
+            wj.n,
+            &wj.reported,
+            &st,
+            crate::server::registry::JournalGauge {
+                occupancy_bytes: j.occupancy(),
+                capacity_bytes: j.capacity(),
+                last_checkpoint_unix_us: storage::now_unix_us()
+                    .saturating_sub(j.checkpoint_age(now).as_micros() as u64),
+            },
+        );
+        wj.reported = st;
+        let durable = j.durable();
+        let failed = j.failed().map(str::to_string);
+        let mut ready = Vec::new();
+        while let Some(&(lsn, id)) = wj.waiters.front() {
+            if lsn > durable && failed.is_none() {
+                break;
+            }
+            wj.waiters.pop_front();
+            ready.push(id);
+        }
+        let retry: Vec<ConnId> = if matches!(w.kind, WriteKind::Slot { .. }) || failed.is_some() {
+            wj.full.drain(..).collect()
+        } else {
+            Vec::new()
+        };
+        for id in ready {
+            if let Some(ds) = self.ds_mut(id) {
+                if let Pending::Journal { .. } = ds.pending {
+                    let Pending::Journal { req, .. } =
+                        std::mem::replace(&mut ds.pending, Pending::None)
+                    else {
+                        unreachable!()
+                    };
+                    let r = match &failed {
+                        Some(e) => Err(io::Error::other(e.clone())),
+                        None => Ok(()),
+                    };
+                    ds.sess.write_done(req, r);
+                }
+            }
+            self.drive(id, io);
+        }
+        for id in retry {
+            let Some(ds) = self.ds_mut(id) else { continue };
+            if let Pending::JournalFull { .. } = ds.pending {
+                let Pending::JournalFull { req } =
+                    std::mem::replace(&mut ds.pending, Pending::None)
+                else {
+                    unreachable!()
+                };
+                self.journal_append(id, req);
+                if matches!(self.ds_mut(id).map(|d| &d.pending), Some(Pending::None)) {
+                    self.drive(id, io);
+                }
+            }
+        }
+        self.pump_journal(io);
     }
 
     fn ds_mut(&mut self, id: ConnId) -> Option<&mut Ds> {
@@ -471,6 +739,7 @@ fn issue_write(
             buf,
             end,
             last_seq,
+            first_seq,
         } = req;
         let (raw, start, len, align) = buf.into_raw();
         let fd = ds.file.as_ref().expect("checked above").as_raw_fd();
@@ -478,6 +747,7 @@ fn issue_write(
             offset,
             end,
             last_seq,
+            first_seq,
             start,
             len,
             align,
@@ -818,6 +1088,11 @@ impl Service for Recorder {
     ) {
         let piece_len = buf.as_ref().map(|b| b.len());
         drop(buf);
+        if token == TOKEN_JOURNAL_WRITE || token == TOKEN_JOURNAL_SYNC {
+            self.journal_done(token, res, io);
+            self.retry_waiting(io);
+            return;
+        }
         let id = ConnId(token);
         let rw_flags = self.scfg.store.rw_flags();
         let mut queued = std::mem::take(&mut self.waiting_for_slots);
@@ -859,14 +1134,22 @@ impl Service for Recorder {
                 else {
                     unreachable!()
                 };
-                ds.sess.write_done(req, err.map_or(Ok(()), Err));
+                self.waiting_for_slots = queued;
+                self.replay_written(id, req, err.map_or(Ok(()), Err), io);
+                self.drive(id, io);
+                self.retry_waiting(io);
+                return;
             }
             Pending::Sync => {
                 ds.pending = Pending::None;
                 ds.sess.sync_done(res.map(|_| ()));
             }
             // A write_vec completes through file_done_vec, never here.
-            Pending::WriteVec { .. } | Pending::Storage | Pending::None => {}
+            Pending::WriteVec { .. }
+            | Pending::Storage
+            | Pending::None
+            | Pending::Journal { .. }
+            | Pending::JournalFull { .. } => {}
         }
         self.waiting_for_slots = queued;
         self.drive(id, io);
@@ -877,6 +1160,17 @@ impl Service for Recorder {
     fn woken(&mut self, io: &mut Io) {
         let done = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
         for (id, d) in done {
+            if let StorageDone::CheckpointSynced(redo, r) = d {
+                if let Some(wj) = self.journal.as_mut() {
+                    wj.syncing = false;
+                    if let Err(e) = &r {
+                        eprintln!("storage: checkpoint: {e}; retried at the next interval");
+                    }
+                    wj.file.journal.checkpoint_synced(redo, r.is_ok(), io.now());
+                }
+                self.pump_journal(io);
+                continue;
+            }
             let Some(ds) = self.ds_mut(id) else { continue };
             if !matches!(ds.pending, Pending::Storage) {
                 continue;
@@ -889,6 +1183,7 @@ impl Service for Recorder {
                 }
                 StorageDone::Opened(Err(e)) => ds.sess.open_done(Err(e)),
                 StorageDone::Sealed(r) => ds.sess.seal_done(r),
+                StorageDone::CheckpointSynced(..) => unreachable!("handled above"),
             }
             self.drive(id, io);
         }
@@ -901,6 +1196,7 @@ impl Service for Recorder {
             offset,
             end,
             last_seq,
+            first_seq,
             start,
             len,
             align,
@@ -928,12 +1224,14 @@ impl Service for Recorder {
             buf,
             end,
             last_seq,
+            first_seq,
         };
-        ds.sess.write_done(req, result);
+        self.replay_written(id, req, result, io);
         self.drive(id, io);
     }
 
     fn tick(&mut self, io: &mut Io) {
+        self.pump_journal(io);
         let now = io.now();
         let reg = self.reg.clone();
         let ids: Vec<ConnId> = self
@@ -1007,6 +1305,19 @@ impl Service for Recorder {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        let journal = self.journal.as_ref().and_then(|wj| {
+            let w = if wj.in_flight.is_none() {
+                wj.file.journal.write_due_at()
+            } else {
+                None
+            };
+            let c = if wj.syncing {
+                None
+            } else {
+                wj.file.journal.checkpoint_due_at()
+            };
+            w.into_iter().chain(c).min()
+        });
         self.conns
             .values()
             .filter_map(|c| match c {
@@ -1014,6 +1325,7 @@ impl Service for Recorder {
                 _ => None,
             })
             .chain(self.detached.values().filter_map(|d| d.sess.deadline()))
+            .chain(journal)
             .min()
     }
 
