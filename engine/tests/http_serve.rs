@@ -107,8 +107,31 @@ fn sealed_download_ranges_etag_head() {
 
 #[test]
 fn live_tail_follows_until_the_match_ends() {
+    live_tail_follows(&default_backend(), &[]);
+}
+
+#[test]
+fn live_tail_follows_in_the_journal_layout_both_backends() {
+    for b in ["blocking", "uring"] {
+        live_tail_follows(
+            b,
+            &[
+                "--storage-layout",
+                "journal",
+                "--journal-bytes",
+                "20m",
+                "--direct",
+                "required",
+            ],
+        );
+    }
+}
+
+fn live_tail_follows(backend: &str, extra: &[&str]) {
     let dir = TempDir::new("live");
-    let srv = spawn_server(&default_backend(), dir.path(), &["--ack-interval-ms", "1"]);
+    let mut args = vec!["--ack-interval-ms", "1"];
+    args.extend_from_slice(extra);
+    let srv = spawn_server(backend, dir.path(), &args);
     let mut c = DsClient::connect(srv.ingest).unwrap();
     assert!(matches!(
         c.hello("lv", false, b"").unwrap(),

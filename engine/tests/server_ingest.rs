@@ -53,9 +53,35 @@ fn many_matches_odsync_direct_received_acks() {
     ]);
 }
 
+#[test]
+fn many_matches_journal_layout_both_backends() {
+    for backend in ["blocking", "uring"] {
+        for durability in [
+            &["--direct", "required", "--durability", "fdatasync"][..],
+            &["--durability", "rwf-dsync", "--write-op", "writev"],
+            &["--direct", "optional", "--durability", "odsync"],
+        ] {
+            let mut args = vec![
+                "--storage-layout",
+                "journal",
+                "--journal-bytes",
+                "20m",
+                "--ack-interval-ms",
+                "3",
+            ];
+            args.extend_from_slice(durability);
+            many_matches_on(backend, &args);
+        }
+    }
+}
+
 fn many_matches(args: &[&str]) {
+    many_matches_on(&default_backend(), args)
+}
+
+fn many_matches_on(backend: &str, args: &[&str]) {
     let dir = TempDir::new("many");
-    let srv = spawn_server(&default_backend(), dir.path(), args);
+    let srv = spawn_server(backend, dir.path(), args);
     let ingest = srv.ingest;
     let handles: Vec<_> = (0..24)
         .map(|i| {

@@ -308,25 +308,101 @@ fn write_buffer_stage_writes_straight_from_the_staging_buffer() {
     );
 }
 
+/// storage-layout=journal in the ring configurations above: journal flushes go through
+/// the same ring, arena slots (registered buffers, fixed opcodes) and write ops.
 #[test]
-fn live_tail_over_splice_follows_until_sealed() {
-    let dir = TempDir::new("uring-live");
-    let srv = spawn_server(
-        "uring",
-        dir.path(),
+fn journal_layout_in_the_ring_configurations() {
+    let j = ["--storage-layout", "journal", "--journal-bytes", "20m"];
+    let configs: &[&[&str]] = &[
+        &[],
+        &["--direct", "required", "--durability", "fdatasync"],
         &[
-            "--workers",
-            "2",
-            "--ack-interval-ms",
-            "1",
-            "--send",
-            "splice",
+            "--register-buffers",
+            "true",
+            "--write-op",
+            "write-fixed",
+            "--read-op",
+            "read-fixed",
+            "--direct",
+            "required",
+            "--serve-read",
+            "direct",
+            "--append-buffer-bytes",
+            "64k",
+        ],
+        &[
+            "--sqpoll",
+            "true",
+            "--sq-thread-idle-ms",
+            "50",
+            "--durability",
+            "rwf-dsync",
+        ],
+        &[
+            "--single-issuer",
+            "true",
+            "--defer-taskrun",
+            "true",
+            "--durability",
+            "odsync",
+        ],
+        &[
+            "--worker-arena-slots",
+            "4",
+            "--append-buffer-bytes",
+            "4k",
             "--serve-chunk-bytes",
             "16k",
-            "--pipe-bytes",
-            "16k",
         ],
-    );
+        &[
+            "--write-buffer",
+            "stage",
+            "--direct",
+            "required",
+            "--durability",
+            "fdatasync",
+        ],
+    ];
+    for c in configs {
+        let mut args = j.to_vec();
+        args.extend_from_slice(c);
+        ingest_and_download(&args, 6);
+    }
+}
+
+#[test]
+fn live_tail_over_splice_follows_until_sealed() {
+    live_tail_over_splice(&[]);
+}
+
+#[test]
+fn live_tail_over_splice_journal_layout() {
+    live_tail_over_splice(&[
+        "--storage-layout",
+        "journal",
+        "--journal-bytes",
+        "20m",
+        "--direct",
+        "required",
+    ]);
+}
+
+fn live_tail_over_splice(extra: &[&str]) {
+    let dir = TempDir::new("uring-live");
+    let mut args = vec![
+        "--workers",
+        "2",
+        "--ack-interval-ms",
+        "1",
+        "--send",
+        "splice",
+        "--serve-chunk-bytes",
+        "16k",
+        "--pipe-bytes",
+        "16k",
+    ];
+    args.extend_from_slice(extra);
+    let srv = spawn_server("uring", dir.path(), &args);
     let mut c = DsClient::connect(srv.ingest).unwrap();
     assert!(matches!(
         c.hello("live1", false, b"").unwrap(),

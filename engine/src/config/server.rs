@@ -92,6 +92,8 @@ pub struct ServerConfig {
     pub log_file: String,
     /// One `info` line per HTTP response (target `recorder::access`).
     pub access_log: bool,
+    /// TEST ONLY: injected delay before each journal checkpoint's store sync.
+    pub test_checkpoint_delay_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +127,7 @@ impl Default for ServerConfig {
             ds_token: String::new(),
             retention_s: 0,
             test_write_delay_us: 0,
+            test_checkpoint_delay_ms: 0,
             write_buffer: WriteBuffer::Arena,
             log_level: String::new(),
             log_format: LogFormat::Text,
@@ -181,6 +184,7 @@ const KNOBS: &[Knob] = &[
     k("live-max-delay-ms", "u64", "120000", "Largest ?delay_ms a live viewer may ask for; bounds the per-match publish history."),
     k("ds-token", "string", "", "Credential every DS HELLO must carry (empty: none required)."),
     k("retention-s", "u64", "0", "Sealed replays older than this many seconds are deleted (then 410 Gone until restart, and their id cannot be reused); 0 keeps them forever."),
+    k("test-checkpoint-delay-ms", "u64", "0", "TEST ONLY: with storage-layout=journal, sleep this long before each checkpoint's store sync (on the thread doing it), so tests can fill a journal or kill the recorder in the middle of a checkpoint; never set it in production."),
     k("test-write-delay-us", "u64", "0", "TEST ONLY: sleep this many microseconds after every replay-file write completes, on the thread that handles it. Injects a known slowdown so the regression check can be shown to catch one; never set it in production."),
     k("log-level", "filter", "", "Log filter: a level (error, warn, info, debug, trace) or tracing EnvFilter directives such as `info,recorder::startup=debug` (the per-worker ring set-up lines are `recorder::startup` at debug). Empty: RUST_LOG if set, else info; a value given here wins over RUST_LOG."),
     k("log-format", "text|json", "text", "Log lines on stderr (or log-file): text (RFC 3339 UTC timestamp, level, target, message) or json (one object per line: timestamp, level, target, message and fields)."),
@@ -224,6 +228,7 @@ impl Section for ServerConfig {
             "log-format" => self.log_format = parse_choice(v, LOG_FORMATS)?,
             "log-file" => self.log_file = v.to_string(),
             "access-log" => self.access_log = super::parse_bool(v)?,
+            "test-checkpoint-delay-ms" => self.test_checkpoint_delay_ms = parse_num(v)?,
             _ => return Err(format!("unknown option {name}")),
         }
         Ok(())
@@ -259,6 +264,7 @@ impl Section for ServerConfig {
             "log-format" => choice_name(self.log_format, LOG_FORMATS).to_string(),
             "log-file" => self.log_file.clone(),
             "access-log" => self.access_log.to_string(),
+            "test-checkpoint-delay-ms" => self.test_checkpoint_delay_ms.to_string(),
             _ => return None,
         })
     }

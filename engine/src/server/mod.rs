@@ -86,6 +86,7 @@ pub fn journal_options(cfg: &Config, align: usize) -> storage::journal::JournalO
         flush_bytes: s.journal_flush_bytes as usize,
         checkpoint_interval: Duration::from_millis(s.journal_checkpoint_ms),
         checkpoint_fill_pct: JOURNAL_CHECKPOINT_FILL_PCT,
+        test_checkpoint_delay: Duration::from_millis(s.test_checkpoint_delay_ms),
     }
 }
 

@@ -201,7 +201,11 @@ impl Wal {
                     }
                 }
             };
+            let delay = st.journal.options().test_checkpoint_delay;
             drop(st);
+            if !delay.is_zero() {
+                std::thread::sleep(delay); // TEST ONLY (test-checkpoint-delay-ms)
+            }
             let r = journal_io::sync_store(&self.root);
             if let Err(e) = &r {
                 eprintln!("storage: checkpoint: {e}; retried at the next interval");

@@ -58,6 +58,9 @@ pub struct JournalOptions {
     pub checkpoint_interval: Duration,
     /// A checkpoint at once when the ring is this full (percent of its capacity).
     pub checkpoint_fill_pct: u64,
+    /// TEST ONLY (`test-checkpoint-delay-ms`): the backend sleeps this long before a
+    /// checkpoint's store sync.
+    pub test_checkpoint_delay: Duration,
 }
 
 impl JournalOptions {
@@ -724,6 +727,7 @@ mod tests {
             flush_bytes: 1 << 20,
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_fill_pct: 50,
+            test_checkpoint_delay: Duration::ZERO,
         }
     }
 

@@ -395,7 +395,13 @@ impl Recorder {
         {
             let redo = wj.file.journal.begin_checkpoint();
             let root = self.reg.paths.root.clone();
-            let job = move || storage::journal_io::sync_store(&root);
+            let delay = wj.file.journal.options().test_checkpoint_delay;
+            let job = move || {
+                if !delay.is_zero() {
+                    std::thread::sleep(delay); // TEST ONLY (test-checkpoint-delay-ms)
+                }
+                storage::journal_io::sync_store(&root)
+            };
             match pool {
                 Some(p) => {
                     wj.syncing = true;
