@@ -231,8 +231,10 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
         tracing::info!("storage: {n}");
     }
     match crate::sys::limits::raise_nofile() {
-        Ok((before, after)) => eprintln!("limits: RLIMIT_NOFILE {before} -> {after} (hard limit)"),
-        Err(e) => eprintln!("limits: cannot raise RLIMIT_NOFILE: {e}"),
+        Ok((before, after)) => {
+            tracing::info!("limits: RLIMIT_NOFILE {before} -> {after} (hard limit)")
+        }
+        Err(e) => tracing::warn!("limits: cannot raise RLIMIT_NOFILE: {e}"),
     }
     // Journals first: their records since the last checkpoint go into the replay files,
     // then the live-file scan below cuts each file after its last whole frame.
@@ -240,7 +242,7 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
         storage::journal_io::recover_journals(&paths, cfg.server.max_frame_bytes as u32)
             .map_err(|e| ServerError(format!("cannot recover the journals: {e}")))?;
     for n in &jnotes {
-        eprintln!("recovery: {n}");
+        tracing::info!("recovery: {n}");
     }
     let rec =
         storage::recover_store(&paths, &opts, cfg.server.max_frame_bytes as u32).map_err(|e| {
@@ -269,14 +271,14 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
         )
         .map_err(|e| ServerError(format!("cannot prepare the journals: {e}")))?;
         for n in &notes {
-            eprintln!("storage: {n}");
+            tracing::info!("storage: {n}");
         }
         j
     } else {
         // per-match: journals of an earlier journal run were replayed above; drop them
         for p in storage::journal_io::journal_files(&paths).unwrap_or_default() {
             let _ = std::fs::remove_file(&p);
-            eprintln!(
+            tracing::info!(
                 "storage: {} removed (storage-layout=per-match; its records were replayed)",
                 p.display()
             );

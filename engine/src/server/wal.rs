@@ -165,7 +165,7 @@ impl Wal {
             let mut st = self.lock();
             let r = r.map_err(|e| format!("journal {} write failed: {e}", self.path.display()));
             if let Err(e) = &r {
-                eprintln!("storage: {e}");
+                tracing::error!("storage: {e}");
             }
             st.journal.write_done(w, r, Instant::now());
             self.report(&mut st);
@@ -208,7 +208,7 @@ impl Wal {
             }
             let r = journal_io::sync_store(&self.root);
             if let Err(e) = &r {
-                eprintln!("storage: checkpoint: {e}; retried at the next interval");
+                tracing::error!("storage: checkpoint: {e}; retried at the next interval");
             }
             let mut st = self.lock();
             st.journal

@@ -454,7 +454,7 @@ impl Recorder {
             return;
         }
         if let Err(e) = &result {
-            eprintln!("storage: {e}");
+            tracing::error!("storage: {e}");
         } else {
             result = Ok(());
         }
@@ -1170,7 +1170,7 @@ impl Service for Recorder {
                 if let Some(wj) = self.journal.as_mut() {
                     wj.syncing = false;
                     if let Err(e) = &r {
-                        eprintln!("storage: checkpoint: {e}; retried at the next interval");
+                        tracing::error!("storage: checkpoint: {e}; retried at the next interval");
                     }
                     wj.file.journal.checkpoint_synced(redo, r.is_ok(), io.now());
                 }
