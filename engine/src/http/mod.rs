@@ -13,6 +13,7 @@
 //! response), [`live`] (the live tail), [`response`] (heads and plans); `/metrics` is [`crate::metrics`].
 
 mod access;
+pub mod html;
 mod live;
 mod parse;
 mod replay;

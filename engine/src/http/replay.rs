@@ -74,6 +74,9 @@ pub fn parse_range(h: &str, len: u64) -> RangeSpec {
     RangeSpec::Part(first, last.min(len - 1))
 }
 
+/// A sealed replay never changes.
+const SEALED_CACHE: &str = "public, max-age=31536000, immutable";
+
 pub(super) fn replay_response(
     req: &Request,
     reg: &Registry,
@@ -146,27 +149,48 @@ pub(super) fn replay_response(
     }
     let etag = i.etag.clone().unwrap_or_default();
     let len = i.bytes;
-    if let Some(inm) = &req.if_none_match {
-        if inm.trim() == "*"
-            || inm
-                .split(',')
-                .any(|t| t.trim().trim_start_matches("W/") == etag)
-        {
-            return Response {
-                status: 304,
-                head: head_304(&etag, ka),
-                body: Body::None,
-                close: !ka,
-                exchange: Exchange::default(),
-            };
+    // sealed replays never change: the seal time is their modification time
+    let sealed_s = i.sealed_unix_us / 1_000_000;
+    let modified = std::time::UNIX_EPOCH + Duration::from_secs(sealed_s);
+    let last_modified = httpdate::fmt_http_date(modified);
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    // If-None-Match wins; If-Modified-Since counts only without it (RFC 9110 13.2.2)
+    let not_modified = match (&req.if_none_match, &req.if_modified_since) {
+        (Some(inm), _) => {
+            inm.trim() == "*"
+                || inm
+                    .split(',')
+                    .any(|t| t.trim().trim_start_matches("W/") == etag)
         }
+        (None, Some(ims)) => httpdate::parse_http_date(ims).is_ok_and(|t| sealed_s <= secs(t)),
+        (None, None) => false,
+    };
+    if not_modified {
+        return Response {
+            status: 304,
+            head: head_304(&etag, &last_modified, SEALED_CACHE, ka),
+            body: Body::None,
+            close: !ka,
+            exchange: Exchange::default(),
+        };
     }
     let mut range = match &req.range {
         Some(r) => parse_range(r, len),
         None => RangeSpec::Full,
     };
-    if req.if_range.as_deref().is_some_and(|ir| ir.trim() != etag) {
-        range = RangeSpec::Full;
+    // If-Range: an entity tag (strong comparison) or the Last-Modified date itself
+    if let Some(ir) = req.if_range.as_deref().map(str::trim) {
+        let same = match httpdate::parse_http_date(ir) {
+            Ok(t) => secs(t) == sealed_s,
+            Err(_) => ir == etag,
+        };
+        if !same {
+            range = RangeSpec::Full;
+        }
     }
     let path = reg.paths.sealed_path(&i.id);
     // Open before answering: a replay removed by retention between the listing and
@@ -200,7 +224,8 @@ pub(super) fn replay_response(
         ("Content-Type", "application/octet-stream"),
         ("Accept-Ranges", "bytes"),
         ("ETag", etag.as_str()),
-        ("Cache-Control", "public, max-age=31536000, immutable"),
+        ("Last-Modified", last_modified.as_str()),
+        ("Cache-Control", SEALED_CACHE),
         ("X-Match-State", "sealed"),
     ];
     match range {

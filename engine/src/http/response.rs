@@ -25,11 +25,17 @@ pub fn status_text(status: u16) -> &'static str {
     }
 }
 
+/// `Date` (RFC 9110 6.6.1: an origin server with a clock sends it in every response).
+pub fn http_date_now() -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::now())
+}
+
 /// A response head. `len`: Content-Length, or None for chunked.
 pub fn head(status: u16, headers: &[(&str, &str)], len: Option<u64>, keep_alive: bool) -> Vec<u8> {
     let mut h = format!(
-        "HTTP/1.1 {status} {}\r\nServer: recorder\r\n",
-        status_text(status)
+        "HTTP/1.1 {status} {}\r\nServer: recorder\r\nDate: {}\r\n",
+        status_text(status),
+        http_date_now()
     );
     for (k, v) in headers {
         let _ = write!(h, "{k}: {v}\r\n");
@@ -96,20 +102,20 @@ impl Response {
             exchange: Exchange::default(),
         }
     }
-    pub(crate) fn json(v: &serde_json::Value, keep_alive: bool, head_only: bool) -> Response {
-        let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
-        body.push(b'\n');
+    /// 200 with `body` of type `content_type` and `extra` headers (HEAD: the same head,
+    /// no body).
+    pub(crate) fn ok(
+        content_type: &str,
+        body: Vec<u8>,
+        extra: &[(&str, &str)],
+        keep_alive: bool,
+        head_only: bool,
+    ) -> Response {
+        let mut hs: Vec<(&str, &str)> = vec![("Content-Type", content_type)];
+        hs.extend_from_slice(extra);
         Response {
             status: 200,
-            head: head(
-                200,
-                &[
-                    ("Content-Type", "application/json"),
-                    ("Cache-Control", "no-cache"),
-                ],
-                Some(body.len() as u64),
-                keep_alive,
-            ),
+            head: head(200, &hs, Some(body.len() as u64), keep_alive),
             body: if head_only {
                 Body::None
             } else {
@@ -118,6 +124,18 @@ impl Response {
             close: !keep_alive,
             exchange: Exchange::default(),
         }
+    }
+    pub(crate) fn json(
+        v: &serde_json::Value,
+        extra: &[(&str, &str)],
+        keep_alive: bool,
+        head_only: bool,
+    ) -> Response {
+        let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+        body.push(b'\n');
+        let mut hs = vec![("Cache-Control", "no-cache")];
+        hs.extend_from_slice(extra);
+        Response::ok("application/json", body, &hs, keep_alive, head_only)
     }
 }
 
@@ -128,9 +146,12 @@ pub fn error_response(e: &HttpError) -> Response {
     r
 }
 
-pub(crate) fn head_304(etag: &str, ka: bool) -> Vec<u8> {
+/// 304 for a sealed replay: the validators and caching headers a 200 would carry
+/// (RFC 9110 15.4.5), no body.
+pub(crate) fn head_304(etag: &str, last_modified: &str, cache: &str, ka: bool) -> Vec<u8> {
     let mut h = format!(
-        "HTTP/1.1 304 Not Modified\r\nServer: recorder\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n"
+        "HTTP/1.1 304 Not Modified\r\nServer: recorder\r\nDate: {}\r\nETag: {etag}\r\nLast-Modified: {last_modified}\r\nCache-Control: {cache}\r\nAccept-Ranges: bytes\r\n",
+        http_date_now()
     );
     h.push_str(if ka {
         "Connection: keep-alive\r\n\r\n"

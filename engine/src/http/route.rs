@@ -2,12 +2,11 @@
 //! endpoint as a match arm in [`route`] and a `*_response` function in its own file.
 
 use super::replay::{read_sealed_index, replay_response};
-use super::response::{head, Body, Response};
-use super::{metrics_text, truncate, Exchange, Method, Request};
+use super::response::Response;
+use super::{html, metrics_text, truncate, Exchange, Method, Request};
 use crate::protocol;
-use crate::server::registry::{MatchInfo, MatchShared, Phase, Registry};
+use crate::server::registry::{MatchInfo, MatchShared, Metrics, Phase, Registry};
 use crate::storage::IndexEntry;
-use std::sync::atomic::Ordering;
 
 /// Turns one request into a response plan; its `exchange` is stamped with the request
 /// and the time (call it as soon as the head is parsed).
@@ -19,7 +18,7 @@ pub fn route(req: &Request, reg: &Registry) -> Response {
 }
 
 fn route_inner(req: &Request, reg: &Registry) -> Response {
-    Metrics_add(reg, 1);
+    Metrics::add(&reg.metrics.http_requests, 1);
     let ka = req.keep_alive && !reg.shutting_down();
     let head_only = req.method == Method::Head;
     if req.method == Method::Other {
@@ -45,26 +44,18 @@ fn route_inner(req: &Request, reg: &Registry) -> Response {
     };
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match segs.as_slice() {
-        ["matches"] => list_response(reg, ka, head_only),
-        ["metrics"] => {
-            let body = metrics_text(reg).into_bytes();
-            Response {
-                status: 200,
-                head: head(
-                    200,
-                    &[("Content-Type", crate::metrics::CONTENT_TYPE)],
-                    Some(body.len() as u64),
-                    ka,
-                ),
-                body: if head_only {
-                    Body::None
-                } else {
-                    Body::Bytes(body)
-                },
-                close: !ka,
-                exchange: Exchange::default(),
-            }
+        [] => page_response(reg, ka, head_only, &[]),
+        ["matches"] if html::prefers_html(req.accept.as_deref()) => {
+            page_response(reg, ka, head_only, &[("Vary", "Accept")])
         }
+        ["matches"] => list_response(reg, ka, head_only),
+        ["metrics"] => Response::ok(
+            crate::metrics::CONTENT_TYPE,
+            metrics_text(reg).into_bytes(),
+            &[("Cache-Control", "no-cache")],
+            ka,
+            head_only,
+        ),
         ["matches", id] | ["matches", id, "index"] => {
             if let Err(e) = protocol::validate_match_id(id) {
                 return Response::simple(400, &e.text, ka, head_only, &[]);
@@ -96,11 +87,6 @@ fn route_inner(req: &Request, reg: &Registry) -> Response {
             &[],
         ),
     }
-}
-
-#[allow(non_snake_case)]
-fn Metrics_add(reg: &Registry, n: u64) {
-    reg.metrics.http_requests.fetch_add(n, Ordering::Relaxed);
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -142,7 +128,20 @@ fn info_json(i: &MatchInfo) -> serde_json::Value {
 
 fn list_response(reg: &Registry, ka: bool, head_only: bool) -> Response {
     let v: Vec<serde_json::Value> = reg.list().iter().map(info_json).collect();
-    Response::json(&serde_json::json!({ "matches": v }), ka, head_only)
+    Response::json(
+        &serde_json::json!({ "matches": v }),
+        &[("Vary", "Accept")],
+        ka,
+        head_only,
+    )
+}
+
+fn page_response(reg: &Registry, ka: bool, head_only: bool, extra: &[(&str, &str)]) -> Response {
+    let now_ms = crate::storage::now_unix_us() / 1000;
+    let body = html::matches_page(&reg.list(), now_ms).into_bytes();
+    let mut hs = vec![("Cache-Control", "no-cache")];
+    hs.extend_from_slice(extra);
+    Response::ok("text/html; charset=utf-8", body, &hs, ka, head_only)
 }
 
 fn index_response(reg: &Registry, m: &MatchShared, ka: bool, head_only: bool) -> Response {
@@ -163,7 +162,7 @@ fn index_response(reg: &Registry, m: &MatchShared, ka: bool, head_only: bool) ->
         Ok(entries) => {
             let mut v = info_json(&i);
             v["keyframes"] = serde_json::to_value(entries).unwrap_or_default();
-            Response::json(&v, ka, head_only)
+            Response::json(&v, &[], ka, head_only)
         }
     }
 }
