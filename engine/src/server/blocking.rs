@@ -7,11 +7,11 @@
 //! connections: parse, route, send the head, then the body with `std::io::copy` (sendfile
 //! on Linux) or a chunked live tail waiting on the match's condition variable.
 
-use super::registry::Registry;
+use super::registry::{ConnGuard, Registry};
 use super::session::{IngestSession, Io};
 use super::{ServerContext, ServerError};
 use crate::http::{self, Body, LiveTail};
-use crate::protocol::{self, Msg};
+use crate::protocol::{self, ErrorCode, Msg};
 use crate::storage;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -105,10 +105,14 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
                     (reg.clone(), sess.clone(), active.clone(), shutdown.clone());
                 let conns = conns.clone();
                 let wal = wal.clone();
+                // Admitted here, in accept order, so the connection over max-connections
+                // is the one that came last (a check in the new thread would race the
+                // threads started just before it).
+                let admitted = reg.try_ds_connection();
                 active.fetch_add(1, Ordering::AcqRel);
                 let r = spawn("ds-conn", move || {
                     let id = conns.add(&s);
-                    ds_connection(s, reg, sess, &shutdown, wal.as_deref());
+                    ds_connection(s, admitted, reg, sess, &shutdown, wal.as_deref());
                     conns.remove(id);
                     active.fetch_sub(1, Ordering::AcqRel);
                 });
@@ -129,10 +133,11 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
             accept_loop(http, &stop, |s| {
                 let (reg, active, shutdown) = (reg.clone(), active.clone(), shutdown.clone());
                 let conns = conns.clone();
+                let admitted = reg.try_http_connection();
                 active.fetch_add(1, Ordering::AcqRel);
                 let r = spawn("http-conn", move || {
                     let id = conns.add(&s);
-                    http_connection(s, reg, max, timeout, &shutdown);
+                    http_connection(s, admitted, reg, max, timeout, &shutdown);
                     conns.remove(id);
                     active.fetch_sub(1, Ordering::AcqRel);
                 });
@@ -255,12 +260,13 @@ pub fn exec_io(
 
 fn ds_connection(
     mut s: TcpStream,
+    admitted: Result<ConnGuard, (ErrorCode, String)>,
     reg: Arc<Registry>,
     cfg: Arc<super::session::SessionConfig>,
     shutdown: &AtomicBool,
     wal: Option<&super::wal::Wal>,
 ) {
-    let _guard = match reg.try_ds_connection() {
+    let _guard = match admitted {
         Ok(g) => g,
         Err((code, text)) => {
             reg.metrics.error(code);
@@ -356,12 +362,13 @@ fn ds_connection(
 
 fn http_connection(
     mut s: TcpStream,
+    admitted: Option<ConnGuard>,
     reg: Arc<Registry>,
     max_head: usize,
     timeout: Duration,
     shutdown: &AtomicBool,
 ) {
-    let Some(_guard) = reg.try_http_connection() else {
+    let Some(_guard) = admitted else {
         let r = http::error_response(&http::HttpError {
             status: 503,
             text: "too many HTTP connections (http-max-connections); retry later".into(),

@@ -546,15 +546,30 @@ impl Registry {
 
     /// Admits one DS connection, or says which limit refused it.
     pub fn try_ds_connection(self: &Arc<Self>) -> Result<ConnGuard, (ErrorCode, String)> {
+        self.try_ds_connection_behind(0)
+    }
+
+    /// Admits one DS connection that arrived after `ahead` others not admitted yet (held
+    /// by other threads of the backend): they count first, so the limit refuses the
+    /// newest connection.
+    pub fn try_ds_connection_behind(
+        self: &Arc<Self>,
+        ahead: usize,
+    ) -> Result<ConnGuard, (ErrorCode, String)> {
         let n = self.ds_connections.fetch_add(1, Ordering::AcqRel);
         let g = ConnGuard {
             counter: self.clone(),
             http: false,
         };
-        if n >= self.limits.max_connections {
+        if n + ahead >= self.limits.max_connections {
+            let waiting = if ahead > 0 {
+                format!(" (and {ahead} that arrived before this one)")
+            } else {
+                String::new()
+            };
             return Err((
                 ErrorCode::TooManyConnections,
-                format!("the recorder has {n} DS connections, its max-connections limit is {}; retry later", self.limits.max_connections),
+                format!("the recorder has {n} DS connections{waiting}, its max-connections limit is {}; retry later", self.limits.max_connections),
             ));
         }
         Metrics::add(&self.metrics.ds_connections, 1);

@@ -1363,6 +1363,30 @@ pub mod sockopt {
         set_int(fd, libc::SOL_SOCKET, libc::SO_ZEROCOPY, 1)
     }
 
+    /// A listening socket's accept queue: (connections established and waiting to be
+    /// accepted, the queue's limit), from TCP_INFO (for a listener the kernel reports
+    /// them as tcpi_unacked and tcpi_sacked; `ss -ltn` shows them as Recv-Q and Send-Q).
+    pub fn accept_queue(fd: RawFd) -> io::Result<(u32, u32)> {
+        // SAFETY: all-zero is a valid tcp_info.
+        let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: passes a pointer to a live tcp_info and its size; the kernel writes at
+        // most `len` bytes and stores how many in `len`.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut ti as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((ti.tcpi_unacked, ti.tcpi_sacked))
+    }
+
     /// SO_LINGER on with a 0 s timeout: closing the socket then sends a RST instead of a
     /// FIN (what a crashing peer looks like; tests use it to reset connections).
     pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {

@@ -916,7 +916,10 @@ fn pump_live(h: &mut Http, id: ConnId, io: &mut Io, reg: &Registry) {
 impl Service for Recorder {
     fn open(&mut self, conn: ConnId, port: Port, io: &mut Io) -> bool {
         match port {
-            Port::Ingest => match self.reg.try_ds_connection() {
+            Port::Ingest => match self
+                .reg
+                .try_ds_connection_behind(io.waiting_elsewhere(Port::Ingest))
+            {
                 Ok(g) => {
                     let sess = IngestSession::new(self.scfg.clone(), self.reg.clone(), io.now());
                     let ds = Ds {

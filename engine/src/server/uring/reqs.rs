@@ -58,6 +58,9 @@ pub struct Io {
     pub(super) worker: usize,
     pub(super) from_stage: bool,
     pub(super) waker: Waker,
+    /// Every worker's mailbox and listeners, for [`Io::waiting_elsewhere`].
+    pub(super) peers: Arc<Vec<Mailbox>>,
+    pub(super) reuseport: bool,
 }
 
 impl Io {
@@ -177,6 +180,36 @@ impl Io {
     }
     pub fn now(&self) -> Instant {
         self.now
+    }
+    /// Connections on `port` that other workers hold but have not opened yet: in their
+    /// listeners' accept queues (`net.listeners=reuseport`) or handed over by the
+    /// acceptor and not yet adopted. A connection limit counts them as if they came
+    /// first, so that, as with one listener, the connection refused is the newest one
+    /// rather than whichever a faster worker opened first.
+    pub fn waiting_elsewhere(&self, port: Port) -> usize {
+        let mut n = 0;
+        for (w, m) in self.peers.iter().enumerate() {
+            if w == self.worker {
+                continue;
+            }
+            n += m
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, p)| *p == port)
+                .count();
+            n += m.adopting[port as usize].load(Ordering::Acquire);
+            if self.reuseport {
+                let ls = m.listeners.lock().unwrap_or_else(|e| e.into_inner());
+                for (p, fd) in ls.iter() {
+                    if *p == port {
+                        n += sockopt::accept_queue(*fd).map_or(0, |(q, _)| q as usize);
+                    }
+                }
+            }
+        }
+        n
     }
     pub fn worker(&self) -> usize {
         self.worker

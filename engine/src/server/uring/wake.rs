@@ -56,9 +56,15 @@ impl Waker {
     }
 }
 
-/// Connections handed from the acceptor (worker 0) to another worker.
+/// Connections handed from the acceptor (worker 0) to another worker, and what other
+/// workers may ask of this one's listeners.
 #[derive(Default)]
 pub(super) struct Mailbox {
     pub(super) conns: Mutex<Vec<(OwnedFd, Port)>>,
     pub(super) ring_fd: Mutex<Option<RawFd>>,
+    /// The worker's listeners while they are open (emptied before they close, under
+    /// the lock, so a reader never asks a closed or reused descriptor).
+    pub(super) listeners: Mutex<Vec<(Port, RawFd)>>,
+    /// Connections taken out of `conns` that the service has not opened yet, by port.
+    pub(super) adopting: [AtomicUsize; 2],
 }

@@ -36,6 +36,13 @@ pub(super) struct Worker<'a> {
 
 pub(super) const BGID: u16 = 7;
 
+impl Drop for Worker<'_> {
+    fn drop(&mut self) {
+        // The listeners close when the fields drop, after this.
+        self.unpublish_listeners();
+    }
+}
+
 impl<'a> Worker<'a> {
     pub(super) fn setup(
         cfg: &'a Config,
@@ -184,7 +191,14 @@ impl<'a> Worker<'a> {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()),
             },
+            peers: mailboxes.clone(),
+            reuseport: net.listeners == Listeners::Reuseport,
         };
+        *mailboxes[id]
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) =
+            ls.iter().map(|(p, l)| (*p, l.as_raw_fd())).collect();
         Ok(Worker {
             cfg,
             opts,
@@ -311,6 +325,16 @@ impl<'a> Worker<'a> {
                     .cancel_fd(&mut *self.shared.borrow_mut(), fd, ctx(K_IGNORE, ConnId(0)));
         }
         self.pending_close_listeners = true;
+        self.unpublish_listeners();
+    }
+
+    /// Other workers stop asking this one's listeners (before they close).
+    pub(super) fn unpublish_listeners(&mut self) {
+        self.mailboxes[self.id]
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub(super) fn teardown<S: Service>(&mut self, svc: &mut S) -> Result<(), UringError> {
@@ -375,14 +399,23 @@ impl<'a> Worker<'a> {
     }
 
     pub(super) fn take_mail<S: Service>(&mut self, svc: &mut S) -> Result<(), UringError> {
-        let got = std::mem::take(
-            &mut *self.mailboxes[self.id]
-                .conns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for (fd, port) in got {
-            self.adopt(fd, port, svc)?;
+        // One at a time, counted as `adopting` from the moment it leaves the mailbox
+        // until the service has opened it, so `Io::waiting_elsewhere` always sees it.
+        let mb = self.mailboxes.clone();
+        let me = &mb[self.id];
+        loop {
+            let next = {
+                let mut q = me.conns.lock().unwrap_or_else(|e| e.into_inner());
+                if q.is_empty() {
+                    break;
+                }
+                let (fd, port) = q.remove(0);
+                me.adopting[port as usize].fetch_add(1, Ordering::AcqRel);
+                (fd, port)
+            };
+            let r = self.adopt(next.0, next.1, svc);
+            me.adopting[next.1 as usize].fetch_sub(1, Ordering::AcqRel);
+            r?;
         }
         svc.woken(&mut self.io);
         self.exec(svc)
