@@ -266,3 +266,37 @@ fn idle_timeout_and_shutdown() {
     );
     assert!(s.is_finished());
 }
+
+/// TEST ONLY burn (the calibrated slowdown CI injects): the knobs reach the session and a
+/// frame costs per_frame + per_kib * payload / 1024 rounds, no more, no fewer.
+#[test]
+fn test_burn_knobs_reach_the_session_and_count_rounds_by_frame_size() {
+    use engine::server::session::TestBurn;
+    let mut cfg = engine::config::Config::default();
+    cfg.set("server.test-burn-rounds-per-frame", "7").unwrap();
+    cfg.set("server.test-burn-rounds-per-kib", "3").unwrap();
+    let b = engine::server::session_config(&cfg).test_burn;
+    assert_eq!(
+        b,
+        TestBurn {
+            per_frame: 7,
+            per_kib: 3
+        }
+    );
+    let by_rounds = |n: u64| {
+        TestBurn {
+            per_frame: n,
+            per_kib: 0,
+        }
+        .burn(0, 42)
+    };
+    // 2,560 payload bytes = 2.5 KiB: 7 + 3 * 2560 / 1024 = 14 rounds.
+    assert_eq!(b.burn(2560, 42), by_rounds(14));
+    assert_ne!(b.burn(2560, 42), by_rounds(13));
+    assert_eq!(
+        TestBurn::default().burn(100_000, 42),
+        42,
+        "zero rounds: off"
+    );
+    assert!(!b.is_off() && TestBurn::default().is_off());
+}

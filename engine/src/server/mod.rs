@@ -190,6 +190,10 @@ pub fn session_config(cfg: &Config) -> SessionConfig {
         // always room for one whole message plus a read
         max_buffered_input: (2 * (s.max_frame_bytes as usize + 68)).max(4 << 20),
         test_write_delay: Duration::from_micros(s.test_write_delay_us),
+        test_burn: session::TestBurn {
+            per_frame: s.test_burn_rounds_per_frame,
+            per_kib: s.test_burn_rounds_per_kib,
+        },
     }
 }
 

@@ -36,6 +36,41 @@ pub struct SessionConfig {
     pub max_buffered_input: usize,
     /// TEST ONLY (`test-write-delay-us`): sleep after every completed write.
     pub test_write_delay: Duration,
+    /// TEST ONLY (`test-burn-rounds-per-frame`, `test-burn-rounds-per-kib`): CPU burnt
+    /// for every accepted frame, a slowdown proportional to the work.
+    pub test_burn: TestBurn,
+}
+
+/// TEST ONLY: a known, proportional slowdown for the regression check (a sleep cannot
+/// make a small one). Every accepted frame costs `per_frame + per_kib * payload / 1024`
+/// rounds of a 64-bit mixing function on the thread that parses it; CI calibrates the
+/// rounds once to cost 5% of the recorder's CPU (docs/analysis.md). Zero = off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestBurn {
+    pub per_frame: u64,
+    pub per_kib: u64,
+}
+
+impl TestBurn {
+    pub fn is_off(&self) -> bool {
+        self.per_frame == 0 && self.per_kib == 0
+    }
+
+    /// Burns the rounds due for a frame of `payload_len` bytes; returns the hash (so the
+    /// work cannot be optimised away).
+    pub fn burn(&self, payload_len: usize, seed: u64) -> u64 {
+        let rounds = self.per_frame + self.per_kib * payload_len as u64 / 1024;
+        let mut x = seed;
+        for _ in 0..rounds {
+            // splitmix64
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            x = std::hint::black_box(z ^ (z >> 31));
+        }
+        x
+    }
 }
 
 impl Default for SessionConfig {
@@ -49,6 +84,7 @@ impl Default for SessionConfig {
             store: StoreOptions::default(),
             max_buffered_input: 4 << 20,
             test_write_delay: Duration::ZERO,
+            test_burn: TestBurn::default(),
         }
     }
 }
@@ -602,6 +638,10 @@ impl IngestSession {
         }
         if let Err(e) = protocol::check_crc(seq, crc, payload) {
             return self.fail(e.code, e.text);
+        }
+        if !self.cfg.test_burn.is_off() {
+            // Deliberate, test-only slowdown (see `TestBurn`).
+            self.cfg.test_burn.burn(payload.len(), seq ^ crc as u64);
         }
         f.append(seq, tick, kind, crc, payload, recv_us);
         Metrics::add(&self.registry.metrics.frames, 1);
