@@ -223,6 +223,9 @@ pub struct DsCounters {
     /// Frames whose last byte was written for the first time.
     pub frames_sent: AtomicU64,
     pub payload_bytes_sent: AtomicU64,
+    /// Payload bytes whose last byte was written inside the measured window (what the
+    /// generator offered the recorder then).
+    pub payload_bytes_sent_window: AtomicU64,
     pub frames_acked: AtomicU64,
     pub payload_bytes_acked: AtomicU64,
     pub frames_acked_window: AtomicU64,
@@ -255,6 +258,7 @@ pub struct DsReport {
     pub unpaced: bool,
     pub frames_sent: u64,
     pub payload_bytes_sent: u64,
+    pub payload_bytes_sent_window: u64,
     pub frames_acked: u64,
     pub payload_bytes_acked: u64,
     pub frames_acked_window: u64,
@@ -276,6 +280,11 @@ pub struct DsReport {
 impl DsReport {
     pub fn throughput_mb_per_s(&self) -> f64 {
         self.payload_bytes_acked_window as f64 / 1e6 / self.measure_s
+    }
+    /// Payload MB/s the generator wrote during the window (open loop: the offered load,
+    /// less what its schedule could not send in time, counted in late frames).
+    pub fn sent_mb_per_s(&self) -> f64 {
+        self.payload_bytes_sent_window as f64 / 1e6 / self.measure_s
     }
     pub fn frames_per_s(&self) -> f64 {
         self.frames_acked_window as f64 / self.measure_s
@@ -862,12 +871,14 @@ impl<'a> Worker<'a> {
         let cfg = self.cfg;
         let hz = cfg.tick_hz;
         let pool = self.pool;
+        let (ws, we) = (self.window_start, self.window_end);
         let sc = &mut *self.scratch;
         let m = &mut self.matches[i];
         let Some(sock) = m.sock.as_mut() else {
             return Ok(Blocked::Nothing);
         };
         let (mut sent_frames, mut sent_bytes, mut late) = (0u64, 0u64, 0u64);
+        let mut sent_window = 0u64;
         let res = loop {
             let limit = m.last_frame.unwrap_or(u64::MAX);
             let due = if hz > 0.0 {
@@ -964,6 +975,9 @@ impl<'a> Worker<'a> {
                             e.sent = Some(t);
                             sent_frames += 1;
                             sent_bytes += plen as u64;
+                            if t >= ws && t <= we {
+                                sent_window += plen as u64;
+                            }
                             // Late: last byte out more than one tick after the intended time.
                             if hz > 0.0 && t > m.start + Duration::from_secs_f64(seq as f64 / hz) {
                                 late += 1;
@@ -976,6 +990,9 @@ impl<'a> Worker<'a> {
         if sent_frames > 0 {
             self.ctr.frames_sent.fetch_add(sent_frames, Relaxed);
             self.ctr.payload_bytes_sent.fetch_add(sent_bytes, Relaxed);
+            self.ctr
+                .payload_bytes_sent_window
+                .fetch_add(sent_window, Relaxed);
         }
         if late > 0 {
             self.ctr.late_frames.fetch_add(late, Relaxed);
@@ -1553,6 +1570,7 @@ pub fn run(
         unpaced: cfg.unpaced(),
         frames_sent: ctr.frames_sent.load(Relaxed),
         payload_bytes_sent: ctr.payload_bytes_sent.load(Relaxed),
+        payload_bytes_sent_window: ctr.payload_bytes_sent_window.load(Relaxed),
         frames_acked: ctr.frames_acked.load(Relaxed),
         payload_bytes_acked: ctr.payload_bytes_acked.load(Relaxed),
         frames_acked_window: ctr.frames_acked_window.load(Relaxed),

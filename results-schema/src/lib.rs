@@ -71,6 +71,11 @@ pub mod col {
     pub const INFLIGHT_MAX_FRAMES: &str = "inflight_max_frames";
     pub const INFLIGHT_MAX_BYTES: &str = "inflight_max_bytes";
     pub const LATE_FRAMES: &str = "late_frames";
+    pub const ACK_P90_US: &str = "ack_p90_us";
+    /// Open-loop ingest: payload MB/s the generator wrote during the window.
+    pub const SENT_MB_PER_S: &str = "sent_mb_per_s";
+    /// Recorder (or anchor server) CPU seconds over the window, every thread.
+    pub const RECORDER_CPU_S: &str = "recorder_cpu_s";
 }
 
 /// Columns of `runs.csv` before the dimension columns.
@@ -131,6 +136,9 @@ pub const TAIL: &[&str] = &[
     col::INFLIGHT_MAX_FRAMES,
     col::INFLIGHT_MAX_BYTES,
     col::LATE_FRAMES,
+    col::ACK_P90_US,
+    col::SENT_MB_PER_S,
+    col::RECORDER_CPU_S,
 ];
 
 /// Columns every reader needs (a file without one of them is refused).
@@ -170,6 +178,12 @@ pub const METRICS: &[&str] = &[
     col::STEAL_PCT,
     col::DIRTY_KB_MAX,
     col::WRITEBACK_KB_MAX,
+    // Added after the first 22 (indexes above stay stable).
+    col::ACK_P90_US,
+    col::SENT_MB_PER_S,
+    col::LATE_FRAMES,
+    col::RECORDER_CPU_PCT,
+    col::RECORDER_CPU_S,
 ];
 
 /// `(old name, current name)` of renamed columns, in `runs.csv` and in time series.

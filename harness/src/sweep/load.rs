@@ -10,6 +10,7 @@ use super::outcome::one_line;
 use super::recorder_proc::Recorder;
 use super::{Ctx, Outcome};
 use crate::experiment::{Cell, Experiment};
+use crate::telemetry::Sampler;
 use crate::util::{fmt_opt, unix_now, SizeDist};
 use crate::{clients, ds};
 use results_schema::col;
@@ -83,6 +84,7 @@ pub(crate) fn drive_recorder(
     rec: &Recorder,
     run_seed: u64,
     progress: &Arc<AtomicU64>,
+    sampler: &Sampler,
     o: &mut Outcome,
 ) -> Result<(Instant, f64, u64), String> {
     let exp = ctx.exp;
@@ -90,14 +92,16 @@ pub(crate) fn drive_recorder(
         "ingest" | "bulk-ingest" => {
             let cfg = ds_config_for(cell, exp, rec.ingest, run_seed)?;
             let ctr = Arc::new(ds::DsCounters::default());
-            // Forward acked bytes to the sampler's progress counter.
+            // Forward acked bytes to the sampler's progress counter (every 2 ms: the
+            // CPU per GiB divides the recorder's CPU between two samples by the bytes
+            // acked between them).
             let fwd_stop = Arc::new(AtomicBool::new(false));
             let fwd = {
                 let (ctr, p, s) = (ctr.clone(), progress.clone(), fwd_stop.clone());
                 std::thread::spawn(move || {
                     while !s.load(Relaxed) {
                         p.store(ctr.payload_bytes_acked.load(Relaxed), Relaxed);
-                        std::thread::sleep(Duration::from_millis(20));
+                        std::thread::sleep(Duration::from_millis(2));
                     }
                     p.store(ctr.payload_bytes_acked.load(Relaxed), Relaxed);
                 })
@@ -105,6 +109,7 @@ pub(crate) fn drive_recorder(
             let ws =
                 Instant::now() + Duration::from_millis(20) + Duration::from_secs_f64(cfg.ramp_up_s);
             let started = unix_now() + 0.02 + cfg.ramp_up_s;
+            sampler.align_to(ws);
             let rep = ds::run(&cfg, ctr, ctx.stop.clone());
             fwd_stop.store(true, Relaxed);
             let _ = fwd.join();
@@ -114,6 +119,7 @@ pub(crate) fn drive_recorder(
             o.m.insert(col::THROUGHPUT, fmt_opt(Some(rep.throughput_mb_per_s())));
             o.m.insert(col::FRAMES_PER_S, fmt_opt(Some(rep.frames_per_s())));
             o.m.insert(col::ACK_P50_US, fmt_opt(rep.ack_pct(50.0)));
+            o.m.insert(col::ACK_P90_US, fmt_opt(rep.ack_pct(90.0)));
             o.m.insert(col::ACK_P99_US, fmt_opt(rep.ack_pct(99.0)));
             o.m.insert(col::ACK_P999_US, fmt_opt(rep.ack_pct(99.9)));
             o.m.insert(col::ACK_MAX_US, fmt_opt(rep.ack_pct(100.0)));
@@ -127,8 +133,10 @@ pub(crate) fn drive_recorder(
                 col::INFLIGHT_MAX_BYTES,
                 rep.max_inflight_bytes().to_string(),
             );
-            // Late frames only exist when paced; empty (not 0) for closed-loop runs.
+            // Late frames and the offered load only exist when paced; empty (not 0) for
+            // closed-loop runs.
             if !cfg.unpaced() {
+                o.m.insert(col::SENT_MB_PER_S, fmt_opt(Some(rep.sent_mb_per_s())));
                 o.m.insert(col::LATE_FRAMES, rep.late_frames.to_string());
             }
             o.m.insert(col::ERRORS, rep.errors_total().to_string());

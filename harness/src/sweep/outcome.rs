@@ -67,14 +67,20 @@ pub(crate) fn fill_derived(o: &mut Outcome, d: &Derived, bytes: u64, measure_s: 
     o.m.insert(col::BLOCK_SOFTIRQ_PER_S, fmt_opt(d.block_softirq_per_s));
     o.m.insert(col::INTERRUPTS_PER_S, fmt_opt(d.interrupts_per_s));
     o.m.insert(col::RECORDER_WRITE_MB_PER_S, fmt_opt(d.srv_write_mb_per_s));
+    // CPU and bytes over the same samples (the window's when the sampler was aligned to
+    // it): CPU over the samples divided by bytes over the whole window would carry the
+    // difference between the two spans (up to two sample intervals) as noise.
     if let Some(cpu) = d.srv_cpu_s {
-        o.m.insert(
-            col::RECORDER_CPU_PCT,
-            fmt_opt(Some(100.0 * cpu / measure_s)),
-        );
-        if bytes > 0 && !o.m.contains_key("cpu_s_per_gib") {
+        let covered = d.covered_s.filter(|s| *s > 0.0).unwrap_or(measure_s);
+        o.m.insert(col::RECORDER_CPU_PCT, fmt_opt(Some(100.0 * cpu / covered)));
+        o.m.insert(col::RECORDER_CPU_S, fmt_opt(Some(cpu)));
+        let (cpu, bytes) = match d.progress_bytes {
+            Some(p) if p > 0 => (cpu, p),
+            _ => (cpu * measure_s / covered, bytes),
+        };
+        if bytes > 0 && !o.m.contains_key(col::CPU_S_PER_GIB) {
             o.m.insert(
-                "cpu_s_per_gib",
+                col::CPU_S_PER_GIB,
                 fmt_opt(Some(cpu / (bytes as f64 / (1u64 << 30) as f64))),
             );
         }

@@ -73,7 +73,7 @@ pub(crate) fn run_recorder(
                 Duration::from_millis(250),
             );
             let uring0 = uring_counters(rec.http);
-            let res = drive_recorder(ctx, cell, &rec, run_seed, &progress, &mut o);
+            let res = drive_recorder(ctx, cell, &rec, run_seed, &progress, &sampler, &mut o);
             // I/Os per system call over the whole run (ramp-up included), from the
             // recorder's own counters; empty when it made no io_uring_enter call (blocking).
             if let (Some((e0, c0)), Some((e1, c1))) = (uring0, uring_counters(rec.http)) {
