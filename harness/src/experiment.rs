@@ -103,6 +103,8 @@ pub struct Repeat {
     pub min: u32,
     pub max: u32,
     pub rsd_pct: f64,
+    /// Extra repetitions per cell allowed to replace rejected ones (default: `min`).
+    pub retries: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -128,6 +130,9 @@ pub struct Experiment {
     pub ramp_up_s: f64,
     pub measure_s: f64,
     pub seed: u64,
+    /// `seed = "fresh"`: `seed` was drawn for this sweep (it is written to the manifest),
+    /// so that no run has the same place in the order every time.
+    pub seed_fresh: bool,
     pub random_order: bool,
     pub repeat: Repeat,
     pub target: TargetSpec,
@@ -194,6 +199,15 @@ pub const WORKLOADS: &[&str] = &[
     "disk-read",
     "net",
 ];
+
+/// A seed for `seed = "fresh"`: the clock and the process id.
+fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (t ^ ((std::process::id() as u64) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 1
+}
 
 fn scalar(k: &str, v: &toml::Value) -> Result<String, String> {
     Ok(match v {
@@ -365,7 +379,16 @@ impl Experiment {
                 "measure_s must be above 0 and ramp_up_s at least 0".into()
             ));
         }
-        let seed = doc.get("seed").and_then(|v| v.as_integer()).unwrap_or(1) as u64;
+        let (seed, seed_fresh) = match doc.get("seed") {
+            None => (1, false),
+            Some(toml::Value::Integer(i)) if *i >= 0 => (*i as u64, false),
+            Some(toml::Value::String(s)) if s == "fresh" => (fresh_seed(), true),
+            Some(o) => {
+                return Err(ctx(format!(
+                    "seed = {o}: use a whole number (the same run order every time) or \"fresh\" (a new one per sweep, written to the manifest)"
+                )))
+            }
+        };
         let random_order = match doc
             .get("order")
             .and_then(|v| v.as_str())
@@ -380,10 +403,19 @@ impl Experiment {
             .get("repeat")
             .and_then(|v| v.as_table())
             .unwrap_or(&empty);
+        for k in rep.keys() {
+            if !["min", "max", "rsd_pct", "retries"].contains(&k.as_str()) {
+                return Err(ctx(format!(
+                    "[repeat] {k}: unknown key; use min, max, rsd_pct, retries"
+                )));
+            }
+        }
+        let min = get_f(rep, "min", 1.0).map_err(ctx)? as u32;
         let repeat = Repeat {
-            min: get_f(rep, "min", 1.0).map_err(ctx)? as u32,
+            min,
             max: get_f(rep, "max", 1.0).map_err(ctx)? as u32,
             rsd_pct: get_f(rep, "rsd_pct", 5.0).map_err(ctx)?,
+            retries: get_f(rep, "retries", min as f64).map_err(ctx)? as u32,
         };
         if repeat.min == 0 || repeat.max < repeat.min {
             return Err(ctx(format!(
@@ -575,6 +607,7 @@ impl Experiment {
             ramp_up_s,
             measure_s,
             seed,
+            seed_fresh,
             random_order,
             repeat,
             target,

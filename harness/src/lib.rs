@@ -12,3 +12,4 @@ pub mod sweep;
 pub mod target;
 pub mod telemetry;
 pub mod util;
+pub mod validate;

@@ -272,8 +272,16 @@ fn clients_main(a: ClientsArgs) -> Result<(), String> {
     }
 }
 
-fn plan_main(a: PlanArgs) -> Result<(), String> {
-    let e = harness::experiment::Experiment::load(&a.experiment)?;
+/// Prints the cells, then checks every one of them as `harness sweep` would before
+/// running (exit 2 with every problem named; nothing runs either way).
+fn plan_main(a: PlanArgs) -> ExitCode {
+    let e = match harness::experiment::Experiment::load(&a.experiment) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("harness: {e}");
+            return ExitCode::from(harness::sweep::EXIT_USAGE as u8);
+        }
+    };
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
@@ -299,7 +307,14 @@ fn plan_main(a: PlanArgs) -> Result<(), String> {
             break; // stdout closed (| head): not an error
         }
     }
-    Ok(())
+    drop(out);
+    match harness::validate::check_all(&e) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("harness: {msg}");
+            ExitCode::from(harness::sweep::EXIT_USAGE as u8)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -322,11 +337,11 @@ fn main() -> ExitCode {
                 Ok(code) => ExitCode::from(code as u8),
                 Err(e) => {
                     eprintln!("harness: {e}");
-                    ExitCode::from(2)
+                    ExitCode::from(harness::sweep::EXIT_USAGE as u8)
                 }
             };
         }
-        Cmd::Plan(a) => plan_main(a),
+        Cmd::Plan(a) => return plan_main(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

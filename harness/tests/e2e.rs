@@ -1,6 +1,7 @@
 //! End to end against the real recorder (`recorder serve` from the engine crate): a short
-//! sweep with both backends, ingest and serve, and an engine-refused combination; and the
-//! DS generator's byte-for-byte verification through resumes.
+//! sweep with both backends, ingest and serve; an engine-refused combination is an error
+//! of the experiment file before anything runs; and the DS generator's byte-for-byte
+//! verification through resumes.
 
 mod common;
 
@@ -27,9 +28,6 @@ fn short_sweep_against_the_real_recorder() {
         "load.prefill-matches" = 4
         "load.prefill-s" = 1
         "load.concurrency" = 2
-        [[include]]
-        "server.backend" = "blocking"
-        "file.register-buffers" = true
         "#,
     );
     let out = d.join("out");
@@ -51,11 +49,8 @@ fn short_sweep_against_the_real_recorder() {
         "the e2e sweep must stay short"
     );
     let rows = read_runs(&out);
-    assert_eq!(rows.len(), 5, "{err}");
-    for r in rows
-        .iter()
-        .filter(|r| r["dim.file.register-buffers"].is_empty())
-    {
+    assert_eq!(rows.len(), 4, "{err}");
+    for r in &rows {
         assert_eq!(r["status"], "ok", "{r:?}\n{err}");
         assert!(
             r["throughput_mb_per_s"].parse::<f64>().unwrap() > 0.0,
@@ -86,15 +81,36 @@ fn short_sweep_against_the_real_recorder() {
         let log = std::fs::read_to_string(out.join(&r["log"])).unwrap();
         assert!(log.contains("ingest listening on"), "{log}");
     }
-    let refused = rows
-        .iter()
-        .find(|r| r["dim.file.register-buffers"] == "true")
-        .unwrap();
-    assert_eq!(refused["status"], "unsupported", "{refused:?}");
-    assert!(
-        refused["reason"].contains("register-buffers"),
-        "the engine's message is kept: {refused:?}"
+    // A combination the engine refuses is the experiment file's error: exit 2, the key
+    // named, nothing run (not an `unsupported` cell).
+    let bad = write_exp(
+        &d,
+        r#"
+        measure_s = 1
+        [cell]
+        "server.backend" = ["uring", "blocking"]
+        [[include]]
+        "server.backend" = "blocking"
+        "file.register-buffers" = true
+        "#,
     );
+    for cmd in ["plan", "sweep"] {
+        let o = Command::new(harness_bin())
+            .arg(cmd)
+            .arg(&bad)
+            .args(["--out"].iter().filter(|_| cmd == "sweep"))
+            .args([d.join("bad-out")].iter().filter(|_| cmd == "sweep"))
+            .env("HARNESS_STATE_DIR", d.join("state"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains("c0002") && err.contains("register-buffers"),
+            "{cmd}: the cell and the engine's message are named: {err}"
+        );
+    }
+    assert!(!d.join("bad-out").join("runs.csv").exists());
     let _ = std::fs::remove_dir_all(&d);
 }
 

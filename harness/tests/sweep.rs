@@ -371,12 +371,26 @@ fn runs_over_the_generator_limit_are_rejected_with_the_reason() {
     let d = tmpdir("rej");
     let exp = write_exp(
         &d,
-        "ramp_up_s = 0.2\nmeasure_s = 1\n[limits]\ngen_cpu_pct = 0.0001\n[cell]\n\"load.matches\" = 100\n",
+        "ramp_up_s = 0.2\nmeasure_s = 1\n[repeat]\nretries = 2\n[limits]\ngen_cpu_pct = 0.0001\n[cell]\n\"load.matches\" = 100\n",
     );
     let out = d.join("out");
     let (code, err) = sweep(&exp, &out, &d.join("state"), &[]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        code, 4,
+        "no cell could run (every run rejected): exit 4\n{err}"
+    );
+    assert!(err.contains("no cell of the sweep could run"), "{err}");
     let rows = read_runs(&out);
+    assert_eq!(
+        rows.len(),
+        3,
+        "a rejected repetition is re-run, up to repeat.retries times: {rows:?}"
+    );
+    assert!(rows.iter().all(|r| r["status"] == "rejected"));
+    assert!(
+        err.contains("1 good repetition(s) short"),
+        "the shortfall is reported: {err}"
+    );
     assert_eq!(rows[0]["status"], "rejected", "{:?}", rows[0]);
     assert!(
         rows[0]["reason"].contains("load generator saturated"),
@@ -391,5 +405,73 @@ fn runs_over_the_generator_limit_are_rejected_with_the_reason() {
         rows[0]["throughput_mb_per_s"].is_empty(),
         "a rejected run has no metrics"
     );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_sweep_where_no_cell_can_run_exits_4() {
+    let d = tmpdir("none");
+    let exp = write_exp(
+        &d,
+        "ramp_up_s = 0.2\nmeasure_s = 0.5\n[cell]\n\"raw.fake-unsupported\" = [\"no poll queues\", \"no SQPOLL\"]\n",
+    );
+    let out = d.join("out");
+    let (code, err) = sweep(&exp, &out, &d.join("state"), &[]);
+    assert_eq!(code, 4, "{err}");
+    let rows = read_runs(&out);
+    assert_eq!(rows.len(), 2, "an unsupported cell runs once: {rows:?}");
+    assert!(rows.iter().all(|r| r["status"] == "unsupported"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn manifest_names_tool_versions_and_the_revision_outside_a_checkout() {
+    let d = tmpdir("manifest");
+    let exp = write_exp(
+        &d,
+        "ramp_up_s = 0.2\nmeasure_s = 0.5\nseed = \"fresh\"\n[cell]\n\"load.matches\" = 2\n",
+    );
+    let out = d.join("out");
+    // Run from a directory that is not a git checkout.
+    let o = Command::new(harness_bin())
+        .arg("sweep")
+        .arg(&exp)
+        .arg("--out")
+        .arg(&out)
+        .args(["--recorder", fake_bin()])
+        .env("HARNESS_STATE_DIR", d.join("state"))
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let rev = m["git_rev"].as_str().unwrap();
+    assert!(!rev.is_empty(), "{m}");
+    assert_eq!(m["git_rev"], m["harness_git_rev"], "{m}");
+    assert!(m["git_rev_source"]
+        .as_str()
+        .unwrap()
+        .contains("harness build"));
+    for k in [
+        "fio",
+        "iperf3",
+        "nginx",
+        "wrk",
+        "kernel",
+        "rustc",
+        "harness",
+        "recorder_head",
+    ] {
+        assert!(
+            m["tools"].get(k).is_some(),
+            "tools.{k} missing: {}",
+            m["tools"]
+        );
+    }
+    assert!(m["tools"]["kernel"].as_str().unwrap().starts_with("Linux"));
+    assert!(m["tools"]["rustc"].as_str().unwrap().starts_with("rustc"));
+    assert_eq!(m["seed_fresh"], true);
+    assert!(m["seed"].as_u64().is_some());
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -1,6 +1,5 @@
 //! A recorder cell's command-line flags, checked with the engine's own configuration rules.
 
-use super::Outcome;
 use crate::experiment::{Cell, ENGINE_SECTIONS};
 
 /// Knobs the harness sets itself for every recorder run.
@@ -8,9 +7,10 @@ pub(crate) const HARNESS_OWNED: &[&str] =
     &["server.store", "server.ingest-addr", "server.http-addr"];
 
 /// The recorder's command-line arguments for a cell and the setup flags it requests,
-/// validated with the engine's own rules first (a refusal makes the cell `unsupported`).
-#[allow(clippy::result_large_err)] // an Outcome is the natural error here
-pub(crate) fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), Outcome> {
+/// validated with the engine's own rules first. A refusal is an error of the experiment
+/// file, naming the key: `harness plan` and `harness sweep` check every cell with this
+/// before anything runs (`crate::validate`).
+pub fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), String> {
     let mut cfg = engine::config::Config::default();
     let _ = cfg.set("server.store", "/nonexistent-store-checked-by-the-recorder");
     let _ = cfg.set("server.ingest-addr", "127.0.0.1:0");
@@ -18,21 +18,16 @@ pub(crate) fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), Out
     let mut args = Vec::new();
     for k in cell.values.keys() {
         if HARNESS_OWNED.contains(&k.as_str()) {
-            return Err(Outcome::bad(
-                "failed",
-                format!("{k} is set by the harness for every run; remove it from the experiment"),
+            return Err(format!(
+                "{k} is set by the harness for every run; remove it from the experiment"
             ));
         }
     }
     for (k, v) in &cell.values {
         let ns = k.split('.').next().unwrap_or("");
         if ENGINE_SECTIONS.contains(&ns) {
-            cfg.set(k, v).map_err(|e| {
-                Outcome::bad(
-                    "unsupported",
-                    format!("refused by the engine's knob table: {e}"),
-                )
-            })?;
+            cfg.set(k, v)
+                .map_err(|e| format!("{k} = {v:?} is refused by the recorder's knob table: {e}"))?;
             let knob = engine::config::find_knob(k).expect("checked at load");
             args.push(format!("--{}", knob.name));
             args.push(v.clone());
@@ -44,9 +39,15 @@ pub(crate) fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), Out
     cfg.validate()
         .and_then(|_| engine::config::server::validate_serve(&cfg))
         .map_err(|e| {
-            Outcome::bad(
-                "unsupported",
-                format!("refused by the engine's configuration rules: {e}"),
+            let keys: Vec<String> = cell
+                .values
+                .iter()
+                .filter(|(k, _)| ENGINE_SECTIONS.contains(&k.split('.').next().unwrap_or("")))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!(
+                "the combination {} is refused by the recorder's configuration rules: {e}",
+                keys.join(" ")
             )
         })?;
     let requested = if cfg.server.backend == engine::config::server::Backend::Uring {

@@ -14,17 +14,18 @@
 //! `manifest` (manifest.json), `ab` (building the base revision of an A/B sweep).
 
 mod ab;
-mod anchors;
+pub mod anchors;
 mod cell;
-mod engine_args;
-mod load;
+pub mod engine_args;
+pub mod load;
 mod manifest;
 mod outcome;
 mod recorder_proc;
 mod recorder_run;
 mod runs_csv;
+mod tally;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -37,13 +38,21 @@ use crate::block::{self, Journal};
 use crate::experiment::{Cell, Experiment};
 use crate::placement;
 use crate::target::Target;
-use crate::util::{mean_sd, rfc3339_now};
+use crate::util::rfc3339_now;
+use tally::Tally;
 
 use ab::{build_base, remove_base_worktree};
 use manifest::write_manifest;
 use runs_csv::row_for;
 
 pub use ab::default_recorder;
+
+/// Exit codes of `harness sweep` (and of `harness plan` for 2): 0 done; 2 the experiment
+/// file or the command line is wrong (nothing ran); 3 a run failed (with
+/// --fail-on-failed); 4 no cell could run at all; 130 interrupted.
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_RUN_FAILED: i32 = 3;
+pub const EXIT_NOTHING_RAN: i32 = 4;
 pub use cell::run_cell;
 pub use manifest::git_rev;
 pub use outcome::Outcome;
@@ -78,6 +87,7 @@ pub fn sweep(opts: SweepOpts, stop: Arc<AtomicBool>) -> Result<i32, String> {
         eprintln!("harness: {msg}");
     }
     let exp = Experiment::load(&opts.experiment)?;
+    crate::validate::check_all(&exp)?;
     let out = opts.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "results/{}-{}",
@@ -141,28 +151,38 @@ pub(crate) fn sweep_inner(
         if !bbin.exists() {
             return Err(format!("--base-recorder {}: no such file", bbin.display()));
         }
-        let repo = std::env::current_dir().unwrap_or_default();
         let mut r = BTreeMap::new();
         r.insert("base".to_string(), format!("binary {}", bbin.display()));
         r.insert(
             "head".to_string(),
-            format!("{} ({})", git_rev(&repo, "HEAD"), head_bin.display()),
+            format!("{} ({})", manifest::head_rev(), head_bin.display()),
         );
         revisions = Some(r);
         revs.push(("base".into(), ctx.out.join("base"), bbin.clone()));
         revs.push(("head".into(), ctx.out.join("head"), head_bin.clone()));
     } else if let Some(base) = &opts.ab {
         let (bbin, bsha) = build_base(&ctx.out, base)?;
-        let repo = std::env::current_dir().unwrap_or_default();
         let mut r = BTreeMap::new();
         r.insert("base".to_string(), bsha);
-        r.insert("head".to_string(), git_rev(&repo, "HEAD"));
+        r.insert("head".to_string(), manifest::head_rev());
         revisions = Some(r);
         revs.push(("base".into(), ctx.out.join("base"), bbin));
         revs.push(("head".into(), ctx.out.join("head"), head_bin.clone()));
     } else {
         revs.push(("head".into(), ctx.out.clone(), head_bin.clone()));
     }
+    let bins: Vec<(String, &std::path::Path)> = revs
+        .iter()
+        .map(|(l, _, b)| (l.clone(), b.as_path()))
+        .collect();
+    let tools = manifest::tool_versions(&bins);
+    let facts = manifest::SweepFacts {
+        cmdline: &opts.command_line,
+        started: &started,
+        revisions: revisions.as_ref(),
+        queue_before,
+        tools: &tools,
+    };
     let mut csvs = Vec::new();
     for (_, dir, _) in &revs {
         for sub in ["logs", "timeseries"] {
@@ -171,63 +191,16 @@ pub(crate) fn sweep_inner(
         }
         // Timeseries and logs are written under ctx.out; for A/B they go to the revision dir.
         csvs.push(RunsCsv::open(dir, &exp.dims, opts.resume)?);
-        write_manifest(
-            dir,
-            ctx,
-            &opts.command_line,
-            &started,
-            None,
-            revisions.as_ref(),
-            queue_before,
-        )?;
+        write_manifest(dir, ctx, &facts, None)?;
     }
     let ab = opts.ab.is_some() || opts.base_recorder.is_some();
     let mut rng = rand::rngs::StdRng::seed_from_u64(exp.seed ^ 0xA5A5);
-    // Per cell: throughputs of ok runs (head, or head/base ratio for A/B) and reps done.
-    let mut values: HashMap<String, Vec<f64>> = HashMap::new();
-    let mut reps_done: HashMap<String, u32> = HashMap::new();
-    let mut once: HashSet<String> = HashSet::new(); // unsupported cells are not repeated
-    for c in &exp.cells {
-        let mut r = 0;
-        while csvs
-            .iter()
-            .all(|csv| csv.done.contains_key(&(c.id.clone(), r + 1)))
-        {
-            r += 1;
-            let h = csvs
-                .last()
-                .expect("head")
-                .done
-                .get(&(c.id.clone(), r))
-                .cloned();
-            if let Some((st, thr)) = h {
-                if st == "unsupported" {
-                    once.insert(c.id.clone());
-                }
-                if st == "ok" {
-                    if let Some(t) = thr {
-                        let v = if ab {
-                            csvs[0]
-                                .done
-                                .get(&(c.id.clone(), r))
-                                .and_then(|b| b.1)
-                                .map(|b| t / b)
-                        } else {
-                            Some(t)
-                        };
-                        if let Some(v) = v {
-                            values.entry(c.id.clone()).or_default().push(v);
-                        }
-                    }
-                }
-            }
-        }
-        reps_done.insert(c.id.clone(), r);
-    }
+    let mut tally = resumed_tally(exp, &csvs, ab);
+    let rp = &exp.repeat;
     let est_runs: u64 = exp
         .cells
         .iter()
-        .map(|c| exp.repeat.min.saturating_sub(reps_done[&c.id]) as u64)
+        .map(|c| rp.min.saturating_sub(tally[&c.id].good) as u64)
         .sum::<u64>()
         * revs.len() as u64;
     let per_run_s = exp.ramp_up_s + exp.measure_s + 3.0;
@@ -240,53 +213,51 @@ pub(crate) fn sweep_inner(
     );
     let tty = std::io::stderr().is_terminal();
     eprintln!(
-        "harness: sweep {}: {} cells ({} excluded), {}..{} repetitions, ~{:.0} s per run, results in {}",
+        "harness: sweep {}: {} cells ({} excluded), {}..{} repetitions (+{} for rejected ones), ~{:.0} s per run, seed {}{}, results in {}",
         exp.name,
         exp.cells.len(),
         exp.excluded,
-        exp.repeat.min,
-        exp.repeat.max,
+        rp.min,
+        rp.max,
+        rp.retries,
         per_run_s,
+        exp.seed,
+        if exp.seed_fresh { " (fresh)" } else { "" },
         ctx.out.display()
     );
     let mut any_failed = false;
-    let mut round = 0u32;
+    let mut any_ok = false;
     loop {
-        round += 1;
-        // Which cells run in this round.
+        // Which cells run in this round: every cell short of its planned good repetitions
+        // (rejected ones are replaced), or above its RSD target and under the cap.
         let mut todo: Vec<&Cell> = exp
             .cells
             .iter()
-            .filter(|c| {
-                let done = reps_done[&c.id];
-                if once.contains(&c.id) || done >= exp.repeat.max {
-                    return false;
-                }
-                if done < exp.repeat.min {
-                    return true;
-                }
-                let v = values.get(&c.id).map(Vec::as_slice).unwrap_or(&[]);
-                let (_, _, rsd) = mean_sd(v);
-                v.len() >= 2 && rsd > exp.repeat.rsd_pct
-            })
+            .filter(|c| tally[&c.id].needs_more(rp))
             .collect();
         if todo.is_empty() || stop.load(Relaxed) {
-            break;
-        }
-        if round > exp.repeat.max + 1 {
             break;
         }
         if exp.random_order {
             todo.shuffle(&mut rng);
         }
-        if reps_done.values().all(|r| *r >= exp.repeat.min) {
-            pb.inc_length(todo.len() as u64 * revs.len() as u64);
+        let planned: u64 = exp
+            .cells
+            .iter()
+            .map(|c| {
+                let t = &tally[&c.id];
+                t.attempts as u64 + u64::from(t.needs_more(rp))
+            })
+            .sum::<u64>()
+            * revs.len() as u64;
+        if planned > pb.length().unwrap_or(0) + pb.position() {
+            pb.set_length(planned);
         }
         for cell in todo {
             if stop.load(Relaxed) {
                 break;
             }
-            let rep = reps_done[&cell.id] + 1;
+            let rep = tally[&cell.id].attempts + 1;
             let mut order: Vec<usize> = (0..revs.len()).collect();
             if exp.random_order {
                 order.shuffle(&mut rng);
@@ -353,11 +324,10 @@ pub(crate) fn sweep_inner(
                     eprintln!("harness: {line}");
                 }
                 pb.inc(1);
-                if o.status == "failed" {
-                    any_failed = true;
-                }
-                if o.status == "unsupported" {
-                    once.insert(cell.id.clone());
+                match o.status.as_str() {
+                    "failed" => any_failed = true,
+                    "ok" => any_ok = true,
+                    _ => {}
                 }
                 thr.insert(
                     ri,
@@ -372,7 +342,6 @@ pub(crate) fn sweep_inner(
             if stop.load(Relaxed) && statuses.len() < revs.len() {
                 break;
             }
-            *reps_done.get_mut(&cell.id).expect("every cell") = rep;
             let v = if ab {
                 match (
                     thr.get(&0).copied().flatten(),
@@ -384,23 +353,26 @@ pub(crate) fn sweep_inner(
             } else {
                 thr.get(&0).copied().flatten()
             };
-            if let Some(v) = v {
-                values.entry(cell.id.clone()).or_default().push(v);
+            let st: Vec<&str> = statuses.iter().map(String::as_str).collect();
+            let t = tally.get_mut(&cell.id).expect("every cell");
+            t.record(&st, v);
+            if st.contains(&"rejected") && t.needs_more(rp) {
+                let line = format!(
+                    "{}-r{rep} rejected: re-run in a later round ({} of {} planned good repetitions so far)",
+                    cell.id, t.good, rp.min
+                );
+                if tty {
+                    pb.println(line);
+                } else {
+                    eprintln!("harness: {line}");
+                }
             }
         }
     }
     pb.finish_and_clear();
     let finished = rfc3339_now();
     for (_, dir, _) in &revs {
-        write_manifest(
-            dir,
-            ctx,
-            &opts.command_line,
-            &started,
-            Some(&finished),
-            revisions.as_ref(),
-            queue_before,
-        )?;
+        write_manifest(dir, ctx, &facts, Some(&finished))?;
     }
     if stop.load(Relaxed) {
         eprintln!("harness: interrupted; the block layer is restored and runs.csv keeps every finished run (use --resume)");
@@ -409,9 +381,64 @@ pub(crate) fn sweep_inner(
     if any_failed {
         eprintln!("harness: some runs failed; their rows say why and their logs are kept");
     }
+    for c in &exp.cells {
+        if let Some(short) = tally[&c.id].short_of(rp) {
+            eprintln!(
+                "harness: {} is {short} good repetition(s) short of the {} planned: {} rejected, no retries left (repeat.retries = {})",
+                c.id, rp.min, tally[&c.id].rejected, rp.retries
+            );
+        }
+    }
+    if stop.load(Relaxed) {
+        return Ok(0);
+    }
+    if !any_ok {
+        let resumed_ok = csvs
+            .iter()
+            .any(|c| c.done.values().any(|(st, _)| st == "ok"));
+        if !resumed_ok {
+            eprintln!(
+                "harness: no cell of the sweep could run (every run is unsupported, failed or rejected; see runs.csv)"
+            );
+            return Ok(EXIT_NOTHING_RAN);
+        }
+    }
     Ok(if any_failed && opts.fail_on_failed {
-        3
+        EXIT_RUN_FAILED
     } else {
         0
     })
+}
+
+/// The tally of every cell from the rows already in runs.csv (`--resume`): a repetition
+/// counts when every revision has its row.
+fn resumed_tally(exp: &Experiment, csvs: &[RunsCsv], ab: bool) -> HashMap<String, Tally> {
+    let mut out = HashMap::new();
+    for c in &exp.cells {
+        let mut t = Tally::default();
+        let mut r = 1;
+        while csvs
+            .iter()
+            .all(|csv| csv.done.contains_key(&(c.id.clone(), r)))
+        {
+            let rows: Vec<&(String, Option<f64>)> = csvs
+                .iter()
+                .map(|csv| &csv.done[&(c.id.clone(), r)])
+                .collect();
+            let st: Vec<&str> = rows.iter().map(|(s, _)| s.as_str()).collect();
+            let ok = |i: usize| rows.get(i).filter(|(s, _)| s == "ok").and_then(|(_, v)| *v);
+            let v = if ab {
+                match (ok(0), ok(1)) {
+                    (Some(b), Some(h)) if b > 0.0 => Some(h / b),
+                    _ => None,
+                }
+            } else {
+                ok(0)
+            };
+            t.record(&st, v);
+            r += 1;
+        }
+        out.insert(c.id.clone(), t);
+    }
+    out
 }

@@ -27,7 +27,8 @@ pub(crate) fn run_recorder(
 ) -> Outcome {
     let (args, requested) = match cell_engine_args(cell) {
         Ok(a) => a,
-        Err(o) => return o,
+        // Checked before the sweep started (crate::validate); kept as a run error.
+        Err(e) => return Outcome::bad("failed", e),
     };
     let store = ctx.target.path.join(format!("store-{run_id}"));
     let _ = std::fs::remove_dir_all(&store);

@@ -12,12 +12,8 @@ use crate::telemetry;
 use crate::util::{fmt_opt, unix_now};
 use results_schema::col;
 
-pub(crate) fn run_fio(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
-    let exp = ctx.exp;
-    let dir = ctx.target.path.join(format!("fio-{run_id}"));
-    let _ = std::fs::create_dir_all(&dir);
-    let log_rel = format!("logs/{run_id}.log");
-    let json = ctx.out.join(format!("logs/{run_id}.fio.json"));
+/// The anchor's fio job: these defaults, then the cell's `fio.*` settings.
+pub fn fio_options(cell: &Cell) -> BTreeMap<String, String> {
     let mut opts: BTreeMap<String, String> = [
         ("name", "anchor"),
         ("rw", "write"),
@@ -34,17 +30,34 @@ pub(crate) fn run_fio(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
     for (k, v) in cell.section("fio") {
         opts.insert(k, v);
     }
-    let mut cmd = Command::new("fio");
-    // Engine options (hipri, sqthread_poll, fixedbufs, ...) are only known after --ioengine.
-    for first in ["name", "ioengine"] {
-        if let Some(v) = opts.get(first) {
-            cmd.arg(format!("--{first}={v}"));
-        }
-    }
-    for (k, v) in opts
+    opts
+}
+
+/// The options in the order fio needs: engine options (hipri, sqthread_poll, fixedbufs,
+/// ...) are only known after --ioengine.
+pub fn fio_args_order(opts: &BTreeMap<String, String>) -> Vec<(&str, &str)> {
+    let mut out: Vec<(&str, &str)> = ["name", "ioengine"]
         .iter()
-        .filter(|(k, _)| *k != "name" && *k != "ioengine")
-    {
+        .filter_map(|k| opts.get_key_value(*k))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    out.extend(
+        opts.iter()
+            .filter(|(k, _)| *k != "name" && *k != "ioengine")
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    out
+}
+
+pub(crate) fn run_fio(ctx: &Ctx, cell: &Cell, run_id: &str) -> Outcome {
+    let exp = ctx.exp;
+    let dir = ctx.target.path.join(format!("fio-{run_id}"));
+    let _ = std::fs::create_dir_all(&dir);
+    let log_rel = format!("logs/{run_id}.log");
+    let json = ctx.out.join(format!("logs/{run_id}.fio.json"));
+    let opts = fio_options(cell);
+    let mut cmd = Command::new("fio");
+    for (k, v) in fio_args_order(&opts) {
         cmd.arg(format!("--{k}={v}"));
     }
     cmd.arg(format!("--directory={}", dir.display()))

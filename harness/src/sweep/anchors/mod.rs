@@ -15,6 +15,7 @@ use super::{Ctx, Outcome};
 use crate::telemetry::{self, Sampler};
 
 pub(crate) use fio::run_fio;
+pub use fio::{fio_args_order, fio_options};
 pub(crate) use iperf3::run_iperf3;
 pub(crate) use nginx::run_nginx;
 
