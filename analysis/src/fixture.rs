@@ -384,9 +384,13 @@ fn recorder_row(spec: &FixtureSpec, cells: usize, i: usize) -> Row {
         if buffered { 400_000.0 } else { 2_000.0 },
         if buffered { 90_000.0 } else { 500.0 },
     ];
+    // Metrics after the first 22 (ack p90, sent, late frames, recorder CPU) are not
+    // modelled: empty.
     fields.extend(
         metrics
             .iter()
+            .chain(std::iter::repeat(&f64::NAN))
+            .take(METRICS.len())
             .map(|x| if x.is_nan() { String::new() } else { fmt(*x) }),
     );
     fields.push("0".into());
