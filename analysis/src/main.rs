@@ -11,7 +11,7 @@ use analysis::{best, compare, fixture, report};
 #[derive(Parser)]
 #[command(
     name = "analysis",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("GIT_REVISION"), ")"),
     about = "Reports, regression verdicts and the best configuration from uring-lab sweeps"
 )]
 struct Cli {
@@ -101,7 +101,27 @@ enum Cmd {
     },
 }
 
+/// A closed stdout (`analysis ... | head`) ends the program quietly with status 0 instead of
+/// `println!`'s panic; the same rule as engine::cli::exit_quietly_on_closed_stdout
+/// (analysis never links the engine).
+fn exit_quietly_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_closed_stdout();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -647,3 +647,15 @@ fn confirm_round_fails_only_on_a_regression_seen_twice() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 REGRESSION verdict(s) confirmed"));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn version_names_the_git_revision() {
+    let o = bin().arg("--version").output().unwrap();
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with(&format!("analysis {} (git ", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with(')') && out.len() > 30, "{out}");
+}

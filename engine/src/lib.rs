@@ -18,6 +18,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_REVISION: &str = env!("GIT_REVISION");
 
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod fileio;
 pub mod http;

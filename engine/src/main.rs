@@ -14,10 +14,19 @@ commands:
   options    list every option (--markdown writes docs/options.md's text)
   io-bench   file I/O benchmark with any ring configuration and opcode, side by side with fio
 
-`recorder <command> --help` describes each command.";
+`recorder <command> --help` describes each command; `recorder --version` prints the
+version and the git revision it was built from.";
 
 fn main() -> ExitCode {
+    engine::cli::exit_quietly_on_closed_stdout();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(
+        args.first().map(String::as_str),
+        Some("--version" | "-V" | "version")
+    ) {
+        println!("{}", engine::cli::version_line("recorder"));
+        return ExitCode::SUCCESS;
+    }
     if args.is_empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help" {
         println!("{USAGE}");
         return if args.is_empty() {

@@ -159,6 +159,31 @@ impl ClientsReport {
     pub fn errors_total(&self) -> u64 {
         self.errors.values().sum::<u64>() + self.verify_failures.len() as u64
     }
+    /// The report as one JSON object (`harness clients --json`, one per phase).
+    pub fn to_json(&self) -> serde_json::Value {
+        let lat = |h: &Histogram<u64>| {
+            serde_json::json!({
+                "count": h.len(),
+                "p50": Self::pct(h, 50.0),
+                "p99": Self::pct(h, 99.0),
+                "p99_9": Self::pct(h, 99.9),
+                "max": Self::pct(h, 100.0),
+            })
+        };
+        serde_json::json!({
+            "measure_s": self.measure_s,
+            "matches": self.matches,
+            "requests": self.requests,
+            "bytes": self.bytes,
+            "throughput_mb_per_s": self.throughput_mb_per_s(),
+            "request_latency_us": lat(&self.req_us),
+            "first_byte_latency_us": lat(&self.ttfb_us),
+            "errors": self.errors,
+            "errors_total": self.errors_total(),
+            "verify_failures": self.verify_failures,
+            "gen_cpu_pct": self.gen_cpu_pct,
+        })
+    }
     pub fn summary(&self) -> String {
         let p = |h: &Histogram<u64>, q| {
             Self::pct(h, q)

@@ -232,7 +232,10 @@ pub struct DsCounters {
     pub payload_bytes_acked_window: AtomicU64,
     /// Paced mode: frames whose last byte left more than one tick after their intended time.
     pub late_frames: AtomicU64,
+    /// Connection attempts (each sends HELLO once the TCP connect completes).
     pub connects: AtomicU64,
+    /// TCP connects that completed.
+    pub established: AtomicU64,
     pub reconnects: AtomicU64,
     pub sealed: AtomicU64,
 }
@@ -266,6 +269,8 @@ pub struct DsReport {
     /// Paced mode: frames sent more than one tick after their intended time (whole run).
     pub late_frames: u64,
     pub connects: u64,
+    /// TCP connects that completed; 0 means the recorder was never reached.
+    pub established: u64,
     pub reconnects: u64,
     pub sealed: u64,
     /// Ack latency in microseconds, measured window only: from the intended send time
@@ -307,6 +312,39 @@ impl DsReport {
             .map(|m| m.max_inflight_bytes)
             .max()
             .unwrap_or(0)
+    }
+    /// The report as one JSON object (`harness ds --json`; docs/harness.md lists the fields).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "measure_s": self.measure_s,
+            "unpaced": self.unpaced,
+            "frames_sent": self.frames_sent,
+            "payload_bytes_sent": self.payload_bytes_sent,
+            "frames_acked": self.frames_acked,
+            "payload_bytes_acked": self.payload_bytes_acked,
+            "frames_acked_window": self.frames_acked_window,
+            "payload_bytes_acked_window": self.payload_bytes_acked_window,
+            "throughput_mb_per_s": self.throughput_mb_per_s(),
+            "frames_per_s": self.frames_per_s(),
+            "late_frames": self.late_frames,
+            "connects": self.connects,
+            "established": self.established,
+            "reconnects": self.reconnects,
+            "sealed": self.sealed,
+            "ack_latency_us": {
+                "count": self.ack_us.len(),
+                "p50": self.ack_pct(50.0),
+                "p99": self.ack_pct(99.0),
+                "p99_9": self.ack_pct(99.9),
+                "max": self.ack_pct(100.0),
+            },
+            "max_inflight_frames": self.max_inflight_frames(),
+            "max_inflight_bytes": self.max_inflight_bytes(),
+            "errors": self.errors,
+            "errors_total": self.errors_total(),
+            "gen_cpu_pct": self.gen_cpu_pct,
+            "matches": self.matches.len(),
+        })
     }
     /// Percentile in microseconds, None when nothing was acked in the window.
     pub fn ack_pct(&self, q: f64) -> Option<f64> {
@@ -1370,6 +1408,7 @@ impl<'a> Worker<'a> {
                         }
                         continue;
                     }
+                    self.ctr.established.fetch_add(1, Relaxed);
                     self.matches[i].state = State::AwaitWelcome;
                 }
                 if ev.is_readable() || ev.is_read_closed() {
@@ -1577,6 +1616,7 @@ pub fn run(
         payload_bytes_acked_window: ctr.payload_bytes_acked_window.load(Relaxed),
         late_frames: ctr.late_frames.load(Relaxed),
         connects: ctr.connects.load(Relaxed),
+        established: ctr.established.load(Relaxed),
         reconnects: ctr.reconnects.load(Relaxed),
         sealed: ctr.sealed.load(Relaxed),
         ack_us: hist,

@@ -11,7 +11,9 @@ use harness::{clients, ds, util::SizeDist};
 #[derive(Parser)]
 #[command(
     name = "harness",
-    about = "uring-lab harness: simulated game servers, replay clients, sweeps with telemetry"
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("GIT_REVISION"), ")"),
+    about = "uring-lab harness: simulated game servers, replay clients, sweeps with telemetry",
+    after_help = "Exit status: 0 done; 1 ds/clients: the run or its check failed (never connected, verification failed); 2 bad command line or input (an experiment file's error, an unknown or refused option; nothing ran), for every command; 3 sweep: a run failed (with --fail-on-failed); 4 sweep: no cell could run at all; 130 interrupted."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -134,6 +136,9 @@ struct DsArgs {
     /// Afterwards download every acknowledged match and check it byte for byte over --http
     #[arg(long)]
     verify: bool,
+    /// Print the report as one JSON object on stdout instead of the text summary
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -167,6 +172,24 @@ struct ClientsArgs {
     no_verify: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Print the report as JSON on stdout ({"phases": [{"phase": ..., report}]}) instead of
+    /// the text summary
+    #[arg(long)]
+    json: bool,
+}
+
+/// Why a command failed: its exit status and message (see `--help`'s exit status).
+enum Fail {
+    /// 1: the run or its check failed.
+    Run(String),
+    /// 2: bad command line or input.
+    Input(String),
+}
+
+impl From<String> for Fail {
+    fn from(s: String) -> Fail {
+        Fail::Run(s)
+    }
 }
 
 fn stop_flag() -> Arc<AtomicBool> {
@@ -177,13 +200,14 @@ fn stop_flag() -> Arc<AtomicBool> {
     stop
 }
 
-fn ds_main(a: DsArgs) -> Result<(), String> {
+fn ds_main(a: DsArgs) -> Result<(), Fail> {
     let cfg = ds::DsConfig {
         addr: a.addr,
         matches: a.matches,
         tick_hz: a.tick_hz,
-        delta: SizeDist::parse(&a.delta).map_err(|e| format!("--delta: {e}"))?,
-        keyframe: SizeDist::parse(&a.keyframe).map_err(|e| format!("--keyframe: {e}"))?,
+        delta: SizeDist::parse(&a.delta).map_err(|e| Fail::Input(format!("--delta: {e}")))?,
+        keyframe: SizeDist::parse(&a.keyframe)
+            .map_err(|e| Fail::Input(format!("--keyframe: {e}")))?,
         keyframe_interval_s: a.keyframe_interval_s,
         keyframe_every: a.keyframe_every,
         max_unacked: match (a.max_unacked, &a.max_unacked_bytes) {
@@ -196,7 +220,7 @@ fn ds_main(a: DsArgs) -> Result<(), String> {
             .as_deref()
             .map(engine::config::parse_bytes)
             .transpose()
-            .map_err(|e| format!("--max-unacked-bytes: {e}"))?,
+            .map_err(|e| Fail::Input(format!("--max-unacked-bytes: {e}")))?,
         match_duration_s: a.match_duration_s,
         ramp_up_s: a.ramp_up_s,
         measure_s: a.measure_s,
@@ -207,50 +231,81 @@ fn ds_main(a: DsArgs) -> Result<(), String> {
         credential: a.credential,
         end_at_stop: !a.no_end || a.verify,
         max_frame_bytes: engine::config::parse_bytes(&a.max_frame_bytes)
-            .map_err(|e| format!("--max-frame-bytes: {e}"))?,
+            .map_err(|e| Fail::Input(format!("--max-frame-bytes: {e}")))?,
         seed: a.seed,
     };
     let rep = ds::run(&cfg, Arc::new(ds::DsCounters::default()), stop_flag())?;
-    print!("{}", rep.summary());
+    let mut json = rep.to_json();
+    if !a.json {
+        print!("{}", rep.summary());
+    }
     let mut ok = true;
     if a.verify {
         let v = ds::verify(&cfg, a.http, &rep.matches);
-        println!(
-            "verify: {} matches byte-identical, {} not sealed (not checked), {} mismatches",
-            v.verified,
-            v.not_sealed,
-            v.mismatches.len()
-        );
-        for m in v.mismatches.iter().take(20) {
-            println!("verify: {m}");
+        if a.json {
+            json["verify"] = serde_json::json!({
+                "verified": v.verified,
+                "not_sealed": v.not_sealed,
+                "mismatches": v.mismatches,
+            });
+        } else {
+            println!(
+                "verify: {} matches byte-identical, {} not sealed (not checked), {} mismatches",
+                v.verified,
+                v.not_sealed,
+                v.mismatches.len()
+            );
+            for m in v.mismatches.iter().take(20) {
+                println!("verify: {m}");
+            }
         }
         ok = v.mismatches.is_empty();
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        );
+    }
+    if rep.established == 0 {
+        let why: Vec<String> = rep
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{k} x{v}"))
+            .collect();
+        return Err(Fail::Run(format!(
+            "never connected to the recorder at {} ({}); is `recorder serve` running with ingest-addr {}?",
+            a.addr,
+            if why.is_empty() { "no connection completed".to_string() } else { why.join(", ") },
+            a.addr
+        )));
     }
     if ok {
         Ok(())
     } else {
-        Err("verification failed".into())
+        Err(Fail::Run("verification failed".into()))
     }
 }
 
-fn clients_main(a: ClientsArgs) -> Result<(), String> {
+fn clients_main(a: ClientsArgs) -> Result<(), Fail> {
     let stop = stop_flag();
     let mut ok = true;
+    let mut phases = Vec::new();
     for phase in &a.phases {
         let cold = match phase.as_str() {
             "hot" => false,
             "cold" => true,
             p => {
-                return Err(format!(
+                return Err(Fail::Input(format!(
                     "--phases: unknown phase {p:?}; use hot and/or cold"
-                ))
+                )))
             }
         };
         let cfg = clients::ClientsConfig {
             addr: a.addr,
             concurrency: a.concurrency,
-            popularity: clients::Popularity::parse(&a.popularity)?,
-            mode: clients::Mode::parse(&a.mode)?,
+            popularity: clients::Popularity::parse(&a.popularity).map_err(Fail::Input)?,
+            mode: clients::Mode::parse(&a.mode).map_err(Fail::Input)?,
             ramp_up_s: a.ramp_up_s,
             measure_s: a.measure_s,
             ids: a.ids.clone(),
@@ -261,14 +316,24 @@ fn clients_main(a: ClientsArgs) -> Result<(), String> {
             timeout: std::time::Duration::from_secs(30),
         };
         let rep = clients::run(&cfg, Arc::new(AtomicU64::new(0)), stop.clone())?;
-        println!("phase {phase}:");
-        print!("{}", rep.summary());
+        if a.json {
+            let mut j = rep.to_json();
+            j["phase"] = serde_json::json!(phase);
+            phases.push(j);
+        } else {
+            println!("phase {phase}:");
+            print!("{}", rep.summary());
+        }
         ok &= rep.verify_failures.is_empty();
+    }
+    if a.json {
+        let j = serde_json::json!({ "phases": phases });
+        println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
     }
     if ok {
         Ok(())
     } else {
-        Err("content verification failed".into())
+        Err(Fail::Run("content verification failed".into()))
     }
 }
 
@@ -318,6 +383,7 @@ fn plan_main(a: PlanArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    engine::cli::exit_quietly_on_closed_stdout();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Ds(a) => ds_main(a),
@@ -345,9 +411,13 @@ fn main() -> ExitCode {
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Fail::Run(e)) => {
             eprintln!("harness: {e}");
             ExitCode::from(1)
+        }
+        Err(Fail::Input(e)) => {
+            eprintln!("harness: {e}");
+            ExitCode::from(harness::sweep::EXIT_USAGE as u8)
         }
     }
 }

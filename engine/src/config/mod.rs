@@ -345,6 +345,10 @@ pub fn options_markdown() -> String {
 
 /// `recorder options [--markdown]`: lists every knob.
 pub fn cli_main(args: Vec<String>) -> std::process::ExitCode {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("recorder options: list every option of the one knob table (section, name, accepted values, default, what it does)\n\nusage: recorder options [--markdown]\n\n  --markdown   write the table as docs/options.md's Markdown\n  -h, --help   this text\n\nEach option is a `recorder serve` flag --NAME, a TOML key NAME under [SECTION], and an experiment dimension SECTION.NAME.");
+        return std::process::ExitCode::SUCCESS;
+    }
     if args.iter().any(|a| a == "--markdown") {
         print!("{}", options_markdown());
         return std::process::ExitCode::SUCCESS;
