@@ -234,6 +234,7 @@ fn ds_main(a: DsArgs) -> Result<(), Fail> {
             .map_err(|e| Fail::Input(format!("--max-frame-bytes: {e}")))?,
         seed: a.seed,
     };
+    cfg.check().map_err(Fail::Input)?;
     let rep = ds::run(&cfg, Arc::new(ds::DsCounters::default()), stop_flag())?;
     let mut json = rep.to_json();
     if !a.json {
