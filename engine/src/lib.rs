@@ -9,7 +9,8 @@
 //! - `probe`: what this kernel and device accept.
 //! - `fileio`: file I/O options (opcodes, registration, O_DIRECT, durability) on rings or
 //!   on the plain blocking backend; `bench`: the `io-bench` benchmark.
-//! - `protocol`, `storage`, `http`, `server`: the recorder itself.
+//! - `protocol`, `storage`, `http`, `server`: the recorder itself; `tier`: sealed replays
+//!   on an S3-compatible object store (uploads, fetches, several nodes).
 #![deny(unsafe_code)]
 
 /// The package version (Cargo.toml).
@@ -30,4 +31,5 @@ pub mod server;
 pub mod storage;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tier;
 pub mod uring;

@@ -132,7 +132,17 @@ pub const COUNTERS: &[(&str, &str, Field)] = &[
         "journal_full_waits",
         "Appends that found their journal full and waited for a checkpoint (back-pressure).",
         |m| &m.journal_full_waits,
-    ),
+    ),    ("tier_uploads", "Replays uploaded to the object store and verified whole.", |m| &m.tier_uploads),
+    ("tier_upload_bytes", "Bytes of the replays uploaded.", |m| &m.tier_upload_bytes),
+    ("tier_upload_parts", "Multipart parts uploaded.", |m| &m.tier_upload_parts),
+    ("tier_upload_failures", "Upload attempts that failed (each is retried).", |m| &m.tier_upload_failures),
+    ("tier_upload_lag_us", "Seal-to-archived time summed over uploaded replays, microseconds (divide by tier_uploads_total).", |m| &m.tier_upload_lag_us),
+    ("tier_fetches", "Replays fetched from the object store into the local store.", |m| &m.tier_fetches),
+    ("tier_fetch_bytes", "Bytes fetched from the object store.", |m| &m.tier_fetch_bytes),
+    ("tier_corrupt", "Fetched objects refused by the integrity check (not served).", |m| &m.tier_corrupt),
+    ("tier_redirects", "302 answers to presigned object URLs (tier.serve=redirect).", |m| &m.tier_redirects),
+    ("tier_live_redirects", "307 answers sending a live match's viewer to the node recording it.", |m| &m.tier_live_redirects),
+    ("tier_local_deleted", "Local copies of archived replays deleted (tier.keep-local).", |m| &m.tier_local_deleted),
 ];
 
 #[derive(Clone, Copy, Debug)]
@@ -286,6 +296,20 @@ pub fn render(reg: &Registry) -> String {
         ("journal_occupancy_bytes", "Journal bytes not yet reclaimable (appended since each journal's last checkpoint), summed over the journals.", Gauge, occ),
         ("journal_capacity_bytes", "Record ring bytes of all journals.", Gauge, cap),
         ("journal_checkpoint_lag_ms", "Time since the oldest of the journals' last checkpoints (0 without journals).", Gauge, lag_ms),
+    ]);
+    snap.rows.extend([
+        (
+            "tier_backlog",
+            "Sealed replays waiting for upload to the object store (on local disk).",
+            Gauge,
+            m.tier_backlog.load(Ordering::Relaxed),
+        ),
+        (
+            "tier_backlog_bytes",
+            "Bytes of the sealed replays waiting for upload.",
+            Gauge,
+            m.tier_backlog_bytes.load(Ordering::Relaxed),
+        ),
     ]);
     for &(name, help, f) in COUNTERS {
         snap.rows

@@ -1,6 +1,6 @@
 //! One typed configuration per run, described by one knob table.
 //!
-//! Every knob lives in exactly one section (`ring`, `file`, `net`, `server`) and has one
+//! Every knob lives in exactly one section (`ring`, `file`, `net`, `server`, `tier`) and has one
 //! kebab-case name used everywhere: the CLI flag `--NAME`, the TOML key `NAME` under
 //! `[SECTION]`, experiment dimensions (`SECTION.NAME` or just `NAME`), `docs/options.md`,
 //! and the requested/effective configuration written with every result.
@@ -14,11 +14,16 @@ pub mod file;
 pub mod net;
 pub mod ring;
 pub mod server;
+pub mod tier;
 
 pub use file::FileConfig;
 pub use net::NetConfig;
 pub use ring::RingConfig;
 pub use server::ServerConfig;
+pub use tier::TierConfig;
+
+/// Every section, in table order.
+pub const SECTIONS: &[&str] = &["ring", "file", "net", "server", "tier"];
 
 /// One row of the knob table.
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +87,7 @@ pub struct Config {
     pub file: FileConfig,
     pub net: NetConfig,
     pub server: ServerConfig,
+    pub tier: TierConfig,
 }
 
 /// Every knob of every section, in table order.
@@ -91,6 +97,7 @@ pub fn all_knobs() -> Vec<&'static Knob> {
         .chain(FileConfig::knobs())
         .chain(NetConfig::knobs())
         .chain(ServerConfig::knobs())
+        .chain(TierConfig::knobs())
         .collect()
 }
 
@@ -176,6 +183,7 @@ impl Config {
             "file" => self.file.set(knob.name, value),
             "net" => self.net.set(knob.name, value),
             "server" => self.server.set(knob.name, value),
+            "tier" => self.tier.set(knob.name, value),
             s => unreachable!("knob {} in unknown section {s}", knob.name),
         };
         r.map_err(|e| ConfigError::new(&[knob.name], format!("option {}: {e}", knob.name)))
@@ -189,6 +197,7 @@ impl Config {
             "file" => self.file.get(knob.name),
             "net" => self.net.get(knob.name),
             "server" => self.server.get(knob.name),
+            "tier" => self.tier.get(knob.name),
             _ => None,
         }
     }
@@ -200,6 +209,7 @@ impl Config {
         file::validate(self)?;
         net::validate(self)?;
         server::validate(self)?;
+        tier::validate(self)?;
         Ok(())
     }
 
@@ -225,7 +235,7 @@ impl Config {
     /// Every knob with its current value, as a TOML document that `apply_toml` reads back.
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
-        for section in ["ring", "file", "net", "server"] {
+        for &section in SECTIONS {
             out.push_str(&format!("[{section}]\n"));
             for k in all_knobs().into_iter().filter(|k| k.section == section) {
                 let v = self
@@ -326,7 +336,7 @@ pub fn options_markdown() -> String {
          Each option is a command-line flag `--NAME`, a key `NAME` under `[SECTION]` in a TOML config file,\n\
          and a sweep dimension `SECTION.NAME` in experiment files.\n",
     );
-    for section in ["ring", "file", "net", "server"] {
+    for &section in SECTIONS {
         out.push_str(&format!("\n## [{section}]\n\n| name | values | default | kernel constant | since | what it does |\n|---|---|---|---|---|---|\n"));
         for k in all_knobs().into_iter().filter(|k| k.section == section) {
             out.push_str(&format!(

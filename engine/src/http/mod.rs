@@ -10,7 +10,8 @@
 //! `/metrics` (Prometheus text).
 //!
 //! Files by job: [`parse`] (request head), [`route`] (endpoints), [`replay`] (a replay's
-//! response), [`live`] (the live tail), [`response`] (heads and plans); `/metrics` is [`crate::metrics`].
+//! response), [`live`] (the live tail), [`response`] (heads and plans), `tier` (replays
+//! not on local disk: the object-store tier, `crate::tier`); `/metrics` is [`crate::metrics`].
 
 mod access;
 pub mod html;
@@ -19,6 +20,7 @@ mod parse;
 mod replay;
 mod response;
 mod route;
+mod tier;
 
 pub use crate::metrics::render as metrics_text;
 pub use access::{set_access_log, Exchange};
@@ -26,7 +28,7 @@ pub use live::{chunk_head, LiveTail, CHUNK_END};
 pub use parse::{parse_request, HttpError, Method, Request};
 pub use replay::{parse_range, read_sealed_index, RangeSpec};
 pub use response::{error_response, head, status_text, Body, Response};
-pub use route::route;
+pub use route::{route, route_after_wait, TIER_WAIT_MAX};
 
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()

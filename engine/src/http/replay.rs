@@ -81,6 +81,7 @@ pub(super) fn replay_response(
     req: &Request,
     reg: &Registry,
     m: Arc<MatchShared>,
+    waited: bool,
     ka: bool,
     head_only: bool,
 ) -> Response {
@@ -200,6 +201,18 @@ pub(super) fn replay_response(
     } else {
         match std::fs::File::open(&path) {
             Ok(f) => Some(f),
+            // Archived and not (or no longer) local: the tier serves it.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && i.archived
+                    && reg.tier.get().is_some() =>
+            {
+                let t = reg.tier.get().expect("checked");
+                match super::tier::not_local(reg, t, &i, true, waited, ka, head_only) {
+                    Ok(f) => Some(f),
+                    Err(r) => return r,
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Response::simple(
                     410,

@@ -16,6 +16,10 @@ pub fn status_text(status: u16) -> &'static str {
         410 => "Gone",
         413 => "Content Too Large",
         416 => "Range Not Satisfiable",
+        302 => "Found",
+        307 => "Temporary Redirect",
+        502 => "Bad Gateway",
+        504 => "Gateway Timeout",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -67,6 +71,11 @@ pub enum Body {
     },
     /// A live match, chunked from byte 0 following the tail (see [`LiveTail`]).
     Live(LiveTail),
+    /// Nothing to send yet: the object-store tier is fetching or looking up what the
+    /// answer needs. Send nothing; once the ticket completes (`Ticket::on_ready`, or
+    /// `Ticket::wait` on a thread that may block), call `route_after_wait` with the same
+    /// request and send that answer.
+    Wait(crate::tier::Ticket),
 }
 
 pub struct Response {

@@ -3,22 +3,39 @@
 
 use super::replay::{read_sealed_index, replay_response};
 use super::response::Response;
-use super::{html, metrics_text, truncate, Exchange, Method, Request};
+use super::{html, metrics_text, tier, truncate, Exchange, Method, Request};
 use crate::protocol;
 use crate::server::registry::{MatchInfo, MatchShared, Metrics, Phase, Registry};
 use crate::storage::IndexEntry;
+use std::time::Duration;
+
+/// Longest a blocking connection thread waits on a [`Body::Wait`](super::Body::Wait)
+/// ticket before routing again (the tier's own request timeouts normally end the work
+/// sooner).
+pub const TIER_WAIT_MAX: Duration = Duration::from_secs(120);
 
 /// Turns one request into a response plan; its `exchange` is stamped with the request
 /// and the time (call it as soon as the head is parsed).
 pub fn route(req: &Request, reg: &Registry) -> Response {
+    Metrics::add(&reg.metrics.http_requests, 1);
+    stamped(req, reg, false)
+}
+
+/// Routes a request again after its [`Body::Wait`](super::Body::Wait) ticket completed: the tier's work is
+/// done (or failed), and this answer does not start the same work again. (Its exchange
+/// is stamped now: the access log and latency histogram leave the wait out.)
+pub fn route_after_wait(req: &Request, reg: &Registry) -> Response {
+    stamped(req, reg, true)
+}
+
+fn stamped(req: &Request, reg: &Registry, waited: bool) -> Response {
     let t0 = std::time::Instant::now();
-    let mut r = route_inner(req, reg);
+    let mut r = route_inner(req, reg, waited);
     r.exchange = Exchange::new(req, r.status, t0);
     r
 }
 
-fn route_inner(req: &Request, reg: &Registry) -> Response {
-    Metrics::add(&reg.metrics.http_requests, 1);
+fn route_inner(req: &Request, reg: &Registry, mut waited: bool) -> Response {
     let ka = req.keep_alive && !reg.shutting_down();
     let head_only = req.method == Method::Head;
     if req.method == Method::Other {
@@ -60,7 +77,18 @@ fn route_inner(req: &Request, reg: &Registry) -> Response {
             if let Err(e) = protocol::validate_match_id(id) {
                 return Response::simple(400, &e.text, ka, head_only, &[]);
             }
-            let Some(m) = reg.get(id) else {
+            let mut m = reg.get(id);
+            if m.is_none() && !reg.is_expired(id) {
+                if let Some(t) = reg.tier.get() {
+                    if let Some(r) = tier::unknown_id(req, reg, t, id, waited, ka, head_only) {
+                        return r;
+                    }
+                    m = reg.get(id);
+                    // The wait (if any) was for the lookup; fetching the bytes is new work.
+                    waited = false;
+                }
+            }
+            let Some(m) = m else {
                 if reg.is_expired(id) {
                     let text = format!("match {id} has expired and was deleted (retention-s)");
                     return Response::simple(410, &text, ka, head_only, &[]);
@@ -74,9 +102,9 @@ fn route_inner(req: &Request, reg: &Registry) -> Response {
                 );
             };
             if segs.len() == 3 {
-                index_response(reg, &m, ka, head_only)
+                index_response(reg, &m, waited, ka, head_only)
             } else {
-                replay_response(req, reg, m, ka, head_only)
+                replay_response(req, reg, m, waited, ka, head_only)
             }
         }
         _ => Response::simple(
@@ -123,6 +151,8 @@ fn info_json(i: &MatchInfo) -> serde_json::Value {
         "start_unix_ms": s.created_unix_us / 1000,
         "end_unix_ms": if i.phase == Phase::Sealed { Some(i.sealed_unix_us / 1000) } else { None },
         "writer_connected": i.writer,
+        "archived": i.archived,
+        "local": i.phase == Phase::Live || i.local,
     })
 }
 
@@ -144,8 +174,21 @@ fn page_response(reg: &Registry, ka: bool, head_only: bool, extra: &[(&str, &str
     Response::ok("text/html; charset=utf-8", body, &hs, ka, head_only)
 }
 
-fn index_response(reg: &Registry, m: &MatchShared, ka: bool, head_only: bool) -> Response {
+fn index_response(
+    reg: &Registry,
+    m: &MatchShared,
+    waited: bool,
+    ka: bool,
+    head_only: bool,
+) -> Response {
     let i = m.info();
+    if i.phase == Phase::Sealed && i.archived && !reg.paths.sealed_path(&i.id).exists() {
+        if let Some(t) = reg.tier.get() {
+            if let Err(r) = tier::not_local(reg, t, &i, false, waited, ka, head_only) {
+                return r;
+            }
+        }
+    }
     let entries: Result<Vec<IndexEntry>, String> = if i.phase == Phase::Sealed {
         read_sealed_index(&reg.paths.sealed_path(&i.id), i.bytes)
     } else {

@@ -396,7 +396,20 @@ fn http_connection(
                 } else {
                     Some(Instant::now())
                 };
-                let resp = http::route(&req, &reg);
+                let mut resp = http::route(&req, &reg);
+                // The object-store tier works on its own runtime; this connection's
+                // thread may block until it is done, then the request is routed again.
+                for _ in 0..4 {
+                    let Body::Wait(t) = &resp.body else { break };
+                    t.wait(http::TIER_WAIT_MAX);
+                    resp = http::route_after_wait(&req, &reg);
+                }
+                if matches!(resp.body, Body::Wait(_)) {
+                    resp = http::error_response(&http::HttpError {
+                        status: 504,
+                        text: "the object store did not answer in time; retry later".into(),
+                    });
+                }
                 match send_response(&mut s, resp, &reg) {
                     Ok(true) => {
                         idle_since = Instant::now();
@@ -481,7 +494,7 @@ fn send_body(
 ) -> io::Result<bool> {
     s.write_all(&resp.head)?;
     match resp.body {
-        Body::None => {}
+        Body::None | Body::Wait(_) => {}
         Body::Bytes(b) => {
             s.write_all(&b)?;
             *sent = b.len() as u64;

@@ -326,6 +326,17 @@ pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, Se
             cfg.server.http_addr
         ))
     })?;
+    if cfg.tier.enabled() {
+        let bound = http
+            .local_addr()
+            .map_err(|e| ServerError(format!("cannot read the bound http address: {e}")))?;
+        let (t, notes) = crate::tier::Tier::start(&cfg, &registry, bound)
+            .map_err(|e| ServerError(format!("tier: {e}")))?;
+        for n in &notes {
+            tracing::info!("tier: {n}");
+        }
+        let _ = registry.tier.set(t);
+    }
     if cfg.server.retention_s > 0 {
         spawn_retention(
             registry.clone(),
@@ -360,8 +371,12 @@ fn spawn_retention(
         .spawn(move || {
             while !shutdown.load(std::sync::atomic::Ordering::Acquire) {
                 let cutoff = storage::now_unix_us().saturating_sub(retention.as_micros() as u64);
-                for id in reg.expire_sealed_before(cutoff) {
+                let gone = reg.expire_sealed_before(cutoff);
+                for id in &gone {
                     tracing::info!("retention: deleted {id}.rpl");
+                }
+                if let (Some(t), false) = (reg.tier.get(), gone.is_empty()) {
+                    t.expired(gone);
                 }
                 std::thread::sleep(step);
             }
@@ -401,6 +416,7 @@ pub fn config_json(requested: &Config, effective: &Config) -> serde_json::Value 
         "requested": pairs(requested),
         "effective": pairs(effective),
         "storage": storage_json(effective, &o, notes),
+        "tier": crate::tier::effective_json(effective),
         "unused": unused(effective),
     })
 }

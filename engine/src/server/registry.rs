@@ -61,6 +61,10 @@ pub struct MatchInfo {
     pub sealed_unix_us: u64,
     /// Strong ETag once sealed.
     pub etag: Option<String>,
+    /// The object store has the sealed replay whole (`crate::tier`).
+    pub archived: bool,
+    /// The sealed replay is in the local store (false: only in the object store).
+    pub local: bool,
 }
 
 struct MatchState {
@@ -174,6 +178,24 @@ pub struct Metrics {
     pub journal_full_waits: AtomicU64,
     /// Per journal: (unreclaimed bytes, ring bytes, unix us of its last checkpoint).
     pub journal_gauges: Mutex<Vec<JournalGauge>>,
+    /// Object-store tier (`crate::tier`): replays uploaded whole, their bytes, failed
+    /// attempts (retried), seal-to-archived lag summed over uploads, replays fetched into
+    /// the local store and their bytes, objects refused by the integrity check, 302s to
+    /// presigned URLs, 307s to the node recording a live match, local copies deleted.
+    pub tier_uploads: AtomicU64,
+    pub tier_upload_bytes: AtomicU64,
+    pub tier_upload_parts: AtomicU64,
+    pub tier_upload_failures: AtomicU64,
+    pub tier_upload_lag_us: AtomicU64,
+    pub tier_fetches: AtomicU64,
+    pub tier_fetch_bytes: AtomicU64,
+    pub tier_corrupt: AtomicU64,
+    pub tier_redirects: AtomicU64,
+    pub tier_live_redirects: AtomicU64,
+    pub tier_local_deleted: AtomicU64,
+    /// Gauges: replays sealed here and not yet archived, and their bytes.
+    pub tier_backlog: AtomicU64,
+    pub tier_backlog_bytes: AtomicU64,
     errors: [AtomicU64; 32],
     /// Latency histograms (see `crate::metrics`).
     pub hist: crate::metrics::Histograms,
@@ -306,6 +328,9 @@ pub struct Registry {
     waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     /// Ids deleted by retention (bounded, oldest forgotten first): 410 for readers, refused for writers.
     expired: Mutex<(HashSet<String>, VecDeque<String>)>,
+    /// The object-store tier, when `[tier]` is configured: told of every new and sealed
+    /// match, consulted by HTTP routing for replays not on local disk.
+    pub tier: std::sync::OnceLock<Arc<crate::tier::Tier>>,
 }
 
 /// How many expired ids are remembered.
@@ -324,6 +349,7 @@ impl Registry {
             metrics: Metrics::default(),
             waker: Mutex::new(None),
             expired: Mutex::new((HashSet::new(), VecDeque::new())),
+            tier: std::sync::OnceLock::new(),
         })
     }
 
@@ -477,26 +503,7 @@ impl Registry {
     pub fn load_recovered(&self, sealed: &[SealedInfo], live: Vec<MatchFile>) {
         let mut map = self.map();
         for s in sealed {
-            let t = &s.trailer;
-            let info = MatchInfo {
-                id: s.id.clone(),
-                phase: Phase::Sealed,
-                writer: false,
-                bytes: s.len,
-                durable_seq: t.last_seq,
-                stats: FileStats {
-                    created_unix_us: t.created_unix_us,
-                    frame_count: t.frame_count,
-                    last_seq: t.last_seq,
-                    first_tick: t.first_tick,
-                    last_tick: t.last_tick,
-                    payload_bytes: t.payload_bytes,
-                    first_frame_unix_us: t.first_frame_unix_us,
-                    last_frame_unix_us: 0,
-                },
-                sealed_unix_us: t.sealed_unix_us,
-                etag: Some(s.etag.clone()),
-            };
+            let info = sealed_match_info(s);
             map.insert(s.id.clone(), Arc::new(new_shared(info, Vec::new(), None)));
         }
         for f in live {
@@ -509,6 +516,8 @@ impl Registry {
                 stats: f.stats().clone(),
                 sealed_unix_us: 0,
                 etag: None,
+                archived: false,
+                local: true,
             };
             let idx = f.index().to_vec();
             let id = f.match_id.clone();
@@ -674,12 +683,17 @@ impl Registry {
             },
             sealed_unix_us: 0,
             etag: None,
+            archived: false,
+            local: true,
         };
         let m = Arc::new(new_shared(info, Vec::new(), None));
         map.insert(id.to_string(), m.clone());
         self.live_count.fetch_add(1, Ordering::AcqRel);
         drop(map);
         Metrics::add(&self.metrics.matches_started, 1);
+        if let Some(t) = self.tier.get() {
+            t.started(id);
+        }
         Ok(Claim::New(WriterGuard {
             shared: m,
             registry: self.clone(),
@@ -773,6 +787,63 @@ impl Registry {
         Metrics::add(&self.metrics.matches_sealed, 1);
         m.bump();
         self.wake();
+        if let Some(t) = self.tier.get() {
+            t.sealed(&m.id, info);
+        }
+    }
+
+    /// The object store has `id` whole (tier upload done, or found there at start).
+    pub fn set_archived(&self, id: &str) {
+        if let Some(m) = self.get(id) {
+            m.lock().info.archived = true;
+        }
+    }
+
+    /// Whether the sealed replay `id` is in the local store.
+    pub fn set_local(&self, id: &str, local: bool) {
+        if let Some(m) = self.get(id) {
+            m.lock().info.local = local;
+        }
+    }
+
+    /// Adds a sealed replay known only from the object store (archived, not local), e.g.
+    /// one another node recorded. Returns false when the id is already known here.
+    pub fn add_archived(&self, s: &SealedInfo) -> bool {
+        let mut map = self.map();
+        if map.contains_key(&s.id) {
+            return false;
+        }
+        let mut info = sealed_match_info(s);
+        info.archived = true;
+        info.local = false;
+        map.insert(s.id.clone(), Arc::new(new_shared(info, Vec::new(), None)));
+        true
+    }
+}
+
+/// What a sealed replay's trailer says, as a registry entry (local, not yet archived).
+fn sealed_match_info(s: &SealedInfo) -> MatchInfo {
+    let t = &s.trailer;
+    MatchInfo {
+        id: s.id.clone(),
+        phase: Phase::Sealed,
+        writer: false,
+        bytes: s.len,
+        durable_seq: t.last_seq,
+        stats: FileStats {
+            created_unix_us: t.created_unix_us,
+            frame_count: t.frame_count,
+            last_seq: t.last_seq,
+            first_tick: t.first_tick,
+            last_tick: t.last_tick,
+            payload_bytes: t.payload_bytes,
+            first_frame_unix_us: t.first_frame_unix_us,
+            last_frame_unix_us: 0,
+        },
+        sealed_unix_us: t.sealed_unix_us,
+        etag: Some(s.etag.clone()),
+        archived: false,
+        local: true,
     }
 }
 

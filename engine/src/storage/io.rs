@@ -233,8 +233,8 @@ pub fn recover_store(
             continue;
         }
         let Some(id) = StorePaths::id_from_name(&name, ".rpl") else {
-            if name == super::EXPIRED_LOG {
-                continue; // the retention log (Registry::load_expired)
+            if name == super::EXPIRED_LOG || name == crate::tier::log::ARCHIVED_LOG {
+                continue; // the retention log (Registry::load_expired), the tier's log
             }
             out.notes.push(format!("{name}: not a replay, ignored"));
             continue;

@@ -312,6 +312,22 @@ pub fn io_uring_disabled() -> Option<u32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
+/// Free and total bytes of the file system holding `path` (statvfs: f_bavail and
+/// f_blocks, in f_frsize units), for the tier's "local disk filling" check.
+pub fn fs_space(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated path; `st` is written by the kernel.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let unit = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

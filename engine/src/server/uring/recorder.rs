@@ -82,6 +82,8 @@ enum StorageDone {
     Sealed(io::Result<SealedInfo>),
     /// A journal checkpoint's syncfs of the store finished (redo LSN, result).
     CheckpointSynced(u64, io::Result<()>),
+    /// The object-store tier finished what an HTTP request waited for (`Body::Wait`).
+    Tier,
 }
 
 /// Tokens of the worker journal's file operations: file tokens carry 56 bits, and a
@@ -252,6 +254,8 @@ struct Http {
     /// The requests whose file bodies are in flight, oldest first (sends complete in order).
     file_exchanges: std::collections::VecDeque<http::Exchange>,
     closing: bool,
+    /// A request waiting for the object-store tier; routed again when it posts `Tier`.
+    waiting: Option<http::Request>,
 }
 
 enum Conn {
@@ -684,13 +688,29 @@ impl Recorder {
         }
     }
 
-    fn http_process(&mut self, id: ConnId, io: &mut Io) {
+    /// A request that waited for the tier: route it again, answer, go on with the
+    /// connection's pipelined requests.
+    fn tier_ready(&mut self, id: ConnId, io: &mut Io) {
         let reg = self.reg.clone();
-        let max = self.http_max;
+        let inbox = self.inbox.clone();
         let Some(Conn::Http(h)) = self.conns.get_mut(&id) else {
             return;
         };
-        while h.live.is_none() && !h.closing {
+        let Some(req) = h.waiting.take() else { return };
+        let resp = http::route_after_wait(&req, &reg);
+        h.idle_since = io.now();
+        send_or_wait(h, id, req, resp, io, &reg, &inbox);
+        self.http_process(id, io);
+    }
+
+    fn http_process(&mut self, id: ConnId, io: &mut Io) {
+        let reg = self.reg.clone();
+        let max = self.http_max;
+        let inbox = self.inbox.clone();
+        let Some(Conn::Http(h)) = self.conns.get_mut(&id) else {
+            return;
+        };
+        while h.live.is_none() && !h.closing && h.waiting.is_none() {
             match http::parse_request(&h.buf, max) {
                 Ok(Some((req, n))) => {
                     h.buf.drain(..n);
@@ -701,7 +721,7 @@ impl Recorder {
                     };
                     h.idle_since = io.now();
                     let resp = http::route(&req, &reg);
-                    send_response(h, id, resp, io, &reg);
+                    send_or_wait(h, id, req, resp, io, &reg, &inbox);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -713,6 +733,26 @@ impl Recorder {
         }
         pump_live(h, id, io, &reg);
     }
+}
+
+/// Sends a response, or parks the request until the tier's ticket completes (the tier
+/// posts `StorageDone::Tier` to this worker's inbox and wakes it; nothing blocks here).
+fn send_or_wait(
+    h: &mut Http,
+    id: ConnId,
+    req: http::Request,
+    resp: http::Response,
+    io: &mut Io,
+    reg: &Registry,
+    inbox: &Inbox,
+) {
+    if let Body::Wait(t) = &resp.body {
+        h.waiting = Some(req);
+        let (inbox, waker) = (inbox.clone(), io.waker());
+        t.on_ready(move || post(&inbox, &waker, id, StorageDone::Tier));
+        return;
+    }
+    send_response(h, id, resp, io, reg);
 }
 
 /// Hands a storage result to its worker and wakes it.
@@ -845,6 +885,7 @@ fn send_response(h: &mut Http, id: ConnId, mut resp: http::Response, io: &mut Io
                 x.finish(reg, 0, true);
             }
         }
+        Body::Wait(_) => {} // handled by send_or_wait
         Body::Live(tail) => match tail.open() {
             Ok(f) => {
                 h.live = Some(Live {
@@ -966,6 +1007,7 @@ impl Service for Recorder {
                         files_in_flight: 0,
                         file_exchanges: Default::default(),
                         closing: false,
+                        waiting: None,
                     };
                     self.conns.insert(conn, Conn::Http(Box::new(h)));
                     true
@@ -1169,6 +1211,10 @@ impl Service for Recorder {
     fn woken(&mut self, io: &mut Io) {
         let done = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
         for (id, d) in done {
+            if let StorageDone::Tier = d {
+                self.tier_ready(id, io);
+                continue;
+            }
             if let StorageDone::CheckpointSynced(redo, r) = d {
                 if let Some(wj) = self.journal.as_mut() {
                     wj.syncing = false;
@@ -1193,6 +1239,7 @@ impl Service for Recorder {
                 StorageDone::Opened(Err(e)) => ds.sess.open_done(Err(e)),
                 StorageDone::Sealed(r) => ds.sess.seal_done(r),
                 StorageDone::CheckpointSynced(..) => unreachable!("handled above"),
+                StorageDone::Tier => unreachable!("handled above"),
             }
             self.drive(id, io);
         }
@@ -1262,7 +1309,7 @@ impl Service for Recorder {
                         }
                         continue;
                     }
-                    if h.files_in_flight > 0 {
+                    if h.files_in_flight > 0 || h.waiting.is_some() {
                         continue;
                     }
                     if let Some(t) = h.request_started {
