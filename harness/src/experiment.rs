@@ -151,6 +151,7 @@ pub const NAMESPACES: &[&str] = &[
     "file",
     "net",
     "server",
+    "tier",
     "raw",
     "block",
     "load",
@@ -159,7 +160,7 @@ pub const NAMESPACES: &[&str] = &[
     "iperf3",
     "nginx",
 ];
-pub const ENGINE_SECTIONS: &[&str] = &["ring", "file", "net", "server"];
+pub const ENGINE_SECTIONS: &[&str] = &["ring", "file", "net", "server", "tier"];
 pub const BLOCK_KEYS: &[&str] = &[
     "scheduler",
     "nomerges",
