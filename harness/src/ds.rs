@@ -41,6 +41,9 @@ use crate::util::{fnv1a, SizeDist, SplitMix};
 #[derive(Clone, Debug)]
 pub struct DsConfig {
     pub addr: SocketAddr,
+    /// A fleet of recorder ingest addresses: each match goes to the node that rendezvous
+    /// hashing of its id picks (`crate::fleet`); empty: every match goes to `addr`.
+    pub nodes: Vec<SocketAddr>,
     /// Concurrent matches (one TCP connection each).
     pub matches: usize,
     /// Frames per second per match; 0 = unpaced (closed loop: as fast as acks allow).
@@ -82,6 +85,7 @@ impl Default for DsConfig {
     fn default() -> Self {
         DsConfig {
             addr: "127.0.0.1:7070".parse().expect("literal address"),
+            nodes: Vec::new(),
             matches: 16,
             tick_hz: 32.0,
             delta: SizeDist::Uniform(200, 2000),
@@ -112,6 +116,15 @@ pub const DEFAULT_MAX_UNACKED_UNPACED: u64 = 32;
 pub const MAX_UNACKED_LIMIT: u64 = 1 << 20;
 
 impl DsConfig {
+    /// The ingest address of match `id`: its rendezvous node of `nodes`, else `addr`.
+    pub fn addr_for(&self, id: &str) -> SocketAddr {
+        if self.nodes.is_empty() {
+            return self.addr;
+        }
+        let names: Vec<String> = self.nodes.iter().map(|a| a.to_string()).collect();
+        self.nodes[crate::fleet::place(id, &names)]
+    }
+
     /// Unpaced (closed loop): `tick_hz == 0`.
     pub fn unpaced(&self) -> bool {
         self.tick_hz == 0.0
@@ -753,7 +766,7 @@ impl<'a> Worker<'a> {
     }
 
     fn connect(&mut self, i: usize) {
-        let addr = self.cfg.addr;
+        let addr = self.cfg.addr_for(&self.matches[i].id);
         match TcpStream::connect(addr) {
             Ok(mut s) => {
                 if let Err(e) = self.poll.registry().register(

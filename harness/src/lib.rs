@@ -6,6 +6,7 @@ pub mod block;
 pub mod clients;
 pub mod ds;
 pub mod experiment;
+pub mod fleet;
 pub mod httpc;
 pub mod placement;
 pub mod sweep;

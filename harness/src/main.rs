@@ -139,6 +139,10 @@ struct DsArgs {
     /// Print the report as one JSON object on stdout instead of the text summary
     #[arg(long)]
     json: bool,
+    /// A fleet of recorders (ingest addresses, comma-separated): each match goes to the
+    /// node rendezvous hashing of its id picks (docs/tier.md); --addr is then unused
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -203,6 +207,7 @@ fn stop_flag() -> Arc<AtomicBool> {
 fn ds_main(a: DsArgs) -> Result<(), Fail> {
     let cfg = ds::DsConfig {
         addr: a.addr,
+        nodes: a.nodes,
         matches: a.matches,
         tick_hz: a.tick_hz,
         delta: SizeDist::parse(&a.delta).map_err(|e| Fail::Input(format!("--delta: {e}")))?,

@@ -76,6 +76,14 @@ pub mod col {
     pub const SENT_MB_PER_S: &str = "sent_mb_per_s";
     /// Recorder (or anchor server) CPU seconds over the window, every thread.
     pub const RECORDER_CPU_S: &str = "recorder_cpu_s";
+    /// The `tier` workload (docs/tier.md): node A's upload backlog drain rate after the
+    /// ingest phase, mean seal-to-archived time, and downloads on node B through the tier
+    /// (cold: each GET fetches the object), from B's local copies (hot), and from A (local).
+    pub const TIER_UPLOAD_MB_PER_S: &str = "tier_upload_mb_per_s";
+    pub const TIER_UPLOAD_LAG_MS: &str = "tier_upload_lag_ms";
+    pub const TIER_COLD_MB_PER_S: &str = "tier_cold_mb_per_s";
+    pub const TIER_HOT_MB_PER_S: &str = "tier_hot_mb_per_s";
+    pub const TIER_LOCAL_MB_PER_S: &str = "tier_local_mb_per_s";
 }
 
 /// Columns of `runs.csv` before the dimension columns.
@@ -139,6 +147,11 @@ pub const TAIL: &[&str] = &[
     col::ACK_P90_US,
     col::SENT_MB_PER_S,
     col::RECORDER_CPU_S,
+    col::TIER_UPLOAD_MB_PER_S,
+    col::TIER_UPLOAD_LAG_MS,
+    col::TIER_COLD_MB_PER_S,
+    col::TIER_HOT_MB_PER_S,
+    col::TIER_LOCAL_MB_PER_S,
 ];
 
 /// Columns every reader needs (a file without one of them is refused).

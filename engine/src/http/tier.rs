@@ -74,6 +74,7 @@ pub(super) fn unknown_id(
 /// The archived replay `i` has no local file. `Ok(file)`: serve it (fetched now);
 /// `Err(resp)`: answer that (302, wait, or why it cannot be served). `redirect`: whether
 /// a 302 may answer (not for the keyframe index, whose JSON comes from the bytes).
+#[allow(clippy::result_large_err)] // a Response is the natural error here
 pub(super) fn not_local(
     reg: &Registry,
     tier: &Arc<Tier>,

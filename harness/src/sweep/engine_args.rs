@@ -15,6 +15,10 @@ pub fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), String> {
     let _ = cfg.set("server.store", "/nonexistent-store-checked-by-the-recorder");
     let _ = cfg.set("server.ingest-addr", "127.0.0.1:0");
     let _ = cfg.set("server.http-addr", "127.0.0.1:0");
+    if cell.workload() == "tier" {
+        // The tier workload points the recorders at its own object store.
+        let _ = cfg.set("tier.bucket", super::tier::BUCKET);
+    }
     let mut args = Vec::new();
     for k in cell.values.keys() {
         if HARNESS_OWNED.contains(&k.as_str()) {

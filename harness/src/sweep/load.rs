@@ -90,64 +90,7 @@ pub(crate) fn drive_recorder(
     let exp = ctx.exp;
     match cell.workload().as_str() {
         "ingest" | "bulk-ingest" => {
-            let cfg = ds_config_for(cell, exp, rec.ingest, run_seed)?;
-            let ctr = Arc::new(ds::DsCounters::default());
-            // Forward acked bytes to the sampler's progress counter (every 2 ms: the
-            // CPU per GiB divides the recorder's CPU between two samples by the bytes
-            // acked between them).
-            let fwd_stop = Arc::new(AtomicBool::new(false));
-            let fwd = {
-                let (ctr, p, s) = (ctr.clone(), progress.clone(), fwd_stop.clone());
-                std::thread::spawn(move || {
-                    while !s.load(Relaxed) {
-                        p.store(ctr.payload_bytes_acked.load(Relaxed), Relaxed);
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    p.store(ctr.payload_bytes_acked.load(Relaxed), Relaxed);
-                })
-            };
-            let ws =
-                Instant::now() + Duration::from_millis(20) + Duration::from_secs_f64(cfg.ramp_up_s);
-            let started = unix_now() + 0.02 + cfg.ramp_up_s;
-            sampler.align_to(ws);
-            let rep = ds::run(&cfg, ctr, ctx.stop.clone());
-            fwd_stop.store(true, Relaxed);
-            let _ = fwd.join();
-            let rep = rep?;
-            o.started_at = Some(started);
-            o.duration_s = Some(rep.measure_s);
-            o.m.insert(col::THROUGHPUT, fmt_opt(Some(rep.throughput_mb_per_s())));
-            o.m.insert(col::FRAMES_PER_S, fmt_opt(Some(rep.frames_per_s())));
-            o.m.insert(col::ACK_P50_US, fmt_opt(rep.ack_pct(50.0)));
-            o.m.insert(col::ACK_P90_US, fmt_opt(rep.ack_pct(90.0)));
-            o.m.insert(col::ACK_P99_US, fmt_opt(rep.ack_pct(99.0)));
-            o.m.insert(col::ACK_P999_US, fmt_opt(rep.ack_pct(99.9)));
-            o.m.insert(col::ACK_MAX_US, fmt_opt(rep.ack_pct(100.0)));
-            o.m.insert(col::GEN_CPU_PCT, fmt_opt(rep.gen_cpu_pct));
-            o.m.insert(col::LOAD, cfg.describe());
-            o.m.insert(
-                col::INFLIGHT_MAX_FRAMES,
-                rep.max_inflight_frames().to_string(),
-            );
-            o.m.insert(
-                col::INFLIGHT_MAX_BYTES,
-                rep.max_inflight_bytes().to_string(),
-            );
-            // Late frames and the offered load only exist when paced; empty (not 0) for
-            // closed-loop runs.
-            if !cfg.unpaced() {
-                o.m.insert(col::SENT_MB_PER_S, fmt_opt(Some(rep.sent_mb_per_s())));
-                o.m.insert(col::LATE_FRAMES, rep.late_frames.to_string());
-            }
-            o.m.insert(col::ERRORS, rep.errors_total().to_string());
-            o.m.insert(
-                "error_kinds",
-                rep.errors
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(";"),
-            );
+            let (ws, rep) = run_ingest(ctx, cell, rec, run_seed, progress, sampler, o)?;
             Ok((ws, rep.measure_s, rep.payload_bytes_acked_window))
         }
         "serve" => {
@@ -173,9 +116,88 @@ pub(crate) fn drive_recorder(
             run_clients(&ccfg, progress, ctx, o)
         }
         w => Err(format!(
-            "workload {w} does not apply to the recorder; use ingest, bulk-ingest or serve"
+            "workload {w} does not apply to the recorder; use ingest, bulk-ingest, serve or tier"
         )),
     }
+}
+
+/// The ingest load on `rec` with the measured window aligned to the sampler and acked
+/// bytes forwarded to `progress` (`ingest`, `bulk-ingest`, and the `tier` workload's
+/// ingest phase); fills the ingest columns. Returns the window start and the report.
+pub(crate) fn run_ingest(
+    ctx: &Ctx,
+    cell: &Cell,
+    rec: &Recorder,
+    run_seed: u64,
+    progress: &Arc<AtomicU64>,
+    sampler: &Sampler,
+    o: &mut Outcome,
+) -> Result<(Instant, ds::DsReport), String> {
+    let exp = ctx.exp;
+    let cfg = ds_config_for(cell, exp, rec.ingest, run_seed)?;
+    let ctr = Arc::new(ds::DsCounters::default());
+    // Forward acked bytes to the sampler's progress counter (every 2 ms: the
+    // CPU per GiB divides the recorder's CPU between two samples by the bytes
+    // acked between them).
+    let fwd_stop = Arc::new(AtomicBool::new(false));
+    let fwd = {
+        let (ctr, p, s) = (ctr.clone(), progress.clone(), fwd_stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Relaxed) {
+                p.store(ctr.payload_bytes_acked.load(Relaxed), Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            p.store(ctr.payload_bytes_acked.load(Relaxed), Relaxed);
+        })
+    };
+    let ws = Instant::now() + Duration::from_millis(20) + Duration::from_secs_f64(cfg.ramp_up_s);
+    let started = unix_now() + 0.02 + cfg.ramp_up_s;
+    sampler.align_to(ws);
+    let rep = ds::run(&cfg, ctr, ctx.stop.clone());
+    fwd_stop.store(true, Relaxed);
+    let _ = fwd.join();
+    let rep = rep?;
+    o.started_at = Some(started);
+    o.duration_s = Some(rep.measure_s);
+    fill_ingest(o, &cfg, &rep);
+    Ok((ws, rep))
+}
+
+/// The ingest columns of a DS run (`ingest`, `bulk-ingest`, and the `tier` workload's
+/// ingest phase).
+pub(crate) fn fill_ingest(o: &mut Outcome, cfg: &ds::DsConfig, rep: &ds::DsReport) {
+    o.m.insert(col::THROUGHPUT, fmt_opt(Some(rep.throughput_mb_per_s())));
+    o.m.insert(col::FRAMES_PER_S, fmt_opt(Some(rep.frames_per_s())));
+    o.m.insert(col::ACK_P50_US, fmt_opt(rep.ack_pct(50.0)));
+    o.m.insert(col::ACK_P90_US, fmt_opt(rep.ack_pct(90.0)));
+    o.m.insert(col::ACK_P99_US, fmt_opt(rep.ack_pct(99.0)));
+    o.m.insert(col::ACK_P999_US, fmt_opt(rep.ack_pct(99.9)));
+    o.m.insert(col::ACK_MAX_US, fmt_opt(rep.ack_pct(100.0)));
+    o.m.insert(col::GEN_CPU_PCT, fmt_opt(rep.gen_cpu_pct));
+    o.m.insert(col::LOAD, cfg.describe());
+    o.m.insert(
+        col::INFLIGHT_MAX_FRAMES,
+        rep.max_inflight_frames().to_string(),
+    );
+    o.m.insert(
+        col::INFLIGHT_MAX_BYTES,
+        rep.max_inflight_bytes().to_string(),
+    );
+    // Late frames and the offered load only exist when paced; empty (not 0) for
+    // closed-loop runs.
+    if !cfg.unpaced() {
+        o.m.insert(col::SENT_MB_PER_S, fmt_opt(Some(rep.sent_mb_per_s())));
+        o.m.insert(col::LATE_FRAMES, rep.late_frames.to_string());
+    }
+    o.m.insert(col::ERRORS, rep.errors_total().to_string());
+    o.m.insert(
+        "error_kinds",
+        rep.errors
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";"),
+    );
 }
 
 pub(crate) fn clients_config_for(

@@ -24,6 +24,7 @@ mod recorder_proc;
 mod recorder_run;
 mod runs_csv;
 mod tally;
+mod tier;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;

@@ -45,10 +45,22 @@ pub(crate) fn run_recorder(
         Ok(p) => p,
         Err(e) => return Outcome::bad("unsupported", e),
     };
+    // The tier workload: a SeaweedFS for the run, and node A pointed at it.
+    let tier_env = match cell.workload() == "tier" {
+        true => match super::tier::prepare(ctx, cell, run_id) {
+            Ok(t) => Some(t),
+            Err(o) => return o,
+        },
+        false => None,
+    };
+    let mut args_a = args.clone();
+    if let Some(t) = &tier_env {
+        args_a.extend(t.args.iter().cloned());
+    }
     let mut o = match spawn_recorder(
         bin,
         &store,
-        &args,
+        &args_a,
         &log_path,
         pl.recorder_cpus.as_deref(),
         &ctx.stop,
@@ -74,7 +86,12 @@ pub(crate) fn run_recorder(
                 Duration::from_millis(250),
             );
             let uring0 = uring_counters(rec.http);
-            let res = drive_recorder(ctx, cell, &rec, run_seed, &progress, &sampler, &mut o);
+            let res = match &tier_env {
+                Some(t) => super::tier::drive(
+                    ctx, cell, &rec, t, bin, &args, run_id, run_seed, &progress, &sampler, &mut o,
+                ),
+                None => drive_recorder(ctx, cell, &rec, run_seed, &progress, &sampler, &mut o),
+            };
             // I/Os per system call over the whole run (ramp-up included), from the
             // recorder's own counters; empty when it made no io_uring_enter call (blocking).
             if let (Some((e0, c0)), Some((e1, c1))) = (uring0, uring_counters(rec.http)) {
