@@ -91,6 +91,22 @@ fn tier_seal_archive_drop_local_then_any_node_serves_it_byte_identical() {
     assert_eq!(metric(a.http, "tier_backlog"), 0);
 
     let b = node(&dir.path().join("b"), "blocking", &s3, &[]);
+    // A live match on A: B sends its viewers to A (307, query kept) via A's live marker.
+    let mut live = DsClient::connect(a.ingest).unwrap();
+    assert!(matches!(
+        live.hello("live1", false, b"").unwrap(),
+        Reply::Welcome { .. }
+    ));
+    live.frame(1, 1, 1, &testkit::payload_for("live1", 1, 300))
+        .unwrap();
+    live.wait_ack(1, Duration::from_secs(10)).unwrap();
+    let want = format!("http://{}/matches/live1?delay_ms=0", a.http);
+    wait_for("B redirects live1 to A", Duration::from_secs(10), || {
+        let r = get(b.http, "/matches/live1?delay_ms=0", &[]);
+        r.status == 307 && r.header("Location") == Some(want.as_str())
+    });
+    assert!(metric(b.http, "tier_live_redirects_total") >= 1);
+    drop(live);
     // HEAD and conditional requests need no bytes: answered from the trailer.
     let h = testkit::http_get(b.http, "HEAD", "/matches/t1", &[]).unwrap();
     assert_eq!(h.status, 200, "{h:?}");

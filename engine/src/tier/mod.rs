@@ -341,11 +341,11 @@ impl Tier {
         if let Some(r) = &reg {
             r.set_archived(&info.id);
             if uploaded {
+                let lag = crate::storage::now_unix_us().saturating_sub(info.trailer.sealed_unix_us);
                 Metrics::add(&r.metrics.tier_uploads, 1);
                 Metrics::add(&r.metrics.tier_upload_bytes, info.len);
+                Metrics::add(&r.metrics.tier_upload_lag_us, lag);
             }
-            let lag = crate::storage::now_unix_us().saturating_sub(info.trailer.sealed_unix_us);
-            Metrics::add(&r.metrics.tier_upload_lag_us, lag);
         }
         let marker = {
             let mut st = self.lock();
