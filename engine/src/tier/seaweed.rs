@@ -127,7 +127,7 @@ impl SeaweedFs {
         let mut last = String::new();
         for _ in 0..3 {
             let ports = pick_ports();
-            match Self::start_on(dir, ports) {
+            match Self::start_once(dir, ports) {
                 Ok(s) => {
                     s.create_bucket(bucket)?;
                     return Ok(s);
@@ -138,8 +138,22 @@ impl SeaweedFs {
         Err(last)
     }
 
-    /// Starts (again) on fixed ports, e.g. after [`SeaweedFs::stop`] on the same data.
+    /// Starts (again) on fixed ports, e.g. after [`SeaweedFs::stop`] on the same data. A
+    /// `weed` that exits while starting is tried again (up to 3 times): a restarted filer
+    /// sometimes dies dialing its own not-yet-created gRPC socket.
     pub fn start_on(dir: &Path, ports: [u16; 4]) -> Result<SeaweedFs, String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::start_once(dir, ports) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(last)
+    }
+
+    fn start_once(dir: &Path, ports: [u16; 4]) -> Result<SeaweedFs, String> {
         let weed = weed_binary()?;
         std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
         let cfg = dir.join("s3.json");
