@@ -84,6 +84,14 @@ pub mod col {
     pub const TIER_COLD_MB_PER_S: &str = "tier_cold_mb_per_s";
     pub const TIER_HOT_MB_PER_S: &str = "tier_hot_mb_per_s";
     pub const TIER_LOCAL_MB_PER_S: &str = "tier_local_mb_per_s";
+    // storage-layout=journal (empty otherwise), from the recorder's /metrics over the run.
+    pub const JOURNAL_FLUSHES_PER_S: &str = "journal_flushes_per_s";
+    pub const JOURNAL_GROUP_SIZE: &str = "journal_group_size";
+    pub const JOURNAL_BYTES_PER_FLUSH: &str = "journal_bytes_per_flush";
+    pub const JOURNAL_OCCUPANCY_PCT: &str = "journal_occupancy_pct";
+    pub const JOURNAL_CHECKPOINT_LAG_MS: &str = "journal_checkpoint_lag_ms";
+    /// Bytes the recorder wrote (replay files + journals) per payload byte ingested.
+    pub const WRITE_AMPLIFICATION: &str = "write_amplification";
 }
 
 /// Columns of `runs.csv` before the dimension columns.
@@ -152,6 +160,12 @@ pub const TAIL: &[&str] = &[
     col::TIER_COLD_MB_PER_S,
     col::TIER_HOT_MB_PER_S,
     col::TIER_LOCAL_MB_PER_S,
+    col::JOURNAL_FLUSHES_PER_S,
+    col::JOURNAL_GROUP_SIZE,
+    col::JOURNAL_BYTES_PER_FLUSH,
+    col::JOURNAL_OCCUPANCY_PCT,
+    col::JOURNAL_CHECKPOINT_LAG_MS,
+    col::WRITE_AMPLIFICATION,
 ];
 
 /// Columns every reader needs (a file without one of them is refused).

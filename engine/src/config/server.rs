@@ -52,6 +52,25 @@ pub const STORAGE_LAYOUTS: &[(&str, StorageLayout)] = &[
     ("journal", StorageLayout::Journal),
 ];
 
+/// How the io_uring backend writes replay files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayWrite {
+    /// `ring` with storage-layout=per-match, `inline` with journal.
+    Auto,
+    /// Through the worker's ring (`file.write-op`, arena slots or the staging buffer).
+    Ring,
+    /// A pwrite on the worker thread: for the journal layout's buffered replay files,
+    /// which only copy into the page cache (through the ring, ext4 runs them in io-wq:
+    /// a hand-off and a wake-up per write).
+    Inline,
+}
+
+pub const REPLAY_WRITES: &[(&str, ReplayWrite)] = &[
+    ("auto", ReplayWrite::Auto),
+    ("ring", ReplayWrite::Ring),
+    ("inline", ReplayWrite::Inline),
+];
+
 pub const ACK_MODES: &[(&str, AckModeKnob)] = &[
     ("durable", AckModeKnob::Durable),
     ("received", AckModeKnob::Received),
@@ -69,6 +88,7 @@ pub struct ServerConfig {
     pub append_buffer_bytes: u64,
     pub write_buffer: WriteBuffer,
     pub storage_layout: StorageLayout,
+    pub replay_write: ReplayWrite,
     pub journal_bytes: u64,
     pub journal_flush_us: u64,
     pub journal_flush_bytes: u64,
@@ -121,8 +141,8 @@ impl Default for ServerConfig {
             append_buffer_bytes: 1 << 20,
             max_frame_bytes: 1 << 20,
             max_matches: 10_000,
-            max_connections: 20_000,
-            http_max_connections: 10_000,
+            max_connections: 0,
+            http_max_connections: 0,
             idle_timeout_ms: 30_000,
             http_max_request_bytes: 8192,
             http_timeout_ms: 10_000,
@@ -139,6 +159,7 @@ impl Default for ServerConfig {
             log_file: String::new(),
             access_log: false,
             storage_layout: StorageLayout::PerMatch,
+            replay_write: ReplayWrite::Auto,
             journal_bytes: 64 << 20,
             journal_flush_us: 1000,
             journal_flush_bytes: 256 << 10,
@@ -175,14 +196,15 @@ const KNOBS: &[Knob] = &[
     k("append-buffer-bytes", "bytes", "1048576", "Per-match staging buffer: a write is issued at the latest when this much is pending (whole aligned blocks with O_DIRECT)."),
     k("write-buffer", "arena|stage", "arena", "uring backend: where match-file writes come from. arena: the append is copied into the worker's arena (aligned, buffer-memory pages, registered with register-buffers; slots hold one append of append-buffer-bytes plus 128 KiB), one write per append; stage: straight from the match's staging buffer (no copy, but heap pages pinned per write). stage needs write-op write or writev."),
     k("storage-layout", "per-match|journal", "per-match", "How acked frames are made durable. per-match: each match's replay file is written and synced itself (file.direct and file.durability apply to it; one sync per match per ack interval). journal: one write-ahead journal per io_uring worker (one group-commit writer thread for the blocking backend) makes the frames of all its matches durable with one flush per group; file.direct and file.durability apply to the journal, replay files are written behind it buffered and made durable at checkpoints (syncfs) and at seal."),
+    k("replay-write", "auto|ring|inline", "auto", "io_uring backend: how replay files are written. ring: through the worker's ring (file.write-op, write-buffer); inline: a pwrite on the worker thread, for storage-layout=journal only, where replay files are buffered and a write only copies into the page cache (ext4 runs ring writes of buffered files in io-wq: a hand-off and wake-up per write). auto: ring with per-match, inline with journal. The effective value is in --print-config."),
     k("journal-bytes", "bytes", "67108864", "storage-layout=journal: size of each journal file (STORE/journal/w<N>.wal), preallocated and written once, then reused as a ring. A full journal slows acks until a checkpoint frees space."),
     k("journal-flush-us", "u64", "1000", "storage-layout=journal: minimum spacing between the starts of two flushes of one journal (flushes per second <= journals x 1e6 / this). One flush is in flight per journal; the next takes everything appended meanwhile. 0 = flush as soon as the previous one completed."),
     k("journal-flush-bytes", "bytes", "262144", "storage-layout=journal: flush at once, whatever journal-flush-us says, when this many bytes wait for a flush."),
     k("journal-checkpoint-ms", "u64", "1000", "storage-layout=journal: at least this often (and at once when a journal is half full) the replay files are made durable (syncfs of the store) and a checkpoint lets the journal space before it be reused."),
     k("max-frame-bytes", "bytes", "1048576", "Largest frame payload a DS may send (FRAME_TOO_LARGE above; messages above it + 64 are refused before their body is read)."),
     k("max-matches", "u64", "10000", "Matches in progress at once; a new match over it gets TOO_MANY_MATCHES."),
-    k("max-connections", "u64", "20000", "DS connections at once; one more gets TOO_MANY_CONNECTIONS."),
-    k("http-max-connections", "u64", "10000", "HTTP connections at once; one more gets 503 and is closed."),
+    k("max-connections", "u64", "0", "DS connections at once; one more gets TOO_MANY_CONNECTIONS. 0 = as many as RLIMIT_NOFILE allows (its hard limit, which the recorder raises its soft limit to, less HTTP and a reserve; a DS connection holds 2 descriptors with backend=uring, 3 with blocking); the effective value is in --print-config and the start-up log. A value that cannot fit is refused at start with the numbers."),
+    k("http-max-connections", "u64", "0", "HTTP connections at once; one more gets 503 and is closed. 0 = 10% of the descriptors RLIMIT_NOFILE allows, at most 1000."),
     k("idle-timeout-ms", "u64", "30000", "A DS connection that sends nothing for this long gets IDLE_TIMEOUT and is closed (its match stays resumable)."),
     k("http-max-request-bytes", "bytes", "8192", "Largest HTTP request head; a larger one gets 431 and the connection is closed."),
     k("http-timeout-ms", "u64", "10000", "An HTTP client must send a whole request, and accept response bytes, within this long (slow clients are closed); idle keep-alive connections are closed after it."),
@@ -216,6 +238,7 @@ impl Section for ServerConfig {
             "append-buffer-bytes" => self.append_buffer_bytes = parse_bytes(v)?,
             "write-buffer" => self.write_buffer = parse_choice(v, WRITE_BUFFERS)?,
             "storage-layout" => self.storage_layout = parse_choice(v, STORAGE_LAYOUTS)?,
+            "replay-write" => self.replay_write = parse_choice(v, REPLAY_WRITES)?,
             "journal-bytes" => self.journal_bytes = parse_bytes(v)?,
             "journal-flush-us" => self.journal_flush_us = parse_num(v)?,
             "journal-flush-bytes" => self.journal_flush_bytes = parse_bytes(v)?,
@@ -254,6 +277,7 @@ impl Section for ServerConfig {
             "append-buffer-bytes" => self.append_buffer_bytes.to_string(),
             "write-buffer" => choice_name(self.write_buffer, WRITE_BUFFERS).to_string(),
             "storage-layout" => choice_name(self.storage_layout, STORAGE_LAYOUTS).to_string(),
+            "replay-write" => choice_name(self.replay_write, REPLAY_WRITES).to_string(),
             "journal-bytes" => self.journal_bytes.to_string(),
             "journal-flush-us" => self.journal_flush_us.to_string(),
             "journal-flush-bytes" => self.journal_flush_bytes.to_string(),
@@ -330,10 +354,10 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    if s.max_matches == 0 || s.max_connections == 0 || s.http_max_connections == 0 {
+    if s.max_matches == 0 {
         return Err(ConfigError::new(
-            &["max-matches", "max-connections", "http-max-connections"],
-            "connection and match limits must be at least 1",
+            &["max-matches"],
+            "max-matches must be at least 1",
         ));
     }
     if s.workers > 1024 {
@@ -404,6 +428,18 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             &["sync-interval-ms", "sync-interval-bytes", "ack-interval-ms"],
             "the recorder's group commit is server.ack-interval-ms (frames are written, synced and acked together at that cadence): set file.sync-interval-ms and file.sync-interval-bytes to 0",
+        ));
+    }
+    if s.replay_write == ReplayWrite::Inline && s.storage_layout == StorageLayout::PerMatch {
+        return Err(ConfigError::new(
+            &["replay-write", "storage-layout"],
+            "replay-write=inline is for storage-layout=journal, whose replay files are buffered page-cache writes; with per-match the replay writes are the durable ones (O_DIRECT, synced) and would block the worker thread: use replay-write=ring or auto",
+        ));
+    }
+    if s.replay_write != ReplayWrite::Auto && s.backend == Backend::Blocking {
+        return Err(ConfigError::new(
+            &["replay-write", "backend"],
+            "replay-write chooses how the io_uring backend writes replay files; the blocking backend always writes them with pwrite from the connection's thread: leave replay-write=auto with backend=blocking",
         ));
     }
     if s.write_buffer == WriteBuffer::Stage && f.write_op.is_fixed() {

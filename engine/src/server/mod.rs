@@ -30,6 +30,7 @@
 //! "uring-server"; until it exists [`run_uring`] says it is not built).
 
 pub mod blocking;
+pub mod fds;
 pub mod registry;
 pub mod service;
 pub mod session;
@@ -219,7 +220,11 @@ impl std::fmt::Display for ServerError {
 impl std::error::Error for ServerError {}
 
 /// Validates the configuration, recovers the store, binds both listeners.
-pub fn start(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, ServerError> {
+pub fn start(mut cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, ServerError> {
+    if cfg.server.max_connections == 0 || cfg.server.http_max_connections == 0 {
+        let hard = crate::sys::limits::nofile().map_or(1024, |(_, h)| h);
+        fds::resolve_auto(&mut cfg, hard);
+    }
     cfg.validate()
         .map_err(|e| ServerError(format!("invalid configuration: {e}")))?;
     config::server::validate_serve(&cfg)
@@ -466,6 +471,11 @@ fn unused(cfg: &Config) -> Vec<String> {
         v.push("ring: every [ring] option (backend=blocking has no ring)".to_string());
         v.push("net: every [net] option (backend=blocking uses std::net)".to_string());
     }
+    if cfg.server.storage_layout == StorageLayout::Journal
+        && cfg.server.replay_write == crate::config::server::ReplayWrite::Inline
+    {
+        v.push("server.write-buffer: with replay-write=inline replay files are written with pwrite; journal flushes always go through arena slots".to_string());
+    }
     v.push("file.io-depth, file.block-size, file.arena-bytes: io-bench job options; the recorder stages up to append-buffer-bytes per match and keeps one write in flight per match".to_string());
     v
 }
@@ -483,6 +493,19 @@ pub const SERVE_IOWQ_MAX_BOUNDED: u32 = 512;
 /// 5 ms with 512, on this project's 2-vCPU VM). Both values are printed by --print-config.
 fn effective(cfg: &Config) -> Config {
     let mut e = cfg.clone();
+    if e.server.backend == Backend::Uring
+        && e.server.replay_write == crate::config::server::ReplayWrite::Auto
+    {
+        e.server.replay_write = match e.server.storage_layout {
+            StorageLayout::Journal => crate::config::server::ReplayWrite::Inline,
+            StorageLayout::PerMatch => crate::config::server::ReplayWrite::Ring,
+        };
+    }
+    if e.server.max_connections == 0 || e.server.http_max_connections == 0 {
+        // the hard limit: `start` raises the soft limit to it
+        let hard = crate::sys::limits::nofile().map_or(1024, |(_, h)| h);
+        fds::resolve_auto(&mut e, hard);
+    }
     if e.server.workers == 0 {
         e.server.workers = std::thread::available_parallelism()
             .map(|n| n.get() as u32)

@@ -72,6 +72,68 @@ pub(crate) fn flags_from_log(log: &str, word: &str) -> String {
     String::new()
 }
 
+/// Every `recorder_*` sample without labels of the recorder's `/metrics`, by name.
+pub(crate) fn recorder_metrics(http: SocketAddr) -> Option<std::collections::HashMap<String, f64>> {
+    let r = crate::httpc::get(http, "/metrics", None, Duration::from_secs(2)).ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&r.body);
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("recorder_") && !l.contains('{'))
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.trim().parse::<f64>().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// Journal columns (storage-layout=journal) and the write amplification from two
+/// `/metrics` scrapes `secs` apart; empty pairs when the run had no journal.
+pub(crate) fn journal_columns(
+    a: &std::collections::HashMap<String, f64>,
+    b: &std::collections::HashMap<String, f64>,
+    secs: f64,
+) -> Vec<(&'static str, f64)> {
+    use results_schema::col;
+    let d = |k: &str| b.get(k).copied().unwrap_or(0.0) - a.get(k).copied().unwrap_or(0.0);
+    let mut v = Vec::new();
+    let payload = d("recorder_payload_bytes_total");
+    let jw = d("recorder_journal_write_bytes_total");
+    if payload > 0.0 {
+        v.push((
+            col::WRITE_AMPLIFICATION,
+            (d("recorder_file_write_bytes_total") + jw) / payload,
+        ));
+    }
+    let flushes = d("recorder_journal_flushes_total");
+    if flushes > 0.0 && secs > 0.0 {
+        v.push((col::JOURNAL_FLUSHES_PER_S, flushes / secs));
+        v.push((
+            col::JOURNAL_GROUP_SIZE,
+            d("recorder_journal_flushed_appends_total") / flushes,
+        ));
+        v.push((col::JOURNAL_BYTES_PER_FLUSH, jw / flushes));
+        let cap = b
+            .get("recorder_journal_capacity_bytes")
+            .copied()
+            .unwrap_or(0.0);
+        if cap > 0.0 {
+            let occ = b
+                .get("recorder_journal_occupancy_bytes")
+                .copied()
+                .unwrap_or(0.0);
+            v.push((col::JOURNAL_OCCUPANCY_PCT, 100.0 * occ / cap));
+        }
+        if let Some(l) = b.get("recorder_journal_checkpoint_lag_ms") {
+            v.push((col::JOURNAL_CHECKPOINT_LAG_MS, *l));
+        }
+    }
+    v
+}
+
 /// `(io_uring_enter calls, completions)` from the recorder's `/metrics`.
 pub(crate) fn uring_counters(http: SocketAddr) -> Option<(u64, u64)> {
     let r = crate::httpc::get(http, "/metrics", None, Duration::from_secs(2)).ok()?;

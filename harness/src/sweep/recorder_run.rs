@@ -4,12 +4,14 @@
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::engine_args::cell_engine_args;
 use super::load::drive_recorder;
 use super::outcome::{fill_derived, reject_if_noisy};
-use super::recorder_proc::{flags_from_log, spawn_recorder, uring_counters, vmhwm_kb};
+use super::recorder_proc::{
+    flags_from_log, journal_columns, recorder_metrics, spawn_recorder, uring_counters, vmhwm_kb,
+};
 use super::{Ctx, Outcome};
 use crate::experiment::Cell;
 use crate::placement;
@@ -86,12 +88,19 @@ pub(crate) fn run_recorder(
                 Duration::from_millis(250),
             );
             let uring0 = uring_counters(rec.http);
+            let metrics0 = recorder_metrics(rec.http).map(|m| (Instant::now(), m));
             let res = match &tier_env {
                 Some(t) => super::tier::drive(
                     ctx, cell, &rec, t, bin, &args, run_id, run_seed, &progress, &sampler, &mut o,
                 ),
                 None => drive_recorder(ctx, cell, &rec, run_seed, &progress, &sampler, &mut o),
             };
+            // journal flushes, group size, write amplification over the run (ramp-up too)
+            if let (Some((t0, m0)), Some(m1)) = (&metrics0, recorder_metrics(rec.http)) {
+                for (k, v) in journal_columns(m0, &m1, t0.elapsed().as_secs_f64()) {
+                    o.m.insert(k, fmt_opt(Some(v)));
+                }
+            }
             // I/Os per system call over the whole run (ramp-up included), from the
             // recorder's own counters; empty when it made no io_uring_enter call (blocking).
             if let (Some((e0, c0)), Some((e1, c1))) = (uring0, uring_counters(rec.http)) {

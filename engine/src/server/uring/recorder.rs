@@ -166,6 +166,7 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(w)
             .and_then(Option::take);
+        r.inline_replay = cfg.server.replay_write == crate::config::server::ReplayWrite::Inline;
         r.journal = jf.map(|file| WorkerJournal {
             n: w,
             file,
@@ -285,6 +286,9 @@ pub struct Recorder {
     pool: Option<Arc<StoragePool>>,
     inbox: Inbox,
     journal: Option<WorkerJournal>,
+    /// `server.replay-write = inline` (journal layout): replay-file writes are pwrites
+    /// on this thread instead of ring writes.
+    inline_replay: bool,
 }
 
 impl Recorder {
@@ -308,6 +312,7 @@ impl Recorder {
             pool: None,
             inbox: Arc::new(Mutex::new(Vec::new())),
             journal: None,
+            inline_replay: false,
         }
     }
 
@@ -335,27 +340,7 @@ impl Recorder {
                 None => return,
             },
         };
-        let r = wj.file.journal.append(
-            ds.sess.match_id(),
-            req.first_seq,
-            req.last_seq,
-            req.offset,
-            req.bytes(),
-        );
-        match r {
-            Ok(lsn) => {
-                wj.waiters.push_back((lsn, id));
-                ds.pending = Pending::Journal { req };
-            }
-            Err(AppendError::Full) => {
-                wj.full.push_back(id);
-                ds.pending = Pending::JournalFull { req };
-            }
-            Err(AppendError::Failed(e)) => {
-                ds.pending = Pending::None;
-                ds.sess.write_done(req, Err(io::Error::other(e)));
-            }
-        }
+        journal_append_to(wj, ds, id, req);
     }
 
     /// Issues the journal's next write (a flush or a checkpoint slot) when one is due and
@@ -566,8 +551,13 @@ impl Recorder {
         let reg = self.reg.clone();
         let rw_flags = self.scfg.store.rw_flags();
         let mut queued = std::mem::take(&mut self.waiting_for_slots);
-        self.drive_inner(id, io, &reg, rw_flags, &mut queued);
+        let mut journal = self.journal.take();
+        self.drive_inner(id, io, &reg, rw_flags, &mut queued, &mut journal);
+        self.journal = journal;
         self.waiting_for_slots = queued;
+        if self.journal.is_some() {
+            self.pump_journal(io);
+        }
     }
 
     fn drive_inner(
@@ -577,8 +567,10 @@ impl Recorder {
         reg: &Arc<Registry>,
         rw_flags: i32,
         queued: &mut Vec<ConnId>,
+        journal: &mut Option<WorkerJournal>,
     ) {
         let (pool, inbox) = (self.pool.clone(), self.inbox.clone());
+        let inline = self.inline_replay;
         let Some(ds) = self.ds_mut(id) else { return };
         let now = io.now();
         if matches!(ds.pending, Pending::Write { in_flight: 0, .. }) {
@@ -620,6 +612,17 @@ impl Recorder {
                             }
                             Err(e) => ds.sess.open_done(Err(e)),
                         },
+                    }
+                }
+                session::Io::Write(req) if inline => {
+                    // a buffered page-cache write: cheaper here than a hand-off to io-wq
+                    let r = match &ds.file {
+                        Some(f) => storage::io::write_req(f, &req, 0, false),
+                        None => Err(io::Error::other("match file is not open")),
+                    };
+                    match (r, journal.as_mut()) {
+                        (Ok(()), Some(wj)) => journal_append_to(wj, ds, id, req),
+                        (r, _) => ds.sess.write_done(req, r),
                     }
                 }
                 session::Io::Write(req) => issue_write(ds, req, id, io, rw_flags, queued),
@@ -753,6 +756,32 @@ fn send_or_wait(
         return;
     }
     send_response(h, id, resp, io, reg);
+}
+
+/// Journals a completed replay-file write of session `id` (its write is reported done when
+/// a flush covering it is durable), or waits for journal space.
+fn journal_append_to(wj: &mut WorkerJournal, ds: &mut Ds, id: ConnId, req: WriteReq) {
+    let r = wj.file.journal.append(
+        ds.sess.match_id(),
+        req.first_seq,
+        req.last_seq,
+        req.offset,
+        req.bytes(),
+    );
+    match r {
+        Ok(lsn) => {
+            wj.waiters.push_back((lsn, id));
+            ds.pending = Pending::Journal { req };
+        }
+        Err(AppendError::Full) => {
+            wj.full.push_back(id);
+            ds.pending = Pending::JournalFull { req };
+        }
+        Err(AppendError::Failed(e)) => {
+            ds.pending = Pending::None;
+            ds.sess.write_done(req, Err(io::Error::other(e)));
+        }
+    }
 }
 
 /// Hands a storage result to its worker and wakes it.
