@@ -120,7 +120,7 @@ fn serve_sealed_16m() {
 fn many_ds_tick_rate() {
     let dir = TempDir::new("bench-many");
     let extra = extra_args();
-    let mut args: Vec<&str> = vec!["--max-connections", "100000", "--max-matches", "100000"];
+    let mut args: Vec<&str> = vec!["--max-connections", "0", "--max-matches", "100000"];
     args.extend(extra.iter().map(|s| s.as_str()));
     let srv = spawn_server(&default_backend(), dir.path(), &args);
     let ds: usize = std::env::var("BENCH_DS")

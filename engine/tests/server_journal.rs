@@ -417,6 +417,8 @@ fn full_journal_slows_acks_and_checkpoints_reuse_its_space() {
                 "1",
                 "--test-checkpoint-delay-ms",
                 "150",
+                "--journal-bypass-bytes",
+                "0",
             ]),
         );
         let (frames, size) = (400u64, 30_000usize);
@@ -653,4 +655,124 @@ fn journal_that_does_not_fit_refuses_to_start() {
         err.contains("journal-bytes") && err.contains("No space"),
         "{err}"
     );
+}
+
+#[test]
+fn connection_limits_that_cannot_fit_rlimit_nofile_refuse_to_start() {
+    let dir = TempDir::new("fds");
+    for backend in BACKENDS {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_recorder"))
+            .args(["serve", "--store"])
+            .arg(dir.path())
+            .args([
+                "--ingest-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--backend",
+                backend,
+                "--max-connections",
+                "5000000",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("{backend}: the recorder started with limits that cannot fit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{backend}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("file descriptors")
+                && err.contains("RLIMIT_NOFILE")
+                && err.contains("5000000"),
+            "{backend}: {err}"
+        );
+        // 0 (the default) fits the limit: the effective value is printed
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recorder"))
+            .args(["serve", "--print-config", "--backend", backend])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let eff: u64 = v["effective"]["server.max-connections"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (ds_fds, _) = if *backend == "uring" { (2, 2) } else { (3, 3) };
+        assert!(eff > 100, "{backend}: {eff}");
+        let hard: u64 = std::fs::read_to_string("/proc/self/limits")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(4).and_then(|v| v.parse().ok()))
+            .unwrap_or(u64::MAX);
+        assert!(
+            eff * ds_fds < hard,
+            "{backend}: {eff} x {ds_fds} fits {hard}"
+        );
+    }
+}
+
+#[test]
+fn bulk_writes_bypass_the_journal_and_survive_kill9() {
+    for backend in BACKENDS {
+        let dir = TempDir::new("jbulk");
+        let mut srv = spawn_server(
+            backend,
+            dir.path(),
+            &journal_args(&[
+                "--journal-bytes",
+                "20m",
+                "--append-buffer-bytes",
+                "1m",
+                "--max-frame-bytes",
+                "1m",
+                "--ack-interval-ms",
+                "20",
+                "--workers",
+                "1",
+            ]),
+        );
+        let (frames, size) = (120u64, 64_000usize);
+        let c = closed_loop(srv.ingest, "bulk", frames, size, 48);
+        let payload = metric(&srv, "payload_bytes_total");
+        let journal = metric(&srv, "journal_record_bytes_total");
+        let syncs = metric(&srv, "file_syncs_total");
+        assert!(
+            syncs > 0,
+            "{backend}: bulk appends are synced in their file"
+        );
+        assert!(
+            journal < payload / 2,
+            "{backend}: most bulk bytes bypass the journal ({journal} journaled of {payload})"
+        );
+        let acked = c.acked;
+        srv.kill9();
+        drop(c);
+        let srv2 = srv.restart();
+        let mut c = DsClient::connect(srv2.ingest).unwrap();
+        let r = c.hello("bulk", true, b"").unwrap();
+        let Reply::Welcome { last_seq, .. } = r else {
+            panic!("{backend}: {r:?}")
+        };
+        assert!(last_seq >= acked, "{backend}: {last_seq} < {acked}");
+        assert!(matches!(c.end(last_seq).unwrap(), Reply::Sealed { .. }));
+        let want: Vec<Vec<u8>> = (1..=last_seq)
+            .map(|s| testkit::payload_for("bulk", s, size))
+            .collect();
+        check_replay(
+            &std::fs::read(dir.path().join("bulk.rpl")).unwrap(),
+            "bulk",
+            &want,
+            true,
+        );
+    }
 }

@@ -235,9 +235,14 @@ pub fn exec_io(
                 Some(f) => storage::io::write_req(f, &req, opts.rw_flags(), opts.vectored),
                 None => Err(io::Error::other("match file is not open")),
             };
-            let r = match (r, wal) {
-                (Ok(()), Some(w)) => w.append_wait(&id, &req),
-                (r, _) => r,
+            let r = match (r, wal, file.as_ref()) {
+                // a bulk append: durable in its own file, written once
+                (Ok(()), Some(_), Some(f)) if sess.config().bypasses_journal(&req) => {
+                    super::registry::Metrics::add(&reg.metrics.syncs, 1);
+                    storage::io::sync(f)
+                }
+                (Ok(()), Some(w), _) => w.append_wait(&id, &req),
+                (r, _, _) => r,
             };
             sess.write_done(req, r);
         }

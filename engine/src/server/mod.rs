@@ -195,6 +195,11 @@ pub fn session_config(cfg: &Config) -> SessionConfig {
             per_frame: s.test_burn_rounds_per_frame,
             per_kib: s.test_burn_rounds_per_kib,
         },
+        journal_bypass_bytes: if s.storage_layout == StorageLayout::Journal {
+            s.journal_bypass_bytes as usize
+        } else {
+            0
+        },
     }
 }
 
@@ -240,11 +245,17 @@ pub fn start(mut cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext
         tracing::info!("storage: {n}");
     }
     match crate::sys::limits::raise_nofile() {
-        Ok((before, after)) => {
-            tracing::info!("limits: RLIMIT_NOFILE {before} -> {after} (hard limit)")
-        }
+        Ok((before, after)) => tracing::info!(
+            "limits: RLIMIT_NOFILE {before} -> {after} (hard limit); max-connections {} and http-max-connections {} need up to {} descriptors",
+            cfg.server.max_connections,
+            cfg.server.http_max_connections,
+            fds::needed(&cfg)
+        ),
         Err(e) => tracing::warn!("limits: cannot raise RLIMIT_NOFILE: {e}"),
     }
+    let (soft, hard) = crate::sys::limits::nofile()
+        .map_err(|e| ServerError(format!("cannot read RLIMIT_NOFILE: {e}")))?;
+    fds::check(&cfg, soft, hard).map_err(ServerError)?;
     // Journals first: their records since the last checkpoint go into the replay files,
     // then the live-file scan below cuts each file after its last whole frame.
     let (recovered_journals, jnotes) =

@@ -39,6 +39,17 @@ pub struct SessionConfig {
     /// TEST ONLY (`test-burn-rounds-per-frame`, `test-burn-rounds-per-kib`): CPU burnt
     /// for every accepted frame, a slowdown proportional to the work.
     pub test_burn: TestBurn,
+    /// storage-layout=journal: replay-file writes at least this large bypass the journal
+    /// and are fdatasynced in their file instead (`journal-bypass-bytes`; 0 = never).
+    pub journal_bypass_bytes: usize,
+}
+
+impl SessionConfig {
+    /// True when this replay-file write is made durable by an fdatasync of its own file
+    /// rather than by the journal (storage-layout=journal, `journal-bypass-bytes`).
+    pub fn bypasses_journal(&self, req: &WriteReq) -> bool {
+        self.journal_bypass_bytes > 0 && req.bytes().len() >= self.journal_bypass_bytes
+    }
 }
 
 /// TEST ONLY: a known, proportional slowdown for the regression check (a sleep cannot
@@ -85,6 +96,7 @@ impl Default for SessionConfig {
             max_buffered_input: 4 << 20,
             test_write_delay: Duration::ZERO,
             test_burn: TestBurn::default(),
+            journal_bypass_bytes: 0,
         }
     }
 }
@@ -215,6 +227,11 @@ impl IngestSession {
             unacked_rx: Default::default(),
             io_issued: None,
         }
+    }
+
+    /// The settings this session runs with.
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
     }
 
     /// The match this session writes (empty before HELLO).

@@ -215,12 +215,16 @@ enum Pending {
     /// An open or seal on a storage helper thread.
     Storage,
     /// storage-layout=journal: the replay-file write completed and is journaled; it is
-    /// reported done when the journal is durable past `lsn`.
+    /// reported done when a journal flush covering it is durable.
     Journal {
         req: WriteReq,
     },
     /// ... or it waits for journal space (a checkpoint).
     JournalFull {
+        req: WriteReq,
+    },
+    /// A bulk write bypassing the journal (`journal-bypass-bytes`): its file's fdatasync.
+    BypassSync {
         req: WriteReq,
     },
 }
@@ -322,6 +326,12 @@ impl Recorder {
         if self.journal.is_none() || r.is_err() {
             if let Some(ds) = self.ds_mut(id) {
                 ds.sess.write_done(req, r);
+            }
+            return;
+        }
+        if self.scfg.bypasses_journal(&req) {
+            if let Some(ds) = self.ds_mut(id) {
+                bypass_sync(ds, id, req, io);
             }
             return;
         }
@@ -621,6 +631,9 @@ impl Recorder {
                         None => Err(io::Error::other("match file is not open")),
                     };
                     match (r, journal.as_mut()) {
+                        (Ok(()), Some(_)) if ds.sess.config().bypasses_journal(&req) => {
+                            bypass_sync(ds, id, req, io)
+                        }
                         (Ok(()), Some(wj)) => journal_append_to(wj, ds, id, req),
                         (r, _) => ds.sess.write_done(req, r),
                     }
@@ -781,6 +794,20 @@ fn journal_append_to(wj: &mut WorkerJournal, ds: &mut Ds, id: ConnId, req: Write
             ds.pending = Pending::None;
             ds.sess.write_done(req, Err(io::Error::other(e)));
         }
+    }
+}
+
+/// A bulk replay-file write made durable in its own file (fdatasync through the ring),
+/// written once instead of twice (`journal-bypass-bytes`).
+fn bypass_sync(ds: &mut Ds, id: ConnId, req: WriteReq, io: &mut Io) {
+    match &ds.file {
+        Some(f) => {
+            io.fsync(f.as_raw_fd(), true, id.0);
+            ds.pending = Pending::BypassSync { req };
+        }
+        None => ds
+            .sess
+            .write_done(req, Err(io::Error::other("match file is not open"))),
     }
 }
 
@@ -1175,6 +1202,7 @@ impl Service for Recorder {
         }
         let id = ConnId(token);
         let rw_flags = self.scfg.store.rw_flags();
+        let reg = self.reg.clone();
         let mut queued = std::mem::take(&mut self.waiting_for_slots);
         let Some(ds) = self.ds_mut(id) else {
             self.waiting_for_slots = queued;
@@ -1223,6 +1251,14 @@ impl Service for Recorder {
             Pending::Sync => {
                 ds.pending = Pending::None;
                 ds.sess.sync_done(res.map(|_| ()));
+            }
+            Pending::BypassSync { .. } => {
+                let Pending::BypassSync { req } = std::mem::replace(&mut ds.pending, Pending::None)
+                else {
+                    unreachable!()
+                };
+                crate::server::registry::Metrics::add(&reg.metrics.syncs, 1);
+                ds.sess.write_done(req, res.map(|_| ()));
             }
             // A write_vec completes through file_done_vec, never here.
             Pending::WriteVec { .. }
