@@ -54,7 +54,15 @@ fn prometheus_scrapes(backend: &str) {
     let srv = spawn_server(
         backend,
         &store,
-        &["--ack-interval-ms", "2", "--durability", "fdatasync"],
+        // per-match: every write is followed by an fdatasync (the sync histogram fills)
+        &[
+            "--ack-interval-ms",
+            "2",
+            "--durability",
+            "fdatasync",
+            "--storage-layout",
+            "per-match",
+        ],
     );
     // traffic for every histogram: frames acked (written, synced per policy), downloads
     for i in 0..4 {

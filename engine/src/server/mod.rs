@@ -445,11 +445,13 @@ fn storage_json(cfg: &Config, o: &StoreOptions, notes: Vec<String>) -> serde_jso
     } else {
         o.clone()
     };
+    // the policy acks rely on; with the journal layout it applies to the journal and the
+    // replay files are written as `journal.replay_files` says
     let mut v = serde_json::json!({
         "layout": crate::config::choice_name(layout, crate::config::server::STORAGE_LAYOUTS),
-        "direct": replay.direct,
+        "direct": o.direct,
         "align": o.align,
-        "durability": replay.durability.name(),
+        "durability": o.durability.name(),
         "uncached": replay.uncached,
         "stage_bytes": replay.stage_bytes,
         "prealloc_bytes": replay.prealloc_bytes,
@@ -469,7 +471,13 @@ fn storage_json(cfg: &Config, o: &StoreOptions, notes: Vec<String>) -> serde_jso
             "checkpoint_ms": jo.checkpoint_interval.as_millis() as u64,
             "checkpoint_fill_pct": jo.checkpoint_fill_pct,
             "checkpoint_sync": "syncfs",
-            "replay_files": "buffered, no sync per write; durable at checkpoints and at seal",
+            "replay_files": {
+                "direct": replay.direct,
+                "durability": replay.durability.name(),
+                "write": crate::config::choice_name(cfg.server.replay_write, crate::config::server::REPLAY_WRITES),
+                "bypass_bytes": cfg.server.journal_bypass_bytes,
+                "note": "buffered, no sync per write; made durable at checkpoints (syncfs) and at seal; writes of bypass_bytes or more are fdatasynced in their file instead of journaled",
+            },
         });
     }
     v
@@ -512,11 +520,6 @@ fn effective(cfg: &Config) -> Config {
             StorageLayout::PerMatch => crate::config::server::ReplayWrite::Ring,
         };
     }
-    if e.server.max_connections == 0 || e.server.http_max_connections == 0 {
-        // the hard limit: `start` raises the soft limit to it
-        let hard = crate::sys::limits::nofile().map_or(1024, |(_, h)| h);
-        fds::resolve_auto(&mut e, hard);
-    }
     if e.server.workers == 0 {
         e.server.workers = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -527,6 +530,11 @@ fn effective(cfg: &Config) -> Config {
         && e.ring.iowq_max_bounded.is_none()
     {
         e.ring.iowq_max_bounded = Some(SERVE_IOWQ_MAX_BOUNDED);
+    }
+    if e.server.max_connections == 0 || e.server.http_max_connections == 0 {
+        // the hard limit: `start` raises the soft limit to it
+        let hard = crate::sys::limits::nofile().map_or(1024, |(_, h)| h);
+        fds::resolve_auto(&mut e, hard);
     }
     e
 }
