@@ -28,7 +28,15 @@ pub mod m {
     pub const IOS_PER_SYSCALL: usize = 9;
     pub const RSS_KB: usize = 10;
     pub const GEN_CPU: usize = 11;
+    pub const DEV_MB_PER_S: usize = 12;
+    pub const DEV_IOPS: usize = 13;
+    pub const DEV_UTIL: usize = 17;
     pub const STEAL: usize = 19;
+    pub const ACK_P90: usize = 22;
+    pub const SENT: usize = 23;
+    pub const LATE_FRAMES: usize = 24;
+    pub const RECORDER_CPU_PCT: usize = 25;
+    pub const RECORDER_CPU_S: usize = 26;
 }
 
 /// Index of a metric column by its name.
@@ -85,6 +93,8 @@ pub struct Run {
     pub dims: Vec<String>,
     pub requested_flags: String,
     pub effective_flags: String,
+    /// The generator's settings (`load` column; empty in old results and for anchors).
+    pub load: String,
     pub metrics: [Option<f64>; N_METRICS],
     pub errors: Option<u64>,
     pub log: String,
@@ -98,6 +108,23 @@ impl Run {
     }
     pub fn is_ok(&self) -> bool {
         self.status == Status::Ok
+    }
+    /// An open-loop (paced) ingest run: the generator sends at its tick rate whatever the
+    /// recorder does, so its throughput is the offered load, not a measure of speed.
+    /// Known from `sent_mb_per_s` (written for paced runs only), else the `load` column's
+    /// tick rate, else the workload (`ingest` is paced by default; old results).
+    pub fn open_loop(&self) -> bool {
+        if self.metric(m::SENT).is_some() {
+            return true;
+        }
+        if let Some(hz) = self
+            .load
+            .split(';')
+            .find_map(|kv| kv.strip_prefix("tick-hz="))
+        {
+            return hz.parse::<f64>().is_ok_and(|h| h > 0.0);
+        }
+        self.kind == "recorder" && self.workload == "ingest"
     }
 }
 
@@ -449,6 +476,7 @@ fn parse_row(
             .collect(),
         requested_flags: get("requested_flags").to_string(),
         effective_flags: get("effective_flags").to_string(),
+        load: get("load").to_string(),
         metrics,
         errors: uint("errors", false)?,
         log: get("log").to_string(),

@@ -319,7 +319,7 @@ fn recorder_row(spec: &FixtureSpec, cells: usize, i: usize) -> Row {
         rep.to_string(),
         spec.revision.clone(),
         "recorder".into(),
-        "ingest".into(),
+        "bulk-ingest".into(),
         status.into(),
         reason,
         fmt(started),

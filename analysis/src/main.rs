@@ -32,13 +32,26 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Paired comparison of two sweeps of the same cells; exit code 1 only on a REGRESSION.
+    /// Paired comparison of two sweeps of the same experiment; exit code 1 only on a gated REGRESSION.
     Compare {
         base_dir: PathBuf,
         head_dir: PathBuf,
-        /// Metrics to compare: throughput, p99, cpu (or any runs.csv metric column); repeat or comma-separate.
-        #[arg(long, value_delimiter = ',', default_values_t = vec!["throughput".to_string(), "p99".to_string(), "cpu".to_string()])]
+        /// Metrics: auto (per cell: closed loop throughput and cpu; open loop cpu, p50, p90,
+        /// p99 and the acked throughput), or throughput, p50, p90, p99, cpu, any runs.csv
+        /// metric column; repeat or comma-separate (with auto, the others are added).
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["auto".to_string()])]
         metric: Vec<String>,
+        /// A same-build (A/A) sweep of the same experiment from the same job: each cell's
+        /// margin from its A/A pairs.
+        #[arg(long, value_name = "AA_DIR")]
+        aa: Option<PathBuf>,
+        /// Compare sweeps that are not the same experiment (cells of one id that differ are
+        /// still never paired).
+        #[arg(long)]
+        allow_different_experiments: bool,
+        /// Print the comparison as JSON (stdout) instead of the table.
+        #[arg(long)]
+        json: bool,
         /// Where to write compare.md (charts go next to it); default HEAD_DIR/compare/compare.md.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -162,33 +175,65 @@ fn run(cli: Cli) -> analysis::Result<ExitCode> {
             base_dir,
             head_dir,
             metric,
+            aa,
+            allow_different_experiments,
+            json,
             out,
             confirm,
         } => {
-            let c = compare::compare(&base_dir, &head_dir, &metric, out.as_deref())?;
-            emit(&c.summary_text());
+            let opts = compare::CompareOptions {
+                metrics: metric,
+                out,
+                aa,
+                allow_different: allow_different_experiments,
+            };
+            let c = compare::compare(&base_dir, &head_dir, &opts)?;
             eprintln!("analysis: wrote {}", c.markdown.display());
-            if let Some(round2) = confirm {
-                let c2 = compare::compare(&round2[0], &round2[1], &metric, None)?;
-                emit(&format!("\nsecond round:\n{}", c2.summary_text()));
-                eprintln!("analysis: wrote {}", c2.markdown.display());
-                let confirmed = compare::confirmed_regressions(&c, &c2);
+            let second = match confirm {
+                Some(round2) => {
+                    let o2 = compare::CompareOptions {
+                        out: None,
+                        ..opts.clone()
+                    };
+                    let c2 = compare::compare(&round2[0], &round2[1], &o2)?;
+                    eprintln!("analysis: wrote {}", c2.markdown.display());
+                    Some(c2)
+                }
+                None => None,
+            };
+            let failed = match &second {
+                Some(c2) => !compare::confirmed_regressions(&c, c2).is_empty(),
+                None => c.any_regression(),
+            };
+            if json {
+                let mut v = c.to_json();
+                if let Some(c2) = &second {
+                    v["second_round"] = c2.to_json();
+                    v["confirmed_regressions"] =
+                        serde_json::json!(compare::confirmed_regressions(&c, c2));
+                }
+                v["exit_code"] = serde_json::json!(u8::from(failed));
                 emit(&format!(
-                    "\n{} REGRESSION verdict(s) confirmed by the second round{}\n",
-                    confirmed.len(),
-                    if confirmed.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", confirmed.join("; "))
-                    }
+                    "{}\n",
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
                 ));
-                return Ok(if confirmed.is_empty() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                });
+            } else {
+                emit(&c.summary_text());
+                if let Some(c2) = &second {
+                    emit(&format!("\nsecond round:\n{}", c2.summary_text()));
+                    let confirmed = compare::confirmed_regressions(&c, c2);
+                    emit(&format!(
+                        "\n{} REGRESSION verdict(s) confirmed by the second round{}\n",
+                        confirmed.len(),
+                        if confirmed.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", confirmed.join("; "))
+                        }
+                    ));
+                }
             }
-            Ok(if c.any_regression() {
+            Ok(if failed {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS

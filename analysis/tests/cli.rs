@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use analysis::compare::{compare, Verdict};
+use analysis::compare::{compare, CompareOptions, Verdict};
 use analysis::data::m;
 use analysis::fixture::{generate, FixtureSpec, IOPOLL_REASON};
 
@@ -66,12 +66,12 @@ fn report_writes_every_chart_and_a_self_contained_html() {
     );
     let rep = sweep.join("report");
     for stem in [
-        "throughput-ingest",
-        "latency-ingest",
-        "effects-ingest",
-        "cpu-per-gib-ingest",
-        "ios-per-syscall-ingest",
-        "ratios-ingest",
+        "throughput-bulk-ingest",
+        "latency-bulk-ingest",
+        "effects-bulk-ingest",
+        "cpu-per-gib-bulk-ingest",
+        "ios-per-syscall-bulk-ingest",
+        "ratios-bulk-ingest",
         "timeseries",
     ] {
         assert_chart(&rep, stem);
@@ -103,7 +103,7 @@ fn report_writes_every_chart_and_a_self_contained_html() {
         md.contains("fio disk-write") && md.contains("÷ blocking backend"),
         "ratios missing"
     );
-    assert!(md.contains("![") && md.contains("throughput-ingest.png"));
+    assert!(md.contains("![") && md.contains("throughput-bulk-ingest.png"));
     // Self-contained: charts inline, no references to image files.
     assert!(
         html.matches("<svg").count() >= 7 + heatmaps.len(),
@@ -198,8 +198,7 @@ fn aa_compare_is_same_or_inconclusive_never_regression() {
         let c = compare(
             &base,
             &head,
-            &["throughput".into(), "p99".into(), "cpu".into()],
-            None,
+            &CompareOptions::metrics(&["throughput", "p99", "cpu"]),
         )
         .unwrap();
         assert!(!c.rows.is_empty());
@@ -266,8 +265,10 @@ fn injected_slowdown_is_a_regression_with_exit_code_1() {
     let c = compare(
         &base,
         &head,
-        &["throughput".into()],
-        Some(&d.join("lib").join("c.md")),
+        &CompareOptions {
+            out: Some(d.join("lib").join("c.md")),
+            ..CompareOptions::metrics(&["throughput"])
+        },
     )
     .unwrap();
     let tp: Vec<_> = c.rows.iter().filter(|r| r.kind == "recorder").collect();
@@ -304,7 +305,7 @@ fn injected_slowdown_is_a_regression_with_exit_code_1() {
         "{md}"
     );
     assert_chart(out_md.parent().unwrap(), "compare-throughput");
-    assert_chart(out_md.parent().unwrap(), "compare-p99");
+    assert_chart(out_md.parent().unwrap(), "compare-cpu");
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -592,8 +593,10 @@ fn reads_a_real_harness_sweep() {
     let c = compare(
         &sweep,
         &sweep,
-        &["throughput".into()],
-        Some(&d.join("c/compare.md")),
+        &CompareOptions {
+            out: Some(d.join("c/compare.md")),
+            ..CompareOptions::metrics(&["throughput"])
+        },
     )
     .unwrap();
     assert_eq!(c.rows.len(), 5);
