@@ -119,6 +119,10 @@ pub struct TargetSpec {
     pub loop_direct_io: bool,
     /// Allow block.* dimensions on a dir target (changes the root disk's queue settings).
     pub allow_block_changes: bool,
+    /// Before every run, when MemFree is below this many MiB, drop the clean page cache
+    /// (`echo 1 > /proc/sys/vm/drop_caches`), so that the run's writes do not reclaim memory
+    /// in the middle of the window (0 = never).
+    pub min_free_mb: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -452,6 +456,15 @@ impl Experiment {
                 .get("allow_block_changes")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
+            min_free_mb: match tt.get("min_free_mb") {
+                None => 0,
+                Some(toml::Value::Integer(i)) if *i >= 0 => *i as u64,
+                Some(o) => {
+                    return Err(ctx(format!(
+                        "[target] min_free_mb = {o}: a whole number of MiB (0 = never drop caches)"
+                    )))
+                }
+            },
         };
         match target.kind.as_str() {
             "dir" | "loop" => {}

@@ -9,6 +9,7 @@ pub mod experiment;
 pub mod fleet;
 pub mod httpc;
 pub mod placement;
+pub mod power;
 pub mod sweep;
 pub mod target;
 pub mod telemetry;

@@ -31,6 +31,31 @@ enum Cmd {
     Sweep(SweepArgs),
     /// Expand an experiment and print its cells without running anything
     Plan(PlanArgs),
+    /// Power study of the regression check: N trials of an A/A sweep and of each injected
+    /// slowdown (`analysis power DIR` gives the false-alarm and detection rates)
+    Power(PowerArgs),
+}
+
+#[derive(Args)]
+struct PowerArgs {
+    /// Experiment file (experiments/ci.toml)
+    experiment: std::path::PathBuf,
+    /// Recorder binary measured on both sides
+    #[arg(long)]
+    recorder: std::path::PathBuf,
+    /// Study directory (power.json and trials/TT-NAME/{base,head}); run again to continue
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Trials of each kind
+    #[arg(long, default_value_t = 10)]
+    trials: u32,
+    /// An injected slowdown, NAME=ARGS: the head recorder runs with ARGS (repeatable), e.g.
+    /// kib5="--test-burn-rounds-per-kib 38"
+    #[arg(long = "inject", value_name = "NAME=ARGS", allow_hyphen_values = true)]
+    injections: Vec<String>,
+    /// Stop before a trial sweep that would end after this many minutes (run again to go on)
+    #[arg(long)]
+    max_minutes: Option<f64>,
 }
 
 #[derive(Args)]
@@ -56,6 +81,10 @@ struct SweepArgs {
     /// Exit with status 3 if any run failed (recorder crash, harness error)
     #[arg(long)]
     fail_on_failed: bool,
+    /// Extra arguments for every head recorder, e.g. CI's calibrated injected slowdown
+    /// "--test-burn-rounds-per-frame 60 --test-burn-rounds-per-kib 10" (recorded in the manifest)
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    head_args: Option<String>,
 }
 
 #[derive(Args)]
@@ -404,6 +433,10 @@ fn main() -> ExitCode {
                 base_recorder: a.base_recorder,
                 command_line: std::env::args().collect::<Vec<_>>().join(" "),
                 fail_on_failed: a.fail_on_failed,
+                head_args: a
+                    .head_args
+                    .map(|s| s.split_whitespace().map(String::from).collect())
+                    .unwrap_or_default(),
             };
             return match harness::sweep::sweep(opts, stop_flag()) {
                 Ok(code) => ExitCode::from(code as u8),
@@ -414,6 +447,36 @@ fn main() -> ExitCode {
             };
         }
         Cmd::Plan(a) => return plan_main(a),
+        Cmd::Power(a) => {
+            let injections = match a
+                .injections
+                .iter()
+                .map(|s| harness::power::parse_injection(s))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("harness: {e}");
+                    return ExitCode::from(harness::sweep::EXIT_USAGE as u8);
+                }
+            };
+            let opts = harness::power::PowerOpts {
+                experiment: a.experiment,
+                recorder: a.recorder,
+                out: a.out,
+                trials: a.trials,
+                injections,
+                max_minutes: a.max_minutes,
+                command_line: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            return match harness::power::run(&opts, stop_flag()) {
+                Ok(code) => ExitCode::from(code as u8),
+                Err(e) => {
+                    eprintln!("harness: {e}");
+                    ExitCode::from(harness::sweep::EXIT_USAGE as u8)
+                }
+            };
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

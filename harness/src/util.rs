@@ -423,3 +423,29 @@ mod tests {
         assert!((r - 14.142).abs() < 0.01);
     }
 }
+
+/// MemFree in MiB.
+pub fn mem_free_mb() -> Option<u64> {
+    use procfs::Current;
+    procfs::Meminfo::current().ok().map(|m| m.mem_free >> 20)
+}
+
+/// When MemFree is below `min_mb`, drops the clean page cache (root); returns what was done
+/// (None when nothing was needed).
+pub fn ensure_free_memory(min_mb: u64) -> Option<String> {
+    let free = mem_free_mb()?;
+    if min_mb == 0 || free >= min_mb {
+        return None;
+    }
+    Some(
+        match std::fs::write("/proc/sys/vm/drop_caches", "1") {
+            Ok(()) => format!(
+                "dropped the page cache: MemFree {free} MiB -> {} MiB (min_free_mb {min_mb})",
+                mem_free_mb().unwrap_or(0)
+            ),
+            Err(e) => format!(
+                "MemFree {free} MiB is under min_free_mb {min_mb} but the page cache could not be dropped: {e}"
+            ),
+        },
+    )
+}

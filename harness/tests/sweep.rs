@@ -475,3 +475,63 @@ fn manifest_names_tool_versions_and_the_revision_outside_a_checkout() {
     assert!(m["seed"].as_u64().is_some());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `harness power`: trials written as they run, resumed where they stopped; its directory
+/// is what `analysis power` reads (checked in analysis' own tests).
+#[test]
+fn power_trials_alternate_and_continue_where_they_stopped() {
+    let d = tmpdir("power");
+    let exp = write_exp(
+        &d,
+        "ramp_up_s = 0.2\nmeasure_s = 0.4\n[repeat]\nmin = 2\nmax = 2\n[cell]\n\"load.matches\" = 2\n",
+    );
+    let out = d.join("study");
+    let power = |budget: &str| {
+        Command::new(harness_bin())
+            .arg("power")
+            .arg(&exp)
+            .args(["--recorder", fake_bin(), "--trials", "2"])
+            .arg("--out")
+            .arg(&out)
+            .args(["--inject", "k5=--fake-burn 5", "--max-minutes", budget])
+            .env("HARNESS_STATE_DIR", d.join("state"))
+            .output()
+            .unwrap()
+    };
+    // A budget of ~0 minutes: one trial sweep per call.
+    let o = power("0");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("3 trial sweeps left"), "{err}");
+    assert!(out.join("trials/01-aa/head/manifest.json").exists());
+    assert!(!out.join("trials/01-k5").exists());
+    let o = power("1000");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("1 of 4 trial sweeps done"), "{err}");
+    for t in ["01-aa", "01-k5", "02-aa", "02-k5"] {
+        let rows = read_runs(&out.join("trials").join(t).join("head"));
+        assert_eq!(rows.len(), 2, "{t}: {rows:?}");
+    }
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("trials/01-k5/head/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["head_args"], serde_json::json!(["--fake-burn", "5"]));
+    let study: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("power.json")).unwrap()).unwrap();
+    assert_eq!(study["injections"][0]["name"], "k5");
+    // Another injection with the same --out is refused.
+    let o = Command::new(harness_bin())
+        .arg("power")
+        .arg(&exp)
+        .args(["--recorder", fake_bin(), "--trials", "2"])
+        .arg("--out")
+        .arg(&out)
+        .args(["--inject", "k9=--fake-burn 9"])
+        .env("HARNESS_STATE_DIR", d.join("state"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -46,6 +46,28 @@ pub(crate) fn build_base(out: &Path, rev: &str) -> Result<(PathBuf, String), Str
     .map(|s| PathBuf::from(s.trim()))
     .unwrap_or(repo.clone());
     let tdir = top.join("target/ab-base");
+    // First A/B sweep of this checkout (a fresh CI clone): start from head's release build,
+    // so that only the workspace's own crates are compiled again (the dependencies'
+    // artifacts are the same; on 2 cores this saves minutes).
+    let head_release = top.join("target/release");
+    if !tdir.join("release").exists() && head_release.join("deps").is_dir() {
+        let _ = std::fs::create_dir_all(&tdir);
+        match run_cmd(
+            "cp",
+            &[
+                "-a",
+                &head_release.to_string_lossy(),
+                &tdir.join("release").to_string_lossy(),
+            ],
+        ) {
+            Ok(_) => eprintln!(
+                "harness: seeded {} from {} (dependencies are not rebuilt)",
+                tdir.display(),
+                head_release.display()
+            ),
+            Err(e) => eprintln!("harness: could not seed the base build from head's: {e}"),
+        }
+    }
     eprintln!(
         "harness: building base revision {sha} in {} (cargo build --release -p engine, target dir {})",
         wt.display(),

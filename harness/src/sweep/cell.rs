@@ -37,6 +37,9 @@ pub fn run_cell(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
             return o;
         }
     }
+    if let Some(note) = crate::util::ensure_free_memory(ctx.exp.target.min_free_mb) {
+        eprintln!("harness: {run_id}: {note}");
+    }
     // A panic inside a run must not leave the block layer changed: catch it, restore, record.
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match cell.kind() {
         "recorder" => run_recorder(ctx, cell, run_id, bin, run_seed),

@@ -101,6 +101,7 @@ pub(crate) struct SweepFacts<'a> {
     pub revisions: Option<&'a BTreeMap<String, String>>,
     pub queue_before: &'a [(String, String)],
     pub tools: &'a serde_json::Value,
+    pub head_args: &'a [String],
 }
 
 pub(crate) fn write_manifest(
@@ -124,6 +125,7 @@ pub(crate) fn write_manifest(
         },
         "harness_git_rev": HARNESS_GIT_REVISION,
         "tools": tools,
+        "head_args": f.head_args,
         "command_line": cmdline,
         "started_at": started,
         "finished_at": finished,

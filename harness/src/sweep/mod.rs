@@ -70,6 +70,9 @@ pub struct SweepOpts {
     pub command_line: String,
     /// Exit with 3 when a run failed (default: failed runs are data, exit 0).
     pub fail_on_failed: bool,
+    /// Extra arguments for every head recorder (e.g. the TEST ONLY burn of CI's injected
+    /// slowdown), recorded in the manifest's `revisions`.
+    pub head_args: Vec<String>,
 }
 
 /// What every run needs.
@@ -80,6 +83,8 @@ pub struct Ctx<'a> {
     pub journal: &'a Journal,
     pub stop: Arc<AtomicBool>,
     pub topo: placement::Topo,
+    /// Extra recorder arguments of this revision (`--head-args`).
+    pub extra_args: Vec<String>,
 }
 
 /// The whole sweep. Returns the exit code.
@@ -113,6 +118,7 @@ pub fn sweep(opts: SweepOpts, stop: Arc<AtomicBool>) -> Result<i32, String> {
         journal: &journal,
         stop: stop.clone(),
         topo,
+        extra_args: Vec::new(),
     };
     let result = sweep_inner(&ctx, &opts, &queue_before);
     let problems = journal.restore_sysfs();
@@ -156,7 +162,16 @@ pub(crate) fn sweep_inner(
         r.insert("base".to_string(), format!("binary {}", bbin.display()));
         r.insert(
             "head".to_string(),
-            format!("{} ({})", manifest::head_rev(), head_bin.display()),
+            format!(
+                "{} ({}{})",
+                manifest::head_rev(),
+                head_bin.display(),
+                if opts.head_args.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", opts.head_args.join(" "))
+                }
+            ),
         );
         revisions = Some(r);
         revs.push(("base".into(), ctx.out.join("base"), bbin.clone()));
@@ -165,7 +180,14 @@ pub(crate) fn sweep_inner(
         let (bbin, bsha) = build_base(&ctx.out, base)?;
         let mut r = BTreeMap::new();
         r.insert("base".to_string(), bsha);
-        r.insert("head".to_string(), manifest::head_rev());
+        r.insert(
+            "head".to_string(),
+            if opts.head_args.is_empty() {
+                manifest::head_rev()
+            } else {
+                format!("{} (+ {})", manifest::head_rev(), opts.head_args.join(" "))
+            },
+        );
         revisions = Some(r);
         revs.push(("base".into(), ctx.out.join("base"), bbin));
         revs.push(("head".into(), ctx.out.join("head"), head_bin.clone()));
@@ -183,6 +205,7 @@ pub(crate) fn sweep_inner(
         revisions: revisions.as_ref(),
         queue_before,
         tools: &tools,
+        head_args: &opts.head_args,
     };
     let mut csvs = Vec::new();
     for (_, dir, _) in &revs {
@@ -288,6 +311,11 @@ pub(crate) fn sweep_inner(
                     journal: ctx.journal,
                     stop: ctx.stop.clone(),
                     topo: ctx.topo.clone(),
+                    extra_args: if label == "head" {
+                        opts.head_args.clone()
+                    } else {
+                        Vec::new()
+                    },
                 };
                 let seed = exp.seed.wrapping_mul(1_000_003).wrapping_add(rep as u64);
                 let o = run_cell(&rctx, cell, &run_id, bin, seed);

@@ -107,10 +107,17 @@ pub(crate) fn reject_if_noisy(ctx: &Ctx, cell: &Cell, o: &mut Outcome) {
         }
     }
     if let Some(g) = get(col::GEN_CPU_PCT) {
-        // The generator can use one core per thread, up to the machine's cores.
-        let ncpu = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1) as f64;
+        // The generator can use one core per thread, up to the cores it may run on: all of
+        // them, or its half with `placement.policy = separate`.
+        let ncpu = crate::placement::plan(&ctx.topo, cell.str_or("placement.policy", "shared"))
+            .ok()
+            .and_then(|p| p.generator_cpus)
+            .map(|c| c.split(',').filter(|x| !x.trim().is_empty()).count())
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            }) as f64;
         let threads = match (cell.kind(), cell.workload().as_str()) {
             ("iperf3", _) => 1.0,
             (_, "serve") => cell.u64_or("load.concurrency", 8).unwrap_or(8) as f64,

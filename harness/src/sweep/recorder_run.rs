@@ -27,7 +27,7 @@ pub(crate) fn run_recorder(
     bin: &Path,
     run_seed: u64,
 ) -> Outcome {
-    let (args, requested) = match cell_engine_args(cell) {
+    let (mut args, requested) = match cell_engine_args(cell) {
         Ok(a) => a,
         // Checked before the sweep started (crate::validate); kept as a run error.
         Err(e) => return Outcome::bad("failed", e),
@@ -47,6 +47,7 @@ pub(crate) fn run_recorder(
         Ok(p) => p,
         Err(e) => return Outcome::bad("unsupported", e),
     };
+    args.extend(ctx.extra_args.iter().cloned());
     // The tier workload: a SeaweedFS for the run, and node A pointed at it.
     let tier_env = match cell.workload() == "tier" {
         true => match super::tier::prepare(ctx, cell, run_id) {
