@@ -7,8 +7,15 @@ use rayon::prelude::*;
 use crate::data::{m, ResultSet, Run, Status, METRICS, N_METRICS};
 use crate::stats::{self, Interval};
 
-/// Metrics whose per-configuration median gets an interval (the ones verdicts and `best` use).
-pub const CI_METRICS: &[usize] = &[m::THROUGHPUT, m::ACK_P99, m::CPU_S_PER_GIB];
+/// Metrics whose per-configuration median gets an interval (the ones verdicts, rankings and
+/// `best` use).
+pub const CI_METRICS: &[usize] = &[
+    m::THROUGHPUT,
+    m::ACK_P50,
+    m::ACK_P90,
+    m::ACK_P99,
+    m::CPU_S_PER_GIB,
+];
 /// Confidence level of per-configuration intervals.
 pub const CI_LEVEL: f64 = 0.90;
 
@@ -18,8 +25,40 @@ pub struct MetricStats {
     pub median: f64,
     pub min: f64,
     pub max: f64,
-    /// 90% interval of the median (bootstrap or order statistics, see stats::median_ci).
+    /// Relative standard deviation over the repetitions, % (0 with one).
+    pub rsd_pct: f64,
+    /// 90% interval of the median (exact order statistics, stats::median_ci); None with
+    /// fewer than 5 repetitions, where only the range can be said.
     pub ci: Option<Interval>,
+}
+
+impl MetricStats {
+    /// The 90% interval when the repetitions support one, else the range (min, max).
+    pub fn band(&self) -> Interval {
+        self.ci.unwrap_or(Interval {
+            estimate: self.median,
+            lo: self.min,
+            hi: self.max,
+        })
+    }
+    /// What [`MetricStats::band`] is: "90% interval" or "range".
+    pub fn band_name(&self) -> &'static str {
+        if self.ci.is_some() {
+            "90% interval"
+        } else {
+            "range"
+        }
+    }
+    /// `lo–hi` with what it is when it is a range: "12–15" or "range 12–15".
+    pub fn band_text(&self) -> String {
+        let b = self.band();
+        let t = format!("{}–{}", crate::charts::num(b.lo), crate::charts::num(b.hi));
+        if self.ci.is_some() {
+            t
+        } else {
+            format!("range {t}")
+        }
+    }
 }
 
 /// One configuration: the runs of one cell of one revision.
@@ -151,14 +190,24 @@ fn build_config(
             if v.is_empty() {
                 return None;
             }
-            let ci = CI_METRICS
-                .contains(&k)
-                .then(|| stats::median_ci(&v, CI_LEVEL));
+            let ci = if CI_METRICS.contains(&k) {
+                stats::median_ci(&v, CI_LEVEL)
+            } else {
+                None
+            };
+            let mean = stats::mean(&v);
+            let rsd_pct = if v.len() > 1 && mean != 0.0 {
+                let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
+                100.0 * var.sqrt() / mean.abs()
+            } else {
+                0.0
+            };
             Some(MetricStats {
                 n: v.len(),
                 median: stats::median(&v),
                 min: v.iter().copied().fold(f64::INFINITY, f64::min),
                 max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                rsd_pct,
                 ci,
             })
         })
@@ -167,6 +216,7 @@ fn build_config(
         .dimensions
         .iter()
         .zip(&first.dims)
+        .filter(|(_, v)| !v.is_empty())
         .map(|(n, v)| format!("{n}={v}"))
         .collect::<Vec<_>>()
         .join(";");
@@ -212,7 +262,8 @@ pub fn short_label(names: &[String], values: &[String], dim_values: &[Vec<String
         if dim_values.get(k).is_none_or(|vals| vals.len() < 2) {
             continue;
         }
-        if dim_values[k].first() == Some(v) {
+        // Not set for this cell (a key of another workload's cells), or the first value.
+        if v.is_empty() || dim_values[k].first() == Some(v) {
             continue;
         }
         let knob = n.rsplit('.').next().unwrap_or(n);
@@ -250,11 +301,18 @@ pub fn metric_title(idx: usize) -> &'static str {
         m::THROUGHPUT => "throughput (MB/s)",
         m::FRAMES => "frames/s",
         m::ACK_P50 => "ack p50 (us)",
+        m::ACK_P90 => "ack p90 (us)",
         m::ACK_P99 => "ack p99 (us)",
         m::ACK_P999 => "ack p99.9 (us)",
         m::ACK_MAX => "ack max (us)",
         m::CPU_S_PER_GIB => "CPU s/GiB",
         m::IOS_PER_SYSCALL => "I/Os per syscall",
+        m::REQ_P50 => "request p50 (us)",
+        m::REQ_P99 => "request p99 (us)",
+        m::GEN_CPU => "generator CPU (% of a core)",
+        m::RECORDER_CPU_PCT => "recorder CPU (% of a core)",
+        m::SENT => "offered (MB/s)",
+        m::LATE_FRAMES => "late frames",
         _ => METRICS[idx],
     }
 }

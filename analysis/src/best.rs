@@ -225,10 +225,9 @@ pub fn best(
             crate::data::METRICS[k]
         )));
     };
-    let top_ci = top
-        .metric(k)
-        .and_then(|s| s.ci)
-        .expect("interval metrics have intervals");
+    // Ties: intervals overlap (the range where the repetitions are too few for one).
+    let top_band = top.metric(k).expect("candidate has metric");
+    let top_ci = top_band.band();
     let nondefault = |c: &Config| {
         rs.dimensions
             .iter()
@@ -239,17 +238,13 @@ pub fn best(
     let mut ties: Vec<&Config> = cands
         .iter()
         .copied()
-        .filter(|c| {
-            c.metric(k)
-                .and_then(|s| s.ci)
-                .is_some_and(|ci| ci.overlaps(&top_ci))
-        })
+        .filter(|c| c.metric(k).is_some_and(|s| s.band().overlaps(&top_ci)))
         .collect();
     // `ranked` order is best median first; a stable sort keeps it within equal simplicity.
     ties.sort_by_key(|c| nondefault(c));
     let chosen = ties[0];
     let st = chosen.metric(k).expect("candidate has metric");
-    let ci = st.ci.expect("interval");
+    let ci = st.band();
 
     let mut o = String::new();
     let _ = writeln!(
@@ -277,8 +272,9 @@ pub fn best(
     );
     let _ = writeln!(
         o,
-        "# value: {} (90% interval {} – {}, {} ok runs), cell {}",
+        "# value: {} ({} {} – {}, {} ok runs), cell {}",
         crate::charts::num(st.median),
+        st.band_name(),
         crate::charts::num(ci.lo),
         crate::charts::num(ci.hi),
         st.n,
@@ -287,7 +283,7 @@ pub fn best(
     let _ = writeln!(
         o,
         "# {} candidates ({} configurations with unsupported or failed runs left out); {} configuration(s) tied \
-         with the best median (intervals overlap), resolved by fewest non-default knobs ({} here{})",
+         with the best median (intervals, or ranges with fewer than 5 runs, overlap), resolved by fewest non-default knobs ({} here{})",
         cands.len(),
         excluded,
         ties.len(),
@@ -307,7 +303,7 @@ pub fn best(
     let _ = writeln!(o, "# runner-ups:");
     for c in cands.iter().filter(|c| c.cell_id != chosen.cell_id).take(5) {
         let s = c.metric(k).expect("candidate");
-        let ci = s.ci.expect("interval");
+        let ci = s.band();
         let _ = writeln!(
             o,
             "#   {} [{} – {}] cell {}{}: {}",

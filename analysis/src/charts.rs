@@ -475,11 +475,16 @@ pub struct Heatmap {
     /// values[y][x]
     pub values: Vec<Vec<Option<f64>>>,
     pub unit: String,
+    /// The scale's "better" end is named at the top (higher) or bottom (lower).
+    pub higher_is_better: bool,
 }
+
+/// Width of the colour scale to the right of a heatmap.
+const SCALE_W: u32 = 130;
 
 pub fn heatmap(dir: &Path, stem: &str, c: &Heatmap) -> Result<ChartFiles> {
     let ylab: Vec<String> = c.y_values.iter().map(|v| ellipsize(v, 24)).collect();
-    let w = (label_area(&ylab) + 150 + 120 * c.x_values.len() as u32).max(560);
+    let w = (label_area(&ylab) + 150 + SCALE_W + 120 * c.x_values.len() as u32).max(560);
     let h = (170 + 56 * c.y_values.len() as u32).max(300);
     render!(dir, stem, &c.title, (w, h), draw_heatmap, c, &ylab)
 }
@@ -518,7 +523,10 @@ fn draw_heatmap<DB: DrawingBackend>(
     let vals: Vec<f64> = c.values.iter().flatten().flatten().copied().collect();
     let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let body = root.titled(&c.title, (FONT, 20)).map_err(e)?;
+    let titled = root.titled(&c.title, (FONT, 20)).map_err(e)?;
+    let (bw, _) = titled.dim_in_pixel();
+    let (body, scale) = titled.split_horizontally(bw.saturating_sub(SCALE_W));
+    draw_scale(&scale, lo, hi, &c.unit, c.higher_is_better)?;
     let mut chart = ChartBuilder::on(&body)
         .margin(15)
         .x_label_area_size(50)
@@ -574,6 +582,55 @@ fn draw_heatmap<DB: DrawingBackend>(
                 .map_err(e)?;
         }
     }
+    Ok(())
+}
+
+/// The colour scale of a heatmap: a vertical viridis bar from `lo` (bottom) to `hi` (top).
+fn draw_scale<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    lo: f64,
+    hi: f64,
+    unit: &str,
+    higher_is_better: bool,
+) -> DResult {
+    if !(lo.is_finite() && hi.is_finite()) {
+        return Ok(());
+    }
+    let (_, h) = area.dim_in_pixel();
+    let (top, bottom) = (40i32, h as i32 - 70);
+    let steps = 40;
+    let x0 = 15i32;
+    for i in 0..steps {
+        let t = i as f64 / (steps - 1) as f64;
+        let y1 = bottom - ((bottom - top) as f64 * (i + 1) as f64 / steps as f64) as i32;
+        let y0 = bottom - ((bottom - top) as f64 * i as f64 / steps as f64) as i32;
+        area.draw(&Rectangle::new(
+            [(x0, y1), (x0 + 22, y0)],
+            viridis(t).filled(),
+        ))
+        .map_err(e)?;
+    }
+    let style = TextStyle::from((FONT, 12).into_font()).color(&BLACK);
+    let label = |v: f64| format!("{} {unit}", num(v));
+    area.draw(&Text::new(label(hi), (x0 + 28, top - 6), style.clone()))
+        .map_err(e)?;
+    area.draw(&Text::new(
+        label((lo + hi) / 2.0),
+        (x0 + 28, (top + bottom) / 2 - 6),
+        style.clone(),
+    ))
+    .map_err(e)?;
+    area.draw(&Text::new(label(lo), (x0 + 28, bottom - 6), style.clone()))
+        .map_err(e)?;
+    let better = if higher_is_better {
+        ("better", "worse")
+    } else {
+        ("worse", "better")
+    };
+    area.draw(&Text::new(better.0, (x0, top - 24), style.clone()))
+        .map_err(e)?;
+    area.draw(&Text::new(better.1, (x0, bottom + 8), style))
+        .map_err(e)?;
     Ok(())
 }
 

@@ -95,6 +95,8 @@ pub struct Run {
     pub effective_flags: String,
     /// The generator's settings (`load` column; empty in old results and for anchors).
     pub load: String,
+    /// Where the recorder and the generator ran (`placement` column).
+    pub placement: String,
     pub metrics: [Option<f64>; N_METRICS],
     pub errors: Option<u64>,
     pub log: String,
@@ -477,6 +479,7 @@ fn parse_row(
         requested_flags: get("requested_flags").to_string(),
         effective_flags: get("effective_flags").to_string(),
         load: get("load").to_string(),
+        placement: get("placement").to_string(),
         metrics,
         errors: uint("errors", false)?,
         log: get("log").to_string(),
@@ -506,6 +509,32 @@ pub struct SeriesSummary {
     /// Largest Dirty and Writeback seen, KiB.
     pub dirty_kb_max: f64,
     pub writeback_kb_max: f64,
+    /// Throughput trend over the window: the least-squares line's change from the window's
+    /// start to its end, relative to the mean (0.12 = rose by 12%).
+    pub trend: f64,
+}
+
+/// Relative change across the window of the least-squares line through (t, x).
+pub fn trend_of(t: &[f64], x: &[f64]) -> f64 {
+    let n = t.len().min(x.len());
+    if n < 4 {
+        return 0.0;
+    }
+    let (mt, mx) = (
+        t[..n].iter().sum::<f64>() / n as f64,
+        x[..n].iter().sum::<f64>() / n as f64,
+    );
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for i in 0..n {
+        sxy += (t[i] - mt) * (x[i] - mx);
+        sxx += (t[i] - mt) * (t[i] - mt);
+    }
+    if sxx <= 0.0 || mx <= 0.0 {
+        return 0.0;
+    }
+    let span = t[..n].iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        - t[..n].iter().copied().fold(f64::INFINITY, f64::min);
+    sxy / sxx * span / mx
 }
 
 impl TimeSeries {
@@ -598,13 +627,16 @@ impl TimeSeries {
     pub fn summary(&self) -> SeriesSummary {
         let mut s = SeriesSummary::default();
         if let Some(tp) = self.column(series::THROUGHPUT) {
-            let w: Vec<f64> = self
+            let pts: Vec<(f64, f64)> = self
                 .t_s
                 .iter()
                 .zip(tp)
                 .filter(|(t, _)| **t >= 0.0)
-                .filter_map(|(_, v)| *v)
+                .filter_map(|(t, v)| v.map(|v| (*t, v)))
                 .collect();
+            let w: Vec<f64> = pts.iter().map(|p| p.1).collect();
+            let (tt, xx): (Vec<f64>, Vec<f64>) = pts.iter().copied().unzip();
+            s.trend = trend_of(&tt, &xx);
             s.samples = w.len();
             if !w.is_empty() {
                 let mean = w.iter().sum::<f64>() / w.len() as f64;
@@ -659,6 +691,7 @@ pub fn summarize_series(path: &Path, text: &str) -> Result<SeriesSummary> {
         col(series::WRITEBACK_KB),
     ];
     let mut tp = Vec::new();
+    let mut tpt = Vec::new();
     let (mut dirty, mut wb) = (0.0f64, 0.0f64);
     for (k, line) in lines.enumerate() {
         if line.is_empty() {
@@ -708,6 +741,7 @@ pub fn summarize_series(path: &Path, text: &str) -> Result<SeriesSummary> {
             if let Some(x) = num(i)? {
                 if t >= 0.0 {
                     tp.push(x);
+                    tpt.push(t);
                 }
             }
         }
@@ -730,6 +764,7 @@ pub fn summarize_series(path: &Path, text: &str) -> Result<SeriesSummary> {
         s.throughput_cov = if mean > 0.0 { var.sqrt() / mean } else { 0.0 };
         let med = crate::stats::median(&tp);
         s.stall_fraction = tp.iter().filter(|x| **x < 0.5 * med).count() as f64 / tp.len() as f64;
+        s.trend = trend_of(&tpt, &tp);
     }
     Ok(s)
 }

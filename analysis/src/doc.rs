@@ -104,8 +104,8 @@ impl Doc {
         let _ = writeln!(o, "<title>{}</title>", esc(&self.title));
         o.push_str(
             "<style>body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}\
-             table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}\
-             th{background:#f2f2f2}tr:nth-child(even) td{background:#fafafa}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}\
+             .tw{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top;overflow-wrap:anywhere;max-width:40em}\
+             th{background:#f2f2f2}tr:nth-child(even) td{background:#fafafa}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere}p{overflow-wrap:anywhere}\
              .chart{margin:1em 0;overflow-x:auto}.chart svg{max-width:100%;height:auto}code{background:#f2f2f2;padding:0 3px}</style>\n</head><body>\n",
         );
         let _ = writeln!(o, "<h1>{}</h1>", esc(&self.title));
@@ -118,7 +118,7 @@ impl Doc {
                     let _ = writeln!(o, "<p>{}</p>", inline(t));
                 }
                 Block::Table { head, rows } => {
-                    o.push_str("<table><thead><tr>");
+                    o.push_str("<div class=\"tw\"><table><thead><tr>");
                     for h in head {
                         let _ = write!(o, "<th>{}</th>", inline(h));
                     }
@@ -130,7 +130,7 @@ impl Doc {
                         }
                         o.push_str("</tr>\n");
                     }
-                    o.push_str("</tbody></table>\n");
+                    o.push_str("</tbody></table></div>\n");
                 }
                 Block::Chart(c) => {
                     let svg = c

@@ -11,6 +11,7 @@ pub mod data;
 pub mod doc;
 pub mod error;
 pub mod fixture;
+pub mod power;
 pub mod report;
 pub mod stats;
 

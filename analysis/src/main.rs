@@ -60,6 +60,14 @@ enum Cmd {
         #[arg(long, num_args = 2, value_names = ["BASE2_DIR", "HEAD2_DIR"])]
         confirm: Option<Vec<PathBuf>>,
     },
+    /// False-alarm and detection rates of the regression check from `harness power` trials.
+    Power {
+        /// Study directory of `harness power` (power.json, trials/).
+        dir: PathBuf,
+        /// Print JSON (stdout) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The best supported configuration, written as a recorder config file (TOML).
     Best {
         dir: PathBuf,
@@ -238,6 +246,19 @@ fn run(cli: Cli) -> analysis::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Cmd::Power { dir, json } => {
+            let p = analysis::power::power(&dir)?;
+            if json {
+                emit(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&p.to_json()).unwrap_or_default()
+                ));
+            } else {
+                emit(&p.summary_text());
+            }
+            eprintln!("analysis: wrote {}", p.markdown.display());
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Best {
             dir,

@@ -192,14 +192,54 @@ pub fn order_stat_median_ci(v: &[f64], level: f64) -> Interval {
     }
 }
 
-/// Interval of the median of one configuration's repetitions: bootstrap up to 200 values,
-/// order statistics beyond.
-pub fn median_ci(v: &[f64], level: f64) -> Interval {
-    if v.len() > 200 {
-        order_stat_median_ci(v, level)
-    } else {
-        bootstrap_median_ci(v, level, BOOT_RESAMPLES, BOOT_SEED)
+/// Distribution-free interval of the median from order statistics with exact binomial
+/// coverage: `[x(k), x(n+1-k)]` (1-based, sorted) with the largest k whose coverage
+/// `1 - 2 P(Bin(n, 1/2) <= k-1)` is at least `level`. None when even `[min, max]` does
+/// not reach it (for 90%: fewer than 5 values); then only the range can be given.
+pub fn exact_median_ci(v: &[f64], level: f64) -> Option<Interval> {
+    let n = v.len();
+    if n == 0 || n > 1000 {
+        return (n > 1000).then(|| order_stat_median_ci(v, level));
     }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    // cdf[j] = P(Bin(n, 1/2) <= j), in log space for large n.
+    let ln_half_n = -(n as f64) * std::f64::consts::LN_2;
+    let mut ln_c = 0.0f64; // ln C(n, j)
+    let mut cdf = Vec::with_capacity(n + 1);
+    let mut acc = 0.0f64;
+    for j in 0..=n {
+        if j > 0 {
+            ln_c += ((n - j + 1) as f64).ln() - (j as f64).ln();
+        }
+        acc += (ln_c + ln_half_n).exp();
+        cdf.push(acc);
+    }
+    let mut best = None;
+    for k in 1..=(n / 2).max(1) {
+        let coverage = 1.0 - 2.0 * cdf[k - 1];
+        if coverage + 1e-12 >= level {
+            best = Some(k);
+        } else {
+            break;
+        }
+    }
+    let k = best?;
+    Some(Interval {
+        estimate: quantile_sorted(&s, 0.5),
+        lo: s[k - 1],
+        hi: s[n - k],
+    })
+}
+
+/// Fewest repetitions for which a 90% interval of the median exists without assumptions
+/// about the distribution (`[min, max]` covers the median with 1 - 2/2^n: 93.75% at 5).
+pub const MIN_REPS_FOR_INTERVAL: usize = 5;
+
+/// Interval of the median of one configuration's repetitions: the exact order-statistic
+/// interval, None below [`MIN_REPS_FOR_INTERVAL`] (then the report gives the range).
+pub fn median_ci(v: &[f64], level: f64) -> Option<Interval> {
+    exact_median_ci(v, level)
 }
 
 /// Complementary error function (Numerical Recipes `erfcc`, fractional error < 1.2e-7).
@@ -560,5 +600,20 @@ mod tests {
             ci.lo >= 472.0 && ci.lo <= 475.0 && ci.hi >= 525.0 && ci.hi <= 528.0,
             "{ci:?}"
         );
+    }
+
+    #[test]
+    fn exact_median_interval_needs_five_values_for_ninety_percent() {
+        assert!(exact_median_ci(&[1.0, 2.0, 3.0, 4.0], 0.90).is_none());
+        let ci = exact_median_ci(&[5.0, 1.0, 3.0, 2.0, 4.0], 0.90).unwrap();
+        assert_eq!((ci.lo, ci.estimate, ci.hi), (1.0, 3.0, 5.0));
+        // n = 10: [x(2), x(9)] covers 97.9%, [x(3), x(8)] 89.1% < 90%.
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        let ci = exact_median_ci(&v, 0.90).unwrap();
+        assert_eq!((ci.lo, ci.hi), (2.0, 9.0));
+        // n = 20: [x(6), x(15)] covers 95.9%, [x(7), x(14)] 88.5%.
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        let ci = exact_median_ci(&v, 0.90).unwrap();
+        assert_eq!((ci.lo, ci.hi), (6.0, 15.0));
     }
 }

@@ -219,12 +219,17 @@ fn aa_compare_is_same_or_inconclusive_never_regression() {
             .iter()
             .filter(|r| r.metric == m::THROUGHPUT)
             .collect();
+        // Interleaved pairs share the run-to-run noise: most throughput rows are SAME.
+        // Independent runs (no pairing) leave the pair noise whole: INCONCLUSIVE is then
+        // the honest answer for many rows, never a REGRESSION.
         let same = tp.iter().filter(|r| r.verdict == Verdict::Same).count();
-        assert!(
-            same * 2 > tp.len(),
-            "{name}: only {same} of {} throughput rows SAME",
-            tp.len()
-        );
+        if shared.is_some() {
+            assert!(
+                same * 2 > tp.len(),
+                "{name}: only {same} of {} throughput rows SAME",
+                tp.len()
+            );
+        }
         let out = bin().arg("compare").arg(&base).arg(&head).output().unwrap();
         assert_eq!(
             out.status.code(),
@@ -377,7 +382,7 @@ fn best_writes_the_known_best_configuration_as_toml() {
     }
     assert!(
         text.contains("# runner-ups:")
-            && text.contains("90% interval")
+            && (text.contains("90% interval") || text.contains("(range "))
             && text.contains(&format!("# source sweep: {}", sweep.display()))
     );
     for metric in ["p99", "efficiency"] {
@@ -579,7 +584,13 @@ fn reads_a_real_harness_sweep() {
         md.contains("10 runs (10 ok)") && md.contains("`ring.sqpoll` (false, true)"),
         "{md}"
     );
-    assert!(md.contains("÷ fio disk-write") && md.contains("÷ blocking backend"));
+    // An old open-loop ingest sweep (no `load` column: `ingest` is paced by default): ranked
+    // by ack latency with acked vs offered, no throughput ratios to the anchors.
+    assert!(
+        md.contains("Open loop: ranked by ack latency")
+            && md.contains("offered load, so its ratio"),
+        "{md}"
+    );
     assert_chart(&sweep.join("report"), "timeseries");
     let out = bin().arg("best").arg(&sweep).output().unwrap();
     assert!(

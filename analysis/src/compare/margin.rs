@@ -1,12 +1,16 @@
 //! The margin delta of each (cell, metric): the smallest change `compare` calls a
 //! REGRESSION or IMPROVED, and whether the metric may fail a build at all (gated).
 //!
-//! delta = max(floor, 2 x spread), where the spread is, by preference:
-//! 1. `--aa DIR` given: the median |ln(head/base)| over that cell's pairs in a same-build
-//!    (A/A) sweep measured in the same job (at least [`MIN_AA_PAIRS`] pairs): the noise of
-//!    exactly the quantity the verdict is about (a paired log ratio);
-//! 2. else the cell's own within-build spread: the median |ln(x_i/x_j)| over pairs of ok
-//!    runs of the cell in the same build (both builds pooled; at least 4 runs per build);
+//! delta = max(floor, 2 x spread, bias): the spread is how far the median pair change of a
+//! same-build comparison with as many pairs as the one judged moves by chance, its
+//! standard error `1.2533 x sigma / sqrt(n)`, with sigma the noise of one pair's log ratio;
+//! the bias is a same-build sweep's own median change (a systematic offset between two
+//! identical sides; 0 when none was measured). sigma comes, by preference, from:
+//! 1. `--aa DIR` given: that cell's pairs in a same-build (A/A) sweep measured in the same
+//!    job (at least [`MIN_AA_PAIRS`] pairs): 1.4826 x the median absolute deviation of
+//!    their log ratios, the noise of exactly the quantity the verdict is about;
+//! 2. else the cell's own within-build spread: median |ln(x_i/x_j)| / 0.6745 over pairs of
+//!    ok runs of the cell in the same build (both builds pooled; at least 4 runs per build);
 //!    it includes drift between repetitions, so it is the larger of the two;
 //! 3. else the same pooled over every cell; else the floor alone.
 //!
@@ -76,20 +80,46 @@ impl Source {
 /// The margin of one (cell, metric).
 #[derive(Clone, Debug)]
 pub struct CellMargin {
-    /// Spread as a fraction (median |log ratio|, as exp(s) - 1), if estimated.
+    /// sigma: the noise of one pair's log ratio, as a fraction, if estimated.
+    pub pair_noise: Option<f64>,
+    /// The standard error of the median pair change for the pairs judged (fraction).
     pub spread: Option<f64>,
+    /// |median change| of the A/A sweep (fraction), when one was given.
+    pub bias: Option<f64>,
     pub source: Source,
     /// delta as a fraction (0.05 = 5%).
     pub delta: f64,
 }
 
-fn from_spread(metric: usize, s: Option<f64>, source: Source) -> CellMargin {
-    let twice = s.map(|s| (2.0 * s).exp() - 1.0).unwrap_or(0.0);
+/// Standard error of the median of `n` values of standard deviation `sigma`.
+pub fn se_median(sigma: f64, n: usize) -> f64 {
+    1.2533 * sigma / (n.max(1) as f64).sqrt()
+}
+
+fn from_sigma(
+    metric: usize,
+    sigma: Option<f64>,
+    bias: Option<f64>,
+    n: usize,
+    source: Source,
+) -> CellMargin {
+    let se = sigma.map(|s| se_median(s, n));
+    let twice = se.map(|s| (2.0 * s).exp() - 1.0).unwrap_or(0.0);
+    let b = bias.map(|b| b.abs().exp() - 1.0).unwrap_or(0.0);
     CellMargin {
-        spread: s.map(|s| s.exp() - 1.0),
+        pair_noise: sigma.map(|s| s.exp() - 1.0),
+        spread: se.map(|s| s.exp() - 1.0),
+        bias: bias.map(|b| b.abs().exp() - 1.0),
         source,
-        delta: floor(metric).max(twice),
+        delta: floor(metric).max(twice).max(b),
     }
+}
+
+/// 1.4826 x the median absolute deviation: a standard deviation robust to outlying pairs.
+pub fn robust_sd(w: &[f64]) -> f64 {
+    let med = stats::median(w);
+    let dev: Vec<f64> = w.iter().map(|x| (x - med).abs()).collect();
+    1.4826 * stats::median(&dev)
 }
 
 /// Positive values of `metric` for the ok runs.
@@ -122,7 +152,8 @@ pub struct MarginInputs<'a> {
 }
 
 impl MarginInputs<'_> {
-    /// The pooled within-build spread of a metric over every cell (and how many run pairs).
+    /// The pooled within-build pair noise of a metric over every cell (and how many run
+    /// pairs): median |ln(x_i/x_j)| / 0.6745.
     pub fn pooled(&self, metric: usize) -> (Option<f64>, usize) {
         let mut d = Vec::new();
         for g in [self.base, self.head] {
@@ -130,16 +161,18 @@ impl MarginInputs<'_> {
                 within(runs, metric, &mut d);
             }
         }
-        ((!d.is_empty()).then(|| stats::median(&d)), d.len())
+        ((!d.is_empty()).then(|| stats::median(&d) / 0.6745), d.len())
     }
 
-    pub fn margin(&self, cell: &str, metric: usize) -> CellMargin {
+    /// The margin of a cell's metric judged on `n` pairs.
+    pub fn margin(&self, cell: &str, metric: usize, n: usize) -> CellMargin {
         if let Some(w) = self.aa.and_then(|aa| aa.get(&(cell.to_string(), metric))) {
             if w.len() >= MIN_AA_PAIRS {
-                let abs: Vec<f64> = w.iter().map(|x| x.abs()).collect();
-                return from_spread(
+                return from_sigma(
                     metric,
-                    Some(stats::median(&abs)),
+                    Some(robust_sd(w)),
+                    Some(stats::median(w)),
+                    n,
                     Source::AaPairs { pairs: w.len() },
                 );
             }
@@ -152,17 +185,23 @@ impl MarginInputs<'_> {
             let mut d = Vec::new();
             within(b, metric, &mut d);
             within(h, metric, &mut d);
-            return from_spread(
+            return from_sigma(
                 metric,
-                Some(stats::median(&d)),
+                Some(stats::median(&d) / 0.6745),
+                None,
+                n,
                 Source::WithinBuildCell { run_pairs: d.len() },
             );
         }
         match self.pooled(metric) {
-            (Some(s), n) => {
-                from_spread(metric, Some(s), Source::WithinBuildPooled { run_pairs: n })
-            }
-            (None, _) => from_spread(metric, None, Source::FloorOnly),
+            (Some(s), runs) => from_sigma(
+                metric,
+                Some(s),
+                None,
+                n,
+                Source::WithinBuildPooled { run_pairs: runs },
+            ),
+            (None, _) => from_sigma(metric, None, None, n, Source::FloorOnly),
         }
     }
 }

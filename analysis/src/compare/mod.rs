@@ -485,7 +485,7 @@ pub fn compare(base_dir: &Path, head_dir: &Path, opts: &CompareOptions) -> Resul
                     if w.is_empty() {
                         return None;
                     }
-                    let mg = inputs.margin(cell, k);
+                    let mg = inputs.margin(cell, k, w.len());
                     let (gated, note) = margin::gate(&first.kind, open_loop, k, mg.delta);
                     let mut r = verdict_row(cell, &label, &first.kind, &first.workload, k, &w, mg);
                     r.open_loop = open_loop;
@@ -575,7 +575,7 @@ fn summarize_margins(rows: &[Row]) -> Vec<Margin> {
                 delta_max: rs.iter().map(|r| r.delta).fold(0.0, f64::max),
                 cells: rs.len(),
                 rule: format!(
-                    "max({:.0}%, 2 × spread); spread from {}",
+                    "max({:.0}%, 2 × spread, A/A bias); pair noise from {}",
                     margin::floor(k) * 100.0,
                     src.join(", ")
                 ),

@@ -117,7 +117,9 @@ pub(super) fn to_json(c: &Comparison) -> serde_json::Value {
                 "margin": {
                     "source": r.margin.source.key(),
                     "how": r.margin.source.describe(),
+                    "pair_noise": r.margin.pair_noise,
                     "spread": r.margin.spread,
+                    "aa_bias": r.margin.bias,
                 },
                 "verdict": r.verdict.as_str(),
                 "gated": r.gated,
@@ -203,13 +205,16 @@ pub(super) fn write_doc(
     doc.h(1, "Margins");
     doc.p(match &c.aa_dir {
         Some(a) => format!(
-            "delta per cell and metric = max(floor, 2 × spread), the spread being the median |ln(head/base)| over \
-             that cell's pairs in the A/A sweep `{}` (same build on both sides, measured in the same job), else the \
-             cell's within-build spread.",
+            "delta per cell and metric = max(floor, 2 × spread, A/A bias). The spread is the standard error of the \
+             median pair change with this many pairs, 1.25 × σ/√n, σ the noise of one pair (1.4826 × the median \
+             absolute deviation of that cell's pair log ratios in the A/A sweep `{}`: the same build on both sides, \
+             measured in the same job); the A/A bias is that sweep's own median change. Cells without enough A/A \
+             pairs use their within-build spread.",
             a.display()
         ),
-        None => "delta per cell and metric = max(floor, 2 × spread), the spread being the median |ln(x_i/x_j)| over \
-                 pairs of the cell's ok runs within one build (both builds pooled; pooled over cells when a cell has \
+        None => "delta per cell and metric = max(floor, 2 × spread), the spread being the standard error of the \
+                 median pair change with this many pairs, 1.25 × σ/√n, σ from the cell's within-build repetitions \
+                 (median |ln(x_i/x_j)| / 0.6745 over its ok runs in each build; pooled over cells when a cell has \
                  fewer than 4 runs per build). Give `--aa DIR` (a same-build sweep of the same experiment) for margins \
                  from A/A pairs."
             .into(),
