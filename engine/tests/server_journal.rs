@@ -506,31 +506,6 @@ fn resume_across_a_restart_in_the_middle_of_a_checkpoint() {
     }
 }
 
-/// A size-limited tmpfs (needs root, as CI runs); None when it cannot be mounted.
-struct SmallFs(std::path::PathBuf);
-impl SmallFs {
-    fn mount(tag: &str, size: &str) -> Option<SmallFs> {
-        let p = std::env::temp_dir().join(format!("recorder-enospc-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&p)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = std::fs::remove_dir(&p);
-            return None;
-        }
-        Some(SmallFs(p))
-    }
-}
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn enospc_in_replay_files_gives_storage_and_keeps_acked_frames() {
     let Some(fs) = SmallFs::mount("replay", "12m") else {

@@ -49,6 +49,8 @@ impl DsClient {
     pub fn connect(addr: SocketAddr) -> io::Result<DsClient> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_nodelay(true)?;
+        // a server that stops reading must not hang a test in write_all
+        stream.set_write_timeout(Some(Duration::from_secs(30)))?;
         Ok(DsClient {
             stream,
             inbuf: Vec::new(),

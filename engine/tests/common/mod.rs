@@ -230,3 +230,74 @@ pub fn store_files(store: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A size-limited tmpfs (needs root, as CI runs); None when it cannot be mounted.
+pub struct SmallFs(pub PathBuf);
+impl SmallFs {
+    pub fn mount(tag: &str, size: &str) -> Option<SmallFs> {
+        let p = std::env::temp_dir().join(format!("recorder-enospc-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&p).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&p)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_dir(&p);
+            return None;
+        }
+        Some(SmallFs(p))
+    }
+    /// `mount`, or None with a note when not root; CI (CI=true) runs as root, where a
+    /// mount that fails is the test's failure.
+    pub fn mount_or_skip(tag: &str, size: &str) -> Option<SmallFs> {
+        let fs = SmallFs::mount(tag, size);
+        if fs.is_none() {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI runs as root: mounting a tmpfs must work there"
+            );
+            eprintln!("skipped: cannot mount a tmpfs (not root)");
+        }
+        fs
+    }
+    /// Remounts read-only (or read-write again).
+    pub fn remount(&self, ro: bool) {
+        let st = Command::new("mount")
+            .args(["-o", if ro { "remount,ro" } else { "remount,rw" }])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {}", self.0.display());
+    }
+}
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A child process killed (and reaped) on drop, so no test can leave one running.
+pub struct KillOnDrop(pub Child);
+impl KillOnDrop {
+    /// Waits for the exit up to `timeout`; None (the child still runs) after it.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.0.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
