@@ -271,6 +271,16 @@ pub fn open_match(
     if rescan {
         let r = File::open(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        if r.metadata()?.len() < format::HEADER_BYTES as u64 {
+            // Created but never written (its first write failed, e.g. the disk was
+            // full): the header goes out with the first frames, before any ACK, so it
+            // holds no acknowledged frame. Start it again as a new match.
+            let f = OpenOptions::new().write(true).open(&path)?;
+            f.set_len(0)?;
+            f.sync_data()?;
+            let fresh = super::MatchFile::create(id, super::now_unix_us(), opts.clone());
+            return Ok((open_for_append(&path, false, opts)?, Some(fresh)));
+        }
         let scan = format::scan(io::BufReader::with_capacity(1 << 20, r), id, max_payload)?
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let f = OpenOptions::new().write(true).open(&path)?;
