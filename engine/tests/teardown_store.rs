@@ -115,3 +115,56 @@ fn match_created_on_a_full_disk_resumes_as_new_once_space_is_back() {
         std::fs::remove_dir_all(&store).unwrap();
     }
 }
+
+// Bug 6: a read-only store was accepted at start, then every DS got STORAGE. Refused at
+// start with the cause, like a store that is a regular file.
+#[test]
+fn read_only_store_is_refused_at_start() {
+    let Some(fs) = SmallFs::mount_or_skip("rostore", "4m") else {
+        return;
+    };
+    let store = fs.0.join("store");
+    std::fs::create_dir_all(store.join("live")).unwrap();
+    fs.remount(true);
+    for backend in BACKENDS {
+        let mut child = KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_recorder"))
+                .args(["serve", "--store"])
+                .arg(&store)
+                .args([
+                    "--ingest-addr",
+                    "127.0.0.1:0",
+                    "--http-addr",
+                    "127.0.0.1:0",
+                    "--backend",
+                    backend,
+                ])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let status = child.wait_timeout(Duration::from_secs(10));
+        if status.is_none() {
+            // still running: kill it so its stderr ends, then report what it said
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+        }
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+        let status =
+            status.unwrap_or_else(|| panic!("{backend}: started on a read-only store: {err}"));
+        assert_eq!(status.code(), Some(1), "{backend}: {err}");
+        assert!(
+            err.contains("not writable") && err.contains("Read-only file system"),
+            "{backend}: {err}"
+        );
+        assert!(!err.contains("listening on"), "{backend}: {err}");
+    }
+    // the same store read-write starts and serves
+    fs.remount(false);
+    let srv = spawn_server("blocking", &store, &[]);
+    let (_, r) = stream_match(srv.ingest, "rw", 2, 100);
+    assert!(matches!(r, Reply::Sealed { .. }), "{r:?}");
+}

@@ -34,6 +34,7 @@ pub mod fds;
 pub mod registry;
 pub mod service;
 pub mod session;
+pub mod startup;
 pub mod testkit;
 pub mod uring;
 pub mod wal;
@@ -240,6 +241,7 @@ pub fn start(mut cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext
         ));
     }
     let paths = StorePaths::new(&cfg.server.store);
+    startup::check_store(&paths)?;
     let (opts, notes) = resolve_store_options(&cfg, &paths.root)?;
     for n in &notes {
         tracing::info!("storage: {n}");
