@@ -450,3 +450,40 @@ fn resume_right_after_a_close_is_not_match_busy(backend: &str) {
     assert!(wrong.is_empty(), "{} of 400: {wrong:?}", wrong.len());
 }
 both_backends!(resume_right_after_a_close_is_not_match_busy);
+
+// ---------------------------------------------------------------------------------
+// Bug 8: a message length of 0 got MALFORMED while docs/protocol.md said FRAME_TOO_LARGE.
+// MALFORMED is right (such a message has no room for its kind byte; FRAME_TOO_LARGE would
+// tell a client to send smaller frames): the doc says so now, and this keeps them agreeing.
+
+fn zero_length_message_is_malformed_as_documented(backend: &str) {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+        .unwrap();
+    let framing = doc
+        .split("## Framing")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    let flat = framing.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("a `len` of 0 with `MALFORMED`"),
+        "docs/protocol.md framing: {flat}"
+    );
+    let dir = TempDir::new("len0");
+    let srv = spawn_server(backend, dir.path(), &[]);
+    for hello in [false, true] {
+        let mut c = DsClient::connect(srv.ingest).unwrap();
+        if hello {
+            let w = c.hello("len0", false, b"").unwrap();
+            assert!(matches!(w, Reply::Welcome { .. }), "{w:?}");
+        }
+        c.send_raw(&[0, 0, 0, 0, 0x02]).unwrap();
+        let r = c.recv(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            r.error_code(),
+            Some(ErrorCode::Malformed),
+            "after HELLO {hello}: {r:?}"
+        );
+    }
+}
+both_backends!(zero_length_message_is_malformed_as_documented);
