@@ -487,3 +487,50 @@ fn zero_length_message_is_malformed_as_documented(backend: &str) {
     }
 }
 both_backends!(zero_length_message_is_malformed_as_documented);
+
+// ---------------------------------------------------------------------------------
+// Bug 11: net.listen-backlog was not honoured everywhere: the listener bound before the
+// backends start (the blocking backend's, the acceptor's, the first of each reuseport
+// group) kept std's default of 128. The kernel shows each listener's backlog as Send-Q
+// of `ss -ltn`.
+
+/// The Send-Q (accept queue limit) of every TCP listener on `port`.
+fn listen_backlogs(port: u16) -> Vec<u32> {
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) must be installed; ./lab installs it");
+    assert!(out.status.success(), "ss: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f[2].parse::<u32>()
+                .unwrap_or_else(|_| panic!("ss line {l:?}"))
+        })
+        .collect()
+}
+
+#[test]
+fn listen_backlog_is_honoured_in_every_listener_mode() {
+    for (backend, mode, listeners) in [
+        ("blocking", None, 1),
+        ("uring", Some("reuseport"), 2),
+        ("uring", Some("acceptor"), 1),
+    ] {
+        let dir = TempDir::new("backlog");
+        let mut args = vec!["--listen-backlog", "777"];
+        if let Some(m) = mode {
+            args.extend(["--workers", "2", "--listeners", m]);
+        }
+        let srv = spawn_server(backend, dir.path(), &args);
+        for (what, addr) in [("ingest", srv.ingest), ("http", srv.http)] {
+            let b = listen_backlogs(addr.port());
+            assert_eq!(
+                b,
+                vec![777; listeners],
+                "{backend} {mode:?}: {what} listeners' backlogs"
+            );
+        }
+    }
+}

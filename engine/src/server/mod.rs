@@ -225,6 +225,25 @@ impl std::fmt::Display for ServerError {
 }
 impl std::error::Error for ServerError {}
 
+/// Binds a listener on `addr` (host:port, the first address that binds) with the
+/// configured `net.listen-backlog` (std's `TcpListener::bind` would use 128). The io_uring
+/// backend uses it as its first listener (acceptor or first of a reuseport group), the
+/// blocking backend as its only one.
+fn bind_listener(addr: &str, what: &str, backlog: u32) -> Result<TcpListener, ServerError> {
+    use std::net::ToSocketAddrs;
+    let refuse = |e: std::io::Error| ServerError(format!("cannot listen on {what} {addr}: {e}"));
+    let mut last = None;
+    for sa in addr.to_socket_addrs().map_err(refuse)? {
+        match crate::sys::netops::sockopt::listen(sa, false, backlog as i32) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(refuse(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address")
+    })))
+}
+
 /// Validates the configuration, recovers the store, binds both listeners.
 pub fn start(mut cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, ServerError> {
     if cfg.server.max_connections == 0 || cfg.server.http_max_connections == 0 {
@@ -332,18 +351,9 @@ pub fn start(mut cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext
     for n in registry.load_expired() {
         tracing::info!("recovery: {n}");
     }
-    let ingest = TcpListener::bind(&cfg.server.ingest_addr).map_err(|e| {
-        ServerError(format!(
-            "cannot listen on ingest-addr {}: {e}",
-            cfg.server.ingest_addr
-        ))
-    })?;
-    let http = TcpListener::bind(&cfg.server.http_addr).map_err(|e| {
-        ServerError(format!(
-            "cannot listen on http-addr {}: {e}",
-            cfg.server.http_addr
-        ))
-    })?;
+    let backlog = cfg.net.listen_backlog;
+    let ingest = bind_listener(&cfg.server.ingest_addr, "ingest-addr", backlog)?;
+    let http = bind_listener(&cfg.server.http_addr, "http-addr", backlog)?;
     if cfg.tier.enabled() {
         let bound = http
             .local_addr()
