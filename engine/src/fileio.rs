@@ -506,7 +506,9 @@ fn extend_after_prealloc(job: &Job, cfg: &Config, of: &OpenFile) -> Result<(), F
 /// because sockets cannot be polled, while file I/O is where IOPOLL is measured.)
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     crate::config::ring::validate(cfg)?;
-    crate::config::file::validate(cfg)
+    crate::config::ring::validate_bench(cfg)?;
+    crate::config::file::validate(cfg)?;
+    crate::config::file::validate_bench(cfg)
 }
 
 fn check_job(job: &Job, cfg: &Config) -> Result<(), FileIoError> {
@@ -895,7 +897,8 @@ fn run_uring_loop<R: RingOps, T: FileTarget>(
                         g.bytes_since += n;
                     }
                 }
-                OpKind::Fallocate => {}
+                OpKind::Fallocate | OpKind::SyncRange | OpKind::WriteThen(..) | OpKind::Meta(_) => {
+                }
             }
         }
     }

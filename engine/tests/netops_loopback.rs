@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use engine::sys::netops::{Completion, Errno, NetOps, PbufRing, Pipe, SubmitError};
+use engine::sys::netops::{Completion, Errno, Fd, NetOps, PbufRing, Pipe, Socket, SubmitError};
 use io_uring::IoUring;
 
 fn pair() -> (TcpStream, TcpStream) {
@@ -41,12 +41,13 @@ fn single_shot_accept_recv_send_round_trip() {
     let mut ops: NetOps = NetOps::new(16, 3);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    ops.accept(&mut ring, l.as_raw_fd(), false, 7).unwrap();
+    ops.accept(&mut ring, Fd(l.as_raw_fd()), false, false, 7)
+        .unwrap();
     ring.submit().unwrap();
     let mut client = TcpStream::connect(addr).unwrap();
     let Completion::Accept {
         ctx: 7,
-        res: Ok(conn),
+        res: Ok(Socket::Fd(conn)),
         more: false,
     } = next(&mut ring, &mut ops)
     else {
@@ -62,7 +63,8 @@ fn single_shot_accept_recv_send_round_trip() {
     let mut got = Vec::new();
     let mut buf = vec![0u8; 8192];
     while got.len() < msg.len() {
-        ops.recv(&mut ring, conn.as_raw_fd(), buf, 100, 9).unwrap();
+        ops.recv(&mut ring, Fd(conn.as_raw_fd()), buf, 100, 9)
+            .unwrap();
         ring.submit().unwrap();
         let Completion::Recv {
             ctx: 9,
@@ -85,7 +87,7 @@ fn single_shot_accept_recv_send_round_trip() {
 
     // SEND back, read with std.
     let back = pattern(300_000, 2);
-    ops.send(&mut ring, conn.as_raw_fd(), back.clone(), 0, false, 11)
+    ops.send(&mut ring, Fd(conn.as_raw_fd()), back.clone(), 0, false, 11)
         .unwrap();
     ring.submit().unwrap();
     let reader = std::thread::spawn(move || {
@@ -116,14 +118,16 @@ fn multishot_accept_posts_one_cqe_per_connection_then_rearms_after_cancel() {
     let mut ops: NetOps = NetOps::new(16, 3);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let ud = ops.accept(&mut ring, l.as_raw_fd(), true, 1).unwrap();
+    let ud = ops
+        .accept(&mut ring, Fd(l.as_raw_fd()), true, false, 1)
+        .unwrap();
     ring.submit().unwrap();
     let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let mut fds: Vec<OwnedFd> = Vec::new();
     for _ in 0..3 {
         let Completion::Accept {
             ctx: 1,
-            res: Ok(fd),
+            res: Ok(Socket::Fd(fd)),
             more: true,
         } = next(&mut ring, &mut ops)
         else {
@@ -172,7 +176,7 @@ fn multishot_recv_recycles_buffers_across_enobufs() {
             client.shutdown(std::net::Shutdown::Write).unwrap();
         })
     };
-    ops.recv_multishot(&mut ring, server.as_raw_fd(), 9, 4)
+    ops.recv_multishot(&mut ring, Fd(server.as_raw_fd()), 9, false, 4)
         .unwrap();
     ring.submit().unwrap();
     let mut got = Vec::new();
@@ -194,7 +198,7 @@ fn multishot_recv_recycles_buffers_across_enobufs() {
                 if !more {
                     pbuf.recycle_many(&held);
                     held.clear();
-                    ops.recv_multishot(&mut ring, server.as_raw_fd(), 9, 4)
+                    ops.recv_multishot(&mut ring, Fd(server.as_raw_fd()), 9, false, 4)
                         .unwrap();
                     ring.submit().unwrap();
                     rearms += 1;
@@ -210,7 +214,7 @@ fn multishot_recv_recycles_buffers_across_enobufs() {
                 enobufs += 1;
                 pbuf.recycle_many(&held);
                 held.clear();
-                ops.recv_multishot(&mut ring, server.as_raw_fd(), 9, 4)
+                ops.recv_multishot(&mut ring, Fd(server.as_raw_fd()), 9, false, 4)
                     .unwrap();
                 ring.submit().unwrap();
                 rearms += 1;
@@ -258,7 +262,7 @@ fn send_zc_returns_buffer_with_notification_and_reports_copy_on_loopback() {
     for (i, s) in sends.iter().enumerate() {
         ops.send(
             &mut ring,
-            server.as_raw_fd(),
+            Fd(server.as_raw_fd()),
             s.clone(),
             0,
             true,
@@ -281,8 +285,8 @@ fn send_zc_returns_buffer_with_notification_and_reports_copy_on_loopback() {
                     assert_eq!(n, s.len());
                     break;
                 }
-                Completion::SendZcNotif { ctx, buf, copied } => {
-                    assert_eq!(buf, sends[(ctx - 100) as usize]);
+                Completion::SendZcNotif { ctx, bufs, copied } => {
+                    assert_eq!(bufs, vec![sends[(ctx - 100) as usize].clone()]);
                     assert!(copied, "loopback SEND_ZC should report a copy");
                 }
                 other => panic!("unexpected {other:?}"),
@@ -291,12 +295,12 @@ fn send_zc_returns_buffer_with_notification_and_reports_copy_on_loopback() {
     }
     let mut returned = 0;
     while ops.in_flight() > 0 {
-        let Completion::SendZcNotif { ctx, buf, copied } = next(&mut ring, &mut ops) else {
+        let Completion::SendZcNotif { ctx, bufs, copied } = next(&mut ring, &mut ops) else {
             panic!("expected a notification")
         };
         assert_eq!(
-            buf,
-            sends[(ctx - 100) as usize],
+            bufs,
+            vec![sends[(ctx - 100) as usize].clone()],
             "buffer returned with the notification is the one sent"
         );
         assert!(
@@ -333,10 +337,10 @@ fn splice_file_through_pipe_to_socket() {
         let len = chunk.min(data.len() as u64 - off) as u32;
         ops.splice_file_to_socket(
             &mut ring,
-            file.as_raw_fd(),
+            Fd(file.as_raw_fd()),
             off,
             &pipe,
-            server.as_raw_fd(),
+            Fd(server.as_raw_fd()),
             len,
             1,
             2,
@@ -347,8 +351,8 @@ fn splice_file_through_pipe_to_socket() {
         let mut moved_out = None;
         while moved_in.is_none() || moved_out.is_none() {
             match next(&mut ring, &mut ops) {
-                Completion::Splice { ctx: 1, res } => moved_in = Some(res.unwrap()),
-                Completion::Splice { ctx: 2, res } => moved_out = Some(res),
+                Completion::Splice { ctx: 1, res, .. } => moved_in = Some(res.unwrap()),
+                Completion::Splice { ctx: 2, res, .. } => moved_out = Some(res),
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -360,9 +364,9 @@ fn splice_file_through_pipe_to_socket() {
                 assert_eq!(e, libc::ECANCELED);
                 ops.splice(
                     &mut ring,
-                    pipe.read.as_raw_fd(),
+                    Fd(pipe.read.as_raw_fd()),
                     -1,
-                    server.as_raw_fd(),
+                    Fd(server.as_raw_fd()),
                     -1,
                     n_in as u32,
                     false,
@@ -370,7 +374,10 @@ fn splice_file_through_pipe_to_socket() {
                 )
                 .unwrap();
                 ring.submit().unwrap();
-                let Completion::Splice { ctx: 3, res: Ok(n) } = next(&mut ring, &mut ops) else {
+                let Completion::Splice {
+                    ctx: 3, res: Ok(n), ..
+                } = next(&mut ring, &mut ops)
+                else {
                     panic!()
                 };
                 assert_eq!(n, n_in);
@@ -392,7 +399,7 @@ fn timeout_fires_and_cancel_by_fd_ends_a_pending_recv() {
     let mut ring = IoUring::new(64).unwrap();
     let mut ops: NetOps = NetOps::new(16, 5);
     let (_client, server) = pair();
-    ops.recv(&mut ring, server.as_raw_fd(), vec![0u8; 64], 0, 1)
+    ops.recv(&mut ring, Fd(server.as_raw_fd()), vec![0u8; 64], 0, 1)
         .unwrap();
     ops.timeout(&mut ring, Duration::from_millis(20), 2)
         .unwrap();
@@ -404,7 +411,7 @@ fn timeout_fires_and_cancel_by_fd_ends_a_pending_recv() {
     else {
         panic!("expected the timeout to fire")
     };
-    ops.cancel_fd(&mut ring, server.as_raw_fd(), 3).unwrap();
+    ops.cancel_fd(&mut ring, Fd(server.as_raw_fd()), 3).unwrap();
     ring.submit().unwrap();
     let mut seen = (false, false);
     for _ in 0..2 {
@@ -435,12 +442,12 @@ fn full_table_and_bad_arguments_are_refused_with_the_buffer_back() {
     let mut ring = IoUring::new(8).unwrap();
     let mut ops: NetOps = NetOps::new(2, 5);
     let (_c, s) = pair();
-    ops.recv(&mut ring, s.as_raw_fd(), vec![0u8; 16], 0, 1)
+    ops.recv(&mut ring, Fd(s.as_raw_fd()), vec![0u8; 16], 0, 1)
         .unwrap();
-    ops.recv(&mut ring, s.as_raw_fd(), vec![0u8; 16], 0, 2)
+    ops.recv(&mut ring, Fd(s.as_raw_fd()), vec![0u8; 16], 0, 2)
         .unwrap();
     let r = ops
-        .recv(&mut ring, s.as_raw_fd(), vec![1u8; 16], 0, 3)
+        .recv(&mut ring, Fd(s.as_raw_fd()), vec![1u8; 16], 0, 3)
         .unwrap_err();
     assert!(
         matches!(r.error, SubmitError::TableFull { capacity: 2 }),
@@ -448,13 +455,13 @@ fn full_table_and_bad_arguments_are_refused_with_the_buffer_back() {
     );
     assert_eq!(r.buf, Some(vec![1u8; 16]));
     let r = ops
-        .send(&mut ring, s.as_raw_fd(), vec![1u8; 16], 16, false, 3)
+        .send(&mut ring, Fd(s.as_raw_fd()), vec![1u8; 16], 16, false, 3)
         .unwrap_err();
     assert!(matches!(r.error, SubmitError::BadArgument(_)), "{r}");
     assert!(r.to_string().contains("offset"));
     // CQEs from another tag are not ours.
     assert!(ops.complete(0x0100_0000_0000_0000, 0, 0).is_none());
-    ops.cancel_fd(&mut ring, s.as_raw_fd(), 9).unwrap_err();
+    ops.cancel_fd(&mut ring, Fd(s.as_raw_fd()), 9).unwrap_err();
 }
 
 #[test]
@@ -464,11 +471,11 @@ fn sq_full_is_flushed_then_refused_only_if_still_full() {
     let mut ops: NetOps = NetOps::new(8, 5);
     let (_c, s) = pair();
     for i in 0..5 {
-        ops.recv(&mut ring, s.as_raw_fd(), vec![0u8; 16], 0, i)
+        ops.recv(&mut ring, Fd(s.as_raw_fd()), vec![0u8; 16], 0, i)
             .unwrap();
     }
     assert_eq!(ops.in_flight(), 5);
-    ops.cancel_fd(&mut ring, s.as_raw_fd(), 99).unwrap();
+    ops.cancel_fd(&mut ring, Fd(s.as_raw_fd()), 99).unwrap();
     ring.submit().unwrap();
     let mut cancelled = 0;
     while ops.in_flight() > 0 {

@@ -605,3 +605,130 @@ fn a_client_that_stops_reading_is_cut_off_and_others_continue() {
         got.len()
     );
 }
+
+#[test]
+fn direct_sockets_registered_files_acceptor_handoff_and_splice() {
+    ingest_and_download_checked(
+        &[
+            "--direct-sockets",
+            "true",
+            "--register-files",
+            "true",
+            "--listeners",
+            "acceptor",
+            "--send",
+            "splice",
+            "--serve-chunk-bytes",
+            "64k",
+            "--pipe-bytes",
+            "64k",
+        ],
+        8,
+        &[],
+        &["file table", "listeners acceptor"],
+    );
+}
+
+#[test]
+fn direct_sockets_zero_copy_from_registered_buffers_direct_reads() {
+    ingest_and_download_checked(
+        &[
+            "--direct-sockets",
+            "true",
+            "--register-files",
+            "true",
+            "--register-buffers",
+            "true",
+            "--read-op",
+            "read-fixed",
+            "--serve-read",
+            "direct",
+            "--send",
+            "send-zc",
+            "--send-zc-min-bytes",
+            "4096",
+            "--send-zc-fixed",
+            "true",
+        ],
+        8,
+        &[],
+        &["file table", "send send-zc"],
+    );
+}
+
+#[test]
+fn recv_bundles_incremental_buffers_vectored_sends() {
+    ingest_and_download_checked(
+        &[
+            "--recv-bundle",
+            "true",
+            "--buf-ring-inc",
+            "true",
+            "--recv-buf-bytes",
+            "64k",
+            "--buf-ring-entries",
+            "16",
+            "--send-batch",
+            "vectored",
+        ],
+        8,
+        &[],
+        &["incremental"],
+    );
+}
+
+#[test]
+fn batched_waits_in_the_enter_skip_success_no_iowait_linked_syncs() {
+    ingest_and_download_checked(
+        &[
+            "--wait-nr",
+            "8",
+            "--wait-timeout",
+            "ext-arg",
+            "--min-wait-usec",
+            "200",
+            "--cqe-skip-success",
+            "true",
+            "--no-iowait",
+            "true",
+            "--durability",
+            "fdatasync",
+            "--direct",
+            "required",
+            "--link-sync",
+            "true",
+            "--force-async",
+            "1",
+            "--send",
+            "splice",
+            "--serve-chunk-bytes",
+            "64k",
+            "--pipe-bytes",
+            "64k",
+        ],
+        8,
+        &[],
+        &[],
+    );
+}
+
+#[test]
+fn write_behind_prealloc_through_the_ring_napi() {
+    ingest_and_download_checked(
+        &[
+            "--durability",
+            "fdatasync",
+            "--write-behind",
+            "true",
+            "--prealloc",
+            "true",
+            "--prealloc-bytes",
+            "1m",
+            "--napi-busy-poll-us",
+            "20",
+        ],
+        6,
+        &[],
+        &["napi busy poll 20 us"],
+    );
+}

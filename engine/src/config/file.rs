@@ -60,6 +60,37 @@ pub const DURABILITIES: &[(&str, Durability)] = &[
     ("rwf-dsync", Durability::RwfDsync),
 ];
 
+/// How preallocation reserves space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PreallocMode {
+    /// FALLOC_FL_KEEP_SIZE: unwritten extents, the file size unchanged (the first write
+    /// to each extent converts it, a metadata update).
+    KeepSize,
+    /// FALLOC_FL_WRITE_ZEROES (6.17): written, zeroed extents and the file size set, so
+    /// appends are overwrites (no extent conversion, no size change per write). Needs a
+    /// device with unmap write-zeroes (write_zeroes_unmap_max_bytes > 0).
+    WriteZeroes,
+}
+
+pub const PREALLOC_MODES: &[(&str, PreallocMode)] = &[
+    ("keep-size", PreallocMode::KeepSize),
+    ("write-zeroes", PreallocMode::WriteZeroes),
+];
+
+/// Who creates, syncs, renames and deletes match and replay files in `recorder serve`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileOpsMode {
+    /// std calls on two storage helper threads (and synchronous opens for HTTP).
+    Threads,
+    /// The worker's ring: OPENAT, STATX, FSYNC, FTRUNCATE, RENAMEAT, UNLINKAT, CLOSE.
+    Ring,
+}
+
+pub const FILE_OPS_MODES: &[(&str, FileOpsMode)] = &[
+    ("threads", FileOpsMode::Threads),
+    ("ring", FileOpsMode::Ring),
+];
+
 pub const BUFFER_MEMORIES: &[(&str, PageKind)] = &[
     ("thp", PageKind::Thp),
     ("pages", PageKind::Small),
@@ -95,6 +126,14 @@ pub struct FileConfig {
     pub buffer_memory: PageKind,
     /// SQEs per io_uring_enter in the file engine; 0 = all queued at once.
     pub submit_batch: u32,
+    /// Each match-file write linked to its group-commit fdatasync (IOSQE_IO_LINK).
+    pub link_sync: bool,
+    /// SYNC_FILE_RANGE_WRITE after each buffered match-file write.
+    pub write_behind: bool,
+    /// IOSQE_ASYNC on every Nth write (fio's force_async); 0 = never.
+    pub force_async: u32,
+    pub prealloc_mode: PreallocMode,
+    pub file_ops: FileOpsMode,
 }
 
 impl Default for FileConfig {
@@ -116,6 +155,11 @@ impl Default for FileConfig {
             arena_bytes: 0,
             buffer_memory: PageKind::Thp,
             submit_batch: SUBMIT_BATCH_DEFAULT,
+            link_sync: false,
+            write_behind: false,
+            force_async: 0,
+            prealloc_mode: PreallocMode::KeepSize,
+            file_ops: FileOpsMode::Threads,
         }
     }
 }
@@ -147,6 +191,11 @@ const KNOBS: &[Knob] = &[
     Knob { section: "file", name: "block-size", kernel: "", since: "", values: "size", default: "1m", help: "Bytes per read or write; a multiple of the O_DIRECT alignment when direct is on." },
     Knob { section: "file", name: "arena-bytes", kernel: "", since: "", values: "size", default: "0", help: "Size of the aligned buffer arena (0 = io-depth x block-size); at least io-depth x block-size." },
     Knob { section: "file", name: "buffer-memory", kernel: "MADV_HUGEPAGE / MAP_HUGETLB", since: "2.6.38", values: "thp|pages|hugetlb", default: "thp", help: "Pages behind the buffer arena: thp = 2 MiB-aligned with MADV_HUGEPAGE (a 1 MiB buffer is then one DMA segment; with 4 KiB pages virtio-blk splits it into two requests), pages = plain 4 KiB pages, hugetlb = MAP_HUGETLB from the vm.nr_hugepages pool (fails if the pool is short). The bytes really in huge pages are reported." },
+    Knob { section: "file", name: "link-sync", kernel: "IOSQE_IO_LINK (WRITE -> FSYNC)", since: "5.3", values: "bool", default: "false", help: "recorder serve, durability=fdatasync: each match-file write goes out linked to its fdatasync (IORING_FSYNC_DATASYNC) in one submission; one completion when both are done (with ring.cqe-skip-success the write's own CQE is skipped)." },
+    Knob { section: "file", name: "write-behind", kernel: "IORING_OP_SYNC_FILE_RANGE", since: "5.2", values: "bool", default: "false", help: "recorder serve, buffered writes (direct=off): each match-file write is linked to SYNC_FILE_RANGE_WRITE of its range, starting write-back at once so the group-commit fdatasync has less to flush." },
+    Knob { section: "file", name: "force-async", kernel: "IOSQE_ASYNC", since: "5.6", values: "u32", default: "0", help: "IOSQE_ASYNC on every Nth write (fio's force_async; 1 = all): the write goes to io-wq at once instead of trying inline first (extending O_DIRECT writes on ext4 always end up there). 0 = never." },
+    Knob { section: "file", name: "prealloc-mode", kernel: "IORING_OP_FALLOCATE (FALLOC_FL_KEEP_SIZE / FALLOC_FL_WRITE_ZEROES)", since: "5.6 / 6.17", values: "keep-size|write-zeroes", default: "keep-size", help: "How prealloc reserves space, through the ring: keep-size (unwritten extents, size unchanged) or write-zeroes (written zeroed extents, file size set: appends become overwrites; needs a device with unmap write-zeroes, refused at start otherwise)." },
+    Knob { section: "file", name: "file-ops", kernel: "IORING_OP_OPENAT / STATX / FTRUNCATE / RENAMEAT / UNLINKAT / CLOSE", since: "5.6 / 6.9", values: "threads|ring", default: "threads", help: "recorder serve: who opens, seals (truncate, sync, rename, directory syncs) and deletes match and replay files: std calls on two storage helper threads and synchronous opens for HTTP (threads), or the worker's ring (ring; opens go straight into the file table with register-files)." },
     Knob { section: "file", name: "submit-batch", kernel: "io_uring_enter(to_submit)", since: "5.1", values: "u32", default: "1", help: "File engine (io-bench): SQEs per io_uring_enter, 0 = everything queued at once. The kernel plugs a batch of 3 or more, so sequential bios merge up to max_sectors_kb: fewer, larger requests that complete together, and the loop then refills in bursts (on virtio-blk slower); 1 or 2 go unplugged, one I/O per completion. fio's iodepth_batch_submit (default 1). Not used by recorder serve." },
 ];
 
@@ -186,6 +235,11 @@ impl Section for FileConfig {
             "arena-bytes" => self.arena_bytes = parse_bytes(v)?,
             "buffer-memory" => self.buffer_memory = parse_choice(v, BUFFER_MEMORIES)?,
             "submit-batch" => self.submit_batch = parse_num(v)?,
+            "link-sync" => self.link_sync = parse_bool(v)?,
+            "write-behind" => self.write_behind = parse_bool(v)?,
+            "force-async" => self.force_async = parse_num(v)?,
+            "prealloc-mode" => self.prealloc_mode = parse_choice(v, PREALLOC_MODES)?,
+            "file-ops" => self.file_ops = parse_choice(v, FILE_OPS_MODES)?,
             _ => return Err(format!("unknown option {name}")),
         }
         Ok(())
@@ -208,6 +262,11 @@ impl Section for FileConfig {
             "arena-bytes" => format_bytes(self.arena_bytes),
             "buffer-memory" => choice_name(self.buffer_memory, BUFFER_MEMORIES).into(),
             "submit-batch" => self.submit_batch.to_string(),
+            "link-sync" => self.link_sync.to_string(),
+            "write-behind" => self.write_behind.to_string(),
+            "force-async" => self.force_async.to_string(),
+            "prealloc-mode" => choice_name(self.prealloc_mode, PREALLOC_MODES).into(),
+            "file-ops" => choice_name(self.file_ops, FILE_OPS_MODES).into(),
             _ => return None,
         })
     }
@@ -268,6 +327,33 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 "sync-interval-ms and sync-interval-bytes are group-commit intervals for durability=fdatasync, but durability={}: set durability=fdatasync or the intervals to 0",
                 choice_name(f.durability, DURABILITIES)
             ),
+        ));
+    }
+    if f.prealloc_mode != PreallocMode::KeepSize && !f.prealloc {
+        return Err(ConfigError::new(
+            &["prealloc-mode", "prealloc"],
+            "prealloc-mode is set but prealloc=false: set prealloc=true or prealloc-mode=keep-size",
+        ));
+    }
+    if f.link_sync && f.durability != Durability::Fdatasync {
+        return Err(ConfigError::new(
+            &["link-sync", "durability"],
+            format!(
+                "link-sync links each write to its fdatasync, but durability={}: set durability=fdatasync or link-sync=false",
+                choice_name(f.durability, DURABILITIES)
+            ),
+        ));
+    }
+    if f.write_behind && f.direct != Direct::Off {
+        return Err(ConfigError::new(
+            &["write-behind", "direct"],
+            "write-behind starts page-cache write-back (SYNC_FILE_RANGE_WRITE) and O_DIRECT writes have none: set direct=off or write-behind=false",
+        ));
+    }
+    if f.write_behind && f.link_sync {
+        return Err(ConfigError::new(
+            &["write-behind", "link-sync"],
+            "write-behind and link-sync both link a sync step to every write; with link-sync the fdatasync already flushes it: choose one",
         ));
     }
     if f.prealloc_bytes != 0 && !f.prealloc {
@@ -350,6 +436,83 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     "the arena would hold {slots} buffers but the kernel registers at most {}: lower arena-bytes or raise block-size",
                     crate::sys::mem::MAX_REGISTERED_BUFFERS
                 ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Rules of this section that hold only for `recorder serve` (called by
+/// `config::server::validate_serve`): the io-bench job shape is not the server's.
+pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
+    let f = &cfg.file;
+    let d = FileConfig::default();
+    if cfg.server.backend == super::server::Backend::Blocking {
+        for (name, set) in [
+            ("link-sync", f.link_sync),
+            ("write-behind", f.write_behind),
+            ("force-async", f.force_async != 0),
+            ("prealloc-mode", f.prealloc_mode != d.prealloc_mode),
+            ("file-ops", f.file_ops != d.file_ops),
+        ] {
+            if set {
+                let knob = KNOBS.iter().find(|k| k.name == name).map_or("", |k| k.name);
+                return Err(ConfigError::new(
+                    &[knob, "backend"],
+                    format!("file.{name} is carried out on the io_uring backend's ring, and backend=blocking writes with pwrite/fdatasync on its connection threads: leave {name} at its default or use backend=uring"),
+                ));
+            }
+        }
+    }
+    if (f.link_sync || f.write_behind)
+        && cfg.server.write_buffer == super::server::WriteBuffer::Stage
+    {
+        return Err(ConfigError::new(
+            &["link-sync", "write-behind", "write-buffer"],
+            "link-sync and write-behind link their sync step to arena-slot writes; server.write-buffer=stage writes from the heap staging buffer, which this path does not link: use write-buffer=arena with them",
+        ));
+    }
+    for (name, set, why) in [
+        (
+            "io-depth",
+            f.io_depth != d.io_depth,
+            "the recorder keeps one write in flight per match",
+        ),
+        (
+            "block-size",
+            f.block_size != d.block_size,
+            "the recorder writes what a match staged (server.append-buffer-bytes)",
+        ),
+        (
+            "arena-bytes",
+            f.arena_bytes != d.arena_bytes,
+            "the recorder's arena is net.worker-arena-slots slots per worker",
+        ),
+    ] {
+        if set {
+            let knob = KNOBS.iter().find(|k| k.name == name).map_or("", |k| k.name);
+            return Err(ConfigError::new(
+                &[knob],
+                format!("file.{name} is an io-bench job option and recorder serve does not use it ({why}): leave it at its default"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `recorder io-bench` does not have the server's storage steps: refuses their options.
+pub fn validate_bench(cfg: &Config) -> Result<(), ConfigError> {
+    let f = &cfg.file;
+    for (name, set) in [
+        ("link-sync", f.link_sync),
+        ("write-behind", f.write_behind),
+        ("file-ops", f.file_ops != FileOpsMode::Threads),
+    ] {
+        if set {
+            let knob = KNOBS.iter().find(|k| k.name == name).map_or("", |k| k.name);
+            return Err(ConfigError::new(
+                &[knob],
+                format!("file.{name} is an option of recorder serve's match files; io-bench's group commit is sync-interval-ms / sync-interval-bytes: leave {name} at its default here"),
             ));
         }
     }

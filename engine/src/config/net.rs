@@ -79,6 +79,32 @@ pub const SERVE_READ_CHOICES: &[(&str, ServeRead)] = &[
     ("direct", ServeRead::Direct),
 ];
 
+/// How queued output buffers of one connection go out together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendBatch {
+    /// Small queued messages are copied into one buffer (up to 64 KiB), one SEND.
+    Copy,
+    /// One SEND with IORING_SEND_VECTORIZED over the queued buffers (an HTTP head and its
+    /// first body chunk, queued acks): no copy, one SQE.
+    Vectored,
+}
+pub const SEND_BATCH_CHOICES: &[(&str, SendBatch)] =
+    &[("copy", SendBatch::Copy), ("vectored", SendBatch::Vectored)];
+
+/// How NAPI ids are learnt for busy polling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NapiTracking {
+    /// The kernel records the NAPI id of every socket the ring uses.
+    Dynamic,
+    /// Only ids added explicitly (IO_URING_NAPI_STATIC_ADD_ID, from SO_INCOMING_NAPI_ID of
+    /// accepted sockets), 6.13+.
+    Static,
+}
+pub const NAPI_TRACKING_CHOICES: &[(&str, NapiTracking)] = &[
+    ("dynamic", NapiTracking::Dynamic),
+    ("static", NapiTracking::Static),
+];
+
 /// Worker thread placement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkersPin {
@@ -107,6 +133,16 @@ pub struct NetConfig {
     pub sndbuf_bytes: u32,
     pub rcvbuf_bytes: u32,
     pub worker_arena_slots: u32,
+    /// Sockets as direct descriptors (registered-file table; no fd).
+    pub direct_sockets: bool,
+    pub recv_bundle: bool,
+    pub buf_ring_inc: bool,
+    pub send_batch: SendBatch,
+    pub send_zc_fixed: bool,
+    /// NAPI busy-poll time per wait; 0 = off.
+    pub napi_busy_poll_us: u32,
+    pub napi_prefer_busy_poll: bool,
+    pub napi_tracking: NapiTracking,
 }
 
 impl Default for NetConfig {
@@ -128,6 +164,14 @@ impl Default for NetConfig {
             sndbuf_bytes: 0,
             rcvbuf_bytes: 0,
             worker_arena_slots: 64,
+            direct_sockets: false,
+            recv_bundle: false,
+            buf_ring_inc: false,
+            send_batch: SendBatch::Copy,
+            send_zc_fixed: false,
+            napi_busy_poll_us: 0,
+            napi_prefer_busy_poll: false,
+            napi_tracking: NapiTracking::Dynamic,
         }
     }
 }
@@ -175,6 +219,14 @@ const KNOBS: &[Knob] = &[
         "64",
         "Aligned buffers per io_uring worker, each the larger of serve-chunk-bytes + 4 KiB and server.append-buffer-bytes + 128 KiB (one whole append), registered when register-buffers: HTTP chunks and match-file writes wait for one when all are in use. Memory is touched only as slots are used.",
     ),
+    k("direct-sockets", "IORING_FILE_INDEX_ALLOC / IOSQE_FIXED_FILE", "5.19", "bool", "false", "Sockets as direct descriptors: listeners in each worker's registered-file table, connections accepted straight into it (no fd), every socket op with IOSQE_FIXED_FILE, hand-off between workers (listeners=acceptor) by MSG_RING fd passing. Socket options are set on the listeners (accepted sockets inherit them)."),
+    k("recv-bundle", "IORING_RECVSEND_BUNDLE", "6.10", "bool", "false", "recv=multishot: one receive completion may fill several provided buffers (consecutive in the ring) instead of one."),
+    k("buf-ring-inc", "IOU_PBUF_RING_INC", "6.12", "bool", "false", "recv=multishot: provided buffers are consumed incrementally, each receive taking only what it needs from the current buffer, so large buffers (recv-buf-bytes 64k to 1m) hold whole frames without wasting memory on small reads."),
+    k("send-batch", "IORING_SEND_VECTORIZED", "6.17", "copy|vectored", "copy", "How a connection's queued output goes out together: copy small messages into one buffer for one SEND (copy), or one SEND over all queued buffers with IORING_SEND_VECTORIZED (vectored: an HTTP head with its first body chunk, a chunk head with its chunk, queued acks; no copy)."),
+    k("send-zc-fixed", "IORING_RECVSEND_FIXED_BUF", "6.0", "bool", "false", "send=send-zc with register-buffers: file chunks go out with SEND_ZC from the registered arena slot they were read into (buf_index), no page pinning per send."),
+    k("napi-busy-poll-us", "IORING_REGISTER_NAPI", "6.9", "u32", "0", "Busy-poll the NIC receive queues of each worker's sockets for up to this many microseconds while waiting (0 = off). Loopback has no NAPI queue: it registers but polls nothing."),
+    k("napi-prefer-busy-poll", "io_uring_napi.prefer_busy_poll", "6.9", "bool", "false", "With napi-busy-poll-us: prefer busy polling over interrupts (SO_PREFER_BUSY_POLL semantics)."),
+    k("napi-tracking", "IO_URING_NAPI_TRACKING_STATIC", "6.13", "dynamic|static", "dynamic", "With napi-busy-poll-us: which NAPI ids are polled: every one the ring's sockets use (dynamic), or only those added from accepted sockets' SO_INCOMING_NAPI_ID (static, 6.13)."),
 ];
 
 fn bytes_u32(v: &str) -> Result<u32, String> {
@@ -205,6 +257,14 @@ impl Section for NetConfig {
             "sndbuf-bytes" => self.sndbuf_bytes = bytes_u32(v)?,
             "rcvbuf-bytes" => self.rcvbuf_bytes = bytes_u32(v)?,
             "worker-arena-slots" => self.worker_arena_slots = parse_num(v)?,
+            "direct-sockets" => self.direct_sockets = parse_bool(v)?,
+            "recv-bundle" => self.recv_bundle = parse_bool(v)?,
+            "buf-ring-inc" => self.buf_ring_inc = parse_bool(v)?,
+            "send-batch" => self.send_batch = parse_choice(v, SEND_BATCH_CHOICES)?,
+            "send-zc-fixed" => self.send_zc_fixed = parse_bool(v)?,
+            "napi-busy-poll-us" => self.napi_busy_poll_us = parse_num(v)?,
+            "napi-prefer-busy-poll" => self.napi_prefer_busy_poll = parse_bool(v)?,
+            "napi-tracking" => self.napi_tracking = parse_choice(v, NAPI_TRACKING_CHOICES)?,
             _ => return Err(format!("unknown option {name}")),
         }
         Ok(())
@@ -227,6 +287,14 @@ impl Section for NetConfig {
             "sndbuf-bytes" => self.sndbuf_bytes.to_string(),
             "rcvbuf-bytes" => self.rcvbuf_bytes.to_string(),
             "worker-arena-slots" => self.worker_arena_slots.to_string(),
+            "direct-sockets" => self.direct_sockets.to_string(),
+            "recv-bundle" => self.recv_bundle.to_string(),
+            "buf-ring-inc" => self.buf_ring_inc.to_string(),
+            "send-batch" => choice_name(self.send_batch, SEND_BATCH_CHOICES).to_string(),
+            "send-zc-fixed" => self.send_zc_fixed.to_string(),
+            "napi-busy-poll-us" => self.napi_busy_poll_us.to_string(),
+            "napi-prefer-busy-poll" => self.napi_prefer_busy_poll.to_string(),
+            "napi-tracking" => choice_name(self.napi_tracking, NAPI_TRACKING_CHOICES).to_string(),
             _ => return None,
         })
     }
@@ -324,11 +392,75 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             format!("worker-arena-slots must be 4..16384 (the kernel registers at most 16384 buffers), got {}", n.worker_arena_slots),
         ));
     }
+    if (n.recv_bundle || n.buf_ring_inc) && n.recv != RecvMode::Multishot {
+        return Err(ConfigError::new(
+            &["recv-bundle", "buf-ring-inc", "recv"],
+            "recv-bundle and buf-ring-inc change how multishot receive uses the provided-buffer ring: set recv=multishot (recv=single uses one buffer per connection)",
+        ));
+    }
+    if n.send_zc_fixed && (n.send != SendMode::SendZc || !cfg.file.register_buffers) {
+        return Err(ConfigError::new(
+            &["send-zc-fixed", "send", "register-buffers"],
+            "send-zc-fixed sends SEND_ZC from registered buffers: set send=send-zc and file.register-buffers=true, or send-zc-fixed=false",
+        ));
+    }
+    if n.send_zc_fixed && n.send_batch == SendBatch::Vectored {
+        return Err(ConfigError::new(
+            &["send-zc-fixed", "send-batch"],
+            "send-zc-fixed names one registered buffer per send and a vectored send spans several (the kernel refuses vectored SEND_ZC from fixed buffers): choose send-batch=copy or send-zc-fixed=false",
+        ));
+    }
+    if n.send_batch == SendBatch::Vectored && n.send == SendMode::Splice {
+        return Err(ConfigError::new(
+            &["send-batch", "send"],
+            "send=splice moves file bytes through a pipe, not user buffers: send-batch=vectored applies to send=send or send-zc",
+        ));
+    }
+    if n.napi_busy_poll_us == 0
+        && (n.napi_prefer_busy_poll || n.napi_tracking != NapiTracking::Dynamic)
+    {
+        return Err(ConfigError::new(
+            &["napi-prefer-busy-poll", "napi-tracking", "napi-busy-poll-us"],
+            "napi-prefer-busy-poll and napi-tracking shape NAPI busy polling, which is off: set napi-busy-poll-us above 0, or leave them at their defaults",
+        ));
+    }
+    if n.direct_sockets && n.listeners == Listeners::Acceptor && cfg.ring.registered_fd_only {
+        return Err(ConfigError::new(
+            &["direct-sockets", "listeners", "registered-fd-only"],
+            "listeners=acceptor hands direct sockets to other workers with MSG_RING, which names the target ring by its fd, and registered-fd-only rings have none: use listeners=reuseport, direct-sockets=false, or registered-fd-only=false",
+        ));
+    }
     if n.listen_backlog == 0 {
         return Err(ConfigError::new(
             &["listen-backlog"],
             "listen-backlog must be at least 1",
         ));
+    }
+    Ok(())
+}
+
+/// Rules that hold only for `recorder serve`: the blocking backend has no ring and uses
+/// std::net, so every non-default [ring] and [net] option is refused with it rather than
+/// listed as unused.
+pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
+    use super::server::Backend;
+    if cfg.server.backend != Backend::Blocking {
+        return Ok(());
+    }
+    let d = Config::default();
+    for k in super::all_knobs()
+        .into_iter()
+        .filter(|k| k.section == "ring" || k.section == "net")
+    {
+        let key = format!("{}.{}", k.section, k.name);
+        if cfg.get(&key) != d.get(&key) {
+            return Err(ConfigError::new(
+                &[k.name, "backend"],
+                format!(
+                    "{key} is an option of the io_uring backend and backend=blocking has no ring (threads with std::net and std::fs): remove it or use backend=uring"
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -15,6 +15,20 @@ pub enum AttachWq {
 
 const ATTACH_WQ: &[(&str, AttachWq)] = &[("off", AttachWq::Off), ("first", AttachWq::First)];
 
+/// How a wait for completions is bounded in time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WaitTimeout {
+    /// A TIMEOUT SQE is queued for the wait (its CQE ends it).
+    #[default]
+    Sqe,
+    /// The timeout travels in io_uring_enter itself (IORING_ENTER_EXT_ARG, struct
+    /// io_uring_getevents_arg): no SQE, no CQE; needed for min-wait-usec.
+    ExtArg,
+}
+
+pub const WAIT_TIMEOUTS: &[(&str, WaitTimeout)] =
+    &[("sqe", WaitTimeout::Sqe), ("ext-arg", WaitTimeout::ExtArg)];
+
 /// The typed [ring] configuration. Defaults: a plain ring of 256 SQ entries, all off.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RingConfig {
@@ -48,6 +62,16 @@ pub struct RingConfig {
     pub iowq_max_unbounded: Option<u32>,
     /// io-wq CPU affinity (IORING_REGISTER_IOWQ_AFF); empty = not set.
     pub iowq_cpus: Vec<usize>,
+    /// Completions each wait asks for (io_uring_enter min_complete).
+    pub wait_nr: u32,
+    /// With wait-nr > 1: return once this long has passed and one completion is there
+    /// (io_uring_getevents_arg.min_wait_usec, 6.12); 0 = off.
+    pub min_wait_usec: u32,
+    pub wait_timeout: WaitTimeout,
+    /// IOSQE_CQE_SKIP_SUCCESS where a completion carries nothing.
+    pub cqe_skip_success: bool,
+    /// IORING_ENTER_NO_IOWAIT on every wait.
+    pub no_iowait: bool,
 }
 
 impl Default for RingConfig {
@@ -78,6 +102,11 @@ impl Default for RingConfig {
             iowq_max_bounded: None,
             iowq_max_unbounded: None,
             iowq_cpus: Vec::new(),
+            wait_nr: 1,
+            min_wait_usec: 0,
+            wait_timeout: WaitTimeout::Sqe,
+            cqe_skip_success: false,
+            no_iowait: false,
         }
     }
 }
@@ -152,6 +181,16 @@ const KNOBS: &[Knob] = &[
         "Limit of unbounded io-wq workers (sockets, pipes and other I/O that may block forever) (empty = unchanged)."),
     knob("iowq-cpus", "IORING_REGISTER_IOWQ_AFF", "5.14", "cpu-list", "",
         "CPUs the io-wq workers may run on, like 0,1 or 0-1 (empty = not set)."),
+    knob("wait-nr", "io_uring_enter(min_complete)", "5.1", "u32", "1",
+        "recorder serve: completions each loop turn waits for (1 = wake for every completion). Above 1 the loop batches completions; pair it with min-wait-usec so a quiet ring is not held until the tick."),
+    knob("min-wait-usec", "IORING_FEAT_MIN_TIMEOUT (io_uring_getevents_arg.min_wait_usec)", "6.12", "u32", "0",
+        "recorder serve: with wait-nr > 1, a wait returns once this many microseconds have passed and at least one completion is there (0 = off). Needs wait-timeout=ext-arg."),
+    knob("wait-timeout", "IORING_ENTER_EXT_ARG", "5.11", "sqe|ext-arg", "sqe",
+        "recorder serve: how the loop's waits and periodic tick are timed: a TIMEOUT SQE per wait and per tick (sqe), or the timeout passed in io_uring_enter itself (ext-arg: no timer SQEs or CQEs)."),
+    knob("cqe-skip-success", "IOSQE_CQE_SKIP_SUCCESS", "5.17", "bool", "false",
+        "recorder serve: no completion on success where it carries nothing: the write of a linked write->sync pair, the first half of a splice pair, closes, cancels and MSG_RING wake-ups (failures still post one)."),
+    knob("no-iowait", "IORING_ENTER_NO_IOWAIT", "6.15", "bool", "false",
+        "recorder serve: waits do not count as iowait while file I/O is in flight (cpuidle and load accounting; not a throughput knob)."),
 ];
 
 fn parse_opt_num(v: &str) -> Result<Option<u32>, String> {
@@ -246,6 +285,11 @@ impl Section for RingConfig {
             "iowq-max-bounded" => self.iowq_max_bounded = parse_opt_num(v)?,
             "iowq-max-unbounded" => self.iowq_max_unbounded = parse_opt_num(v)?,
             "iowq-cpus" => self.iowq_cpus = parse_cpu_list(v)?,
+            "wait-nr" => self.wait_nr = parse_num(v)?,
+            "min-wait-usec" => self.min_wait_usec = parse_num(v)?,
+            "wait-timeout" => self.wait_timeout = parse_choice(v, WAIT_TIMEOUTS)?,
+            "cqe-skip-success" => self.cqe_skip_success = parse_bool(v)?,
+            "no-iowait" => self.no_iowait = parse_bool(v)?,
             _ => return Err(format!("unknown option {name}")),
         }
         Ok(())
@@ -279,6 +323,11 @@ impl Section for RingConfig {
             "iowq-max-bounded" => Some(opt(self.iowq_max_bounded)),
             "iowq-max-unbounded" => Some(opt(self.iowq_max_unbounded)),
             "iowq-cpus" => Some(format_cpu_list(&self.iowq_cpus)),
+            "wait-nr" => Some(self.wait_nr.to_string()),
+            "min-wait-usec" => Some(self.min_wait_usec.to_string()),
+            "wait-timeout" => Some(choice_name(self.wait_timeout, WAIT_TIMEOUTS).to_string()),
+            "cqe-skip-success" => b(self.cqe_skip_success),
+            "no-iowait" => b(self.no_iowait),
             _ => None,
         }
     }
@@ -362,6 +411,36 @@ impl RingConfig {
         }
         if self.sq_entries == 0 {
             return e(&["sq-entries"], "--sq-entries must be at least 1".into());
+        }
+        if self.wait_nr == 0 || self.wait_nr > 4096 {
+            return e(
+                &["wait-nr"],
+                format!(
+                    "--wait-nr must be 1..=4096 completions per wait, got {}",
+                    self.wait_nr
+                ),
+            );
+        }
+        if self.min_wait_usec != 0 && self.wait_timeout != WaitTimeout::ExtArg {
+            return e(
+                &["min-wait-usec", "wait-timeout"],
+                "--min-wait-usec travels in io_uring_enter's argument (IORING_ENTER_EXT_ARG): add --wait-timeout ext-arg, or set --min-wait-usec 0".into(),
+            );
+        }
+        if self.min_wait_usec != 0 && self.wait_nr == 1 {
+            return e(
+                &["min-wait-usec", "wait-nr"],
+                "--min-wait-usec only matters when a wait asks for more than one completion: raise --wait-nr above 1, or set --min-wait-usec 0".into(),
+            );
+        }
+        if self.min_wait_usec > 1_000_000 {
+            return e(
+                &["min-wait-usec"],
+                format!(
+                    "--min-wait-usec {} is over one second; the loop's tick is 10 ms",
+                    self.min_wait_usec
+                ),
+            );
         }
         if !self.clamp {
             if self.sq_entries > SQ_ENTRIES_MAX {
@@ -480,6 +559,29 @@ impl RingConfig {
 /// Cross-option rules of this section.
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     cfg.ring.validate()
+}
+
+/// `recorder io-bench` (the file engine) does not use the server loop's wait and
+/// completion options: refuses them rather than ignore them.
+pub fn validate_bench(cfg: &Config) -> Result<(), ConfigError> {
+    let r = &cfg.ring;
+    let d = RingConfig::default();
+    for (name, set) in [
+        ("wait-nr", r.wait_nr != d.wait_nr),
+        ("min-wait-usec", r.min_wait_usec != d.min_wait_usec),
+        ("wait-timeout", r.wait_timeout != d.wait_timeout),
+        ("cqe-skip-success", r.cqe_skip_success),
+        ("no-iowait", r.no_iowait),
+    ] {
+        if set {
+            let knob = KNOBS.iter().find(|k| k.name == name).map_or("", |k| k.name);
+            return Err(ConfigError::new(
+                &[knob],
+                format!("ring.{name} is an option of recorder serve's event loop; io-bench's file engine waits its own way (submit-batch, io-depth): leave {name} at its default here"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

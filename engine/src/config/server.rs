@@ -427,6 +427,8 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
 /// is shared with `recorder io-bench`, where they do not apply). `recorder serve` checks
 /// them after `Config::validate`; a harness preparing a serve cell should too.
 pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
+    crate::config::file::validate_serve(cfg)?;
+    crate::config::net::validate_serve(cfg)?;
     let s = &cfg.server;
     let f = &cfg.file;
     if f.sync_interval_ms != 0 || f.sync_interval_bytes != 0 {

@@ -1,6 +1,14 @@
 //! Provided-buffer rings (IORING_REGISTER_PBUF_RING, Linux 5.19+): a ring of buffer
 //! descriptors in memory we own, from which the kernel picks a buffer per completion
 //! (multishot recv). The application hands buffers back by advancing the tail.
+//!
+//! Two refinements change what one completion means, and [`BufRing::consume`] handles
+//! both: a *bundle* (IORING_RECVSEND_BUNDLE, 6.10) fills several buffers, consecutive in
+//! ring order from the buffer id in the CQE; an *incremental* ring (IOU_PBUF_RING_INC,
+//! 6.12) lets one buffer take several receives, each starting where the last ended, the
+//! CQE saying IORING_CQE_F_BUF_MORE while the kernel keeps using it. With incremental
+//! consumption the kernel consumes buffers strictly in ring order and completions are
+//! reaped in that order, so the ring keeps each buffer's consumed length itself.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -37,6 +45,22 @@ pub struct BufRing {
     /// dup of the ring fd (None for REGISTERED_FD_ONLY rings).
     fd: Option<RawFd>,
     registered: bool,
+    /// IOU_PBUF_RING_INC: buffers consumed incrementally.
+    incremental: bool,
+    /// Ring position (tail counter value) at which each buffer id was last put.
+    pos_of: Vec<u16>,
+    /// Buffer id at each ring slot.
+    bid_at: Vec<u16>,
+    /// Bytes of each buffer the kernel has already filled (incremental rings).
+    used: Vec<u32>,
+    /// The kernel's head as far as reaped completions tell (incremental rings).
+    head: u16,
+    /// Pieces of the last `consume`: (buffer id, offset, length).
+    pieces: Vec<(u16, u32, u32)>,
+    /// Buffers the last `consume` finished, recycled by `release`.
+    done: Vec<u16>,
+    /// Completions whose buffer was not at the expected head of an incremental ring.
+    order_errors: u64,
 }
 
 // SAFETY: owns its memory and fd; the kernel side is reached only through syscalls.
@@ -48,6 +72,17 @@ impl BufRing {
     /// Allocates and registers buffer group `bgid`. `entries` must be a power of two
     /// (1..=32768), `buf_len` > 0.
     pub fn new(ring: &mut Ring, bgid: u16, entries: u16, buf_len: u32) -> io::Result<BufRing> {
+        Self::with_flags(ring, bgid, entries, buf_len, false)
+    }
+
+    /// As [`BufRing::new`]; `incremental` registers it with IOU_PBUF_RING_INC (6.12+).
+    pub fn with_flags(
+        ring: &mut Ring,
+        bgid: u16,
+        entries: u16,
+        buf_len: u32,
+        incremental: bool,
+    ) -> io::Result<BufRing> {
         if entries == 0 || !entries.is_power_of_two() || entries > 32768 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -85,6 +120,14 @@ impl BufRing {
             tail: 0,
             fd,
             registered: false,
+            incremental,
+            pos_of: vec![0; entries as usize],
+            bid_at: vec![0; entries as usize],
+            used: vec![0; entries as usize],
+            head: 0,
+            pieces: Vec::new(),
+            done: Vec::new(),
+            order_errors: 0,
         };
         for bid in 0..entries {
             br.put(bid);
@@ -93,7 +136,12 @@ impl BufRing {
         let rm = br.ring_mem.as_ref().expect("set above");
         // SAFETY: rm is page aligned, entries*16 bytes, alive until unregistered (drop
         // unregisters before freeing, or leaks).
-        unsafe { ring.register_pbuf_ring(rm.as_ptr() as u64, entries as u32, bgid) }?;
+        let flags = if incremental {
+            super::ring::consts::IOU_PBUF_RING_INC
+        } else {
+            0
+        };
+        unsafe { ring.register_pbuf_ring(rm.as_ptr() as u64, entries as u32, bgid, flags) }?;
         br.registered = true;
         Ok(br)
     }
@@ -149,6 +197,9 @@ impl BufRing {
             std::ptr::write_volatile(e.add(8) as *mut u32, self.buf_len);
             std::ptr::write_volatile(e.add(12) as *mut u16, bid);
         }
+        self.pos_of[bid as usize] = self.tail;
+        self.bid_at[idx] = bid;
+        self.used[bid as usize] = 0;
         self.tail = self.tail.wrapping_add(1);
     }
 
@@ -175,6 +226,87 @@ impl BufRing {
         );
         self.put(bid);
         self.publish();
+    }
+
+    /// Whether the ring was registered with IOU_PBUF_RING_INC.
+    pub fn incremental(&self) -> bool {
+        self.incremental
+    }
+
+    /// Completions of an incremental ring whose buffer was not the one at the kernel's
+    /// head (never expected: the data placement would be wrong).
+    pub fn order_errors(&self) -> u64 {
+        self.order_errors
+    }
+
+    /// Takes one receive completion: `first` is the buffer id in the CQE, `res` the bytes
+    /// received, `buf_more` its IORING_CQE_F_BUF_MORE, `bundle` whether the request was a
+    /// bundle (the bytes may span several buffers, consecutive in ring order). Returns how
+    /// many pieces the bytes are in; read them in order with [`BufRing::piece`], then call
+    /// [`BufRing::release`] to hand the buffers the kernel is done with back.
+    ///
+    /// # Panics
+    /// If `first` is out of range.
+    pub fn consume(&mut self, first: u16, res: u32, buf_more: bool, bundle: bool) -> usize {
+        assert!(first < self.entries, "buffer id {first} out of range");
+        self.pieces.clear();
+        self.done.clear();
+        let mut pos = self.pos_of[first as usize];
+        if self.incremental && pos != self.head {
+            self.order_errors += 1;
+        }
+        let mut left = res;
+        loop {
+            let bid = self.bid_at[(pos & self.mask) as usize];
+            let off = if self.incremental {
+                self.used[bid as usize]
+            } else {
+                0
+            };
+            let avail = self.buf_len - off;
+            let take = left.min(avail);
+            self.pieces.push((bid, off, take));
+            left -= take;
+            // An incremental buffer stays with the kernel while it has room (BUF_MORE on
+            // the completion that used it last); any other buffer is done once used.
+            if self.incremental && take < avail && (left > 0 || buf_more) {
+                self.used[bid as usize] = off + take;
+                break;
+            }
+            self.done.push(bid);
+            pos = pos.wrapping_add(1);
+            if self.incremental {
+                self.head = pos;
+            }
+            if left == 0 || !bundle {
+                break;
+            }
+        }
+        debug_assert_eq!(
+            left, 0,
+            "a completion of {res} bytes does not fit its buffers"
+        );
+        self.pieces.len()
+    }
+
+    /// Piece `i` of the last [`BufRing::consume`].
+    pub fn piece(&self, i: usize) -> &[u8] {
+        let (bid, off, len) = self.pieces[i];
+        &self.buf(bid)[off as usize..(off + len) as usize]
+    }
+
+    /// Recycles the buffers the last [`BufRing::consume`] finished, with one tail update.
+    pub fn release(&mut self) {
+        if self.done.is_empty() {
+            return;
+        }
+        let done = std::mem::take(&mut self.done);
+        for &b in &done {
+            self.put(b);
+        }
+        self.publish();
+        self.done = done;
+        self.done.clear();
     }
 
     /// Unregisters the group through `ring` (needed for REGISTERED_FD_ONLY rings).

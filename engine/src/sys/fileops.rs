@@ -12,6 +12,13 @@
 //! fixed. Files are named by a plain descriptor ([`Fd`]) or a registered-file index
 //! ([`Fixed`]): distinct types. A full submission queue is submitted and the push retried.
 //!
+//! Durable-path primitives: a write can carry IOSQE_ASYNC ([`SqeOpts`], fio's
+//! `force_async`) and be linked (IOSQE_IO_LINK) to an FSYNC or a SYNC_FILE_RANGE of what
+//! it wrote ([`Then`], [`FileOps::write_then`]); the pair completes once, with the write's
+//! buffer, when the second step is done (the write's own CQE is skipped on success with
+//! IOSQE_CQE_SKIP_SUCCESS when asked). In-ring file management (OPENAT, STATX, CLOSE,
+//! FTRUNCATE, RENAMEAT, UNLINKAT) is in `sys::fsops`, on the same table.
+//!
 //! The ring itself is anything implementing [`RingOps`]: the engine's own `sys::ring::Ring`
 //! (what the engine uses) and the `io-uring` crate's `IoUring` ([`CrateRing`], kept as a
 //! cross-check in tests); both are implemented here.
@@ -36,6 +43,8 @@ pub trait RingOps {
     unsafe fn push_sqe(&mut self, sqe: &squeue::Entry) -> Result<(), ()>;
     /// Submits queued SQEs without waiting.
     fn submit(&mut self) -> io::Result<usize>;
+    /// Free SQ entries now (a linked pair needs two at once).
+    fn sq_space(&self) -> usize;
     /// Submits queued SQEs and waits for at least `want` completions.
     fn submit_and_wait(&mut self, want: usize) -> io::Result<usize>;
     /// Takes one completion: (user_data, res, flags).
@@ -87,6 +96,11 @@ impl RingOps for CrateRing {
         self.enters += 1;
         self.ring.submit()
     }
+    fn sq_space(&self) -> usize {
+        // SAFETY: only reads the ring's head/tail; no other thread holds the SQ.
+        let sq = unsafe { self.ring.submission_shared() };
+        sq.capacity() - sq.len()
+    }
     fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
         self.enters += 1;
         self.ring.submit_and_wait(want)
@@ -120,6 +134,9 @@ impl RingOps for super::ring::Ring {
     fn submit(&mut self) -> io::Result<usize> {
         super::ring::Ring::submit(self)
     }
+    fn sq_space(&self) -> usize {
+        self.sq_space_left()
+    }
     fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
         super::ring::Ring::submit_and_wait(self, want)
     }
@@ -141,29 +158,8 @@ impl RingOps for super::ring::Ring {
     }
 }
 
-/// A plain file descriptor. The caller keeps it open until its operations complete.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fd(pub RawFd);
-
-/// An index into the ring's registered-file table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fixed(pub u32);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
-    Fd(RawFd),
-    Fixed(u32),
-}
-
-/// A file named either way.
-pub trait FileTarget: Copy + sealed::Sealed {
-    #[doc(hidden)]
-    fn target(self) -> TargetRepr;
-}
-
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug)]
-pub struct TargetRepr(Target);
+use super::target::on_target;
+pub use super::target::{Fd, FileTarget, Fixed, Target};
 
 /// A slot made ready for one read or write (see `prepare`).
 struct Prepared {
@@ -172,23 +168,6 @@ struct Prepared {
     ptr: *mut u8,
     iov: *const libc::iovec,
     buf_index: u16,
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::Fd {}
-    impl Sealed for super::Fixed {}
-}
-
-impl FileTarget for Fd {
-    fn target(self) -> TargetRepr {
-        TargetRepr(Target::Fd(self.0))
-    }
-}
-impl FileTarget for Fixed {
-    fn target(self) -> TargetRepr {
-        TargetRepr(Target::Fixed(self.0))
-    }
 }
 
 /// Write opcode form.
@@ -263,13 +242,52 @@ impl ReadOp {
     }
 }
 
+/// SQE flags an operation may carry besides its opcode's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SqeOpts {
+    /// IOSQE_ASYNC: go to io-wq at once instead of trying inline first (for writes known
+    /// to block, e.g. extending O_DIRECT writes on ext4; fio's `force_async`).
+    pub force_async: bool,
+}
+
+impl SqeOpts {
+    fn flags(self) -> squeue::Flags {
+        if self.force_async {
+            squeue::Flags::ASYNC
+        } else {
+            squeue::Flags::empty()
+        }
+    }
+}
+
+/// What a linked write is followed by (IOSQE_IO_LINK: it runs only once the write has
+/// completed in full; a failed or short write cancels it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// IORING_OP_FSYNC, with IORING_FSYNC_DATASYNC when `datasync`: the data is durable
+    /// when the pair completes.
+    Fsync { datasync: bool },
+    /// IORING_OP_SYNC_FILE_RANGE of the range just written with these `SYNC_FILE_RANGE_*`
+    /// flags (SYNC_FILE_RANGE_WRITE: start write-back now, so a later fdatasync has less
+    /// to flush).
+    SyncRange { flags: u32 },
+}
+
 /// Which operation a completion belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpKind {
     Write(WriteOp),
     Read(ReadOp),
-    Fsync { datasync: bool },
+    Fsync {
+        datasync: bool,
+    },
     Fallocate,
+    /// IORING_OP_SYNC_FILE_RANGE on its own.
+    SyncRange,
+    /// A write linked to a sync ([`FileOps::write_then`]), completed once.
+    WriteThen(WriteOp, Then),
+    /// In-ring file management (`sys::fsops`).
+    Meta(super::fsops::MetaOp),
 }
 
 /// One finished operation: the tag given at submission, the kernel's result (bytes
@@ -282,6 +300,8 @@ pub struct Completion {
     pub buf: Option<Slot>,
     /// The heap buffer of a [`FileOps::write_vec`], handed back.
     pub heap: Option<Vec<u8>>,
+    /// STATX result (`sys::fsops`).
+    pub statx: Option<Box<libc::statx>>,
 }
 
 /// Why an operation could not be queued. The buffer, if any, is handed back.
@@ -339,35 +359,76 @@ impl fmt::Display for OpError {
 
 impl std::error::Error for OpError {}
 
-struct InFlight {
-    tag: u64,
-    kind: OpKind,
-    buf: Option<Slot>,
+pub(super) struct InFlight {
+    pub(super) tag: u64,
+    pub(super) kind: OpKind,
+    pub(super) buf: Option<Slot>,
     /// The buffer of a `write_vec`: owned here until the completion, so its heap memory
     /// (which a move of the Vec does not move) stays valid while the kernel reads it.
-    heap: Option<Vec<u8>>,
+    pub(super) heap: Option<Vec<u8>>,
+    /// Paths and result buffers of in-ring file management, owned until the completion.
+    pub(super) meta: Option<Box<super::fsops::MetaArgs>>,
+    /// Bytes asked (writes of a linked pair: a shorter result is a short write).
+    pub(super) len: u32,
+    pub(super) link: Link,
+}
+
+impl InFlight {
+    pub(super) fn new(tag: u64, kind: OpKind) -> InFlight {
+        InFlight {
+            tag,
+            kind,
+            buf: None,
+            heap: None,
+            meta: None,
+            len: 0,
+            link: Link::None,
+        }
+    }
+}
+
+/// The place of an operation in a linked pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Link {
+    None,
+    /// The write: its CQE (if one comes) is kept until the second one's; `skip` when it
+    /// was sent with IOSQE_CQE_SKIP_SUCCESS; `res` once its CQE was seen.
+    Head {
+        tail: u32,
+        skip: bool,
+        res: Option<i32>,
+    },
+    /// The sync after it; `res` when its CQE came before the head's failure CQE.
+    Tail {
+        head: u32,
+        res: Option<i32>,
+    },
 }
 
 /// File I/O on a ring with owned buffers. See the module documentation.
 pub struct FileOps<R: RingOps> {
-    ring: R,
+    pub(super) ring: R,
     /// In-flight entries; `user_data` = index. Never resized after `new`.
-    table: Vec<Option<InFlight>>,
+    pub(super) table: Vec<Option<InFlight>>,
     /// One iovec per table entry, at a stable address (boxed, never resized) so the
     /// kernel may read it any time before the completion.
     iovs: Box<[libc::iovec]>,
-    free: Vec<u32>,
+    pub(super) free: Vec<u32>,
     registered_arena: Option<Arena>,
     registered_files: u32,
     queued: usize,
     sq_full_retries: u64,
+    /// IOSQE_CQE_SKIP_SUCCESS on the first SQE of linked pairs.
+    skip_link_heads: bool,
+    /// Completions whose CQE was skipped (linked pairs whose write succeeded).
+    cqes_skipped: u64,
 }
 
 /// The SQE of a write with `op`'s opcode from `ptr` (or the one-entry `iov` for the
 /// vectored forms), `buf_index` for the fixed forms.
 #[allow(clippy::too_many_arguments)]
 fn write_sqe(
-    t: TargetRepr,
+    t: Target,
     op: WriteOp,
     ptr: *const u8,
     iov: *const libc::iovec,
@@ -398,7 +459,7 @@ fn write_sqe(
             }
         };
     }
-    match t.0 {
+    match t {
         Target::Fd(fd) => build!(types::Fd(fd)),
         Target::Fixed(i) => build!(types::Fixed(i)),
     }
@@ -424,7 +485,26 @@ impl<R: RingOps> FileOps<R> {
             registered_files: 0,
             queued: 0,
             sq_full_retries: 0,
+            skip_link_heads: false,
+            cqes_skipped: 0,
         }
+    }
+
+    /// With `on`, the write of a linked pair carries IOSQE_CQE_SKIP_SUCCESS (5.17+): only
+    /// a failed or short write posts its own CQE.
+    pub fn set_skip_link_heads(&mut self, on: bool) {
+        self.skip_link_heads = on;
+    }
+
+    /// Writes of linked pairs whose CQE the kernel skipped (IOSQE_CQE_SKIP_SUCCESS).
+    pub fn cqes_skipped(&self) -> u64 {
+        self.cqes_skipped
+    }
+
+    /// Declares a file table of `slots` registered by the ring's owner (sparse tables,
+    /// direct descriptors): `Fixed(i)` with `i < slots` is accepted from then on.
+    pub fn set_file_table(&mut self, slots: u32) {
+        self.registered_files = slots;
     }
 
     pub fn ring(&self) -> &R {
@@ -465,8 +545,8 @@ impl<R: RingOps> FileOps<R> {
         self.sq_full_retries
     }
 
-    fn check_target(&self, t: TargetRepr, slot: &mut Option<Slot>) -> Result<(), OpError> {
-        if let Target::Fixed(i) = t.0 {
+    pub(super) fn check_target(&self, t: Target, slot: &mut Option<Slot>) -> Result<(), OpError> {
+        if let Target::Fixed(i) = t {
             if i >= self.registered_files {
                 return Err(OpError::FileNotRegistered(i, slot.take()));
             }
@@ -474,13 +554,18 @@ impl<R: RingOps> FileOps<R> {
         Ok(())
     }
 
-    fn take_index(&mut self, slot: &mut Option<Slot>) -> Result<u32, OpError> {
+    pub(super) fn take_index(&mut self, slot: &mut Option<Slot>) -> Result<u32, OpError> {
         self.free
             .pop()
             .ok_or_else(|| OpError::TooManyInFlight(self.table.len(), slot.take()))
     }
 
-    fn push(&mut self, idx: u32, sqe: squeue::Entry, flight: InFlight) -> Result<(), OpError> {
+    pub(super) fn push(
+        &mut self,
+        idx: u32,
+        sqe: squeue::Entry,
+        flight: InFlight,
+    ) -> Result<(), OpError> {
         self.push_keep(idx, sqe, flight).map_err(|(e, _)| e)
     }
 
@@ -528,7 +613,7 @@ impl<R: RingOps> FileOps<R> {
     /// in-flight index is free, and its one-entry iovec points at the slot.
     fn prepare(
         &mut self,
-        t: TargetRepr,
+        t: Target,
         slot: Slot,
         len: usize,
         fixed: bool,
@@ -582,16 +667,173 @@ impl<R: RingOps> FileOps<R> {
             buf_index,
         } = self.prepare(t, slot, len, op.is_fixed())?;
         let sqe = write_sqe(t, op, ptr, iov, len as u32, buf_index, offset, rw_flags);
-        self.push(
+        let mut f = InFlight::new(tag, OpKind::Write(op));
+        f.buf = s;
+        self.push(idx, sqe, f)
+    }
+
+    /// [`FileOps::write`] with SQE options (IOSQE_ASYNC).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_opts(
+        &mut self,
+        file: impl FileTarget,
+        op: WriteOp,
+        slot: Slot,
+        len: usize,
+        offset: u64,
+        rw_flags: i32,
+        opts: SqeOpts,
+        tag: u64,
+    ) -> Result<(), OpError> {
+        let t = file.target();
+        let Prepared {
+            s,
             idx,
-            sqe,
-            InFlight {
-                tag,
-                kind: OpKind::Write(op),
-                buf: s,
-                heap: None,
-            },
-        )
+            ptr,
+            iov,
+            buf_index,
+        } = self.prepare(t, slot, len, op.is_fixed())?;
+        let sqe =
+            write_sqe(t, op, ptr, iov, len as u32, buf_index, offset, rw_flags).flags(opts.flags());
+        let mut f = InFlight::new(tag, OpKind::Write(op));
+        f.buf = s;
+        self.push(idx, sqe, f)
+    }
+
+    /// A write of `slot[..len]` at `offset` linked (IOSQE_IO_LINK) to `then`, submitted
+    /// together: one completion, with the slot, when both are done. Its result is the
+    /// write's error or short count if the write failed or was short (the sync is then
+    /// cancelled by the kernel), else the sync's error, else `len`. The write carries
+    /// IOSQE_CQE_SKIP_SUCCESS when [`FileOps::set_skip_link_heads`] is on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_then(
+        &mut self,
+        file: impl FileTarget,
+        op: WriteOp,
+        slot: Slot,
+        len: usize,
+        offset: u64,
+        rw_flags: i32,
+        opts: SqeOpts,
+        then: Then,
+        tag: u64,
+    ) -> Result<(), OpError> {
+        let t = file.target();
+        let Prepared {
+            s,
+            idx,
+            ptr,
+            iov,
+            buf_index,
+        } = self.prepare(t, slot, len, op.is_fixed())?;
+        let mut s = s;
+        let tail = match self.take_index(&mut s) {
+            Ok(i) => i,
+            Err(e) => {
+                self.free.push(idx);
+                return Err(e);
+            }
+        };
+        let skip = self.skip_link_heads;
+        let mut head_flags = opts.flags() | squeue::Flags::IO_LINK;
+        if skip {
+            head_flags |= squeue::Flags::SKIP_SUCCESS;
+        }
+        let w = write_sqe(t, op, ptr, iov, len as u32, buf_index, offset, rw_flags)
+            .flags(head_flags)
+            .user_data(idx as u64);
+        let second = match then {
+            Then::Fsync { datasync } => {
+                let fl = if datasync {
+                    types::FsyncFlags::DATASYNC
+                } else {
+                    types::FsyncFlags::empty()
+                };
+                on_target!(t, f => opcode::Fsync::new(f).flags(fl).build())
+            }
+            Then::SyncRange { flags } => {
+                on_target!(t, f => opcode::SyncFileRange::new(f, len as u32)
+                .offset(offset)
+                .flags(flags)
+                .build())
+            }
+        }
+        .user_data(tail as u64);
+        let mut head = InFlight::new(tag, OpKind::WriteThen(op, then));
+        head.buf = s;
+        head.len = len as u32;
+        head.link = Link::Head {
+            tail,
+            skip,
+            res: None,
+        };
+        let mut tl = InFlight::new(tag, OpKind::WriteThen(op, then));
+        tl.link = Link::Tail {
+            head: idx,
+            res: None,
+        };
+        self.push_pair(idx, w, head, tail, second, tl)
+    }
+
+    /// Pushes two linked entries back to back: both must be in one submission, or the
+    /// kernel would end the link at the end of the first batch.
+    fn push_pair(
+        &mut self,
+        a: u32,
+        sa: squeue::Entry,
+        fa: InFlight,
+        b: u32,
+        sb: squeue::Entry,
+        fb: InFlight,
+    ) -> Result<(), OpError> {
+        self.table[a as usize] = Some(fa);
+        self.table[b as usize] = Some(fb);
+        let release = |me: &mut Self, e: io::Error| {
+            me.table[b as usize] = None;
+            me.free.push(b);
+            let f = me.table[a as usize].take().expect("entry just stored");
+            me.free.push(a);
+            OpError::Submit(e, f.buf)
+        };
+        while self.ring.sq_space() < 2 {
+            self.sq_full_retries += 1;
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(release(self, e)),
+            }
+            self.queued = 0;
+        }
+        for e in [&sa, &sb] {
+            // SAFETY: the slot and iovec these entries point to are owned by the table
+            // until `complete` takes both entries out after their completions.
+            if unsafe { self.ring.push_sqe(e) }.is_err() {
+                // Space was checked above and nothing else pushes in between.
+                return Err(release(self, io::Error::other("SQ refused a linked entry")));
+            }
+            self.queued += 1;
+        }
+        Ok(())
+    }
+
+    /// Queues SYNC_FILE_RANGE of `len` bytes at `offset` with `flags` on its own.
+    pub fn sync_range(
+        &mut self,
+        file: impl FileTarget,
+        offset: u64,
+        len: u32,
+        flags: u32,
+        tag: u64,
+    ) -> Result<(), OpError> {
+        let t = file.target();
+        let mut none = None;
+        self.check_target(t, &mut none)?;
+        let idx = self.take_index(&mut none)?;
+        let sqe = on_target!(t, f => opcode::SyncFileRange::new(f, len)
+            .offset(offset)
+            .flags(flags)
+            .build());
+        self.push(idx, sqe, InFlight::new(tag, OpKind::SyncRange))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -608,6 +850,33 @@ impl<R: RingOps> FileOps<R> {
         len: usize,
         offset: u64,
         rw_flags: i32,
+        tag: u64,
+    ) -> Result<(), (OpError, Vec<u8>)> {
+        self.write_vec_opts(
+            file,
+            op,
+            buf,
+            start,
+            len,
+            offset,
+            rw_flags,
+            SqeOpts::default(),
+            tag,
+        )
+    }
+
+    /// [`FileOps::write_vec`] with SQE options (IOSQE_ASYNC).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_vec_opts(
+        &mut self,
+        file: impl FileTarget,
+        op: WriteOp,
+        buf: Vec<u8>,
+        start: usize,
+        len: usize,
+        offset: u64,
+        rw_flags: i32,
+        opts: SqeOpts,
         tag: u64,
     ) -> Result<(), (OpError, Vec<u8>)> {
         let t = file.target();
@@ -640,18 +909,11 @@ impl<R: RingOps> FileOps<R> {
         };
         let iov: *const libc::iovec = &self.iovs[idx as usize];
         // `op` is WRITE or WRITEV here (fixed forms refused above): no buffer index.
-        let sqe = write_sqe(t, op, ptr, iov, len as u32, 0, offset, rw_flags);
-        self.push_keep(
-            idx,
-            sqe,
-            InFlight {
-                tag,
-                kind: OpKind::Write(op),
-                buf: None,
-                heap: Some(buf),
-            },
-        )
-        .map_err(|(e, heap)| (e, heap.unwrap_or_default()))
+        let sqe = write_sqe(t, op, ptr, iov, len as u32, 0, offset, rw_flags).flags(opts.flags());
+        let mut f = InFlight::new(tag, OpKind::Write(op));
+        f.heap = Some(buf);
+        self.push_keep(idx, sqe, f)
+            .map_err(|(e, heap)| (e, heap.unwrap_or_default()))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -697,20 +959,13 @@ impl<R: RingOps> FileOps<R> {
                 }
             };
         }
-        let sqe = match t.0 {
+        let sqe = match t {
             Target::Fd(fd) => build!(types::Fd(fd)),
             Target::Fixed(i) => build!(types::Fixed(i)),
         };
-        self.push(
-            idx,
-            sqe,
-            InFlight {
-                tag,
-                kind: OpKind::Read(op),
-                buf: s,
-                heap: None,
-            },
-        )
+        let mut f = InFlight::new(tag, OpKind::Read(op));
+        f.buf = s;
+        self.push(idx, sqe, f)
     }
 
     /// Queues fsync (`datasync` = fdatasync semantics) of the whole file.
@@ -729,20 +984,8 @@ impl<R: RingOps> FileOps<R> {
         } else {
             types::FsyncFlags::empty()
         };
-        let sqe = match t.0 {
-            Target::Fd(fd) => opcode::Fsync::new(types::Fd(fd)).flags(flags).build(),
-            Target::Fixed(i) => opcode::Fsync::new(types::Fixed(i)).flags(flags).build(),
-        };
-        self.push(
-            idx,
-            sqe,
-            InFlight {
-                tag,
-                kind: OpKind::Fsync { datasync },
-                buf: None,
-                heap: None,
-            },
-        )
+        let sqe = on_target!(t, f => opcode::Fsync::new(f).flags(flags).build());
+        self.push(idx, sqe, InFlight::new(tag, OpKind::Fsync { datasync }))
     }
 
     /// Queues fallocate(mode, offset, len).
@@ -758,26 +1001,11 @@ impl<R: RingOps> FileOps<R> {
         let mut none = None;
         self.check_target(t, &mut none)?;
         let idx = self.take_index(&mut none)?;
-        let sqe = match t.0 {
-            Target::Fd(fd) => opcode::Fallocate::new(types::Fd(fd), len)
-                .offset(offset)
-                .mode(mode)
-                .build(),
-            Target::Fixed(i) => opcode::Fallocate::new(types::Fixed(i), len)
-                .offset(offset)
-                .mode(mode)
-                .build(),
-        };
-        self.push(
-            idx,
-            sqe,
-            InFlight {
-                tag,
-                kind: OpKind::Fallocate,
-                buf: None,
-                heap: None,
-            },
-        )
+        let sqe = on_target!(t, f => opcode::Fallocate::new(f, len)
+            .offset(offset)
+            .mode(mode)
+            .build());
+        self.push(idx, sqe, InFlight::new(tag, OpKind::Fallocate))
     }
 
     /// Submits what is queued. EINTR counts as nothing submitted.
@@ -812,30 +1040,109 @@ impl<R: RingOps> FileOps<R> {
         }
     }
 
-    /// Takes one reaped completion, with its buffer back.
+    /// Takes one reaped completion, with its buffer back. A linked pair yields one
+    /// completion, when its last CQE is reaped.
     pub fn complete(&mut self) -> Option<Completion> {
-        let (ud, res, _flags) = self.ring.pop()?;
-        let idx = ud as usize;
-        let f = self
-            .table
-            .get_mut(idx)
-            .and_then(Option::take)
-            .unwrap_or_else(|| {
-                panic!("completion with user_data {ud} matches no in-flight operation")
-            });
-        self.free.push(idx as u32);
-        let result = if res < 0 {
-            Err(io::Error::from_raw_os_error(-res))
-        } else {
-            Ok(res as u32)
-        };
-        Some(Completion {
+        loop {
+            let (ud, res, _flags) = self.ring.pop()?;
+            let idx = ud as u32;
+            let link = match self.table.get(idx as usize).and_then(Option::as_ref) {
+                Some(f) => f.link,
+                None => panic!("completion with user_data {ud} matches no in-flight operation"),
+            };
+            match link {
+                Link::None => {
+                    let f = self.take_entry(idx);
+                    return Some(Self::finish(f, res_of(res)));
+                }
+                Link::Head { tail, skip, .. } => {
+                    let tail_res = match self.table[tail as usize].as_ref().map(|t| t.link) {
+                        Some(Link::Tail { res, .. }) => res,
+                        _ => None,
+                    };
+                    match tail_res {
+                        // The sync's CQE (a cancellation) came first: both are in now.
+                        Some(tr) => return Some(self.finish_pair(idx, tail, Some(res), tr)),
+                        // A skip-success head posts a CQE only when it failed or was short,
+                        // and the kernel then cancels the sync without a CQE of its own.
+                        None if skip => {
+                            return Some(self.finish_pair(idx, tail, Some(res), -libc::ECANCELED))
+                        }
+                        None => {
+                            if let Some(f) = self.table[idx as usize].as_mut() {
+                                f.link = Link::Head {
+                                    tail,
+                                    skip,
+                                    res: Some(res),
+                                };
+                            }
+                        }
+                    }
+                }
+                Link::Tail { head, .. } => {
+                    let (head_res, skip) = match self.table[head as usize].as_ref().map(|h| h.link)
+                    {
+                        Some(Link::Head { res, skip, .. }) => (res, skip),
+                        _ => (None, false),
+                    };
+                    // The write's CQE is still to come only if it was not skipped (with
+                    // skip-success a failed write's CQE comes alone, see above).
+                    let head_pending = head_res.is_none() && !skip;
+                    if head_pending {
+                        if let Some(f) = self.table[idx as usize].as_mut() {
+                            f.link = Link::Tail {
+                                head,
+                                res: Some(res),
+                            };
+                        }
+                        continue;
+                    }
+                    if head_res.is_none() {
+                        self.cqes_skipped += 1;
+                    }
+                    return Some(self.finish_pair(head, idx, head_res, res));
+                }
+            }
+        }
+    }
+
+    fn take_entry(&mut self, idx: u32) -> InFlight {
+        let f = self.table[idx as usize]
+            .take()
+            .expect("in-flight entry present");
+        self.free.push(idx);
+        f
+    }
+
+    fn finish(f: InFlight, result: io::Result<u32>) -> Completion {
+        let statx = f.meta.and_then(|m| m.statx);
+        Completion {
             tag: f.tag,
             kind: f.kind,
             result,
             buf: f.buf,
             heap: f.heap,
-        })
+            statx,
+        }
+    }
+
+    /// Both CQEs of a linked pair are in (the write's may have been skipped: `None`).
+    fn finish_pair(
+        &mut self,
+        head: u32,
+        tail: u32,
+        head_res: Option<i32>,
+        tail_res: i32,
+    ) -> Completion {
+        let h = self.take_entry(head);
+        let _ = self.take_entry(tail);
+        let len = h.len;
+        let result = match head_res {
+            Some(r) if r < 0 => Err(io::Error::from_raw_os_error(-r)),
+            Some(r) if (r as u32) < len => Ok(r as u32),
+            _ => res_of(tail_res).map(|_| len),
+        };
+        Self::finish(h, result)
     }
 
     /// Waits until every in-flight operation has completed; returns their completions.
@@ -855,6 +1162,14 @@ impl<R: RingOps> FileOps<R> {
     /// io_uring_enter calls made by the ring.
     pub fn enter_calls(&self) -> u64 {
         self.ring.enter_calls()
+    }
+}
+
+fn res_of(res: i32) -> io::Result<u32> {
+    if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(res as u32)
     }
 }
 

@@ -376,3 +376,6 @@ pub fn syncfs(fd: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: plain syscall on a valid fd.
     cvt(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(|_| ())
 }
+
+/// FALLOC_FL_WRITE_ZEROES (Linux 6.17): allocate written, zeroed extents.
+pub const FALLOC_FL_WRITE_ZEROES: i32 = 0x80;

@@ -6,9 +6,15 @@
 //! file opcodes with owned buffers); `netops` (socket opcodes with owned buffers).
 
 pub mod bufring;
+pub mod features;
 pub mod fileops;
 pub mod fs;
+pub mod fsops;
 pub mod limits;
 pub mod mem;
+pub mod mux;
 pub mod netops;
+pub mod register;
 pub mod ring;
+pub mod stats;
+pub mod target;

@@ -27,6 +27,9 @@ use std::time::Duration;
 use io_uring::squeue::{Entry, Flags};
 use io_uring::{opcode, types};
 
+use super::target::on_target;
+pub use super::target::{Fd, FileTarget, Fixed, Target};
+
 /// `IORING_CQE_F_BUFFER`: the upper 16 bits of `flags` carry a provided buffer id.
 pub const CQE_F_BUFFER: u32 = 1 << 0;
 /// `IORING_CQE_F_MORE`: more CQEs will follow for this request.
@@ -42,6 +45,11 @@ pub const NOTIF_USAGE_ZC_COPIED: i32 = 1 << 31;
 /// `IORING_SEND_ZC_REPORT_USAGE` (6.2): ask the notification to say whether the data
 /// was copied.
 pub const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+/// `IORING_SEND_VECTORIZED` (6.17): `addr`/`len` of SEND and SEND_ZC are an iovec array
+/// and its count.
+pub const SEND_VECTORIZED: u16 = 1 << 5;
+/// `IORING_CQE_F_BUF_MORE` (6.12): an incrementally consumed buffer stays in use.
+pub const CQE_F_BUF_MORE: u32 = 1 << 4;
 
 /// Where SQEs go. Implemented for the engine's ring and for `io_uring::IoUring`.
 pub trait SqSink {
@@ -213,6 +221,8 @@ unsafe impl IoBuf for super::mem::Slot {
 pub enum NetBuf {
     Heap(Vec<u8>),
     Slot(super::mem::Slot),
+    /// The bytes of an arena slot from an offset on (an O_DIRECT chunk after its skip).
+    SlotAt(super::mem::Slot, usize),
 }
 
 impl NetBuf {
@@ -220,6 +230,7 @@ impl NetBuf {
         match self {
             NetBuf::Heap(v) => v,
             NetBuf::Slot(s) => s.as_slice(),
+            NetBuf::SlotAt(s, off) => &s.as_slice()[*off..],
         }
     }
 }
@@ -230,18 +241,23 @@ unsafe impl IoBuf for NetBuf {
         match self {
             NetBuf::Heap(v) => v.ptr(),
             NetBuf::Slot(s) => s.ptr(),
+            // SAFETY: the offset is within the slot's length (set by its creator).
+            NetBuf::SlotAt(s, off) => unsafe { s.ptr().add((*off).min(IoBuf::len(s))) },
         }
     }
     fn ptr_mut(&mut self) -> *mut u8 {
         match self {
             NetBuf::Heap(v) => v.ptr_mut(),
             NetBuf::Slot(s) => s.ptr_mut(),
+            // SAFETY: as for `ptr`.
+            NetBuf::SlotAt(s, off) => unsafe { s.ptr_mut().add((*off).min(IoBuf::len(s))) },
         }
     }
     fn len(&self) -> usize {
         match self {
             NetBuf::Heap(v) => IoBuf::len(v),
             NetBuf::Slot(s) => IoBuf::len(s),
+            NetBuf::SlotAt(s, off) => IoBuf::len(s).saturating_sub(*off),
         }
     }
 }
@@ -335,14 +351,40 @@ impl Pipe {
     }
 }
 
+/// A socket the caller owns: a plain descriptor, or a slot of the ring's registered-file
+/// table (a direct descriptor: no fd exists; IOSQE_FIXED_FILE names it).
+#[derive(Debug)]
+pub enum Socket {
+    Fd(OwnedFd),
+    Direct(u32),
+}
+
+impl Socket {
+    /// How SQEs name it.
+    pub fn target(&self) -> Target {
+        match self {
+            Socket::Fd(f) => Target::Fd(f.as_raw_fd()),
+            Socket::Direct(i) => Target::Fixed(*i),
+        }
+    }
+    /// The plain descriptor, if it has one.
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        match self {
+            Socket::Fd(f) => Some(f.as_raw_fd()),
+            Socket::Direct(_) => None,
+        }
+    }
+}
+
 /// One finished (or progressing, for multishot) operation.
 #[derive(Debug)]
 pub enum Completion<B> {
-    /// A connection accepted (fd owned by the caller now), or an error. `more == false`:
-    /// the accept request is over (single-shot, or multishot ended): re-arm.
+    /// A connection accepted (owned by the caller now: an fd, or with a direct accept a
+    /// slot of the file table), or an error. `more == false`: the accept request is over
+    /// (single-shot, or multishot ended): re-arm.
     Accept {
         ctx: u64,
-        res: Result<OwnedFd, Errno>,
+        res: Result<Socket, Errno>,
         more: bool,
     },
     /// Single-shot receive into `buf[off..]`: `Ok(0)` is end of stream.
@@ -352,15 +394,19 @@ pub enum Completion<B> {
         buf: B,
         off: usize,
     },
-    /// One multishot receive result. `Ok((bid, len))`: the data is in provided buffer
-    /// `bid` of the group, which the caller must recycle once parsed. `Ok((_, 0))` with
-    /// no buffer is end of stream. `more == false`: the request ended (ENOBUFS when the
-    /// group ran dry, EOF, an error, or cancellation): recycle, then re-arm if wanted.
+    /// One multishot receive result. `Ok((bid, len))`: the data starts in provided buffer
+    /// `bid` of the group (and, for a bundle, continues in the next ones in ring order:
+    /// `sys::bufring::BufRing::consume`). `Ok(None)` is end of stream. `more == false`:
+    /// the request ended (ENOBUFS when the group ran dry, EOF, an error, or
+    /// cancellation): re-arm if wanted. `buf_more`: IORING_CQE_F_BUF_MORE (an incremental
+    /// buffer the kernel keeps filling).
     RecvMulti {
         ctx: u64,
         res: Result<Option<(u16, usize)>, Errno>,
         more: bool,
         sock_nonempty: bool,
+        bundle: bool,
+        buf_more: bool,
     },
     /// A send's result: bytes sent from `buf[off..]`. For SEND the buffer is back now.
     /// For SEND_ZC `buf` is `None` when a notification follows (`notif_pending`).
@@ -372,11 +418,35 @@ pub enum Completion<B> {
         zc: bool,
         notif_pending: bool,
     },
-    /// The SEND_ZC notification: the kernel no longer references the buffer.
+    /// A vectored send's result (IORING_SEND_VECTORIZED): bytes sent from `bufs` (the
+    /// first from `off`). `bufs` is empty when a SEND_ZC notification follows.
+    SendV {
+        ctx: u64,
+        res: Result<usize, Errno>,
+        bufs: Vec<B>,
+        off: usize,
+        zc: bool,
+        notif_pending: bool,
+    },
+    /// The SEND_ZC notification: the kernel no longer references the buffer(s).
     /// `copied`: the kernel copied instead of sending from the pages (loopback does).
-    SendZcNotif { ctx: u64, buf: B, copied: bool },
-    /// SPLICE result: bytes moved.
-    Splice { ctx: u64, res: Result<usize, Errno> },
+    SendZcNotif {
+        ctx: u64,
+        bufs: Vec<B>,
+        copied: bool,
+    },
+    /// SPLICE result: bytes moved. `in_skipped`: this is the second half of a
+    /// file -> pipe -> socket pair whose first half succeeded with its CQE skipped
+    /// (IOSQE_CQE_SKIP_SUCCESS): it moved `.1` bytes into the pipe (its ctx is `.0`); handle
+    /// that first. `out_cancelled`: this is the first half, which failed or was short, and
+    /// the second half (ctx given) was cancelled (ECANCELED) before this CQE came; handle
+    /// that after.
+    Splice {
+        ctx: u64,
+        res: Result<usize, Errno>,
+        in_skipped: Option<(u64, usize)>,
+        out_cancelled: Option<u64>,
+    },
     /// CLOSE result.
     Close { ctx: u64, res: Result<(), Errno> },
     /// ASYNC_CANCEL result: number of requests cancelled (with `all`), or 0.
@@ -388,6 +458,9 @@ pub enum Completion<B> {
     /// TIMEOUT fired (`Ok(true)`, the kernel's -ETIME), completed by count
     /// (`Ok(false)`), or was cancelled (`Err(ECANCELED)`).
     Timeout { ctx: u64, res: Result<bool, Errno> },
+    /// An operation sent without a table slot (IOSQE_CQE_SKIP_SUCCESS: a close, cancel or
+    /// MSG_RING whose success carries nothing) failed: its CQE came after all.
+    Unslotted { res: Errno },
 }
 
 enum Op<B> {
@@ -396,12 +469,15 @@ enum Op<B> {
     },
     Accept {
         multishot: bool,
+        direct: bool,
     },
     Recv {
         buf: B,
         off: usize,
     },
-    RecvMulti,
+    RecvMulti {
+        bundle: bool,
+    },
     Send {
         buf: B,
         off: usize,
@@ -411,7 +487,25 @@ enum Op<B> {
         off: usize,
         result_seen: bool,
     },
+    SendV {
+        bufs: Vec<B>,
+        _iov: Box<[libc::iovec]>,
+        off: usize,
+        zc: bool,
+        result_seen: bool,
+    },
     Splice,
+    /// The first half of a linked pair sent with IOSQE_CQE_SKIP_SUCCESS: released by the
+    /// second half's CQE when its own never comes.
+    SpliceHead {
+        len: u32,
+        tail: u32,
+        /// The second half's ctx once it came back cancelled (this one then failed).
+        out_cancelled: Option<u64>,
+    },
+    SpliceTail {
+        head: Option<u32>,
+    },
     Close,
     Cancel,
     Timeout {
@@ -421,6 +515,9 @@ enum Op<B> {
     Shutdown,
 }
 
+// SAFETY: the iovec array of SendV only points into buffers owned by the same Op.
+unsafe impl<B: Send> Send for Op<B> {}
+
 struct Slot<B> {
     op: Op<B>,
     ctx: u64,
@@ -429,6 +526,8 @@ struct Slot<B> {
 
 const NONE: u32 = u32::MAX;
 const GEN_MASK: u32 = 0x00ff_ffff;
+/// Index bits of `user_data` for operations without a slot (IOSQE_CQE_SKIP_SUCCESS).
+const UNSLOTTED: u32 = u32::MAX;
 
 /// The table of in-flight socket operations of one ring.
 pub struct NetOps<B: IoBuf = Vec<u8>> {
@@ -441,6 +540,8 @@ pub struct NetOps<B: IoBuf = Vec<u8>> {
     /// Times a push found the SQ still full after a flush and waited for the kernel
     /// to consume entries (or retried a busy enter): a sign sq-entries is small.
     sq_waits: u64,
+    /// IOSQE_CQE_SKIP_SUCCESS on closes, cancels, MSG_RING and splice link heads.
+    skip_success: bool,
 }
 
 /// Counters of one table, for reports.
@@ -448,6 +549,16 @@ pub struct NetOps<B: IoBuf = Vec<u8>> {
 pub struct NetOpsStats {
     pub capacity: usize,
     pub in_flight: usize,
+}
+
+/// How a send goes out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendOpts {
+    /// IORING_OP_SEND_ZC (6.0+): two CQEs, the buffer kept until the notification.
+    pub zc: bool,
+    /// With `zc`: the buffer is registered buffer `index` (IORING_RECVSEND_FIXED_BUF):
+    /// no page pinning per send.
+    pub fixed_buf: Option<u16>,
 }
 
 impl<B: IoBuf> NetOps<B> {
@@ -478,7 +589,19 @@ impl<B: IoBuf> NetOps<B> {
             sq_waits: 0,
             tag,
             send_waitall: true,
+            skip_success: false,
         }
+    }
+
+    /// With `on`, operations whose success carries nothing (closes, cancels, MSG_RING
+    /// wake-ups and the first half of a splice pair) are sent with IOSQE_CQE_SKIP_SUCCESS
+    /// (5.17+): no CQE unless they fail.
+    pub fn set_skip_success(&mut self, on: bool) {
+        self.skip_success = on;
+    }
+
+    pub fn skip_success(&self) -> bool {
+        self.skip_success
     }
 
     pub fn stats(&self) -> NetOpsStats {
@@ -506,6 +629,10 @@ impl<B: IoBuf> NetOps<B> {
         ((self.tag as u64) << 56)
             | (((self.slots[idx as usize].gen & GEN_MASK) as u64) << 32)
             | idx as u64
+    }
+
+    fn unslotted_user_data(&self) -> u64 {
+        ((self.tag as u64) << 56) | ((GEN_MASK as u64) << 32) | UNSLOTTED as u64
     }
 
     fn alloc(&mut self, op: Op<B>, ctx: u64) -> Result<u32, (SubmitError, Op<B>)> {
@@ -550,29 +677,14 @@ impl<B: IoBuf> NetOps<B> {
         }
     }
 
-    /// Pushes `entries` (already pointing into slot `idx`'s owned memory), flushing once if
-    /// the SQ has no room. On failure the slot is freed and its buffer returned.
-    ///
-    /// A full SQ is transient, never an error: it is flushed, and if it is still full
-    /// (with SQPOLL the kernel thread may not have run yet) the call waits for the kernel
-    /// to consume entries ([`SqSink::wait_sq_space`]). EINTR/EAGAIN/EBUSY from the flush
-    /// are retried the same way. Only an SQ smaller than `entries` (it could never fit)
-    /// or a hard flush error rejects the operation.
-    fn push<S: SqSink + ?Sized>(
-        &mut self,
-        ring: &mut S,
-        idx: u32,
-        entries: &[Entry],
-    ) -> Result<u64, Rejected<B>> {
-        if entries.len() > ring.sq_capacity() {
-            let op = self.release(idx);
-            return Err(Rejected {
-                error: SubmitError::SqFull,
-                buf: Self::take_buf(op),
-            });
+    /// Makes room for `n` SQEs (flushing, then waiting for the kernel when the SQ stays
+    /// full). Errors only when the SQ is smaller than `n` or a flush fails hard.
+    fn make_room<S: SqSink + ?Sized>(&mut self, ring: &mut S, n: usize) -> Result<(), SubmitError> {
+        if n > ring.sq_capacity() {
+            return Err(SubmitError::SqFull);
         }
         let mut flushed = false;
-        while ring.sq_space() < entries.len() {
+        while ring.sq_space() < n {
             let r = if flushed {
                 self.sq_waits += 1;
                 ring.wait_sq_space().map(|_| 0)
@@ -594,14 +706,32 @@ impl<B: IoBuf> NetOps<B> {
                     self.sq_waits += 1;
                     std::thread::yield_now();
                 }
-                Err(e) => {
-                    let op = self.release(idx);
-                    return Err(Rejected {
-                        error: SubmitError::Flush(e),
-                        buf: Self::take_buf(op),
-                    });
-                }
+                Err(e) => return Err(SubmitError::Flush(e)),
             }
+        }
+        Ok(())
+    }
+
+    /// Pushes `entries` (already pointing into slot `idx`'s owned memory), flushing once if
+    /// the SQ has no room. On failure the slot is freed and its buffer returned.
+    ///
+    /// A full SQ is transient, never an error: it is flushed, and if it is still full
+    /// (with SQPOLL the kernel thread may not have run yet) the call waits for the kernel
+    /// to consume entries ([`SqSink::wait_sq_space`]). EINTR/EAGAIN/EBUSY from the flush
+    /// are retried the same way. Only an SQ smaller than `entries` (it could never fit)
+    /// or a hard flush error rejects the operation.
+    fn push<S: SqSink + ?Sized>(
+        &mut self,
+        ring: &mut S,
+        idx: u32,
+        entries: &[Entry],
+    ) -> Result<u64, Rejected<B>> {
+        if let Err(error) = self.make_room(ring, entries.len()) {
+            let op = self.release(idx);
+            return Err(Rejected {
+                error,
+                buf: Self::take_buf(op),
+            });
         }
         for e in entries {
             // SAFETY: every pointer in these entries points into memory owned by slot
@@ -617,6 +747,23 @@ impl<B: IoBuf> NetOps<B> {
         Ok(self.user_data(idx))
     }
 
+    /// Pushes an entry that owns no memory with IOSQE_CQE_SKIP_SUCCESS and no slot: only
+    /// a failure comes back ([`Completion::Unslotted`]).
+    fn push_unslotted<S: SqSink + ?Sized>(
+        &mut self,
+        ring: &mut S,
+        e: Entry,
+    ) -> Result<u64, Rejected<B>> {
+        self.make_room(ring, 1)
+            .map_err(|error| Rejected { error, buf: None })?;
+        let ud = self.unslotted_user_data();
+        let e = e.flags(Flags::SKIP_SUCCESS).user_data(ud);
+        // SAFETY: the entry references no memory (close, cancel, MSG_RING data).
+        let ok = unsafe { ring.push_sqe(&e) };
+        assert!(ok, "SQ had room but refused a push");
+        Ok(ud)
+    }
+
     fn reject(&mut self, e: (SubmitError, Op<B>)) -> Rejected<B> {
         Rejected {
             error: e.0,
@@ -624,28 +771,35 @@ impl<B: IoBuf> NetOps<B> {
         }
     }
 
-    /// ACCEPT on `listen_fd` (SOCK_CLOEXEC). Multishot (5.19+) keeps posting one CQE per
-    /// connection with F_MORE until it ends.
+    /// ACCEPT on `listener` (SOCK_CLOEXEC). Multishot (5.19+) keeps posting one CQE per
+    /// connection with F_MORE until it ends. `direct`: each connection goes into a free
+    /// slot of the registered-file table (IORING_FILE_INDEX_ALLOC, 5.19+) and comes back
+    /// as [`Socket::Direct`].
     pub fn accept<S: SqSink + ?Sized>(
         &mut self,
         ring: &mut S,
-        listen_fd: RawFd,
+        listener: impl FileTarget,
         multishot: bool,
+        direct: bool,
         ctx: u64,
     ) -> Result<u64, Rejected<B>> {
         let idx = self
-            .alloc(Op::Accept { multishot }, ctx)
+            .alloc(Op::Accept { multishot, direct }, ctx)
             .map_err(|e| self.reject(e))?;
-        let fd = types::Fd(listen_fd);
-        let e = if multishot {
+        // A direct descriptor has no close-on-exec flag (the kernel refuses SOCK_CLOEXEC
+        // with a file slot: EINVAL).
+        let flags = if direct { 0 } else { libc::SOCK_CLOEXEC };
+        let e = on_target!(listener.target(), fd => if multishot {
             opcode::AcceptMulti::new(fd)
-                .flags(libc::SOCK_CLOEXEC)
+                .allocate_file_index(direct)
+                .flags(flags)
                 .build()
         } else {
             opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
-                .flags(libc::SOCK_CLOEXEC)
+                .file_index(direct.then(types::DestinationSlot::auto_target))
+                .flags(flags)
                 .build()
-        };
+        });
         let ud = self.user_data(idx);
         self.push(ring, idx, &[e.user_data(ud)])
     }
@@ -654,7 +808,7 @@ impl<B: IoBuf> NetOps<B> {
     pub fn recv<S: SqSink + ?Sized>(
         &mut self,
         ring: &mut S,
-        fd: RawFd,
+        sock: impl FileTarget,
         buf: B,
         off: usize,
         ctx: u64,
@@ -676,23 +830,40 @@ impl<B: IoBuf> NetOps<B> {
         };
         // SAFETY: off < len checked above, so the pointer stays inside the allocation.
         let p = unsafe { buf.ptr_mut().add(off) };
-        let e = opcode::Recv::new(types::Fd(fd), p, len).build();
+        let e = on_target!(sock.target(), fd => opcode::Recv::new(fd, p, len).build());
         let ud = self.user_data(idx);
         self.push(ring, idx, &[e.user_data(ud)])
     }
 
-    /// Multishot RECV (6.0+) picking buffers from provided-buffer group `bgid` (len 0).
+    /// Multishot RECV (6.0+) picking buffers from provided-buffer group `bgid` (len 0);
+    /// `bundle`: each completion may fill several buffers (IORING_RECVSEND_BUNDLE, 6.10+).
     pub fn recv_multishot<S: SqSink + ?Sized>(
         &mut self,
         ring: &mut S,
-        fd: RawFd,
+        sock: impl FileTarget,
         bgid: u16,
+        bundle: bool,
         ctx: u64,
     ) -> Result<u64, Rejected<B>> {
-        let idx = self.alloc(Op::RecvMulti, ctx).map_err(|e| self.reject(e))?;
-        let e = opcode::RecvMulti::new(types::Fd(fd), bgid).build();
+        let idx = self
+            .alloc(Op::RecvMulti { bundle }, ctx)
+            .map_err(|e| self.reject(e))?;
+        let e = on_target!(sock.target(), fd => if bundle {
+            opcode::RecvMultiBundle::new(fd, bgid).build()
+        } else {
+            opcode::RecvMulti::new(fd, bgid).build()
+        });
         let ud = self.user_data(idx);
         self.push(ring, idx, &[e.user_data(ud)])
+    }
+
+    fn send_flags(&self) -> i32 {
+        libc::MSG_NOSIGNAL
+            | if self.send_waitall {
+                libc::MSG_WAITALL
+            } else {
+                0
+            }
     }
 
     /// SEND of `buf[off..]`, or SEND_ZC (6.0+) when `zc`. With `send_waitall` the kernel
@@ -700,10 +871,33 @@ impl<B: IoBuf> NetOps<B> {
     pub fn send<S: SqSink + ?Sized>(
         &mut self,
         ring: &mut S,
-        fd: RawFd,
+        sock: impl FileTarget,
         buf: B,
         off: usize,
         zc: bool,
+        ctx: u64,
+    ) -> Result<u64, Rejected<B>> {
+        self.send_opts(
+            ring,
+            sock,
+            buf,
+            off,
+            SendOpts {
+                zc,
+                fixed_buf: None,
+            },
+            ctx,
+        )
+    }
+
+    /// [`NetOps::send`] with [`SendOpts`] (SEND_ZC from a registered buffer).
+    pub fn send_opts<S: SqSink + ?Sized>(
+        &mut self,
+        ring: &mut S,
+        sock: impl FileTarget,
+        buf: B,
+        off: usize,
+        opts: SendOpts,
         ctx: u64,
     ) -> Result<u64, Rejected<B>> {
         if off >= buf.len() || buf.len() - off > u32::MAX as usize {
@@ -714,6 +908,7 @@ impl<B: IoBuf> NetOps<B> {
                 buf: Some(buf),
             });
         }
+        let zc = opts.zc;
         let len = (buf.len() - off) as u32;
         let op = if zc {
             Op::SendZc {
@@ -730,22 +925,86 @@ impl<B: IoBuf> NetOps<B> {
             Op::Send { buf, .. } | Op::SendZc { buf, .. } => unsafe { buf.ptr().add(off) },
             _ => unreachable!(),
         };
-        let flags = libc::MSG_NOSIGNAL
-            | if self.send_waitall {
-                libc::MSG_WAITALL
-            } else {
-                0
-            };
-        let e = if zc {
-            opcode::SendZc::new(types::Fd(fd), p, len)
+        let flags = self.send_flags();
+        let e = on_target!(sock.target(), fd => if zc {
+            opcode::SendZc::new(fd, p, len)
                 .flags(flags)
                 .zc_flags(SEND_ZC_REPORT_USAGE)
+                .buf_index(opts.fixed_buf)
                 .build()
         } else {
-            opcode::Send::new(types::Fd(fd), p, len)
+            opcode::Send::new(fd, p, len).flags(flags).build()
+        });
+        let ud = self.user_data(idx);
+        self.push(ring, idx, &[e.user_data(ud)])
+    }
+
+    /// One SEND (or SEND_ZC) of several buffers, `bufs[0]` from `off` (IORING_SEND_VECTORIZED,
+    /// 6.17+): a header and a body chunk, or queued messages, without copying them into
+    /// one buffer first. The buffers come back in [`Completion::SendV`] (for SEND_ZC in
+    /// the notification).
+    pub fn send_vectored<S: SqSink + ?Sized>(
+        &mut self,
+        ring: &mut S,
+        sock: impl FileTarget,
+        bufs: Vec<B>,
+        off: usize,
+        zc: bool,
+        ctx: u64,
+    ) -> Result<u64, Rejected<B>> {
+        if bufs.is_empty() || off >= bufs[0].len() || bufs.len() > 1024 {
+            let mut bufs = bufs;
+            return Err(Rejected {
+                error: SubmitError::BadArgument(
+                    "vectored send: 1..=1024 buffers, offset inside the first",
+                ),
+                buf: if bufs.is_empty() {
+                    None
+                } else {
+                    Some(bufs.remove(0))
+                },
+            });
+        }
+        let iov: Box<[libc::iovec]> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let skip = if i == 0 { off } else { 0 };
+                libc::iovec {
+                    // SAFETY: skip < len for the first buffer (checked), 0 for the others.
+                    iov_base: unsafe { b.ptr().add(skip) } as *mut libc::c_void,
+                    iov_len: b.len() - skip,
+                }
+            })
+            .collect();
+        let (iov_ptr, n) = (iov.as_ptr(), iov.len() as u32);
+        let idx = self
+            .alloc(
+                Op::SendV {
+                    bufs,
+                    _iov: iov,
+                    off,
+                    zc,
+                    result_seen: false,
+                },
+                ctx,
+            )
+            .map_err(|e| self.reject(e))?;
+        let flags = self.send_flags();
+        // The builders take a byte pointer and length; with IORING_SEND_VECTORIZED the
+        // kernel reads them as the iovec array and its count.
+        let p = iov_ptr as *const u8;
+        let e = on_target!(sock.target(), fd => if zc {
+            opcode::SendZc::new(fd, p, n)
                 .flags(flags)
+                .zc_flags(SEND_ZC_REPORT_USAGE | SEND_VECTORIZED)
                 .build()
-        };
+        } else {
+            opcode::Send::new(fd, p, n)
+                .flags(flags)
+                .ioprio(SEND_VECTORIZED)
+                .build()
+        });
         let ud = self.user_data(idx);
         self.push(ring, idx, &[e.user_data(ud)])
     }
@@ -757,21 +1016,16 @@ impl<B: IoBuf> NetOps<B> {
     pub fn splice<S: SqSink + ?Sized>(
         &mut self,
         ring: &mut S,
-        fd_in: RawFd,
+        fd_in: impl FileTarget,
         off_in: i64,
-        fd_out: RawFd,
+        fd_out: impl FileTarget,
         off_out: i64,
         len: u32,
         link: bool,
         ctx: u64,
     ) -> Result<u64, Rejected<B>> {
         let idx = self.alloc(Op::Splice, ctx).map_err(|e| self.reject(e))?;
-        let mut e = opcode::Splice::new(types::Fd(fd_in), off_in, types::Fd(fd_out), off_out, len)
-            .flags(libc::SPLICE_F_MOVE)
-            .build();
-        if link {
-            e = e.flags(Flags::IO_LINK);
-        }
+        let e = splice_sqe(fd_in.target(), off_in, fd_out.target(), off_out, len, link);
         let ud = self.user_data(idx);
         self.push(ring, idx, &[e.user_data(ud)])
     }
@@ -780,15 +1034,17 @@ impl<B: IoBuf> NetOps<B> {
     /// into `pipe`, then out of the pipe into `sock`. `len` must fit the pipe. Two
     /// `Splice` completions come back with `ctx_in` and `ctx_out`; a short first one
     /// cancels the second (ECANCELED), and the caller drains the pipe with one more
-    /// [`NetOps::splice`] of the count the first one moved.
+    /// [`NetOps::splice`] of the count the first one moved. With skip-success on, the
+    /// first half's CQE comes only if it fails or is short; otherwise the second half's
+    /// completion says what it moved (`in_skipped`).
     #[allow(clippy::too_many_arguments)]
     pub fn splice_file_to_socket<S: SqSink + ?Sized>(
         &mut self,
         ring: &mut S,
-        file: RawFd,
+        file: impl FileTarget,
         off: u64,
         pipe: &Pipe,
-        sock: RawFd,
+        sock: impl FileTarget,
         len: u32,
         ctx_in: u64,
         ctx_out: u64,
@@ -799,68 +1055,102 @@ impl<B: IoBuf> NetOps<B> {
                 buf: None,
             });
         }
-        if ring.sq_space() < 2 {
-            ring.flush().map_err(|e| Rejected {
-                error: SubmitError::Flush(e),
-                buf: None,
-            })?;
-            if ring.sq_space() < 2 {
-                return Err(Rejected {
-                    error: SubmitError::SqFull,
-                    buf: None,
-                });
-            }
-        }
-        let a = self.splice(
-            ring,
-            file,
-            off as i64,
-            pipe.write.as_raw_fd(),
-            -1,
-            len,
-            true,
-            ctx_in,
-        )?;
-        match self.splice(
-            ring,
-            pipe.read.as_raw_fd(),
-            -1,
-            sock,
-            -1,
-            len,
-            false,
+        self.make_room(ring, 2)
+            .map_err(|error| Rejected { error, buf: None })?;
+        let skip = self.skip_success;
+        let a = self
+            .alloc(
+                if skip {
+                    Op::SpliceHead {
+                        len,
+                        tail: NONE,
+                        out_cancelled: None,
+                    }
+                } else {
+                    Op::Splice
+                },
+                ctx_in,
+            )
+            .map_err(|e| self.reject(e))?;
+        let b = match self.alloc(
+            Op::SpliceTail {
+                head: skip.then_some(a),
+            },
             ctx_out,
         ) {
-            Ok(b) => Ok((a, b)),
+            Ok(b) => b,
             Err(e) => {
-                // Cannot happen (space checked, and a slot failure leaves `a` unlinked
-                // to nothing): report, `a` completes on its own.
-                Err(e)
-            }
-        }
-    }
-
-    /// CLOSE through the ring; the fd is consumed.
-    pub fn close<S: SqSink + ?Sized>(
-        &mut self,
-        ring: &mut S,
-        fd: OwnedFd,
-        ctx: u64,
-    ) -> Result<u64, Rejected<B>> {
-        let idx = match self.alloc(Op::Close, ctx) {
-            Ok(i) => i,
-            Err(e) => {
-                drop(fd); // closed synchronously instead
+                self.release(a);
                 return Err(self.reject(e));
             }
         };
-        let raw = fd.into_raw_fd();
-        let e = opcode::Close::new(types::Fd(raw)).build();
+        if let Op::SpliceHead { tail, .. } = &mut self.slots[a as usize].op {
+            *tail = b;
+        }
+        let mut first = splice_sqe(
+            file.target(),
+            off as i64,
+            Target::Fd(pipe.write.as_raw_fd()),
+            -1,
+            len,
+            true,
+        );
+        if skip {
+            first = first.flags(Flags::SKIP_SUCCESS);
+        }
+        let second = splice_sqe(
+            Target::Fd(pipe.read.as_raw_fd()),
+            -1,
+            sock.target(),
+            -1,
+            len,
+            false,
+        );
+        let (ua, ub) = (self.user_data(a), self.user_data(b));
+        for e in [first.user_data(ua), second.user_data(ub)] {
+            // SAFETY: splices reference no memory; room was made above.
+            let ok = unsafe { ring.push_sqe(&e) };
+            assert!(ok, "SQ had room for a linked pair but refused a push");
+        }
+        Ok((ua, ub))
+    }
+
+    /// CLOSE through the ring; the socket (fd, or direct slot) is consumed. With
+    /// skip-success on, no slot is taken and only a failure comes back
+    /// ([`Completion::Unslotted`]): the caller may forget the socket at once.
+    pub fn close<S: SqSink + ?Sized>(
+        &mut self,
+        ring: &mut S,
+        sock: Socket,
+        ctx: u64,
+    ) -> Result<u64, Rejected<B>> {
+        let t = sock.target();
+        let e = on_target!(t, f => opcode::Close::new(f).build());
+        // Once the SQE is queued the kernel owns the descriptor.
+        let give_up = |s: Socket| {
+            if let Socket::Fd(f) = s {
+                let _ = f.into_raw_fd();
+            }
+        };
+        if self.skip_success {
+            return match self.push_unslotted(ring, e) {
+                Ok(ud) => {
+                    give_up(sock);
+                    Ok(ud)
+                }
+                Err(r) => Err(r), // `sock` is dropped: an fd closes synchronously
+            };
+        }
+        let idx = match self.alloc(Op::Close, ctx) {
+            Ok(i) => i,
+            Err(e) => return Err(self.reject(e)), // dropped: closed synchronously
+        };
         let ud = self.user_data(idx);
-        self.push(ring, idx, &[e.user_data(ud)]).inspect_err(|_| {
-            // SAFETY: the CLOSE was not queued, so we still own `raw`; close it here.
-            drop(unsafe { OwnedFd::from_raw_fd(raw) });
-        })
+        let r = self.push(ring, idx, &[e.user_data(ud)]);
+        if r.is_ok() {
+            give_up(sock);
+        }
+        r
     }
 
     /// ASYNC_CANCEL of the request with `target` user_data.
@@ -870,21 +1160,30 @@ impl<B: IoBuf> NetOps<B> {
         target: u64,
         ctx: u64,
     ) -> Result<u64, Rejected<B>> {
-        let idx = self.alloc(Op::Cancel, ctx).map_err(|e| self.reject(e))?;
         let e = opcode::AsyncCancel::new(target).build();
+        if self.skip_success {
+            return self.push_unslotted(ring, e);
+        }
+        let idx = self.alloc(Op::Cancel, ctx).map_err(|e| self.reject(e))?;
         let ud = self.user_data(idx);
         self.push(ring, idx, &[e.user_data(ud)])
     }
 
-    /// ASYNC_CANCEL of every request on `fd` (5.19+: IORING_ASYNC_CANCEL_FD | ALL).
+    /// ASYNC_CANCEL of every request on `sock` (5.19+: IORING_ASYNC_CANCEL_FD | ALL, with
+    /// IORING_ASYNC_CANCEL_FD_FIXED for a direct descriptor).
     pub fn cancel_fd<S: SqSink + ?Sized>(
         &mut self,
         ring: &mut S,
-        fd: RawFd,
+        sock: impl FileTarget,
         ctx: u64,
     ) -> Result<u64, Rejected<B>> {
+        let e = on_target!(sock.target(), f => {
+            opcode::AsyncCancel2::new(types::CancelBuilder::fd(f).all()).build()
+        });
+        if self.skip_success {
+            return self.push_unslotted(ring, e);
+        }
         let idx = self.alloc(Op::Cancel, ctx).map_err(|e| self.reject(e))?;
-        let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build();
         let ud = self.user_data(idx);
         self.push(ring, idx, &[e.user_data(ud)])
     }
@@ -914,19 +1213,20 @@ impl<B: IoBuf> NetOps<B> {
     pub fn shutdown<S: SqSink + ?Sized>(
         &mut self,
         ring: &mut S,
-        fd: RawFd,
+        sock: impl FileTarget,
         how: i32,
         ctx: u64,
     ) -> Result<u64, Rejected<B>> {
         let idx = self.alloc(Op::Shutdown, ctx).map_err(|e| self.reject(e))?;
-        let e = opcode::Shutdown::new(types::Fd(fd), how).build();
+        let e = on_target!(sock.target(), f => opcode::Shutdown::new(f, how).build());
         let ud = self.user_data(idx);
         self.push(ring, idx, &[e.user_data(ud)])
     }
 
     /// MSG_RING (5.18+): posts a CQE with `target_user_data` and `value` as its res on
     /// the ring `target_ring_fd` (a wake-up or hand-off notice between workers). The
-    /// target's CQE is not a netops one: give it a tag the target routes itself.
+    /// target's CQE is not a netops one: give it a tag the target routes itself. With
+    /// skip-success on, the sender gets a CQE only if it fails.
     pub fn msg_ring<S: SqSink + ?Sized>(
         &mut self,
         ring: &mut S,
@@ -935,9 +1235,37 @@ impl<B: IoBuf> NetOps<B> {
         target_user_data: u64,
         ctx: u64,
     ) -> Result<u64, Rejected<B>> {
-        let idx = self.alloc(Op::MsgRing, ctx).map_err(|e| self.reject(e))?;
         let e = opcode::MsgRingData::new(types::Fd(target_ring_fd), value, target_user_data, None)
             .build();
+        if self.skip_success {
+            return self.push_unslotted(ring, e);
+        }
+        let idx = self.alloc(Op::MsgRing, ctx).map_err(|e| self.reject(e))?;
+        let ud = self.user_data(idx);
+        self.push(ring, idx, &[e.user_data(ud)])
+    }
+
+    /// MSG_RING with IORING_MSG_SEND_FD (6.0+): installs the file in slot `src` of this
+    /// ring's table into a free slot of the target ring's table (IORING_FILE_INDEX_ALLOC)
+    /// and posts a CQE there with `target_user_data` and the new slot as its res. The
+    /// sender's `src` slot stays (close it once this completes). Always completes on the
+    /// sender ([`Completion::MsgRing`]), so the sender knows when it may close `src`.
+    pub fn msg_ring_send_fd<S: SqSink + ?Sized>(
+        &mut self,
+        ring: &mut S,
+        target_ring_fd: RawFd,
+        src: Fixed,
+        target_user_data: u64,
+        ctx: u64,
+    ) -> Result<u64, Rejected<B>> {
+        let idx = self.alloc(Op::MsgRing, ctx).map_err(|e| self.reject(e))?;
+        let e = opcode::MsgRingSendFd::new(
+            types::Fd(target_ring_fd),
+            types::Fixed(src.0),
+            types::DestinationSlot::auto_target(),
+            target_user_data,
+        )
+        .build();
         let ud = self.user_data(idx);
         self.push(ring, idx, &[e.user_data(ud)])
     }
@@ -949,6 +1277,11 @@ impl<B: IoBuf> NetOps<B> {
             return None;
         }
         let idx = (user_data & 0xffff_ffff) as u32;
+        if idx == UNSLOTTED {
+            return Some(Completion::Unslotted {
+                res: Errno(-res.min(0)),
+            });
+        }
         let gen = ((user_data >> 32) as u32) & GEN_MASK;
         let slot = self.slots.get(idx as usize)?;
         if slot.gen != gen || matches!(slot.op, Op::Free { .. }) {
@@ -961,11 +1294,15 @@ impl<B: IoBuf> NetOps<B> {
         let ctx = slot.ctx;
         let more = flags & CQE_F_MORE != 0;
         match &mut self.slots[idx as usize].op {
-            Op::Accept { multishot } => {
-                let multishot = *multishot;
-                let res = res_to(res).map(|fd| {
-                    // SAFETY: a successful ACCEPT returns a fresh fd that nobody else owns.
-                    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+            Op::Accept { multishot, direct } => {
+                let (multishot, direct) = (*multishot, *direct);
+                let res = res_to(res).map(|v| {
+                    if direct {
+                        Socket::Direct(v)
+                    } else {
+                        // SAFETY: a successful ACCEPT returns a fresh fd that nobody else owns.
+                        Socket::Fd(unsafe { OwnedFd::from_raw_fd(v as RawFd) })
+                    }
                 });
                 let more = multishot && more;
                 if !more {
@@ -973,8 +1310,10 @@ impl<B: IoBuf> NetOps<B> {
                 }
                 Some(Completion::Accept { ctx, res, more })
             }
-            Op::RecvMulti => {
+            Op::RecvMulti { bundle } => {
+                let bundle = *bundle;
                 let sock_nonempty = flags & CQE_F_SOCK_NONEMPTY != 0;
+                let buf_more = flags & CQE_F_BUF_MORE != 0;
                 let res = res_to(res).map(|n| {
                     if flags & CQE_F_BUFFER != 0 {
                         Some(((flags >> 16) as u16, n as usize))
@@ -990,6 +1329,8 @@ impl<B: IoBuf> NetOps<B> {
                     res,
                     more,
                     sock_nonempty,
+                    bundle,
+                    buf_more,
                 })
             }
             Op::Recv { .. } => {
@@ -1024,7 +1365,11 @@ impl<B: IoBuf> NetOps<B> {
                     let Op::SendZc { buf, .. } = self.release(idx) else {
                         unreachable!()
                     };
-                    return Some(Completion::SendZcNotif { ctx, buf, copied });
+                    return Some(Completion::SendZcNotif {
+                        ctx,
+                        bufs: vec![buf],
+                        copied,
+                    });
                 }
                 debug_assert!(!*result_seen, "two SEND_ZC results for one request");
                 *result_seen = true;
@@ -1053,11 +1398,113 @@ impl<B: IoBuf> NetOps<B> {
                     })
                 }
             }
+            Op::SendV {
+                zc,
+                result_seen,
+                off,
+                ..
+            } => {
+                let (zc, off) = (*zc, *off);
+                if zc && flags & CQE_F_NOTIF != 0 {
+                    let copied = res & NOTIF_USAGE_ZC_COPIED != 0;
+                    let Op::SendV { bufs, .. } = self.release(idx) else {
+                        unreachable!()
+                    };
+                    return Some(Completion::SendZcNotif { ctx, bufs, copied });
+                }
+                *result_seen = true;
+                let r = res_to(res).map(|n| n as usize);
+                if zc && more {
+                    return Some(Completion::SendV {
+                        ctx,
+                        res: r,
+                        bufs: Vec::new(),
+                        off,
+                        zc,
+                        notif_pending: true,
+                    });
+                }
+                let Op::SendV { bufs, .. } = self.release(idx) else {
+                    unreachable!()
+                };
+                Some(Completion::SendV {
+                    ctx,
+                    res: r,
+                    bufs,
+                    off,
+                    zc,
+                    notif_pending: false,
+                })
+            }
             Op::Splice => {
                 self.release(idx);
                 Some(Completion::Splice {
                     ctx,
                     res: res_to(res).map(|n| n as usize),
+                    in_skipped: None,
+                    out_cancelled: None,
+                })
+            }
+            Op::SpliceHead {
+                tail,
+                out_cancelled,
+                ..
+            } => {
+                // The first half posted its CQE after all: it failed or was short. With
+                // IOSQE_CQE_SKIP_SUCCESS on a link head the kernel then cancels the rest of
+                // the chain without posting their CQEs, so the second half is done too.
+                let (tail, mut out_cancelled) = (*tail, *out_cancelled);
+                self.release(idx);
+                if tail != NONE {
+                    if let Some(Slot {
+                        op: Op::SpliceTail { .. },
+                        ctx: tctx,
+                        ..
+                    }) = self.slots.get(tail as usize)
+                    {
+                        out_cancelled = Some(*tctx);
+                        self.release(tail);
+                    }
+                }
+                Some(Completion::Splice {
+                    ctx,
+                    res: res_to(res).map(|n| n as usize),
+                    in_skipped: None,
+                    out_cancelled,
+                })
+            }
+            Op::SpliceTail { head } => {
+                let head = *head;
+                self.release(idx);
+                let mut in_skipped = None;
+                if let Some(h) = head {
+                    if res == -libc::ECANCELED {
+                        // The first half failed or was short (that cancelled this one) and
+                        // its CQE is still to come: report both then.
+                        if let Op::SpliceHead {
+                            tail,
+                            out_cancelled,
+                            ..
+                        } = &mut self.slots[h as usize].op
+                        {
+                            *tail = NONE;
+                            *out_cancelled = Some(ctx);
+                        }
+                        return None;
+                    }
+                    // Its CQE was skipped: it moved all it was asked (a short or failed
+                    // first half posts a CQE, and cancels this one).
+                    if let Op::SpliceHead { len, .. } = self.slots[h as usize].op {
+                        let hctx = self.slots[h as usize].ctx;
+                        self.release(h);
+                        in_skipped = Some((hctx, len as usize));
+                    }
+                }
+                Some(Completion::Splice {
+                    ctx,
+                    res: res_to(res).map(|n| n as usize),
+                    in_skipped,
+                    out_cancelled: None,
                 })
             }
             Op::Close => {
@@ -1099,6 +1546,28 @@ impl<B: IoBuf> NetOps<B> {
             }
             Op::Free { .. } => unreachable!(),
         }
+    }
+}
+
+/// The SPLICE entry `fd_in` -> `fd_out` (SPLICE_F_FD_IN_FIXED / IOSQE_FIXED_FILE for
+/// direct descriptors), IOSQE_IO_LINK when `link`.
+fn splice_sqe(
+    fd_in: Target,
+    off_in: i64,
+    fd_out: Target,
+    off_out: i64,
+    len: u32,
+    link: bool,
+) -> Entry {
+    let e = on_target!(fd_in, i => on_target!(fd_out, o => {
+        opcode::Splice::new(i, off_in, o, off_out, len)
+            .flags(libc::SPLICE_F_MOVE)
+            .build()
+    }));
+    if link {
+        e.flags(Flags::IO_LINK)
+    } else {
+        e
     }
 }
 
@@ -1411,6 +1880,27 @@ pub mod sockopt {
         }
     }
 
+    fn get_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+        let mut v: i32 = 0;
+        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+        // SAFETY: passes a pointer to a live i32 and its size.
+        let r = unsafe { libc::getsockopt(fd, level, name, (&mut v as *mut i32).cast(), &mut len) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(v)
+        }
+    }
+
+    /// `(TCP_NODELAY, SO_SNDBUF, SO_RCVBUF)` as the kernel reports them (getsockopt).
+    pub fn readback(fd: RawFd) -> io::Result<(i32, i32, i32)> {
+        Ok((
+            get_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY)?,
+            get_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)?,
+            get_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?,
+        ))
+    }
+
     /// A TCP listener on `addr` with SO_REUSEADDR and optionally SO_REUSEPORT, backlog
     /// `backlog`, close-on-exec. Returned as a std listener (blocking; the ring accepts).
     pub fn listen(
@@ -1521,293 +2011,4 @@ pub fn reopen_direct(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
-/// What a ring shared by socket and file operations must provide.
-pub trait MuxBase {
-    /// # Safety
-    /// As [`SqSink::push_sqe`].
-    unsafe fn base_push(&mut self, e: &Entry) -> bool;
-    fn base_sq_space(&self) -> usize;
-    /// SQ entries in all.
-    fn base_sq_capacity(&self) -> usize;
-    fn base_submit(&mut self) -> io::Result<usize>;
-    /// Blocks until the kernel has consumed SQ entries (SQPOLL: IORING_ENTER_SQ_WAIT,
-    /// waking the SQ thread if it sleeps); other rings submit.
-    fn base_wait_sq_space(&mut self) -> io::Result<()>;
-    /// Submits and waits for `want` CQEs, or until `timeout` passes.
-    fn base_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<usize>;
-    /// Pops one CQE: (user_data, res, flags).
-    fn base_pop(&mut self) -> Option<(u64, i32, u32)>;
-    /// # Safety
-    /// As `fileops::RingOps::register_buffers`.
-    unsafe fn base_register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()>;
-    fn base_register_files(&mut self, fds: &[RawFd]) -> io::Result<()>;
-}
-
-impl MuxBase for io_uring::IoUring {
-    unsafe fn base_push(&mut self, e: &Entry) -> bool {
-        // SAFETY: forwarded contract.
-        unsafe { self.push_sqe(e) }
-    }
-    fn base_sq_space(&self) -> usize {
-        self.sq_space()
-    }
-    fn base_sq_capacity(&self) -> usize {
-        self.sq_capacity()
-    }
-    fn base_submit(&mut self) -> io::Result<usize> {
-        self.submit()
-    }
-    fn base_wait_sq_space(&mut self) -> io::Result<()> {
-        SqSink::wait_sq_space(self)
-    }
-    fn base_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<usize> {
-        match timeout {
-            Some(t) => {
-                let ts = types::Timespec::new()
-                    .sec(t.as_secs())
-                    .nsec(t.subsec_nanos());
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.submitter().submit_with_args(want, &args)
-            }
-            None => self.submit_and_wait(want),
-        }
-    }
-    fn base_pop(&mut self) -> Option<(u64, i32, u32)> {
-        self.completion()
-            .next()
-            .map(|c| (c.user_data(), c.result(), c.flags()))
-    }
-    unsafe fn base_register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
-        // SAFETY: forwarded contract.
-        unsafe { self.submitter().register_buffers(iov) }
-    }
-    fn base_register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
-        self.submitter().register_files(fds)
-    }
-}
-
-/// `user_data` of the TIMEOUT a timed wait on the engine's ring pushes; its CQE is
-/// dropped by [`RingWithTimer`]'s pop.
-pub const MUX_WAIT_TIMER: u64 = 0xfe << 56;
-
-/// The engine's own ring (every setup flag) with a timed wait: the ring has none, so a
-/// timed wait pushes one TIMEOUT whose timespec lives here.
-pub struct RingWithTimer {
-    pub ring: super::ring::Ring,
-    ts: Box<types::Timespec>,
-    timer_armed: bool,
-}
-
-impl RingWithTimer {
-    pub fn new(ring: super::ring::Ring) -> Self {
-        RingWithTimer {
-            ring,
-            ts: Box::new(types::Timespec::new()),
-            timer_armed: false,
-        }
-    }
-}
-
-impl MuxBase for RingWithTimer {
-    unsafe fn base_push(&mut self, e: &Entry) -> bool {
-        // SAFETY: forwarded contract.
-        unsafe { self.ring.push(e).is_ok() }
-    }
-    fn base_sq_space(&self) -> usize {
-        self.ring.sq_space_left()
-    }
-    fn base_sq_capacity(&self) -> usize {
-        self.ring.sq_entries() as usize
-    }
-    fn base_submit(&mut self) -> io::Result<usize> {
-        self.ring.submit()
-    }
-    fn base_wait_sq_space(&mut self) -> io::Result<()> {
-        self.ring.wait_sq_space()
-    }
-    fn base_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<usize> {
-        if let Some(t) = timeout {
-            if !self.timer_armed && self.ring.cq_ready() == 0 {
-                // The kernel copies the timespec when it prepares the request, which with
-                // SQPOLL happens later on the SQ thread: the boxed timespec stays put for
-                // the ring's life and is rewritten only while no timer is armed.
-                *self.ts = types::Timespec::new()
-                    .sec(t.as_secs())
-                    .nsec(t.subsec_nanos());
-                let e = opcode::Timeout::new(&*self.ts)
-                    .build()
-                    .user_data(MUX_WAIT_TIMER);
-                // SAFETY: the timespec is owned by self and outlives the request.
-                if unsafe { self.ring.push(&e) }.is_ok() {
-                    self.timer_armed = true;
-                }
-            }
-        }
-        self.ring.submit_and_wait(want)
-    }
-    fn base_pop(&mut self) -> Option<(u64, i32, u32)> {
-        loop {
-            let c = self.ring.pop_cqe()?;
-            if c.user_data == MUX_WAIT_TIMER {
-                self.timer_armed = false;
-                continue;
-            }
-            return Some((c.user_data, c.res, c.flags));
-        }
-    }
-    unsafe fn base_register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
-        // SAFETY: forwarded contract.
-        unsafe { self.ring.register_buffers(iov) }
-    }
-    fn base_register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
-        self.ring.register_files(fds)
-    }
-}
-
-/// `user_data` top byte of file operations on a [`MuxRing`].
-pub const MUX_TAG_FILE: u8 = 2;
-
-/// One ring shared by socket ops ([`NetOps`], any tag but [`MUX_TAG_FILE`]) and file ops
-/// (`sys::fileops::FileOps` through a [`FileView`]). CQEs are routed by the top byte of
-/// `user_data` into two queues, so each user sees only its own.
-pub struct MuxRing<R: MuxBase> {
-    pub ring: R,
-    file_cqes: std::collections::VecDeque<(u64, i32, u32)>,
-    other_cqes: std::collections::VecDeque<(u64, i32, u32)>,
-    /// io_uring_enter calls made through this value.
-    pub enters: u64,
-    /// IORING_SETUP_* bits in effect (recorded by the builder).
-    pub setup_flags: u32,
-}
-
-impl<R: MuxBase> MuxRing<R> {
-    pub fn new(ring: R, setup_flags: u32) -> Self {
-        MuxRing {
-            ring,
-            file_cqes: Default::default(),
-            other_cqes: Default::default(),
-            enters: 0,
-            setup_flags,
-        }
-    }
-    /// Moves every CQE in the CQ to its user's queue.
-    pub fn route(&mut self) {
-        while let Some((ud, res, flags)) = self.ring.base_pop() {
-            if (ud >> 56) as u8 == MUX_TAG_FILE {
-                self.file_cqes.push_back((ud & ((1 << 56) - 1), res, flags));
-            } else {
-                self.other_cqes.push_back((ud, res, flags));
-            }
-        }
-    }
-    /// Next non-file CQE already routed.
-    pub fn pop_other(&mut self) -> Option<(u64, i32, u32)> {
-        self.other_cqes.pop_front()
-    }
-    pub fn has_routed(&self) -> bool {
-        !self.other_cqes.is_empty() || !self.file_cqes.is_empty()
-    }
-    /// Submits and waits for one CQE (or `timeout`); EINTR/EAGAIN/EBUSY/ETIME are not errors.
-    pub fn wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
-        self.enters += 1;
-        match self.ring.base_wait(want, timeout) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY | libc::ETIME)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-}
-
-impl<R: MuxBase> SqSink for MuxRing<R> {
-    unsafe fn push_sqe(&mut self, e: &Entry) -> bool {
-        debug_assert!(
-            (e.get_user_data() >> 56) as u8 != MUX_TAG_FILE,
-            "socket op uses the file tag"
-        );
-        // SAFETY: forwarded contract.
-        unsafe { self.ring.base_push(e) }
-    }
-    fn sq_space(&self) -> usize {
-        self.ring.base_sq_space()
-    }
-    fn flush(&mut self) -> io::Result<usize> {
-        self.enters += 1;
-        self.ring.base_submit()
-    }
-    fn sq_capacity(&self) -> usize {
-        self.ring.base_sq_capacity()
-    }
-    fn wait_sq_space(&mut self) -> io::Result<()> {
-        // Move posted CQEs to user space first: a kernel with completions it cannot
-        // post (EBUSY) makes room in the CQ before it consumes more SQEs.
-        self.route();
-        self.enters += 1;
-        self.ring.base_wait_sq_space()
-    }
-}
-
-/// `FileOps`' view of a [`MuxRing`]: tags its user_data with [`MUX_TAG_FILE`] and pops
-/// only file CQEs.
-pub struct FileView<R: MuxBase>(pub std::rc::Rc<std::cell::RefCell<MuxRing<R>>>);
-
-impl<R: MuxBase> super::fileops::RingOps for FileView<R> {
-    unsafe fn push_sqe(&mut self, sqe: &Entry) -> Result<(), ()> {
-        let ud = sqe.get_user_data();
-        assert!(ud >> 56 == 0, "fileops user_data {ud:#x} uses the tag byte");
-        let e = sqe.clone().user_data(ud | ((MUX_TAG_FILE as u64) << 56));
-        let mut s = self.0.borrow_mut();
-        // SAFETY: forwarded contract (same buffers; only user_data changed).
-        if unsafe { s.ring.base_push(&e) } {
-            Ok(())
-        } else {
-            Err(())
-        }
-    }
-    fn submit(&mut self) -> io::Result<usize> {
-        let mut s = self.0.borrow_mut();
-        if s.ring.base_sq_space() == 0 {
-            // FileOps calls this when a push found the SQ full. With SQPOLL a plain
-            // submit may return before the SQ thread has taken anything (a busy spin):
-            // wait for room instead.
-            SqSink::wait_sq_space(&mut *s)?;
-            return Ok(0);
-        }
-        s.enters += 1;
-        s.ring.base_submit()
-    }
-    fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
-        let mut s = self.0.borrow_mut();
-        if s.file_cqes.len() < want {
-            s.wait(1, None)?;
-            s.route();
-        }
-        Ok(0)
-    }
-    fn pop(&mut self) -> Option<(u64, i32, u32)> {
-        let mut s = self.0.borrow_mut();
-        if s.file_cqes.is_empty() {
-            s.route();
-        }
-        s.file_cqes.pop_front()
-    }
-    unsafe fn register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
-        // SAFETY: forwarded contract.
-        unsafe { self.0.borrow_mut().ring.base_register_buffers(iov) }
-    }
-    fn register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
-        self.0.borrow_mut().ring.base_register_files(fds)
-    }
-    fn enter_calls(&self) -> u64 {
-        self.0.borrow().enters
-    }
-    fn setup_flags(&self) -> u32 {
-        self.0.borrow().setup_flags
-    }
-}
+pub use super::mux::{FileView, MuxBase, MuxRing, RingWithTimer, MUX_TAG_FILE, MUX_WAIT_TIMER};

@@ -115,6 +115,10 @@ pub mod consts {
     pub const IORING_ENTER_SQ_WAIT: u32 = 1 << 2;
     pub const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
     pub const IORING_ENTER_REGISTERED_RING: u32 = 1 << 4;
+    pub const IORING_ENTER_ABS_TIMER: u32 = 1 << 5;
+    pub const IORING_ENTER_EXT_ARG_REG: u32 = 1 << 6;
+    /// Waiting does not count as iowait (6.15, IORING_FEAT_NO_IOWAIT).
+    pub const IORING_ENTER_NO_IOWAIT: u32 = 1 << 7;
 
     pub const IORING_SQ_NEED_WAKEUP: u32 = 1 << 0;
     pub const IORING_SQ_CQ_OVERFLOW: u32 = 1 << 1;
@@ -145,8 +149,24 @@ pub mod consts {
     pub const IORING_REGISTER_IOWQ_MAX_WORKERS: u32 = 19;
     pub const IORING_REGISTER_RING_FDS: u32 = 20;
     pub const IORING_UNREGISTER_RING_FDS: u32 = 21;
+    pub const IORING_REGISTER_FILES2: u32 = 13;
+    pub const IORING_REGISTER_FILES_UPDATE2: u32 = 14;
     pub const IORING_REGISTER_PBUF_RING: u32 = 22;
     pub const IORING_UNREGISTER_PBUF_RING: u32 = 23;
+    pub const IORING_REGISTER_FILE_ALLOC_RANGE: u32 = 25;
+    pub const IORING_REGISTER_PBUF_STATUS: u32 = 26;
+    pub const IORING_REGISTER_NAPI: u32 = 27;
+    pub const IORING_UNREGISTER_NAPI: u32 = 28;
+    /// `io_uring_rsrc_register.flags`: a table of empty slots (5.19).
+    pub const IORING_RSRC_REGISTER_SPARSE: u32 = 1;
+    /// `file_index` asking the kernel to pick a free slot of the table (5.19).
+    pub const IORING_FILE_INDEX_ALLOC: u32 = u32::MAX;
+    /// `io_uring_buf_reg.flags`: buffers consumed incrementally (6.12).
+    pub const IOU_PBUF_RING_INC: u16 = 2;
+    /// NAPI tracking strategies (`io_uring_napi.op_param`, 6.13).
+    pub const IO_URING_NAPI_TRACKING_DYNAMIC: u32 = 0;
+    pub const IO_URING_NAPI_TRACKING_STATIC: u32 = 1;
+    pub const IO_URING_NAPI_REGISTER_OP: u8 = 0;
     pub const IORING_REGISTER_USE_REGISTERED_RING: u32 = 1 << 31;
 
     pub const IO_URING_OP_SUPPORTED: u16 = 1;
@@ -381,36 +401,10 @@ struct GeteventsArg {
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct RsrcUpdate {
-    offset: u32,
-    resv: u32,
-    data: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct FilesUpdate {
-    offset: u32,
-    resv: u32,
-    fds: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct ProbeOp {
-    op: u8,
-    resv: u8,
-    flags: u16,
-    resv2: u32,
-}
-
-#[repr(C)]
-struct Probe {
-    last_op: u8,
-    ops_len: u8,
-    resv: u16,
-    resv2: [u32; 3],
-    ops: [ProbeOp; 256],
+pub(super) struct RsrcUpdate {
+    pub(super) offset: u32,
+    pub(super) resv: u32,
+    pub(super) data: u64,
 }
 
 /// What to ask `io_uring_setup` for. Only these fields reach the kernel.
@@ -622,11 +616,11 @@ enum Memory {
 
 /// An io_uring instance: owns its fd (or registered index), its memory and its queues.
 pub struct Ring {
-    fd: Option<RawFd>,
+    pub(super) fd: Option<RawFd>,
     /// Registered ring index (REGISTERED_FD_ONLY, or after `register_ring_fd`).
-    reg_index: Option<u32>,
+    pub(super) reg_index: Option<u32>,
     /// The thread the registered index belongs to.
-    reg_thread: Option<ThreadId>,
+    pub(super) reg_thread: Option<ThreadId>,
     flags: u32,
     features: u32,
     sq_entries: u32,
@@ -652,7 +646,11 @@ pub struct Ring {
 
     enter_calls: u64,
     cqe_skips: u64,
-    disabled: bool,
+    pub(super) disabled: bool,
+    /// Flags added to every io_uring_enter that waits (IORING_ENTER_NO_IOWAIT).
+    wait_flags: u32,
+    /// What this ring handed to the kernel (`sys::stats`).
+    stats: std::sync::Arc<super::stats::RingStats>,
     /// Keeps the ring memory alive; dropped after the fd is closed.
     _mem: Memory,
 }
@@ -913,6 +911,8 @@ impl Ring {
                 cq_head: (*at(cq_base, co.head)).load(Ordering::Relaxed),
                 enter_calls: 0,
                 cqe_skips: 0,
+                wait_flags: 0,
+                stats: super::stats::register(),
                 disabled: p.flags & IORING_SETUP_R_DISABLED != 0,
                 _mem: mem,
             }
@@ -1011,9 +1011,12 @@ impl Ring {
     /// valid (and not be moved or freed) until its CQE has been reaped.
     pub unsafe fn push(&mut self, sqe: &io_uring::squeue::Entry) -> Result<(), SqFull> {
         let dst = self.slot()?;
-        // SAFETY: Entry is the 64-byte io_uring_sqe (size asserted); dst has sqe_size >= 64 bytes.
+        // SAFETY: Entry is the 64-byte io_uring_sqe (size asserted), plain bytes.
+        let raw: &[u8; 64] = unsafe { &*(sqe as *const io_uring::squeue::Entry).cast() };
+        self.stats.count_sqe(raw);
+        // SAFETY: dst has sqe_size >= 64 bytes.
         unsafe {
-            ptr::copy_nonoverlapping(sqe as *const _ as *const u8, dst, 64);
+            ptr::copy_nonoverlapping(raw.as_ptr(), dst, 64);
             if self.sqe_size == 128 {
                 ptr::write_bytes(dst.add(64), 0, 64);
             }
@@ -1035,6 +1038,9 @@ impl Ring {
             "push128 on a ring without IORING_SETUP_SQE128"
         );
         let dst = self.slot()?;
+        // SAFETY: Entry128 is 128 bytes (asserted), plain bytes; its first 64 are the SQE.
+        let raw: &[u8; 64] = unsafe { &*(sqe as *const io_uring::squeue::Entry128).cast() };
+        self.stats.count_sqe(raw);
         // SAFETY: Entry128 is 128 bytes (asserted); dst has 128 bytes.
         unsafe { ptr::copy_nonoverlapping(sqe as *const _ as *const u8, dst, 128) };
         self.sq_tail = self.sq_tail.wrapping_add(1);
@@ -1075,6 +1081,9 @@ impl Ring {
         } else {
             flags
         };
+        if flags & IORING_ENTER_GETEVENTS != 0 {
+            flags |= self.wait_flags;
+        }
         let (argp, argsz) = match arg {
             Some(a) => {
                 flags |= IORING_ENTER_EXT_ARG;
@@ -1086,7 +1095,12 @@ impl Ring {
             None => (ptr::null(), 0),
         };
         self.enter_calls += 1;
-        PROCESS_ENTER_CALLS.fetch_add(1, Ordering::Relaxed);
+        self.stats.count_enter(
+            flags,
+            min_complete,
+            arg.is_some_and(|a| a.ts != 0),
+            arg.is_some_and(|a| a.min_wait_usec != 0),
+        );
         // SAFETY: argp is null (argsz 0) or points to a live io_uring_getevents_arg whose
         // `ts` points to a live timespec (both borrowed for the duration of the call).
         let r = unsafe {
@@ -1133,26 +1147,61 @@ impl Ring {
         want: usize,
         timeout: std::time::Duration,
     ) -> io::Result<usize> {
+        self.submit_and_wait_args(want, Some(timeout), None)
+    }
+
+    /// Submits and waits for `want` completions with the wait's arguments in the enter
+    /// (IORING_ENTER_EXT_ARG, 5.11+: no TIMEOUT SQE): give up after `timeout`; with
+    /// `min_wait` (IORING_FEAT_MIN_TIMEOUT, 6.12+) return once `min_wait` has passed and
+    /// at least one completion is there, so `want` > 1 batches completions under load
+    /// without holding one back for long when the ring is quiet. A timeout is not an error.
+    pub fn submit_and_wait_args(
+        &mut self,
+        want: usize,
+        timeout: Option<std::time::Duration>,
+        min_wait: Option<std::time::Duration>,
+    ) -> io::Result<usize> {
         if self.features & IORING_FEAT_EXT_ARG == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "waiting with a timeout needs IORING_FEAT_EXT_ARG (Linux 5.11+)",
+                "waiting with arguments in the enter needs IORING_FEAT_EXT_ARG (Linux 5.11+)",
             ));
         }
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
+        if min_wait.is_some() && self.features & IORING_FEAT_MIN_TIMEOUT == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "min_wait_usec needs IORING_FEAT_MIN_TIMEOUT (Linux 6.12+)",
+            ));
+        }
+        let ts = timeout.map(|t| libc::timespec {
+            tv_sec: t.as_secs() as libc::time_t,
+            tv_nsec: t.subsec_nanos() as libc::c_long,
+        });
         let arg = GeteventsArg {
             sigmask: 0,
             sigmask_sz: 0,
-            min_wait_usec: 0,
-            ts: &ts as *const libc::timespec as u64,
+            min_wait_usec: min_wait.map_or(0, |m| {
+                (m.as_micros() as u64).clamp(1, u32::MAX as u64) as u32
+            }),
+            ts: ts.as_ref().map_or(0, |t| t as *const libc::timespec as u64),
         };
         match self.submit_inner(want, Some(&arg)) {
             Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(0),
             r => r,
         }
+    }
+
+    /// With `on`, every enter that waits carries IORING_ENTER_NO_IOWAIT (6.15+,
+    /// IORING_FEAT_NO_IOWAIT): time blocked waiting is not accounted as iowait.
+    pub fn set_no_iowait(&mut self, on: bool) -> io::Result<()> {
+        if on && self.features & IORING_FEAT_NO_IOWAIT == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "IORING_ENTER_NO_IOWAIT needs IORING_FEAT_NO_IOWAIT (Linux 6.15+)",
+            ));
+        }
+        self.wait_flags = if on { IORING_ENTER_NO_IOWAIT } else { 0 };
+        Ok(())
     }
 
     /// SQPOLL: waits until the SQ thread has made room in a full SQ (IORING_ENTER_SQ_WAIT).
@@ -1322,7 +1371,7 @@ impl Ring {
                 self.cqe_skips += 1;
                 continue;
             }
-            PROCESS_CQES.fetch_add(1, Ordering::Relaxed);
+            self.stats.count_cqe(cqe.flags);
             return Some(cqe);
         }
     }
@@ -1339,15 +1388,21 @@ impl Ring {
                 self.cqe_skips += 1;
                 continue;
             }
+            self.stats.count_cqe(cqe.flags);
             f(cqe);
             n += 1;
         }
         self.store_cq_head();
-        PROCESS_CQES.fetch_add(n as u64, Ordering::Relaxed);
         n
     }
 
-    fn register(&self, opcode: u32, arg: *const libc::c_void, nr_args: u32) -> io::Result<i32> {
+    /// io_uring_register on this ring (its fd, or its registered index when it has none).
+    pub(crate) fn register(
+        &self,
+        opcode: u32,
+        arg: *const libc::c_void,
+        nr_args: u32,
+    ) -> io::Result<i32> {
         let (fd, registered) = self.target()?;
         // Plain fds work everywhere; use the registered index only when there is no fd.
         let (fd, opcode) = match (self.fd, registered) {
@@ -1375,188 +1430,6 @@ impl Ring {
             }
         }
     }
-
-    /// IORING_REGISTER_ENABLE_RINGS for an R_DISABLED ring.
-    pub fn enable(&mut self) -> io::Result<()> {
-        self.register(IORING_REGISTER_ENABLE_RINGS, ptr::null(), 0)?;
-        self.disabled = false;
-        Ok(())
-    }
-
-    /// IORING_REGISTER_BUFFERS.
-    ///
-    /// # Safety
-    /// The memory described by `iov` must stay valid until the buffers are unregistered
-    /// or the ring is dropped, and every SQE using it must respect its bounds.
-    pub unsafe fn register_buffers(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
-        self.register(
-            IORING_REGISTER_BUFFERS,
-            iov.as_ptr().cast(),
-            iov.len() as u32,
-        )
-        .map(|_| ())
-    }
-
-    pub fn unregister_buffers(&mut self) -> io::Result<()> {
-        self.register(IORING_UNREGISTER_BUFFERS, ptr::null(), 0)
-            .map(|_| ())
-    }
-
-    /// IORING_REGISTER_FILES. `-1` entries leave a slot empty (sparse).
-    pub fn register_files(&mut self, fds: &[RawFd]) -> io::Result<()> {
-        self.register(IORING_REGISTER_FILES, fds.as_ptr().cast(), fds.len() as u32)
-            .map(|_| ())
-    }
-
-    /// IORING_REGISTER_FILES_UPDATE: replaces slots `offset..offset+fds.len()`.
-    /// Returns the number of slots updated.
-    pub fn register_files_update(&mut self, offset: u32, fds: &[RawFd]) -> io::Result<usize> {
-        let up = FilesUpdate {
-            offset,
-            resv: 0,
-            fds: fds.as_ptr() as u64,
-        };
-        self.register(
-            IORING_REGISTER_FILES_UPDATE,
-            (&up as *const FilesUpdate).cast(),
-            fds.len() as u32,
-        )
-        .map(|n| n as usize)
-    }
-
-    pub fn unregister_files(&mut self) -> io::Result<()> {
-        self.register(IORING_UNREGISTER_FILES, ptr::null(), 0)
-            .map(|_| ())
-    }
-
-    /// IORING_REGISTER_RING_FDS: later enters use the registered index
-    /// (IORING_ENTER_REGISTERED_RING) from this thread.
-    pub fn register_ring_fd(&mut self) -> io::Result<()> {
-        if self.reg_index.is_some() {
-            return Ok(());
-        }
-        let fd = self
-            .fd
-            .ok_or_else(|| io::Error::other("ring has no fd to register"))?;
-        let mut up = RsrcUpdate {
-            offset: u32::MAX,
-            resv: 0,
-            data: fd as u64,
-        };
-        let n = self.register(
-            IORING_REGISTER_RING_FDS,
-            (&mut up as *mut RsrcUpdate).cast(),
-            1,
-        )?;
-        if n != 1 {
-            return Err(io::Error::other(format!(
-                "IORING_REGISTER_RING_FDS registered {n} rings, expected 1"
-            )));
-        }
-        self.reg_index = Some(up.offset);
-        self.reg_thread = Some(std::thread::current().id());
-        Ok(())
-    }
-
-    /// IORING_REGISTER_IOWQ_MAX_WORKERS. 0 leaves a limit unchanged. Returns the previous
-    /// limits `[bounded, unbounded]`.
-    pub fn register_iowq_max_workers(
-        &mut self,
-        bounded: u32,
-        unbounded: u32,
-    ) -> io::Result<[u32; 2]> {
-        let mut v = [bounded, unbounded];
-        self.register(IORING_REGISTER_IOWQ_MAX_WORKERS, v.as_mut_ptr().cast(), 2)?;
-        Ok(v)
-    }
-
-    /// IORING_REGISTER_IOWQ_AFF: io-wq workers of this ring run only on `cpus`.
-    pub fn register_iowq_aff(&mut self, cpus: &[usize]) -> io::Result<()> {
-        // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        for &c in cpus {
-            if c >= libc::CPU_SETSIZE as usize {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("cpu {c} out of range"),
-                ));
-            }
-            // SAFETY: c < CPU_SETSIZE, checked above.
-            unsafe { libc::CPU_SET(c, &mut set) };
-        }
-        self.register(
-            IORING_REGISTER_IOWQ_AFF,
-            (&set as *const libc::cpu_set_t).cast(),
-            std::mem::size_of::<libc::cpu_set_t>() as u32,
-        )
-        .map(|_| ())
-    }
-
-    /// IORING_REGISTER_PROBE: `(opcode, supported)` for every opcode this kernel knows.
-    pub fn probe_opcodes(&self) -> io::Result<Vec<(u8, bool)>> {
-        // SAFETY: Probe is plain data; zeroed is what the kernel expects.
-        let mut p: Box<Probe> = Box::new(unsafe { std::mem::zeroed() });
-        self.register(IORING_REGISTER_PROBE, (&mut *p as *mut Probe).cast(), 256)?;
-        let n = (p.ops_len as usize).min(256).min(p.last_op as usize + 1);
-        Ok(p.ops[..n]
-            .iter()
-            .map(|o| (o.op, o.flags & IO_URING_OP_SUPPORTED != 0))
-            .collect())
-    }
-
-    /// IORING_REGISTER_PBUF_RING / UNREGISTER (used by `BufRing`).
-    ///
-    /// # Safety
-    /// `ring_addr` must point to `entries * 16` bytes, page aligned, that stay valid until
-    /// the buffer ring is unregistered.
-    pub(crate) unsafe fn register_pbuf_ring(
-        &mut self,
-        ring_addr: u64,
-        entries: u32,
-        bgid: u16,
-    ) -> io::Result<()> {
-        #[repr(C)]
-        struct BufReg {
-            ring_addr: u64,
-            ring_entries: u32,
-            bgid: u16,
-            flags: u16,
-            resv: [u64; 3],
-        }
-        let reg = BufReg {
-            ring_addr,
-            ring_entries: entries,
-            bgid,
-            flags: 0,
-            resv: [0; 3],
-        };
-        self.register(IORING_REGISTER_PBUF_RING, (&reg as *const BufReg).cast(), 1)
-            .map(|_| ())
-    }
-
-    pub(crate) fn unregister_pbuf_ring(&mut self, bgid: u16) -> io::Result<()> {
-        #[repr(C)]
-        struct BufReg {
-            ring_addr: u64,
-            ring_entries: u32,
-            bgid: u16,
-            flags: u16,
-            resv: [u64; 3],
-        }
-        let reg = BufReg {
-            ring_addr: 0,
-            ring_entries: 0,
-            bgid,
-            flags: 0,
-            resv: [0; 3],
-        };
-        self.register(
-            IORING_UNREGISTER_PBUF_RING,
-            (&reg as *const BufReg).cast(),
-            1,
-        )
-        .map(|_| ())
-    }
 }
 
 impl fmt::Debug for Ring {
@@ -1574,6 +1447,7 @@ impl fmt::Debug for Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
+        super::stats::unregister(&self.stats);
         if let Some(idx) = self.reg_index {
             if self.reg_thread == Some(std::thread::current().id()) {
                 let up = RsrcUpdate {
@@ -1751,16 +1625,9 @@ pub fn rlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
     Ok((r.rlim_cur, r.rlim_max))
 }
 
-/// `io_uring_enter` calls made by every ring of this process.
-static PROCESS_ENTER_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-/// Completions (CQEs, padding excluded) reaped from every ring of this process.
-static PROCESS_CQES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// `(io_uring_enter calls, completions reaped)` over every ring of this process since it
 /// started: their ratio is the process's I/Os per system call (`/metrics` exports both).
 pub fn process_counters() -> (u64, u64) {
-    (
-        PROCESS_ENTER_CALLS.load(Ordering::Relaxed),
-        PROCESS_CQES.load(Ordering::Relaxed),
-    )
+    let s = super::stats::process_stats();
+    (s.enter(super::stats::EnterKind::Total), s.cqes)
 }

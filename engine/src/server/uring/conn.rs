@@ -17,6 +17,11 @@ pub(super) const K_FILE_READ: u64 = 10;
 pub(super) const K_SERVICE_FILE: u64 = 11;
 pub(super) const K_MSG: u64 = 12;
 pub(super) const K_SHUTDOWN: u64 = 13;
+/// A direct socket sent to another worker (MSG_RING with IORING_MSG_SEND_FD): the ctx
+/// carries the source slot and the port.
+pub(super) const K_HANDOFF: u64 = 14;
+/// CLOSE of an engine-managed slot of the registered-file table.
+pub(super) const K_SLOT_CLOSE: u64 = 15;
 
 /// How long a closing connection reads (and drops) input waiting for the peer's EOF.
 pub(super) const LINGER: Duration = Duration::from_millis(200);
@@ -48,7 +53,8 @@ pub(super) enum State {
 
 pub(super) struct Conn {
     pub(super) gen: u32,
-    pub(super) fd: Option<OwnedFd>,
+    /// The socket (an fd, or a direct descriptor); `None` once CLOSE is queued.
+    pub(super) sock: Option<Socket>,
     pub(super) state: State,
     pub(super) recv_in_flight: bool,
     /// user_data of the receive in flight (to cancel a multishot one on pause).
@@ -74,7 +80,7 @@ pub(super) struct Conn {
 impl<'a> Worker<'a> {
     pub(super) fn adopt<S: Service>(
         &mut self,
-        fd: OwnedFd,
+        sock: Socket,
         port: Port,
         svc: &mut S,
     ) -> Result<(), UringError> {
@@ -82,18 +88,25 @@ impl<'a> Worker<'a> {
         if self.live >= self.opts.max_connections_per_worker {
             // The driver's hard limit (tables are sized from it): refuse at once. The
             // service's own limits (with a protocol error message) are lower.
-            drop(fd);
+            self.drop_socket(sock);
             return Ok(());
         }
-        let raw = fd.as_raw_fd();
-        if net.tcp_nodelay {
-            let _ = sockopt::set_nodelay(raw, true);
-        }
-        if net.sndbuf_bytes > 0 {
-            let _ = sockopt::set_sndbuf(raw, net.sndbuf_bytes as i32);
-        }
-        if net.rcvbuf_bytes > 0 {
-            let _ = sockopt::set_rcvbuf(raw, net.rcvbuf_bytes as i32);
+        // Direct sockets have no fd for setsockopt: they inherit the options set on the
+        // listeners (see `start::listener_options`).
+        if let Some(raw) = sock.raw_fd() {
+            let mut applied = 0;
+            if net.tcp_nodelay && sockopt::set_nodelay(raw, true).is_ok() {
+                applied += 1;
+            }
+            if net.sndbuf_bytes > 0 && sockopt::set_sndbuf(raw, net.sndbuf_bytes as i32).is_ok() {
+                applied += 1;
+            }
+            if net.rcvbuf_bytes > 0 && sockopt::set_rcvbuf(raw, net.rcvbuf_bytes as i32).is_ok() {
+                applied += 1;
+            }
+            self.stats
+                .sockopts_applied
+                .fetch_add(applied, Ordering::Relaxed);
         }
         let idx = match self.free.pop() {
             Some(i) => i as usize,
@@ -107,7 +120,7 @@ impl<'a> Worker<'a> {
         let gen = self.gens[idx];
         self.conns[idx] = Some(Conn {
             gen,
-            fd: Some(fd),
+            sock: Some(sock),
             state: State::Open,
             recv_in_flight: false,
             recv_ud: 0,
@@ -138,22 +151,37 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
+    /// Closes a socket no connection owns (refused at the limit): an fd closes at once, a
+    /// direct descriptor through the ring.
+    pub(super) fn drop_socket(&mut self, sock: Socket) {
+        if let Socket::Direct(_) = sock {
+            let _ = self.net.close(
+                &mut *self.shared.borrow_mut(),
+                sock,
+                ctx(K_IGNORE, ConnId(0)),
+            );
+        }
+    }
+
     pub(super) fn arm_recv(&mut self, id: ConnId) {
         let multishot = self.pbuf.is_some();
+        let bundle = self.cfg.net.recv_bundle;
         let Some(c) = self.conn_mut(id) else { return };
         let lingering = matches!(c.state, State::Lingering(_));
         if !(c.state == State::Open || lingering) || c.recv_in_flight || (c.paused && !lingering) {
             return;
         }
-        let fd =
-            c.fd.as_ref()
-                .map(|f| f.as_raw_fd())
-                .expect("open connection has its fd");
+        let fd = c
+            .sock
+            .as_ref()
+            .map(|s| s.target())
+            .expect("open connection has its socket");
         let buf = c.recv_buf.take();
         let r = {
             let mut s = self.shared.borrow_mut();
             if multishot {
-                self.net.recv_multishot(&mut *s, fd, BGID, ctx(K_RECV, id))
+                self.net
+                    .recv_multishot(&mut *s, fd, BGID, bundle, ctx(K_RECV, id))
             } else {
                 self.net.recv(
                     &mut *s,
@@ -199,9 +227,9 @@ impl<'a> Worker<'a> {
                     self.listeners[i].2 = false;
                 }
                 match res {
-                    Ok(fd) => {
+                    Ok(sock) => {
                         let port = self.listeners[i].0;
-                        self.route_conn(fd, port, svc)?;
+                        self.route_conn(sock, port, svc)?;
                     }
                     Err(Errno(libc::ECANCELED)) => {}
                     Err(Errno(
@@ -223,7 +251,21 @@ impl<'a> Worker<'a> {
                 self.on_tick(svc);
                 self.arm_tick()?;
             }
-            Completion::Cancel { .. } | Completion::MsgRing { .. } => {}
+            Completion::Cancel { .. } => {}
+            Completion::Unslotted { res } => {
+                // A close, cancel or wake-up sent with IOSQE_CQE_SKIP_SUCCESS failed.
+                if !matches!(res.0, libc::ENOENT | libc::EALREADY | libc::ECANCELED) {
+                    eprintln!(
+                        "uring worker {}: an operation without a completion slot failed: {res}",
+                        self.id
+                    );
+                }
+            }
+            Completion::MsgRing { ctx: cx, res } => {
+                if ctx_kind(cx) == K_HANDOFF {
+                    self.handoff_done(cx, res, svc)?;
+                }
+            }
             Completion::Shutdown { ctx: cx, res: _ } => {
                 let id = ctx_conn(cx);
                 self.op_done(id, false);
@@ -231,7 +273,12 @@ impl<'a> Worker<'a> {
             }
             Completion::Close { ctx: cx, res: _ } => self.release_conn(ctx_conn(cx), svc),
             Completion::RecvMulti {
-                ctx: cx, res, more, ..
+                ctx: cx,
+                res,
+                more,
+                bundle,
+                buf_more,
+                ..
             } => {
                 let id = ctx_conn(cx);
                 if !more {
@@ -244,12 +291,23 @@ impl<'a> Worker<'a> {
                 match res {
                     Ok(Some((bid, len))) => {
                         let pbuf = self.pbuf.as_mut().expect("multishot has a buffer ring");
-                        let data = &pbuf.buf(bid)[..len];
+                        let pieces = pbuf.consume(bid, len as u32, buf_more, bundle);
+                        if pieces > 1 {
+                            self.stats.recv_multi_buffer.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.stats
+                            .recv_max_bytes
+                            .fetch_max(len as u64, Ordering::Relaxed);
                         if open {
                             self.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
-                            svc.data(id, data, &mut self.io);
+                            for i in 0..pieces {
+                                svc.data(id, pbuf.piece(i), &mut self.io);
+                            }
                         }
-                        pbuf.recycle(bid);
+                        pbuf.release();
+                        self.stats
+                            .bufring_order_errors
+                            .store(pbuf.order_errors(), Ordering::Relaxed);
                         let now = self.io.now;
                         if let Some(c) = self.conn_mut(id) {
                             c.last_active = now;
@@ -296,6 +354,9 @@ impl<'a> Worker<'a> {
                         let open = c.state == State::Open;
                         let buf = c.recv_buf.take().expect("just stored");
                         self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                        self.stats
+                            .recv_max_bytes
+                            .fetch_max(n as u64, Ordering::Relaxed);
                         if open {
                             svc.data(id, &buf[..n], &mut self.io);
                         }
@@ -326,46 +387,50 @@ impl<'a> Worker<'a> {
                     self.stats.zc_sends.fetch_add(1, Ordering::Relaxed);
                 }
                 self.op_done(id, true);
-                match res {
-                    Ok(n) => {
-                        self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                        let Some(c) = self.conn_mut(id) else {
-                            return Ok(());
-                        };
-                        if n < c.send_len {
-                            match buf {
-                                // Short send: the rest goes first.
-                                Some(b) => self.send_buf(id, b, off + n),
-                                // SEND_ZC keeps the buffer until its notification: a short
-                                // zero-copy send (an error midway) cannot be resumed.
-                                None => self.abort(id),
-                            }
-                            return Ok(());
-                        }
-                        if let Some(Out::File(f)) = c.out.front_mut() {
-                            if f.chunk > 0 {
-                                f.sent += f.chunk;
-                                f.off += f.chunk;
-                                f.remaining -= f.chunk.min(f.remaining);
-                                f.chunk = 0;
-                            }
-                        }
-                        self.pump(id, svc);
-                    }
-                    Err(Errno(libc::ECANCELED)) => self.maybe_close(id),
-                    Err(_) => self.on_reset(id),
+                self.on_sent(id, res, buf, off, svc);
+            }
+            Completion::SendV {
+                ctx: cx,
+                res,
+                bufs,
+                zc,
+                ..
+            } => {
+                let id = ctx_conn(cx);
+                if zc {
+                    self.stats.zc_sends.fetch_add(1, Ordering::Relaxed);
                 }
+                self.op_done(id, true);
+                drop(bufs); // arena slots go back
+                self.on_sent(id, res, None, 0, svc);
             }
             Completion::SendZcNotif { copied, .. } => {
                 if copied {
                     self.stats.zc_copied.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Completion::Splice { ctx: cx, res } => {
+            Completion::Splice {
+                ctx: cx,
+                res,
+                in_skipped,
+                out_cancelled,
+            } => {
+                if let Some((cin, n)) = in_skipped {
+                    // The first half's CQE was skipped (success): account it first.
+                    let id = ctx_conn(cin);
+                    self.op_done(id, false);
+                    self.on_splice(id, K_SPLICE_IN, Ok(n), svc);
+                }
                 let id = ctx_conn(cx);
                 let kind = ctx_kind(cx);
                 self.op_done(id, kind != K_SPLICE_IN);
                 self.on_splice(id, kind, res, svc);
+                if let Some(cout) = out_cancelled {
+                    // The second half came back cancelled before this first half's CQE.
+                    let id = ctx_conn(cout);
+                    self.op_done(id, true);
+                    self.on_splice(id, K_SPLICE_OUT, Err(Errno(libc::ECANCELED)), svc);
+                }
             }
         }
         Ok(())
@@ -403,7 +468,7 @@ impl<'a> Worker<'a> {
 
     pub(super) fn route_conn<S: Service>(
         &mut self,
-        fd: OwnedFd,
+        sock: Socket,
         port: Port,
         svc: &mut S,
     ) -> Result<(), UringError> {
@@ -412,15 +477,43 @@ impl<'a> Worker<'a> {
             let target = self.next_target % n;
             self.next_target = self.next_target.wrapping_add(1);
             if target != self.id {
-                self.mailboxes[target]
-                    .conns
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((fd, port));
                 let tfd = *self.mailboxes[target]
                     .ring_fd
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
+                let sock = match sock {
+                    Socket::Direct(slot) => {
+                        // Direct descriptors exist only in this ring's table: pass the file
+                        // to the target ring's table (MSG_RING, IORING_MSG_SEND_FD), then
+                        // empty our slot when that completes (`handoff_done`).
+                        let Some(tfd) = tfd else {
+                            // validate() refuses direct sockets + acceptor + rings without fds.
+                            return self.adopt(Socket::Direct(slot), port, svc);
+                        };
+                        let port_bit = (port == Port::Http) as u64;
+                        let cx = ctx(K_HANDOFF, ConnId(((slot as u64) << 1) | port_bit));
+                        let r = self.net.msg_ring_send_fd(
+                            &mut *self.shared.borrow_mut(),
+                            tfd,
+                            crate::sys::target::Fixed(slot),
+                            ((TAG_HANDOFF as u64) << 56) | port_bit,
+                            cx,
+                        );
+                        return match r {
+                            Ok(_) => Ok(()),
+                            Err(e) => {
+                                eprintln!("uring worker {}: cannot hand a direct socket to worker {target} ({e}); serving it here", self.id);
+                                self.adopt(Socket::Direct(slot), port, svc)
+                            }
+                        };
+                    }
+                    Socket::Fd(fd) => fd,
+                };
+                self.mailboxes[target]
+                    .conns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((sock, port));
                 if let Some(tfd) = tfd {
                     let r = self.net.msg_ring(
                         &mut *self.shared.borrow_mut(),
@@ -437,7 +530,65 @@ impl<'a> Worker<'a> {
                 return Ok(());
             }
         }
-        self.adopt(fd, port, svc)
+        self.adopt(sock, port, svc)
+    }
+
+    /// The MSG_RING that passed a direct socket to another worker completed: on success
+    /// our slot is emptied (the target's table holds its own reference); on failure the
+    /// connection is served here.
+    pub(super) fn handoff_done<S: Service>(
+        &mut self,
+        cx: u64,
+        res: Result<(), Errno>,
+        svc: &mut S,
+    ) -> Result<(), UringError> {
+        let v = ctx_conn(cx).0;
+        let (slot, port) = (
+            (v >> 1) as u32,
+            if v & 1 == 1 { Port::Http } else { Port::Ingest },
+        );
+        match res {
+            Ok(()) => {
+                self.stats.handoffs_direct.fetch_add(1, Ordering::Relaxed);
+                let _ = self.net.close(
+                    &mut *self.shared.borrow_mut(),
+                    Socket::Direct(slot),
+                    ctx(K_IGNORE, ConnId(0)),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!(
+                    "uring worker {}: passing a direct socket failed ({e}); serving it here",
+                    self.id
+                );
+                self.adopt(Socket::Direct(slot), port, svc)
+            }
+        }
+    }
+
+    /// A direct socket arrived from the acceptor (TAG_HANDOFF CQE: `res` is our slot).
+    pub(super) fn adopt_handoff<S: Service>(
+        &mut self,
+        ud: u64,
+        res: i32,
+        svc: &mut S,
+    ) -> Result<(), UringError> {
+        if res < 0 {
+            eprintln!(
+                "uring worker {}: a handed-over socket could not be installed: {}",
+                self.id,
+                Errno(-res)
+            );
+            return Ok(());
+        }
+        self.stats.handoffs_in.fetch_add(1, Ordering::Relaxed);
+        let port = if ud & 1 == 1 {
+            Port::Http
+        } else {
+            Port::Ingest
+        };
+        self.adopt(Socket::Direct(res as u32), port, svc)
     }
 
     /// Stops receiving and sending now, cancels what is in flight, then closes.
@@ -452,8 +603,14 @@ impl<'a> Worker<'a> {
             return self.maybe_close(id);
         }
         c.state = State::Cancelling;
-        c.out.clear();
-        let fd = c.fd.as_ref().map(|f| f.as_raw_fd());
+        let outs: Vec<Out> = c.out.drain(..).collect();
+        for o in &outs {
+            if let Out::File(f) = o {
+                self.release_file_out(f);
+            }
+        }
+        let Some(c) = self.conn_mut(id) else { return };
+        let fd = c.sock.as_ref().map(|s| s.target());
         if c.ops > 0 {
             if let Some(fd) = fd {
                 let _ = self
@@ -469,18 +626,31 @@ impl<'a> Worker<'a> {
         let Some(c) = self.conn_mut(id) else { return };
         if c.state == State::Cancelling && c.ops == 0 {
             c.state = State::Closed;
-            let fd = c.fd.take().expect("fd until CLOSE");
+            let sock = c.sock.take().expect("socket until CLOSE");
             c.pipe = None;
-            if let Err(rej) = self
+            let direct = matches!(sock, Socket::Direct(_));
+            match self
                 .net
-                .close(&mut *self.shared.borrow_mut(), fd, ctx(K_CLOSE, id))
+                .close(&mut *self.shared.borrow_mut(), sock, ctx(K_CLOSE, id))
             {
-                // The fd was closed synchronously; the slot is freed at once.
-                tracing::warn!(
-                    "uring worker: CLOSE not queued ({}); closed synchronously",
-                    rej.error
-                );
-                self.closed_now.push(id);
+                // With skip-success no CLOSE completion comes: the kernel owns the socket
+                // now, so the connection is released at once.
+                Ok(_) if self.net.skip_success() => self.closed_now.push(id),
+                Ok(_) => {}
+                Err(rej) => {
+                    // An fd was closed synchronously; a direct slot stays taken until the
+                    // ring closes (logged: the table is sized with a margin).
+                    eprintln!(
+                        "uring worker: CLOSE not queued ({}); {}",
+                        rej.error,
+                        if direct {
+                            "direct socket slot left in the table"
+                        } else {
+                            "closed synchronously"
+                        }
+                    );
+                    self.closed_now.push(id);
+                }
             }
         }
     }
@@ -506,10 +676,10 @@ impl<'a> Worker<'a> {
         if c.state != State::Closing {
             return; // already lingering or being torn down
         }
-        if c.eof_seen || c.fd.is_none() {
+        if c.eof_seen || c.sock.is_none() {
             return self.abort(id);
         }
-        let fd = c.fd.as_ref().map(|f| f.as_raw_fd()).expect("checked");
+        let fd = c.sock.as_ref().map(|s| s.target()).expect("checked");
         let r = self.net.shutdown(
             &mut *self.shared.borrow_mut(),
             fd,

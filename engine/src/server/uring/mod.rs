@@ -33,6 +33,14 @@
 //! `wake` (MSG_RING wake-ups, acceptor mailboxes), `recorder` (the recorder's
 //! [`Service`]: DS sessions and HTTP on this driver).
 //!
+//! Options that change how the ring is used, each applied here and counted where the
+//! kernel sees it (`sys::stats`): sockets as direct descriptors and match/replay files in
+//! a sparse registered-file table (`net.direct-sockets`, `file.register-files`; see
+//! [`files`]), recv bundles and incremental buffer rings, vectored SEND and SEND_ZC from
+//! registered buffers, the wait (`ring.wait-nr`, `min-wait-usec`, `wait-timeout`,
+//! `no-iowait`), IOSQE_CQE_SKIP_SUCCESS, linked write -> sync pairs, IOSQE_ASYNC writes,
+//! NAPI busy polling.
+//!
 //! IOPOLL rings cannot do socket I/O (EINVAL per request): `config::net::validate`
 //! refuses `ring.iopoll` for this backend rather than running a second ring silently.
 
@@ -46,9 +54,10 @@ mod wake;
 mod worker;
 
 use conn::*;
+use files::FileTable;
 pub use recorder::{run_server, Recorder};
-pub use reqs::Io;
 use reqs::Req;
+pub use reqs::{FileRef, FileStat, Io, WriteThen};
 use send::*;
 pub use start::{effective_rings, run};
 pub use wake::Waker;
@@ -67,12 +76,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::net::{AcceptMode, Listeners, RecvMode, SendMode, ServeRead, WorkersPin};
+use crate::config::net::{
+    AcceptMode, Listeners, RecvMode, SendBatch, SendMode, ServeRead, WorkersPin,
+};
 use crate::config::Config;
 use crate::sys::bufring::BufRing;
 use crate::sys::fileops::{self, FileOps, ReadOp, WriteOp};
 use crate::sys::mem::{Arena, Slot};
-use crate::sys::netops::{self, sockopt, Completion, Errno, NetBuf, NetOps, Pipe};
+use crate::sys::netops::{self, sockopt, Completion, Errno, NetBuf, NetOps, Pipe, Socket};
 use crate::sys::ring::Ring;
 use crate::uring::{Effective, RingError};
 
@@ -82,6 +93,9 @@ pub const TAG_NET: u8 = 1;
 pub const TAG_FILE: u8 = netops::MUX_TAG_FILE;
 /// `user_data` top byte of cross-worker wake-ups (MSG_RING).
 pub const TAG_WAKE: u8 = 3;
+/// `user_data` top byte of a direct socket handed over by the acceptor (MSG_RING with
+/// IORING_MSG_SEND_FD); bit 0 is the port (0 ingest, 1 HTTP), `res` the new slot.
+pub const TAG_HANDOFF: u8 = 4;
 
 /// Which listener a connection came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -131,6 +145,10 @@ pub trait Service {
     fn woken(&mut self, _io: &mut Io) {}
     /// A `write_vec` finished (or could not be queued); the Vec comes back.
     fn file_done_vec(&mut self, _token: u64, _res: io::Result<u32>, _buf: Vec<u8>, _io: &mut Io) {}
+    /// An `Io::statx` finished.
+    fn file_stat(&mut self, token: u64, res: io::Result<FileStat>, io: &mut Io) {
+        self.file_done(token, res.map(|_| 0), None, io);
+    }
     /// Called every tick (`tick` in [`DriverOptions`]) and whenever `next_deadline` has
     /// passed: timers, group commit, live tails.
     fn tick(&mut self, _io: &mut Io) {}
@@ -155,6 +173,9 @@ pub struct DriverOptions {
     pub workers: usize,
     /// Connections per worker (the tables and buffers are sized from it).
     pub max_connections_per_worker: usize,
+    /// Files a worker's service may register at once (`Io::register_file`): match files
+    /// and replays being served; sizes the registered-file table with register-files.
+    pub max_files_per_worker: usize,
     /// Close connections silent for this long (0 = never).
     pub idle_timeout: Duration,
     /// Abort a connection whose output makes no progress for this long (a peer that
@@ -174,6 +195,7 @@ impl Default for DriverOptions {
             http_addr: "127.0.0.1:0".parse().expect("literal address"),
             workers: 2,
             max_connections_per_worker: 4096,
+            max_files_per_worker: 1024,
             idle_timeout: Duration::from_secs(60),
             send_timeout_ingest: Duration::from_secs(30),
             send_timeout_http: Duration::from_secs(10),
@@ -203,6 +225,15 @@ pub struct WorkerReport {
     pub arena_registered: bool,
     /// The ring of this worker attached to the process's anchor ring (attach-wq first).
     pub attached_to_anchor: bool,
+    /// Registered-file table (sparse) and its ranges.
+    pub file_table: Option<files::Layout>,
+    /// Provided buffers consumed incrementally (IOU_PBUF_RING_INC).
+    pub buf_ring_inc: bool,
+    /// NAPI busy polling in force, as the kernel reports it (fdinfo `NAPI:` and friends).
+    pub napi: Option<crate::sys::register::NapiSettings>,
+    /// Socket options set on the listeners, read back with getsockopt:
+    /// `(TCP_NODELAY, SO_SNDBUF, SO_RCVBUF)`.
+    pub listener_sockopts: Option<(i32, i32, i32)>,
 }
 
 /// Counters of one worker, for results.
@@ -223,6 +254,25 @@ pub struct WorkerStats {
     /// Socket-op pushes that found the SQ full after a flush and waited for the kernel
     /// (SQPOLL thread) to consume entries: non-zero means sq-entries is small for the load.
     pub sq_waits: AtomicU64,
+    /// Largest single receive completion (bytes): bounded by recv-buf-bytes.
+    pub recv_max_bytes: AtomicU64,
+    /// Receive completions whose bytes spanned several provided buffers (bundles).
+    pub recv_multi_buffer: AtomicU64,
+    /// Completions of an incremental buffer ring found out of order (must stay 0).
+    pub bufring_order_errors: AtomicU64,
+    /// Connections handed to another worker as direct descriptors (MSG_RING SEND_FD).
+    pub handoffs_direct: AtomicU64,
+    /// Connections adopted from a hand-off (either kind).
+    pub handoffs_in: AtomicU64,
+    /// setsockopt calls that succeeded on accepted sockets (TCP_NODELAY, SO_SNDBUF,
+    /// SO_RCVBUF); with direct sockets the options are set on the listeners instead.
+    pub sockopts_applied: AtomicU64,
+    /// Linked write -> sync pairs whose write CQE the kernel skipped.
+    pub cqes_skipped: AtomicU64,
+    /// Sends that took several buffers in one SQE (IORING_SEND_VECTORIZED).
+    pub sends_vectored: AtomicU64,
+    /// Files installed in the registered-file table (matches, replays being served).
+    pub files_registered: AtomicU64,
 }
 
 /// Shared view of the server while it runs.

@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{ConnId, DriverOptions, Io, Port, Service, Waker};
+use super::{ConnId, DriverOptions, FileRef, Io, Port, Service, Waker, WriteThen};
 use crate::http::{self, Body, LiveTail};
 use crate::protocol::{self, Msg};
 use crate::server::registry::{ConnGuard, Registry};
@@ -145,6 +145,11 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
         workers,
         // Each worker may end up with every connection (reuseport hashing is not even).
         max_connections_per_worker: per_worker,
+        // ... and with every match file plus a replay per HTTP connection
+        // (`Io::register_file` with file.register-files).
+        max_files_per_worker: (cfg.server.max_matches as usize
+            + cfg.server.http_max_connections as usize)
+            .max(16),
         // Sessions time out themselves (idle-timeout-ms with a protocol error), HTTP in
         // the service (http-timeout-ms): no silent driver-level closes.
         idle_timeout: Duration::ZERO,
@@ -155,6 +160,15 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
         tick: Duration::from_millis(10),
         shutdown_grace: Duration::from_secs(20),
     };
+    if cfg.file.prealloc && cfg.file.prealloc_mode == crate::config::file::PreallocMode::WriteZeroes
+    {
+        crate::sys::features::fallocate_write_zeroes(&registry.paths.root).map_err(|e| {
+            ServerError(format!(
+                "unsupported: file.prealloc-mode=write-zeroes: FALLOC_FL_WRITE_ZEROES on the store {} is refused ({e}); it needs Linux 6.17+ and a device with unmap write-zeroes (/sys/block/<dev>/queue/write_zeroes_unmap_max_bytes > 0): use prealloc-mode=keep-size",
+                registry.paths.root.display()
+            ))
+        })?;
+    }
     let handle = Arc::new(super::Handle::default());
     let http_max = cfg.server.http_max_request_bytes as usize;
     let pool = StoragePool::start()?;
@@ -227,11 +241,23 @@ enum Pending {
     BypassSync {
         req: WriteReq,
     },
+    /// The new match file's preallocation (IORING_OP_FALLOCATE); then `open_done`.
+    Prealloc(Option<MatchFile>),
 }
 
 struct Ds {
     sess: IngestSession,
     file: Option<std::os::fd::OwnedFd>,
+    /// How ring requests name the file: its slot in the registered-file table
+    /// (file.register-files) or its fd.
+    fref: Option<FileRef>,
+    /// The last write went out linked to an fdatasync (file.link-sync) and both are done:
+    /// the session's next Sync is already satisfied.
+    synced: bool,
+    /// The write in flight carries a linked fdatasync.
+    synced_pending: bool,
+    /// Bytes to preallocate through the ring once a new match file is open.
+    prealloc: u64,
     pending: Pending,
     /// Still attached to a connection (false: the socket is gone, the session flushes).
     attached: bool,
@@ -594,11 +620,18 @@ impl Recorder {
                 session::Io::Open {
                     create,
                     rescan,
-                    options,
+                    mut options,
                     ..
                 } => {
                     let mid = ds.sess.match_id().to_string();
                     let paths = reg.paths.clone();
+                    // Preallocation goes through the ring (IORING_OP_FALLOCATE) once the
+                    // file is open (`opened`), not on the storage thread.
+                    ds.prealloc = if create {
+                        std::mem::take(&mut options.prealloc_bytes)
+                    } else {
+                        0
+                    };
                     let open = move || {
                         storage::io::open_match(&paths, &mid, create, rescan, &options, u32::MAX)
                     };
@@ -616,10 +649,7 @@ impl Recorder {
                             }
                         }
                         None => match open() {
-                            Ok((f, st)) => {
-                                ds.file = Some(f);
-                                ds.sess.open_done(Ok(st));
-                            }
+                            Ok((f, st)) => opened(ds, f, st, id, io),
                             Err(e) => ds.sess.open_done(Err(e)),
                         },
                     }
@@ -639,9 +669,14 @@ impl Recorder {
                     }
                 }
                 session::Io::Write(req) => issue_write(ds, req, id, io, rw_flags, queued),
-                session::Io::Sync => match &ds.file {
+                session::Io::Sync if ds.synced => {
+                    // The fdatasync linked to the last write (file.link-sync) covers it.
+                    ds.synced = false;
+                    ds.sess.sync_done(Ok(()));
+                }
+                session::Io::Sync => match ds.fref {
                     Some(f) => {
-                        io.fsync(f.as_raw_fd(), true, id.0);
+                        io.fsync(f, true, id.0);
                         ds.pending = Pending::Sync;
                     }
                     None => ds
@@ -651,6 +686,9 @@ impl Recorder {
                 session::Io::FinishSeal { len, .. } => {
                     let mid = ds.sess.match_id().to_string();
                     let paths = reg.paths.clone();
+                    if let Some(r) = ds.fref.take() {
+                        io.unregister_file(r);
+                    }
                     match (ds.file.take(), &pool) {
                         (None, _) => ds
                             .sess
@@ -686,8 +724,8 @@ impl Recorder {
         if ds.sess.is_finished() && idle {
             if ds.attached {
                 io.close(id);
-            } else {
-                self.detached.remove(&id);
+            } else if let Some(mut ds) = self.detached.remove(&id) {
+                release_file(&mut ds, io);
             }
             return;
         }
@@ -800,15 +838,41 @@ fn journal_append_to(wj: &mut WorkerJournal, ds: &mut Ds, id: ConnId, req: Write
 /// A bulk replay-file write made durable in its own file (fdatasync through the ring),
 /// written once instead of twice (`journal-bypass-bytes`).
 fn bypass_sync(ds: &mut Ds, id: ConnId, req: WriteReq, io: &mut Io) {
-    match &ds.file {
+    match ds.fref {
         Some(f) => {
-            io.fsync(f.as_raw_fd(), true, id.0);
+            io.fsync(f, true, id.0);
             ds.pending = Pending::BypassSync { req };
         }
         None => ds
             .sess
             .write_done(req, Err(io::Error::other("match file is not open"))),
     }
+}
+
+/// A match file is open: name it for the ring (its registered-file slot with
+/// file.register-files), preallocate it through the ring when asked, then tell the session.
+fn opened(ds: &mut Ds, f: OwnedFd, st: Option<MatchFile>, id: ConnId, io: &mut Io) {
+    let r = match io.register_file(f.as_raw_fd()) {
+        Ok(r) => r,
+        Err(e) => return ds.sess.open_done(Err(e)),
+    };
+    ds.file = Some(f);
+    ds.fref = Some(r);
+    if ds.prealloc > 0 {
+        let n = std::mem::take(&mut ds.prealloc);
+        io.fallocate(r, io.prealloc_mode(), 0, n, id.0);
+        ds.pending = Pending::Prealloc(st);
+        return;
+    }
+    ds.sess.open_done(Ok(st));
+}
+
+/// The session is done with its file: empty its table slot, close it.
+fn release_file(ds: &mut Ds, io: &mut Io) {
+    if let Some(r) = ds.fref.take() {
+        io.unregister_file(r);
+    }
+    ds.file = None;
 }
 
 /// Hands a storage result to its worker and wakes it.
@@ -828,11 +892,12 @@ fn issue_write(
     rw_flags: i32,
     queued: &mut Vec<ConnId>,
 ) {
-    if ds.file.is_none() {
+    if ds.fref.is_none() {
         ds.sess
             .write_done(req, Err(io::Error::other("match file is not open")));
         return;
     }
+    ds.synced = false;
     if io.write_from_stage() {
         // One write of the whole staged range from the staging buffer itself: no copy,
         // one operation (and one inode-lock turn) per append, whatever its size.
@@ -844,7 +909,7 @@ fn issue_write(
             first_seq,
         } = req;
         let (raw, start, len, align) = buf.into_raw();
-        let fd = ds.file.as_ref().expect("checked above").as_raw_fd();
+        let fd = ds.fref.expect("checked above");
         ds.pending = Pending::WriteVec {
             offset,
             end,
@@ -870,8 +935,7 @@ fn issue_write(
 
 /// Issues the pieces of the pending write for which a slot is free.
 fn issue_more(ds: &mut Ds, id: ConnId, io: &mut Io, rw_flags: i32, queued: &mut Vec<ConnId>) {
-    let Some(f) = &ds.file else { return };
-    let fd = f.as_raw_fd();
+    let Some(fd) = ds.fref else { return };
     let Pending::Write {
         req,
         next,
@@ -900,15 +964,25 @@ fn issue_more(ds: &mut Ds, id: ConnId, io: &mut Io, rw_flags: i32, queued: &mut 
         let piece = &bytes[i * sb..((i + 1) * sb).min(bytes.len())];
         slot.set_len(piece.len());
         slot.as_mut_slice().copy_from_slice(piece);
-        io.write(
-            fd,
-            None,
-            slot,
-            piece.len(),
-            req.offset + (i * sb) as u64,
-            rw_flags,
-            id.0,
-        );
+        let off = req.offset + (i * sb) as u64;
+        // The last piece carries the append's sync step: its fdatasync (file.link-sync)
+        // or write-back start (file.write-behind), linked to it in one submission.
+        let then = if i + 1 < *total {
+            None
+        } else if io.link_sync() {
+            Some(WriteThen::Sync { datasync: true })
+        } else if io.write_behind() {
+            Some(WriteThen::WriteBehind)
+        } else {
+            None
+        };
+        match then {
+            Some(t) => io.write_then(fd, slot, piece.len(), off, rw_flags, t, id.0),
+            None => io.write(fd, None, slot, piece.len(), off, rw_flags, id.0),
+        }
+        if matches!(then, Some(WriteThen::Sync { .. })) {
+            ds.synced_pending = true;
+        }
         *next += 1;
         *in_flight += 1;
     }
@@ -1022,7 +1096,11 @@ impl Service for Recorder {
                     let ds = Ds {
                         sess,
                         file: None,
+                        fref: None,
                         pending: Pending::None,
+                        synced: false,
+                        synced_pending: false,
+                        prealloc: 0,
                         attached: true,
                         paused: false,
                         waiting: false,
@@ -1142,6 +1220,8 @@ impl Service for Recorder {
                 if busy || !ds.sess.is_finished() {
                     self.detached.insert(conn, ds);
                     self.drive(conn, io);
+                } else {
+                    release_file(&mut ds, io);
                 }
             }
             Some(Conn::Http(h)) => {
@@ -1242,6 +1322,8 @@ impl Service for Recorder {
                 else {
                     unreachable!()
                 };
+                // A linked fdatasync succeeded with the write: the next Sync is done.
+                ds.synced = std::mem::take(&mut ds.synced_pending) && err.is_none();
                 self.waiting_for_slots = queued;
                 self.replay_written(id, req, err.map_or(Ok(()), Err), io);
                 self.drive(id, io);
@@ -1259,6 +1341,22 @@ impl Service for Recorder {
                 };
                 crate::server::registry::Metrics::add(&reg.metrics.syncs, 1);
                 ds.sess.write_done(req, res.map(|_| ()));
+            }
+            Pending::Prealloc(_) => {
+                let Pending::Prealloc(st) = std::mem::replace(&mut ds.pending, Pending::None)
+                else {
+                    unreachable!()
+                };
+                match res {
+                    Ok(_) => ds.sess.open_done(Ok(st)),
+                    Err(e) => {
+                        let e = io::Error::new(
+                            e.kind(),
+                            format!("preallocating the match file (IORING_OP_FALLOCATE): {e}"),
+                        );
+                        ds.sess.open_done(Err(e));
+                    }
+                }
             }
             // A write_vec completes through file_done_vec, never here.
             Pending::WriteVec { .. }
@@ -1297,10 +1395,7 @@ impl Service for Recorder {
             }
             ds.pending = Pending::None;
             match d {
-                StorageDone::Opened(Ok((f, st))) => {
-                    ds.file = Some(f);
-                    ds.sess.open_done(Ok(st));
-                }
+                StorageDone::Opened(Ok((f, st))) => opened(ds, f, st, id, io),
                 StorageDone::Opened(Err(e)) => ds.sess.open_done(Err(e)),
                 StorageDone::Sealed(r) => ds.sess.seal_done(r),
                 StorageDone::CheckpointSynced(..) => unreachable!("handled above"),

@@ -1,6 +1,59 @@
 //! [`Io`]: what a [`Service`] asks of the driver during a callback.
+//!
+//! File requests name their file with a [`FileRef`]: a plain descriptor, or a slot of the
+//! worker's registered-file table ([`Io::register_file`], `file.register-files`), which
+//! the driver sends with IOSQE_FIXED_FILE. Durable-path primitives: [`Io::write_then`]
+//! (a write linked to its fdatasync or to SYNC_FILE_RANGE write-behind, one completion),
+//! [`Io::sync_file_range`], [`Io::fallocate`]; in-ring file management:
+//! [`Io::openat`], [`Io::statx`], [`Io::close_file`], [`Io::ftruncate`], [`Io::rename`],
+//! [`Io::unlink`]. Every one completes through `Service::file_done` (or
+//! `Service::file_stat`) with its token.
 
 use super::*;
+use std::path::{Path, PathBuf};
+
+/// How a file request names its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileRef {
+    /// A plain descriptor the service keeps open until the request completes.
+    Fd(RawFd),
+    /// A slot of this worker's registered-file table (IOSQE_FIXED_FILE).
+    Slot(u32),
+}
+
+impl From<RawFd> for FileRef {
+    fn from(fd: RawFd) -> FileRef {
+        FileRef::Fd(fd)
+    }
+}
+
+impl FileRef {
+    pub(super) fn target(self) -> crate::sys::target::Target {
+        match self {
+            FileRef::Fd(fd) => crate::sys::target::Target::Fd(fd),
+            FileRef::Slot(i) => crate::sys::target::Target::Fixed(i),
+        }
+    }
+}
+
+/// What a linked write is followed by ([`Io::write_then`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteThen {
+    /// IORING_OP_FSYNC (IORING_FSYNC_DATASYNC when `datasync`): durable on completion.
+    Sync { datasync: bool },
+    /// SYNC_FILE_RANGE_WRITE of the range written: write-back started.
+    WriteBehind,
+}
+
+/// What STATX found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    pub mode: u32,
+    pub mtime_ns: i128,
+}
 
 /// One request of the service to the driver.
 #[derive(Debug)]
@@ -18,16 +71,17 @@ pub(super) enum Req {
     PauseRecv(ConnId),
     ResumeRecv(ConnId),
     Write {
-        fd: RawFd,
+        file: FileRef,
         op: Option<WriteOp>,
         buf: Slot,
         len: usize,
         off: u64,
         rw_flags: i32,
+        then: Option<WriteThen>,
         token: u64,
     },
     WriteVec {
-        fd: RawFd,
+        file: FileRef,
         buf: Vec<u8>,
         start: usize,
         len: usize,
@@ -36,15 +90,57 @@ pub(super) enum Req {
         token: u64,
     },
     Read {
-        fd: RawFd,
+        file: FileRef,
         buf: Slot,
         len: usize,
         off: u64,
         token: u64,
     },
     Fsync {
-        fd: RawFd,
+        file: FileRef,
         datasync: bool,
+        token: u64,
+    },
+    SyncRange {
+        file: FileRef,
+        off: u64,
+        len: u32,
+        token: u64,
+    },
+    Fallocate {
+        file: FileRef,
+        mode: i32,
+        off: u64,
+        len: u64,
+        token: u64,
+    },
+    Open {
+        path: PathBuf,
+        flags: i32,
+        mode: u32,
+        direct: bool,
+        token: u64,
+    },
+    Statx {
+        path: PathBuf,
+        token: u64,
+    },
+    CloseFile {
+        file: FileRef,
+        token: u64,
+    },
+    Ftruncate {
+        file: FileRef,
+        len: u64,
+        token: u64,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        token: u64,
+    },
+    Unlink {
+        path: PathBuf,
         token: u64,
     },
 }
@@ -61,6 +157,11 @@ pub struct Io {
     /// Every worker's mailbox and listeners, for [`Io::waiting_elsewhere`].
     pub(super) peers: Arc<Vec<Mailbox>>,
     pub(super) reuseport: bool,
+    pub(super) files: Rc<RefCell<FileTable>>,
+    pub(super) link_sync: bool,
+    pub(super) write_behind: bool,
+    pub(super) ring_file_ops: bool,
+    pub(super) prealloc_mode: i32,
 }
 
 impl Io {
@@ -106,11 +207,49 @@ impl Io {
     pub fn slot_bytes(&self) -> usize {
         self.arena.slot_bytes()
     }
-    /// Writes `buf[..len]` at `off` through the ring (`op` or `file.write-op`).
+
+    /// How file requests should name `fd`: with `file.register-files`, a slot of the
+    /// worker's registered-file table that now holds it (IORING_REGISTER_FILES_UPDATE;
+    /// every request naming it goes with IOSQE_FIXED_FILE), else the fd itself. Give the
+    /// slot back with [`Io::unregister_file`] before closing `fd`. Errors when the table is
+    /// full (it is sized from server.max-matches and the HTTP connection limit).
+    pub fn register_file(&mut self, fd: RawFd) -> io::Result<FileRef> {
+        self.files.borrow_mut().register(fd)
+    }
+    /// Empties the table slot of `file` (nothing to do for a plain fd). Requests already
+    /// queued on it keep their reference to the file.
+    pub fn unregister_file(&mut self, file: FileRef) {
+        self.files.borrow_mut().unregister(file);
+    }
+    /// Whether `file.register-files` is on (files are named by table slots).
+    pub fn files_registered(&self) -> bool {
+        self.files.borrow().enabled()
+    }
+    /// `file.link-sync`: appends should go out with [`Io::write_then`] and
+    /// [`WriteThen::Sync`], making the group commit's fdatasync part of the write.
+    pub fn link_sync(&self) -> bool {
+        self.link_sync
+    }
+    /// `file.write-behind`: appends should go out with [`WriteThen::WriteBehind`].
+    pub fn write_behind(&self) -> bool {
+        self.write_behind
+    }
+    /// The fallocate mode of `file.prealloc-mode` (FALLOC_FL_KEEP_SIZE or
+    /// FALLOC_FL_WRITE_ZEROES), for [`Io::fallocate`].
+    pub fn prealloc_mode(&self) -> i32 {
+        self.prealloc_mode
+    }
+    /// `file.file-ops = ring`: open, seal and delete files with the in-ring requests.
+    pub fn ring_file_ops(&self) -> bool {
+        self.ring_file_ops
+    }
+
+    /// Writes `buf[..len]` at `off` through the ring (`op` or `file.write-op`; every
+    /// `file.force-async`th write with IOSQE_ASYNC).
     #[allow(clippy::too_many_arguments)]
     pub fn write(
         &mut self,
-        fd: RawFd,
+        file: impl Into<FileRef>,
         op: Option<WriteOp>,
         buf: Slot,
         len: usize,
@@ -119,12 +258,38 @@ impl Io {
         token: u64,
     ) {
         self.reqs.push(Req::Write {
-            fd,
+            file: file.into(),
             op,
             buf,
             len,
             off,
             rw_flags,
+            then: None,
+            token,
+        });
+    }
+    /// As [`Io::write`], linked (IOSQE_IO_LINK) to `then` in one submission:
+    /// `Service::file_done` comes once, with the slot, when both are done; its result is
+    /// the write's error or short count, else the sync's error, else `len`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_then(
+        &mut self,
+        file: impl Into<FileRef>,
+        buf: Slot,
+        len: usize,
+        off: u64,
+        rw_flags: i32,
+        then: WriteThen,
+        token: u64,
+    ) {
+        self.reqs.push(Req::Write {
+            file: file.into(),
+            op: None,
+            buf,
+            len,
+            off,
+            rw_flags,
+            then: Some(then),
             token,
         });
     }
@@ -142,7 +307,7 @@ impl Io {
     #[allow(clippy::too_many_arguments)]
     pub fn write_vec(
         &mut self,
-        fd: RawFd,
+        file: impl Into<FileRef>,
         buf: Vec<u8>,
         start: usize,
         len: usize,
@@ -151,7 +316,7 @@ impl Io {
         token: u64,
     ) {
         self.reqs.push(Req::WriteVec {
-            fd,
+            file: file.into(),
             buf,
             start,
             len,
@@ -161,9 +326,9 @@ impl Io {
         });
     }
     /// Reads up to `len` bytes at `off` into `buf` through the ring (`file.read-op`).
-    pub fn read(&mut self, fd: RawFd, buf: Slot, len: usize, off: u64, token: u64) {
+    pub fn read(&mut self, file: impl Into<FileRef>, buf: Slot, len: usize, off: u64, token: u64) {
         self.reqs.push(Req::Read {
-            fd,
+            file: file.into(),
             buf,
             len,
             off,
@@ -171,10 +336,84 @@ impl Io {
         });
     }
     /// IORING_OP_FSYNC (with IORING_FSYNC_DATASYNC when `datasync`).
-    pub fn fsync(&mut self, fd: RawFd, datasync: bool, token: u64) {
+    pub fn fsync(&mut self, file: impl Into<FileRef>, datasync: bool, token: u64) {
         self.reqs.push(Req::Fsync {
-            fd,
+            file: file.into(),
             datasync,
+            token,
+        });
+    }
+    /// IORING_OP_SYNC_FILE_RANGE with SYNC_FILE_RANGE_WRITE: start write-back of
+    /// `len` bytes at `off` now.
+    pub fn sync_file_range(&mut self, file: impl Into<FileRef>, off: u64, len: u32, token: u64) {
+        self.reqs.push(Req::SyncRange {
+            file: file.into(),
+            off,
+            len,
+            token,
+        });
+    }
+    /// IORING_OP_FALLOCATE with `mode` (FALLOC_FL_KEEP_SIZE, FALLOC_FL_WRITE_ZEROES, ...).
+    pub fn fallocate(
+        &mut self,
+        file: impl Into<FileRef>,
+        mode: i32,
+        off: u64,
+        len: u64,
+        token: u64,
+    ) {
+        self.reqs.push(Req::Fallocate {
+            file: file.into(),
+            mode,
+            off,
+            len,
+            token,
+        });
+    }
+    /// IORING_OP_OPENAT of `path`. `direct`: into a free slot of the registered-file table
+    /// (needs `file.register-files`); `Service::file_done`'s result is the slot, else the
+    /// new fd, which the service then owns.
+    pub fn openat(&mut self, path: &Path, flags: i32, mode: u32, direct: bool, token: u64) {
+        self.reqs.push(Req::Open {
+            path: path.to_path_buf(),
+            flags,
+            mode,
+            direct,
+            token,
+        });
+    }
+    /// IORING_OP_STATX of `path`; the answer comes in `Service::file_stat`.
+    pub fn statx(&mut self, path: &Path, token: u64) {
+        self.reqs.push(Req::Statx {
+            path: path.to_path_buf(),
+            token,
+        });
+    }
+    /// IORING_OP_CLOSE of `file` (an fd the service gives up, or a table slot, which is
+    /// emptied).
+    pub fn close_file(&mut self, file: FileRef, token: u64) {
+        self.reqs.push(Req::CloseFile { file, token });
+    }
+    /// IORING_OP_FTRUNCATE (6.9).
+    pub fn ftruncate(&mut self, file: impl Into<FileRef>, len: u64, token: u64) {
+        self.reqs.push(Req::Ftruncate {
+            file: file.into(),
+            len,
+            token,
+        });
+    }
+    /// IORING_OP_RENAMEAT.
+    pub fn rename(&mut self, from: &Path, to: &Path, token: u64) {
+        self.reqs.push(Req::Rename {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            token,
+        });
+    }
+    /// IORING_OP_UNLINKAT.
+    pub fn unlink(&mut self, path: &Path, token: u64) {
+        self.reqs.push(Req::Unlink {
+            path: path.to_path_buf(),
             token,
         });
     }

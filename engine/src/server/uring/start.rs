@@ -23,6 +23,7 @@ where
     }
     let net = &cfg.net;
     let nworkers = opts.workers;
+    check_kernel_features(cfg)?;
     // Listeners: bind on this thread so port 0 resolves once and every worker shares it.
     let per_worker = net.listeners == Listeners::Reuseport;
     let nl = if per_worker { nworkers } else { 1 };
@@ -64,6 +65,10 @@ where
             bound = l
                 .local_addr()
                 .map_err(|err| UringError::Listen { addr, err })?;
+            if net.direct_sockets {
+                listener_options(net, l.as_raw_fd())
+                    .map_err(|err| UringError::Listen { addr: bound, err })?;
+            }
             listeners[i].push((port, l));
         }
         let slot = if port == Port::Ingest {
@@ -147,6 +152,61 @@ where
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Options whose kernel support shows only when the operation is tried (flags inside an
+/// SQE) are tried once on a scratch ring before anything listens: refused up front with
+/// the kernel's answer, never failing connections later.
+fn check_kernel_features(cfg: &Config) -> Result<(), UringError> {
+    use crate::sys::features;
+    let net = &cfg.net;
+    let checks: [(bool, &str, fn() -> io::Result<()>); 3] = [
+        (
+            net.send_batch == SendBatch::Vectored,
+            "net.send-batch=vectored: IORING_SEND_VECTORIZED (Linux 6.17+)",
+            features::send_vectorized,
+        ),
+        (
+            net.send_zc_fixed,
+            "net.send-zc-fixed: SEND_ZC with IORING_RECVSEND_FIXED_BUF (Linux 6.0+)",
+            features::send_zc_fixed,
+        ),
+        (
+            net.direct_sockets && net.listeners == Listeners::Acceptor,
+            "net.direct-sockets with listeners=acceptor: MSG_RING with IORING_MSG_SEND_FD (Linux 6.0+)",
+            features::msg_ring_send_fd,
+        ),
+    ];
+    for (on, what, probe) in checks {
+        if on {
+            probe().map_err(|err| UringError::Unsupported {
+                what: what.into(),
+                err,
+            })?;
+        }
+    }
+    if net.direct_sockets || cfg.file.register_files {
+        features::sparse_files_accept_direct().map_err(|err| UringError::Unsupported {
+            what: "a sparse registered-file table with IORING_FILE_INDEX_ALLOC (Linux 5.19+, alloc range 6.0+)".into(),
+            err,
+        })?;
+    }
+    Ok(())
+}
+
+/// Socket options of accepted connections, set on a listener so that every socket
+/// accepted from it inherits them (direct sockets have no fd to set them on).
+fn listener_options(net: &crate::config::NetConfig, fd: RawFd) -> io::Result<()> {
+    if net.tcp_nodelay {
+        sockopt::set_nodelay(fd, true)?;
+    }
+    if net.sndbuf_bytes > 0 {
+        sockopt::set_sndbuf(fd, net.sndbuf_bytes as i32)?;
+    }
+    if net.rcvbuf_bytes > 0 {
+        sockopt::set_rcvbuf(fd, net.rcvbuf_bytes as i32)?;
+    }
+    Ok(())
 }
 
 /// What the io_uring backend's rings would be with `cfg`, without serving: builds (and

@@ -32,6 +32,11 @@ pub(super) struct Worker<'a> {
     pub(super) pending_close_listeners: bool,
     /// Connections closed without a CLOSE completion (CLOSE could not be queued).
     pub(super) closed_now: Vec<ConnId>,
+    /// Writes issued (for `file.force-async`'s every Nth).
+    pub(super) writes_issued: u64,
+    /// `ring.wait-timeout = ext-arg`: the tick is a deadline of the wait, not a TIMEOUT SQE.
+    pub(super) tick_in_enter: bool,
+    pub(super) next_tick: Instant,
 }
 
 pub(super) const BGID: u16 = 7;
@@ -69,25 +74,128 @@ impl<'a> Worker<'a> {
             }
         };
         let (mut ring, effective) = build_ring(cfg, anchor)?;
+        let unsupported = |what: String, err: io::Error| UringError::Unsupported { what, err };
+        let feats = ring.features();
+        let need_feature = |on: bool, bit: u32, what: &str| {
+            if on && feats & bit == 0 {
+                Err(unsupported(
+                    what.to_string(),
+                    io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "this kernel does not report the feature",
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        use crate::sys::ring::consts::*;
+        need_feature(
+            cfg.ring.cqe_skip_success,
+            IORING_FEAT_CQE_SKIP,
+            "ring.cqe-skip-success: IOSQE_CQE_SKIP_SUCCESS (IORING_FEAT_CQE_SKIP, Linux 5.17+)",
+        )?;
+        need_feature(
+            net.recv_bundle,
+            IORING_FEAT_RECVSEND_BUNDLE,
+            "net.recv-bundle: IORING_RECVSEND_BUNDLE (IORING_FEAT_RECVSEND_BUNDLE, Linux 6.10+)",
+        )?;
         *mailboxes[id]
             .ring_fd
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = ring.fd();
         let pbuf = if net.recv == RecvMode::Multishot {
-            Some(BufRing::new(&mut ring, BGID, net.buf_ring_entries as u16, net.recv_buf_bytes).map_err(|err| {
-                UringError::Unsupported { what: "IORING_REGISTER_PBUF_RING for recv=multishot (Linux 5.19+; or use --recv single)".into(), err }
-            })?)
+            Some(
+                BufRing::with_flags(
+                    &mut ring,
+                    BGID,
+                    net.buf_ring_entries as u16,
+                    net.recv_buf_bytes,
+                    net.buf_ring_inc,
+                )
+                .map_err(|err| {
+                    let what = if net.buf_ring_inc {
+                        "IORING_REGISTER_PBUF_RING with IOU_PBUF_RING_INC for net.buf-ring-inc (Linux 6.12+)"
+                    } else {
+                        "IORING_REGISTER_PBUF_RING for recv=multishot (Linux 5.19+; or use --recv single)"
+                    };
+                    unsupported(what.into(), err)
+                })?,
+            )
         } else {
             None
         };
-        let shared = Rc::new(RefCell::new(Shared::new(
-            WorkerRing::new(ring),
-            effective.flags,
-        )));
+        // The registered-file table: listeners (direct sockets), files the service
+        // installs, and the range the kernel allocates accepted sockets from.
+        let layout = files::table_layout(cfg, opts, ls.len());
+        if let Some(lay) = layout {
+            let (total, l, f, k) = (lay.total, lay.listeners, lay.files, lay.alloc);
+            ring.register_files_sparse(total).map_err(|err| {
+                unsupported(
+                    format!("IORING_REGISTER_FILES2 (sparse, {total} slots; Linux 5.19+)"),
+                    err,
+                )
+            })?;
+            if k > 0 {
+                ring.register_file_alloc_range(l + f, k).map_err(|err| {
+                    unsupported(
+                        format!(
+                            "IORING_REGISTER_FILE_ALLOC_RANGE {}..{} (Linux 6.0+)",
+                            l + f,
+                            l + f + k
+                        ),
+                        err,
+                    )
+                })?;
+            }
+            if l > 0 {
+                let fds: Vec<RawFd> = ls.iter().map(|(_, l)| l.as_raw_fd()).collect();
+                ring.register_files_update(0, &fds).map_err(|err| {
+                    unsupported(
+                        "installing the listeners in the registered-file table".into(),
+                        err,
+                    )
+                })?;
+            }
+        }
+        let napi = if net.napi_busy_poll_us > 0 {
+            let tracking = match net.napi_tracking {
+                crate::config::net::NapiTracking::Dynamic => IO_URING_NAPI_TRACKING_DYNAMIC,
+                crate::config::net::NapiTracking::Static => IO_URING_NAPI_TRACKING_STATIC,
+            };
+            ring.register_napi(net.napi_busy_poll_us, net.napi_prefer_busy_poll, tracking)
+                .map_err(|err| {
+                    unsupported(
+                        "IORING_REGISTER_NAPI for net.napi-busy-poll-us (Linux 6.9+; static tracking 6.13+)".into(),
+                        err,
+                    )
+                })?;
+            Some(crate::sys::register::NapiSettings {
+                busy_poll_us: net.napi_busy_poll_us,
+                prefer_busy_poll: net.napi_prefer_busy_poll,
+                tracking,
+            })
+        } else {
+            None
+        };
+        if cfg.ring.no_iowait {
+            ring.set_no_iowait(true)
+                .map_err(|err| unsupported("ring.no-iowait: IORING_ENTER_NO_IOWAIT".into(), err))?;
+        }
+        let mut wring = WorkerRing::new(ring);
+        if cfg.ring.wait_timeout == crate::config::ring::WaitTimeout::ExtArg {
+            let min = (cfg.ring.min_wait_usec > 0)
+                .then(|| Duration::from_micros(cfg.ring.min_wait_usec as u64));
+            wring.set_wait_in_enter(min).map_err(|err| {
+                unsupported("ring.wait-timeout=ext-arg / min-wait-usec".into(), err)
+            })?;
+        }
+        let shared = Rc::new(RefCell::new(Shared::new(wring, effective.flags)));
         let maxc = opts.max_connections_per_worker.max(1);
         // Every connection has at most: one recv, one send (plus a zc notif), two splices,
         // one cancel, one close. Listeners: one accept each. Plus tick and wake-ups.
-        let net_ops = NetOps::new(maxc * 6 + 64, TAG_NET);
+        let mut net_ops = NetOps::new(maxc * 6 + 64, TAG_NET);
+        net_ops.set_skip_success(cfg.ring.cqe_skip_success);
         // Arena: one slot holds one HTTP chunk (plus the O_DIRECT head skip) or one piece
         // of a match-file write. Sized by net.worker-arena-slots; a
         // request that finds it empty waits for a slot (never a heap fallback).
@@ -106,8 +214,12 @@ impl<'a> Worker<'a> {
             })?;
         let mut files = FileOps::new(
             netops::FileView(shared.clone()),
-            slots + maxc.min(4096) + 64,
+            slots + maxc.min(4096) + opts.max_files_per_worker + 64,
         );
+        files.set_skip_link_heads(cfg.ring.cqe_skip_success);
+        if let Some(lay) = layout {
+            files.set_file_table(lay.total);
+        }
         let mut registered = false;
         if cfg.file.register_buffers {
             files
@@ -121,6 +233,16 @@ impl<'a> Worker<'a> {
                 })?;
             registered = true;
         }
+        let listener_sockopts = if net.direct_sockets {
+            ls.first()
+                .map(|(_, l)| sockopt::readback(l.as_raw_fd()))
+                .transpose()
+                .map_err(|err| {
+                    unsupported("reading back the listeners' socket options".into(), err)
+                })?
+        } else {
+            None
+        };
         let mut ring_eff = effective;
         ring_eff.refresh_fdinfo(&shared.borrow().ring.ring);
         let report = WorkerReport {
@@ -143,10 +265,14 @@ impl<'a> Worker<'a> {
             arena_slot_bytes: slot_bytes,
             arena_registered: registered,
             attached_to_anchor: anchor.is_some(),
+            file_table: layout,
+            buf_ring_inc: pbuf.as_ref().is_some_and(|p| p.incremental()),
+            napi,
+            listener_sockopts,
         };
         tracing::debug!(
             target: crate::logging::STARTUP,
-            "uring worker {id}: ring flags {} (asked {}), features {}, sq {} cq {}, attach-wq {}, io-wq max workers {}, recv {}{}, accept {}, send {}, listeners {}, arena {} x {} bytes{}",
+            "uring worker {id}: ring flags {} (asked {}), features {}, sq {} cq {}, attach-wq {}, io-wq max workers {}, recv {}{}, accept {}, send {}, listeners {}, arena {} x {} bytes{}{}{}",
             report.ring.flag_names,
             report.ring.requested_flag_names,
             report.ring.feature_names,
@@ -159,13 +285,36 @@ impl<'a> Worker<'a> {
                 .map(|[b, u]| format!("bounded {b} unbounded {u}"))
                 .unwrap_or_else(|| "kernel default".into()),
             report.recv,
-            report.buf_ring.map(|(n, b)| format!(" (buffer ring {n} x {b})")).unwrap_or_default(),
+            report
+                .buf_ring
+                .map(|(n, b)| format!(
+                    " (buffer ring {n} x {b}{})",
+                    if report.buf_ring_inc { ", incremental" } else { "" }
+                ))
+                .unwrap_or_default(),
             report.accept,
             report.send,
             report.listeners,
             report.arena_slots,
             report.arena_slot_bytes,
             if report.arena_registered { " registered" } else { "" },
+            report
+                .file_table
+                .map(|t| format!(
+                    ", file table {} slots ({} listeners, {} files, {} allocated{})",
+                    t.total,
+                    t.listeners,
+                    t.files,
+                    t.alloc,
+                    t.capped_from
+                        .map(|w| format!("; the limits ask for {w}, capped by RLIMIT_NOFILE"))
+                        .unwrap_or_default()
+                ))
+                .unwrap_or_default(),
+            report
+                .napi
+                .map(|n| format!(", napi busy poll {} us", n.busy_poll_us))
+                .unwrap_or_default(),
         );
         let stats = Arc::new(WorkerStats::default());
         {
@@ -178,6 +327,14 @@ impl<'a> Worker<'a> {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(stats.clone());
         }
+        let (first_file, file_slots) = layout.map_or((0, 0), |t| (t.listeners, t.files));
+        let table = Rc::new(RefCell::new(FileTable::new(
+            shared.clone(),
+            cfg.file.register_files,
+            first_file,
+            file_slots,
+            stats.clone(),
+        )));
         let io = Io {
             reqs: Vec::new(),
             arena: arena.clone(),
@@ -193,12 +350,23 @@ impl<'a> Worker<'a> {
             },
             peers: mailboxes.clone(),
             reuseport: net.listeners == Listeners::Reuseport,
+            files: table,
+            link_sync: cfg.file.link_sync,
+            write_behind: cfg.file.write_behind,
+            ring_file_ops: cfg.file.file_ops == crate::config::file::FileOpsMode::Ring,
+            prealloc_mode: match cfg.file.prealloc_mode {
+                crate::config::file::PreallocMode::KeepSize => libc::FALLOC_FL_KEEP_SIZE,
+                crate::config::file::PreallocMode::WriteZeroes => {
+                    crate::sys::fs::FALLOC_FL_WRITE_ZEROES
+                }
+            },
         };
         *mailboxes[id]
             .listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner()) =
             ls.iter().map(|(p, l)| (*p, l.as_raw_fd())).collect();
+        let tick_in_enter = shared.borrow().ring.waits_in_enter();
         Ok(Worker {
             cfg,
             opts,
@@ -219,6 +387,9 @@ impl<'a> Worker<'a> {
             io,
             pending_close_listeners: false,
             closed_now: Vec::new(),
+            writes_issued: 0,
+            tick_in_enter,
+            next_tick: Instant::now(),
         })
     }
 
@@ -231,10 +402,16 @@ impl<'a> Worker<'a> {
 
     pub(super) fn arm_accept(&mut self, i: usize) -> Result<(), UringError> {
         let multishot = self.cfg.net.accept == AcceptMode::Multishot;
-        let fd = self.listeners[i].1.as_raw_fd();
+        let direct = self.cfg.net.direct_sockets;
+        // Direct sockets: listener i sits in slot i of the file table.
+        let fd = if direct {
+            crate::sys::target::Target::Fixed(i as u32)
+        } else {
+            crate::sys::target::Target::Fd(self.listeners[i].1.as_raw_fd())
+        };
         let c = ctx(K_ACCEPT, ConnId(i as u64));
         self.net
-            .accept(&mut *self.shared.borrow_mut(), fd, multishot, c)
+            .accept(&mut *self.shared.borrow_mut(), fd, multishot, direct, c)
             .map_err(|e| self.err(format!("arming accept: {e}")))?;
         self.listeners[i].2 = true;
         Ok(())
@@ -242,6 +419,11 @@ impl<'a> Worker<'a> {
 
     pub(super) fn arm_tick(&mut self) -> Result<(), UringError> {
         let t = self.opts.tick;
+        if self.tick_in_enter {
+            // ring.wait-timeout = ext-arg: the tick is the wait's deadline (see `run`).
+            self.next_tick = Instant::now() + t;
+            return Ok(());
+        }
         self.net
             .timeout(&mut *self.shared.borrow_mut(), t, ctx(K_TICK, ConnId(0)))
             .map_err(|e| self.err(format!("arming the tick: {e}")))?;
@@ -286,16 +468,26 @@ impl<'a> Worker<'a> {
                 let mut s = self.shared.borrow_mut();
                 if !s.has_routed() {
                     let now = Instant::now();
+                    // With the tick in the enter, the wait ends at the next tick at the
+                    // latest; otherwise the tick's TIMEOUT SQE ends it.
+                    let deadline = if self.tick_in_enter {
+                        Some(deadline.map_or(self.next_tick, |d| d.min(self.next_tick)))
+                    } else {
+                        deadline
+                    };
                     let t = deadline
-                        .filter(|d| d.saturating_duration_since(now) < self.opts.tick)
+                        .filter(|d| {
+                            self.tick_in_enter || d.saturating_duration_since(now) < self.opts.tick
+                        })
                         .map(|d| {
                             d.saturating_duration_since(now)
                                 .max(Duration::from_micros(200))
                         });
-                    s.wait(1, t).map_err(|e| UringError::Worker {
-                        worker: self.id,
-                        err: format!("io_uring_enter: {e}"),
-                    })?;
+                    s.wait(self.cfg.ring.wait_nr as usize, t)
+                        .map_err(|e| UringError::Worker {
+                            worker: self.id,
+                            err: format!("io_uring_enter: {e}"),
+                        })?;
                 }
                 s.route();
             }
@@ -305,8 +497,16 @@ impl<'a> Worker<'a> {
             self.stats
                 .sq_waits
                 .store(self.net.sq_waits(), Ordering::Relaxed);
+            self.stats
+                .cqes_skipped
+                .store(self.files.cqes_skipped(), Ordering::Relaxed);
             self.io.now = Instant::now();
             self.dispatch(&mut svc)?;
+            if self.tick_in_enter && self.io.now >= self.next_tick {
+                self.on_tick(&mut svc);
+                self.exec(&mut svc)?;
+                self.next_tick = self.io.now + self.opts.tick;
+            }
             if deadline.is_some_and(|d| d <= self.io.now) {
                 svc.tick(&mut self.io);
                 self.exec(&mut svc)?;
@@ -319,7 +519,11 @@ impl<'a> Worker<'a> {
         // Dropping a listener while its ACCEPT is in flight is safe (the kernel holds a
         // file reference); cancel it so the CQE comes back, then close.
         for i in 0..self.listeners.len() {
-            let fd = self.listeners[i].1.as_raw_fd();
+            let fd = if self.cfg.net.direct_sockets {
+                crate::sys::target::Target::Fixed(i as u32)
+            } else {
+                crate::sys::target::Target::Fd(self.listeners[i].1.as_raw_fd())
+            };
             let _ =
                 self.net
                     .cancel_fd(&mut *self.shared.borrow_mut(), fd, ctx(K_IGNORE, ConnId(0)));
@@ -350,7 +554,8 @@ impl<'a> Worker<'a> {
             self.abort(id);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while (self.net.in_flight() > 1 || self.files.in_flight() > 0 || self.live > 0)
+        let timers = if self.tick_in_enter { 0 } else { 1 };
+        while (self.net.in_flight() > timers || self.files.in_flight() > 0 || self.live > 0)
             && Instant::now() < deadline
         {
             {
@@ -383,6 +588,7 @@ impl<'a> Worker<'a> {
                     }
                 }
                 TAG_WAKE => self.take_mail(svc)?,
+                TAG_HANDOFF => self.adopt_handoff(ud, res, svc)?,
                 other => {
                     return Err(
                         self.err(format!("CQE with unknown tag {other} (user_data {ud:#x})"))
@@ -413,7 +619,8 @@ impl<'a> Worker<'a> {
                 me.adopting[port as usize].fetch_add(1, Ordering::AcqRel);
                 (fd, port)
             };
-            let r = self.adopt(next.0, next.1, svc);
+            self.stats.handoffs_in.fetch_add(1, Ordering::Relaxed);
+            let r = self.adopt(Socket::Fd(next.0), next.1, svc);
             me.adopting[next.1 as usize].fetch_sub(1, Ordering::AcqRel);
             r?;
         }
@@ -523,16 +730,8 @@ impl<'a> Worker<'a> {
                             continue;
                         }
                         let c = self.conn_mut(conn).expect("checked");
-                        c.out.push_back(Out::File(FileOut {
-                            file,
-                            direct: None,
-                            off,
-                            remaining: len,
-                            sent: 0,
-                            token,
-                            in_pipe: 0,
-                            chunk: 0,
-                        }));
+                        c.out
+                            .push_back(Out::File(FileOut::new(file, off, len, token)));
                         self.pump(conn, svc);
                     }
                     Req::Close(id) => {
@@ -570,10 +769,7 @@ impl<'a> Worker<'a> {
                             }
                         }
                     }
-                    r @ (Req::Write { .. }
-                    | Req::WriteVec { .. }
-                    | Req::Read { .. }
-                    | Req::Fsync { .. }) => self.exec_file(r, svc),
+                    r => self.exec_file(r, svc),
                 }
             }
         }
