@@ -332,6 +332,8 @@ pub fn render(reg: &Registry) -> String {
         ]),
     );
     r.register_collector(Box::new(snap));
+    // The io_uring backend's SQE / enter / CQE counters and per-option worker counters.
+    r.register_collector(crate::server::uring::metrics_collector());
     let h = &m.hist;
     for (name, help, hist) in [
         ("ds_ack_latency", "Per frame: from its receipt to the ACK covering it being queued on the DS connection.", &h.ds_ack_latency),

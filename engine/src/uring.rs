@@ -163,7 +163,8 @@ pub fn parse_fdinfo(text: &str) -> BTreeMap<String, String> {
         }
         if let Some((k, v)) = line.split_once(':') {
             let k = k.trim();
-            if k.is_empty() || k.contains(' ') || k.chars().all(|c| c.is_ascii_digit()) {
+            // Keys may hold spaces ("napi tracking"); per-entry listings are indented.
+            if k.is_empty() || k.chars().all(|c| c.is_ascii_digit()) {
                 continue;
             }
             m.entry(k.to_string())
@@ -478,4 +479,109 @@ mod tests {
         );
         assert_eq!(flag_names(0), "none");
     }
+}
+
+/// What `recorder serve --backend uring` runs with, as the kernel and the workers report
+/// it: the requested configuration with every value the kernel shows replaced by what it
+/// shows (setup flags in io_uring_params, SQ/CQ sizes, SqThreadCpu, io-wq limits in force,
+/// UserBufs / UserFiles / NAPI in fdinfo, the incremental buffer ring). A value that
+/// differs from the requested one did not take effect as asked; [`differences`] lists them.
+/// Options with no kernel-side state (how the loop waits, what each SQE carries) are as
+/// requested here; their proof is the SQE counters (`sys::stats`, `/metrics`).
+pub fn effective_config(
+    requested: &crate::config::Config,
+    reports: &[crate::server::uring::WorkerReport],
+) -> crate::config::Config {
+    let mut e = requested.clone();
+    let Some(w) = reports.first() else { return e };
+    let r = &w.ring;
+    let has = |bit: u32| r.flags & bit != 0;
+    let ring = &mut e.ring;
+    ring.iopoll = has(IORING_SETUP_IOPOLL);
+    ring.hybrid_iopoll = has(IORING_SETUP_HYBRID_IOPOLL);
+    ring.sqpoll = has(IORING_SETUP_SQPOLL);
+    ring.clamp = has(IORING_SETUP_CLAMP);
+    ring.r_disabled = has(IORING_SETUP_R_DISABLED);
+    ring.submit_all = has(IORING_SETUP_SUBMIT_ALL);
+    ring.coop_taskrun = has(IORING_SETUP_COOP_TASKRUN);
+    ring.taskrun_flag = has(IORING_SETUP_TASKRUN_FLAG);
+    ring.sqe128 = has(IORING_SETUP_SQE128);
+    ring.cqe32 = has(IORING_SETUP_CQE32);
+    ring.single_issuer = has(IORING_SETUP_SINGLE_ISSUER);
+    ring.defer_taskrun = has(IORING_SETUP_DEFER_TASKRUN);
+    ring.no_mmap = has(IORING_SETUP_NO_MMAP);
+    ring.registered_fd_only = has(IORING_SETUP_REGISTERED_FD_ONLY);
+    ring.no_sqarray = has(IORING_SETUP_NO_SQARRAY);
+    ring.cqe_mixed = has(IORING_SETUP_CQE_MIXED);
+    if requested.ring.attach_wq == AttachWq::First
+        && !reports.iter().all(|w| w.ring.attach_wq == "attached")
+    {
+        ring.attach_wq = AttachWq::Off;
+    }
+    ring.sq_entries = r.sq_entries;
+    if requested.ring.cq_entries.is_some() || r.cq_entries != 2 * r.sq_entries {
+        ring.cq_entries = Some(r.cq_entries);
+    }
+    if requested.ring.sq_thread_cpu.is_some() {
+        ring.sq_thread_cpu = r.sq_thread_cpu.map(|c| c as u32);
+    }
+    if let Some([b, u]) = r.iowq_max_workers {
+        if requested.ring.iowq_max_bounded.is_some() {
+            ring.iowq_max_bounded = Some(b);
+        }
+        if requested.ring.iowq_max_unbounded.is_some() {
+            ring.iowq_max_unbounded = Some(u);
+        }
+    }
+    ring.register_ring_fd = requested.ring.register_ring_fd && r.registered_ring_index.is_some();
+    // fdinfo: what the kernel holds for the ring.
+    if !r.fdinfo.is_empty() {
+        e.file.register_buffers = r.user_bufs.unwrap_or(0) > 0;
+        let table = r.user_files.unwrap_or(0) > 0;
+        e.file.register_files =
+            requested.file.register_files && table && w.file_table.is_some_and(|t| t.files > 0);
+        e.net.direct_sockets =
+            requested.net.direct_sockets && table && w.file_table.is_some_and(|t| t.alloc > 0);
+        let napi_on = r.fdinfo.get("NAPI").is_some_and(|v| v == "enabled");
+        if !napi_on {
+            e.net.napi_busy_poll_us = 0;
+            e.net.napi_prefer_busy_poll = false;
+        } else {
+            if let Some(ns) = r
+                .fdinfo
+                .get("napi_busy_poll_dt")
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                e.net.napi_busy_poll_us = (ns / 1000) as u32;
+            }
+            if let Some(p) = r.fdinfo.get("napi_prefer_busy_poll") {
+                e.net.napi_prefer_busy_poll = p == "true";
+            }
+            if let Some(t) = r.fdinfo.get("napi tracking") {
+                e.net.napi_tracking = if t == "static" {
+                    crate::config::net::NapiTracking::Static
+                } else {
+                    crate::config::net::NapiTracking::Dynamic
+                };
+            }
+        }
+    }
+    if w.buf_ring.is_some() {
+        e.net.buf_ring_inc = w.buf_ring_inc;
+    }
+    e
+}
+
+/// `section.name: requested -> effective` for every knob whose effective value differs.
+pub fn differences(
+    requested: &crate::config::Config,
+    effective: &crate::config::Config,
+) -> Vec<String> {
+    requested
+        .to_pairs()
+        .into_iter()
+        .zip(effective.to_pairs())
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((k, a), (_, b))| format!("{k}: {a:?} -> {b:?}"))
+        .collect()
 }

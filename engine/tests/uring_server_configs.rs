@@ -732,3 +732,39 @@ fn write_behind_prealloc_through_the_ring_napi() {
         &["napi busy poll 20 us"],
     );
 }
+
+#[test]
+fn in_ring_file_management_creates_and_seals_matches() {
+    ingest_and_download_checked(
+        &[
+            "--file-ops",
+            "ring",
+            "--durability",
+            "fdatasync",
+            "--direct",
+            "required",
+            "--prealloc",
+            "true",
+        ],
+        6,
+        &[],
+        &[],
+    );
+}
+
+#[test]
+fn in_ring_file_management_opens_straight_into_the_file_table() {
+    ingest_and_download_checked(
+        &[
+            "--file-ops",
+            "ring",
+            "--register-files",
+            "true",
+            "--durability",
+            "fdatasync",
+        ],
+        6,
+        &[],
+        &["file table"],
+    );
+}

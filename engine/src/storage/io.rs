@@ -136,25 +136,36 @@ pub fn read_sealed_info(path: &Path, id: &str) -> Result<SealedInfo, String> {
     }
     let mut hdr = [0u8; format::HEADER_BYTES];
     f.read_exact(&mut hdr).map_err(|e| e.to_string())?;
-    let h = format::parse_header(&hdr).map_err(|e| format!("{}: {e}", path.display()))?;
-    if h.match_id != id {
-        return Err(format!(
-            "{}: header names match {:?}",
-            path.display(),
-            h.match_id
-        ));
-    }
     let mut t = [0u8; format::TRAILER_BYTES];
     f.seek(SeekFrom::Start(len - t.len() as u64))
         .map_err(|e| e.to_string())?;
     f.read_exact(&mut t).map_err(|e| e.to_string())?;
-    let trailer = format::parse_trailer(&t, len - t.len() as u64)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let crc = u32::from_le_bytes(t[88..92].try_into().expect("4 bytes"));
+    sealed_info_from(id, len, &hdr, &t).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// What the registry lists for a sealed replay of `len` bytes, from its header and trailer
+/// bytes (however they were read: std calls here, the ring in `file-ops=ring`).
+pub fn sealed_info_from(
+    id: &str,
+    len: u64,
+    header: &[u8],
+    trailer: &[u8],
+) -> Result<SealedInfo, String> {
+    if len < (format::HEADER_BYTES + format::TRAILER_BYTES) as u64 {
+        return Err(format!("{len} bytes is too short for a sealed replay"));
+    }
+    let h = format::parse_header(header).map_err(|e| e.to_string())?;
+    if h.match_id != id {
+        return Err(format!("header names match {:?}", h.match_id));
+    }
+    let trailer = &trailer[..format::TRAILER_BYTES.min(trailer.len())];
+    let t = format::parse_trailer(trailer, len - format::TRAILER_BYTES as u64)
+        .map_err(|e| e.to_string())?;
+    let crc = u32::from_le_bytes(trailer[88..92].try_into().expect("4 bytes"));
     Ok(SealedInfo {
         id: id.to_string(),
         len,
-        trailer,
+        trailer: t,
         etag: super::etag_for(len, crc),
     })
 }

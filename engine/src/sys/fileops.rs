@@ -302,6 +302,8 @@ pub struct Completion {
     pub heap: Option<Vec<u8>>,
     /// STATX result (`sys::fsops`).
     pub statx: Option<Box<libc::statx>>,
+    /// The descriptor a successful OPENAT (not into the file table) returned, owned now.
+    pub opened: Option<std::os::fd::OwnedFd>,
 }
 
 /// Why an operation could not be queued. The buffer, if any, is handed back.
@@ -1116,6 +1118,16 @@ impl<R: RingOps> FileOps<R> {
 
     fn finish(f: InFlight, result: io::Result<u32>) -> Completion {
         let statx = f.meta.and_then(|m| m.statx);
+        let opened = match (&f.kind, &result) {
+            (OpKind::Meta(super::fsops::MetaOp::Open { direct: false }), Ok(fd)) => {
+                // SAFETY: a successful OPENAT without a file slot returns a new descriptor
+                // that nothing else owns.
+                Some(unsafe {
+                    <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(*fd as RawFd)
+                })
+            }
+            _ => None,
+        };
         Completion {
             tag: f.tag,
             kind: f.kind,
@@ -1123,6 +1135,7 @@ impl<R: RingOps> FileOps<R> {
             buf: f.buf,
             heap: f.heap,
             statx,
+            opened,
         }
     }
 

@@ -1892,6 +1892,15 @@ pub mod sockopt {
         }
     }
 
+    /// listen(2) on a socket that already listens: sets its backlog to `backlog`.
+    pub fn relisten(fd: RawFd, backlog: i32) -> io::Result<()> {
+        // SAFETY: plain listen(2) on a valid fd.
+        if unsafe { libc::listen(fd, backlog) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// `(TCP_NODELAY, SO_SNDBUF, SO_RCVBUF)` as the kernel reports them (getsockopt).
     pub fn readback(fd: RawFd) -> io::Result<(i32, i32, i32)> {
         Ok((

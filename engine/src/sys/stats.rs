@@ -12,8 +12,6 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use super::ring::consts::OPCODE_NAMES;
-
 /// Opcode slots counted (`IORING_OP_*` numbers below this).
 pub const N_OPS: usize = 80;
 
@@ -407,82 +405,6 @@ impl Snapshot {
     /// SQEs with IOSQE flag bit `bit` (0 = IOSQE_FIXED_FILE ... 6 = IOSQE_CQE_SKIP_SUCCESS).
     pub fn sqe_flag(&self, bit: u32) -> u64 {
         self.sqe_flags[bit as usize & 7]
-    }
-
-    /// Prometheus text: `PREFIX_sqes_total{op=...}`, `PREFIX_sqe_flags_total{flag=...}`,
-    /// `PREFIX_sqe_op_flags_total{flag=...}`, `PREFIX_sqe_len_max{op=...}`,
-    /// `PREFIX_enters_by_kind_total{kind=...}`, `PREFIX_cqe_flags_total{flag=...}`.
-    /// Only non-zero series are written.
-    pub fn prometheus(&self, prefix: &str) -> String {
-        use std::fmt::Write;
-        let mut s = String::new();
-        let mut family =
-            |name: &str, kind: &str, help: &str, label: &str, rows: Vec<(String, u64)>| {
-                let _ = writeln!(
-                    s,
-                    "# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} {kind}"
-                );
-                for (l, v) in rows.into_iter().filter(|(_, v)| *v != 0) {
-                    let _ = writeln!(s, "{prefix}_{name}{{{label}=\"{l}\"}} {v}");
-                }
-            };
-        let op_name = |i: usize| {
-            OPCODE_NAMES
-                .get(i)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| format!("IORING_OP_{i}"))
-        };
-        family(
-            "sqes_total",
-            "counter",
-            "SQEs pushed to every ring of the process, by opcode.",
-            "op",
-            (0..N_OPS).map(|i| (op_name(i), self.ops[i])).collect(),
-        );
-        family(
-            "sqe_len_max",
-            "gauge",
-            "Largest sqe->len pushed, by opcode (bytes for reads, writes, sends and splices).",
-            "op",
-            (0..N_OPS).map(|i| (op_name(i), self.max_len[i])).collect(),
-        );
-        family(
-            "sqe_flags_total",
-            "counter",
-            "SQEs pushed with each IOSQE_* flag.",
-            "flag",
-            (0..8)
-                .map(|i| (SQE_FLAG_NAMES[i].to_string(), self.sqe_flags[i]))
-                .collect(),
-        );
-        family(
-            "sqe_op_flags_total",
-            "counter",
-            "SQEs pushed with each opcode-specific flag (ioprio, op_flags, file_index, fallocate mode).",
-            "flag",
-            OpFlag::ALL.iter().map(|f| (f.name().to_string(), self.op_flag(*f))).collect(),
-        );
-        family(
-            "enters_by_kind_total",
-            "counter",
-            "io_uring_enter calls by how they were made.",
-            "kind",
-            EnterKind::ALL
-                .iter()
-                .map(|k| (k.name().to_string(), self.enter(*k)))
-                .collect(),
-        );
-        family(
-            "cqe_flags_total",
-            "counter",
-            "Completions that carried each IORING_CQE_F_* flag.",
-            "flag",
-            CqeFlag::ALL
-                .iter()
-                .map(|k| (k.name().to_string(), self.cqe_flag(*k)))
-                .collect(),
-        );
-        s
     }
 }
 

@@ -162,7 +162,11 @@ impl FileTable {
             );
             return;
         }
-        self.free.push(slot);
+        // A slot the kernel allocated (a file opened straight into the table) goes back to
+        // the kernel's allocator by being emptied; ours go back to our list.
+        if self.is_managed(slot) {
+            self.free.push(slot);
+        }
     }
 
     fn is_managed(&self, slot: u32) -> bool {
@@ -384,6 +388,15 @@ impl<'a> Worker<'a> {
                     if let Some(s) = t.closing.remove(&token) {
                         t.free.push(s);
                     }
+                }
+                if let OpKind::Meta(crate::sys::fsops::MetaOp::Open { direct }) = c.kind {
+                    let r = match (c.result, c.opened) {
+                        (Err(e), _) => Err(e),
+                        (Ok(slot), _) if direct => Ok(Opened::Slot(FileRef::Slot(slot))),
+                        (Ok(_), Some(fd)) => Ok(Opened::Fd(fd)),
+                        (Ok(_), None) => Err(io::Error::other("OPENAT returned no descriptor")),
+                    };
+                    return svc.file_opened(token, r, &mut self.io);
                 }
                 if let Some(st) = c.statx {
                     let r = c.result.map(|_| FileStat {

@@ -57,7 +57,7 @@ use conn::*;
 use files::FileTable;
 pub use recorder::{run_server, Recorder};
 use reqs::Req;
-pub use reqs::{FileRef, FileStat, Io, WriteThen};
+pub use reqs::{FileRef, FileStat, Io, Opened, WriteThen};
 use send::*;
 pub use start::{effective_rings, run};
 pub use wake::Waker;
@@ -81,7 +81,7 @@ use crate::config::net::{
 };
 use crate::config::Config;
 use crate::sys::bufring::BufRing;
-use crate::sys::fileops::{self, FileOps, ReadOp, WriteOp};
+use crate::sys::fileops::{self, FileOps, OpKind, ReadOp, WriteOp};
 use crate::sys::mem::{Arena, Slot};
 use crate::sys::netops::{self, sockopt, Completion, Errno, NetBuf, NetOps, Pipe, Socket};
 use crate::sys::ring::Ring;
@@ -145,6 +145,8 @@ pub trait Service {
     fn woken(&mut self, _io: &mut Io) {}
     /// A `write_vec` finished (or could not be queued); the Vec comes back.
     fn file_done_vec(&mut self, _token: u64, _res: io::Result<u32>, _buf: Vec<u8>, _io: &mut Io) {}
+    /// An `Io::openat` finished: the new file (a plain fd, or a slot of the file table).
+    fn file_opened(&mut self, _token: u64, _res: io::Result<Opened>, _io: &mut Io) {}
     /// An `Io::statx` finished.
     fn file_stat(&mut self, token: u64, res: io::Result<FileStat>, io: &mut Io) {
         self.file_done(token, res.map(|_| 0), None, io);
@@ -273,6 +275,224 @@ pub struct WorkerStats {
     pub sends_vectored: AtomicU64,
     /// Files installed in the registered-file table (matches, replays being served).
     pub files_registered: AtomicU64,
+    /// Largest pipe capacity the kernel granted for splice (F_GETPIPE_SZ after F_SETPIPE_SZ).
+    pub pipe_capacity_max: AtomicU64,
+}
+
+/// Every worker's counters in this process, for `/metrics` ([`metrics_text`]).
+static ALL_STATS: Mutex<Vec<Arc<WorkerStats>>> = Mutex::new(Vec::new());
+
+fn register_stats(s: &Arc<WorkerStats>) {
+    ALL_STATS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(s.clone());
+}
+
+/// `/metrics` rows of the io_uring backend (registered by `metrics::render`): what every
+/// ring of the process handed to the kernel (`sys::stats`: `recorder_uring_sqes_total{op}`,
+/// `_sqe_flags_total{flag}`, `_sqe_op_flags_total{flag}`, `_sqe_len_max{op}`,
+/// `_enters_by_kind_total{kind}`, `_cqe_flags_total{flag}`) and the workers' per-option
+/// counters summed (`recorder_uring_worker_*`). Series that are 0 are left out.
+pub fn metrics_collector() -> Box<dyn prometheus_client::collector::Collector> {
+    Box::new(UringCollector)
+}
+
+#[derive(Debug)]
+struct UringCollector;
+
+impl prometheus_client::collector::Collector for UringCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use crate::sys::stats::{CqeFlag, EnterKind, OpFlag, N_OPS, SQE_FLAG_NAMES};
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        let st = crate::sys::stats::process_stats();
+        let op_name = |i: usize| crate::sys::ring::opcode_name(i as u8);
+        let mut family = |name: &str,
+                          help: &str,
+                          kind: MetricType,
+                          label: &str,
+                          rows: Vec<(String, u64)>|
+         -> Result<(), std::fmt::Error> {
+            let rows: Vec<(String, u64)> = rows.into_iter().filter(|(_, v)| *v != 0).collect();
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut m = enc.encode_descriptor(name, help, None, kind)?;
+            for (l, v) in rows {
+                let e = m.encode_family(&[(label, l.as_str())])?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(v).encode(e)?,
+                    _ => ConstGauge::new(v as i64).encode(e)?,
+                }
+            }
+            Ok(())
+        };
+        family(
+            "uring_sqes",
+            "SQEs pushed to every ring of the process, by opcode",
+            MetricType::Counter,
+            "op",
+            (0..N_OPS).map(|i| (op_name(i), st.ops[i])).collect(),
+        )?;
+        family(
+            "uring_sqe_len_max",
+            "Largest sqe->len pushed, by opcode (bytes for reads, writes, sends and splices)",
+            MetricType::Gauge,
+            "op",
+            (0..N_OPS).map(|i| (op_name(i), st.max_len[i])).collect(),
+        )?;
+        family(
+            "uring_sqe_flags",
+            "SQEs pushed with each IOSQE_* flag",
+            MetricType::Counter,
+            "flag",
+            (0..8)
+                .map(|i| (SQE_FLAG_NAMES[i].to_string(), st.sqe_flags[i]))
+                .collect(),
+        )?;
+        family("uring_sqe_op_flags", "SQEs pushed with each opcode-specific flag (ioprio, op_flags, file_index, fallocate mode)", MetricType::Counter, "flag",
+            OpFlag::ALL.iter().map(|f| (f.name().to_string(), st.op_flag(*f))).collect())?;
+        family(
+            "uring_enters_by_kind",
+            "io_uring_enter calls by how they were made",
+            MetricType::Counter,
+            "kind",
+            EnterKind::ALL
+                .iter()
+                .map(|k| (k.name().to_string(), st.enter(*k)))
+                .collect(),
+        )?;
+        family(
+            "uring_cqe_flags",
+            "Completions that carried each IORING_CQE_F_* flag",
+            MetricType::Counter,
+            "flag",
+            CqeFlag::ALL
+                .iter()
+                .map(|k| (k.name().to_string(), st.cqe_flag(*k)))
+                .collect(),
+        )?;
+        let all = ALL_STATS.lock().unwrap_or_else(|e| e.into_inner());
+        if all.is_empty() {
+            return Ok(());
+        }
+        let sum = |f: fn(&WorkerStats) -> &AtomicU64| -> u64 {
+            all.iter().map(|w| f(w).load(Ordering::Relaxed)).sum()
+        };
+        let max = |f: fn(&WorkerStats) -> &AtomicU64| -> u64 {
+            all.iter()
+                .map(|w| f(w).load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0)
+        };
+        let counters: [(&str, &str, u64); 16] = [
+            ("accepted", "Connections accepted", sum(|w| &w.accepted)),
+            ("closed", "Connections closed", sum(|w| &w.closed)),
+            (
+                "recv_rearms",
+                "Multishot receives re-armed",
+                sum(|w| &w.recv_rearms),
+            ),
+            (
+                "enobufs",
+                "Multishot receives ended by ENOBUFS (buffer ring empty)",
+                sum(|w| &w.enobufs),
+            ),
+            ("zc_sends", "SEND_ZC results", sum(|w| &w.zc_sends)),
+            (
+                "zc_copied",
+                "SEND_ZC notifications saying the kernel copied",
+                sum(|w| &w.zc_copied),
+            ),
+            (
+                "send_timeouts",
+                "Connections cut off for output making no progress",
+                sum(|w| &w.send_timeouts),
+            ),
+            (
+                "sq_waits",
+                "Pushes that waited for SQ room",
+                sum(|w| &w.sq_waits),
+            ),
+            (
+                "recv_multi_buffer",
+                "Receive completions spanning several provided buffers (bundles)",
+                sum(|w| &w.recv_multi_buffer),
+            ),
+            (
+                "bufring_order_errors",
+                "Incremental buffer ring completions out of order (must be 0)",
+                sum(|w| &w.bufring_order_errors),
+            ),
+            (
+                "handoffs_direct",
+                "Direct sockets passed to another worker (MSG_RING SEND_FD)",
+                sum(|w| &w.handoffs_direct),
+            ),
+            (
+                "handoffs_in",
+                "Connections adopted from the acceptor",
+                sum(|w| &w.handoffs_in),
+            ),
+            (
+                "sockopts_applied",
+                "setsockopt calls that succeeded on accepted sockets",
+                sum(|w| &w.sockopts_applied),
+            ),
+            (
+                "link_head_cqes_skipped",
+                "Linked write->sync pairs whose write CQE was skipped",
+                sum(|w| &w.cqes_skipped),
+            ),
+            (
+                "sends_vectored",
+                "Sends of several buffers in one SQE (IORING_SEND_VECTORIZED)",
+                sum(|w| &w.sends_vectored),
+            ),
+            (
+                "files_registered",
+                "Files installed in the registered-file table",
+                sum(|w| &w.files_registered),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let c = ConstCounter::new(v);
+            c.encode(enc.encode_descriptor(
+                &format!("uring_worker_{name}"),
+                help,
+                None,
+                c.metric_type(),
+            )?)?;
+        }
+        let gauges: [(&str, &str, u64); 2] = [
+            (
+                "recv_max_bytes",
+                "Largest single receive completion (bytes)",
+                max(|w| &w.recv_max_bytes),
+            ),
+            (
+                "pipe_capacity_bytes",
+                "Largest pipe capacity the kernel granted for splice (F_GETPIPE_SZ)",
+                max(|w| &w.pipe_capacity_max),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let g = ConstGauge::new(v as i64);
+            g.encode(enc.encode_descriptor(
+                &format!("uring_worker_{name}"),
+                help,
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Shared view of the server while it runs.

@@ -18,6 +18,8 @@
 //! HTTP bodies go out with `Io::send_file` (READ/READ_FIXED + SEND/SEND_ZC, or SPLICE, per
 //! [net]); a live tail is a chunked stream polled at each tick and after each chunk.
 
+mod ringfiles;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
@@ -26,7 +28,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{ConnId, DriverOptions, FileRef, Io, Port, Service, Waker, WriteThen};
+use super::{ConnId, DriverOptions, FileRef, Io, Opened, Port, Service, Waker, WriteThen};
 use crate::http::{self, Body, LiveTail};
 use crate::protocol::{self, Msg};
 use crate::server::registry::{ConnGuard, Registry};
@@ -35,6 +37,8 @@ use crate::server::{ServerContext, ServerError};
 use crate::storage::journal::{AppendError, JournalStats, JournalWrite, WriteKind};
 use crate::storage::journal_io::JournalFile;
 use crate::storage::{self, MatchFile, SealedInfo, WriteReq};
+use crate::sys::mem::Slot;
+use ringfiles::{Dirs, RingJob};
 use std::collections::VecDeque;
 
 /// Threads that run the blocking storage steps of sessions (open, resume scan, seal).
@@ -243,6 +247,8 @@ enum Pending {
     },
     /// The new match file's preallocation (IORING_OP_FALLOCATE); then `open_done`.
     Prealloc(Option<MatchFile>),
+    /// An open or seal carried out with the ring (file.file-ops = ring).
+    Ring(RingJob),
 }
 
 struct Ds {
@@ -319,6 +325,8 @@ pub struct Recorder {
     /// `server.replay-write = inline` (journal layout): replay-file writes are pwrites
     /// on this thread instead of ring writes.
     inline_replay: bool,
+    /// The store's directories for FSYNC (file.file-ops = ring), opened at first use.
+    dirs: Option<Arc<Dirs>>,
 }
 
 impl Recorder {
@@ -343,6 +351,7 @@ impl Recorder {
             inbox: Arc::new(Mutex::new(Vec::new())),
             journal: None,
             inline_replay: false,
+            dirs: None,
         }
     }
 
@@ -607,10 +616,22 @@ impl Recorder {
     ) {
         let (pool, inbox) = (self.pool.clone(), self.inbox.clone());
         let inline = self.inline_replay;
+        let ring_ops = io.ring_file_ops();
+        if ring_ops && self.dirs.is_none() {
+            match ringfiles::open_dirs(reg) {
+                Ok(d) => self.dirs = Some(Arc::new(d)),
+                Err(e) => {
+                    eprintln!("recorder: file-ops=ring: cannot open the store directories: {e}")
+                }
+            }
+        }
         let Some(ds) = self.ds_mut(id) else { return };
         let now = io.now();
         if matches!(ds.pending, Pending::Write { in_flight: 0, .. }) {
             issue_more(ds, id, io, rw_flags, queued);
+        }
+        if let Pending::Ring(RingJob::SealWaitSlot { len }) = ds.pending {
+            ringfiles::seal(ds, len, id, io, queued);
         }
         while matches!(ds.pending, Pending::None) {
             let Some(op) = ds.sess.next_io(now) else {
@@ -632,6 +653,10 @@ impl Recorder {
                     } else {
                         0
                     };
+                    if ring_ops && create && !rescan {
+                        ringfiles::create(ds, id, reg, &options, io);
+                        continue;
+                    }
                     let open = move || {
                         storage::io::open_match(&paths, &mid, create, rescan, &options, u32::MAX)
                     };
@@ -683,6 +708,9 @@ impl Recorder {
                         .sess
                         .sync_done(Err(io::Error::other("match file is not open"))),
                 },
+                session::Io::FinishSeal { len, .. } if ring_ops => {
+                    ringfiles::seal(ds, len, id, io, queued);
+                }
                 session::Io::FinishSeal { len, .. } => {
                     let mid = ds.sess.match_id().to_string();
                     let paths = reg.paths.clone();
@@ -1273,14 +1301,39 @@ impl Service for Recorder {
         buf: Option<crate::sys::mem::Slot>,
         io: &mut Io,
     ) {
-        let piece_len = buf.as_ref().map(|b| b.len());
-        drop(buf);
         if token == TOKEN_JOURNAL_WRITE || token == TOKEN_JOURNAL_SYNC {
+            drop(buf);
             self.journal_done(token, res, io);
             self.retry_waiting(io);
             return;
         }
         let id = ConnId(token);
+        if let Some(ds) = self.ds_mut(id) {
+            if matches!(ds.pending, Pending::Ring(_)) {
+                let Pending::Ring(job) = std::mem::replace(&mut ds.pending, Pending::None) else {
+                    unreachable!()
+                };
+                let align = if self.scfg.store.direct {
+                    self.scfg.store.align as u64
+                } else {
+                    1
+                };
+                let reg = self.reg.clone();
+                let dirs = self.dirs.clone();
+                let Some(ds) = self.ds_mut(id) else { return };
+                match dirs {
+                    Some(d) => ringfiles::step(ds, job, res, buf, id, &reg, &d, align, io),
+                    None => ds.sess.seal_done(Err(io::Error::other(
+                        "file-ops=ring: the store directories could not be opened",
+                    ))),
+                }
+                self.drive(id, io);
+                self.retry_waiting(io);
+                return;
+            }
+        }
+        let piece_len = buf.as_ref().map(|b| b.len());
+        drop(buf);
         let rw_flags = self.scfg.store.rw_flags();
         let reg = self.reg.clone();
         let mut queued = std::mem::take(&mut self.waiting_for_slots);
@@ -1358,10 +1411,11 @@ impl Service for Recorder {
                     }
                 }
             }
-            // A write_vec completes through file_done_vec, never here.
+            // A write_vec completes through file_done_vec, never here; ring jobs above.
             Pending::WriteVec { .. }
             | Pending::Storage
             | Pending::None
+            | Pending::Ring(_)
             | Pending::Journal { .. }
             | Pending::JournalFull { .. } => {}
         }
@@ -1369,6 +1423,25 @@ impl Service for Recorder {
         self.drive(id, io);
         // Slots came back: writes that waited for them go now.
         self.retry_waiting(io);
+    }
+
+    fn file_opened(&mut self, token: u64, res: io::Result<Opened>, io: &mut Io) {
+        let id = ConnId(token);
+        let (reg, dirs) = (self.reg.clone(), self.dirs.clone());
+        let Some(ds) = self.ds_mut(id) else { return };
+        if !matches!(ds.pending, Pending::Ring(RingJob::Create)) {
+            return; // the session is gone; an fd in `res` closes on drop
+        }
+        match dirs {
+            Some(d) => ringfiles::created(ds, res, id, &reg, &d, io),
+            None => {
+                ds.pending = Pending::None;
+                ds.sess.open_done(Err(io::Error::other(
+                    "file-ops=ring: the store directories could not be opened",
+                )));
+            }
+        }
+        self.drive(id, io);
     }
 
     fn woken(&mut self, io: &mut Io) {

@@ -45,6 +45,15 @@ pub enum WriteThen {
     WriteBehind,
 }
 
+/// A file opened with [`Io::openat`].
+#[derive(Debug)]
+pub enum Opened {
+    /// A new descriptor, owned by the service now.
+    Fd(OwnedFd),
+    /// A slot of the registered-file table (opened direct).
+    Slot(FileRef),
+}
+
 /// What STATX found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileStat {

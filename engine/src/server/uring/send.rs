@@ -446,7 +446,12 @@ impl<'a> Worker<'a> {
         };
         if c.pipe.is_none() {
             match Pipe::new(pipe_bytes) {
-                Ok(p) => c.pipe = Some(p),
+                Ok(p) => {
+                    self.stats
+                        .pipe_capacity_max
+                        .fetch_max(p.capacity as u64, Ordering::Relaxed);
+                    c.pipe = Some(p)
+                }
                 Err(e) => {
                     eprintln!("uring worker: cannot create a pipe for splice: {e}");
                     return self.fail_file(id, e, svc);

@@ -57,6 +57,10 @@ where
                         sockopt::set_reuseport(l.as_raw_fd())
                             .map_err(|err| UringError::Listen { addr, err })?;
                     }
+                    // The caller bound it with its own backlog: listen() again sets ours
+                    // (Linux changes the backlog of a listening socket in place).
+                    sockopt::relisten(l.as_raw_fd(), net.listen_backlog as i32)
+                        .map_err(|err| UringError::Listen { addr, err })?;
                     l
                 }
                 None => sockopt::listen(bound, per_worker, net.listen_backlog as i32)

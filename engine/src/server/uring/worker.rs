@@ -317,6 +317,7 @@ impl<'a> Worker<'a> {
                 .unwrap_or_default(),
         );
         let stats = Arc::new(WorkerStats::default());
+        register_stats(&stats);
         {
             let mut r = handle.reports.lock().unwrap_or_else(|e| e.into_inner());
             r.push(report);
@@ -326,6 +327,23 @@ impl<'a> Worker<'a> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(stats.clone());
+            if r.len() == opts.workers {
+                // The last worker up says what took effect, for results and sweeps.
+                let eff = crate::uring::effective_config(cfg, &r);
+                let pairs: serde_json::Map<String, serde_json::Value> = eff
+                    .to_pairs()
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect();
+                eprintln!(
+                    "uring effective configuration: {}",
+                    serde_json::Value::Object(pairs)
+                );
+                let diff = crate::uring::differences(cfg, &eff);
+                if !diff.is_empty() {
+                    eprintln!("uring: not in effect as requested: {}", diff.join("; "));
+                }
+            }
         }
         let (first_file, file_slots) = layout.map_or((0, 0), |t| (t.listeners, t.files));
         let table = Rc::new(RefCell::new(FileTable::new(
