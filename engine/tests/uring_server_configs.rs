@@ -362,6 +362,24 @@ fn journal_layout_in_the_ring_configurations() {
             "--durability",
             "fdatasync",
         ],
+        // Journal flushes linked to their fdatasync, the journal and match files in the
+        // registered-file table, sockets as direct descriptors, in-ring file management.
+        &[
+            "--direct",
+            "required",
+            "--durability",
+            "fdatasync",
+            "--link-sync",
+            "true",
+            "--register-files",
+            "true",
+            "--direct-sockets",
+            "true",
+            "--file-ops",
+            "ring",
+            "--cqe-skip-success",
+            "true",
+        ],
     ];
     for c in configs {
         let mut args = j.to_vec();

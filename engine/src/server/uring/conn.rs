@@ -255,7 +255,7 @@ impl<'a> Worker<'a> {
             Completion::Unslotted { res } => {
                 // A close, cancel or wake-up sent with IOSQE_CQE_SKIP_SUCCESS failed.
                 if !matches!(res.0, libc::ENOENT | libc::EALREADY | libc::ECANCELED) {
-                    eprintln!(
+                    tracing::warn!(
                         "uring worker {}: an operation without a completion slot failed: {res}",
                         self.id
                     );
@@ -502,7 +502,7 @@ impl<'a> Worker<'a> {
                         return match r {
                             Ok(_) => Ok(()),
                             Err(e) => {
-                                eprintln!("uring worker {}: cannot hand a direct socket to worker {target} ({e}); serving it here", self.id);
+                                tracing::warn!("uring worker {}: cannot hand a direct socket to worker {target} ({e}); serving it here", self.id);
                                 self.adopt(Socket::Direct(slot), port, svc)
                             }
                         };
@@ -558,7 +558,7 @@ impl<'a> Worker<'a> {
                 Ok(())
             }
             Err(e) => {
-                eprintln!(
+                tracing::warn!(
                     "uring worker {}: passing a direct socket failed ({e}); serving it here",
                     self.id
                 );
@@ -575,7 +575,7 @@ impl<'a> Worker<'a> {
         svc: &mut S,
     ) -> Result<(), UringError> {
         if res < 0 {
-            eprintln!(
+            tracing::warn!(
                 "uring worker {}: a handed-over socket could not be installed: {}",
                 self.id,
                 Errno(-res)
@@ -640,7 +640,7 @@ impl<'a> Worker<'a> {
                 Err(rej) => {
                     // An fd was closed synchronously; a direct slot stays taken until the
                     // ring closes (logged: the table is sized with a margin).
-                    eprintln!(
+                    tracing::warn!(
                         "uring worker: CLOSE not queued ({}); {}",
                         rej.error,
                         if direct {

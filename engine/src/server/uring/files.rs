@@ -55,7 +55,7 @@ pub(super) fn table_layout(cfg: &Config, opts: &DriverOptions, listeners: usize)
     // What RLIMIT_NOFILE allows (after raising the soft limit to the hard one), less
     // room for the process's own descriptors.
     let cap = crate::sys::limits::raise_nofile()
-        .map(|(_, after)| after)
+        .map(|(_, soft)| soft)
         .unwrap_or(1024)
         .saturating_sub(256)
         .max(l + 16);
@@ -157,7 +157,7 @@ impl FileTable {
             .register_files_update(slot, &[-1]);
         if let Err(e) = r {
             // The slot keeps a reference to the file until the ring closes; never reuse it.
-            eprintln!(
+            tracing::warn!(
                 "uring: emptying registered file slot {slot} failed: {e}; the slot is retired"
             );
             return;

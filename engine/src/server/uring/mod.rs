@@ -325,7 +325,8 @@ impl prometheus_client::collector::Collector for UringCollector {
             }
             let mut m = enc.encode_descriptor(name, help, None, kind)?;
             for (l, v) in rows {
-                let e = m.encode_family(&[(label, l.as_str())])?;
+                let labels = [(label, l.as_str())];
+                let e = m.encode_family(&labels)?;
                 match kind {
                     MetricType::Counter => ConstCounter::new(v).encode(e)?,
                     _ => ConstGauge::new(v as i64).encode(e)?,

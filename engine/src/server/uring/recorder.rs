@@ -112,6 +112,9 @@ struct WorkerJournal {
     /// A checkpoint's store sync runs on a storage thread.
     syncing: bool,
     reported: JournalStats,
+    /// How ring requests name the journal file (its registered-file slot with
+    /// file.register-files), set at its first write.
+    fref: Option<FileRef>,
 }
 
 type Inbox = Arc<Mutex<Vec<(ConnId, StorageDone)>>>;
@@ -193,6 +196,7 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
             full: VecDeque::new(),
             syncing: false,
             reported: JournalStats::default(),
+            fref: None,
         });
         r
     };
@@ -403,17 +407,37 @@ impl Recorder {
                 match wj.file.journal.take_write(now, slot.as_mut_slice()) {
                     Some(w) => {
                         slot.set_len(w.len);
-                        let fd = wj.file.fd.as_raw_fd();
-                        io.write(
-                            fd,
-                            None,
-                            slot,
-                            w.len,
-                            w.offset,
-                            wj.file.io.rw_flags(),
-                            TOKEN_JOURNAL_WRITE,
-                        );
-                        wj.in_flight = Some((w, false));
+                        let fd = match wj.fref {
+                            Some(r) => r,
+                            None => {
+                                let raw = wj.file.fd.as_raw_fd();
+                                let r = io.register_file(raw).unwrap_or_else(|e| {
+                                    tracing::error!("journal: cannot install the journal in the registered-file table ({e}); its writes name it by fd");
+                                    FileRef::Fd(raw)
+                                });
+                                wj.fref = Some(r);
+                                r
+                            }
+                        };
+                        // file.link-sync: the flush's fdatasync goes out linked to it, one
+                        // completion for both (else it follows the write's completion).
+                        let linked = io.link_sync() && wj.file.io.needs_fdatasync();
+                        if linked {
+                            let then = WriteThen::Sync { datasync: true };
+                            let fl = wj.file.io.rw_flags();
+                            io.write_then(fd, slot, w.len, w.offset, fl, then, TOKEN_JOURNAL_WRITE);
+                        } else {
+                            io.write(
+                                fd,
+                                None,
+                                slot,
+                                w.len,
+                                w.offset,
+                                wj.file.io.rw_flags(),
+                                TOKEN_JOURNAL_WRITE,
+                            );
+                        }
+                        wj.in_flight = Some((w, linked));
                     }
                     None => drop(slot),
                 }
@@ -483,7 +507,8 @@ impl Recorder {
         };
         if result.is_ok() && token == TOKEN_JOURNAL_WRITE && wj.file.io.needs_fdatasync() && !synced
         {
-            io.fsync(wj.file.fd.as_raw_fd(), true, TOKEN_JOURNAL_SYNC);
+            let fd = wj.fref.unwrap_or(FileRef::Fd(wj.file.fd.as_raw_fd()));
+            io.fsync(fd, true, TOKEN_JOURNAL_SYNC);
             wj.in_flight = Some((w, true));
             return;
         }
@@ -621,7 +646,9 @@ impl Recorder {
             match ringfiles::open_dirs(reg) {
                 Ok(d) => self.dirs = Some(Arc::new(d)),
                 Err(e) => {
-                    eprintln!("recorder: file-ops=ring: cannot open the store directories: {e}")
+                    tracing::warn!(
+                        "recorder: file-ops=ring: cannot open the store directories: {e}"
+                    )
                 }
             }
         }

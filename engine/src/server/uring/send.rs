@@ -123,7 +123,7 @@ impl<'a> Worker<'a> {
                 c.last_active = now;
             }
             Err(e) => {
-                eprintln!("uring worker: cannot queue a send: {e}; closing the connection");
+                tracing::warn!("uring worker: cannot queue a send: {e}; closing the connection");
                 self.abort(id);
             }
         }
@@ -453,7 +453,7 @@ impl<'a> Worker<'a> {
                     c.pipe = Some(p)
                 }
                 Err(e) => {
-                    eprintln!("uring worker: cannot create a pipe for splice: {e}");
+                    tracing::warn!("uring worker: cannot create a pipe for splice: {e}");
                     return self.fail_file(id, e, svc);
                 }
             }

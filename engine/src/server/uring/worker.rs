@@ -335,13 +335,13 @@ impl<'a> Worker<'a> {
                     .into_iter()
                     .map(|(k, v)| (k, serde_json::Value::String(v)))
                     .collect();
-                eprintln!(
+                tracing::info!(
                     "uring effective configuration: {}",
                     serde_json::Value::Object(pairs)
                 );
                 let diff = crate::uring::differences(cfg, &eff);
                 if !diff.is_empty() {
-                    eprintln!("uring: not in effect as requested: {}", diff.join("; "));
+                    tracing::warn!("uring: not in effect as requested: {}", diff.join("; "));
                 }
             }
         }
