@@ -491,7 +491,14 @@ impl<'a> Worker<'a> {
                             return self.adopt(Socket::Direct(slot), port, svc);
                         };
                         let port_bit = (port == Port::Http) as u64;
-                        let cx = ctx(K_HANDOFF, ConnId(((slot as u64) << 1) | port_bit));
+                        let cx = ctx(
+                            K_HANDOFF,
+                            ConnId(((target as u64) << 40) | ((slot as u64) << 1) | port_bit),
+                        );
+                        // In transit until the target has opened it: counted as adopting
+                        // there, so its limits see it as arriving before later ones.
+                        self.mailboxes[target].adopting[port as usize]
+                            .fetch_add(1, Ordering::AcqRel);
                         let r = self.net.msg_ring_send_fd(
                             &mut *self.shared.borrow_mut(),
                             tfd,
@@ -502,6 +509,8 @@ impl<'a> Worker<'a> {
                         return match r {
                             Ok(_) => Ok(()),
                             Err(e) => {
+                                self.mailboxes[target].adopting[port as usize]
+                                    .fetch_sub(1, Ordering::AcqRel);
                                 tracing::warn!("uring worker {}: cannot hand a direct socket to worker {target} ({e}); serving it here", self.id);
                                 self.adopt(Socket::Direct(slot), port, svc)
                             }
@@ -543,8 +552,9 @@ impl<'a> Worker<'a> {
         svc: &mut S,
     ) -> Result<(), UringError> {
         let v = ctx_conn(cx).0;
-        let (slot, port) = (
-            (v >> 1) as u32,
+        let (target, slot, port) = (
+            (v >> 40) as usize,
+            ((v >> 1) & 0xffff_ffff) as u32,
             if v & 1 == 1 { Port::Http } else { Port::Ingest },
         );
         match res {
@@ -558,6 +568,9 @@ impl<'a> Worker<'a> {
                 Ok(())
             }
             Err(e) => {
+                if let Some(m) = self.mailboxes.get(target) {
+                    m.adopting[port as usize].fetch_sub(1, Ordering::AcqRel);
+                }
                 tracing::warn!(
                     "uring worker {}: passing a direct socket failed ({e}); serving it here",
                     self.id
@@ -575,6 +588,7 @@ impl<'a> Worker<'a> {
         svc: &mut S,
     ) -> Result<(), UringError> {
         if res < 0 {
+            // (The sender learns of the failure too and serves it, uncounting it.)
             tracing::warn!(
                 "uring worker {}: a handed-over socket could not be installed: {}",
                 self.id,
@@ -588,7 +602,11 @@ impl<'a> Worker<'a> {
         } else {
             Port::Ingest
         };
-        self.adopt(Socket::Direct(res as u32), port, svc)
+        let mb = self.mailboxes.clone();
+        let r = self.adopt(Socket::Direct(res as u32), port, svc);
+        // Counted as adopting by the acceptor when it sent it (see `route_conn`).
+        mb[self.id].adopting[port as usize].fetch_sub(1, Ordering::AcqRel);
+        r
     }
 
     /// Stops receiving and sending now, cancels what is in flight, then closes.
