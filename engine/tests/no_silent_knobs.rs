@@ -1319,7 +1319,7 @@ fn run_section(section: &str) {
         .collect();
     let failures = std::sync::Mutex::new(Vec::new());
     // A few servers at a time: each check is its own server and workload.
-    for chunk in checks.chunks(4) {
+    for chunk in checks.chunks(2) {
         std::thread::scope(|s| {
             for c in chunk {
                 let failures = &failures;
@@ -1412,7 +1412,7 @@ fn every_check_fails_without_its_option() {
         }
     }
     let failures = std::sync::Mutex::new(Vec::new());
-    for chunk in groups.chunks(4) {
+    for chunk in groups.chunks(2) {
         std::thread::scope(|s| {
             for (with, checks) in chunk {
                 let failures = &failures;
