@@ -443,6 +443,13 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
             "replay-write=inline is for storage-layout=journal, whose replay files are buffered page-cache writes; with per-match the replay writes are the durable ones (O_DIRECT, synced) and would block the worker thread: use replay-write=ring or auto",
         ));
     }
+    if s.replay_write == ReplayWrite::Inline && f.file_ops == crate::config::file::FileOpsMode::Ring
+    {
+        return Err(ConfigError::new(
+            &["replay-write", "file-ops"],
+            "file-ops=ring opens replay files straight into the ring's file table (direct descriptors), which leaves no descriptor for replay-write=inline's pwrite: use replay-write=ring or auto with file-ops=ring, or file-ops=threads",
+        ));
+    }
     if s.replay_write != ReplayWrite::Auto && s.backend == Backend::Blocking {
         return Err(ConfigError::new(
             &["replay-write", "backend"],

@@ -527,7 +527,12 @@ fn effective(cfg: &Config) -> Config {
     if e.server.backend == Backend::Uring
         && e.server.replay_write == crate::config::server::ReplayWrite::Auto
     {
+        // file-ops=ring opens replay files straight into the ring's file table: there is
+        // no descriptor for an inline pwrite, so they are written with the ring.
         e.server.replay_write = match e.server.storage_layout {
+            StorageLayout::Journal if e.file.file_ops == crate::config::file::FileOpsMode::Ring => {
+                crate::config::server::ReplayWrite::Ring
+            }
             StorageLayout::Journal => crate::config::server::ReplayWrite::Inline,
             StorageLayout::PerMatch => crate::config::server::ReplayWrite::Ring,
         };
