@@ -63,7 +63,13 @@ use Expect::*;
 const DIRECT: &[(&str, &str)] = &[("file.direct", "required")];
 const SQPOLL: &[(&str, &str)] = &[("ring.sqpoll", "true")];
 const REGBUF: &[(&str, &str)] = &[("file.register-buffers", "true")];
-const FSYNC: &[(&str, &str)] = &[("file.durability", "fdatasync")];
+const FSYNC: &[(&str, &str)] = &[
+    ("file.durability", "fdatasync"),
+    ("server.storage-layout", "per-match"),
+];
+/// The replay files' own write options are observed with `storage-layout = per-match`
+/// (with the journal they are buffered writes behind it).
+const PER_MATCH: &[(&str, &str)] = &[("server.storage-layout", "per-match")];
 const SPLICE64: &[(&str, &str)] = &[
     ("net.send", "splice"),
     ("net.serve-chunk-bytes", "64k"),
@@ -372,37 +378,37 @@ static CHECKS: &[Check] = &[
     c(
         "file.direct",
         "required",
-        &[],
+        PER_MATCH,
         Shown(|o| o.live_flags(libc::O_DIRECT)),
     ),
     c(
         "file.direct",
         "optional",
-        &[],
+        PER_MATCH,
         Shown(|o| o.live_flags(libc::O_DIRECT)),
     ),
     c(
         "file.uncached",
         "true",
-        &[],
+        PER_MATCH,
         Shown(|o| o.nonzero(&op_flag("RWF_DONTCACHE"))),
     ),
     c(
         "file.durability",
         "fdatasync",
-        &[],
+        PER_MATCH,
         Shown(|o| o.nonzero(&op_flag("IORING_FSYNC_DATASYNC"))),
     ),
     c(
         "file.durability",
         "odsync",
-        &[],
+        PER_MATCH,
         Shown(|o| o.live_flags(libc::O_DSYNC)),
     ),
     c(
         "file.durability",
         "rwf-dsync",
-        &[],
+        PER_MATCH,
         Shown(|o| o.nonzero(&op_flag("RWF_DSYNC"))),
     ),
     c(
@@ -485,7 +491,7 @@ static CHECKS: &[Check] = &[
     c(
         "file.write-behind",
         "true",
-        &[],
+        PER_MATCH,
         Shown(|o| {
             o.nonzero(&sqes("IORING_OP_SYNC_FILE_RANGE"))?;
             o.nonzero(&op_flag("SYNC_FILE_RANGE_WRITE"))

@@ -443,6 +443,21 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
             "replay-write=inline is for storage-layout=journal, whose replay files are buffered page-cache writes; with per-match the replay writes are the durable ones (O_DIRECT, synced) and would block the worker thread: use replay-write=ring or auto",
         ));
     }
+    if s.storage_layout == StorageLayout::Journal && f.uncached {
+        return Err(ConfigError::new(
+            &["uncached", "storage-layout"],
+            "uncached (RWF_DONTCACHE) applies to per-match replay files; with storage-layout=journal the replay files are buffered writes behind the journal, written out at checkpoints, and the journal itself is written with the durability policy: set storage-layout=per-match to measure uncached, or uncached=false",
+        ));
+    }
+    if s.storage_layout == StorageLayout::Journal
+        && f.write_behind
+        && s.replay_write != ReplayWrite::Ring
+    {
+        return Err(ConfigError::new(
+            &["write-behind", "storage-layout", "replay-write"],
+            "write-behind links SYNC_FILE_RANGE_WRITE to the ring's replay-file writes; with storage-layout=journal and replay-write=auto or inline the replay files are written with pwrite on the worker and checkpoints write them out: set replay-write=ring, or storage-layout=per-match, or write-behind=false",
+        ));
+    }
     if s.replay_write == ReplayWrite::Inline && f.file_ops == crate::config::file::FileOpsMode::Ring
     {
         return Err(ConfigError::new(
