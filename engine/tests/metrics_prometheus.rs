@@ -15,23 +15,15 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Runs an instant query; Some(result array) once Prometheus answers with a non-empty one.
 fn query(prom: SocketAddr, q: &str) -> Option<Vec<serde_json::Value>> {
     let r = testkit::http_get(
         prom,
         "GET",
-        &format!("/api/v1/query?query={}", urlencode(q)),
+        &format!(
+            "/api/v1/query?query={}",
+            engine::http::html::percent_encode(q)
+        ),
         &[],
     )
     .ok()?;

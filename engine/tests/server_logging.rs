@@ -47,6 +47,26 @@ fn unsafe_kill(c: &Child, sig: i32) {
     assert!(r.success());
 }
 
+/// Starts a recorder logging to `log`; returns it and its HTTP address once it listens.
+fn start_logging_to(
+    dir: &std::path::Path,
+    log: &std::path::Path,
+    args: &[&str],
+) -> (Child, std::net::SocketAddr) {
+    let mut a = args.to_vec();
+    a.extend(["--log-file", log.to_str().unwrap()]);
+    let c = recorder(dir, &a).stderr(Stdio::null()).spawn().unwrap();
+    let mut http = None;
+    wait_for("listening", || {
+        http = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.split("http listening on ").nth(1)?.trim().parse().ok());
+        http.is_some()
+    });
+    (c, http.unwrap())
+}
+
 /// Reads stderr lines until one contains `until`; returns all lines read.
 fn lines_until(c: &mut Child, until: &str) -> Vec<String> {
     let err = c.stderr.take().unwrap();
@@ -133,22 +153,12 @@ fn worker_startup_line_is_debug_only() {
     let dir = TempDir::new("log-debug");
     for (level, want) in [("info", false), ("info,recorder::startup=debug", true)] {
         let log = dir.path().join(format!("{want}.log"));
-        let c = recorder(
+        let (c, _) = start_logging_to(
             dir.path(),
-            &[
-                "--backend",
-                "uring",
-                "--log-level",
-                level,
-                "--log-file",
-                log.to_str().unwrap(),
-            ],
-        )
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+            &log,
+            &["--backend", "uring", "--log-level", level],
+        );
         let read = || std::fs::read_to_string(&log).unwrap_or_default();
-        wait_for("listening", || read().contains("http listening on"));
         std::thread::sleep(Duration::from_millis(300));
         term(c);
         let text = read();
@@ -243,26 +253,10 @@ fn access_log_has_one_line_per_response_only_when_asked() {
     let dir = TempDir::new("log-access");
     for on in [true, false] {
         let log = dir.path().join(format!("access-{on}.log"));
-        let c = recorder(
-            dir.path(),
-            &[
-                "--backend",
-                "uring",
-                "--access-log",
-                &on.to_string(),
-                "--log-file",
-                log.to_str().unwrap(),
-            ],
-        )
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        let on_s = on.to_string();
+        let args = ["--backend", "uring", "--access-log", on_s.as_str()];
+        let (c, http) = start_logging_to(dir.path(), &log, &args);
         let read = || std::fs::read_to_string(&log).unwrap_or_default();
-        wait_for("listening", || read().contains("http listening on"));
-        let http: std::net::SocketAddr = read()
-            .lines()
-            .find_map(|l| l.split("http listening on ").nth(1)?.trim().parse().ok())
-            .unwrap();
         let r = common::testkit::http_get(http, "GET", "/matches?x=1", &[]).unwrap();
         assert_eq!(r.status, 200);
         let r = common::testkit::http_get(http, "GET", "/nope", &[]).unwrap();

@@ -49,9 +49,9 @@ pub fn escape(s: &str) -> String {
     o
 }
 
-/// Percent-encodes a path segment (match ids are restricted, but the page does not rely
-/// on it).
-fn segment(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986 unreserved characters (a path segment, a query
+/// value). Match ids are restricted, but the page does not rely on it.
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -140,7 +140,7 @@ pub fn matches_page(list: &[MatchInfo], now_ms: u64) -> String {
         h.push_str("<table>\n<tr><th>Match</th><th>Started</th><th>Running for</th><th>Size</th><th>Frames</th><th>DS</th><th>Links</th></tr>\n");
         for i in live {
             let id = escape(&i.id);
-            let href = format!("/matches/{}", segment(&i.id));
+            let href = format!("/matches/{}", percent_encode(&i.id));
             let start_ms = i.stats.created_unix_us / 1000;
             let _ = writeln!(
                 h,
@@ -161,7 +161,7 @@ pub fn matches_page(list: &[MatchInfo], now_ms: u64) -> String {
         h.push_str("<table>\n<tr><th>Match</th><th>Started</th><th>Ended</th><th>Length</th><th>Size</th><th>Frames</th><th>Links</th></tr>\n");
         for i in sealed {
             let id = escape(&i.id);
-            let href = format!("/matches/{}", segment(&i.id));
+            let href = format!("/matches/{}", percent_encode(&i.id));
             let start_ms = i.stats.created_unix_us / 1000;
             let end_ms = i.sealed_unix_us / 1000;
             let _ = writeln!(
@@ -172,7 +172,7 @@ pub fn matches_page(list: &[MatchInfo], now_ms: u64) -> String {
                 human_duration(end_ms.saturating_sub(start_ms)),
                 human_bytes(i.bytes),
                 i.stats.frame_count,
-                escape(&segment(&i.id)),
+                escape(&percent_encode(&i.id)),
             );
         }
         h.push_str("</table>\n");

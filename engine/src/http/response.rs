@@ -97,19 +97,8 @@ impl Response {
         extra: &[(&str, &str)],
     ) -> Response {
         let body = format!("{text}\n").into_bytes();
-        let mut hs: Vec<(&str, &str)> = vec![("Content-Type", "text/plain; charset=utf-8")];
-        hs.extend_from_slice(extra);
-        Response {
-            status,
-            head: head(status, &hs, Some(body.len() as u64), keep_alive),
-            body: if head_only {
-                Body::None
-            } else {
-                Body::Bytes(body)
-            },
-            close: !keep_alive,
-            exchange: Exchange::default(),
-        }
+        let ct = "text/plain; charset=utf-8";
+        Response::with_body(status, ct, body, extra, keep_alive, head_only)
     }
     /// 200 with `body` of type `content_type` and `extra` headers (HEAD: the same head,
     /// no body).
@@ -120,11 +109,21 @@ impl Response {
         keep_alive: bool,
         head_only: bool,
     ) -> Response {
+        Response::with_body(200, content_type, body, extra, keep_alive, head_only)
+    }
+    fn with_body(
+        status: u16,
+        content_type: &str,
+        body: Vec<u8>,
+        extra: &[(&str, &str)],
+        keep_alive: bool,
+        head_only: bool,
+    ) -> Response {
         let mut hs: Vec<(&str, &str)> = vec![("Content-Type", content_type)];
         hs.extend_from_slice(extra);
         Response {
-            status: 200,
-            head: head(200, &hs, Some(body.len() as u64), keep_alive),
+            status,
+            head: head(status, &hs, Some(body.len() as u64), keep_alive),
             body: if head_only {
                 Body::None
             } else {
