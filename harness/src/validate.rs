@@ -89,6 +89,12 @@ fn check_cell(exp: &Experiment, c: &Cell, fio: bool) -> Result<(), String> {
                 "ingest" | "bulk-ingest" => {
                     ds_config_for(c, exp, addr, 1)?;
                 }
+                // Node A ingests like `ingest`; node B downloads through the tier.
+                "tier" => {
+                    ds_config_for(c, exp, addr, 1)?;
+                    c.u64_or("load.concurrency", 8)?;
+                    clients_config_for(c, exp, addr, vec!["m".into()], 1)?;
+                }
                 "serve" => {
                     ds_config_for(c, exp, addr, 1)?;
                     c.u64_or("load.prefill-matches", 16)?;
@@ -97,7 +103,7 @@ fn check_cell(exp: &Experiment, c: &Cell, fio: bool) -> Result<(), String> {
                 }
                 w => {
                     return Err(format!(
-                        "workload = {w:?} does not apply to the recorder; use ingest, bulk-ingest or serve"
+                        "workload = {w:?} does not apply to the recorder; use ingest, bulk-ingest, serve or tier"
                     ))
                 }
             }
@@ -257,6 +263,26 @@ mod tests {
         let p = check(&e);
         assert!(p[0].contains("fio.bs applies to kind = \"fio\""), "{p:?}");
         assert!(check(&exp("[cell]\n\"load.matches\" = [4, 8]\n")).is_empty());
+    }
+
+    /// experiments/tier.toml was refused by `harness plan` (`workload = "tier"` was not in
+    /// the table of workloads the checks knew): every shipped experiment must pass them.
+    #[test]
+    fn every_shipped_experiment_passes_the_checks() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let x = Experiment::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+            let problems = check(&x);
+            assert!(problems.is_empty(), "{}: {problems:?}", path.display());
+            n += 1;
+        }
+        assert!(n >= 5, "only {n} experiment files in {}", dir.display());
     }
 
     #[test]
