@@ -673,3 +673,65 @@ fn version_names_the_git_revision() {
     );
     assert!(out.trim_end().ends_with(')') && out.len() > 30, "{out}");
 }
+
+/// `analysis power`: the trials of a `harness power` study judged like CI (margins from
+/// another round's A/A trial); A/A trials counted as false alarms, injected ones as
+/// detections; an unfinished trial is listed, not counted.
+#[test]
+fn power_counts_false_alarms_and_detections_per_trial_kind() {
+    let d = tmp("power");
+    let trials = d.join("trials");
+    for round in 1..=2u64 {
+        for (kind, slowdown) in [("aa", 0.0), ("s15", 0.15)] {
+            let (b, h) = ab(
+                &trials.join(format!("{round:02}-{kind}")),
+                slowdown,
+                Some(round),
+            );
+            assert!(b.exists() && h.exists());
+        }
+    }
+    // A trial whose head side never finished (no manifest).
+    std::fs::create_dir_all(trials.join("03-aa/base")).unwrap();
+    std::fs::write(
+        d.join("power.json"),
+        r#"{"trials": 3, "injections": [{"name": "s15", "args": ["--test-burn-rounds-per-kib", "99"]}]}"#,
+    )
+    .unwrap();
+    let out = bin().arg("power").arg(&d).arg("--json").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kind = |k: &str| {
+        j["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["kind"] == k)
+            .unwrap_or_else(|| panic!("no kind {k}: {j}"))
+            .clone()
+    };
+    assert_eq!(kind("aa")["trials"], 2, "{j}");
+    assert_eq!(kind("aa")["trials_with_gated_regression"], 0, "{j}");
+    assert_eq!(kind("s15")["trials"], 2, "{j}");
+    assert_eq!(kind("s15")["trials_with_gated_regression"], 2, "{j}");
+    assert_eq!(kind("s15")["head_args"], "--test-burn-rounds-per-kib 99");
+    // Each trial's margins come from an A/A trial, never from its own pairs.
+    for t in j["trials"].as_array().unwrap() {
+        let own = t["dir"].as_str().unwrap();
+        let from = t["margins_from"]
+            .as_str()
+            .expect("margins from an A/A trial");
+        assert!(from.ends_with("-aa") && from != own, "{t}");
+    }
+    assert!(
+        j["unfinished"][0].as_str().unwrap().ends_with("03-aa"),
+        "{j}"
+    );
+    let md = std::fs::read_to_string(d.join("power.md")).unwrap();
+    assert!(md.contains("2 of 2") && md.contains("0 of 2"), "{md}");
+    let _ = std::fs::remove_dir_all(&d);
+}
