@@ -565,11 +565,20 @@ impl Registry {
         self: &Arc<Self>,
         ahead: usize,
     ) -> Result<ConnGuard, (ErrorCode, String)> {
-        let n = self.ds_connections.fetch_add(1, Ordering::AcqRel);
-        let g = ConnGuard {
-            counter: self.clone(),
-            http: false,
-        };
+        // Counted only when admitted: a refusal never raises the count for a moment,
+        // where a connection admitted at the same time on another thread would see it.
+        let mut n = self.ds_connections.load(Ordering::Acquire);
+        while n + ahead < self.limits.max_connections {
+            match self.ds_connections.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
         if n + ahead >= self.limits.max_connections {
             let waiting = if ahead > 0 {
                 format!(" (and {ahead} that arrived before this one)")
@@ -582,7 +591,10 @@ impl Registry {
             ));
         }
         Metrics::add(&self.metrics.ds_connections, 1);
-        Ok(g)
+        Ok(ConnGuard {
+            counter: self.clone(),
+            http: false,
+        })
     }
 
     /// Admits one HTTP connection (None when `http-max-connections` is reached).

@@ -20,6 +20,9 @@ pub(super) const K_SHUTDOWN: u64 = 13;
 /// A direct socket sent to another worker (MSG_RING with IORING_MSG_SEND_FD): the ctx
 /// carries the source slot and the port.
 pub(super) const K_HANDOFF: u64 = 14;
+/// The accept sequence number's bits in a direct hand-off's MSG_RING data (below the
+/// tag byte, above the port bit).
+const SEQ_MASK: u64 = (1 << 55) - 1;
 /// CLOSE of an engine-managed slot of the registered-file table.
 pub(super) const K_SLOT_CLOSE: u64 = 15;
 
@@ -474,6 +477,9 @@ impl<'a> Worker<'a> {
     ) -> Result<(), UringError> {
         let n = self.mailboxes.len();
         if self.cfg.net.listeners == Listeners::Acceptor && n > 1 {
+            // Numbered in accept order, so that connection limits refuse the newest.
+            let seq = self.accept_seq;
+            self.accept_seq += 1;
             let target = self.next_target % n;
             self.next_target = self.next_target.wrapping_add(1);
             if target != self.id {
@@ -488,31 +494,36 @@ impl<'a> Worker<'a> {
                         // empty our slot when that completes (`handoff_done`).
                         let Some(tfd) = tfd else {
                             // validate() refuses direct sockets + acceptor + rings without fds.
-                            return self.adopt(Socket::Direct(slot), port, svc);
+                            return self.adopt_numbered(Socket::Direct(slot), port, Some(seq), svc);
                         };
                         let port_bit = (port == Port::Http) as u64;
                         let cx = ctx(
                             K_HANDOFF,
                             ConnId(((target as u64) << 40) | ((slot as u64) << 1) | port_bit),
                         );
-                        // In transit until the target has opened it: counted as adopting
-                        // there, so its limits see it as arriving before later ones.
-                        self.mailboxes[target].adopting[port as usize]
-                            .fetch_add(1, Ordering::AcqRel);
+                        // In transit until the target has opened it, with its accept
+                        // number, so limits see it as arriving before later ones.
+                        self.mailboxes[target]
+                            .in_transit
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((port, seq));
                         let r = self.net.msg_ring_send_fd(
                             &mut *self.shared.borrow_mut(),
                             tfd,
                             crate::sys::target::Fixed(slot),
-                            ((TAG_HANDOFF as u64) << 56) | port_bit,
+                            ((TAG_HANDOFF as u64) << 56) | ((seq & SEQ_MASK) << 1) | port_bit,
                             cx,
                         );
                         return match r {
-                            Ok(_) => Ok(()),
+                            Ok(_) => {
+                                self.handoff_seqs.insert(slot, seq);
+                                Ok(())
+                            }
                             Err(e) => {
-                                self.mailboxes[target].adopting[port as usize]
-                                    .fetch_sub(1, Ordering::AcqRel);
+                                self.mailboxes[target].arrived(port, seq);
                                 tracing::warn!("uring worker {}: cannot hand a direct socket to worker {target} ({e}); serving it here", self.id);
-                                self.adopt(Socket::Direct(slot), port, svc)
+                                self.adopt_numbered(Socket::Direct(slot), port, Some(seq), svc)
                             }
                         };
                     }
@@ -522,7 +533,7 @@ impl<'a> Worker<'a> {
                     .conns
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push((sock, port));
+                    .push((sock, port, seq));
                 if let Some(tfd) = tfd {
                     let r = self.net.msg_ring(
                         &mut *self.shared.borrow_mut(),
@@ -538,8 +549,24 @@ impl<'a> Worker<'a> {
                 }
                 return Ok(());
             }
+            return self.adopt_numbered(sock, port, Some(seq), svc);
         }
         self.adopt(sock, port, svc)
+    }
+
+    /// [`Worker::adopt`] for a connection with an accept number: the service's limits
+    /// count only connections accepted before it as ahead of it.
+    pub(super) fn adopt_numbered<S: Service>(
+        &mut self,
+        sock: Socket,
+        port: Port,
+        seq: Option<u64>,
+        svc: &mut S,
+    ) -> Result<(), UringError> {
+        self.io.opening_seq = seq;
+        let r = self.adopt(sock, port, svc);
+        self.io.opening_seq = None;
+        r
     }
 
     /// The MSG_RING that passed a direct socket to another worker completed: on success
@@ -557,6 +584,7 @@ impl<'a> Worker<'a> {
             ((v >> 1) & 0xffff_ffff) as u32,
             if v & 1 == 1 { Port::Http } else { Port::Ingest },
         );
+        let seq = self.handoff_seqs.remove(&slot);
         match res {
             Ok(()) => {
                 self.stats.handoffs_direct.fetch_add(1, Ordering::Relaxed);
@@ -568,14 +596,14 @@ impl<'a> Worker<'a> {
                 Ok(())
             }
             Err(e) => {
-                if let Some(m) = self.mailboxes.get(target) {
-                    m.adopting[port as usize].fetch_sub(1, Ordering::AcqRel);
+                if let (Some(m), Some(s)) = (self.mailboxes.get(target), seq) {
+                    m.arrived(port, s);
                 }
                 tracing::warn!(
                     "uring worker {}: passing a direct socket failed ({e}); serving it here",
                     self.id
                 );
-                self.adopt(Socket::Direct(slot), port, svc)
+                self.adopt_numbered(Socket::Direct(slot), port, seq, svc)
             }
         }
     }
@@ -602,10 +630,11 @@ impl<'a> Worker<'a> {
         } else {
             Port::Ingest
         };
+        // Put in transit here by the acceptor when it sent it (see `route_conn`).
+        let seq = (ud >> 1) & SEQ_MASK;
         let mb = self.mailboxes.clone();
-        let r = self.adopt(Socket::Direct(res as u32), port, svc);
-        // Counted as adopting by the acceptor when it sent it (see `route_conn`).
-        mb[self.id].adopting[port as usize].fetch_sub(1, Ordering::AcqRel);
+        let r = self.adopt_numbered(Socket::Direct(res as u32), port, Some(seq), svc);
+        mb[self.id].arrived(port, seq);
         r
     }
 

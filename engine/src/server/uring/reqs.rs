@@ -166,6 +166,10 @@ pub struct Io {
     /// Every worker's mailbox and listeners, for [`Io::waiting_elsewhere`].
     pub(super) peers: Arc<Vec<Mailbox>>,
     pub(super) reuseport: bool,
+    /// The accept sequence number of the connection being opened, when the acceptor
+    /// numbered it (`net.listeners=acceptor`): only connections accepted before it
+    /// count in [`Io::waiting_elsewhere`].
+    pub(super) opening_seq: Option<u64>,
     pub(super) files: Rc<RefCell<FileTable>>,
     pub(super) link_sync: bool,
     pub(super) write_behind: bool,
@@ -433,21 +437,32 @@ impl Io {
     /// listeners' accept queues (`net.listeners=reuseport`) or handed over by the
     /// acceptor and not yet adopted. A connection limit counts them as if they came
     /// first, so that, as with one listener, the connection refused is the newest one
-    /// rather than whichever a faster worker opened first.
+    /// rather than whichever a faster worker opened first. Hand-overs carry the order
+    /// they were accepted in, and only those accepted before the one being opened
+    /// count (a newer one waiting elsewhere must not make this one refused); accept
+    /// queues have no order and count whole.
     pub fn waiting_elsewhere(&self, port: Port) -> usize {
+        let before = |seq: u64| self.opening_seq.is_none_or(|mine| seq < mine);
         let mut n = 0;
         for (w, m) in self.peers.iter().enumerate() {
             if w == self.worker {
                 continue;
             }
+            // One snapshot of both lists (a connection moves from one to the other
+            // under the `conns` lock).
+            let q = m.conns.lock().unwrap_or_else(|e| e.into_inner());
+            n += q
+                .iter()
+                .filter(|(_, p, s)| *p == port && before(*s))
+                .count();
             n += m
-                .conns
+                .in_transit
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
-                .filter(|(_, p)| *p == port)
+                .filter(|(p, s)| *p == port && before(*s))
                 .count();
-            n += m.adopting[port as usize].load(Ordering::Acquire);
+            drop(q);
             if self.reuseport {
                 let ls = m.listeners.lock().unwrap_or_else(|e| e.into_inner());
                 for (p, fd) in ls.iter() {

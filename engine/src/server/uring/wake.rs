@@ -60,11 +60,25 @@ impl Waker {
 /// workers may ask of this one's listeners.
 #[derive(Default)]
 pub(super) struct Mailbox {
-    pub(super) conns: Mutex<Vec<(OwnedFd, Port)>>,
+    /// Handed over by the acceptor, with their accept sequence numbers.
+    pub(super) conns: Mutex<Vec<(OwnedFd, Port, u64)>>,
     pub(super) ring_fd: Mutex<Option<RawFd>>,
     /// The worker's listeners while they are open (emptied before they close, under
     /// the lock, so a reader never asks a closed or reused descriptor).
     pub(super) listeners: Mutex<Vec<(Port, RawFd)>>,
-    /// Connections taken out of `conns` that the service has not opened yet, by port.
-    pub(super) adopting: [AtomicUsize; 2],
+    /// Connections on their way to this worker's service, as (port, accept sequence):
+    /// taken out of `conns`, or passed as direct descriptors (MSG_RING), and not opened
+    /// yet. Lock order: `conns`, then `in_transit`.
+    pub(super) in_transit: Mutex<Vec<(Port, u64)>>,
+}
+
+impl Mailbox {
+    /// The connection numbered `seq` on `port` is no longer in transit to this worker
+    /// (opened, refused, or served elsewhere).
+    pub(super) fn arrived(&self, port: Port, seq: u64) {
+        let mut t = self.in_transit.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = t.iter().position(|&(p, s)| p == port && s == seq) {
+            t.swap_remove(i);
+        }
+    }
 }

@@ -27,6 +27,11 @@ pub(super) struct Worker<'a> {
     pub(super) live: usize,
     pub(super) mailboxes: Arc<Vec<Mailbox>>,
     pub(super) next_target: usize,
+    /// The acceptor's next accept sequence number (`net.listeners=acceptor`).
+    pub(super) accept_seq: u64,
+    /// Accept sequence numbers of direct sockets passed to other workers, by our slot,
+    /// until the MSG_RING completes.
+    pub(super) handoff_seqs: std::collections::HashMap<u32, u64>,
     pub(super) stats: Arc<WorkerStats>,
     pub(super) io: Io,
     pub(super) pending_close_listeners: bool,
@@ -368,6 +373,7 @@ impl<'a> Worker<'a> {
             },
             peers: mailboxes.clone(),
             reuseport: net.listeners == Listeners::Reuseport,
+            opening_seq: None,
             files: table,
             link_sync: cfg.file.link_sync,
             write_behind: cfg.file.write_behind,
@@ -401,6 +407,8 @@ impl<'a> Worker<'a> {
             live: 0,
             mailboxes,
             next_target: 0,
+            accept_seq: 0,
+            handoff_seqs: std::collections::HashMap::new(),
             stats,
             io,
             pending_close_listeners: false,
@@ -623,23 +631,26 @@ impl<'a> Worker<'a> {
     }
 
     pub(super) fn take_mail<S: Service>(&mut self, svc: &mut S) -> Result<(), UringError> {
-        // One at a time, counted as `adopting` from the moment it leaves the mailbox
-        // until the service has opened it, so `Io::waiting_elsewhere` always sees it.
+        // One at a time, in transit from the moment it leaves the mailbox until the
+        // service has opened it, so `Io::waiting_elsewhere` always sees it.
         let mb = self.mailboxes.clone();
         let me = &mb[self.id];
         loop {
-            let next = {
+            let (fd, port, seq) = {
                 let mut q = me.conns.lock().unwrap_or_else(|e| e.into_inner());
                 if q.is_empty() {
                     break;
                 }
-                let (fd, port) = q.remove(0);
-                me.adopting[port as usize].fetch_add(1, Ordering::AcqRel);
-                (fd, port)
+                let (fd, port, seq) = q.remove(0);
+                me.in_transit
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((port, seq));
+                (fd, port, seq)
             };
             self.stats.handoffs_in.fetch_add(1, Ordering::Relaxed);
-            let r = self.adopt(Socket::Fd(next.0), next.1, svc);
-            me.adopting[next.1 as usize].fetch_sub(1, Ordering::AcqRel);
+            let r = self.adopt_numbered(Socket::Fd(fd), port, Some(seq), svc);
+            me.arrived(port, seq);
             r?;
         }
         svc.woken(&mut self.io);
