@@ -127,6 +127,22 @@ pub(crate) fn run_recorder(
                 logged
             };
             o.effective_flags = flags_from_log(&text, "effective");
+            // A run whose configuration the recorder did not apply as asked is not that
+            // cell: recorded unsupported with the difference, never with its figures.
+            if let Some(diff) = text
+                .lines()
+                .find_map(|l| l.split("not in effect as requested: ").nth(1))
+            {
+                let mut b = Outcome::bad(
+                    "unsupported",
+                    format!(
+                        "the recorder did not apply the cell as requested: {}",
+                        diff.trim()
+                    ),
+                );
+                b.log = log_rel.clone();
+                return b;
+            }
             match (res, stopped) {
                 (Err(e), _) => {
                     let mut b = Outcome::bad("failed", e);
