@@ -66,8 +66,18 @@ pub fn write_req(
     rw_flags: i32,
     vectored: bool,
 ) -> io::Result<()> {
-    let mut b = req.bytes();
-    let mut off = req.offset;
+    pwrite_all(fd, req.bytes(), req.offset, rw_flags, vectored)
+}
+
+/// Writes all of `b` at `off`: pwrite, or pwritev2 with `rw_flags` (RWF_*) or when
+/// `vectored`; retries short writes and EINTR.
+pub fn pwrite_all(
+    fd: &OwnedFd,
+    mut b: &[u8],
+    mut off: u64,
+    rw_flags: i32,
+    vectored: bool,
+) -> io::Result<()> {
     while !b.is_empty() {
         let n = if rw_flags != 0 || vectored {
             sysfs::pwritev2(fd, &[b], off, rw_flags)

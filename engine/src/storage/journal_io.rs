@@ -252,29 +252,8 @@ fn create_zeroed(path: &Path, len: u64) -> io::Result<()> {
     f.sync_all().map_err(named(path))
 }
 
-fn write_all_at(fd: &OwnedFd, mut b: &[u8], mut off: u64, rw_flags: i32) -> io::Result<()> {
-    while !b.is_empty() {
-        let n = if rw_flags != 0 {
-            sysfs::pwritev2(fd, &[b], off, rw_flags)
-        } else {
-            sysfs::pwrite(fd, b, off)
-        };
-        match n {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "pwrite wrote 0 bytes",
-                ))
-            }
-            Ok(n) => {
-                b = &b[n..];
-                off += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+fn write_all_at(fd: &OwnedFd, b: &[u8], off: u64, rw_flags: i32) -> io::Result<()> {
+    super::io::pwrite_all(fd, b, off, rw_flags, false)
 }
 
 /// Executes one journal write with std calls (the blocking backend's WAL writer): the

@@ -660,18 +660,8 @@ impl<R: RingOps> FileOps<R> {
         rw_flags: i32,
         tag: u64,
     ) -> Result<(), OpError> {
-        let t = file.target();
-        let Prepared {
-            s,
-            idx,
-            ptr,
-            iov,
-            buf_index,
-        } = self.prepare(t, slot, len, op.is_fixed())?;
-        let sqe = write_sqe(t, op, ptr, iov, len as u32, buf_index, offset, rw_flags);
-        let mut f = InFlight::new(tag, OpKind::Write(op));
-        f.buf = s;
-        self.push(idx, sqe, f)
+        let no_opts = SqeOpts::default();
+        self.write_opts(file, op, slot, len, offset, rw_flags, no_opts, tag)
     }
 
     /// [`FileOps::write`] with SQE options (IOSQE_ASYNC).
