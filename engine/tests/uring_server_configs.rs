@@ -738,6 +738,9 @@ fn write_behind_prealloc_through_the_ring_napi() {
             "fdatasync",
             "--write-behind",
             "true",
+            // with the journal (the default) write-behind needs the ring's replay writes
+            "--replay-write",
+            "ring",
             "--prealloc",
             "true",
             "--prealloc-bytes",
