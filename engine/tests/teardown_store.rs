@@ -79,24 +79,43 @@ fn resume_and_finish(srv: &Server, id: &str) {
 // shorter than the header holds no acknowledged frame: it is a new match.
 #[test]
 fn match_created_on_a_full_disk_resumes_as_new_once_space_is_back() {
-    let Some(fs) = SmallFs::mount_or_skip("fullnew", "8m") else {
+    let Some(fs) = SmallFs::mount_or_skip("fullnew", "16m") else {
         return;
     };
-    for backend in BACKENDS {
+    // per-match: the first write to the replay file fails; journal (a small one, made
+    // before the disk fills): the frame is journaled, its replay-file write behind fails
+    let layouts: [&[&str]; 2] = [
+        &["--storage-layout", "per-match"],
+        &[
+            "--storage-layout",
+            "journal",
+            "--journal-bytes",
+            "2m",
+            "--journal-flush-bytes",
+            "64k",
+            "--append-buffer-bytes",
+            "64k",
+            "--max-frame-bytes",
+            "64k",
+        ],
+    ];
+    for (backend, layout) in BACKENDS
+        .iter()
+        .flat_map(|b| layouts.iter().map(move |l| (*b, *l)))
+    {
         let store = fs.0.join(backend);
         std::fs::create_dir_all(store.join("live")).unwrap();
-        let mut srv = spawn_server(
-            backend,
-            &store,
-            &[
-                "--workers",
-                "1",
-                "--durability",
-                "fdatasync",
-                "--ack-interval-ms",
-                "0",
-            ],
-        );
+        let mut args = vec![
+            "--workers",
+            "1",
+            "--durability",
+            "fdatasync",
+            "--ack-interval-ms",
+            "0",
+        ];
+        args.extend_from_slice(layout);
+        eprintln!("{backend} {layout:?}");
+        let mut srv = spawn_server(backend, &store, &args);
         // while running: RESUME right after space is freed
         let filler = fill(&fs.0);
         start_on_full_disk(&srv, "full");
@@ -164,7 +183,7 @@ fn read_only_store_is_refused_at_start() {
     }
     // the same store read-write starts and serves
     fs.remount(false);
-    let srv = spawn_server("blocking", &store, &[]);
+    let srv = spawn_server("blocking", &store, &["--storage-layout", "per-match"]);
     let (_, r) = stream_match(srv.ingest, "rw", 2, 100);
     assert!(matches!(r, Reply::Sealed { .. }), "{r:?}");
 }
