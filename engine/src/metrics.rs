@@ -74,6 +74,11 @@ pub const COUNTERS: &[(&str, &str, Field)] = &[
     ("matches_sealed", "Matches sealed since start.", |m| {
         &m.matches_sealed
     }),
+    (
+        "matches_abandoned",
+        "Matches ended by abandon-after-s (sealed, or sealed and removed).",
+        |m| &m.matches_abandoned,
+    ),
     ("frames", "Frames stored.", |m| &m.frames),
     ("frames_resent", "Resent frames ignored.", |m| {
         &m.resent_frames

@@ -534,3 +534,152 @@ fn listen_backlog_is_honoured_in_every_listener_mode() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Bug 12: a HELLO alone created a match that survived restarts forever, counted toward
+// max-matches and could not be dropped. server.abandon-after-s ends a match that has had
+// no writer that long: sealed as it stands, or (abandon-action remove) sealed and deleted.
+
+/// Waits up to 15 s for `cond`.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts match `id` with `frames` acked frames and goes away without END.
+fn start_and_leave(srv: &Server, id: &str, frames: u64) -> Vec<Vec<u8>> {
+    let mut c = DsClient::connect(srv.ingest).unwrap();
+    let w = c.hello(id, false, b"").unwrap();
+    assert!(matches!(w, Reply::Welcome { .. }), "{id}: {w:?}");
+    let sent: Vec<Vec<u8>> = (1..=frames)
+        .map(|s| testkit::payload_for(id, s, 300))
+        .collect();
+    for (i, p) in sent.iter().enumerate() {
+        c.frame(i as u64 + 1, i as u64 + 1, if i == 0 { 1 } else { 2 }, p)
+            .unwrap();
+    }
+    if frames > 0 {
+        let r = c.wait_ack(frames, Duration::from_secs(10)).unwrap();
+        assert!(matches!(r, Reply::Ack(n) if n >= frames), "{id}: {r:?}");
+    }
+    sent
+}
+
+fn metric(srv: &Server, name: &str) -> u64 {
+    let r = testkit::http_get(srv.http, "GET", "/metrics", &[]).unwrap();
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
+}
+
+fn abandoned_match_is_sealed_after_abandon_after_s(backend: &str) {
+    let dir = TempDir::new("abandon");
+    let args = [
+        "--idle-timeout-ms",
+        "500",
+        "--abandon-after-s",
+        "1",
+        "--max-matches",
+        "2",
+    ];
+    let mut srv = spawn_server(backend, dir.path(), &args);
+    let gone = start_and_leave(&srv, "gone", 3);
+    start_and_leave(&srv, "hello-only", 0);
+    // both pin max-matches until they are abandoned
+    let mut c = DsClient::connect(srv.ingest).unwrap();
+    let r = c.hello("third", false, b"").unwrap();
+    assert_eq!(r.error_code(), Some(ErrorCode::TooManyMatches), "{r:?}");
+    let sealed = |id: &str| dir.path().join(format!("{id}.rpl"));
+    wait_for("gone and hello-only sealed", || {
+        sealed("gone").exists() && sealed("hello-only").exists()
+    });
+    check_replay(&std::fs::read(sealed("gone")).unwrap(), "gone", &gone, true);
+    check_replay(
+        &std::fs::read(sealed("hello-only")).unwrap(),
+        "hello-only",
+        &[],
+        true,
+    );
+    let mut c = DsClient::connect(srv.ingest).unwrap();
+    let r = c.hello("gone", true, b"").unwrap();
+    assert_eq!(r.error_code(), Some(ErrorCode::MatchSealed), "{r:?}");
+    let (_, r) = stream_match(srv.ingest, "third", 3, 100);
+    assert!(matches!(r, Reply::Sealed { .. }), "{r:?}");
+    assert_eq!(metric(&srv, "recorder_matches_abandoned_total"), 2);
+    assert!(
+        srv.log_text().contains("abandon: match gone had no writer"),
+        "{}",
+        srv.log_text()
+    );
+    // across a restart: a match left by a DS that went away with the recorder
+    let old = start_and_leave(&srv, "old", 2);
+    srv.kill9();
+    let srv = srv.restart();
+    wait_for("old sealed after the restart", || sealed("old").exists());
+    check_replay(&std::fs::read(sealed("old")).unwrap(), "old", &old, true);
+    drop(srv);
+}
+both_backends!(abandoned_match_is_sealed_after_abandon_after_s);
+
+fn abandoned_match_is_removed_with_abandon_action_remove(backend: &str) {
+    let dir = TempDir::new("abandonrm");
+    let srv = spawn_server(
+        backend,
+        dir.path(),
+        &[
+            "--idle-timeout-ms",
+            "500",
+            "--abandon-after-s",
+            "1",
+            "--abandon-action",
+            "remove",
+        ],
+    );
+    start_and_leave(&srv, "gone", 2);
+    let part = dir.path().join("live/gone.rpl.part");
+    assert!(part.exists());
+    wait_for("gone removed", || {
+        metric(&srv, "recorder_matches_abandoned_total") == 1
+            && !part.exists()
+            && !dir.path().join("gone.rpl").exists()
+    });
+    let r = testkit::http_get(srv.http, "GET", "/matches/gone", &[]).unwrap();
+    assert_eq!(r.status, 410, "{r:?}");
+    let mut c = DsClient::connect(srv.ingest).unwrap();
+    let r = c.hello("gone", true, b"").unwrap();
+    assert_eq!(r.error_code(), Some(ErrorCode::MatchSealed), "{r:?}");
+}
+both_backends!(abandoned_match_is_removed_with_abandon_action_remove);
+
+#[test]
+fn abandon_after_s_within_the_idle_timeout_is_refused() {
+    let dir = TempDir::new("abandonbad");
+    for (args, want) in [
+        (&["--abandon-after-s", "30"][..], "idle-timeout-ms"),
+        (&["--abandon-action", "remove"][..], "needs abandon-after-s"),
+    ] {
+        let mut child = KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_recorder"))
+                .args(["serve", "--store"])
+                .arg(dir.path())
+                .args(["--ingest-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let st = child.wait_timeout(Duration::from_secs(10));
+        let _ = child.0.kill();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+        let st = st.unwrap_or_else(|| panic!("{args:?}: started: {err}"));
+        assert!(!st.success(), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -104,6 +104,9 @@ pub struct ServerConfig {
     pub live_max_delay_ms: u64,
     pub ds_token: String,
     pub retention_s: u64,
+    /// Abandoned matches: no writer for this many seconds ends them per `abandon_action`; 0 = never.
+    pub abandon_after_s: u64,
+    pub abandon_action: AbandonAction,
     /// TEST ONLY: injected delay after every replay-file write completes.
     pub test_write_delay_us: u64,
     /// TEST ONLY: CPU burnt per accepted frame (hash rounds per frame and per KiB).
@@ -119,6 +122,20 @@ pub struct ServerConfig {
     /// TEST ONLY: injected delay before each journal checkpoint's store sync.
     pub test_checkpoint_delay_ms: u64,
 }
+
+/// What `abandon-after-s` does to a match left without a writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbandonAction {
+    /// Sealed with the frames it has.
+    Seal,
+    /// Sealed, then deleted like retention deletes (410, id not reusable).
+    Remove,
+}
+
+pub const ABANDON_ACTIONS: &[(&str, AbandonAction)] = &[
+    ("seal", AbandonAction::Seal),
+    ("remove", AbandonAction::Remove),
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -150,6 +167,8 @@ impl Default for ServerConfig {
             live_max_delay_ms: 120_000,
             ds_token: String::new(),
             retention_s: 0,
+            abandon_after_s: 0,
+            abandon_action: AbandonAction::Seal,
             test_write_delay_us: 0,
             test_checkpoint_delay_ms: 0,
             test_burn_rounds_per_frame: 0,
@@ -214,6 +233,8 @@ const KNOBS: &[Knob] = &[
     k("live-max-delay-ms", "u64", "120000", "Largest ?delay_ms a live viewer may ask for; bounds the per-match publish history."),
     k("ds-token", "string", "", "Credential every DS HELLO must carry (empty: none required)."),
     k("retention-s", "u64", "0", "Sealed replays older than this many seconds are deleted (then 410 Gone until restart, and their id cannot be reused); 0 keeps them forever."),
+    k("abandon-after-s", "u64", "0", "Abandoned matches: a match in progress that has had no writer connection for this many seconds (since its last writer went away; for a match found at start, since its file last changed) is ended as it stands per abandon-action, so it stops counting toward max-matches. 0 = never: a match stays resumable until a DS sends END. Must be longer than idle-timeout-ms, the time a DS retries MATCH_BUSY."),
+    k("abandon-action", "seal|remove", "seal", "What abandon-after-s does to an abandoned match: seal (sealed with the frames it has and served like any sealed replay) or remove (sealed, then deleted the way retention-s deletes: 410 Gone, its id is not reused). Needs abandon-after-s."),
     k("test-checkpoint-delay-ms", "u64", "0", "TEST ONLY: with storage-layout=journal, sleep this long before each checkpoint's store sync (on the thread doing it), so tests can fill a journal or kill the recorder in the middle of a checkpoint; never set it in production."),
     k("test-write-delay-us", "u64", "0", "TEST ONLY: sleep this many microseconds after every replay-file write completes, on the thread that handles it. Injects a known slowdown so the regression check can be shown to catch one; never set it in production."),
     k("test-burn-rounds-per-frame", "u64", "0", "TEST ONLY: burn this many rounds of a 64-bit hash on the thread that parses every accepted frame (plus test-burn-rounds-per-kib per KiB of its payload). A known slowdown proportional to the work, calibrated by CI to cost 5% (docs/analysis.md); never set it in production."),
@@ -257,6 +278,8 @@ impl Section for ServerConfig {
             "live-max-delay-ms" => self.live_max_delay_ms = parse_num(v)?,
             "ds-token" => self.ds_token = v.to_string(),
             "retention-s" => self.retention_s = parse_num(v)?,
+            "abandon-after-s" => self.abandon_after_s = parse_num(v)?,
+            "abandon-action" => self.abandon_action = parse_choice(v, ABANDON_ACTIONS)?,
             "test-write-delay-us" => self.test_write_delay_us = parse_num(v)?,
             "test-burn-rounds-per-frame" => self.test_burn_rounds_per_frame = parse_num(v)?,
             "test-burn-rounds-per-kib" => self.test_burn_rounds_per_kib = parse_num(v)?,
@@ -297,6 +320,8 @@ impl Section for ServerConfig {
             "live-max-delay-ms" => self.live_max_delay_ms.to_string(),
             "ds-token" => self.ds_token.clone(),
             "retention-s" => self.retention_s.to_string(),
+            "abandon-after-s" => self.abandon_after_s.to_string(),
+            "abandon-action" => choice_name(self.abandon_action, ABANDON_ACTIONS).to_string(),
             "test-write-delay-us" => self.test_write_delay_us.to_string(),
             "test-burn-rounds-per-frame" => self.test_burn_rounds_per_frame.to_string(),
             "test-burn-rounds-per-kib" => self.test_burn_rounds_per_kib.to_string(),
@@ -412,6 +437,21 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 "journal-checkpoint-ms {} must be between 10 and 600000",
                 s.journal_checkpoint_ms
             ),
+        ));
+    }
+    if s.abandon_after_s > 0 && s.abandon_after_s.saturating_mul(1000) <= s.idle_timeout_ms {
+        return Err(ConfigError::new(
+            &["abandon-after-s", "idle-timeout-ms"],
+            format!(
+                "abandon-after-s {} must be longer than idle-timeout-ms {} ms: a DS whose connection died silently keeps its match for idle-timeout-ms and retries MATCH_BUSY that long (docs/protocol.md); raise abandon-after-s or lower idle-timeout-ms",
+                s.abandon_after_s, s.idle_timeout_ms
+            ),
+        ));
+    }
+    if s.abandon_after_s == 0 && s.abandon_action != AbandonAction::Seal {
+        return Err(ConfigError::new(
+            &["abandon-action", "abandon-after-s"],
+            "abandon-action remove needs abandon-after-s (0 never abandons a match): set abandon-after-s",
         ));
     }
     if s.ds_token.len() > 255 {

@@ -29,6 +29,7 @@
 //! Backends: [`blocking::run`] (thread per connection, std) and `uring::run` (helper
 //! "uring-server"; until it exists [`run_uring`] says it is not built).
 
+pub mod abandon;
 pub mod blocking;
 pub mod fds;
 pub mod registry;
@@ -369,6 +370,21 @@ pub fn start(mut cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext
         spawn_retention(
             registry.clone(),
             Duration::from_secs(cfg.server.retention_s),
+            shutdown.clone(),
+        )?;
+    }
+    if cfg.server.abandon_after_s > 0 {
+        let at = ingest
+            .local_addr()
+            .map_err(|e| ServerError(format!("cannot read the bound ingest address: {e}")))?;
+        abandon::spawn(
+            registry.clone(),
+            at,
+            abandon::Policy {
+                after: Duration::from_secs(cfg.server.abandon_after_s),
+                action: cfg.server.abandon_action,
+                credential: cfg.server.ds_token.as_bytes().to_vec(),
+            },
             shutdown.clone(),
         )?;
     }

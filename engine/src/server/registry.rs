@@ -77,6 +77,8 @@ struct MatchState {
     parked: Option<MatchFile>,
     /// Set when the in-memory state was lost (storage error): the next writer re-scans the file.
     needs_rescan: bool,
+    /// A live match without a writer: since when (for `abandon-after-s`).
+    idle_since: Option<Instant>,
 }
 
 /// One match, shared by its writer and any number of readers.
@@ -162,6 +164,8 @@ pub struct Metrics {
     pub matches_started: AtomicU64,
     pub matches_resumed: AtomicU64,
     pub matches_sealed: AtomicU64,
+    /// Matches ended by `abandon-after-s` (sealed, or sealed and removed).
+    pub matches_abandoned: AtomicU64,
     pub ds_connections: AtomicU64,
     pub http_requests: AtomicU64,
     pub http_bytes: AtomicU64,
@@ -443,6 +447,37 @@ impl Registry {
             })
             .cloned()
             .collect();
+        self.expire(victims, "retention")
+    }
+
+    /// Matches in progress that have had no writer for at least `after` (`abandon-after-s`).
+    pub fn abandoned(&self, after: Duration) -> Vec<String> {
+        let all: Vec<Arc<MatchShared>> = self.map().values().cloned().collect();
+        let mut v: Vec<String> = all
+            .iter()
+            .filter(|m| {
+                let st = m.lock();
+                st.info.phase == Phase::Live
+                    && !st.info.writer
+                    && st.idle_since.is_some_and(|t| t.elapsed() >= after)
+            })
+            .map(|m| m.id.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Deletes the sealed replay `id` as retention would (`abandon-action = remove`): 410
+    /// for readers, MATCH_SEALED for writers. False when `id` is not a sealed match.
+    pub fn remove_sealed(&self, id: &str, why: &str) -> bool {
+        let Some(m) = self.get(id).filter(|m| m.info().phase == Phase::Sealed) else {
+            return false;
+        };
+        !self.expire(vec![m], why).is_empty()
+    }
+
+    /// Deletes sealed replays (file, then entry) and remembers their ids as expired.
+    fn expire(&self, victims: Vec<Arc<MatchShared>>, why: &str) -> Vec<String> {
         let mut done = Vec::new();
         for m in victims {
             let path = self.paths.sealed_path(&m.id);
@@ -450,7 +485,7 @@ impl Registry {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!("retention: cannot delete {}: {e}", path.display());
+                    tracing::warn!("{why}: cannot delete {}: {e}", path.display());
                     continue;
                 }
             }
@@ -475,7 +510,7 @@ impl Registry {
             let _ = crate::storage::io::sync_dir(&self.paths.root);
             if let Err(e) = self.log_expired(&done) {
                 tracing::warn!(
-                    "retention: cannot record expired ids in {}: {e} (they will answer 404 after a restart)",
+                    "{why}: cannot record expired ids in {}: {e} (they will answer 404 after a restart)",
                     self.paths.expired_log().display()
                 );
             }
@@ -521,7 +556,16 @@ impl Registry {
             };
             let idx = f.index().to_vec();
             let id = f.match_id.clone();
-            map.insert(id, Arc::new(new_shared(info, idx, Some(f))));
+            // no writer since the file last changed (as far as the clock can tell)
+            let age = std::fs::metadata(self.paths.part_path(&id))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            let now = Instant::now();
+            let shared = new_shared(info, idx, Some(f));
+            shared.lock().idle_since = Some(now.checked_sub(age).unwrap_or(now));
+            map.insert(id, Arc::new(shared));
             self.live_count.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -631,7 +675,7 @@ impl Registry {
         if self.is_expired(id) {
             return Err((
                 ErrorCode::MatchSealed,
-                format!("match {id} was sealed and has expired (retention-s); use a new match id"),
+                format!("match {id} was sealed and has expired (retention-s, or abandon-action remove); use a new match id"),
             ));
         }
         let mut map = self.map();
@@ -659,6 +703,7 @@ impl Registry {
                 ));
             }
             st.info.writer = true;
+            st.idle_since = None;
             let parked = st.parked.take();
             let rescan = st.needs_rescan || parked.is_none();
             drop(st);
@@ -739,6 +784,7 @@ impl Registry {
         let mut st = m.lock();
         st.info.writer = false;
         if st.info.phase == Phase::Live {
+            st.idle_since = Some(Instant::now());
             st.needs_rescan = file.is_none();
             st.parked = file;
         }
@@ -877,6 +923,7 @@ fn new_shared(info: MatchInfo, index: Vec<IndexEntry>, parked: Option<MatchFile>
             history,
             parked,
             needs_rescan: false,
+            idle_since: None,
         }),
         changed: Condvar::new(),
         version: AtomicU64::new(1),
