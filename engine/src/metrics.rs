@@ -99,6 +99,11 @@ pub const COUNTERS: &[(&str, &str, Field)] = &[
     ("ds_connections", "DS connections accepted.", |m| {
         &m.ds_connections
     }),
+    (
+        "ds_connections_dropped",
+        "DS connections closed without a protocol answer (each logged with its reason).",
+        |m| &m.ds_connections_dropped,
+    ),
     ("http_requests", "HTTP requests.", |m| &m.http_requests),
     ("http_response_bytes", "HTTP body bytes sent.", |m| {
         &m.http_bytes

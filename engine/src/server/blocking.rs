@@ -110,14 +110,21 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
                 // threads started just before it).
                 let admitted = reg.try_ds_connection();
                 active.fetch_add(1, Ordering::AcqRel);
+                let peer = s.peer_addr().ok();
+                let (reg2, active2) = (reg.clone(), active.clone());
                 let r = spawn("ds-conn", move || {
                     let id = conns.add(&s);
                     ds_connection(s, admitted, reg, sess, &shutdown, wal.as_deref());
                     conns.remove(id);
                     active.fetch_sub(1, Ordering::AcqRel);
                 });
-                if r.is_err() {
-                    tracing::error!("cannot start a DS connection thread");
+                if let Err(e) = r {
+                    // the connection was closed with the closure: say so and count it
+                    active2.fetch_sub(1, Ordering::AcqRel);
+                    super::registry::Metrics::add(&reg2.metrics.ds_connections_dropped, 1);
+                    tracing::error!(
+                        "dropped the DS connection from {peer:?} without an answer: cannot start its thread: {e}"
+                    );
                 }
             })
         })
@@ -135,14 +142,19 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
                 let conns = conns.clone();
                 let admitted = reg.try_http_connection();
                 active.fetch_add(1, Ordering::AcqRel);
+                let peer = s.peer_addr().ok();
+                let active2 = active.clone();
                 let r = spawn("http-conn", move || {
                     let id = conns.add(&s);
                     http_connection(s, admitted, reg, max, timeout, &shutdown);
                     conns.remove(id);
                     active.fetch_sub(1, Ordering::AcqRel);
                 });
-                if r.is_err() {
-                    tracing::error!("cannot start an HTTP connection thread");
+                if let Err(e) = r {
+                    active2.fetch_sub(1, Ordering::AcqRel);
+                    tracing::error!(
+                        "dropped the HTTP connection from {peer:?} without an answer: cannot start its thread: {e}"
+                    );
                 }
             })
         })

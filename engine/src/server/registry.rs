@@ -167,6 +167,9 @@ pub struct Metrics {
     /// Matches ended by `abandon-after-s` (sealed, or sealed and removed).
     pub matches_abandoned: AtomicU64,
     pub ds_connections: AtomicU64,
+    /// DS connections the blocking backend closed without a protocol answer (no thread
+    /// could be started for them; each is logged with the reason).
+    pub ds_connections_dropped: AtomicU64,
     pub http_requests: AtomicU64,
     pub http_bytes: AtomicU64,
     pub http_errors: AtomicU64,
