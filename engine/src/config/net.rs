@@ -208,7 +208,7 @@ const KNOBS: &[Knob] = &[
     k("pipe-bytes", "F_SETPIPE_SZ", "2.6.35", "bytes", "262144", "Pipe size per HTTP stream for send=splice (must hold serve-chunk-bytes)."),
     k("workers-pin", "sched_setaffinity", "", "none|cores", "none", "Pin worker i to online CPU i mod ncpu, or leave placement to the scheduler."),
     k("tcp-nodelay", "TCP_NODELAY", "", "bool", "true", "Disable Nagle on accepted connections (acks and small responses go out at once)."),
-    k("listen-backlog", "listen(2) backlog", "", "u32", "1024", "Accept queue length of each listener (capped by net.core.somaxconn)."),
+    k("listen-backlog", "listen(2) backlog", "", "u32", "1024", "Accept queue length of each listener, on both backends (capped by net.core.somaxconn)."),
     k("sndbuf-bytes", "SO_SNDBUF", "", "bytes", "0", "Socket send buffer of accepted connections; 0 keeps the kernel's autotuning."),
     k("rcvbuf-bytes", "SO_RCVBUF", "", "bytes", "0", "Socket receive buffer of accepted connections; 0 keeps the kernel's autotuning."),
     k(
@@ -440,8 +440,8 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
 }
 
 /// Rules that hold only for `recorder serve`: the blocking backend has no ring and uses
-/// std::net, so every non-default [ring] and [net] option is refused with it rather than
-/// listed as unused.
+/// std::net, so every non-default [ring] and [net] option (but listen-backlog, which both
+/// backends apply) is refused with it rather than listed as unused.
 pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
     use super::server::Backend;
     if cfg.server.backend != Backend::Blocking {
@@ -451,6 +451,8 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
     for k in super::all_knobs()
         .into_iter()
         .filter(|k| k.section == "ring" || k.section == "net")
+        // the listeners are bound before either backend starts, with this backlog
+        .filter(|k| !(k.section == "net" && k.name == "listen-backlog"))
     {
         let key = format!("{}.{}", k.section, k.name);
         if cfg.get(&key) != d.get(&key) {
