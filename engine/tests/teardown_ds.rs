@@ -662,22 +662,7 @@ fn abandon_after_s_within_the_idle_timeout_is_refused() {
         (&["--abandon-after-s", "30"][..], "idle-timeout-ms"),
         (&["--abandon-action", "remove"][..], "needs abandon-after-s"),
     ] {
-        let mut child = KillOnDrop(
-            std::process::Command::new(env!("CARGO_BIN_EXE_recorder"))
-                .args(["serve", "--store"])
-                .arg(dir.path())
-                .args(["--ingest-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-                .args(args)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let st = child.wait_timeout(Duration::from_secs(10));
-        let _ = child.0.kill();
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+        let (st, err) = serve_expecting_refusal("uring", dir.path(), args);
         let st = st.unwrap_or_else(|| panic!("{args:?}: started: {err}"));
         assert!(!st.success(), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");

@@ -146,32 +146,7 @@ fn read_only_store_is_refused_at_start() {
     std::fs::create_dir_all(store.join("live")).unwrap();
     fs.remount(true);
     for backend in BACKENDS {
-        let mut child = KillOnDrop(
-            std::process::Command::new(env!("CARGO_BIN_EXE_recorder"))
-                .args(["serve", "--store"])
-                .arg(&store)
-                .args([
-                    "--ingest-addr",
-                    "127.0.0.1:0",
-                    "--http-addr",
-                    "127.0.0.1:0",
-                    "--backend",
-                    backend,
-                ])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let status = child.wait_timeout(Duration::from_secs(10));
-        if status.is_none() {
-            // still running: kill it so its stderr ends, then report what it said
-            let _ = child.0.kill();
-            let _ = child.0.wait();
-        }
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+        let (status, err) = serve_expecting_refusal(backend, &store, &[]);
         let status =
             status.unwrap_or_else(|| panic!("{backend}: started on a read-only store: {err}"));
         assert_eq!(status.code(), Some(1), "{backend}: {err}");

@@ -56,7 +56,8 @@ pub fn spawn_server(backend: &str, store: &Path, extra: &[&str]) -> Server {
     start(backend, store, &extra)
 }
 
-fn start(backend: &str, store: &Path, extra: &[String]) -> Server {
+/// `recorder serve` on `store` with both ports 0, `backend` and `extra`; stderr piped.
+pub fn serve_command(backend: &str, store: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_recorder"));
     cmd.arg("serve")
         .arg("--store")
@@ -70,11 +71,42 @@ fn start(backend: &str, store: &Path, extra: &[String]) -> Server {
             backend,
         ])
         .args(extra)
-        // the per-worker ring set-up lines (debug) are what some tests check
-        .env("RUST_LOG", "info,recorder::startup=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a `recorder serve` that is expected to refuse to start: its exit status (None
+/// when it was still running after 10 s, then killed) and everything it wrote on stderr.
+pub fn serve_expecting_refusal(
+    backend: &str,
+    store: &Path,
+    extra: &[&str],
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut child = KillOnDrop(
+        serve_command(backend, store, extra)
+            .spawn()
+            .expect("spawn recorder"),
+    );
+    let status = child.wait_timeout(Duration::from_secs(10));
+    if status.is_none() {
+        // still running: kill it so its stderr ends
+        let _ = child.0.kill();
+        let _ = child.0.wait();
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (status, err)
+}
+
+fn start(backend: &str, store: &Path, extra: &[String]) -> Server {
+    let args: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
+    let mut cmd = serve_command(backend, store, &args);
+    // the per-worker ring set-up lines (debug) are what some tests check
+    cmd.env("RUST_LOG", "info,recorder::startup=debug");
     let mut child = cmd.spawn().expect("spawn recorder");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
