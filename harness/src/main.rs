@@ -50,7 +50,7 @@ struct PowerArgs {
     #[arg(long, default_value_t = 10)]
     trials: u32,
     /// An injected slowdown, NAME=ARGS: the head recorder runs with ARGS (repeatable), e.g.
-    /// kib5="--test-burn-rounds-per-kib 15"
+    /// kib5="--test-burn-rounds-per-kib 20"
     #[arg(long = "inject", value_name = "NAME=ARGS", allow_hyphen_values = true)]
     injections: Vec<String>,
     /// Stop before a trial sweep that would end after this many minutes (run again to go on)

@@ -30,7 +30,7 @@ pub struct PowerOpts {
 /// Parses `NAME=ARGS` (ARGS split on white space).
 pub fn parse_injection(s: &str) -> Result<(String, Vec<String>), String> {
     let (name, args) = s.split_once('=').ok_or_else(|| {
-        format!("--inject {s:?}: use NAME=ARGS, e.g. kib5=\"--test-burn-rounds-per-kib 15\"")
+        format!("--inject {s:?}: use NAME=ARGS, e.g. kib5=\"--test-burn-rounds-per-kib 20\"")
     })?;
     let name = name.trim();
     if name.is_empty()
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn injections_are_named_and_trials_alternate() {
-        let (n, a) = parse_injection("kib5=--test-burn-rounds-per-kib 15").unwrap();
+        let (n, a) = parse_injection("kib5=--test-burn-rounds-per-kib 20").unwrap();
         assert_eq!((n.as_str(), a.len()), ("kib5", 2));
         assert!(parse_injection("aa=--x 1").is_err());
         assert!(parse_injection("x y=--x 1").is_err());
