@@ -19,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -53,6 +54,8 @@ pub struct BenchSpec {
     /// Raise vm.nr_hugepages for the run when the huge pages asked for are short, and put
     /// the old value back at the end.
     pub reserve_huge_pages: bool,
+    /// `--nop SECONDS`: NOPs only on the configured ring (its overhead floor), no files.
+    pub nop: Option<Duration>,
 }
 
 /// fio's buffer memory.
@@ -99,6 +102,7 @@ impl BenchSpec {
             write_mode: WriteMode::Fresh,
             fio_iomem: FioIomem::Auto,
             reserve_huge_pages: false,
+            nop: None,
         }
     }
 }
@@ -940,6 +944,13 @@ fn command() -> clap::Command {
                 .action(clap::ArgAction::SetTrue)
                 .help("Raise vm.nr_hugepages for the run when the huge pages needed (fio's shmhuge, our hugetlb) are short; the old value is put back at the end"),
         )
+        .arg(
+            clap::Arg::new("nop")
+                .long("nop")
+                .value_name("SECONDS")
+                .conflicts_with_all(["rw", "size", "fio", "write-mode", "fio-iomem", "path"])
+                .help("NOPs only, like t/io_uring -N1: --qd IORING_OP_NOPs in flight for SECONDS per run on the ring the [ring] options build; reports NOPs/s, CPU ns per NOP and NOPs per enter, the ring's own overhead floor (no file, no fio)"),
+        )
         .arg(clap::Arg::new("json").long("json").action(clap::ArgAction::SetTrue).help("Print one JSON object"))
         .arg(clap::Arg::new("config").long("config").value_name("FILE").help("TOML configuration file, applied before the options"));
     config::add_knob_args(cmd)
@@ -1017,6 +1028,17 @@ pub fn parse_args(args: Vec<String>) -> Result<(BenchSpec, bool), String> {
     spec.fio_iomem = FioIomem::parse(m.get_one::<String>("fio-iomem").expect("default"))
         .map_err(|e| format!("--fio-iomem: {e}"))?;
     spec.reserve_huge_pages = m.get_flag("reserve-huge-pages");
+    if let Some(v) = m.get_one::<String>("nop") {
+        let secs: f64 = v
+            .parse()
+            .ok()
+            .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+            .ok_or_else(|| format!("--nop {v:?}: seconds per run, a number in (0, 3600]"))?;
+        if spec.backend != Backend::Uring {
+            return Err("--nop measures an io_uring ring: it needs --backend uring".into());
+        }
+        spec.nop = Some(Duration::from_secs_f64(secs));
+    }
     if spec.cfg.file.direct == Direct::Off && spec.fio {
         eprintln!("io-bench: note: direct=off: buffered results depend on the page cache state");
     }
@@ -1036,6 +1058,9 @@ pub fn cli_main(args: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(d) = spec.nop {
+        return nop_main(&spec, d, as_json);
+    }
     match run(&spec) {
         Ok(r) => {
             let text = if as_json {
@@ -1054,4 +1079,74 @@ pub fn cli_main(args: Vec<String>) -> ExitCode {
             ExitCode::from(if unsupported { 3 } else { 1 })
         }
     }
+}
+
+/// `recorder io-bench --nop`: `--repeat` runs of [`crate::nopbench::run`], each printed,
+/// with the median NOPs/s.
+fn nop_main(spec: &BenchSpec, d: Duration, as_json: bool) -> ExitCode {
+    let depth = spec.cfg.file.io_depth;
+    let mut runs = Vec::new();
+    let mut eff = None;
+    for _ in 0..spec.repeat {
+        match crate::nopbench::run(&spec.cfg, depth, d) {
+            Ok((r, e)) => {
+                runs.push(r);
+                eff = Some(e);
+            }
+            Err(e) => {
+                eprintln!("recorder io-bench --nop: {e}");
+                return ExitCode::from(if e.is_unsupported() { 3 } else { 1 });
+            }
+        }
+    }
+    let mut per_s: Vec<f64> = runs.iter().map(|r| r.nops_per_s()).collect();
+    per_s.sort_by(f64::total_cmp);
+    let median = per_s[per_s.len() / 2];
+    let eff = eff.expect("at least one run");
+    let text = if as_json {
+        let v = serde_json::json!({
+            "mode": "nop",
+            "io_depth": depth,
+            "seconds_per_run": d.as_secs_f64(),
+            "ring_flags": eff.flag_names,
+            "ring_flags_requested": eff.requested_flag_names,
+            "sq_entries": eff.sq_entries,
+            "cq_entries": eff.cq_entries,
+            "median_nops_per_s": median,
+            "runs": runs.iter().map(|r| serde_json::json!({
+                "nops": r.nops,
+                "elapsed_s": r.elapsed_s,
+                "cpu_s": r.cpu_s,
+                "enters": r.enters,
+                "nops_per_s": r.nops_per_s(),
+                "cpu_ns_per_nop": r.cpu_ns_per_nop(),
+                "nops_per_enter": r.nops_per_enter(),
+            })).collect::<Vec<_>>(),
+        });
+        serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+    } else {
+        let mut t = format!(
+            "io-bench --nop: qd={depth} ring flags {} (asked {}), sq {} cq {}, {} run(s) of {:.1} s\n",
+            eff.flag_names,
+            eff.requested_flag_names,
+            eff.sq_entries,
+            eff.cq_entries,
+            runs.len(),
+            d.as_secs_f64()
+        );
+        for r in &runs {
+            t += &format!(
+                "  {:>12.0} NOPs/s  {:>8.1} CPU ns/NOP  {:>8} NOPs/enter\n",
+                r.nops_per_s(),
+                r.cpu_ns_per_nop(),
+                r.nops_per_enter()
+                    .map_or("-".to_string(), |v| format!("{v:.1}"))
+            );
+        }
+        t += &format!("  median {median:.0} NOPs/s\n");
+        t
+    };
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    ExitCode::SUCCESS
 }

@@ -25,6 +25,7 @@ pub mod fileio;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod nopbench;
 pub mod probe;
 pub mod protocol;
 pub mod server;

@@ -1025,6 +1025,14 @@ impl Ring {
         Ok(())
     }
 
+    /// Queues an IORING_OP_NOP. Safe: a NOP refers to no buffer, descriptor or other
+    /// memory (`recorder io-bench --nop`, the ring's own overhead floor).
+    pub fn push_nop(&mut self, user_data: u64) -> Result<(), SqFull> {
+        let sqe = io_uring::opcode::Nop::new().build().user_data(user_data);
+        // SAFETY: a NOP carries no pointer or descriptor for the kernel to use.
+        unsafe { self.push(&sqe) }
+    }
+
     /// Queues one 128-byte SQE.
     ///
     /// # Safety
