@@ -281,3 +281,59 @@ fn small_run_side_by_side_with_fio() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--nop` (the ring's overhead floor, like t/io_uring -N1): a real run through the
+/// binary, text and JSON, on a plain and an SQPOLL ring; file-only options are refused.
+#[test]
+fn nop_mode_runs_nops_on_the_configured_ring() {
+    let bin = env!("CARGO_BIN_EXE_recorder");
+    let out = std::process::Command::new(bin)
+        .args([
+            "io-bench", "--nop", "0.1", "--repeat", "2", "--qd", "16", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "nop");
+    assert_eq!(v["io_depth"], 16);
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        assert!(r["nops"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["enters"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["nops_per_enter"].as_f64().unwrap() >= 1.0, "{r}");
+    }
+    let out = std::process::Command::new(bin)
+        .args([
+            "io-bench", "--nop", "0.1", "--repeat", "1", "--sqpoll", "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("IORING_SETUP_SQPOLL"), "{text}");
+    assert!(text.contains("NOPs/s"), "{text}");
+    for bad in [
+        &["io-bench", "--nop", "1", "--fio"][..],
+        &["io-bench", "--nop", "1", "--rw", "write"],
+        &["io-bench", "--nop", "0"],
+        &["io-bench", "--nop", "1", "--backend", "blocking"],
+    ] {
+        let out = std::process::Command::new(bin).args(bad).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
