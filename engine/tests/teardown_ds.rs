@@ -525,7 +525,14 @@ fn listen_backlog_is_honoured_in_every_listener_mode() {
         }
         let srv = spawn_server(backend, dir.path(), &args);
         for (what, addr) in [("ingest", srv.ingest), ("http", srv.http)] {
-            let b = listen_backlogs(addr.port());
+            // The server says it listens once the first listener is bound; the other
+            // workers' reuseport listeners come up as each worker starts.
+            let mut b = listen_backlogs(addr.port());
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while b.len() < listeners && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+                b = listen_backlogs(addr.port());
+            }
             assert_eq!(
                 b,
                 vec![777; listeners],
