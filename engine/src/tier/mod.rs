@@ -155,6 +155,9 @@ struct State {
     markers: HashSet<String>,
 }
 
+/// How long the start-up test write may take before the store counts as unreachable.
+const ACCESS_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The tier of one recorder process.
 pub struct Tier {
     pub cfg: TierConfig,
@@ -206,7 +209,22 @@ impl Tier {
             t.node_url.clone()
         };
         let mut notes = Vec::new();
-        let probe = rt.block_on(client::check_access(&store, t, &node_url));
+        // Bounded: a store that accepts connections but does not answer yet (object_store
+        // retries 5xx answers for minutes) must not hold the recorder's start; it is then
+        // treated as unreachable, and uploads wait and retry.
+        let probe = rt.block_on(async {
+            tokio::time::timeout(
+                ACCESS_CHECK_TIMEOUT,
+                client::check_access(&store, t, &node_url),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(client::AccessError::Unreachable(format!(
+                    "no answer to a test write within {} s",
+                    ACCESS_CHECK_TIMEOUT.as_secs()
+                )))
+            })
+        });
         match probe {
             Ok(()) => notes.push(format!(
                 "object store {} bucket {} prefix {}: writable",
