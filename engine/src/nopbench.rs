@@ -54,8 +54,11 @@ pub fn run(
     let t0 = Instant::now();
     let (mut in_flight, mut nops, mut failed) = (0usize, 0u64, None);
     let mut done = false;
-    while !done || in_flight > 0 {
+    loop {
         done = done || t0.elapsed() >= dur || failed.is_some();
+        if done && in_flight == 0 {
+            break;
+        }
         while !done && in_flight < depth && ring.push_nop(1).is_ok() {
             in_flight += 1;
         }
