@@ -287,18 +287,19 @@ fn small_run_side_by_side_with_fio() {
 #[test]
 fn nop_mode_runs_nops_on_the_configured_ring() {
     let bin = env!("CARGO_BIN_EXE_recorder");
-    let out = std::process::Command::new(bin)
-        .args([
-            "io-bench", "--nop", "0.1", "--repeat", "2", "--qd", "16", "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ok = |args: &[&str]| -> Vec<u8> {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let json = ok(&[
+        "io-bench", "--nop", "0.1", "--repeat", "2", "--qd", "16", "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(v["mode"], "nop");
     assert_eq!(v["io_depth"], 16);
     let runs = v["runs"].as_array().unwrap();
@@ -308,18 +309,10 @@ fn nop_mode_runs_nops_on_the_configured_ring() {
         assert!(r["enters"].as_u64().unwrap() > 0, "{r}");
         assert!(r["nops_per_enter"].as_f64().unwrap() >= 1.0, "{r}");
     }
-    let out = std::process::Command::new(bin)
-        .args([
-            "io-bench", "--nop", "0.1", "--repeat", "1", "--sqpoll", "true",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = ok(&[
+        "io-bench", "--nop", "0.1", "--repeat", "1", "--sqpoll", "true",
+    ]);
+    let text = String::from_utf8_lossy(&text);
     assert!(text.contains("IORING_SETUP_SQPOLL"), "{text}");
     assert!(text.contains("NOPs/s"), "{text}");
     for bad in [

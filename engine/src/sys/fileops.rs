@@ -556,6 +556,14 @@ impl<R: RingOps> FileOps<R> {
         Ok(())
     }
 
+    /// [`Self::check_target`] then [`Self::take_index`] for an operation without a slot
+    /// (syncs, fallocate, sync_file_range).
+    fn slotless_index(&mut self, t: Target) -> Result<u32, OpError> {
+        let mut none = None;
+        self.check_target(t, &mut none)?;
+        self.take_index(&mut none)
+    }
+
     pub(super) fn take_index(&mut self, slot: &mut Option<Slot>) -> Result<u32, OpError> {
         self.free
             .pop()
@@ -818,9 +826,7 @@ impl<R: RingOps> FileOps<R> {
         tag: u64,
     ) -> Result<(), OpError> {
         let t = file.target();
-        let mut none = None;
-        self.check_target(t, &mut none)?;
-        let idx = self.take_index(&mut none)?;
+        let idx = self.slotless_index(t)?;
         let sqe = on_target!(t, f => opcode::SyncFileRange::new(f, len)
             .offset(offset)
             .flags(flags)
@@ -968,9 +974,7 @@ impl<R: RingOps> FileOps<R> {
         tag: u64,
     ) -> Result<(), OpError> {
         let t = file.target();
-        let mut none = None;
-        self.check_target(t, &mut none)?;
-        let idx = self.take_index(&mut none)?;
+        let idx = self.slotless_index(t)?;
         let flags = if datasync {
             types::FsyncFlags::DATASYNC
         } else {
@@ -990,9 +994,7 @@ impl<R: RingOps> FileOps<R> {
         tag: u64,
     ) -> Result<(), OpError> {
         let t = file.target();
-        let mut none = None;
-        self.check_target(t, &mut none)?;
-        let idx = self.take_index(&mut none)?;
+        let idx = self.slotless_index(t)?;
         let sqe = on_target!(t, f => opcode::Fallocate::new(f, len)
             .offset(offset)
             .mode(mode)
