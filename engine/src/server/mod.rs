@@ -226,23 +226,64 @@ impl std::fmt::Display for ServerError {
 }
 impl std::error::Error for ServerError {}
 
+/// How long a start waits for a port still held by a listener of a process that just died
+/// (see [`bind_listener`]); then it is refused as taken by another process.
+pub const BIND_WAIT: Duration = Duration::from_secs(5);
+
 /// Binds a listener on `addr` (host:port, the first address that binds) with the
 /// configured `net.listen-backlog` (std's `TcpListener::bind` would use 128). The io_uring
 /// backend uses it as its first listener (acceptor or first of a reuseport group), the
 /// blocking backend as its only one.
+///
+/// It binds *without* SO_REUSEPORT (SO_REUSEADDR only, for TIME_WAIT), so the bind fails
+/// with EADDRINUSE while any other socket listens on the port, reuseport or not. After a
+/// kill -9 of the io_uring backend its listeners stay open (and keep accepting into their
+/// queues) until the kernel has torn the dead process's rings down, some milliseconds
+/// after the process is reaped; a restart that bound beside them with SO_REUSEPORT would
+/// lose the connections hashed to them. So EADDRINUSE is retried every 10 ms for up to
+/// [`BIND_WAIT`], logged, and only this listener (SO_REUSEPORT set after it is bound, by the
+/// reuseport mode) lets the other workers' listeners join.
 fn bind_listener(addr: &str, what: &str, backlog: u32) -> Result<TcpListener, ServerError> {
     use std::net::ToSocketAddrs;
     let refuse = |e: std::io::Error| ServerError(format!("cannot listen on {what} {addr}: {e}"));
-    let mut last = None;
-    for sa in addr.to_socket_addrs().map_err(refuse)? {
-        match crate::sys::netops::sockopt::listen(sa, false, backlog as i32) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
+    let t0 = std::time::Instant::now();
+    let mut waiting = false;
+    loop {
+        let mut last = None;
+        for sa in addr.to_socket_addrs().map_err(refuse)? {
+            match crate::sys::netops::sockopt::listen(sa, false, backlog as i32) {
+                Ok(l) => {
+                    if waiting {
+                        tracing::info!(
+                            "{what} {addr}: bound after waiting {} ms for the port",
+                            t0.elapsed().as_millis()
+                        );
+                    }
+                    return Ok(l);
+                }
+                Err(e) => last = Some(e),
+            }
         }
+        let e = last
+            .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"));
+        if e.kind() != std::io::ErrorKind::AddrInUse {
+            return Err(refuse(e));
+        }
+        if t0.elapsed() >= BIND_WAIT {
+            return Err(ServerError(format!(
+                "cannot listen on {what} {addr}: {e}; still in use after waiting {} s: another process listens on it (`ss -ltnp` names it)",
+                BIND_WAIT.as_secs()
+            )));
+        }
+        if !waiting {
+            tracing::warn!(
+                "{what} {addr} is in use ({e}); waiting up to {} s for it (a recorder killed just now keeps its listeners until the kernel has closed its rings)",
+                BIND_WAIT.as_secs()
+            );
+            waiting = true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    Err(refuse(last.unwrap_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address")
-    })))
 }
 
 /// Validates the configuration, recovers the store, binds both listeners.

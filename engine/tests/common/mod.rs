@@ -56,20 +56,18 @@ pub fn spawn_server(backend: &str, store: &Path, extra: &[&str]) -> Server {
     start(backend, store, &extra)
 }
 
-/// `recorder serve` on `store` with both ports 0, `backend` and `extra`; stderr piped.
+/// `recorder serve` on `store` with both ports 0 (unless `extra` names `--ingest-addr` /
+/// `--http-addr`), `backend` and `extra`; stderr piped.
 pub fn serve_command(backend: &str, store: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_recorder"));
-    cmd.arg("serve")
-        .arg("--store")
-        .arg(store)
-        .args([
-            "--ingest-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--backend",
-            backend,
-        ])
+    cmd.arg("serve").arg("--store").arg(store);
+    // port 0 unless the test names its own address (a restart on the same ports)
+    for opt in ["--ingest-addr", "--http-addr"] {
+        if !extra.contains(&opt) {
+            cmd.args([opt, "127.0.0.1:0"]);
+        }
+    }
+    cmd.args(["--backend", backend])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
