@@ -53,15 +53,6 @@ pub struct Power {
     pub markdown: PathBuf,
 }
 
-fn finished(dir: &Path) -> bool {
-    ["base", "head"].iter().all(|s| {
-        std::fs::read_to_string(dir.join(s).join("manifest.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|m| m["finished_at"].is_string())
-    })
-}
-
 pub fn power(dir: &Path) -> Result<Power> {
     let study_path = dir.join("power.json");
     let text =
@@ -99,7 +90,7 @@ pub fn power(dir: &Path) -> Result<Power> {
             continue;
         };
         let Ok(t) = t.parse::<u32>() else { continue };
-        if finished(&e.path()) {
+        if results_schema::manifest::ab_finished(&e.path()) {
             found.push((t, kind.to_string(), e.path()));
         } else {
             unfinished.push(e.path());

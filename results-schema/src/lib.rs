@@ -8,6 +8,8 @@
 //! directories stay readable ([`canonical`]).
 #![forbid(unsafe_code)]
 
+pub mod manifest;
+
 /// `manifest.json`'s `schema`: 2 since the MB/s columns are named `*_mb_per_s`.
 pub const SCHEMA_VERSION: u32 = 2;
 
