@@ -49,6 +49,10 @@ struct PowerArgs {
     /// Trials of each kind
     #[arg(long, default_value_t = 10)]
     trials: u32,
+    /// A/A trials, if more than --trials: the extra rounds are A/A only, run between the
+    /// full rounds
+    #[arg(long)]
+    aa_trials: Option<u32>,
     /// An injected slowdown, NAME=ARGS: the head recorder runs with ARGS (repeatable), e.g.
     /// kib5="--test-burn-rounds-per-kib 20"
     #[arg(long = "inject", value_name = "NAME=ARGS", allow_hyphen_values = true)]
@@ -465,6 +469,7 @@ fn main() -> ExitCode {
                 recorder: a.recorder,
                 out: a.out,
                 trials: a.trials,
+                aa_trials: a.aa_trials.unwrap_or(a.trials),
                 injections,
                 max_minutes: a.max_minutes,
                 command_line: std::env::args().collect::<Vec<_>>().join(" "),

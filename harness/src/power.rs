@@ -9,7 +9,7 @@
 //! would end past M minutes, and running the same command again continues where it
 //! stopped (finished trials are kept; an interrupted one is resumed).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +21,10 @@ pub struct PowerOpts {
     pub recorder: PathBuf,
     pub out: PathBuf,
     pub trials: u32,
+    /// A/A trials (at least `trials`): the rounds beyond `trials` are A/A only, run
+    /// between the full rounds, so that the false-alarm rate gets more trials than the
+    /// detection rates without running every injection as often.
+    pub aa_trials: u32,
     /// (name, recorder arguments) of each injection.
     pub injections: Vec<(String, Vec<String>)>,
     pub max_minutes: Option<f64>,
@@ -50,34 +54,29 @@ pub fn parse_injection(s: &str) -> Result<(String, Vec<String>), String> {
     Ok((name.to_string(), args))
 }
 
-/// The trial directories in the order they run.
+/// The trial directories in the order they run: round `t` (1..=trials) is an A/A sweep
+/// followed by one sweep per injection; the A/A-only rounds trials+1..=aa_trials come
+/// between them, spread evenly (A/A-only round trials+j after full round
+/// ceil(j * trials / extra)), so that every part of the study sees the same machine.
 pub fn plan(opts: &PowerOpts) -> Vec<(String, Vec<String>, PathBuf)> {
+    let dir = |t: u32, name: &str| opts.out.join("trials").join(format!("{t:02}-{name}"));
+    let extra = opts.aa_trials.saturating_sub(opts.trials);
     let mut out = Vec::new();
-    for t in 1..=opts.trials {
-        out.push((
-            "aa".to_string(),
-            Vec::new(),
-            opts.out.join("trials").join(format!("{t:02}-aa")),
-        ));
-        for (name, args) in &opts.injections {
-            out.push((
-                name.clone(),
-                args.clone(),
-                opts.out.join("trials").join(format!("{t:02}-{name}")),
-            ));
+    let mut j = 1;
+    for t in 1..=opts.trials.max(1) {
+        if t <= opts.trials {
+            out.push(("aa".to_string(), Vec::new(), dir(t, "aa")));
+            for (name, args) in &opts.injections {
+                out.push((name.clone(), args.clone(), dir(t, name)));
+            }
+        }
+        // A/A-only rounds due after round t (all of them when there are no full rounds).
+        while j <= extra && (opts.trials == 0 || j * opts.trials <= t * extra) {
+            out.push(("aa".to_string(), Vec::new(), dir(opts.trials + j, "aa")));
+            j += 1;
         }
     }
     out
-}
-
-/// Whether a trial directory holds a finished sweep.
-fn finished(dir: &Path) -> bool {
-    ["base", "head"].iter().all(|s| {
-        std::fs::read_to_string(dir.join(s).join("manifest.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|m| m["finished_at"].is_string())
-    })
 }
 
 fn write_study(opts: &PowerOpts) -> Result<(), String> {
@@ -89,6 +88,7 @@ fn write_study(opts: &PowerOpts) -> Result<(), String> {
         "experiment": std::fs::read_to_string(&opts.experiment).unwrap_or_default(),
         "recorder": opts.recorder.display().to_string(),
         "trials": opts.trials,
+        "aa_trials": opts.aa_trials,
         "injections": opts.injections.iter().map(|(n, a)| serde_json::json!({"name": n, "args": a})).collect::<Vec<_>>(),
         "command_line": opts.command_line,
     });
@@ -103,7 +103,14 @@ fn write_study(opts: &PowerOpts) -> Result<(), String> {
                 ));
             }
         }
-        if old["trials"].as_u64().unwrap_or(0) > opts.trials as u64 {
+        // A study written before --aa-trials existed planned as many A/A trials as rounds.
+        let old_aa = old["aa_trials"]
+            .as_u64()
+            .or(old["trials"].as_u64())
+            .unwrap_or(0);
+        if old["trials"].as_u64().unwrap_or(0) > opts.trials as u64
+            || old_aa > opts.aa_trials as u64
+        {
             return Ok(()); // asking for fewer trials than planned: keep the plan
         }
     }
@@ -123,9 +130,18 @@ pub fn run(opts: &PowerOpts, stop: Arc<AtomicBool>) -> Result<i32, String> {
             opts.recorder.display()
         ));
     }
+    if opts.aa_trials < opts.trials {
+        return Err(format!(
+            "--aa-trials {} is fewer than --trials {}: every round's injected trials take their margins from that round's A/A trial",
+            opts.aa_trials, opts.trials
+        ));
+    }
     write_study(opts)?;
     let trials = plan(opts);
-    let todo: Vec<_> = trials.iter().filter(|(_, _, d)| !finished(d)).collect();
+    let todo: Vec<_> = trials
+        .iter()
+        .filter(|(_, _, d)| !results_schema::manifest::ab_finished(d))
+        .collect();
     eprintln!(
         "harness power: {} of {} trial sweeps done, {} to go{}",
         trials.len() - todo.len(),
@@ -204,6 +220,7 @@ mod tests {
             recorder: "r".into(),
             out: "/tmp/p".into(),
             trials: 2,
+            aa_trials: 2,
             injections: vec![("k5".into(), vec!["--a".into()]), ("k10".into(), vec![])],
             max_minutes: None,
             command_line: String::new(),
@@ -216,5 +233,43 @@ mod tests {
             names,
             ["01-aa", "01-k5", "01-k10", "02-aa", "02-k5", "02-k10"]
         );
+    }
+
+    #[test]
+    fn a_a_only_rounds_are_spread_between_the_full_rounds() {
+        let names = |trials, aa_trials| -> Vec<String> {
+            let o = PowerOpts {
+                experiment: "e.toml".into(),
+                recorder: "r".into(),
+                out: "/tmp/p".into(),
+                trials,
+                aa_trials,
+                injections: vec![("k5".into(), vec!["--a".into()])],
+                max_minutes: None,
+                command_line: String::new(),
+            };
+            plan(&o)
+                .iter()
+                .map(|(_, _, d)| d.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(2, 4),
+            ["01-aa", "01-k5", "03-aa", "02-aa", "02-k5", "04-aa"]
+        );
+        assert_eq!(
+            names(4, 6),
+            [
+                "01-aa", "01-k5", "02-aa", "02-k5", "05-aa", "03-aa", "03-k5", "04-aa", "04-k5",
+                "06-aa"
+            ]
+        );
+        assert_eq!(names(0, 2), ["01-aa", "02-aa"]);
+        // Every round's A/A exactly once.
+        let mut n = names(10, 20);
+        assert_eq!(n.iter().filter(|x| x.ends_with("-aa")).count(), 20);
+        n.sort();
+        n.dedup();
+        assert_eq!(n.len(), 30);
     }
 }

@@ -533,5 +533,29 @@ fn power_trials_alternate_and_continue_where_they_stopped() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
+    // Fewer A/A trials than rounds would leave injected trials without their round's margins.
+    let o = Command::new(harness_bin())
+        .arg("power")
+        .arg(&exp)
+        .args([
+            "--recorder",
+            fake_bin(),
+            "--trials",
+            "2",
+            "--aa-trials",
+            "1",
+        ])
+        .arg("--out")
+        .arg(d.join("study2"))
+        .args(["--inject", "k5=--fake-burn 5"])
+        .env("HARNESS_STATE_DIR", d.join("state"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--aa-trials 1 is fewer than --trials 2"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
