@@ -312,3 +312,72 @@ fn sweeps_of_different_experiments_are_refused_unless_told_otherwise() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--aa"));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Pairs of a bulk-ingest cell from head/base MB/s changes (%), CPU s/GiB moving inversely.
+fn bulk_pairs(changes: &[f64]) -> Vec<(Vals<'static>, Vals<'static>)> {
+    changes
+        .iter()
+        .map(|c| {
+            let f = 1.0 + c / 100.0;
+            (
+                vec![("throughput_mb_per_s", 1200.0), ("cpu_s_per_gib", 0.9)],
+                vec![
+                    ("throughput_mb_per_s", 1200.0 * f),
+                    ("cpu_s_per_gib", 0.9 / f),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// Power study 2026-12-01, round 3: a noisy A/A sweep (pairs +12.7 .. -10.3%) set the
+/// margins of its round to 7.2% (MB/s) and 6.4% (CPU s/GiB), and a ~6% injection whose 10
+/// pairs were all worse (p = 0.001) was INCONCLUSIVE on MB/s. The pair noise now pools the
+/// A/A pairs with the judged ones, and the A/A bias counts only beyond its chance spread.
+#[test]
+fn one_noisy_aa_sweep_does_not_hide_a_six_percent_loss() {
+    let d = tmp("noisy-aa");
+    let cell = |changes: &[f64]| {
+        vec![CellSpec {
+            id: "c0000",
+            kind: "recorder",
+            workload: "bulk-ingest",
+            load: "matches=8;tick-hz=0",
+            pairs: bulk_pairs(changes),
+        }]
+    };
+    // The pairs measured in that round (MB/s change per pair).
+    let aa = [12.7, 7.0, 8.9, 3.6, -3.2, 4.6, -4.2, -3.2, -10.3, 5.1];
+    let inj = [-5.5, -3.7, -7.3, -6.8, -7.5, -6.0, -10.3, -4.0, -6.7, -3.6];
+    ab_sweep(&d.join("aa"), "x", &cell(&aa));
+    ab_sweep(&d.join("inj"), "x", &cell(&inj));
+    let (code, v, err) = run_json(
+        &[&d.join("inj/base"), &d.join("inj/head")],
+        &["--aa", d.join("aa").to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{err}\n{v:#}");
+    for m in ["cpu_s_per_gib", "throughput_mb_per_s"] {
+        let r = row(&v, "c0000", m);
+        assert_eq!(r["verdict"], "REGRESSION", "{r}");
+        assert!(r["delta"].as_f64().unwrap() < 0.05, "{r}");
+        assert!(
+            r["margin"]["aa_bias"].as_f64().unwrap() > 0.035,
+            "shown: {r}"
+        );
+    }
+    // A systematic offset between two identical sides still widens the margin: every A/A
+    // pair 6% apart (noise 0.3%) keeps a 5% loss from being called a REGRESSION.
+    let offset: Vec<f64> = (0..10).map(|i| -6.0 + 0.1 * (i % 3) as f64).collect();
+    let loss: Vec<f64> = (0..10).map(|i| -5.0 + 0.1 * (i % 3) as f64).collect();
+    ab_sweep(&d.join("aa2"), "x", &cell(&offset));
+    ab_sweep(&d.join("inj2"), "x", &cell(&loss));
+    let (code, v, err) = run_json(
+        &[&d.join("inj2/base"), &d.join("inj2/head")],
+        &["--aa", d.join("aa2").to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}\n{v:#}");
+    let r = row(&v, "c0000", "throughput_mb_per_s");
+    assert!(r["delta"].as_f64().unwrap() > 0.055, "{r}");
+    assert_ne!(r["verdict"], "REGRESSION", "{r}");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -4,11 +4,17 @@
 //! delta = max(floor, 2 x spread, bias): the spread is how far the median pair change of a
 //! same-build comparison with as many pairs as the one judged moves by chance, its
 //! standard error `1.2533 x sigma / sqrt(n)`, with sigma the noise of one pair's log ratio;
-//! the bias is a same-build sweep's own median change (a systematic offset between two
-//! identical sides; 0 when none was measured). sigma comes, by preference, from:
-//! 1. `--aa DIR` given: that cell's pairs in a same-build (A/A) sweep measured in the same
-//!    job (at least [`MIN_AA_PAIRS`] pairs): 1.4826 x the median absolute deviation of
-//!    their log ratios, the noise of exactly the quantity the verdict is about;
+//! the bias is the part of a same-build sweep's own median change that chance does not
+//! explain (a systematic offset between two identical sides; 0 when none was measured).
+//! sigma comes, by preference, from:
+//! 1. `--aa DIR` given (at least [`MIN_AA_PAIRS`] pairs of that cell in a same-build sweep
+//!    measured in the same job): 1.4826 x the median absolute deviation of the A/A pair log
+//!    ratios about their median, pooled with the judged pairs' deviations about theirs. Both
+//!    are the noise of exactly the quantity the verdict is about, measured in the same job;
+//!    pooling them doubles the pairs the estimate rests on, so that one noisy A/A sweep of
+//!    10 pairs no longer doubles every margin of the run (it did: a 5% injection whose 10
+//!    pairs were all worse, p = 0.001, was missed against a 7.2% margin). The bias is then
+//!    |median A/A change| minus twice its own standard error, when positive;
 //! 2. else the cell's own within-build spread: median |ln(x_i/x_j)| / 0.6745 over pairs of
 //!    ok runs of the cell in the same build (both builds pooled; at least 4 runs per build);
 //!    it includes drift between repetitions, so it is the larger of the two;
@@ -84,7 +90,8 @@ pub struct CellMargin {
     pub pair_noise: Option<f64>,
     /// The standard error of the median pair change for the pairs judged (fraction).
     pub spread: Option<f64>,
-    /// |median change| of the A/A sweep (fraction), when one was given.
+    /// |median change| of the A/A sweep (fraction), when one was given; delta counts only
+    /// its part beyond twice its standard error.
     pub bias: Option<f64>,
     pub source: Source,
     /// delta as a fraction (0.05 = 5%).
@@ -96,29 +103,41 @@ pub fn se_median(sigma: f64, n: usize) -> f64 {
     1.2533 * sigma / (n.max(1) as f64).sqrt()
 }
 
+/// `aa`: the A/A median change (log) and its pair count, when margins come from an A/A
+/// sweep.
 fn from_sigma(
     metric: usize,
     sigma: Option<f64>,
-    bias: Option<f64>,
+    aa: Option<(f64, usize)>,
     n: usize,
     source: Source,
 ) -> CellMargin {
     let se = sigma.map(|s| se_median(s, n));
     let twice = se.map(|s| (2.0 * s).exp() - 1.0).unwrap_or(0.0);
-    let b = bias.map(|b| b.abs().exp() - 1.0).unwrap_or(0.0);
+    // Only the part of the A/A median change that its own chance spread does not explain.
+    let excess = aa
+        .map(|(b, n_aa)| {
+            let se_aa = sigma.map(|s| se_median(s, n_aa)).unwrap_or(0.0);
+            (b.abs() - 2.0 * se_aa).max(0.0).exp() - 1.0
+        })
+        .unwrap_or(0.0);
     CellMargin {
         pair_noise: sigma.map(|s| s.exp() - 1.0),
         spread: se.map(|s| s.exp() - 1.0),
-        bias: bias.map(|b| b.abs().exp() - 1.0),
+        bias: aa.map(|(b, _)| b.abs().exp() - 1.0),
         source,
-        delta: floor(metric).max(twice).max(b),
+        delta: floor(metric).max(twice).max(excess),
     }
 }
 
-/// 1.4826 x the median absolute deviation: a standard deviation robust to outlying pairs.
-pub fn robust_sd(w: &[f64]) -> f64 {
-    let med = stats::median(w);
-    let dev: Vec<f64> = w.iter().map(|x| (x - med).abs()).collect();
+/// 1.4826 x the median absolute deviation of each set about its own median, pooled: the
+/// pair noise when several sets measure the same noise around different centres.
+pub fn pooled_robust_sd(sets: &[&[f64]]) -> f64 {
+    let mut dev = Vec::new();
+    for w in sets.iter().filter(|w| !w.is_empty()) {
+        let med = stats::median(w);
+        dev.extend(w.iter().map(|x| (x - med).abs()));
+    }
     1.4826 * stats::median(&dev)
 }
 
@@ -164,14 +183,15 @@ impl MarginInputs<'_> {
         ((!d.is_empty()).then(|| stats::median(&d) / 0.6745), d.len())
     }
 
-    /// The margin of a cell's metric judged on `n` pairs.
-    pub fn margin(&self, cell: &str, metric: usize, n: usize) -> CellMargin {
+    /// The margin of a cell's metric judged on the oriented pair log ratios `judged`.
+    pub fn margin(&self, cell: &str, metric: usize, judged: &[f64]) -> CellMargin {
+        let n = judged.len();
         if let Some(w) = self.aa.and_then(|aa| aa.get(&(cell.to_string(), metric))) {
             if w.len() >= MIN_AA_PAIRS {
                 return from_sigma(
                     metric,
-                    Some(robust_sd(w)),
-                    Some(stats::median(w)),
+                    Some(pooled_robust_sd(&[w.as_slice(), judged])),
+                    Some((stats::median(w), w.len())),
                     n,
                     Source::AaPairs { pairs: w.len() },
                 );

@@ -485,7 +485,7 @@ pub fn compare(base_dir: &Path, head_dir: &Path, opts: &CompareOptions) -> Resul
                     if w.is_empty() {
                         return None;
                     }
-                    let mg = inputs.margin(cell, k, w.len());
+                    let mg = inputs.margin(cell, k, &w);
                     let (gated, note) = margin::gate(&first.kind, open_loop, k, mg.delta);
                     let mut r = verdict_row(cell, &label, &first.kind, &first.workload, k, &w, mg);
                     r.open_loop = open_loop;

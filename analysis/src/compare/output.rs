@@ -207,9 +207,10 @@ pub(super) fn write_doc(
         Some(a) => format!(
             "delta per cell and metric = max(floor, 2 × spread, A/A bias). The spread is the standard error of the \
              median pair change with this many pairs, 1.25 × σ/√n, σ the noise of one pair (1.4826 × the median \
-             absolute deviation of that cell's pair log ratios in the A/A sweep `{}`: the same build on both sides, \
-             measured in the same job); the A/A bias is that sweep's own median change. Cells without enough A/A \
-             pairs use their within-build spread.",
+             absolute deviation of that cell's pair log ratios about their median in the A/A sweep `{}`, the same \
+             build on both sides measured in the same job, pooled with the judged pairs' deviations about theirs); \
+             the A/A bias counted is the part of that sweep's own median change beyond twice its standard error. \
+             Cells without enough A/A pairs use their within-build spread.",
             a.display()
         ),
         None => "delta per cell and metric = max(floor, 2 × spread), the spread being the standard error of the \
