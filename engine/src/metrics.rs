@@ -293,6 +293,8 @@ pub fn render(reg: &Registry) -> String {
         ("matches_sealed", "Sealed replays in the store.", Gauge, list.len() as u64 - live),
         ("ds_connections", "Open DS connections.", Gauge, reg.ds_connections() as u64),
         ("http_connections", "Open HTTP connections.", Gauge, reg.http_connections() as u64),
+        ("memory_reserved_bytes", "Bytes of server.memory-budget reserved by the matches in progress (append-buffer-bytes + 128 KiB each).", Gauge, reg.live_matches() as u64 * reg.limits.match_memory),
+        ("memory_budget_bytes", "server.memory-budget (effective): a new match that would reserve more gets TOO_MANY_MATCHES.", Gauge, reg.limits.memory_budget.min(i64::MAX as u64)),
         ("uring_enter_calls", "io_uring_enter system calls made by all rings of the process (0 for the blocking backend).", Counter, enters),
         ("uring_completions", "Completions reaped from all rings of the process; divided by uring_enter_calls_total it is I/Os per system call.", Counter, cqes),
     ]);

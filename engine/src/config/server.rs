@@ -96,6 +96,9 @@ pub struct ServerConfig {
     pub journal_bypass_bytes: u64,
     pub max_frame_bytes: u64,
     pub max_matches: u64,
+    /// Memory live matches may reserve in all ([`match_memory_bytes`] each); 0 = auto
+    /// ([`auto_memory_budget`], resolved at start).
+    pub memory_budget: u64,
     pub max_connections: u64,
     pub http_max_connections: u64,
     pub idle_timeout_ms: u64,
@@ -159,6 +162,7 @@ impl Default for ServerConfig {
             append_buffer_bytes: 1 << 20,
             max_frame_bytes: 1 << 20,
             max_matches: 10_000,
+            memory_budget: 0,
             max_connections: 0,
             http_max_connections: 0,
             idle_timeout_ms: 30_000,
@@ -225,6 +229,7 @@ const KNOBS: &[Knob] = &[
     k("journal-bypass-bytes", "bytes", "262144", "storage-layout=journal: a replay-file write at least this large (a bulk sender's append) is not journaled but made durable in its replay file itself (fdatasync) before its ack, so bulk bytes reach the disk once; 0 = journal every write."),
     k("max-frame-bytes", "bytes", "1048576", "Largest frame payload a DS may send (FRAME_TOO_LARGE above; messages above it + 64 are refused before their body is read)."),
     k("max-matches", "u64", "10000", "Matches in progress at once; a new match over it gets TOO_MANY_MATCHES."),
+    k("memory-budget", "bytes", "0", "Memory all matches in progress may hold in their buffers. Each live match (connected or waiting for a RESUME, recovered ones included) reserves append-buffer-bytes + 128 KiB, its staging buffer at its fill limit plus the frame that crosses it and its bookkeeping; a new match that would exceed the budget gets TOO_MANY_MATCHES (a RESUME of a match in progress is never refused for it). 0 = auto: half the machine's memory (MemTotal, or the cgroup's memory.max when lower); the effective value and the number of matches it admits are in --print-config and the start-up log. Must hold at least one match."),
     k("max-connections", "u64", "0", "DS connections at once; one more gets TOO_MANY_CONNECTIONS. 0 = as many as RLIMIT_NOFILE allows (its hard limit, which the recorder raises its soft limit to, less HTTP and a reserve; a DS connection holds 2 descriptors with backend=uring, 3 with blocking); the effective value is in --print-config and the start-up log. A value that cannot fit is refused at start with the numbers."),
     k("http-max-connections", "u64", "0", "HTTP connections at once; one more gets 503 and is closed. 0 = 10% of the descriptors RLIMIT_NOFILE allows, at most 1000."),
     k("idle-timeout-ms", "u64", "30000", "A DS connection that sends nothing for this long gets IDLE_TIMEOUT and is closed (its match stays resumable)."),
@@ -270,6 +275,7 @@ impl Section for ServerConfig {
             "journal-bypass-bytes" => self.journal_bypass_bytes = parse_bytes(v)?,
             "max-frame-bytes" => self.max_frame_bytes = parse_bytes(v)?,
             "max-matches" => self.max_matches = parse_num(v)?,
+            "memory-budget" => self.memory_budget = parse_bytes(v)?,
             "max-connections" => self.max_connections = parse_num(v)?,
             "http-max-connections" => self.http_max_connections = parse_num(v)?,
             "idle-timeout-ms" => self.idle_timeout_ms = parse_num(v)?,
@@ -312,6 +318,7 @@ impl Section for ServerConfig {
             "journal-bypass-bytes" => self.journal_bypass_bytes.to_string(),
             "max-frame-bytes" => self.max_frame_bytes.to_string(),
             "max-matches" => self.max_matches.to_string(),
+            "memory-budget" => self.memory_budget.to_string(),
             "max-connections" => self.max_connections.to_string(),
             "http-max-connections" => self.http_max_connections.to_string(),
             "idle-timeout-ms" => self.idle_timeout_ms.to_string(),
@@ -333,6 +340,22 @@ impl Section for ServerConfig {
             _ => return None,
         })
     }
+}
+
+/// What each match in progress reserves of `memory-budget`: its staging buffer at its fill
+/// limit (`append-buffer-bytes`) plus 128 KiB for the frame that crosses it, its keyframe
+/// index and the write in flight (about 1.1 MiB with the defaults, as measured in issue 12).
+pub fn match_memory_bytes(s: &ServerConfig) -> u64 {
+    s.append_buffer_bytes + MATCH_MEMORY_SLACK
+}
+
+/// The part of [`match_memory_bytes`] above the staging buffer.
+pub const MATCH_MEMORY_SLACK: u64 = 128 << 10;
+
+/// `memory-budget = 0`: half of `machine_bytes` (MemTotal, or the cgroup limit when lower),
+/// never less than one match.
+pub fn auto_memory_budget(s: &ServerConfig, machine_bytes: u64) -> u64 {
+    (machine_bytes / 2).max(match_memory_bytes(s))
 }
 
 /// Cross-option rules of this section.
@@ -388,6 +411,16 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             &["max-matches"],
             "max-matches must be at least 1",
+        ));
+    }
+    let per_match = match_memory_bytes(s);
+    if s.memory_budget != 0 && s.memory_budget < per_match {
+        return Err(ConfigError::new(
+            &["memory-budget", "append-buffer-bytes"],
+            format!(
+                "memory-budget {} holds no match: each match in progress reserves append-buffer-bytes + 128 KiB = {per_match} bytes; raise memory-budget (0 = auto) or lower append-buffer-bytes",
+                s.memory_budget
+            ),
         ));
     }
     if s.workers > 1024 {

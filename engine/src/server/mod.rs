@@ -32,6 +32,7 @@
 pub mod abandon;
 pub mod blocking;
 pub mod fds;
+pub mod memory;
 pub mod registry;
 pub mod service;
 pub mod session;
@@ -212,6 +213,8 @@ pub fn limits(cfg: &Config) -> Limits {
         max_connections: s.max_connections as usize,
         http_max_connections: s.http_max_connections as usize,
         live_max_delay: Duration::from_millis(s.live_max_delay_ms),
+        memory_budget: s.memory_budget,
+        match_memory: config::server::match_memory_bytes(s),
     }
 }
 
@@ -292,6 +295,7 @@ pub fn start(mut cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext
         let hard = crate::sys::limits::nofile().map_or(1024, |(_, h)| h);
         fds::resolve_auto(&mut cfg, hard);
     }
+    let memory_note = memory::resolve_auto(&mut cfg);
     cfg.validate()
         .map_err(|e| ServerError(format!("invalid configuration: {e}")))?;
     config::server::validate_serve(&cfg)
@@ -301,6 +305,16 @@ pub fn start(mut cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext
             "no store directory: pass --store DIR (or store = \"DIR\" under [server])".into(),
         ));
     }
+    if let Some(n) = memory_note {
+        tracing::warn!("{n}");
+    }
+    let admitted = memory::matches_admitted(&cfg);
+    tracing::info!(
+        "limits: memory-budget {} bytes admits {admitted} matches in progress ({} bytes reserved each); max-matches {}",
+        cfg.server.memory_budget,
+        config::server::match_memory_bytes(&cfg.server),
+        cfg.server.max_matches
+    );
     let paths = StorePaths::new(&cfg.server.store);
     startup::check_store(&paths)?;
     let (opts, notes) = resolve_store_options(&cfg, &paths.root)?;
@@ -605,6 +619,7 @@ fn effective(cfg: &Config) -> Config {
     {
         e.ring.iowq_max_bounded = Some(SERVE_IOWQ_MAX_BOUNDED);
     }
+    let _ = memory::resolve_auto(&mut e);
     if e.server.max_connections == 0 || e.server.http_max_connections == 0 {
         // the hard limit: `start` raises the soft limit to it
         let hard = crate::sys::limits::nofile().map_or(1024, |(_, h)| h);

@@ -20,6 +20,9 @@ pub struct Limits {
     pub http_max_connections: usize,
     /// Longest `?delay_ms` a live viewer may ask for; bounds the per-match history.
     pub live_max_delay: Duration,
+    /// Bytes all matches in progress may reserve (`memory-budget`), `match_memory` each.
+    pub memory_budget: u64,
+    pub match_memory: u64,
 }
 
 impl Default for Limits {
@@ -29,6 +32,8 @@ impl Default for Limits {
             max_connections: 20_000,
             http_max_connections: 10_000,
             live_max_delay: Duration::from_secs(120),
+            memory_budget: u64::MAX,
+            match_memory: 1,
         }
     }
 }
@@ -663,7 +668,7 @@ impl Registry {
 
     /// Claims the writer role for `id` (already validated), applying the protocol's rules:
     /// sealed -> MATCH_SEALED, another writer -> MATCH_BUSY, in progress without RESUME ->
-    /// MATCH_EXISTS, new match over `max-matches` -> TOO_MANY_MATCHES.
+    /// MATCH_EXISTS, new match over `max-matches` or over `memory-budget` -> TOO_MANY_MATCHES.
     pub fn claim_writer(
         self: &Arc<Self>,
         id: &str,
@@ -728,6 +733,18 @@ impl Registry {
                 format!(
                     "{live} matches are in progress, the max-matches limit is {}; retry later",
                     self.limits.max_matches
+                ),
+            ));
+        }
+        let reserved = (live as u64 + 1).saturating_mul(self.limits.match_memory);
+        if reserved > self.limits.memory_budget {
+            return Err((
+                ErrorCode::TooManyMatches,
+                format!(
+                    "{live} matches are in progress and reserve {} bytes of the memory-budget of {} bytes ({} bytes each: append-buffer-bytes + 128 KiB); retry later",
+                    live as u64 * self.limits.match_memory,
+                    self.limits.memory_budget,
+                    self.limits.match_memory
                 ),
             ));
         }
