@@ -88,8 +88,18 @@ impl Config {
     pub fn is_recorder(&self) -> bool {
         self.kind == "recorder"
     }
-    pub fn dim(&self, rs: &ResultSet, name: &str) -> Option<&str> {
-        rs.dim_index(name).map(|i| self.dims[i].as_str())
+    /// The configuration's value of a dimension, or of any engine option in effect
+    /// (`opt.*` columns, from its first run) when no dimension has that name.
+    pub fn dim<'r>(&self, rs: &'r ResultSet, name: &str) -> Option<&'r str> {
+        rs.value_of(&rs.runs[*self.runs.first()?], name)
+    }
+    /// The setup flags in effect in its first ok run (empty: none, or not io_uring).
+    pub fn effective_flags<'r>(&self, rs: &'r ResultSet) -> Option<&'r str> {
+        self.runs
+            .iter()
+            .map(|&i| &rs.runs[i])
+            .find(|r| r.is_ok())
+            .map(|r| r.effective_flags.as_str())
     }
     /// Every run of the configuration failed or was unsupported (nothing was measured).
     pub fn all_unsupported_or_failed(&self) -> bool {

@@ -37,6 +37,10 @@ pub mod m {
     pub const LATE_FRAMES: usize = 24;
     pub const RECORDER_CPU_PCT: usize = 25;
     pub const RECORDER_CPU_S: usize = 26;
+    pub const URING_COMPLETIONS_PER_S: usize = 27;
+    pub const NOPS_PER_S: usize = 28;
+    pub const NOP_CPU_NS: usize = 29;
+    pub const NOPS_PER_ENTER: usize = 30;
 }
 
 /// Index of a metric column by its name.
@@ -97,6 +101,9 @@ pub struct Run {
     pub load: String,
     /// Where the recorder and the generator ran (`placement` column).
     pub placement: String,
+    /// Values of [`ResultSet::options`] (the `opt.*` columns), same order; empty where
+    /// the run has none (anchors, old results).
+    pub options: Vec<String>,
     pub metrics: [Option<f64>; N_METRICS],
     pub errors: Option<u64>,
     pub log: String,
@@ -137,6 +144,9 @@ pub struct ResultSet {
     pub manifest: serde_json::Value,
     /// Dimension names in column order (from the manifest, checked against runs.csv).
     pub dimensions: Vec<String>,
+    /// Engine options with an `opt.<section>.<name>` column, in column order (none in
+    /// results written before those columns).
+    pub options: Vec<String>,
     pub runs: Vec<Run>,
     /// Metric columns that runs.csv does not have at all (every value is then None).
     pub absent_columns: Vec<String>,
@@ -163,12 +173,13 @@ impl ResultSet {
         let runs_path = dir.join("runs.csv");
         let text =
             std::fs::read_to_string(&runs_path).map_err(|e| Error::io(&runs_path, "read", e))?;
-        let (dimensions, runs, absent_columns) =
+        let (dimensions, options, runs, absent_columns) =
             parse_runs(&runs_path, &text, manifest_dims.as_deref())?;
         Ok(ResultSet {
             dir: dir.to_path_buf(),
             manifest,
             dimensions,
+            options,
             runs,
             absent_columns,
         })
@@ -178,6 +189,23 @@ impl ResultSet {
     pub fn dim_index(&self, name: &str) -> Option<usize> {
         let name = name.strip_prefix("dim.").unwrap_or(name);
         self.dimensions.iter().position(|d| d == name)
+    }
+
+    /// Index of an engine option by name (`ring.sqpoll`; a leading `opt.` is accepted).
+    pub fn option_index(&self, name: &str) -> Option<usize> {
+        let name = results_schema::option_of(name).unwrap_or(name);
+        self.options.iter().position(|o| o == name)
+    }
+
+    /// A run's value of a dimension or, when no dimension has that name, of the option
+    /// in effect (the `opt.*` column): so any option can be grouped by, varied or not.
+    /// None when the result set has neither (or the run has no value).
+    pub fn value_of<'r>(&self, run: &'r Run, name: &str) -> Option<&'r str> {
+        let v = match self.dim_index(name) {
+            Some(i) => run.dims[i].as_str(),
+            None => run.options[self.option_index(name)?].as_str(),
+        };
+        (!v.is_empty()).then_some(v)
     }
 
     /// Distinct revisions in row order of first appearance.
@@ -271,6 +299,7 @@ fn load_manifest(path: &Path) -> Result<serde_json::Value> {
 struct Columns {
     idx: HashMap<String, usize>,
     dims: Vec<usize>,
+    options: Vec<usize>,
     metrics: [Option<usize>; N_METRICS],
 }
 
@@ -278,7 +307,7 @@ fn parse_runs(
     path: &Path,
     text: &str,
     manifest_dims: Option<&[String]>,
-) -> Result<(Vec<String>, Vec<Run>, Vec<String>)> {
+) -> Result<(Vec<String>, Vec<String>, Vec<Run>, Vec<String>)> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
@@ -357,7 +386,16 @@ fn parse_runs(
             absent.push(m.to_string());
         }
     }
+    let options: Vec<String> = headers
+        .iter()
+        .filter_map(results_schema::option_of)
+        .map(str::to_string)
+        .collect();
     let cols = Columns {
+        options: options
+            .iter()
+            .map(|o| idx[&format!("{}{o}", results_schema::col::OPT_PREFIX)])
+            .collect(),
         dims: dimensions
             .iter()
             .map(|d| idx[&format!("dim.{d}")])
@@ -393,7 +431,7 @@ fn parse_runs(
             ));
         }
     }
-    Ok((dimensions, runs, absent))
+    Ok((dimensions, options, runs, absent))
 }
 
 fn parse_row(
@@ -480,6 +518,11 @@ fn parse_row(
         effective_flags: get("effective_flags").to_string(),
         load: get("load").to_string(),
         placement: get("placement").to_string(),
+        options: c
+            .options
+            .iter()
+            .map(|&i| rec.get(i).unwrap_or("").trim().to_string())
+            .collect(),
         metrics,
         errors: uint("errors", false)?,
         log: get("log").to_string(),
@@ -810,12 +853,40 @@ mod tests {
             let text = format!(
                 "run_id,cell_id,rep,revision,kind,workload,status,{name},dev_mbps\nc1-r1,c1,1,head,recorder,ingest,ok,12.5,3\n"
             );
-            let (_, runs, absent) = parse_runs(p, &text, None).unwrap();
+            let (_, _, runs, absent) = parse_runs(p, &text, None).unwrap();
             assert_eq!(runs[0].metric(m::THROUGHPUT), Some(12.5), "{name}");
             assert_eq!(runs[0].metric(12), Some(3.0), "dev_mbps is dev_mb_per_s");
             assert!(!absent.iter().any(|a| a == "throughput_mb_per_s"));
         }
         let ts = TimeSeries::parse(p, "t_s,throughput_mbps\n0,4\n").unwrap();
         assert_eq!(ts.column(series::THROUGHPUT), Some(&[Some(4.0)][..]));
+    }
+
+    #[test]
+    fn option_columns_are_read_and_old_results_without_them_still_load() {
+        let p = Path::new("runs.csv");
+        let text = "run_id,cell_id,rep,revision,kind,workload,status,dim.net.recv,throughput_mb_per_s,opt.ring.sqpoll,opt.net.recv\n\
+                    c1-r1,c1,1,head,recorder,ingest,ok,multishot,12.5,true,multishot\n\
+                    c2-r1,c2,1,head,nginx,serve,ok,,30,,\n";
+        let (dims, options, runs, _) = parse_runs(p, text, None).unwrap();
+        assert_eq!(dims, vec!["net.recv"]);
+        assert_eq!(options, vec!["ring.sqpoll", "net.recv"]);
+        assert_eq!(runs[0].options, vec!["true", "multishot"]);
+        let rs = ResultSet {
+            dir: PathBuf::from("."),
+            manifest: serde_json::Value::Null,
+            dimensions: dims,
+            options,
+            runs,
+            absent_columns: vec![],
+        };
+        // a dimension wins over the option of the same name; any option can be looked up
+        assert_eq!(rs.value_of(&rs.runs[0], "net.recv"), Some("multishot"));
+        assert_eq!(rs.value_of(&rs.runs[0], "opt.ring.sqpoll"), Some("true"));
+        assert_eq!(rs.value_of(&rs.runs[1], "ring.sqpoll"), None);
+        assert_eq!(rs.value_of(&rs.runs[0], "ring.no-such"), None);
+        let old = "run_id,cell_id,rep,revision,kind,workload,status,throughput_mb_per_s\nc1-r1,c1,1,head,recorder,ingest,ok,1\n";
+        let (_, options, runs, _) = parse_runs(p, old, None).unwrap();
+        assert!(options.is_empty() && runs[0].options.is_empty());
     }
 }

@@ -41,6 +41,7 @@ impl Cell {
                 }
                 "iperf3" => "net".into(),
                 "nginx" => "serve".into(),
+                "nop" => "nop".into(),
                 _ => "ingest".into(),
             },
         }
@@ -163,6 +164,7 @@ pub const NAMESPACES: &[&str] = &[
     "fio",
     "iperf3",
     "nginx",
+    "nop",
 ];
 pub const ENGINE_SECTIONS: &[&str] = &["ring", "file", "net", "server", "tier"];
 pub const BLOCK_KEYS: &[&str] = &[
@@ -195,7 +197,7 @@ pub const LOAD_KEYS: &[&str] = &[
     "prefill-s",
     "file-size",
 ];
-pub const KINDS: &[&str] = &["recorder", "fio", "iperf3", "nginx"];
+pub const KINDS: &[&str] = &["recorder", "fio", "iperf3", "nginx", "nop"];
 pub const WORKLOADS: &[&str] = &[
     "ingest",
     "bulk-ingest",
@@ -204,6 +206,7 @@ pub const WORKLOADS: &[&str] = &[
     "disk-read",
     "net",
     "tier",
+    "nop",
 ];
 
 /// A seed for `seed = "fresh"`: the clock and the process id.

@@ -411,6 +411,34 @@ fn plan_main(a: PlanArgs) -> ExitCode {
             break; // stdout closed (| head): not an error
         }
     }
+    // Bench time, roughly: each run is its ramp-up and measured window plus ~3 s of start
+    // and stop (a serve run also prefills its replays), times repeat.min..=repeat.max.
+    let per_run: f64 = e
+        .cells
+        .iter()
+        .map(|c| {
+            let prefill = match (c.kind(), c.workload().as_str()) {
+                ("recorder", "serve") => c.f64_or("load.prefill-s", 3.0).unwrap_or(3.0) + 1.0,
+                _ => 0.0,
+            };
+            let window = if c.kind() == "nop" {
+                e.measure_s
+            } else {
+                e.ramp_up_s + e.measure_s
+            };
+            window + prefill + 3.0
+        })
+        .sum();
+    let _ = writeln!(
+        out,
+        "runs: {}..{} (repeat {}..{}), about {:.0}..{:.0} min of bench time",
+        e.cells.len() as u32 * e.repeat.min,
+        e.cells.len() as u32 * e.repeat.max,
+        e.repeat.min,
+        e.repeat.max,
+        per_run * e.repeat.min as f64 / 60.0,
+        per_run * e.repeat.max as f64 / 60.0
+    );
     drop(out);
     match harness::validate::check_all(&e) {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,9 +17,12 @@ use crate::sweep::load::{clients_config_for, ds_config_for};
 pub const IPERF3_KEYS: &[&str] = &["parallel", "len", "window", "zerocopy", "reverse"];
 /// `nginx.*` settings the nginx anchor understands.
 pub const NGINX_KEYS: &[&str] = &["files", "file-size", "sendfile", "workers"];
-/// Namespaces that belong to one kind of cell only.
+/// Namespaces that belong to one kind of cell only (`ring` to the recorder and to the
+/// nop anchor, which builds the same ring).
 const KIND_NAMESPACES: &[(&str, &str)] = &[
     ("ring", "recorder"),
+    ("ring", "nop"),
+    ("nop", "nop"),
     ("file", "recorder"),
     ("net", "recorder"),
     ("server", "recorder"),
@@ -68,8 +71,13 @@ fn check_cell(exp: &Experiment, c: &Cell, fio: bool) -> Result<(), String> {
     let kind = c.kind();
     for k in c.values.keys() {
         let ns = k.split('.').next().unwrap_or("");
-        if let Some((_, owner)) = KIND_NAMESPACES.iter().find(|(n, _)| *n == ns) {
-            if *owner != kind {
+        let owners: Vec<&str> = KIND_NAMESPACES
+            .iter()
+            .filter(|(n, _)| *n == ns)
+            .map(|(_, o)| *o)
+            .collect();
+        if let Some(owner) = owners.first().filter(|_| !owners.contains(&kind)) {
+            {
                 return Err(format!(
                     "{k} applies to kind = \"{owner}\" cells only, this cell is kind = \"{kind}\" (it would be ignored)"
                 ));
@@ -117,6 +125,20 @@ fn check_cell(exp: &Experiment, c: &Cell, fio: bool) -> Result<(), String> {
         "nginx" => {
             check_nginx(c)?;
             clients_config_for(c, exp, addr, vec!["m".into()], 1)?;
+        }
+        "nop" => {
+            if let Some((k, _)) = c
+                .values
+                .keys()
+                .filter_map(|k| k.strip_prefix("nop.").map(|s| (k, s)))
+                .find(|(_, s)| !crate::sweep::NOP_KEYS.contains(s))
+            {
+                return Err(format!(
+                    "{k} is not a known nop setting; use {}",
+                    crate::sweep::NOP_KEYS.join(", ")
+                ));
+            }
+            crate::sweep::nop_ring_args(c)?;
         }
         k => return Err(format!("kind = {k:?}")),
     }

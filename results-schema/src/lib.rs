@@ -2,7 +2,9 @@
 //! and the reader (`analysis`, which never links the engine). docs/results.md describes
 //! every column; a column added here must be added there too.
 //!
-//! `runs.csv` is `HEAD`, then one `dim.<name>` column per dimension, then `TAIL`. Readers
+//! `runs.csv` is `HEAD`, then one `dim.<name>` column per dimension, then `TAIL`, then one
+//! `opt.<section>.<name>` column per engine option of [`OPTION_SECTIONS`] (the value in
+//! effect in the run, whether or not the experiment varied it). Readers
 //! select columns by name, so a column appended to `TAIL` changes nothing for them. A
 //! column that is renamed keeps its old name in [`RENAMED`] so that old result
 //! directories stay readable ([`canonical`]).
@@ -30,6 +32,8 @@ pub mod col {
     pub const DIMS: &str = "dims";
     /// Prefix of the one column per dimension.
     pub const DIM_PREFIX: &str = "dim.";
+    /// Prefix of the one column per engine option (`opt.ring.sqpoll`), after `TAIL`.
+    pub const OPT_PREFIX: &str = "opt.";
 
     // After the dimension columns: the documented ones, in docs/results.md order.
     pub const REQUESTED_FLAGS: &str = "requested_flags";
@@ -94,7 +98,20 @@ pub mod col {
     pub const JOURNAL_CHECKPOINT_LAG_MS: &str = "journal_checkpoint_lag_ms";
     /// Bytes the recorder wrote (replay files + journals) per payload byte ingested.
     pub const WRITE_AMPLIFICATION: &str = "write_amplification";
+    /// Recorder runs: io_uring completions reaped per second over the run, all rings.
+    pub const URING_COMPLETIONS_PER_S: &str = "uring_completions_per_s";
+    /// `nop` anchor (`recorder io-bench --nop`): NOPs per second on the ring configuration,
+    /// CPU nanoseconds per NOP (the whole process, SQPOLL thread included) and NOPs per
+    /// io_uring_enter.
+    pub const NOPS_PER_S: &str = "nops_per_s";
+    pub const NOP_CPU_NS: &str = "nop_cpu_ns";
+    pub const NOPS_PER_ENTER: &str = "nops_per_enter";
 }
+
+/// Engine sections whose every option has an `opt.<section>.<name>` column: the ring, file
+/// and network options in effect in the run (empty where the run has none: anchors, and
+/// `ring`/`net` with the blocking backend, which uses neither).
+pub const OPTION_SECTIONS: &[&str] = &["ring", "net", "file"];
 
 /// Columns of `runs.csv` before the dimension columns.
 pub const HEAD: &[&str] = &[
@@ -168,6 +185,10 @@ pub const TAIL: &[&str] = &[
     col::JOURNAL_OCCUPANCY_PCT,
     col::JOURNAL_CHECKPOINT_LAG_MS,
     col::WRITE_AMPLIFICATION,
+    col::URING_COMPLETIONS_PER_S,
+    col::NOPS_PER_S,
+    col::NOP_CPU_NS,
+    col::NOPS_PER_ENTER,
 ];
 
 /// Columns every reader needs (a file without one of them is refused).
@@ -213,6 +234,10 @@ pub const METRICS: &[&str] = &[
     col::LATE_FRAMES,
     col::RECORDER_CPU_PCT,
     col::RECORDER_CPU_S,
+    col::URING_COMPLETIONS_PER_S,
+    col::NOPS_PER_S,
+    col::NOP_CPU_NS,
+    col::NOPS_PER_ENTER,
 ];
 
 /// `(old name, current name)` of renamed columns, in `runs.csv` and in time series.
@@ -231,13 +256,20 @@ pub fn canonical(name: &str) -> &str {
         .unwrap_or(name)
 }
 
-/// The header of `runs.csv` for these dimensions.
-pub fn header(dims: &[String]) -> Vec<String> {
+/// The header of `runs.csv` for these dimensions and options (`ring.sqpoll`, ...: the
+/// writer's option table, see [`OPTION_SECTIONS`]).
+pub fn header(dims: &[String], options: &[String]) -> Vec<String> {
     HEAD.iter()
         .map(|s| s.to_string())
         .chain(dims.iter().map(|d| format!("{}{d}", col::DIM_PREFIX)))
         .chain(TAIL.iter().map(|s| s.to_string()))
+        .chain(options.iter().map(|o| format!("{}{o}", col::OPT_PREFIX)))
         .collect()
+}
+
+/// The option a column holds (`opt.ring.sqpoll` -> `ring.sqpoll`), None for other columns.
+pub fn option_of(column: &str) -> Option<&str> {
+    column.strip_prefix(col::OPT_PREFIX)
 }
 
 /// Columns of `timeseries/<run_id>.csv`, one row per sample interval.
@@ -289,7 +321,7 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_renames_point_at_current_columns() {
-        let h = header(&["ring.sqpoll".to_string()]);
+        let h = header(&["ring.sqpoll".to_string()], &["ring.sqpoll".to_string()]);
         let mut seen = std::collections::HashSet::new();
         for c in &h {
             assert!(seen.insert(c.as_str()), "column {c} appears twice");
@@ -308,5 +340,8 @@ mod tests {
         assert_eq!(canonical("ack_p99_us"), "ack_p99_us");
         assert_eq!(h[HEAD.len()], "dim.ring.sqpoll");
         assert_eq!(h[HEAD.len() + 1], col::REQUESTED_FLAGS);
+        assert_eq!(h.last().map(String::as_str), Some("opt.ring.sqpoll"));
+        assert_eq!(option_of("opt.ring.sqpoll"), Some("ring.sqpoll"));
+        assert_eq!(option_of("dim.ring.sqpoll"), None);
     }
 }

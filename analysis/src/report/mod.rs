@@ -7,6 +7,7 @@ use std::time::Instant;
 
 mod effects;
 mod efficiency;
+mod floor;
 mod ranking;
 mod ratios;
 mod runs;
@@ -270,6 +271,7 @@ fn build(ctx: &Ctx, doc: &mut Doc, made: &mut Vec<charts::ChartFiles>) -> Result
             chosen_run_done = true;
         }
     }
+    floor::floor_section(ctx, doc);
     runs::stability_section(ctx, doc);
     runs::failures_section(rs, sum, doc);
     runs::machine_section(rs, doc);

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::anchors::{run_fio, run_iperf3, run_nginx};
+use super::anchors::{run_fio, run_iperf3, run_nginx, run_nop};
 use super::outcome::{clear_metrics_keep, one_line};
 use super::recorder_run::run_recorder;
 use super::{Ctx, Outcome};
@@ -46,6 +46,7 @@ pub fn run_cell(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64)
         "fio" => run_fio(ctx, cell, run_id),
         "iperf3" => run_iperf3(ctx, cell, run_id),
         "nginx" => run_nginx(ctx, cell, run_id, run_seed),
+        "nop" => run_nop(ctx, cell, run_id, bin),
         k => Outcome::bad("failed", format!("unknown kind {k}")),
     }));
     let problems = ctx.journal.restore_sysfs();

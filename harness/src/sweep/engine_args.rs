@@ -6,11 +6,20 @@ use crate::experiment::{Cell, ENGINE_SECTIONS};
 pub(crate) const HARNESS_OWNED: &[&str] =
     &["server.store", "server.ingest-addr", "server.http-addr"];
 
+/// A recorder cell's command line, checked.
+pub struct CellArgs {
+    pub args: Vec<String>,
+    /// Setup flags asked for (`IORING_SETUP_*|...`; empty for the blocking backend).
+    pub requested_flags: String,
+    /// The whole configuration the cell asks for, defaults included.
+    pub config: engine::config::Config,
+}
+
 /// The recorder's command-line arguments for a cell and the setup flags it requests,
 /// validated with the engine's own rules first. A refusal is an error of the experiment
 /// file, naming the key: `harness plan` and `harness sweep` check every cell with this
 /// before anything runs (`crate::validate`).
-pub fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), String> {
+pub fn cell_engine_args(cell: &Cell) -> Result<CellArgs, String> {
     let mut cfg = engine::config::Config::default();
     let _ = cfg.set("server.store", "/nonexistent-store-checked-by-the-recorder");
     let _ = cfg.set("server.ingest-addr", "127.0.0.1:0");
@@ -59,5 +68,9 @@ pub fn cell_engine_args(cell: &Cell) -> Result<(Vec<String>, String), String> {
     } else {
         String::new()
     };
-    Ok((args, requested))
+    Ok(CellArgs {
+        args,
+        requested_flags: requested,
+        config: cfg,
+    })
 }

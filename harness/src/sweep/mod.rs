@@ -54,6 +54,8 @@ pub use ab::default_recorder;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_RUN_FAILED: i32 = 3;
 pub const EXIT_NOTHING_RAN: i32 = 4;
+pub(crate) use anchors::nop_ring_args;
+pub use anchors::NOP_KEYS;
 pub use cell::run_cell;
 pub use manifest::git_rev;
 pub use outcome::Outcome;
@@ -145,7 +147,10 @@ pub(crate) fn sweep_inner(
     let started = rfc3339_now();
     // Revisions: plain sweep = one "head" dir (the out dir itself); A/B = base/ and head/.
     let head_bin = opts.recorder.clone().unwrap_or_else(default_recorder);
-    let needs_recorder = exp.cells.iter().any(|c| c.kind() == "recorder");
+    let needs_recorder = exp
+        .cells
+        .iter()
+        .any(|c| c.kind() == "recorder" || c.kind() == "nop");
     if needs_recorder && !head_bin.exists() {
         return Err(format!(
             "recorder binary {} not found; build it (cargo build --release -p engine) or pass --recorder PATH",

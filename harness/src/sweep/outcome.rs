@@ -19,6 +19,8 @@ pub struct Outcome {
     pub requested_flags: String,
     pub effective_flags: String,
     pub m: BTreeMap<&'static str, String>,
+    /// `(section.name, value)` of the engine options in effect (the `opt.*` columns).
+    pub options: Vec<(String, String)>,
     pub log: String,
 }
 

@@ -72,6 +72,38 @@ pub(crate) fn flags_from_log(log: &str, word: &str) -> String {
     String::new()
 }
 
+/// The `opt.*` columns of a recorder run: every ring, net and file option in effect. With
+/// the io_uring backend these are what the recorder itself logs as in effect (`uring
+/// effective configuration: {json}`, written once every worker's ring is up), nothing when
+/// it did not get that far. The blocking backend has no ring and uses std::net (the
+/// engine lists `[ring]` and `[net]` as unused), so only its `file.*` options are written,
+/// as the configuration the cell asked for (defaults included) resolves them.
+pub(crate) fn options_in_effect(
+    log: &str,
+    asked: &engine::config::Config,
+) -> Vec<(String, String)> {
+    let keys = super::runs_csv::option_keys();
+    if asked.server.backend == engine::config::server::Backend::Blocking {
+        return keys
+            .into_iter()
+            .filter(|k| k.starts_with("file."))
+            .filter_map(|k| asked.get(&k).map(|v| (k, v)))
+            .collect();
+    }
+    let Some(eff) = log.lines().find_map(|l| {
+        let json = l.split("uring effective configuration: ").nth(1)?;
+        serde_json::from_str::<serde_json::Value>(json.trim()).ok()
+    }) else {
+        return Vec::new();
+    };
+    keys.into_iter()
+        .filter_map(|k| {
+            let v = eff.get(&k)?.as_str()?.to_string();
+            Some((k, v))
+        })
+        .collect()
+}
+
 /// Every `recorder_*` sample without labels of the recorder's `/metrics`, by name.
 pub(crate) fn recorder_metrics(http: SocketAddr) -> Option<std::collections::HashMap<String, f64>> {
     let r = crate::httpc::get(http, "/metrics", None, Duration::from_secs(2)).ok()?;
@@ -280,6 +312,29 @@ pub(crate) fn vmhwm_kb(pid: u32) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_in_effect_come_from_the_recorders_log_or_the_blocking_file_options() {
+        let mut cfg = engine::config::Config::default();
+        let log = "2026-12-01T15:00:00Z INFO recorder: uring effective configuration: \
+                   {\"ring.sqpoll\":\"true\",\"net.recv\":\"multishot\",\"server.workers\":\"2\"}\n";
+        let o = options_in_effect(log, &cfg);
+        assert!(o.contains(&("ring.sqpoll".into(), "true".into())), "{o:?}");
+        assert!(
+            o.contains(&("net.recv".into(), "multishot".into())),
+            "{o:?}"
+        );
+        assert!(!o.iter().any(|(k, _)| k.starts_with("server.")), "{o:?}");
+        assert!(options_in_effect("no such line\n", &cfg).is_empty());
+        cfg.set("server.backend", "blocking").unwrap();
+        cfg.set("file.direct", "required").unwrap();
+        let o = options_in_effect("", &cfg);
+        assert!(
+            o.contains(&("file.direct".into(), "required".into())),
+            "{o:?}"
+        );
+        assert!(o.iter().all(|(k, _)| k.starts_with("file.")), "{o:?}");
+    }
 
     #[test]
     fn unsupported_is_told_from_failed() {

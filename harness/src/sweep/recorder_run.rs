@@ -10,7 +10,8 @@ use super::engine_args::cell_engine_args;
 use super::load::drive_recorder;
 use super::outcome::{fill_derived, reject_if_noisy};
 use super::recorder_proc::{
-    flags_from_log, journal_columns, recorder_metrics, spawn_recorder, uring_counters, vmhwm_kb,
+    flags_from_log, journal_columns, options_in_effect, recorder_metrics, spawn_recorder,
+    uring_counters, vmhwm_kb,
 };
 use super::{Ctx, Outcome};
 use crate::experiment::Cell;
@@ -27,8 +28,8 @@ pub(crate) fn run_recorder(
     bin: &Path,
     run_seed: u64,
 ) -> Outcome {
-    let (mut args, requested) = match cell_engine_args(cell) {
-        Ok(a) => a,
+    let (mut args, requested, cfg) = match cell_engine_args(cell) {
+        Ok(a) => (a.args, a.requested_flags, a.config),
         // Checked before the sweep started (crate::validate); kept as a run error.
         Err(e) => return Outcome::bad("failed", e),
     };
@@ -110,6 +111,12 @@ pub(crate) fn run_recorder(
                         "ios_per_syscall",
                         fmt_opt(Some((c1 - c0) as f64 / (e1 - e0) as f64)),
                     );
+                    if let Some((t0, _)) = &metrics0 {
+                        o.m.insert(
+                            col::URING_COMPLETIONS_PER_S,
+                            fmt_opt(Some((c1 - c0) as f64 / t0.elapsed().as_secs_f64())),
+                        );
+                    }
                 }
             }
             let (samples, fdinfo) = sampler.finish();
@@ -127,6 +134,7 @@ pub(crate) fn run_recorder(
                 logged
             };
             o.effective_flags = flags_from_log(&text, "effective");
+            o.options = options_in_effect(&text, &cfg);
             // A run whose configuration the recorder did not apply as asked is not that
             // cell: recorded unsupported with the difference, never with its figures.
             if let Some(diff) = text

@@ -9,6 +9,16 @@ use results_schema::col;
 
 pub use results_schema::{header, HEAD as HEAD_COLS, TAIL as TAIL_COLS};
 
+/// The options that get an `opt.<key>` column: every knob of the engine's table in
+/// `results_schema::OPTION_SECTIONS`, in table order.
+pub fn option_keys() -> Vec<String> {
+    engine::config::all_knobs()
+        .into_iter()
+        .filter(|k| results_schema::OPTION_SECTIONS.contains(&k.section))
+        .map(|k| format!("{}.{}", k.section, k.name))
+        .collect()
+}
+
 /// runs.csv of one result directory.
 pub struct RunsCsv {
     path: PathBuf,
@@ -20,7 +30,7 @@ pub struct RunsCsv {
 impl RunsCsv {
     pub fn open(dir: &Path, dims: &[String], resume: bool) -> Result<RunsCsv, String> {
         let path = dir.join("runs.csv");
-        let header = header(dims);
+        let mut header = header(dims, &option_keys());
         let mut done = HashMap::new();
         if path.exists() {
             if !resume {
@@ -37,6 +47,10 @@ impl RunsCsv {
                 .iter()
                 .map(String::from)
                 .collect();
+            // A sweep begun before the option columns existed resumes without them.
+            if h != header && h == results_schema::header(dims, &[]) {
+                header = h.clone();
+            }
             if h != header {
                 return Err(format!(
                     "{} was written by a different experiment (its columns differ); resume needs the same experiment file",
@@ -132,6 +146,9 @@ pub(crate) fn row_for(
     }
     put("requested_flags", o.requested_flags.clone());
     put("effective_flags", o.effective_flags.clone());
+    for (k, v) in &o.options {
+        put(&format!("{}{k}", col::OPT_PREFIX), v.clone());
+    }
     for (k, v) in &o.m {
         put(k, v.clone());
     }
@@ -145,7 +162,12 @@ mod tests {
 
     #[test]
     fn header_has_documented_columns_in_order() {
-        let h = header(&["server.backend".to_string()]);
+        let opts = option_keys();
+        assert!(opts.iter().any(|o| o == "ring.sqpoll"));
+        assert!(opts.iter().any(|o| o == "net.recv-bundle"));
+        assert!(opts.iter().any(|o| o == "file.register-files"));
+        assert!(!opts.iter().any(|o| o.starts_with("server.")));
+        let h = header(&["server.backend".to_string()], &opts);
         assert_eq!(
             h[..12],
             HEAD_COLS.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]
@@ -154,5 +176,6 @@ mod tests {
         assert_eq!(h[13], "requested_flags");
         let log_at = h.iter().position(|c| c == "log").unwrap();
         assert_eq!(h[log_at - 1], "errors");
+        assert_eq!(h[h.len() - opts.len()], format!("opt.{}", opts[0]));
     }
 }

@@ -1,9 +1,10 @@
-//! Anchors: fio (disk), iperf3 (loopback TCP) and nginx (serving), measured like any cell
-//! with the same telemetry. Helpers shared by the three.
+//! Anchors: fio (disk), iperf3 (loopback TCP), nginx (serving), measured like any cell
+//! with the same telemetry, and nop (the ring's own overhead floor). Helpers they share.
 
 mod fio;
 mod iperf3;
 mod nginx;
+mod nop;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,6 +19,8 @@ pub(crate) use fio::run_fio;
 pub use fio::{fio_args_order, fio_options};
 pub(crate) use iperf3::run_iperf3;
 pub(crate) use nginx::run_nginx;
+pub use nop::NOP_KEYS;
+pub(crate) use nop::{nop_ring_args, run_nop};
 
 pub(crate) fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
