@@ -142,6 +142,16 @@ pub const COUNTERS: &[(&str, &str, Field)] = &[
         "journal_full_waits",
         "Appends that found their journal full and waited for a checkpoint (back-pressure).",
         |m| &m.journal_full_waits,
+    ),
+    (
+        "replay_fd_opens",
+        "storage-layout=journal: replay files opened on demand by the replay-fd-cache (a write to a file that was not open).",
+        |m| &m.replay_fd_opens,
+    ),
+    (
+        "replay_fd_evictions",
+        "storage-layout=journal: replay files the replay-fd-cache closed to make room (least recently used first).",
+        |m| &m.replay_fd_evictions,
     ),    ("tier_uploads", "Replays uploaded to the object store and verified whole.", |m| &m.tier_uploads),
     ("tier_upload_bytes", "Bytes of the replays uploaded.", |m| &m.tier_upload_bytes),
     ("tier_upload_parts", "Multipart parts uploaded.", |m| &m.tier_upload_parts),

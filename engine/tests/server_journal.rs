@@ -681,7 +681,8 @@ fn connection_limits_that_cannot_fit_rlimit_nofile_refuse_to_start() {
             .unwrap()
             .parse()
             .unwrap();
-        let (ds_fds, _) = if *backend == "uring" { (2, 2) } else { (3, 3) };
+        // the journal layout (default) keeps replay files in the replay-fd-cache
+        let (ds_fds, _) = if *backend == "uring" { (1, 2) } else { (2, 3) };
         assert!(eff > 100, "{backend}: {eff}");
         let hard: u64 = std::fs::read_to_string("/proc/self/limits")
             .unwrap()
@@ -750,4 +751,148 @@ fn bulk_writes_bypass_the_journal_and_survive_kill9() {
             true,
         );
     }
+}
+
+/// Replay files of the server process `pid` open now (`live/*.rpl.part`).
+fn open_replay_files(pid: u32) -> usize {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|p| p.to_string_lossy().ends_with(".rpl.part"))
+        .count()
+}
+
+/// 200 matches through a replay-fd-cache of 8 files per cache: files are opened on
+/// demand and closed least recently used, about as many open as the caches hold (plus a
+/// few in transit), and a kill -9 in the middle loses no acked frame; every sealed file
+/// holds exactly its frames.
+#[test]
+fn more_matches_than_the_replay_fd_cache_holds_lose_nothing_acked() {
+    for backend in BACKENDS {
+        let dir = TempDir::new("jfdc");
+        let mut srv = spawn_server(
+            backend,
+            dir.path(),
+            &journal_args(&["--workers", "2", "--replay-fd-cache", "8"]),
+        );
+        let pid = srv.pid().unwrap();
+        let caches = if *backend == "uring" { 2 } else { 1 };
+        // beyond the caches: files of HELLOs still on their way from the open to the cache,
+        // and (blocking) a write's descriptor the cache let go while the write ran
+        let slack = 24;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut most = 0;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    most = most.max(open_replay_files(pid));
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                most
+            })
+        };
+        let http = srv.http;
+        let opens = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1200));
+            let r = testkit::http_get(http, "GET", "/metrics", &[]).unwrap();
+            let text = String::from_utf8_lossy(&r.body).to_string();
+            let get = |name: &str| -> u64 {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("recorder_{name} ")))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            (
+                get("replay_fd_opens_total"),
+                get("replay_fd_evictions_total"),
+            )
+        });
+        let acked = ingest_then_kill(&mut srv, 200, Duration::from_millis(1500));
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        let most = sampler.join().unwrap();
+        let (opened, evicted) = opens.join().unwrap();
+        assert!(
+            opened > 200 && evicted > 0,
+            "{backend}: files are reopened and closed ({opened} opens, {evicted} evictions)"
+        );
+        assert!(
+            most <= 8 * caches + slack,
+            "{backend}: {most} replay files open at once with replay-fd-cache 8 x {caches}"
+        );
+        assert!(
+            acked.iter().filter(|a| a.1 > 0).count() > 180,
+            "{backend}: most matches got acks before the kill"
+        );
+        let srv2 = srv.restart();
+        resume_and_check(&srv2, dir.path(), &acked);
+    }
+}
+
+/// Under a low RLIMIT_NOFILE the automatic replay-fd-cache and connection limits fit the
+/// limit with one descriptor per DS on uring (two on blocking: the socket and its clone),
+/// and per-match, whose DS hold their replay file, gets fewer connections.
+#[test]
+fn replay_fd_cache_auto_fits_a_low_rlimit_nofile() {
+    let eff = |limit: &str, args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new("prlimit")
+            .arg(format!("--nofile={limit}:{limit}"))
+            .arg(env!("CARGO_BIN_EXE_recorder"))
+            .args(["serve", "--print-config"])
+            .args(args)
+            .output()
+            .expect("prlimit runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["effective"].clone()
+    };
+    let num = |v: &serde_json::Value, k: &str| -> u64 { v[k].as_str().unwrap().parse().unwrap() };
+    for (backend, ds_fds) in [("uring", 1), ("blocking", 2)] {
+        let j = eff("2000", &["--backend", backend, "--workers", "2"]);
+        let p = eff(
+            "2000",
+            &[
+                "--backend",
+                backend,
+                "--workers",
+                "2",
+                "--storage-layout",
+                "per-match",
+            ],
+        );
+        let cache = num(&j, "server.replay-fd-cache");
+        let caches = if backend == "uring" { 2 } else { 1 };
+        assert!((16..=1024).contains(&cache), "{backend}: cache {cache}");
+        let (jm, pm) = (
+            num(&j, "server.max-connections"),
+            num(&p, "server.max-connections"),
+        );
+        let jh = num(&j, "server.http-max-connections");
+        assert!(
+            jm * ds_fds + jh * (ds_fds + 1) + cache * caches <= 2000,
+            "{backend}: {jm} DS + {jh} HTTP + {cache} x {caches} cached files fit 2000"
+        );
+        assert!(jm > pm, "{backend}: journal {jm} DS, per-match {pm}");
+        assert_eq!(
+            num(&p, "server.replay-fd-cache"),
+            0,
+            "{backend}: no cache with per-match"
+        );
+    }
+    // an explicit cache with per-match is refused with the reason
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recorder"))
+        .args(["serve", "--print-config", "--storage-layout", "per-match"])
+        .args(["--replay-fd-cache", "64"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("replay-fd-cache needs storage-layout=journal"),
+        "{err}"
+    );
 }

@@ -38,7 +38,7 @@ impl Drop for Rig {
 /// Runs every due Io; returns how many writes and syncs ran.
 fn pump(
     s: &mut IngestSession,
-    fd: &mut Option<OwnedFd>,
+    fd: &mut Option<std::sync::Arc<OwnedFd>>,
     reg: &Registry,
     now: Instant,
 ) -> (u32, u32) {
@@ -49,7 +49,7 @@ fn pump(
             Io::Sync => y += 1,
             _ => {}
         }
-        engine::server::blocking::exec_io(io, s, fd, reg, &StoreOptions::default(), None);
+        engine::server::blocking::exec_io(io, s, fd, reg, &StoreOptions::default(), None, None);
     }
     (w, y)
 }

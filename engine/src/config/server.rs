@@ -94,6 +94,8 @@ pub struct ServerConfig {
     pub journal_flush_bytes: u64,
     pub journal_checkpoint_ms: u64,
     pub journal_bypass_bytes: u64,
+    /// Replay files kept open per io_uring worker (blocking: in total); 0 = auto.
+    pub replay_fd_cache: u64,
     pub max_frame_bytes: u64,
     pub max_matches: u64,
     /// Memory live matches may reserve in all ([`match_memory_bytes`] each); 0 = auto
@@ -189,6 +191,7 @@ impl Default for ServerConfig {
             journal_flush_bytes: 256 << 10,
             journal_checkpoint_ms: 1000,
             journal_bypass_bytes: 256 << 10,
+            replay_fd_cache: 0,
         }
     }
 }
@@ -227,6 +230,7 @@ const KNOBS: &[Knob] = &[
     k("journal-flush-bytes", "bytes", "262144", "storage-layout=journal: flush at once, whatever journal-flush-us says, when this many bytes wait for a flush."),
     k("journal-checkpoint-ms", "u64", "1000", "storage-layout=journal: at least this often (and at once when a journal is half full) the replay files are made durable (syncfs of the store) and a checkpoint lets the journal space before it be reused."),
     k("journal-bypass-bytes", "bytes", "262144", "storage-layout=journal: a replay-file write at least this large (a bulk sender's append) is not journaled but made durable in its replay file itself (fdatasync) before its ack, so bulk bytes reach the disk once; 0 = journal every write."),
+    k("replay-fd-cache", "u64", "0", "storage-layout=journal (io_uring: with replay-write=inline): replay files kept open per io_uring worker (the blocking backend: in total); a write to a file that is not open opens it, and the least recently used one is closed (no sync needed: checkpoints sync the whole store). A DS connection then holds only its socket, so max-connections is no longer bound to two descriptors per DS. 0 = auto: an eighth of RLIMIT_NOFILE's descriptors, 16 to 1024 per cache; the effective value is in --print-config. With per-match or replay-write=ring each match holds its file while its DS is connected (set 0)."),
     k("max-frame-bytes", "bytes", "1048576", "Largest frame payload a DS may send (FRAME_TOO_LARGE above; messages above it + 64 are refused before their body is read)."),
     k("max-matches", "u64", "10000", "Matches in progress at once; a new match over it gets TOO_MANY_MATCHES."),
     k("memory-budget", "bytes", "0", "Memory all matches in progress may hold in their buffers. Each live match (connected or waiting for a RESUME, recovered ones included) reserves append-buffer-bytes + 128 KiB, its staging buffer at its fill limit plus the frame that crosses it and its bookkeeping; a new match that would exceed the budget gets TOO_MANY_MATCHES (a RESUME of a match in progress is never refused for it). 0 = auto: half the machine's memory (MemTotal, or the cgroup's memory.max when lower); the effective value and the number of matches it admits are in --print-config and the start-up log. Must hold at least one match."),
@@ -273,6 +277,7 @@ impl Section for ServerConfig {
             "journal-flush-bytes" => self.journal_flush_bytes = parse_bytes(v)?,
             "journal-checkpoint-ms" => self.journal_checkpoint_ms = parse_num(v)?,
             "journal-bypass-bytes" => self.journal_bypass_bytes = parse_bytes(v)?,
+            "replay-fd-cache" => self.replay_fd_cache = parse_num(v)?,
             "max-frame-bytes" => self.max_frame_bytes = parse_bytes(v)?,
             "max-matches" => self.max_matches = parse_num(v)?,
             "memory-budget" => self.memory_budget = parse_bytes(v)?,
@@ -316,6 +321,7 @@ impl Section for ServerConfig {
             "journal-flush-bytes" => self.journal_flush_bytes.to_string(),
             "journal-checkpoint-ms" => self.journal_checkpoint_ms.to_string(),
             "journal-bypass-bytes" => self.journal_bypass_bytes.to_string(),
+            "replay-fd-cache" => self.replay_fd_cache.to_string(),
             "max-frame-bytes" => self.max_frame_bytes.to_string(),
             "max-matches" => self.max_matches.to_string(),
             "memory-budget" => self.memory_budget.to_string(),
@@ -463,6 +469,15 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if s.replay_fd_cache > 1_000_000 {
+        return Err(ConfigError::new(
+            &["replay-fd-cache"],
+            format!(
+                "replay-fd-cache {} is over 1000000 open replay files per cache: use 0 (fitted to RLIMIT_NOFILE) or a smaller count",
+                s.replay_fd_cache
+            ),
+        ));
+    }
     if s.journal_checkpoint_ms < 10 || s.journal_checkpoint_ms > 600_000 {
         return Err(ConfigError::new(
             &["journal-checkpoint-ms"],
@@ -544,6 +559,16 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
             "replay-write chooses how the io_uring backend writes replay files; the blocking backend always writes them with pwrite from the connection's thread: leave replay-write=auto with backend=blocking",
         ));
     }
+    if s.replay_fd_cache != 0 && !uses_fd_cache(cfg) {
+        return Err(ConfigError::new(
+            &["replay-fd-cache", "storage-layout", "replay-write"],
+            if s.storage_layout == StorageLayout::PerMatch {
+                "replay-fd-cache needs storage-layout=journal: with per-match every ack syncs the match's replay file, so each DS holds its file open: set replay-fd-cache=0 or storage-layout=journal"
+            } else {
+                "replay-fd-cache needs replay files written with pwrite (replay-write=inline, or auto without file-ops=ring): ring writes and file-ops=ring name each match's file in the ring while its DS is connected: set replay-fd-cache=0 or replay-write=inline"
+            },
+        ));
+    }
     if s.write_buffer == WriteBuffer::Stage && f.write_op.is_fixed() {
         return Err(ConfigError::new(
             &["write-buffer", "write-op"],
@@ -568,6 +593,31 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// True when replay files are kept in a bounded cache ([`crate::storage::fdcache`],
+/// `replay-fd-cache`) instead of one held open per DS: storage-layout=journal with the
+/// blocking backend, or the io_uring backend writing replay files inline.
+pub fn uses_fd_cache(cfg: &Config) -> bool {
+    cfg.server.storage_layout == StorageLayout::Journal
+        && match cfg.server.backend {
+            Backend::Blocking => true,
+            Backend::Uring => replay_inline(cfg),
+        }
+}
+
+/// The io_uring backend writes replay files with pwrite on the worker (`replay-write`
+/// inline, or auto with the journal layout unless file-ops=ring).
+pub fn replay_inline(cfg: &Config) -> bool {
+    use crate::config::file::FileOpsMode;
+    match cfg.server.replay_write {
+        ReplayWrite::Inline => true,
+        ReplayWrite::Ring => false,
+        ReplayWrite::Auto => {
+            cfg.server.storage_layout == StorageLayout::Journal
+                && cfg.file.file_ops != FileOpsMode::Ring
+        }
+    }
 }
 
 fn knob(name: &str) -> &'static str {

@@ -8,6 +8,7 @@
 //! on Linux) or a chunked live tail waiting on the match's condition variable.
 
 use super::registry::{ConnGuard, Registry};
+use super::replay_files::ReplayFiles;
 use super::session::{IngestSession, Io};
 use super::{ServerContext, ServerError};
 use crate::http::{self, Body, LiveTail};
@@ -81,6 +82,14 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
         ),
         None => None,
     };
+    // ... and one replay-fd-cache shared by the connection threads
+    let files = super::fds::uses_fd_cache(&cfg).then(|| {
+        Arc::new(ReplayFiles::new(
+            cfg.server.replay_fd_cache as usize,
+            registry.clone(),
+            session.store.clone(),
+        ))
+    });
     let active = Arc::new(AtomicUsize::new(0));
     let conns = Arc::new(Conns::default());
     let ingest_addr = ingest
@@ -99,12 +108,14 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
         let shutdown = shutdown.clone();
         let conns = conns.clone();
         let wal = wal.clone();
+        let files = files.clone();
         spawn("ds-accept", move || {
             accept_loop(ingest, &stop, |s| {
                 let (reg, sess, active, shutdown) =
                     (reg.clone(), sess.clone(), active.clone(), shutdown.clone());
                 let conns = conns.clone();
                 let wal = wal.clone();
+                let files = files.clone();
                 // Admitted here, in accept order, so the connection over max-connections
                 // is the one that came last (a check in the new thread would race the
                 // threads started just before it).
@@ -114,7 +125,7 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
                 let (reg2, active2) = (reg.clone(), active.clone());
                 let r = spawn("ds-conn", move || {
                     let id = conns.add(&s);
-                    ds_connection(s, admitted, reg, sess, &shutdown, wal.as_deref());
+                    ds_connection(s, admitted, reg, sess, &shutdown, wal.as_deref(), files.as_deref());
                     conns.remove(id);
                     active.fetch_sub(1, Ordering::AcqRel);
                 });
@@ -219,16 +230,24 @@ fn accept_loop(l: TcpListener, stop: &AtomicBool, mut on_conn: impl FnMut(TcpStr
 
 /// Executes one storage operation for a session with std calls. With `wal`
 /// (storage-layout=journal) a replay-file write is journaled after it completes and
-/// reported done once the journal made it durable.
+/// reported done once the journal made it durable. With `files` (the replay-fd-cache of
+/// that layout) the replay file is looked up there for each operation instead of being
+/// held in `file` for the whole connection.
 pub fn exec_io(
     io: Io,
     sess: &mut IngestSession,
-    file: &mut Option<OwnedFd>,
+    file: &mut Option<Arc<OwnedFd>>,
     reg: &Registry,
     opts: &storage::StoreOptions,
     wal: Option<&super::wal::Wal>,
+    files: Option<&ReplayFiles>,
 ) {
     let id = sess.match_id().to_string();
+    let fd = |file: &Option<Arc<OwnedFd>>| match (files, file) {
+        (Some(c), _) => c.get(&id),
+        (None, Some(f)) => Ok(f.clone()),
+        (None, None) => Err(io::Error::other("match file is not open")),
+    };
     match io {
         Io::Open {
             create,
@@ -237,39 +256,50 @@ pub fn exec_io(
             ..
         } => match storage::io::open_match(&reg.paths, &id, create, rescan, &options, u32::MAX) {
             Ok((f, st)) => {
-                *file = Some(f);
+                match files {
+                    Some(c) => {
+                        c.insert(&id, f);
+                    }
+                    None => *file = Some(Arc::new(f)),
+                }
                 sess.open_done(Ok(st));
             }
             Err(e) => sess.open_done(Err(e)),
         },
         Io::Write(req) => {
-            let r = match file {
-                Some(f) => storage::io::write_req(f, &req, opts.rw_flags(), opts.vectored),
-                None => Err(io::Error::other("match file is not open")),
+            let f = fd(file);
+            let r = match &f {
+                Ok(f) => storage::io::write_req(f, &req, opts.rw_flags(), opts.vectored),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };
-            let r = match (r, wal, file.as_ref()) {
+            let r = match (r, wal, f) {
                 // a bulk append: durable in its own file, written once
-                (Ok(()), Some(_), Some(f)) if sess.config().bypasses_journal(&req) => {
+                (Ok(()), Some(_), Ok(f)) if sess.config().bypasses_journal(&req) => {
                     super::registry::Metrics::add(&reg.metrics.syncs, 1);
-                    storage::io::sync(f)
+                    storage::io::sync(&f)
                 }
-                (Ok(()), Some(w), _) => w.append_wait(&id, &req),
+                (Ok(()), Some(w), f) => {
+                    // the group commit needs no replay file: let the cache close it meanwhile
+                    drop(f);
+                    w.append_wait(&id, &req)
+                }
                 (r, _, _) => r,
             };
+            if let (Err(_), Some(c)) = (&r, files) {
+                c.remove(&id); // the session drops the file's state; the next writer re-scans
+            }
             sess.write_done(req, r);
         }
         Io::Sync => {
-            let r = match file {
-                Some(f) => storage::io::sync(f),
-                None => Err(io::Error::other("match file is not open")),
-            };
+            let r = fd(file).and_then(|f| storage::io::sync(&f));
             sess.sync_done(r);
         }
         Io::FinishSeal { len, .. } => {
-            let r = match file {
-                Some(f) => storage::io::seal_match(&reg.paths, &id, f, len),
-                None => Err(io::Error::other("match file is not open")),
+            let f = match files {
+                Some(c) => c.take(&id),
+                None => fd(file),
             };
+            let r = f.and_then(|f| storage::io::seal_match(&reg.paths, &id, &f, len));
             sess.seal_done(r);
         }
     }
@@ -282,6 +312,7 @@ fn ds_connection(
     cfg: Arc<super::session::SessionConfig>,
     shutdown: &AtomicBool,
     wal: Option<&super::wal::Wal>,
+    files: Option<&ReplayFiles>,
 ) {
     let _guard = match admitted {
         Ok(g) => g,
@@ -305,14 +336,14 @@ fn ds_connection(
     let _ = s.set_write_timeout(Some(cfg.idle_timeout));
     let store = cfg.store.clone();
     let mut sess = IngestSession::new(cfg, reg.clone(), Instant::now());
-    let mut file: Option<OwnedFd> = None;
+    let mut file: Option<Arc<OwnedFd>> = None;
     let mut buf = vec![0u8; 256 << 10];
     let mut timeout_set = Duration::ZERO;
     let mut shutdown_seen = false;
     loop {
         let now = Instant::now();
         while let Some(io) = sess.next_io(now) {
-            exec_io(io, &mut sess, &mut file, &reg, &store, wal);
+            exec_io(io, &mut sess, &mut file, &reg, &store, wal, files);
         }
         if sess.has_output() {
             let out = sess.take_output();

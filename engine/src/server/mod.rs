@@ -34,6 +34,7 @@ pub mod blocking;
 pub mod fds;
 pub mod memory;
 pub mod registry;
+pub mod replay_files;
 pub mod service;
 pub mod session;
 pub mod startup;
@@ -291,7 +292,7 @@ fn bind_listener(addr: &str, what: &str, backlog: u32) -> Result<TcpListener, Se
 
 /// Validates the configuration, recovers the store, binds both listeners.
 pub fn start(mut cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext, ServerError> {
-    if cfg.server.max_connections == 0 || cfg.server.http_max_connections == 0 {
+    {
         let hard = crate::sys::limits::nofile().map_or(1024, |(_, h)| h);
         fds::resolve_auto(&mut cfg, hard);
     }
@@ -323,10 +324,19 @@ pub fn start(mut cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext
     }
     match crate::sys::limits::raise_nofile() {
         Ok((before, after)) => tracing::info!(
-            "limits: RLIMIT_NOFILE {before} -> {after} (hard limit); max-connections {} and http-max-connections {} need up to {} descriptors",
+            "limits: RLIMIT_NOFILE {before} -> {after} (hard limit); max-connections {} and http-max-connections {} need up to {} descriptors ({})",
             cfg.server.max_connections,
             cfg.server.http_max_connections,
-            fds::needed(&cfg)
+            fds::needed(&cfg),
+            if fds::uses_fd_cache(&cfg) {
+                format!(
+                    "replay files in {} cache(s) of {} (replay-fd-cache)",
+                    fds::fd_caches(&cfg),
+                    cfg.server.replay_fd_cache
+                )
+            } else {
+                "each DS connection holds its replay file".to_string()
+            }
         ),
         Err(e) => tracing::warn!("limits: cannot raise RLIMIT_NOFILE: {e}"),
     }
@@ -620,7 +630,7 @@ fn effective(cfg: &Config) -> Config {
         e.ring.iowq_max_bounded = Some(SERVE_IOWQ_MAX_BOUNDED);
     }
     let _ = memory::resolve_auto(&mut e);
-    if e.server.max_connections == 0 || e.server.http_max_connections == 0 {
+    {
         // the hard limit: `start` raises the soft limit to it
         let hard = crate::sys::limits::nofile().map_or(1024, |(_, h)| h);
         fds::resolve_auto(&mut e, hard);

@@ -188,6 +188,10 @@ pub struct Metrics {
     pub journal_write_bytes: AtomicU64,
     pub journal_checkpoints: AtomicU64,
     pub journal_full_waits: AtomicU64,
+    /// storage-layout=journal: replay files opened on demand by the replay-fd-cache (a
+    /// write to a file that was not open) and closed to make room.
+    pub replay_fd_opens: AtomicU64,
+    pub replay_fd_evictions: AtomicU64,
     /// Per journal: (unreclaimed bytes, ring bytes, unix us of its last checkpoint).
     pub journal_gauges: Mutex<Vec<JournalGauge>>,
     /// Object-store tier (`crate::tier`): replays uploaded whole, their bytes, failed

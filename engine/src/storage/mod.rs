@@ -19,6 +19,7 @@
 //! whether an fdatasync is due under the durability policy; [`MatchFile::sync_done`]
 //! records it. [`MatchFile::durable_seq`] is the sequence a durable ACK may carry.
 
+pub mod fdcache;
 pub mod format;
 pub mod io;
 pub mod journal;

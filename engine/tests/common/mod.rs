@@ -158,6 +158,10 @@ fn start(backend: &str, store: &Path, extra: &[String]) -> Server {
 }
 
 impl Server {
+    /// The recorder's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
     /// kill -9.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -32,6 +32,7 @@ use super::{ConnId, DriverOptions, FileRef, Io, Opened, Port, Service, Waker, Wr
 use crate::http::{self, Body, LiveTail};
 use crate::protocol::{self, Msg};
 use crate::server::registry::{ConnGuard, Registry};
+use crate::server::replay_files::ReplayFiles;
 use crate::server::session::{self, IngestSession, SessionConfig};
 use crate::server::{ServerContext, ServerError};
 use crate::storage::journal::{AppendError, JournalStats, JournalWrite, WriteKind};
@@ -187,7 +188,14 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(w)
             .and_then(Option::take);
-        r.inline_replay = cfg.server.replay_write == crate::config::server::ReplayWrite::Inline;
+        r.inline_replay = jf.is_some() && crate::server::fds::replay_inline(&cfg);
+        r.files = crate::server::fds::uses_fd_cache(&cfg).then(|| {
+            Arc::new(ReplayFiles::new(
+                cfg.server.replay_fd_cache as usize,
+                registry.clone(),
+                session.store.clone(),
+            ))
+        });
         r.journal = jf.map(|file| WorkerJournal {
             n: w,
             file,
@@ -245,9 +253,11 @@ enum Pending {
     JournalFull {
         req: WriteReq,
     },
-    /// A bulk write bypassing the journal (`journal-bypass-bytes`): its file's fdatasync.
+    /// A bulk write bypassing the journal (`journal-bypass-bytes`): its file's fdatasync
+    /// (`_hold`: the replay-fd-cache's descriptor, kept open until the fdatasync is done).
     BypassSync {
         req: WriteReq,
+        _hold: Option<Arc<OwnedFd>>,
     },
     /// The new match file's preallocation (IORING_OP_FALLOCATE); then `open_done`.
     Prealloc(Option<MatchFile>),
@@ -331,6 +341,9 @@ pub struct Recorder {
     inline_replay: bool,
     /// The store's directories for FSYNC (file.file-ops = ring), opened at first use.
     dirs: Option<Arc<Dirs>>,
+    /// The worker's replay-fd-cache (storage-layout=journal with inline replay writes):
+    /// sessions do not hold their replay file, each operation looks it up here.
+    files: Option<Arc<ReplayFiles>>,
 }
 
 impl Recorder {
@@ -356,6 +369,7 @@ impl Recorder {
             journal: None,
             inline_replay: false,
             dirs: None,
+            files: None,
         }
     }
 
@@ -370,7 +384,7 @@ impl Recorder {
         }
         if self.scfg.bypasses_journal(&req) {
             if let Some(ds) = self.ds_mut(id) {
-                bypass_sync(ds, id, req, io);
+                bypass_sync(ds, id, req, io, None);
             }
             return;
         }
@@ -641,6 +655,7 @@ impl Recorder {
     ) {
         let (pool, inbox) = (self.pool.clone(), self.inbox.clone());
         let inline = self.inline_replay;
+        let files = self.files.clone();
         let ring_ops = io.ring_file_ops();
         if ring_ops && self.dirs.is_none() {
             match ringfiles::open_dirs(reg) {
@@ -675,7 +690,9 @@ impl Recorder {
                     let paths = reg.paths.clone();
                     // Preallocation goes through the ring (IORING_OP_FALLOCATE) once the
                     // file is open (`opened`), not on the storage thread.
-                    ds.prealloc = if create {
+                    // With the replay-fd-cache the open's own fallocate does it (the session
+                    // holds no descriptor for the ring to name).
+                    ds.prealloc = if create && files.is_none() {
                         std::mem::take(&mut options.prealloc_bytes)
                     } else {
                         0
@@ -701,23 +718,35 @@ impl Recorder {
                             }
                         }
                         None => match open() {
-                            Ok((f, st)) => opened(ds, f, st, id, io),
+                            Ok((f, st)) => opened(ds, f, st, id, io, files.as_deref()),
                             Err(e) => ds.sess.open_done(Err(e)),
                         },
                     }
                 }
                 session::Io::Write(req) if inline => {
                     // a buffered page-cache write: cheaper here than a hand-off to io-wq
-                    let r = match &ds.file {
-                        Some(f) => storage::io::write_req(f, &req, 0, false),
-                        None => Err(io::Error::other("match file is not open")),
+                    let f = match (&files, &ds.file) {
+                        (Some(c), _) => c.get(ds.sess.match_id()).map(Some),
+                        (None, Some(_)) => Ok(None),
+                        (None, None) => Err(io::Error::other("match file is not open")),
+                    };
+                    let r = match (&f, &ds.file) {
+                        (Ok(Some(f)), _) => storage::io::write_req(f, &req, 0, false),
+                        (Ok(None), Some(f)) => storage::io::write_req(f, &req, 0, false),
+                        (Ok(None), None) => unreachable!("checked above"),
+                        (Err(e), _) => Err(io::Error::new(e.kind(), e.to_string())),
                     };
                     match (r, journal.as_mut()) {
                         (Ok(()), Some(_)) if ds.sess.config().bypasses_journal(&req) => {
-                            bypass_sync(ds, id, req, io)
+                            bypass_sync(ds, id, req, io, f.ok().flatten())
                         }
                         (Ok(()), Some(wj)) => journal_append_to(wj, ds, id, req),
-                        (r, _) => ds.sess.write_done(req, r),
+                        (r, _) => {
+                            if let (Err(_), Some(c)) = (&r, &files) {
+                                c.remove(ds.sess.match_id()); // its state is unknown now
+                            }
+                            ds.sess.write_done(req, r)
+                        }
                     }
                 }
                 session::Io::Write(req) => issue_write(ds, req, id, io, rw_flags, queued),
@@ -744,7 +773,17 @@ impl Recorder {
                     if let Some(r) = ds.fref.take() {
                         io.unregister_file(r);
                     }
-                    match (ds.file.take(), &pool) {
+                    let file = match &files {
+                        Some(c) => match c.take(&mid) {
+                            Ok(f) => Some(f),
+                            Err(e) => {
+                                ds.sess.seal_done(Err(e));
+                                continue;
+                            }
+                        },
+                        None => ds.file.take().map(Arc::new),
+                    };
+                    match (file, &pool) {
                         (None, _) => ds
                             .sess
                             .seal_done(Err(io::Error::other("match file is not open"))),
@@ -892,11 +931,15 @@ fn journal_append_to(wj: &mut WorkerJournal, ds: &mut Ds, id: ConnId, req: Write
 
 /// A bulk replay-file write made durable in its own file (fdatasync through the ring),
 /// written once instead of twice (`journal-bypass-bytes`).
-fn bypass_sync(ds: &mut Ds, id: ConnId, req: WriteReq, io: &mut Io) {
-    match ds.fref {
+fn bypass_sync(ds: &mut Ds, id: ConnId, req: WriteReq, io: &mut Io, hold: Option<Arc<OwnedFd>>) {
+    let fref = match &hold {
+        Some(f) => Some(FileRef::Fd(f.as_raw_fd())),
+        None => ds.fref,
+    };
+    match fref {
         Some(f) => {
             io.fsync(f, true, id.0);
-            ds.pending = Pending::BypassSync { req };
+            ds.pending = Pending::BypassSync { req, _hold: hold };
         }
         None => ds
             .sess
@@ -906,7 +949,19 @@ fn bypass_sync(ds: &mut Ds, id: ConnId, req: WriteReq, io: &mut Io) {
 
 /// A match file is open: name it for the ring (its registered-file slot with
 /// file.register-files), preallocate it through the ring when asked, then tell the session.
-fn opened(ds: &mut Ds, f: OwnedFd, st: Option<MatchFile>, id: ConnId, io: &mut Io) {
+fn opened(
+    ds: &mut Ds,
+    f: OwnedFd,
+    st: Option<MatchFile>,
+    id: ConnId,
+    io: &mut Io,
+    files: Option<&ReplayFiles>,
+) {
+    if let Some(c) = files {
+        // the replay-fd-cache holds it (preallocated by the open itself)
+        c.insert(ds.sess.match_id(), f);
+        return ds.sess.open_done(Ok(st));
+    }
     let r = match io.register_file(f.as_raw_fd()) {
         Ok(r) => r,
         Err(e) => return ds.sess.open_done(Err(e)),
@@ -1415,7 +1470,8 @@ impl Service for Recorder {
                 ds.sess.sync_done(res.map(|_| ()));
             }
             Pending::BypassSync { .. } => {
-                let Pending::BypassSync { req } = std::mem::replace(&mut ds.pending, Pending::None)
+                let Pending::BypassSync { req, .. } =
+                    std::mem::replace(&mut ds.pending, Pending::None)
                 else {
                     unreachable!()
                 };
@@ -1472,6 +1528,7 @@ impl Service for Recorder {
     }
 
     fn woken(&mut self, io: &mut Io) {
+        let files = self.files.clone();
         let done = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
         for (id, d) in done {
             if let StorageDone::Tier = d {
@@ -1495,7 +1552,7 @@ impl Service for Recorder {
             }
             ds.pending = Pending::None;
             match d {
-                StorageDone::Opened(Ok((f, st))) => opened(ds, f, st, id, io),
+                StorageDone::Opened(Ok((f, st))) => opened(ds, f, st, id, io, files.as_deref()),
                 StorageDone::Opened(Err(e)) => ds.sess.open_done(Err(e)),
                 StorageDone::Sealed(r) => ds.sess.seal_done(r),
                 StorageDone::CheckpointSynced(..) => unreachable!("handled above"),
