@@ -20,7 +20,8 @@
 
 mod ringfiles;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -260,7 +261,11 @@ enum Pending {
         _hold: Option<Arc<OwnedFd>>,
     },
     /// The new match file's preallocation (IORING_OP_FALLOCATE); then `open_done`.
-    Prealloc(Option<MatchFile>),
+    /// `_hold`: with the replay-fd-cache, the file, held until the FALLOCATE is done.
+    Prealloc {
+        st: Option<MatchFile>,
+        _hold: Option<Arc<OwnedFd>>,
+    },
     /// An open or seal carried out with the ring (file.file-ops = ring).
     Ring(RingJob),
 }
@@ -284,6 +289,9 @@ struct Ds {
     paused: bool,
     /// In `Recorder::waiting_for_slots` (a write piece found the arena empty).
     waiting: bool,
+    /// The deadline of this session's live entry in `Recorder::timers` (entries with
+    /// another time are stale and skipped when they come up).
+    armed: Option<Instant>,
     _guard: Option<ConnGuard>,
 }
 
@@ -344,7 +352,17 @@ pub struct Recorder {
     /// The worker's replay-fd-cache (storage-layout=journal with inline replay writes):
     /// sessions do not hold their replay file, each operation looks it up here.
     files: Option<Arc<ReplayFiles>>,
+    /// Session deadlines (idle timeouts, due writes, claim retries), earliest first, with
+    /// lazy deletion: an entry is live while it equals its session's `armed`. Replaces a
+    /// scan of every session's deadline per loop turn (7.6% of the worker at 1,000 DS).
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Next sweep of HTTP timeouts, live tails and detached sessions ([`SWEEP_EVERY`]).
+    next_sweep: Option<Instant>,
 }
+
+/// How often `tick` looks at every connection (HTTP timeouts, live tails, detached
+/// sessions); session timers come from `Recorder::timers` in between.
+const SWEEP_EVERY: Duration = Duration::from_millis(10);
 
 impl Recorder {
     pub fn new(
@@ -370,6 +388,8 @@ impl Recorder {
             inline_replay: false,
             dirs: None,
             files: None,
+            timers: BinaryHeap::new(),
+            next_sweep: None,
         }
     }
 
@@ -642,6 +662,63 @@ impl Recorder {
         if self.journal.is_some() {
             self.pump_journal(io);
         }
+        self.arm(id);
+    }
+
+    /// Puts session `id`'s deadline in `timers` when it is earlier than the entry it has
+    /// (a later one is found when the earlier entry comes up: lazy deletion).
+    fn arm(&mut self, id: ConnId) {
+        let Some(ds) = self.ds_mut(id) else { return };
+        let Some(d) = ds.sess.deadline() else { return };
+        if ds.armed.is_some_and(|a| a <= d) {
+            return;
+        }
+        ds.armed = Some(d);
+        self.timers.push(Reverse((d, id.0)));
+        let live = self.conns.len() + self.detached.len();
+        if self.timers.len() > 4 * live + 1024 {
+            // mostly stale entries: keep the live ones
+            let conns = &self.conns;
+            let detached = &self.detached;
+            self.timers.retain(|Reverse((t, raw))| {
+                let ds = match conns.get(&ConnId(*raw)) {
+                    Some(Conn::Ds(d)) => Some(&**d),
+                    _ => detached.get(&ConnId(*raw)).map(|b| &**b),
+                };
+                ds.is_some_and(|d| d.armed == Some(*t))
+            });
+        }
+    }
+
+    /// Runs the session timers that are due: `on_timer` and a drive for a session whose
+    /// deadline passed, a new entry for one whose deadline moved later. Entries armed
+    /// while this runs wait for the next call (a deadline that stays in the past cannot
+    /// keep it looping).
+    fn run_timers(&mut self, io: &mut Io) {
+        let now = io.now();
+        let mut due = Vec::new();
+        while let Some(&Reverse((t, raw))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let id = ConnId(raw);
+            let Some(ds) = self.ds_mut(id) else { continue };
+            if ds.armed != Some(t) {
+                continue; // stale
+            }
+            ds.armed = None;
+            due.push(id);
+        }
+        for id in due {
+            let Some(ds) = self.ds_mut(id) else { continue };
+            if ds.sess.deadline().is_some_and(|d| d <= now) {
+                ds.sess.on_timer(now);
+                self.drive(id, io);
+            } else {
+                self.arm(id);
+            }
+        }
     }
 
     fn drive_inner(
@@ -690,9 +767,7 @@ impl Recorder {
                     let paths = reg.paths.clone();
                     // Preallocation goes through the ring (IORING_OP_FALLOCATE) once the
                     // file is open (`opened`), not on the storage thread.
-                    // With the replay-fd-cache the open's own fallocate does it (the session
-                    // holds no descriptor for the ring to name).
-                    ds.prealloc = if create && files.is_none() {
+                    ds.prealloc = if create {
                         std::mem::take(&mut options.prealloc_bytes)
                     } else {
                         0
@@ -958,8 +1033,15 @@ fn opened(
     files: Option<&ReplayFiles>,
 ) {
     if let Some(c) = files {
-        // the replay-fd-cache holds it (preallocated by the open itself)
-        c.insert(ds.sess.match_id(), f);
+        // the replay-fd-cache holds it; a preallocation names it by descriptor, held
+        // until the FALLOCATE completes
+        let f = c.insert(ds.sess.match_id(), f);
+        if ds.prealloc > 0 {
+            let n = std::mem::take(&mut ds.prealloc);
+            io.fallocate(FileRef::Fd(f.as_raw_fd()), io.prealloc_mode(), 0, n, id.0);
+            ds.pending = Pending::Prealloc { st, _hold: Some(f) };
+            return;
+        }
         return ds.sess.open_done(Ok(st));
     }
     let r = match io.register_file(f.as_raw_fd()) {
@@ -971,7 +1053,7 @@ fn opened(
     if ds.prealloc > 0 {
         let n = std::mem::take(&mut ds.prealloc);
         io.fallocate(r, io.prealloc_mode(), 0, n, id.0);
-        ds.pending = Pending::Prealloc(st);
+        ds.pending = Pending::Prealloc { st, _hold: None };
         return;
     }
     ds.sess.open_done(Ok(st));
@@ -1214,9 +1296,11 @@ impl Service for Recorder {
                         attached: true,
                         paused: false,
                         waiting: false,
+                        armed: None,
                         _guard: Some(g),
                     };
                     self.conns.insert(conn, Conn::Ds(Box::new(ds)));
+                    self.arm(conn); // the HELLO's idle timeout
                     if self.shutting_down {
                         if let Some(Conn::Ds(d)) = self.conns.get_mut(&conn) {
                             d.sess.begin_shutdown();
@@ -1478,8 +1562,9 @@ impl Service for Recorder {
                 crate::server::registry::Metrics::add(&reg.metrics.syncs, 1);
                 ds.sess.write_done(req, res.map(|_| ()));
             }
-            Pending::Prealloc(_) => {
-                let Pending::Prealloc(st) = std::mem::replace(&mut ds.pending, Pending::None)
+            Pending::Prealloc { .. } => {
+                let Pending::Prealloc { st, .. } =
+                    std::mem::replace(&mut ds.pending, Pending::None)
                 else {
                     unreachable!()
                 };
@@ -1605,12 +1690,19 @@ impl Service for Recorder {
 
     fn tick(&mut self, io: &mut Io) {
         self.pump_journal(io);
+        self.run_timers(io);
         let now = io.now();
+        if !self.shutting_down && self.next_sweep.is_some_and(|t| now < t) {
+            self.retry_waiting(io);
+            return;
+        }
+        self.next_sweep = Some(now + SWEEP_EVERY);
         let reg = self.reg.clone();
         let ids: Vec<ConnId> = self
             .conns
-            .keys()
-            .copied()
+            .iter()
+            .filter(|(_, c)| self.shutting_down || !matches!(c, Conn::Ds(_)))
+            .map(|(id, _)| *id)
             .chain(self.detached.keys().copied())
             .collect();
         for id in ids {
@@ -1652,21 +1744,13 @@ impl Service for Recorder {
                 }
                 Some(Conn::Refused) | None if !self.detached.contains_key(&id) => {}
                 _ => {
-                    // Only sessions with something due: a timer that passed. Writes
-                    // waiting for arena slots are retried in order by `retry_waiting`
-                    // below, not one drive each per tick: the tick runs whenever any
-                    // session deadline passes, i.e. on almost every wake-up with
-                    // thousands of matches.
-                    let due = match self.ds_mut(id) {
-                        Some(ds) => {
-                            let timer = ds.sess.deadline().is_some_and(|d| d <= now);
-                            if timer {
-                                ds.sess.on_timer(now);
-                            }
-                            timer || (!ds.attached && matches!(ds.pending, Pending::None))
-                        }
-                        None => false,
-                    };
+                    // Session timers ran above; here only detached sessions with nothing
+                    // in flight (they finish without socket events) and, at shutdown,
+                    // every session. Writes waiting for arena slots are retried in order
+                    // by `retry_waiting` below.
+                    let due = self
+                        .ds_mut(id)
+                        .is_some_and(|ds| !ds.attached && matches!(ds.pending, Pending::None));
                     if due || self.shutting_down {
                         self.drive(id, io);
                     }
@@ -1691,15 +1775,9 @@ impl Service for Recorder {
             };
             w.into_iter().chain(c).min()
         });
-        self.conns
-            .values()
-            .filter_map(|c| match c {
-                Conn::Ds(d) => d.sess.deadline(),
-                _ => None,
-            })
-            .chain(self.detached.values().filter_map(|d| d.sess.deadline()))
-            .chain(journal)
-            .min()
+        // the earliest timer entry (a stale one only makes the wait end early)
+        let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        timer.into_iter().chain(journal).min()
     }
 
     fn shutdown(&mut self, io: &mut Io) -> bool {

@@ -179,7 +179,10 @@ pub(super) fn step(
                         let n = std::mem::take(&mut ds.prealloc);
                         let f = ds.fref.expect("just opened");
                         io.fallocate(f, io.prealloc_mode(), 0, n, id.0);
-                        ds.pending = Pending::Prealloc(None);
+                        ds.pending = Pending::Prealloc {
+                            st: None,
+                            _hold: None,
+                        };
                     } else {
                         ds.sess.open_done(Ok(None));
                     }
