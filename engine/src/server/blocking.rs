@@ -394,6 +394,11 @@ fn ds_connection(
             Err(_) => sess.peer_closed(),
         }
     }
+    if let Some(c) = files {
+        // the cache holds files of live sessions only: a match sealed or deleted later
+        // must not stay open (its disk space held) after its writer left
+        c.remove(sess.match_id());
+    }
     let _ = s.flush();
     let _ = s.shutdown(Shutdown::Write);
     // drain briefly so the peer sees our last bytes before a reset

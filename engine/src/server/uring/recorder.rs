@@ -891,6 +891,11 @@ impl Recorder {
         }
         let idle = matches!(ds.pending, Pending::None);
         if ds.sess.is_finished() && idle {
+            if let Some(c) = &files {
+                // the cache holds files of this worker's sessions only: a match sealed or
+                // deleted later (elsewhere) must not stay open here
+                c.remove(ds.sess.match_id());
+            }
             if ds.attached {
                 io.close(id);
             } else if let Some(mut ds) = self.detached.remove(&id) {
