@@ -9,6 +9,9 @@
 //! open; a write to a file that is not open opens it (no O_CREAT: the session's `Io::Open`
 //! created it), and opening one more closes the least recently used.
 //!
+//! The backends keep only the files of their live sessions in it (a finished session's
+//! file is removed), so a match sealed, moved or deleted later is not held open here.
+//!
 //! Closing needs no sync: the replay files of this layout are made durable by the
 //! journal's checkpoints, a `syncfs` of the store, which writes back every dirty inode of
 //! the file system whether a descriptor is open or not; a checkpoint only records what was
