@@ -36,12 +36,16 @@ fn journal_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn metric(srv: &Server, name: &str) -> u64 {
-    let r = testkit::http_get(srv.http, "GET", "/metrics", &[]).unwrap();
+    metric_at(srv.http, name).unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+/// A counter from the recorder's /metrics at `http`.
+fn metric_at(http: SocketAddr, name: &str) -> Option<u64> {
+    let r = testkit::http_get(http, "GET", "/metrics", &[]).ok()?;
     let text = String::from_utf8_lossy(&r.body).to_string();
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("recorder_{name} ")))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing"))
 }
 
 /// One DS connection driven without blocking (many per thread).
@@ -797,14 +801,7 @@ fn more_matches_than_the_replay_fd_cache_holds_lose_nothing_acked() {
         let http = srv.http;
         let opens = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(1200));
-            let r = testkit::http_get(http, "GET", "/metrics", &[]).unwrap();
-            let text = String::from_utf8_lossy(&r.body).to_string();
-            let get = |name: &str| -> u64 {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(&format!("recorder_{name} ")))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0)
-            };
+            let get = |name: &str| metric_at(http, name).unwrap_or(0);
             (
                 get("replay_fd_opens_total"),
                 get("replay_fd_evictions_total"),
