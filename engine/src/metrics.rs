@@ -101,8 +101,13 @@ pub const COUNTERS: &[(&str, &str, Field)] = &[
     }),
     (
         "ds_connections_dropped",
-        "DS connections closed without a protocol answer (each logged with its reason).",
+        "DS connections that ended before their exchange was complete without a protocol answer: reset by the peer, a send that timed out or failed, a thread that could not start (each logged with its reason).",
         |m| &m.ds_connections_dropped,
+    ),
+    (
+        "http_connections_dropped",
+        "HTTP connections that ended in the middle of a response or a read: reset by the peer, a send that timed out (http-timeout-ms) or failed, a thread that could not start (each logged with its reason).",
+        |m| &m.http_connections_dropped,
     ),
     ("http_requests", "HTTP requests.", |m| &m.http_requests),
     ("http_response_bytes", "HTTP body bytes sent.", |m| {

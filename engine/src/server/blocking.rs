@@ -154,7 +154,7 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
                 let admitted = reg.try_http_connection();
                 active.fetch_add(1, Ordering::AcqRel);
                 let peer = s.peer_addr().ok();
-                let active2 = active.clone();
+                let (reg2, active2) = (reg.clone(), active.clone());
                 let r = spawn("http-conn", move || {
                     let id = conns.add(&s);
                     http_connection(s, admitted, reg, max, timeout, &shutdown);
@@ -163,6 +163,7 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
                 });
                 if let Err(e) = r {
                     active2.fetch_sub(1, Ordering::AcqRel);
+                    super::registry::Metrics::add(&reg2.metrics.http_connections_dropped, 1);
                     tracing::error!(
                         "dropped the HTTP connection from {peer:?} without an answer: cannot start its thread: {e}"
                     );
@@ -335,6 +336,7 @@ fn ds_connection(
     let _ = s.set_nodelay(true);
     let _ = s.set_write_timeout(Some(cfg.idle_timeout));
     let store = cfg.store.clone();
+    let idle_timeout = cfg.idle_timeout;
     let mut sess = IngestSession::new(cfg, reg.clone(), Instant::now());
     let mut file: Option<Arc<OwnedFd>> = None;
     let mut buf = vec![0u8; 256 << 10];
@@ -347,7 +349,8 @@ fn ds_connection(
         }
         if sess.has_output() {
             let out = sess.take_output();
-            if s.write_all(&out).is_err() {
+            if let Err(e) = s.write_all(&out) {
+                dropped(&reg, &s, Kind::Ds, &write_error(e, idle_timeout));
                 sess.peer_closed();
                 continue;
             }
@@ -391,7 +394,10 @@ fn ds_connection(
             {
                 sess.on_timer(Instant::now())
             }
-            Err(_) => sess.peer_closed(),
+            Err(e) => {
+                dropped(&reg, &s, Kind::Ds, &format!("read failed: {e}"));
+                sess.peer_closed()
+            }
         }
     }
     if let Some(c) = files {
@@ -471,7 +477,11 @@ fn http_connection(
                         }
                         continue;
                     }
-                    _ => break,
+                    Ok(false) => break,
+                    Err(e) => {
+                        dropped(&reg, &s, Kind::Http, &write_error(e, timeout));
+                        break;
+                    }
                 }
             }
             Ok(None) => {}
@@ -524,10 +534,46 @@ fn http_connection(
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted
                 ) => {}
-            Err(_) => break,
+            Err(e) => {
+                dropped(&reg, &s, Kind::Http, &format!("read failed: {e}"));
+                break;
+            }
         }
     }
     let _ = s.shutdown(Shutdown::Both);
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Ds,
+    Http,
+}
+
+/// A connection ended before its exchange was complete (issue 12 bug 13: never without a
+/// word): logged with the peer and `why`, counted in `recorder_{ds,http}_connections_dropped_total`.
+fn dropped(reg: &Registry, s: &TcpStream, kind: Kind, why: &str) {
+    let peer = s.peer_addr().ok();
+    let (what, counter) = match kind {
+        Kind::Ds => ("DS", &reg.metrics.ds_connections_dropped),
+        Kind::Http => ("HTTP", &reg.metrics.http_connections_dropped),
+    };
+    super::registry::Metrics::add(counter, 1);
+    tracing::warn!("dropped the {what} connection from {peer:?}: {why}");
+}
+
+/// A failed write, with the timeout named when it was one (SO_SNDTIMEO gives EAGAIN).
+fn write_error(e: io::Error, timeout: Duration) -> String {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
+        format!(
+            "the peer accepted no bytes for {} ms (send timeout)",
+            timeout.as_millis()
+        )
+    } else {
+        format!("write failed: {e}")
+    }
 }
 
 /// Sends one response; Ok(true) when the connection may serve another request.

@@ -175,6 +175,7 @@ pub struct Metrics {
     /// DS connections the blocking backend closed without a protocol answer (no thread
     /// could be started for them; each is logged with the reason).
     pub ds_connections_dropped: AtomicU64,
+    pub http_connections_dropped: AtomicU64,
     pub http_requests: AtomicU64,
     pub http_bytes: AtomicU64,
     pub http_errors: AtomicU64,

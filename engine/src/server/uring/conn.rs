@@ -209,11 +209,7 @@ impl<'a> Worker<'a> {
                 if let Some(NetBuf::Heap(b)) = rej.buf {
                     c.recv_buf = Some(b);
                 }
-                tracing::error!(
-                    "uring worker: cannot arm a receive: {}; closing the connection",
-                    rej.error
-                );
-                self.abort(id);
+                self.drop_conn(id, format!("cannot arm a receive: {}", rej.error));
             }
         }
     }
@@ -333,7 +329,7 @@ impl<'a> Worker<'a> {
                         self.arm_recv(id);
                         self.maybe_close(id)
                     }
-                    Err(_) => self.on_reset(id),
+                    Err(e) => self.on_reset(id, e),
                 }
             }
             Completion::Recv {
@@ -374,7 +370,7 @@ impl<'a> Worker<'a> {
                         self.arm_recv(id);
                         self.maybe_close(id)
                     }
-                    Err(_) => self.on_reset(id),
+                    Err(e) => self.on_reset(id, e),
                 }
             }
             Completion::Send {
@@ -465,7 +461,27 @@ impl<'a> Worker<'a> {
         }
     }
 
-    pub(super) fn on_reset(&mut self, id: ConnId) {
+    /// A receive or send failed (ECONNRESET, EPIPE, ...): the connection is gone.
+    pub(super) fn on_reset(&mut self, id: ConnId, e: Errno) {
+        self.drop_conn(id, format!("{e}"));
+    }
+
+    /// Drops connection `id` before its exchange is complete: logged with `why` (and the
+    /// worker), counted through `Service::dropped`, then torn down like [`Self::abort`]. A
+    /// connection already being torn down is not counted again.
+    pub(super) fn drop_conn(&mut self, id: ConnId, why: String) {
+        let w = self.id;
+        if let Some(c) = self.conn_mut(id) {
+            if !matches!(
+                c.state,
+                State::Cancelling | State::Closed | State::Lingering(_)
+            ) {
+                let port = c.port;
+                let what = if port == Port::Ingest { "DS" } else { "HTTP" };
+                tracing::warn!("uring worker {w}: dropped the {what} connection {id:?}: {why}");
+                self.dropped.push((id, port, why));
+            }
+        }
         self.abort(id);
     }
 

@@ -136,6 +136,10 @@ pub trait Service {
     }
     /// The connection is gone (closed by either side, reset, idle timeout); forget it.
     fn closed(&mut self, conn: ConnId, io: &mut Io);
+    /// The driver dropped the connection before its exchange was complete (reset by the
+    /// peer, a send that timed out or failed, ...); it is logged with `why`. `closed`
+    /// follows. For the service's counters.
+    fn dropped(&mut self, _conn: ConnId, _port: Port, _why: &str) {}
     /// A file range queued with `send_file` is out (`Ok(bytes)`) or failed.
     fn sent_file(&mut self, _conn: ConnId, _token: u64, _res: io::Result<u64>, _io: &mut Io) {}
     /// A write/read/fsync finished; the buffer comes back.

@@ -1408,6 +1408,18 @@ impl Service for Recorder {
         }
     }
 
+    fn dropped(&mut self, _conn: ConnId, port: Port, _why: &str) {
+        let m = &self.reg.metrics;
+        crate::server::registry::Metrics::add(
+            if port == Port::Ingest {
+                &m.ds_connections_dropped
+            } else {
+                &m.http_connections_dropped
+            },
+            1,
+        );
+    }
+
     fn closed(&mut self, conn: ConnId, io: &mut Io) {
         match self.conns.remove(&conn) {
             Some(Conn::Ds(mut ds)) => {

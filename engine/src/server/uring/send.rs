@@ -123,8 +123,7 @@ impl<'a> Worker<'a> {
                 c.last_active = now;
             }
             Err(e) => {
-                tracing::warn!("uring worker: cannot queue a send: {e}; closing the connection");
-                self.abort(id);
+                self.drop_conn(id, format!("cannot queue a send: {e}"));
             }
         }
     }
@@ -143,13 +142,17 @@ impl<'a> Worker<'a> {
                 self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 let Some(c) = self.conn_mut(id) else { return };
                 if n < c.send_len {
+                    let len = c.send_len;
                     match buf {
                         // Short send: the rest goes first.
                         Some(b) => self.send_buf(id, b, off + n),
                         // SEND_ZC keeps the buffer until its notification, and a vectored
                         // send's buffers are back in pieces: a short send (an error midway)
                         // cannot be resumed.
-                        None => self.abort(id),
+                        None => self.drop_conn(
+                            id,
+                            format!("a zero-copy or vectored send was short ({n} of {len} bytes) and cannot be resumed"),
+                        ),
                     }
                     return;
                 }
@@ -164,7 +167,7 @@ impl<'a> Worker<'a> {
                 self.pump(id, svc);
             }
             Err(Errno(libc::ECANCELED)) => self.maybe_close(id),
-            Err(_) => self.on_reset(id),
+            Err(e) => self.on_reset(id, e),
         }
     }
 
@@ -505,6 +508,7 @@ impl<'a> Worker<'a> {
     }
 
     pub(super) fn fail_file<S: Service>(&mut self, id: ConnId, e: io::Error, svc: &mut S) {
+        let why = format!("a replay file could not be sent: {e}");
         if let Some(c) = self.conn_mut(id) {
             if let Some(Out::File(f)) = c.out.pop_front() {
                 self.release_file_out(&f);
@@ -512,7 +516,7 @@ impl<'a> Worker<'a> {
             }
         }
         // A half-sent body cannot be repaired on this connection.
-        self.abort(id);
+        self.drop_conn(id, why);
     }
 
     pub(super) fn on_splice<S: Service>(

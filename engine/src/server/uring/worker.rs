@@ -37,6 +37,8 @@ pub(super) struct Worker<'a> {
     pub(super) pending_close_listeners: bool,
     /// Connections closed without a CLOSE completion (CLOSE could not be queued).
     pub(super) closed_now: Vec<ConnId>,
+    /// Connections dropped since the last `exec`, for `Service::dropped`.
+    pub(super) dropped: Vec<(ConnId, Port, String)>,
     /// Writes issued (for `file.force-async`'s every Nth).
     pub(super) writes_issued: u64,
     /// `ring.wait-timeout = ext-arg`: the tick is a deadline of the wait, not a TIMEOUT SQE.
@@ -413,6 +415,7 @@ impl<'a> Worker<'a> {
             io,
             pending_close_listeners: false,
             closed_now: Vec::new(),
+            dropped: Vec::new(),
             writes_issued: 0,
             tick_in_enter,
             next_tick: Instant::now(),
@@ -694,7 +697,15 @@ impl<'a> Worker<'a> {
             .collect();
         for id in stalled {
             self.stats.send_timeouts.fetch_add(1, Ordering::Relaxed);
-            self.abort(id);
+            let port = self.conn_mut(id).map(|c| c.port);
+            let t = if port == Some(Port::Ingest) { ti } else { th };
+            self.drop_conn(
+                id,
+                format!(
+                    "the peer accepted no bytes for {} ms (send timeout)",
+                    t.as_millis()
+                ),
+            );
         }
         if !self.opts.idle_timeout.is_zero() {
             let now = self.io.now;
@@ -721,6 +732,9 @@ impl<'a> Worker<'a> {
 
     /// Executes the service's requests.
     pub(super) fn exec<S: Service>(&mut self, svc: &mut S) -> Result<(), UringError> {
+        for (id, port, why) in std::mem::take(&mut self.dropped) {
+            svc.dropped(id, port, &why);
+        }
         for id in std::mem::take(&mut self.closed_now) {
             self.release_conn(id, svc);
         }
