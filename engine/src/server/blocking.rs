@@ -604,8 +604,7 @@ fn send_body(
             len,
         } => {
             f.seek(SeekFrom::Start(offset))?;
-            // std::io::copy uses sendfile/splice for File -> TcpStream on Linux
-            let n = io::copy(&mut f.take(len), s)?;
+            let n = send_file_fairly(&mut f, len, s)?;
             *sent = n;
             if n != len {
                 return Err(io::Error::new(
@@ -625,6 +624,29 @@ fn send_body(
     }
     reg.metrics.http_bytes.fetch_add(*sent, Ordering::Relaxed);
     Ok(!resp.close)
+}
+
+/// How much of a replay one connection thread sends before it lets the others run.
+const FILE_CHUNK: u64 = 256 << 10;
+
+/// Sends `len` bytes of `f` (from its position) with sendfile, [`FILE_CHUNK`] at a time,
+/// yielding the CPU between chunks. One sendfile of a whole 16 MiB replay kept a thread on
+/// the CPU while the other downloads' threads waited: under `wrk -t2 -c32` 12-21 requests
+/// per 8 s took over 2 s (issue 12 bug 14); with the yield none did, at about 24% fewer
+/// requests per second (figures in the commit and /work/notes/conn.md).
+fn send_file_fairly(f: &mut std::fs::File, len: u64, s: &mut TcpStream) -> io::Result<u64> {
+    let mut n = 0u64;
+    while n < len {
+        let want = FILE_CHUNK.min(len - n);
+        // std::io::copy uses sendfile/splice for File -> TcpStream on Linux
+        let got = io::copy(&mut Read::by_ref(f).take(want), s)?;
+        n += got;
+        if got < want {
+            break; // the file is shorter: the caller reports it
+        }
+        thread::yield_now();
+    }
+    Ok(n)
 }
 
 /// Streams a live match as chunks until it is sealed (Ok(true)) or the recorder stops (Ok(false)).
