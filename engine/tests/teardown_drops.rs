@@ -2,35 +2,12 @@
 //! connections under load without a word. Every connection the server drops must be logged
 //! with its reason and counted in /metrics, on both backends.
 
+#[macro_use]
 mod common;
 use common::*;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
-
-/// One test function per backend.
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn blocking() {
-                super::$name("blocking");
-            }
-            #[test]
-            fn uring() {
-                super::$name("uring");
-            }
-        }
-    };
-}
-
-fn metric(srv: &Server, name: &str) -> u64 {
-    let r = testkit::http_get(srv.http, "GET", "/metrics", &[]).unwrap();
-    let body = String::from_utf8_lossy(&r.body).to_string();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
-}
 
 /// Bug 13: an HTTP client asks for an 8 MiB replay and never reads it (a 4 KiB receive
 /// buffer). After http-timeout-ms the recorder drops the connection: it logs that, with

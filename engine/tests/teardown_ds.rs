@@ -3,28 +3,13 @@
 //! right after a close. Each test is named after the bug it pins and runs on both
 //! backends against a real `recorder serve` on loopback.
 
+#[macro_use]
 mod common;
 use common::*;
 use engine::protocol::{self, ErrorCode, Msg};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// One test function per backend.
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn blocking() {
-                super::$name("blocking");
-            }
-            #[test]
-            fn uring() {
-                super::$name("uring");
-            }
-        }
-    };
-}
 
 fn hello_bytes(id: &str, resume: bool) -> Vec<u8> {
     let mut v = Vec::new();
@@ -573,14 +558,6 @@ fn start_and_leave(srv: &Server, id: &str, frames: u64) -> Vec<Vec<u8>> {
         assert!(matches!(r, Reply::Ack(n) if n >= frames), "{id}: {r:?}");
     }
     sent
-}
-
-fn metric(srv: &Server, name: &str) -> u64 {
-    let r = testkit::http_get(srv.http, "GET", "/metrics", &[]).unwrap();
-    let body = String::from_utf8_lossy(&r.body).to_string();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
 }
 
 fn abandoned_match_is_sealed_after_abandon_after_s(backend: &str) {

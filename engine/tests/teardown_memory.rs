@@ -2,33 +2,10 @@
 //! could pin about 1.1 MiB per match for 10,000 matches. `server.memory-budget` bounds the
 //! total; a new match over it gets TOO_MANY_MATCHES, on both backends.
 
+#[macro_use]
 mod common;
 use common::*;
 use engine::protocol::ErrorCode;
-
-/// One test function per backend.
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn blocking() {
-                super::$name("blocking");
-            }
-            #[test]
-            fn uring() {
-                super::$name("uring");
-            }
-        }
-    };
-}
-
-fn metric(srv: &Server, name: &str) -> u64 {
-    let r = testkit::http_get(srv.http, "GET", "/metrics", &[]).unwrap();
-    let body = String::from_utf8_lossy(&r.body).to_string();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
-}
 
 /// Bug 9: append-buffer-bytes 64 KiB reserves 192 KiB per match; a 400 KiB budget admits
 /// two. The third new match is refused with TOO_MANY_MATCHES naming the budget, a RESUME

@@ -335,3 +335,31 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `mod NAME { blocking(), uring() }` calling `NAME(backend)`: one test function per
+/// backend (the files that use it declare `#[macro_use] mod common;`).
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn blocking() {
+                super::$name("blocking");
+            }
+            #[test]
+            fn uring() {
+                super::$name("uring");
+            }
+        }
+    };
+}
+
+/// The value of the unlabelled sample `name` (for example `recorder_matches_abandoned_total`)
+/// in the server's /metrics.
+pub fn metric(srv: &Server, name: &str) -> u64 {
+    let r = testkit::http_get(srv.http, "GET", "/metrics", &[]).unwrap();
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+}
