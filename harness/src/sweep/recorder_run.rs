@@ -158,6 +158,14 @@ pub(crate) fn run_recorder(
                     b
                 }
                 (Ok(_), Err(e)) => {
+                    // A refusal after the recorder started listening (a kernel or device
+                    // refusal at first use, e.g. FALLOC_FL_WRITE_ZEROES on this store) is
+                    // what this machine cannot do: unsupported, with the recorder's reason.
+                    if let Some(reason) = refused_after_start(&text) {
+                        let mut b = Outcome::bad("unsupported", reason);
+                        b.log = log_rel.clone();
+                        return b;
+                    }
                     let last = text
                         .lines()
                         .rev()
@@ -192,4 +200,39 @@ pub(crate) fn run_recorder(
     }
     reject_if_noisy(ctx, cell, &mut o);
     o
+}
+
+/// The reason of a recorder that exited with `recorder serve: unsupported: ...` (its fatal
+/// error for what the kernel or device refuses), if its log has one.
+fn refused_after_start(log: &str) -> Option<String> {
+    log.lines()
+        .find_map(|l| {
+            l.split_once("recorder serve: unsupported: ")
+                .map(|(_, r)| r.trim())
+        })
+        .map(|r| format!("unsupported: {r}"))
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::refused_after_start;
+
+    #[test]
+    fn a_refusal_after_start_is_unsupported_and_other_exits_are_not() {
+        let log = "2026-12-01T17:11:37Z INFO engine::server: ingest listening on 127.0.0.1:1\n\
+                   2026-12-01T17:11:37Z ERROR engine::server: recorder serve: unsupported: file.prealloc-mode=write-zeroes: FALLOC_FL_WRITE_ZEROES on the store /s is refused (Operation not supported (os error 95))\n";
+        assert_eq!(
+            refused_after_start(log).as_deref(),
+            Some("unsupported: file.prealloc-mode=write-zeroes: FALLOC_FL_WRITE_ZEROES on the store /s is refused (Operation not supported (os error 95))")
+        );
+        // A crash, or a line merely mentioning the word, is not a refusal.
+        assert_eq!(
+            refused_after_start("recorder serve: storage: No space left on device\n"),
+            None
+        );
+        assert_eq!(
+            refused_after_start("probe: iopoll unsupported on vda\npanicked at src/x.rs\n"),
+            None
+        );
+    }
 }
