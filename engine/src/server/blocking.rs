@@ -633,7 +633,7 @@ const FILE_CHUNK: u64 = 256 << 10;
 /// yielding the CPU between chunks. One sendfile of a whole 16 MiB replay kept a thread on
 /// the CPU while the other downloads' threads waited: under `wrk -t2 -c32` 12-21 requests
 /// per 8 s took over 2 s (issue 12 bug 14); with the yield none did, at about 24% fewer
-/// requests per second (figures in the commit and /work/notes/conn.md).
+/// requests per second (figures in commit 60a9bc2).
 fn send_file_fairly(f: &mut std::fs::File, len: u64, s: &mut TcpStream) -> io::Result<u64> {
     let mut n = 0u64;
     while n < len {
