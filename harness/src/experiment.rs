@@ -165,6 +165,7 @@ pub const NAMESPACES: &[&str] = &[
     "iperf3",
     "nginx",
     "nop",
+    "wrk",
 ];
 pub const ENGINE_SECTIONS: &[&str] = &["ring", "file", "net", "server", "tier"];
 pub const BLOCK_KEYS: &[&str] = &[
@@ -202,6 +203,7 @@ pub const WORKLOADS: &[&str] = &[
     "ingest",
     "bulk-ingest",
     "serve",
+    "wrk-serve",
     "disk-write",
     "disk-read",
     "net",
@@ -294,6 +296,12 @@ pub fn check_key(k: &str) -> Result<(), String> {
         return Err(format!(
             "key {k:?}: unknown load setting; use one of {}",
             LOAD_KEYS.join(", ")
+        ));
+    }
+    if ns == "wrk" && !crate::sweep::wrk::WRK_KEYS.contains(&rest) {
+        return Err(format!(
+            "key {k:?}: unknown wrk setting; use one of {}",
+            crate::sweep::wrk::WRK_KEYS.join(", ")
         ));
     }
     if ns == "placement" && rest != "policy" {

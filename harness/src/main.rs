@@ -418,7 +418,9 @@ fn plan_main(a: PlanArgs) -> ExitCode {
         .iter()
         .map(|c| {
             let prefill = match (c.kind(), c.workload().as_str()) {
-                ("recorder", "serve") => c.f64_or("load.prefill-s", 3.0).unwrap_or(3.0) + 1.0,
+                ("recorder", "serve" | "wrk-serve") => {
+                    c.f64_or("load.prefill-s", 3.0).unwrap_or(3.0) + 1.0
+                }
                 _ => 0.0,
             };
             let window = if c.kind() == "nop" {

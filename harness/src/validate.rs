@@ -84,6 +84,15 @@ fn check_cell(exp: &Experiment, c: &Cell, fio: bool) -> Result<(), String> {
             }
         }
     }
+    let wrk_serve = c.workload() == crate::sweep::wrk::WORKLOAD;
+    if let Some(k) = c.values.keys().find(|k| k.starts_with("wrk.")) {
+        if !wrk_serve {
+            return Err(format!(
+                "{k} applies to workload = \"wrk-serve\" cells only, this cell is workload = \"{}\" (it would be ignored)",
+                c.workload()
+            ));
+        }
+    }
     if let Some(p) = c.get("placement.policy") {
         if !["shared", "separate"].contains(&p) {
             return Err(format!("placement.policy = {p:?}; use shared or separate"));
@@ -103,15 +112,19 @@ fn check_cell(exp: &Experiment, c: &Cell, fio: bool) -> Result<(), String> {
                     c.u64_or("load.concurrency", 8)?;
                     clients_config_for(c, exp, addr, vec!["m".into()], 1)?;
                 }
-                "serve" => {
+                "serve" | "wrk-serve" => {
                     ds_config_for(c, exp, addr, 1)?;
                     c.u64_or("load.prefill-matches", 16)?;
                     c.f64_or("load.prefill-s", 3.0)?;
-                    clients_config_for(c, exp, addr, vec!["m".into()], 1)?;
+                    if wrk_serve {
+                        crate::sweep::wrk::wrk_config(c, exp)?;
+                    } else {
+                        clients_config_for(c, exp, addr, vec!["m".into()], 1)?;
+                    }
                 }
                 w => {
                     return Err(format!(
-                        "workload = {w:?} does not apply to the recorder; use ingest, bulk-ingest, serve or tier"
+                        "workload = {w:?} does not apply to the recorder; use ingest, bulk-ingest, serve, wrk-serve or tier"
                     ))
                 }
             }
@@ -124,7 +137,19 @@ fn check_cell(exp: &Experiment, c: &Cell, fio: bool) -> Result<(), String> {
         "iperf3" => check_iperf3(c)?,
         "nginx" => {
             check_nginx(c)?;
-            clients_config_for(c, exp, addr, vec!["m".into()], 1)?;
+            match c.workload().as_str() {
+                "serve" => {
+                    clients_config_for(c, exp, addr, vec!["m".into()], 1)?;
+                }
+                "wrk-serve" => {
+                    crate::sweep::wrk::wrk_config(c, exp)?;
+                }
+                w => {
+                    return Err(format!(
+                        "workload = {w:?} does not apply to nginx; use serve (the harness's clients) or wrk-serve (wrk)"
+                    ))
+                }
+            }
         }
         "nop" => {
             if let Some((k, _)) = c
@@ -285,6 +310,31 @@ mod tests {
         let p = check(&e);
         assert!(p[0].contains("fio.bs applies to kind = \"fio\""), "{p:?}");
         assert!(check(&exp("[cell]\n\"load.matches\" = [4, 8]\n")).is_empty());
+    }
+
+    #[test]
+    fn wrk_settings_are_checked_and_apply_to_wrk_serve_cells_only() {
+        let ok = "measure_s = 2\n[cell]\nworkload = \"wrk-serve\"\n\"wrk.connections\" = 8\n\
+                  [[include]]\nkind = \"nginx\"\nworkload = \"wrk-serve\"\n\"wrk.threads\" = 1\n";
+        assert!(check(&exp(ok)).is_empty(), "{:?}", check(&exp(ok)));
+        let cases = [
+            // a wrk key on a cell that wrk does not drive would be ignored
+            ("measure_s = 2\n[cell]\nworkload = \"serve\"\n\"wrk.threads\" = 2\n", "applies to workload = \"wrk-serve\""),
+            ("measure_s = 2\n[cell]\nworkload = \"wrk-serve\"\n\"wrk.threads\" = 0\n", "wrk.threads = \"0\""),
+            ("measure_s = 2\n[cell]\nworkload = \"wrk-serve\"\n\"wrk.threads\" = 4\n\"wrk.connections\" = 2\n", "at least one connection per thread"),
+            ("measure_s = 1.5\n[cell]\nworkload = \"wrk-serve\"\n", "whole number of seconds"),
+            ("measure_s = 2\n[[include]]\nkind = \"nginx\"\nworkload = \"ingest\"\n", "does not apply to nginx"),
+        ];
+        for (text, want) in cases {
+            let p = check(&exp(text));
+            assert!(p.len() == 1 && p[0].contains(want), "{text}: {p:?}");
+        }
+        let e = Experiment::parse(
+            Path::new("t.toml"),
+            "[cell]\nworkload = \"wrk-serve\"\n\"wrk.conns\" = 8\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("wrk.conns") && e.contains("connections"), "{e}");
     }
 
     /// experiments/tier.toml was refused by `harness plan` (`workload = "tier"` was not in

@@ -106,6 +106,12 @@ pub mod col {
     pub const NOPS_PER_S: &str = "nops_per_s";
     pub const NOP_CPU_NS: &str = "nop_cpu_ns";
     pub const NOPS_PER_ENTER: &str = "nops_per_enter";
+    /// `wrk-serve` workload (wrk as the client): completed requests per second and the
+    /// request latency percentiles wrk reports (with `req_p50_us`, `req_p99_us`).
+    pub const REQ_PER_S: &str = "req_per_s";
+    pub const REQ_P90_US: &str = "req_p90_us";
+    pub const REQ_P999_US: &str = "req_p999_us";
+    pub const REQ_MAX_US: &str = "req_max_us";
 }
 
 /// Engine sections whose every option has an `opt.<section>.<name>` column: the ring, file
@@ -189,6 +195,10 @@ pub const TAIL: &[&str] = &[
     col::NOPS_PER_S,
     col::NOP_CPU_NS,
     col::NOPS_PER_ENTER,
+    col::REQ_PER_S,
+    col::REQ_P90_US,
+    col::REQ_P999_US,
+    col::REQ_MAX_US,
 ];
 
 /// Columns every reader needs (a file without one of them is refused).
@@ -238,6 +248,10 @@ pub const METRICS: &[&str] = &[
     col::NOPS_PER_S,
     col::NOP_CPU_NS,
     col::NOPS_PER_ENTER,
+    col::REQ_PER_S,
+    col::REQ_P90_US,
+    col::REQ_P999_US,
+    col::REQ_MAX_US,
 ];
 
 /// `(old name, current name)` of renamed columns, in `runs.csv` and in time series.

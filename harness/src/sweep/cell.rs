@@ -13,6 +13,12 @@ use crate::experiment::Cell;
 
 /// One run of one cell: block settings applied and always restored around it.
 pub fn run_cell(ctx: &Ctx, cell: &Cell, run_id: &str, bin: &Path, run_seed: u64) -> Outcome {
+    // wrk drives the wrk-serve workload (recorder or nginx): without it the cell cannot run.
+    if cell.workload() == super::wrk::WORKLOAD {
+        if let Err(reason) = super::wrk::available() {
+            return Outcome::bad("unsupported", reason);
+        }
+    }
     let blk = cell.section("block");
     if !blk.is_empty() {
         let Some(dev) = ctx.target.device.clone() else {

@@ -94,31 +94,46 @@ pub(crate) fn drive_recorder(
             Ok((ws, rep.measure_s, rep.payload_bytes_acked_window))
         }
         "serve" => {
-            // Prefill: sealed matches to download.
-            let mut pre = ds_config_for(cell, exp, rec.ingest, run_seed)?;
-            pre.matches = cell.u64_or("load.prefill-matches", 16)? as usize;
-            pre.ramp_up_s = 0.2;
-            pre.measure_s = cell.f64_or("load.prefill-s", 3.0)?;
-            let prep = ds::run(&pre, Arc::new(ds::DsCounters::default()), ctx.stop.clone())?;
-            let ids: Vec<String> = prep
-                .matches
-                .iter()
-                .filter(|m| m.sealed.is_some() && m.acked_seq > 0)
-                .map(|m| m.id.clone())
+            let ids = prefill(ctx, cell, rec, run_seed)?
+                .into_iter()
+                .map(|(id, _)| id)
                 .collect();
-            if ids.is_empty() {
-                return Err(format!(
-                    "prefill sealed no match ({})",
-                    prep.summary().replace('\n', " ")
-                ));
-            }
             let ccfg = clients_config_for(cell, exp, rec.http, ids, run_seed)?;
             run_clients(&ccfg, progress, ctx, o)
         }
         w => Err(format!(
-            "workload {w} does not apply to the recorder; use ingest, bulk-ingest, serve or tier"
+            "workload {w} does not apply to the recorder; use ingest, bulk-ingest, serve, wrk-serve or tier"
         )),
     }
+}
+
+/// The prefill of the serving workloads (`serve`, `wrk-serve`): `load.prefill-matches`
+/// matches ingested for `load.prefill-s` seconds and sealed. Returns each sealed match's
+/// id and replay length.
+pub(crate) fn prefill(
+    ctx: &Ctx,
+    cell: &Cell,
+    rec: &Recorder,
+    run_seed: u64,
+) -> Result<Vec<(String, u64)>, String> {
+    let mut pre = ds_config_for(cell, ctx.exp, rec.ingest, run_seed)?;
+    pre.matches = cell.u64_or("load.prefill-matches", 16)? as usize;
+    pre.ramp_up_s = 0.2;
+    pre.measure_s = cell.f64_or("load.prefill-s", 3.0)?;
+    let prep = ds::run(&pre, Arc::new(ds::DsCounters::default()), ctx.stop.clone())?;
+    let sealed: Vec<(String, u64)> = prep
+        .matches
+        .iter()
+        .filter(|m| m.acked_seq > 0)
+        .filter_map(|m| m.sealed.map(|(_, len)| (m.id.clone(), len)))
+        .collect();
+    if sealed.is_empty() {
+        return Err(format!(
+            "prefill sealed no match ({})",
+            prep.summary().replace('\n', " ")
+        ));
+    }
+    Ok(sealed)
 }
 
 /// The ingest load on `rec` with the measured window aligned to the sampler and acked

@@ -11,7 +11,8 @@
 //! and stopping a recorder, reading its log), `recorder_run` (one recorder run with
 //! telemetry), `load` (the generators for each workload), `anchors` (fio, iperf3, nginx),
 //! `outcome` (a run's result, derived metrics, rejection), `runs_csv` (the rows),
-//! `manifest` (manifest.json), `ab` (building the base revision of an A/B sweep).
+//! `manifest` (manifest.json), `ab` (building the base revision of an A/B sweep), `tier`
+//! and `wrk` (the `tier` and `wrk-serve` workloads).
 
 mod ab;
 pub mod anchors;
@@ -25,6 +26,7 @@ mod recorder_run;
 mod runs_csv;
 mod tally;
 mod tier;
+pub(crate) mod wrk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;

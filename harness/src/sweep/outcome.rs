@@ -123,6 +123,7 @@ pub(crate) fn reject_if_noisy(ctx: &Ctx, cell: &Cell, o: &mut Outcome) {
         let threads = match (cell.kind(), cell.workload().as_str()) {
             ("iperf3", _) => 1.0,
             (_, "serve") => cell.u64_or("load.concurrency", 8).unwrap_or(8) as f64,
+            (_, super::wrk::WORKLOAD) => cell.u64_or("wrk.threads", 2).unwrap_or(2) as f64,
             _ => cell.u64_or("load.threads", 2).unwrap_or(2) as f64,
         };
         let limit = ctx.exp.gen_cpu_limit_pct * threads.min(ncpu).max(1.0);

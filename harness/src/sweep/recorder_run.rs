@@ -95,6 +95,9 @@ pub(crate) fn run_recorder(
                 Some(t) => super::tier::drive(
                     ctx, cell, &rec, t, bin, &args, run_id, run_seed, &progress, &sampler, &mut o,
                 ),
+                None if cell.workload() == super::wrk::WORKLOAD => super::wrk::drive_recorder(
+                    ctx, cell, run_id, &rec, run_seed, &progress, &sampler, &mut o,
+                ),
                 None => drive_recorder(ctx, cell, &rec, run_seed, &progress, &sampler, &mut o),
             };
             // journal flushes, group size, write amplification over the run (ramp-up too)

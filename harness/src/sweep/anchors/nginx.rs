@@ -1,5 +1,5 @@
 //! The nginx anchor (serving): files of the same sizes as the replays, downloaded by the
-//! same clients as a recorder `serve` cell.
+//! same clients as a recorder `serve` cell, or by wrk as a `wrk-serve` cell.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -117,7 +117,7 @@ pub(crate) fn run_nginx(ctx: &Ctx, cell: &Cell, run_id: &str, run_seed: u64) -> 
     }
     let mut pids = vec![child.id() as i32];
     pids.extend(children_of(child.id() as i32));
-    let ccfg = match clients_config_for(cell, exp, addr, ids, run_seed) {
+    let ccfg = match clients_config_for(cell, exp, addr, ids.clone(), run_seed) {
         Ok(c) => c,
         Err(e) => {
             let _ = child.kill();
@@ -137,7 +137,17 @@ pub(crate) fn run_nginx(ctx: &Ctx, cell: &Cell, run_id: &str, run_seed: u64) -> 
         log: log_rel.clone(),
         ..Default::default()
     };
-    let res = run_clients(&ccfg, &progress, ctx, &mut o);
+    let res = if cell.workload() == crate::sweep::wrk::WORKLOAD {
+        let targets: Vec<(String, u64)> = ids
+            .iter()
+            .map(|id| (format!("/matches/{id}"), size))
+            .collect();
+        crate::sweep::wrk::run_wrk(
+            ctx, cell, run_id, addr, &targets, &progress, &sampler, &mut o,
+        )
+    } else {
+        run_clients(&ccfg, &progress, ctx, &mut o)
+    };
     let (samples, _) = sampler.finish();
     let _ = crate::util::send_signal(child.id(), "QUIT");
     let t = Instant::now();
