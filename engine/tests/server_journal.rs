@@ -388,22 +388,62 @@ fn closed_loop(addr: SocketAddr, id: &str, frames: u64, size: usize, window: u64
     ));
     let mut seq = 1;
     while seq <= frames {
-        while seq <= frames && seq - c.acked <= window {
-            c.frame(seq, seq, 2, &testkit::payload_for(id, seq, size))
-                .unwrap();
-            seq += 1;
-        }
-        c.flush().unwrap();
-        match c.recv(Duration::from_secs(20)).unwrap() {
-            Reply::Ack(_) => {}
-            r => panic!("{id}: {r:?}"),
-        }
+        pump(&mut c, id, &mut seq, frames, size, window);
     }
     assert_eq!(
         c.wait_ack(frames, Duration::from_secs(30)).unwrap(),
         Reply::Ack(frames)
     );
     c
+}
+
+/// One round of a closed loop: frames from `*seq` up to `last` while at most `window` are
+/// unacked, then the next ACK.
+fn pump(c: &mut DsClient, id: &str, seq: &mut u64, last: u64, size: usize, window: u64) {
+    while *seq <= last && *seq - c.acked <= window {
+        c.frame(*seq, *seq, 2, &testkit::payload_for(id, *seq, size))
+            .unwrap();
+        *seq += 1;
+    }
+    c.flush().unwrap();
+    match c.recv(Duration::from_secs(20)).unwrap() {
+        Reply::Ack(_) => {}
+        r => panic!("{id}: {r:?}"),
+    }
+}
+
+/// kill -9 of `srv` with `c` still connected, restart on the same store, RESUME of `id`:
+/// the new server, the client and the sequence its WELCOME says is durable.
+fn kill_and_resume(srv: &mut Server, c: DsClient, id: &str) -> (Server, DsClient, u64) {
+    srv.kill9();
+    drop(c);
+    let srv2 = srv.restart();
+    let mut c = DsClient::connect(srv2.ingest).unwrap();
+    let r = c.hello(id, true, b"").unwrap();
+    let Reply::Welcome { last_seq, .. } = r else {
+        panic!("{id}: {r:?}")
+    };
+    (srv2, c, last_seq)
+}
+
+/// A recorder for bulk senders: 1 MiB frames and append buffer, one worker.
+fn bulk_server(backend: &str, store: &Path) -> Server {
+    spawn_server(
+        backend,
+        store,
+        &journal_args(&[
+            "--journal-bytes",
+            "20m",
+            "--append-buffer-bytes",
+            "1m",
+            "--max-frame-bytes",
+            "1m",
+            "--ack-interval-ms",
+            "20",
+            "--workers",
+            "1",
+        ]),
+    )
 }
 
 #[test]
@@ -705,22 +745,7 @@ fn connection_limits_that_cannot_fit_rlimit_nofile_refuse_to_start() {
 fn bulk_writes_bypass_the_journal_and_survive_kill9() {
     for backend in BACKENDS {
         let dir = TempDir::new("jbulk");
-        let mut srv = spawn_server(
-            backend,
-            dir.path(),
-            &journal_args(&[
-                "--journal-bytes",
-                "20m",
-                "--append-buffer-bytes",
-                "1m",
-                "--max-frame-bytes",
-                "1m",
-                "--ack-interval-ms",
-                "20",
-                "--workers",
-                "1",
-            ]),
-        );
+        let mut srv = bulk_server(backend, dir.path());
         let (frames, size) = (120u64, 64_000usize);
         let c = closed_loop(srv.ingest, "bulk", frames, size, 48);
         let payload = metric(&srv, "payload_bytes_total");
@@ -735,14 +760,7 @@ fn bulk_writes_bypass_the_journal_and_survive_kill9() {
             "{backend}: most bulk bytes bypass the journal ({journal} journaled of {payload})"
         );
         let acked = c.acked;
-        srv.kill9();
-        drop(c);
-        let srv2 = srv.restart();
-        let mut c = DsClient::connect(srv2.ingest).unwrap();
-        let r = c.hello("bulk", true, b"").unwrap();
-        let Reply::Welcome { last_seq, .. } = r else {
-            panic!("{backend}: {r:?}")
-        };
+        let (_srv2, mut c, last_seq) = kill_and_resume(&mut srv, c, "bulk");
         assert!(last_seq >= acked, "{backend}: {last_seq} < {acked}");
         assert!(matches!(c.end(last_seq).unwrap(), Reply::Sealed { .. }));
         let want: Vec<Vec<u8>> = (1..=last_seq)
@@ -753,6 +771,91 @@ fn bulk_writes_bypass_the_journal_and_survive_kill9() {
             "bulk",
             &want,
             true,
+        );
+    }
+}
+
+/// Whether the server process `pid` holds match `id`'s live replay file open with
+/// O_DIRECT (the flags in /proc/PID/fdinfo, as the kernel sees them).
+fn replay_file_is_o_direct(pid: u32, id: &str) -> bool {
+    let want = format!("live/{id}.rpl.part");
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|e| {
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        if !target.to_string_lossy().ends_with(&want) {
+            return false;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        info.lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .is_some_and(|f| f & libc::O_DIRECT as u32 != 0)
+    })
+}
+
+/// A bulk match of the journal layout writes its replay file with O_DIRECT (bypassing the
+/// journal and the page cache); a kill -9 with frames in flight loses none of its acked
+/// frames, and after RESUME it goes on to a byte-identical download.
+#[test]
+fn bulk_match_in_o_direct_killed_mid_stream_resumes_byte_identical() {
+    for backend in BACKENDS {
+        let dir = TempDir::new("jbulkdio");
+        let mut srv = bulk_server(backend, dir.path());
+        let (size, window, total) = (64_000usize, 48u64, 400u64);
+        let mut c = DsClient::connect(srv.ingest).unwrap();
+        assert!(matches!(
+            c.hello("bulk", false, b"").unwrap(),
+            Reply::Welcome { .. }
+        ));
+        // closed loop until the file went O_DIRECT and more was acked, then a full window
+        // in flight and the kill
+        let (mut seq, mut seen_direct) = (1u64, false);
+        let pid = srv.pid().expect("a running server");
+        while seq <= 300 && !(seen_direct && c.acked > 120) {
+            pump(&mut c, "bulk", &mut seq, total, size, window);
+            seen_direct = seen_direct || replay_file_is_o_direct(pid, "bulk");
+        }
+        assert!(
+            seen_direct,
+            "{backend}: the bulk match's replay file was never open with O_DIRECT"
+        );
+        while seq - c.acked <= window {
+            c.frame(seq, seq, 2, &testkit::payload_for("bulk", seq, size))
+                .unwrap();
+            seq += 1;
+        }
+        c.flush().unwrap();
+        let (acked, sent) = (c.acked, seq - 1);
+        let (srv2, mut c, last_seq) = kill_and_resume(&mut srv, c, "bulk");
+        assert!(
+            (acked..=sent).contains(&last_seq),
+            "{backend}: resumed at {last_seq}, acked {acked}, sent {sent}"
+        );
+        let mut seq = last_seq + 1;
+        while seq <= total {
+            pump(&mut c, "bulk", &mut seq, total, size, window);
+        }
+        assert_eq!(
+            c.wait_ack(total, Duration::from_secs(30)).unwrap(),
+            Reply::Ack(total)
+        );
+        assert!(matches!(c.end(total).unwrap(), Reply::Sealed { .. }));
+        let want: Vec<Vec<u8>> = (1..=total)
+            .map(|s| testkit::payload_for("bulk", s, size))
+            .collect();
+        let got = testkit::http_get(srv2.http, "GET", "/matches/bulk", &[]).unwrap();
+        assert_eq!(got.status, 200, "{backend}: download");
+        check_replay(&got.body, "bulk", &want, true);
+        assert_eq!(
+            got.body,
+            std::fs::read(dir.path().join("bulk.rpl")).unwrap(),
+            "{backend}: the download is the sealed file"
         );
     }
 }

@@ -106,6 +106,8 @@ fn round_trip(direct: bool, durability: Durability, stage: usize) {
         prealloc_bytes: 0,
         uncached: false,
         vectored: durability == Durability::Odsync,
+        bulk_direct_bytes: 0,
+        bulk_direct_align: 4096,
     };
     let (fd, _) = storage::io::open_match(&paths, "st", true, false, &opts, u32::MAX).unwrap();
     let mut f = MatchFile::create("st", 77, opts.clone());
@@ -160,6 +162,115 @@ fn round_trip(direct: bool, durability: Durability, stage: usize) {
         );
     }
     assert!(!paths.part_path("st").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Appends frame `seq` of `len` bytes to `f` and to the expected file bytes.
+fn append_frame(f: &mut MatchFile, logical: &mut Vec<u8>, seq: u64, len: usize) {
+    let p = payload(seq, len);
+    let kind = if seq == 1 { 1 } else { 2 };
+    f.append(seq, seq, kind, crc32c::crc32c(&p), &p, 1000 + seq);
+    let h = format::RecordHeader {
+        payload_len: p.len() as u32,
+        kind,
+        seq,
+        tick: seq,
+        recv_unix_us: 1000 + seq,
+        payload_crc32c: crc32c::crc32c(&p),
+    };
+    format::encode_record_header(logical, &h);
+    logical.extend_from_slice(&p);
+}
+
+/// The journal layout's replay files are buffered; a bulk match (writes of
+/// `bulk_direct_bytes` or more) switches its file to O_DIRECT after its first bulk write,
+/// carrying the partial last block into its first aligned write; what a journal record of
+/// a write holds (`data()`) never includes the padding.
+#[test]
+fn bulk_match_switches_its_buffered_replay_file_to_o_direct() {
+    let dir = tmp("bulk-direct");
+    let paths = StorePaths::new(&dir);
+    let opts = StoreOptions {
+        direct: false,
+        align: 8,
+        durability: Durability::None,
+        stage_bytes: 1 << 20,
+        bulk_direct_bytes: 64 << 10,
+        bulk_direct_align: 4096,
+        ..StoreOptions::default()
+    };
+    let (fd, _) = storage::io::open_match(&paths, "st", true, false, &opts, u32::MAX).unwrap();
+    let mut f = MatchFile::create("st", 77, opts.clone());
+    let mut logical = Vec::new();
+    format::encode_header(&mut logical, "st", 77);
+    let direct_flag = |fd: &std::os::fd::OwnedFd| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_GETFL on a valid descriptor.
+        let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        fl & libc::O_DIRECT != 0
+    };
+    let mut seq = 0;
+    let write = |f: &mut MatchFile, logical: &Vec<u8>| {
+        let req = f.take_write().expect("a write");
+        assert_eq!(req.offset + req.data().len() as u64, req.end);
+        assert_eq!(req.end, logical.len() as u64);
+        if req.direct {
+            assert_eq!(req.offset % 4096, 0, "offset aligned");
+            assert_eq!(req.bytes().len() % 4096, 0, "length aligned");
+            assert_eq!(req.bytes().as_ptr() as usize % 4096, 0, "buffer aligned");
+        }
+        storage::io::write_replay_req(&fd, &req, 0, false).unwrap();
+        let direct = req.direct;
+        f.write_done(req);
+        let mut got = vec![0u8; logical.len()];
+        std::fs::File::open(paths.part_path("st"))
+            .unwrap()
+            .read_exact_at(&mut got, 0)
+            .unwrap();
+        assert_eq!(
+            got,
+            logical[..],
+            "file prefix after a write (direct: {direct})"
+        );
+        direct
+    };
+    // a quiet match: small frames and a keyframe below the bulk size stay buffered
+    for len in [1000, 1000, 40_000, 1000, 3333] {
+        seq += 1;
+        append_frame(&mut f, &mut logical, seq, len);
+        assert!(!write(&mut f, &logical), "small writes stay buffered");
+    }
+    assert!(!direct_flag(&fd) && !f.went_direct());
+    // the first bulk write is still buffered; it records the partial block
+    for _ in 0..5 {
+        seq += 1;
+        append_frame(&mut f, &mut logical, seq, 20_000);
+    }
+    assert!(!write(&mut f, &logical), "the first bulk write is buffered");
+    // the next one goes O_DIRECT, starting at the block before the file's end
+    for _ in 0..5 {
+        seq += 1;
+        append_frame(&mut f, &mut logical, seq, 20_000);
+    }
+    assert!(write(&mut f, &logical), "the second bulk write is O_DIRECT");
+    assert!(direct_flag(&fd) && f.went_direct());
+    // and it stays so, small writes included (tail-block rewrite)
+    for len in [100, 70_000, 5, 9000] {
+        seq += 1;
+        append_frame(&mut f, &mut logical, seq, len);
+        assert!(write(&mut f, &logical));
+    }
+    f.seal(99);
+    while let Some(req) = f.take_write() {
+        assert!(req.direct);
+        storage::io::write_replay_req(&fd, &req, 0, false).unwrap();
+        f.write_done(req);
+    }
+    storage::io::seal_match(&paths, "st", &fd, f.sealed_len().unwrap()).unwrap();
+    let bytes = std::fs::read(paths.sealed_path("st")).unwrap();
+    let r = parse_replay(&bytes).unwrap();
+    assert_eq!(r.frames.len() as u64, seq);
+    assert_eq!(&bytes[..logical.len()], &logical[..]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

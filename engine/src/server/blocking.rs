@@ -270,6 +270,9 @@ pub fn exec_io(
         Io::Write(req) => {
             let f = fd(file);
             let r = match &f {
+                Ok(f) if wal.is_some() => {
+                    storage::io::write_replay_req(f, &req, opts.rw_flags(), opts.vectored)
+                }
                 Ok(f) => storage::io::write_req(f, &req, opts.rw_flags(), opts.vectored),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             };

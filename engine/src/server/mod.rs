@@ -71,12 +71,24 @@ pub struct ServerContext {
 /// The replay files' write options under `storage-layout = journal`: buffered (the page
 /// cache gathers the small appends; checkpoints write them out in large chunks), no sync
 /// per write (the journal made the frames durable before the write is reported done).
-pub fn replay_options_for_journal(o: &StoreOptions) -> StoreOptions {
+/// A bulk match (`journal-bypass-bytes`) switches its file to O_DIRECT when the store took
+/// O_DIRECT (`o.direct`, `file.direct`), as per-match files are written: its bytes bypass
+/// both the journal and the page cache. Not with io_uring ring replay writes
+/// (`replay-write = ring`), whose descriptors stay buffered.
+pub fn replay_options_for_journal(o: &StoreOptions, cfg: &Config) -> StoreOptions {
+    let switch = o.direct
+        && (cfg.server.backend == Backend::Blocking || crate::config::server::replay_inline(cfg));
     StoreOptions {
         direct: false,
         align: 8,
         durability: Durability::None,
         uncached: false,
+        bulk_direct_bytes: if switch {
+            cfg.server.journal_bypass_bytes as usize
+        } else {
+            0
+        },
+        bulk_direct_align: o.align,
         ..o.clone()
     }
 }
@@ -129,6 +141,8 @@ pub fn store_options(cfg: &Config) -> StoreOptions {
         },
         uncached: f.uncached,
         vectored: f.write_op.is_vectored(),
+        bulk_direct_bytes: 0,
+        bulk_direct_align: 4096,
     }
 }
 
@@ -393,7 +407,7 @@ pub fn start(mut cfg: Config, shutdown: Arc<AtomicBool>) -> Result<ServerContext
         Vec::new()
     };
     let replay_opts = if journal_layout {
-        replay_options_for_journal(&opts)
+        replay_options_for_journal(&opts, &cfg)
     } else {
         opts.clone()
     };
@@ -534,7 +548,7 @@ pub fn config_json(requested: &Config, effective: &Config) -> serde_json::Value 
 fn storage_json(cfg: &Config, o: &StoreOptions, notes: Vec<String>) -> serde_json::Value {
     let layout = cfg.server.storage_layout;
     let replay = if layout == StorageLayout::Journal {
-        replay_options_for_journal(o)
+        replay_options_for_journal(o, cfg)
     } else {
         o.clone()
     };
@@ -569,7 +583,8 @@ fn storage_json(cfg: &Config, o: &StoreOptions, notes: Vec<String>) -> serde_jso
                 "durability": replay.durability.name(),
                 "write": crate::config::choice_name(cfg.server.replay_write, crate::config::server::REPLAY_WRITES),
                 "bypass_bytes": cfg.server.journal_bypass_bytes,
-                "note": "buffered, no sync per write; made durable at checkpoints (syncfs) and at seal; writes of bypass_bytes or more are fdatasynced in their file instead of journaled",
+                "bulk_direct": replay.bulk_direct_bytes > 0,
+                "note": "buffered, no sync per write; made durable at checkpoints (syncfs) and at seal; writes of bypass_bytes or more are fdatasynced in their file instead of journaled; with bulk_direct, a match's file is written with O_DIRECT (aligned, like per-match) from its second write of bypass_bytes or more",
             },
         });
     }

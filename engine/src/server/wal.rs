@@ -86,7 +86,7 @@ impl Wal {
         let mut st = self.lock();
         let lsn = loop {
             let j = &mut st.journal;
-            match j.append(id, req.first_seq, req.last_seq, req.offset, req.bytes()) {
+            match j.append(id, req.first_seq, req.last_seq, req.offset, req.data()) {
                 Ok(l) => break l,
                 Err(AppendError::Full) => {
                     // back-pressure: wait for a checkpoint to free space

@@ -69,6 +69,27 @@ pub fn write_req(
     pwrite_all(fd, req.bytes(), req.offset, rw_flags, vectored)
 }
 
+/// Executes a write of the journal layout's replay files, whose descriptors are opened
+/// buffered: an O_DIRECT request (a bulk match's, `StoreOptions::bulk_direct_bytes`) first
+/// turns O_DIRECT on for its descriptor.
+pub fn write_replay_req(
+    fd: &OwnedFd,
+    req: &super::WriteReq,
+    rw_flags: i32,
+    vectored: bool,
+) -> io::Result<()> {
+    if req.direct {
+        set_direct(fd)?;
+    }
+    write_req(fd, req, rw_flags, vectored)
+}
+
+/// Turns O_DIRECT on for a replay file opened buffered (a bulk match of the journal
+/// layout); a no-op when it is on.
+pub fn set_direct(fd: &OwnedFd) -> io::Result<()> {
+    sysfs::set_direct(fd)
+}
+
 /// Writes all of `b` at `off`: pwrite, or pwritev2 with `rw_flags` (RWF_*) or when
 /// `vectored`; retries short writes and EINTR.
 pub fn pwrite_all(

@@ -80,6 +80,14 @@ pub struct StoreOptions {
     pub uncached: bool,
     /// Vectored writes (`file.write-op = writev`): pwritev2 in the blocking backend.
     pub vectored: bool,
+    /// Buffered files only (the journal layout's replay files, `journal-bypass-bytes`
+    /// on a store that takes O_DIRECT): a match whose writes reach this many bytes is a
+    /// bulk sender; after one such write (which records the file's partial last block) its
+    /// file is written with O_DIRECT, aligned to `bulk_direct_align`, for the rest of the
+    /// match. 0 = never.
+    pub bulk_direct_bytes: usize,
+    /// O_DIRECT alignment for `bulk_direct_bytes` (the store's).
+    pub bulk_direct_align: usize,
 }
 
 impl StoreOptions {
@@ -106,6 +114,8 @@ impl Default for StoreOptions {
             prealloc_bytes: 0,
             uncached: false,
             vectored: false,
+            bulk_direct_bytes: 0,
+            bulk_direct_align: 4096,
         }
     }
 }
@@ -215,11 +225,23 @@ pub struct WriteReq {
     /// First frame sequence this write starts (`last_seq + 1` when it holds no frame
     /// start, e.g. the header alone or the seal's index and trailer).
     pub first_seq: u64,
+    /// An O_DIRECT write (aligned offset, buffer and length, padded past `end`): the
+    /// file must be written through a descriptor with O_DIRECT (a bulk match of the
+    /// journal layout switches to it, `StoreOptions::bulk_direct_bytes`).
+    pub direct: bool,
 }
 
 impl WriteReq {
+    /// What is written: aligned and padded with O_DIRECT.
     pub fn bytes(&self) -> &[u8] {
         self.buf.as_slice()
+    }
+    /// The file's bytes this write holds, without O_DIRECT padding: `data()` at `offset`
+    /// ends at `end`. What a journal record of it carries (padding journaled would, at
+    /// recovery, overwrite bytes written after it).
+    pub fn data(&self) -> &[u8] {
+        let n = (self.end.saturating_sub(self.offset) as usize).min(self.buf.len());
+        &self.buf.as_slice()[..n]
     }
 }
 
@@ -260,6 +282,10 @@ pub struct MatchFile {
     scratch: Vec<u8>,
     /// Buffers of completed writes, reused by `take_write`.
     spare: Vec<AlignedBuf>,
+    /// A buffered file with `bulk_direct_bytes` after a bulk write: its bytes from
+    /// `align_down(written_end, bulk_direct_align)` to `written_end` (what the first
+    /// O_DIRECT write re-writes); None before (quiet matches hold nothing here).
+    bulk_tail: Option<Vec<u8>>,
 }
 
 impl MatchFile {
@@ -292,6 +318,7 @@ impl MatchFile {
             sealed_len: None,
             scratch,
             spare: Vec::new(),
+            bulk_tail: None,
             opts,
         }
     }
@@ -348,6 +375,7 @@ impl MatchFile {
             sealed_len: None,
             scratch: Vec::new(),
             spare: Vec::new(),
+            bulk_tail: None,
             opts,
         }
     }
@@ -484,6 +512,9 @@ impl MatchFile {
         if self.in_flight || !self.has_unwritten() {
             return None;
         }
+        if self.bulk_tail.is_some() && self.pending_bytes() >= self.opts.bulk_direct_bytes as u64 {
+            self.go_direct();
+        }
         let end = self.data_end;
         let a = self.opts.align as u64;
         let mut fresh = self.spare.pop().unwrap_or_else(|| {
@@ -517,7 +548,66 @@ impl MatchFile {
             end,
             last_seq: self.stats.last_seq,
             first_seq,
+            direct: self.opts.direct,
         })
+    }
+
+    /// True once this buffered file switched to O_DIRECT writes (a bulk match).
+    pub fn went_direct(&self) -> bool {
+        self.opts.direct && self.opts.bulk_direct_bytes > 0
+    }
+
+    /// A bulk match's buffered file switches to O_DIRECT: the staged bytes (from
+    /// `written_end`) are preceded by the partial block before them, so that writes start
+    /// aligned; from now on the file is written like a per-match O_DIRECT one.
+    fn go_direct(&mut self) {
+        let Some(tail) = self.bulk_tail.take() else {
+            return;
+        };
+        let a = self.opts.bulk_direct_align.max(1);
+        debug_assert_eq!(
+            self.stage_base, self.written_end,
+            "buffered stage follows the file"
+        );
+        let base = align_down(self.written_end, a as u64);
+        debug_assert_eq!(base + tail.len() as u64, self.written_end);
+        let mut stage = AlignedBuf::with_capacity(
+            (tail.len() + self.stage.len()).max(self.opts.stage_bytes.min(INITIAL_STAGE_BYTES)) + a,
+            a,
+        );
+        stage.extend(&tail);
+        stage.extend(self.stage.as_slice());
+        self.stage = stage;
+        self.stage_base = base;
+        self.spare.clear(); // buffers of the old alignment
+        self.opts.direct = true;
+        self.opts.align = a;
+    }
+
+    /// After a completed buffered write: keep the file's partial last block once the match
+    /// wrote a bulk-sized write (the next bulk write switches to O_DIRECT with it).
+    fn track_bulk_tail(&mut self, req: &WriteReq) {
+        let bulk = self.opts.bulk_direct_bytes;
+        if self.opts.direct || bulk == 0 {
+            return;
+        }
+        if self.bulk_tail.is_none() && req.bytes().len() < bulk {
+            return;
+        }
+        let a = self.opts.bulk_direct_align.max(1) as u64;
+        let base = align_down(req.end, a);
+        let data = req.data();
+        let t = self.bulk_tail.get_or_insert_with(Vec::new);
+        if base >= req.offset {
+            t.clear();
+            t.extend_from_slice(&data[(base - req.offset) as usize..]);
+        } else if base + t.len() as u64 == req.offset {
+            t.extend_from_slice(data); // within the same block
+        } else {
+            // only when the first bulk write does not reach a block boundary (a bulk size
+            // below the alignment): wait for the next one
+            self.bulk_tail = None;
+        }
     }
 
     /// Records a completed write (the whole `req.bytes()` at `req.offset`) and takes its
@@ -526,7 +616,10 @@ impl MatchFile {
         assert!(self.in_flight, "write_done without a write in flight");
         // Buffered files (the journal layout's replay files) keep only small buffers: a
         // keyframe's large one is freed, so quiet matches stay small.
+        self.track_bulk_tail(&req);
         let keep = self.opts.direct || req.buf.capacity() <= 4 * BUFFERED_STAGE_BYTES;
+        // a buffer of the alignment in use (not one taken before a switch to O_DIRECT)
+        let keep = keep && req.buf.align() == self.opts.align;
         if self.spare.len() < 2 && keep {
             self.spare.push(req.buf);
         }

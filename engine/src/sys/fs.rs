@@ -180,6 +180,18 @@ pub fn fallocate(fd: &OwnedFd, mode: i32, offset: u64, len: u64) -> io::Result<(
     .map(|_| ())
 }
 
+/// Turns O_DIRECT on for an open file (fcntl F_SETFL; a no-op when it is on already).
+/// The journal layout's replay files are opened buffered; a bulk match's file switches.
+pub fn set_direct(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: plain fcntl calls on a valid fd.
+    let fl = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    if fl & libc::O_DIRECT == 0 {
+        // SAFETY: as above.
+        cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_DIRECT) })?;
+    }
+    Ok(())
+}
+
 /// fdatasync(2).
 pub fn fdatasync(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: plain syscall on a valid fd.

@@ -241,6 +241,7 @@ enum Pending {
         start: usize,
         len: usize,
         align: usize,
+        direct: bool,
     },
     Sync,
     /// An open or seal on a storage helper thread.
@@ -292,7 +293,22 @@ struct Ds {
     /// The deadline of this session's live entry in `Recorder::timers` (entries with
     /// another time are stale and skipped when they come up).
     armed: Option<Instant>,
+    /// A bulk match's O_DIRECT write through the ring (journal layout with the
+    /// replay-fd-cache): the cache's descriptor, held (and named by `fref`) until the write
+    /// and its fdatasync are done.
+    direct_hold: Option<Arc<OwnedFd>>,
     _guard: Option<ConnGuard>,
+}
+
+impl Ds {
+    /// Ends a held O_DIRECT write's use of the cache's descriptor (see `direct_hold`).
+    fn take_direct_hold(&mut self) -> Option<Arc<OwnedFd>> {
+        let h = self.direct_hold.take();
+        if h.is_some() {
+            self.fref = None;
+        }
+        h
+    }
 }
 
 struct Live {
@@ -396,18 +412,24 @@ impl Recorder {
     /// A replay-file write of session `id` finished. Per-match layout: report it. Journal
     /// layout: journal it; it is reported when the journal flush that holds it is durable.
     fn replay_written(&mut self, id: ConnId, req: WriteReq, r: io::Result<()>, io: &mut Io) {
+        let hold = self.ds_mut(id).and_then(|ds| ds.take_direct_hold());
         if self.journal.is_none() || r.is_err() {
+            let files = self.files.clone();
             if let Some(ds) = self.ds_mut(id) {
+                if let (Err(_), Some(_), Some(c)) = (&r, &hold, &files) {
+                    c.remove(ds.sess.match_id()); // its state is unknown now
+                }
                 ds.sess.write_done(req, r);
             }
             return;
         }
         if self.scfg.bypasses_journal(&req) {
             if let Some(ds) = self.ds_mut(id) {
-                bypass_sync(ds, id, req, io, None);
+                bypass_sync(ds, id, req, io, hold);
             }
             return;
         }
+        drop(hold);
         self.journal_append(id, req);
         self.pump_journal(io);
     }
@@ -798,6 +820,38 @@ impl Recorder {
                         },
                     }
                 }
+                session::Io::Write(req) if inline && req.direct => {
+                    // A bulk match's O_DIRECT write goes through the ring, as per-match
+                    // writes do: the device time is not spent on this thread.
+                    let f = match (&files, &ds.file) {
+                        (Some(c), _) => c.get(ds.sess.match_id()).map(Some),
+                        (None, Some(_)) => Ok(None),
+                        (None, None) => Err(io::Error::other("match file is not open")),
+                    };
+                    let f = f.and_then(|f| {
+                        match (&f, &ds.file) {
+                            (Some(f), _) => storage::io::set_direct(f)?,
+                            (None, Some(own)) => storage::io::set_direct(own)?,
+                            (None, None) => unreachable!("checked above"),
+                        }
+                        Ok(f)
+                    });
+                    match f {
+                        Ok(Some(f)) => {
+                            ds.fref = Some(FileRef::Fd(f.as_raw_fd()));
+                            ds.direct_hold = Some(f);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            if let Some(c) = &files {
+                                c.remove(ds.sess.match_id());
+                            }
+                            ds.sess.write_done(req, Err(e));
+                            continue;
+                        }
+                    }
+                    issue_write(ds, req, id, io, 0, queued);
+                }
                 session::Io::Write(req) if inline => {
                     // a buffered page-cache write: cheaper here than a hand-off to io-wq
                     let f = match (&files, &ds.file) {
@@ -991,7 +1045,7 @@ fn journal_append_to(wj: &mut WorkerJournal, ds: &mut Ds, id: ConnId, req: Write
         req.first_seq,
         req.last_seq,
         req.offset,
-        req.bytes(),
+        req.data(),
     );
     match r {
         Ok(lsn) => {
@@ -1095,6 +1149,7 @@ fn issue_write(
         return;
     }
     ds.synced = false;
+    let direct = req.direct;
     if io.write_from_stage() {
         // One write of the whole staged range from the staging buffer itself: no copy,
         // one operation (and one inode-lock turn) per append, whatever its size.
@@ -1104,6 +1159,7 @@ fn issue_write(
             end,
             last_seq,
             first_seq,
+            ..
         } = req;
         let (raw, start, len, align) = buf.into_raw();
         let fd = ds.fref.expect("checked above");
@@ -1115,6 +1171,7 @@ fn issue_write(
             start,
             len,
             align,
+            direct,
         };
         io.write_vec(fd, raw, start, len, offset, rw_flags, id.0);
         return;
@@ -1302,6 +1359,7 @@ impl Service for Recorder {
                         paused: false,
                         waiting: false,
                         armed: None,
+                        direct_hold: None,
                         _guard: Some(g),
                     };
                     self.conns.insert(conn, Conn::Ds(Box::new(ds)));
@@ -1675,6 +1733,7 @@ impl Service for Recorder {
             start,
             len,
             align,
+            direct,
         } = std::mem::replace(&mut ds.pending, Pending::None)
         else {
             return;
@@ -1700,6 +1759,7 @@ impl Service for Recorder {
             end,
             last_seq,
             first_seq,
+            direct,
         };
         self.replay_written(id, req, result, io);
         self.drive(id, io);
