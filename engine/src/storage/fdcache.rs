@@ -97,9 +97,10 @@ impl FdCache {
     ) -> io::Result<Arc<OwnedFd>> {
         let now = self.stamp();
         if let Some(e) = self.map.get_mut(id) {
-            self.lru.remove(&e.used);
+            // move the entry's name to its new stamp (no allocation per hit)
+            let name = self.lru.remove(&e.used).unwrap_or_else(|| id.to_string());
             e.used = now;
-            self.lru.insert(now, id.to_string());
+            self.lru.insert(now, name);
             self.stats.hits += 1;
             return Ok(e.fd.clone());
         }
