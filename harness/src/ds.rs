@@ -77,6 +77,13 @@ pub struct DsConfig {
     pub credential: String,
     /// At the end, send END for every match and wait for SEALED (needed for `--verify`).
     pub end_at_stop: bool,
+    /// The drain after the stop (END for every match) waits for SEALED while the recorder
+    /// makes progress (an ACK or a SEALED arrives), and gives up after this many seconds
+    /// without any: an open-loop run that outpaced the recorder leaves a backlog it is
+    /// still storing, which a fixed deadline would cut off (issue 12, bug 15).
+    pub drain_idle_s: f64,
+    /// The drain gives up after this many seconds in any case.
+    pub drain_max_s: f64,
     pub max_frame_bytes: u64,
     pub seed: u64,
 }
@@ -103,11 +110,18 @@ impl Default for DsConfig {
             id_prefix: "ds".into(),
             credential: String::new(),
             end_at_stop: true,
+            drain_idle_s: DEFAULT_DRAIN_IDLE_S,
+            drain_max_s: DEFAULT_DRAIN_MAX_S,
             max_frame_bytes: 1 << 20,
             seed: 1,
         }
     }
 }
+
+/// `--drain-idle-s` default: seconds without an ACK or SEALED before the drain gives up.
+pub const DEFAULT_DRAIN_IDLE_S: f64 = 20.0;
+/// `--drain-max-s` default: the longest drain.
+pub const DEFAULT_DRAIN_MAX_S: f64 = 120.0;
 
 /// `harness ds --tick-hz 0` without `--max-unacked` / `--max-unacked-bytes`: frames in flight per match.
 pub const DEFAULT_MAX_UNACKED_UNPACED: u64 = 32;
@@ -133,6 +147,22 @@ impl DsConfig {
     pub fn check(&self) -> Result<(), String> {
         if self.matches == 0 {
             return Err("--matches must be at least 1".into());
+        }
+        for (name, v) in [
+            ("--drain-idle-s", self.drain_idle_s),
+            ("--drain-max-s", self.drain_max_s),
+        ] {
+            if !v.is_finite() || !(0.1..=86_400.0).contains(&v) {
+                return Err(format!(
+                    "{name} {v} is out of range; use 0.1 to 86400 seconds"
+                ));
+            }
+        }
+        if self.drain_idle_s > self.drain_max_s {
+            return Err(format!(
+                "--drain-idle-s {} is longer than --drain-max-s {}; the drain would never wait that long",
+                self.drain_idle_s, self.drain_max_s
+            ));
         }
         if !self.tick_hz.is_finite() || self.tick_hz < 0.0 || self.tick_hz > 10_000.0 {
             return Err(format!(
@@ -293,6 +323,9 @@ pub struct DsReport {
     /// This process's CPU over the measured window, percent of one core.
     pub gen_cpu_pct: Option<f64>,
     pub matches: Vec<MatchRecord>,
+    pub drain: Drain,
+    /// TCP connect complete -> WELCOME, microseconds (every connection of the run).
+    pub welcome_us: Histogram<u64>,
 }
 
 impl DsReport {
@@ -357,17 +390,22 @@ impl DsReport {
             "errors_total": self.errors_total(),
             "gen_cpu_pct": self.gen_cpu_pct,
             "matches": self.matches.len(),
+            "welcome_latency_us": {
+                "count": self.welcome_us.len(),
+                "p50": pct(&self.welcome_us, 50.0),
+                "p99": pct(&self.welcome_us, 99.0),
+                "max": pct(&self.welcome_us, 100.0),
+            },
+            "drain_s": self.drain.seconds(),
+            "drain_gave_up": self.drain.gave_up,
+            "not_sealed_why": self.drain.not_sealed_why,
+            "unacked_at_drain_end_frames": self.drain.unacked_frames,
+            "unacked_at_drain_end_bytes": self.drain.unacked_bytes,
         })
     }
     /// Percentile in microseconds, None when nothing was acked in the window.
     pub fn ack_pct(&self, q: f64) -> Option<f64> {
-        if self.ack_us.is_empty() {
-            None
-        } else if q >= 100.0 {
-            Some(self.ack_us.max() as f64)
-        } else {
-            Some(self.ack_us.value_at_quantile(q / 100.0) as f64)
-        }
+        pct(&self.ack_us, q)
     }
 
     pub fn summary(&self) -> String {
@@ -419,7 +457,42 @@ impl DsReport {
                 .collect();
             s.push_str(&format!("errors: {}\n", e.join(" ")));
         }
+        if !self.welcome_us.is_empty() {
+            s.push_str(&format!(
+                "WELCOME after connect ms: p50 {:.1} p99 {:.1} max {:.1}\n",
+                self.welcome_us.value_at_quantile(0.5) as f64 / 1e3,
+                self.welcome_us.value_at_quantile(0.99) as f64 / 1e3,
+                self.welcome_us.max() as f64 / 1e3
+            ));
+        }
+        if let Some(d) = self.drain.seconds() {
+            s.push_str(&format!("drain: last SEALED {d:.1} s after the stop\n"));
+        }
+        if let Some(g) = &self.drain.gave_up {
+            s.push_str(&format!("drain gave up: {g}\n"));
+        }
+        for (why, n) in &self.drain.not_sealed_why {
+            s.push_str(&format!("not sealed: {n} matches: {why}\n"));
+        }
+        if self.drain.unacked_frames > 0 {
+            s.push_str(&format!(
+                "not sealed: {} frames / {:.1} MB sent and never acknowledged\n",
+                self.drain.unacked_frames,
+                self.drain.unacked_bytes as f64 / 1e6
+            ));
+        }
         s
+    }
+}
+
+/// Percentile `q` (100 = max) of `h`, None when it is empty.
+fn pct(h: &Histogram<u64>, q: f64) -> Option<f64> {
+    if h.is_empty() {
+        None
+    } else if q >= 100.0 {
+        Some(h.max() as f64)
+    } else {
+        Some(h.value_at_quantile(q / 100.0) as f64)
     }
 }
 
@@ -647,12 +720,39 @@ struct Match {
     end_at: Option<Instant>,
     resume: bool,
     ever_connected: bool,
+    /// A TCP connect of this match completed at least once (so its HELLO may be there).
+    established: bool,
+    /// When the current connection's TCP connect completed (HELLO goes out then).
+    established_at: Option<Instant>,
     disconnect_at: Option<Instant>,
     wake: Option<Instant>,
     slot_gen: u32,
 }
 
 impl Match {
+    /// A HELLO of this match may have reached the recorder (a connection was attempted).
+    fn hello_tried(&self) -> bool {
+        self.hi_seq > 0 || self.established || self.state != State::Waiting
+    }
+
+    /// Why this match is not sealed when the drain ends (`harness ds` reports the counts).
+    fn unsealed_why(&self) -> &'static str {
+        let end_written = self.end_queued && self.ctrl_pos >= self.ctrl.len();
+        match self.state {
+            State::Ending if end_written && self.acked < self.hi_seq => {
+                "END sent, frames still unacknowledged (the recorder had not stored them yet)"
+            }
+            State::Ending if end_written => "END sent and every frame acknowledged, no SEALED",
+            State::Ending | State::Streaming => {
+                "END not written yet (socket full: frames still going out)"
+            }
+            State::AwaitWelcome => "HELLO sent, no WELCOME",
+            State::Connecting => "TCP connect not complete",
+            State::Waiting => "waiting to reconnect",
+            State::Done => "done",
+        }
+    }
+
     fn intended(&self, seq: u64, hz: f64) -> Instant {
         self.start + Duration::from_secs_f64((seq - 1) as f64 / hz)
     }
@@ -675,6 +775,8 @@ struct Worker<'a> {
     slots: Vec<usize>,
     heap: BinaryHeap<Reverse<(Instant, usize)>>,
     hist: Histogram<u64>,
+    /// TCP connect complete -> WELCOME, microseconds, every connection of the run.
+    welcome_hist: Histogram<u64>,
     errors: BTreeMap<String, u64>,
     records: Vec<MatchRecord>,
     window_start: Instant,
@@ -682,6 +784,7 @@ struct Worker<'a> {
     rng: rand::rngs::StdRng,
     scratch: Box<Scratch>,
     stopping: bool,
+    drain: Drain,
 }
 
 const MAX_MSG: u32 = 1 << 16;
@@ -750,6 +853,8 @@ impl<'a> Worker<'a> {
             end_at,
             resume: false,
             ever_connected: false,
+            established: false,
+            established_at: None,
             disconnect_at,
             wake: None,
             slot_gen: gen,
@@ -1084,6 +1189,9 @@ impl<'a> Worker<'a> {
         }
         m.acked = seq;
         m.inflight_bytes = m.inflight_bytes.saturating_sub(bytes);
+        if self.stopping && frames > 0 {
+            self.drain.progress = Some(now);
+        }
         self.ctr.frames_acked.fetch_add(frames, Relaxed);
         self.ctr.payload_bytes_acked.fetch_add(bytes, Relaxed);
         if in_window {
@@ -1172,6 +1280,11 @@ impl<'a> Worker<'a> {
                     return true;
                 }
                 m.ever_connected = true;
+                if let Some(t) = m.established_at.take() {
+                    let us = now.saturating_duration_since(t).as_micros() as u64;
+                    let _ = self.welcome_hist.record(us.max(1));
+                }
+                let m = &mut self.matches[i];
                 // Everything after the durable point is resent; frames it already has are acked.
                 if last_seq > m.hi_seq {
                     self.err("WELCOME_AHEAD_OF_SENT");
@@ -1206,6 +1319,10 @@ impl<'a> Worker<'a> {
                 file_bytes,
             } => {
                 self.ctr.sealed.fetch_add(1, Relaxed);
+                if self.stopping {
+                    self.drain.last_sealed = Some(now);
+                    self.drain.progress = Some(now);
+                }
                 let m = &self.matches[i];
                 if last_seq != m.acked {
                     if last_seq > m.acked && last_seq <= m.hi_seq {
@@ -1324,9 +1441,11 @@ impl<'a> Worker<'a> {
                     self.write_or_lose(i, now);
                 }
                 State::Waiting | State::Connecting | State::AwaitWelcome
-                    if self.cfg.end_at_stop && self.matches[i].hi_seq > 0 =>
+                    if self.cfg.end_at_stop && self.matches[i].hello_tried() =>
                 {
-                    // Will END after the resume handshake.
+                    // Will END after the (resume) handshake; a match whose HELLO may have
+                    // reached the recorder is ENDed even without frames (END 0), or it
+                    // would stay in progress there.
                     self.matches[i].last_frame = Some(self.matches[i].hi_seq);
                 }
                 State::Done | State::Ending => {}
@@ -1335,12 +1454,9 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn run(
-        mut self,
-        t0: Instant,
-        run_end: Instant,
-        seal_deadline: Duration,
-    ) -> (Histogram<u64>, BTreeMap<String, u64>, Vec<MatchRecord>) {
+    fn run(mut self, t0: Instant, run_end: Instant) -> WorkerResult {
+        let drain_idle = Duration::from_secs_f64(self.cfg.drain_idle_s);
+        let drain_max = Duration::from_secs_f64(self.cfg.drain_max_s);
         let n = self.slots.len();
         for i in 0..n {
             let slot = self.slots[i];
@@ -1364,8 +1480,10 @@ impl<'a> Worker<'a> {
         loop {
             let now = Instant::now();
             if !self.stopping && (now >= run_end || self.stop.load(Relaxed)) {
+                self.drain.stopped = Some(now);
+                self.drain.progress = Some(now);
                 self.begin_stop(now);
-                hard_end = Some(now + seal_deadline);
+                hard_end = Some(now + drain_max);
             }
             if self.stopping {
                 let open = self
@@ -1373,7 +1491,19 @@ impl<'a> Worker<'a> {
                     .iter()
                     .filter(|m| m.state != State::Done)
                     .count();
-                if open == 0 || hard_end.is_some_and(|h| now >= h) {
+                if open == 0 {
+                    break;
+                }
+                if hard_end.is_some_and(|h| now >= h) {
+                    self.drain.gave_up =
+                        Some(format!("--drain-max-s {} reached", self.cfg.drain_max_s));
+                    break;
+                }
+                if self.drain.progress.is_some_and(|p| now >= p + drain_idle) {
+                    self.drain.gave_up = Some(format!(
+                        "no ACK or SEALED for --drain-idle-s {}",
+                        self.cfg.drain_idle_s
+                    ));
                     break;
                 }
             }
@@ -1422,6 +1552,8 @@ impl<'a> Worker<'a> {
                         continue;
                     }
                     self.ctr.established.fetch_add(1, Relaxed);
+                    self.matches[i].established = true;
+                    self.matches[i].established_at = Some(now);
                     self.matches[i].state = State::AwaitWelcome;
                 }
                 if ev.is_readable() || ev.is_read_closed() {
@@ -1437,25 +1569,90 @@ impl<'a> Worker<'a> {
         }
         for i in 0..self.matches.len() {
             if self.matches[i].state != State::Done {
-                let why = match self.matches[i].state {
-                    State::Ending => "no SEALED before the deadline",
-                    _ => "still open at the end of the run",
-                };
+                let m = &self.matches[i];
+                let why = m.unsealed_why();
+                let unacked = m.hi_seq - m.acked;
+                let detail = format!(
+                    "not sealed when the drain ended ({}): {why}; frames sent {}, acknowledged {}",
+                    self.drain.gave_up.as_deref().unwrap_or("stopped"),
+                    m.hi_seq,
+                    m.acked
+                );
                 if self.cfg.end_at_stop {
                     self.err("NOT_SEALED");
+                    *self
+                        .drain
+                        .not_sealed_why
+                        .entry(why.to_string())
+                        .or_insert(0) += 1;
+                    self.drain.unacked_frames += unacked;
+                    self.drain.unacked_bytes += self.matches[i].inflight_bytes;
                 }
-                self.finish(
-                    i,
-                    if self.cfg.end_at_stop {
-                        Some(why.into())
-                    } else {
-                        None
-                    },
-                    None,
-                );
+                self.finish(i, self.cfg.end_at_stop.then_some(detail), None);
             }
         }
-        (self.hist, self.errors, self.records)
+        WorkerResult {
+            hist: self.hist,
+            welcome_hist: self.welcome_hist,
+            errors: self.errors,
+            records: self.records,
+            drain: self.drain,
+        }
+    }
+}
+
+/// What one generator thread hands back.
+struct WorkerResult {
+    hist: Histogram<u64>,
+    welcome_hist: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+    records: Vec<MatchRecord>,
+    drain: Drain,
+}
+
+/// The end of a run: from the stop (END for every match) to the last SEALED, and what was
+/// left when the drain deadline passed. Tells a recorder still storing a backlog (frames
+/// unacknowledged after END) from a generator that never got END out, or a match stuck
+/// before WELCOME.
+#[derive(Debug, Default, Clone)]
+pub struct Drain {
+    stopped: Option<Instant>,
+    last_sealed: Option<Instant>,
+    /// The last ACK or SEALED after the stop.
+    progress: Option<Instant>,
+    /// Why the drain ended with matches unsealed (None: every match was sealed).
+    pub gave_up: Option<String>,
+    /// Unsealed matches at the deadline, by reason.
+    pub not_sealed_why: BTreeMap<String, u64>,
+    /// Frames (and their payload bytes) of unsealed matches sent but never acknowledged.
+    pub unacked_frames: u64,
+    pub unacked_bytes: u64,
+}
+
+impl Drain {
+    fn merge(&mut self, o: Drain) {
+        self.stopped = match (self.stopped, o.stopped) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_sealed = self.last_sealed.max(o.last_sealed);
+        self.progress = self.progress.max(o.progress);
+        if self.gave_up.is_none() {
+            self.gave_up = o.gave_up;
+        }
+        for (k, v) in o.not_sealed_why {
+            *self.not_sealed_why.entry(k).or_insert(0) += v;
+        }
+        self.unacked_frames += o.unacked_frames;
+        self.unacked_bytes += o.unacked_bytes;
+    }
+
+    /// Seconds from the stop to the last SEALED (None when nothing was sealed after it).
+    pub fn seconds(&self) -> Option<f64> {
+        match (self.stopped, self.last_sealed) {
+            (Some(a), Some(b)) if b >= a => Some((b - a).as_secs_f64()),
+            _ => None,
+        }
     }
 }
 
@@ -1576,6 +1773,8 @@ pub fn run(
                     heap: BinaryHeap::new(),
                     hist: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                         .expect("valid histogram bounds"),
+                    welcome_hist: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                        .expect("valid histogram bounds"),
                     errors: BTreeMap::new(),
                     records: Vec::new(),
                     window_start,
@@ -1586,8 +1785,9 @@ pub fn run(
                         batch: [(0, 0, 0); BATCH],
                     }),
                     stopping: false,
+                    drain: Drain::default(),
                 };
-                Ok(w.run(t0, window_end, Duration::from_secs(20)))
+                Ok(w.run(t0, window_end))
             }));
         }
         let res: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
@@ -1599,13 +1799,21 @@ pub fn run(
         Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
     let mut errors = BTreeMap::new();
     let mut matches = Vec::new();
+    let mut drain = Drain::default();
+    let mut welcome_us =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
     for r in res {
-        let (h, e, m) = r.map_err(|_| "a ds worker thread panicked".to_string())??;
-        hist.add(&h).map_err(|e| format!("histogram merge: {e}"))?;
-        for (k, v) in e {
+        let w = r.map_err(|_| "a ds worker thread panicked".to_string())??;
+        hist.add(&w.hist)
+            .map_err(|e| format!("histogram merge: {e}"))?;
+        welcome_us
+            .add(&w.welcome_hist)
+            .map_err(|e| format!("histogram merge: {e}"))?;
+        for (k, v) in w.errors {
             *errors.entry(k).or_insert(0) += v;
         }
-        matches.extend(m);
+        matches.extend(w.records);
+        drain.merge(w.drain);
     }
     matches.sort_by(|a, b| a.id.cmp(&b.id));
     let measured = if stop.load(Relaxed) {
@@ -1636,6 +1844,8 @@ pub fn run(
         errors,
         gen_cpu_pct,
         matches,
+        drain,
+        welcome_us,
     })
 }
 

@@ -160,6 +160,13 @@ struct DsArgs {
     /// Do not END the matches at the end of the run (leave them open)
     #[arg(long)]
     no_end: bool,
+    /// After the stop (END for every match), wait for SEALED while the recorder makes
+    /// progress; give up after this many seconds without an ACK or SEALED
+    #[arg(long, default_value_t = ds::DEFAULT_DRAIN_IDLE_S, value_name = "S")]
+    drain_idle_s: f64,
+    /// The longest drain after the stop, in seconds
+    #[arg(long, default_value_t = ds::DEFAULT_DRAIN_MAX_S, value_name = "S")]
+    drain_max_s: f64,
     /// Largest payload generated
     #[arg(long, default_value = "1m")]
     max_frame_bytes: String,
@@ -268,6 +275,8 @@ fn ds_main(a: DsArgs) -> Result<(), Fail> {
         id_prefix: a.id_prefix,
         credential: a.credential,
         end_at_stop: !a.no_end || a.verify,
+        drain_idle_s: a.drain_idle_s,
+        drain_max_s: a.drain_max_s,
         max_frame_bytes: engine::config::parse_bytes(&a.max_frame_bytes)
             .map_err(|e| Fail::Input(format!("--max-frame-bytes: {e}")))?,
         seed: a.seed,

@@ -141,3 +141,87 @@ fn refused_connections_are_counted_not_fatal() {
         rep.errors
     );
 }
+
+/// Issue 12, bug 15 (matches left unsealed after the drain): the drain waits while the
+/// recorder still makes progress. A paced run that outpaces a slow recorder (one frame
+/// stored per 10 ms, each acked) leaves a backlog it stores for seconds after the stop.
+/// A fixed deadline (the old 20 s drain, here 0.5 s) gives up with every match ENDed and
+/// frames unacknowledged; the progress-based drain (no ACK or SEALED for 0.5 s) seals all.
+#[test]
+fn bug15_drain_waits_while_the_recorder_still_stores_the_backlog() {
+    let f = common::Fake::start(&["--fake-frame-delay-ms", "10"]);
+    let mut c = cfg(f.ingest);
+    c.matches = 2;
+    c.tick_hz = 300.0;
+    c.delta = SizeDist::Fixed(200);
+    c.ramp_up_s = 0.0;
+    c.measure_s = 1.0;
+    c.drain_idle_s = 0.5;
+    c.drain_max_s = 0.5;
+    c.id_prefix = "fixed".into();
+    let fixed = ds::run(
+        &c,
+        Arc::new(DsCounters::default()),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    assert_eq!(
+        fixed.errors.get("NOT_SEALED"),
+        Some(&2),
+        "{}",
+        fixed.summary()
+    );
+    assert!(
+        fixed
+            .drain
+            .not_sealed_why
+            .keys()
+            .all(|k| k.starts_with("END sent, frames still unacknowledged")),
+        "{}",
+        fixed.summary()
+    );
+    assert!(fixed.drain.unacked_frames > 0, "{}", fixed.summary());
+    c.drain_max_s = 60.0;
+    c.id_prefix = "progress".into();
+    let rep = ds::run(
+        &c,
+        Arc::new(DsCounters::default()),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    assert_eq!(rep.sealed, 2, "{}", rep.summary());
+    assert!(rep.errors.is_empty(), "{}", rep.summary());
+    assert!(
+        rep.drain.seconds().is_some_and(|s| s > 0.5),
+        "the backlog took longer than the idle limit to store: {}",
+        rep.summary()
+    );
+    assert_eq!(rep.frames_acked, rep.frames_sent, "{}", rep.summary());
+}
+
+/// Issue 12, bug 15: a match whose HELLO is still waiting for WELCOME when the run stops
+/// (a recorder slow to answer, here 1.5 s) is ENDed after the WELCOME (END 0, a match
+/// without frames), not dropped silently: dropping it left the match in progress on the
+/// recorder, which answered the HELLO after the generator had gone.
+#[test]
+fn bug15_a_match_still_waiting_for_welcome_at_the_stop_is_ended() {
+    let f = common::Fake::start(&["--fake-welcome-delay-ms", "1500"]);
+    let mut c = cfg(f.ingest);
+    c.matches = 2;
+    c.ramp_up_s = 0.0;
+    c.measure_s = 0.3;
+    c.drain_idle_s = 10.0;
+    let rep = ds::run(
+        &c,
+        Arc::new(DsCounters::default()),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    assert_eq!(rep.sealed, 2, "{}", rep.summary());
+    assert!(rep.errors.is_empty(), "{}", rep.summary());
+    assert!(
+        rep.matches.iter().all(|m| m.sealed == Some((0, 0))),
+        "{:?}",
+        rep.matches
+    );
+}

@@ -5,7 +5,9 @@
 //! Ingest: a thread per connection, every frame CRC-checked, appended to `DIR/<id>.replay` as
 //! `u32 length + payload`, acked at once. HTTP: `GET /matches` (JSON), `GET /matches/{id}`
 //! (whole file, `Range: bytes=a-b`). Test hooks: `--fake-corrupt-frame SEQ` stores that frame altered; `--fake-unsupported REASON` exits at start-up
-//! saying the configuration is unsupported; `--fake-crash-after-ms N` aborts after N ms.
+//! saying the configuration is unsupported; `--fake-crash-after-ms N` aborts after N ms;
+//! `--fake-frame-delay-ms N` stores one frame per N ms (each acked at once: a slow recorder
+//! that keeps making progress); `--fake-welcome-delay-ms N` answers HELLO after N ms.
 //! Every other `--NAME VALUE` is accepted and echoed to stderr.
 
 use std::collections::HashMap;
@@ -29,6 +31,10 @@ type Store = Arc<Mutex<HashMap<String, MatchState>>>;
 
 /// Frame seq whose stored payload gets one byte flipped (0 = none): lets tests prove `--verify` catches it.
 static CORRUPT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// `--fake-frame-delay-ms`: milliseconds per stored frame (0 = none).
+static FRAME_DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// `--fake-welcome-delay-ms`: milliseconds before WELCOME (0 = none).
+static WELCOME_DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,6 +60,12 @@ fn main() {
             }
             "fake-corrupt-frame" => {
                 CORRUPT_SEQ.store(v.parse().unwrap_or(0), Ordering::Relaxed);
+            }
+            "fake-frame-delay-ms" => {
+                FRAME_DELAY_MS.store(v.parse().unwrap_or(0), Ordering::Relaxed)
+            }
+            "fake-welcome-delay-ms" => {
+                WELCOME_DELAY_MS.store(v.parse().unwrap_or(0), Ordering::Relaxed)
             }
             "fake-crash-after-ms" => {
                 let ms: u64 = v.parse().unwrap_or(0);
@@ -172,6 +184,10 @@ fn ingest_conn(mut s: TcpStream, store: Store, dir: PathBuf) {
                         .open(path(&dir, match_id))
                         .expect("open replay");
                     cur = Some((match_id.to_string(), f));
+                    let wd = WELCOME_DELAY_MS.load(Ordering::Relaxed);
+                    if wd > 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(wd));
+                    }
                     let _ = send(
                         &mut s,
                         &Msg::Welcome {
@@ -218,6 +234,14 @@ fn ingest_conn(mut s: TcpStream, store: Store, dir: PathBuf) {
                     }
                     m.last_seq = seq;
                     acks = seq;
+                    let fd = FRAME_DELAY_MS.load(Ordering::Relaxed);
+                    if fd > 0 {
+                        drop(st);
+                        std::thread::sleep(std::time::Duration::from_millis(fd));
+                        if send(&mut s, &Msg::Ack { seq }).is_err() {
+                            return release(&store, &cur);
+                        }
+                    }
                 }
                 Msg::End { last_seq } => {
                     let Some((id, f)) = cur.as_mut() else { return };
