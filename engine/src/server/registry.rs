@@ -373,7 +373,9 @@ impl Registry {
     /// Remembers the ids a previous run deleted by retention (`STORE/expired.ids`), so they
     /// stay 410 Gone and unusable after a restart. Lines that are not valid match ids are
     /// skipped with a note; a log more than twice the remembered bound is rewritten with
-    /// its newest ids (temporary file, rename, directory sync). Returns notes to print.
+    /// its newest ids (temporary file, rename, directory sync). A sealed replay whose id is
+    /// in the log is deleted (a crash interrupted its expiry). Call after
+    /// [`Registry::load_recovered`]. Returns notes to print.
     pub fn load_expired(&self) -> Vec<String> {
         let path = self.paths.expired_log();
         let text = match std::fs::read_to_string(&path) {
@@ -405,12 +407,38 @@ impl Registry {
         }
         let total = ids.len();
         let keep = &ids[total.saturating_sub(EXPIRED_MEMORY)..];
-        {
-            let mut ex = self.expired.lock().unwrap_or_else(|p| p.into_inner());
-            for id in keep {
-                if ex.0.insert(id.clone()) {
-                    ex.1.push_back(id.clone());
+        for id in keep {
+            self.remember_expired(id);
+        }
+        // A crash after the log line and before the delete (see `expire`) leaves the
+        // replay on disk: finish the delete.
+        let unfinished: Vec<Arc<MatchShared>> = {
+            let map = self.map();
+            keep.iter()
+                .filter_map(|id| map.get(id))
+                .filter(|m| m.info().phase == Phase::Sealed)
+                .cloned()
+                .collect()
+        };
+        if !unfinished.is_empty() {
+            for m in &unfinished {
+                let path = self.paths.sealed_path(&m.id);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => notes.push(format!(
+                        "{}: expired in an earlier run (expired.ids), deleted now",
+                        path.display()
+                    )),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => notes.push(format!(
+                        "{}: expired in an earlier run but cannot be deleted ({e}); it answers 410",
+                        path.display()
+                    )),
                 }
+                self.map().remove(&m.id);
+                m.bump();
+            }
+            if let Err(e) = crate::storage::io::sync_dir(&self.paths.root) {
+                notes.push(format!("{}: cannot sync ({e})", self.paths.root.display()));
             }
         }
         if total > 2 * EXPIRED_MEMORY {
@@ -489,8 +517,25 @@ impl Registry {
         !self.expire(vec![m], why).is_empty()
     }
 
-    /// Deletes sealed replays (file, then entry) and remembers their ids as expired.
+    /// Deletes sealed replays and remembers their ids as expired: the ids are appended to
+    /// `expired.ids` and synced first, then the files are deleted and the store directory
+    /// synced. A crash in between leaves an id in the log whose file still exists, and
+    /// start-up finishes that delete ([`Registry::load_expired`]); a replay is never gone
+    /// while its id is unrecorded (which would answer 404 and let a DS reuse the id).
+    /// When the log cannot be written nothing is deleted (retried on the next pass).
     fn expire(&self, victims: Vec<Arc<MatchShared>>, why: &str) -> Vec<String> {
+        if victims.is_empty() {
+            return Vec::new();
+        }
+        let ids: Vec<String> = victims.iter().map(|m| m.id.clone()).collect();
+        if let Err(e) = self.log_expired(&ids) {
+            tracing::warn!(
+                "{why}: cannot record expired ids in {}: {e}; {} replays are kept until it can",
+                self.paths.expired_log().display(),
+                ids.len()
+            );
+            return Vec::new();
+        }
         let mut done = Vec::new();
         for m in victims {
             let path = self.paths.sealed_path(&m.id);
@@ -498,37 +543,30 @@ impl Registry {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
+                    // Logged as expired already: the next start-up deletes it.
                     tracing::warn!("{why}: cannot delete {}: {e}", path.display());
-                    continue;
                 }
             }
-            {
-                let mut ex = self.expired.lock().unwrap_or_else(|p| p.into_inner());
-                if ex.0.insert(m.id.clone()) {
-                    ex.1.push_back(m.id.clone());
-                }
-                while ex.1.len() > EXPIRED_MEMORY {
-                    if let Some(old) = ex.1.pop_front() {
-                        ex.0.remove(&old);
-                    }
-                }
-            }
+            self.remember_expired(&m.id);
             self.map().remove(&m.id);
             m.bump();
             done.push(m.id.clone());
         }
-        if !done.is_empty() {
-            // Files first, then the log: a crash in between forgets the ids (404 instead
-            // of 410 after the restart) but never marks a replay that still exists.
-            let _ = crate::storage::io::sync_dir(&self.paths.root);
-            if let Err(e) = self.log_expired(&done) {
-                tracing::warn!(
-                    "{why}: cannot record expired ids in {}: {e} (they will answer 404 after a restart)",
-                    self.paths.expired_log().display()
-                );
+        let _ = crate::storage::io::sync_dir(&self.paths.root);
+        done
+    }
+
+    /// Adds `id` to the remembered expired ids (bounded, oldest forgotten first).
+    fn remember_expired(&self, id: &str) {
+        let mut ex = self.expired.lock().unwrap_or_else(|p| p.into_inner());
+        if ex.0.insert(id.to_string()) {
+            ex.1.push_back(id.to_string());
+        }
+        while ex.1.len() > EXPIRED_MEMORY {
+            if let Some(old) = ex.1.pop_front() {
+                ex.0.remove(&old);
             }
         }
-        done
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<MatchShared>>> {
