@@ -279,3 +279,50 @@ fn access_log_has_one_line_per_response_only_when_asked() {
         assert_eq!(read().contains("recorder::access"), on, "{}", read());
     }
 }
+
+/// The access log names the client (issue 12): `client=ADDR` and the address first in the
+/// message, on both backends; "-" where the recorder cannot know it (uring with
+/// `net.direct-sockets`, whose sockets have no descriptor for getpeername).
+#[test]
+fn access_log_names_the_client_address() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("log-access-peer");
+    for (name, args) in [
+        ("blocking", &["--backend", "blocking"][..]),
+        ("uring", &["--backend", "uring"][..]),
+        (
+            "uring-direct",
+            &["--backend", "uring", "--direct-sockets", "true"][..],
+        ),
+    ] {
+        let log = dir.path().join(format!("access-{name}.log"));
+        let mut a = args.to_vec();
+        a.extend(["--access-log", "true"]);
+        let (c, http) = start_logging_to(dir.path(), &log, &a);
+        let mut s = std::net::TcpStream::connect(http).unwrap();
+        let me = s.local_addr().unwrap().to_string();
+        s.write_all(b"GET /peer-check HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        assert!(resp.starts_with(b"HTTP/1.1 404"), "{name}");
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        wait_for("access line", || read().contains("GET /peer-check 404"));
+        let text = read();
+        let l = text
+            .lines()
+            .find(|l| l.contains("GET /peer-check 404"))
+            .unwrap();
+        let want = if name == "uring-direct" {
+            "-".to_string()
+        } else {
+            me
+        };
+        assert!(
+            l.contains(&format!("client={want}"))
+                && l.contains(&format!("{want} GET /peer-check 404")),
+            "{name}: {l}"
+        );
+        term(c);
+    }
+}

@@ -52,3 +52,64 @@ fn dropped_connection_is_logged_with_its_reason_and_counted(backend: &str) {
     drop(s);
 }
 both_backends!(dropped_connection_is_logged_with_its_reason_and_counted);
+
+/// Bug 13, DS side: a DS that resets its connection in the middle of a match (a crash,
+/// SO_LINGER 0) is a dropped DS connection: logged with the DS's address and the reason
+/// (the reset), and counted once in recorder_ds_connections_dropped_total; a DS that ends
+/// its match normally is not counted.
+fn ds_connection_reset_is_logged_with_its_reason_and_counted(backend: &str) {
+    let dir = TempDir::new("drops13ds");
+    let srv = spawn_server(backend, dir.path(), &[]);
+    let (_, r) = stream_match(srv.ingest, "whole13", 3, 100);
+    assert!(matches!(r, Reply::Sealed { .. }), "{r:?}");
+    assert_eq!(metric(&srv, "recorder_ds_connections_dropped_total"), 0);
+
+    let mut c = DsClient::connect(srv.ingest).unwrap();
+    let me = c.stream.local_addr().unwrap().to_string();
+    assert!(matches!(
+        c.hello("reset13", false, b"").unwrap(),
+        Reply::Welcome { .. }
+    ));
+    for seq in 1..=3 {
+        c.frame(
+            seq,
+            seq,
+            if seq == 1 { 1 } else { 2 },
+            &testkit::payload_for("reset13", seq, 500),
+        )
+        .unwrap();
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while c.acked < 3 {
+        assert!(
+            std::time::Instant::now() < until,
+            "{backend}: frames not acked"
+        );
+        let _ = c.recv(Duration::from_secs(1));
+    }
+    c.reset();
+    let counted = {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = metric(&srv, "recorder_ds_connections_dropped_total");
+            if n > 0 || std::time::Instant::now() > until {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(
+        counted, 1,
+        "{backend}: the reset DS connection was not counted once"
+    );
+    let log = srv.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("dropped the DS connection"))
+        .unwrap_or_else(|| panic!("{backend}: the drop is not logged:\n{log}"));
+    assert!(
+        line.contains(&me) && line.to_lowercase().contains("reset"),
+        "{backend}: the DS's address ({me}) or the reason is not in the log line: {line}"
+    );
+}
+both_backends!(ds_connection_reset_is_logged_with_its_reason_and_counted);

@@ -4,6 +4,7 @@
 
 use super::Request;
 use crate::server::registry::Registry;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -54,20 +55,32 @@ impl Exchange {
     }
 
     /// The response is complete (`complete`: every byte was handed to the kernel; false:
-    /// the connection failed or the recorder stopped first). `body_bytes`: body bytes sent.
-    pub fn finish(&self, reg: &Registry, body_bytes: u64, complete: bool) {
+    /// the connection failed or the recorder stopped first). `body_bytes`: body bytes sent;
+    /// `peer`: the client's address ("-" in the log when unknown).
+    pub fn finish(
+        &self,
+        reg: &Registry,
+        peer: Option<SocketAddr>,
+        body_bytes: u64,
+        complete: bool,
+    ) {
         let d = self.started.elapsed();
         reg.metrics.hist.http_request.observe(d.as_secs_f64());
         if ACCESS_LOG.load(Ordering::Relaxed) {
+            let client = match peer {
+                Some(a) => a.to_string(),
+                None => "-".to_string(),
+            };
             tracing::info!(
                 target: crate::logging::ACCESS,
+                client = %client,
                 method = %self.method,
                 target = %self.target,
                 status = self.status,
                 bytes = body_bytes,
                 duration_ms = format_args!("{:.3}", d.as_secs_f64() * 1e3),
                 complete,
-                "{} {} {} {}",
+                "{client} {} {} {} {}",
                 self.method,
                 self.target,
                 self.status,

@@ -338,6 +338,7 @@ fn ds_connection(
     };
     let _ = s.set_nodelay(true);
     let _ = s.set_write_timeout(Some(cfg.idle_timeout));
+    let peer = s.peer_addr().ok(); // now: a reset connection has no address any more
     let store = cfg.store.clone();
     let idle_timeout = cfg.idle_timeout;
     let mut sess = IngestSession::new(cfg, reg.clone(), Instant::now());
@@ -353,7 +354,7 @@ fn ds_connection(
         if sess.has_output() {
             let out = sess.take_output();
             if let Err(e) = s.write_all(&out) {
-                dropped(&reg, &s, Kind::Ds, &write_error(e, idle_timeout));
+                dropped(&reg, peer, Kind::Ds, &write_error(e, idle_timeout));
                 sess.peer_closed();
                 continue;
             }
@@ -398,7 +399,7 @@ fn ds_connection(
                 sess.on_timer(Instant::now())
             }
             Err(e) => {
-                dropped(&reg, &s, Kind::Ds, &format!("read failed: {e}"));
+                dropped(&reg, peer, Kind::Ds, &format!("read failed: {e}"));
                 sess.peer_closed()
             }
         }
@@ -444,6 +445,7 @@ fn http_connection(
     };
     let _ = s.set_nodelay(true);
     let _ = s.set_write_timeout(Some(timeout));
+    let peer = s.peer_addr().ok(); // now: a reset connection has no address any more
     let mut buf: Vec<u8> = Vec::with_capacity(max_head.min(16384));
     let mut chunk = vec![0u8; 16384];
     let mut request_started: Option<Instant> = None;
@@ -472,7 +474,7 @@ fn http_connection(
                         text: "the object store did not answer in time; retry later".into(),
                     });
                 }
-                match send_response(&mut s, resp, &reg) {
+                match send_response(&mut s, resp, &reg, peer) {
                     Ok(true) => {
                         idle_since = Instant::now();
                         if shutdown.load(Ordering::Acquire) {
@@ -482,7 +484,7 @@ fn http_connection(
                     }
                     Ok(false) => break,
                     Err(e) => {
-                        dropped(&reg, &s, Kind::Http, &write_error(e, timeout));
+                        dropped(&reg, peer, Kind::Http, &write_error(e, timeout));
                         break;
                     }
                 }
@@ -490,7 +492,7 @@ fn http_connection(
             Ok(None) => {}
             Err(e) => {
                 reg.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
-                let _ = send_response(&mut s, http::error_response(&e), &reg);
+                let _ = send_response(&mut s, http::error_response(&e), &reg, peer);
                 break;
             }
         }
@@ -513,6 +515,7 @@ fn http_connection(
                         ),
                     }),
                     &reg,
+                    peer,
                 );
             }
             break;
@@ -538,7 +541,7 @@ fn http_connection(
                         | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => {
-                dropped(&reg, &s, Kind::Http, &format!("read failed: {e}"));
+                dropped(&reg, peer, Kind::Http, &format!("read failed: {e}"));
                 break;
             }
         }
@@ -554,14 +557,14 @@ enum Kind {
 
 /// A connection ended before its exchange was complete (issue 12 bug 13: never without a
 /// word): logged with the peer and `why`, counted in `recorder_{ds,http}_connections_dropped_total`.
-fn dropped(reg: &Registry, s: &TcpStream, kind: Kind, why: &str) {
-    let peer = s.peer_addr().ok();
+fn dropped(reg: &Registry, peer: Option<std::net::SocketAddr>, kind: Kind, why: &str) {
+    let peer = peer.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
     let (what, counter) = match kind {
         Kind::Ds => ("DS", &reg.metrics.ds_connections_dropped),
         Kind::Http => ("HTTP", &reg.metrics.http_connections_dropped),
     };
     super::registry::Metrics::add(counter, 1);
-    tracing::warn!("dropped the {what} connection from {peer:?}: {why}");
+    tracing::warn!("dropped the {what} connection from {peer}: {why}");
 }
 
 /// A failed write, with the timeout named when it was one (SO_SNDTIMEO gives EAGAIN).
@@ -580,11 +583,16 @@ fn write_error(e: io::Error, timeout: Duration) -> String {
 }
 
 /// Sends one response; Ok(true) when the connection may serve another request.
-fn send_response(s: &mut TcpStream, mut resp: http::Response, reg: &Registry) -> io::Result<bool> {
+fn send_response(
+    s: &mut TcpStream,
+    mut resp: http::Response,
+    reg: &Registry,
+    peer: Option<std::net::SocketAddr>,
+) -> io::Result<bool> {
     let x = std::mem::take(&mut resp.exchange);
     let mut sent = 0u64;
     let r = send_body(s, resp, reg, &mut sent);
-    x.finish(reg, sent, r.is_ok());
+    x.finish(reg, peer, sent, r.is_ok());
     r
 }
 

@@ -1816,6 +1816,12 @@ pub mod sockopt {
     pub fn set_nodelay(fd: RawFd, on: bool) -> io::Result<()> {
         set_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, on as i32)
     }
+    /// The address of a connected TCP socket's peer (getpeername).
+    pub fn peer_addr(fd: RawFd) -> io::Result<std::net::SocketAddr> {
+        // SAFETY: the stream only borrows `fd` for this call: ManuallyDrop never closes it.
+        let s = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        s.peer_addr()
+    }
     pub fn set_reuseport(fd: RawFd) -> io::Result<()> {
         set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
     }

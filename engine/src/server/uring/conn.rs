@@ -78,6 +78,8 @@ pub(super) struct Conn {
     pub(super) last_out: Instant,
     pub(super) port: Port,
     pub(super) pipe: Option<Pipe>,
+    /// The peer's address, read at accept (None for a direct socket: no fd to ask).
+    pub(super) peer: Option<std::net::SocketAddr>,
 }
 
 impl<'a> Worker<'a> {
@@ -96,7 +98,8 @@ impl<'a> Worker<'a> {
         }
         // Direct sockets have no fd for setsockopt: they inherit the options set on the
         // listeners (see `start::listener_options`).
-        if let Some(raw) = sock.raw_fd() {
+        let raw_fd = sock.raw_fd();
+        if let Some(raw) = raw_fd {
             let mut applied = 0;
             if net.tcp_nodelay && sockopt::set_nodelay(raw, true).is_ok() {
                 applied += 1;
@@ -121,6 +124,7 @@ impl<'a> Worker<'a> {
         };
         self.gens[idx] = (self.gens[idx] + 1) & 0xff_ffff;
         let gen = self.gens[idx];
+        let peer = raw_fd.and_then(|fd| sockopt::peer_addr(fd).ok());
         self.conns[idx] = Some(Conn {
             gen,
             sock: Some(sock),
@@ -142,11 +146,15 @@ impl<'a> Worker<'a> {
             last_out: self.io.now,
             port,
             pipe: None,
+            peer,
         });
         self.live += 1;
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let id = ConnId::new(idx as u32, gen);
-        if svc.open(id, port, &mut self.io) {
+        self.io.opening_peer = peer;
+        let opened = svc.open(id, port, &mut self.io);
+        self.io.opening_peer = None;
+        if opened {
             self.arm_recv(id);
         } else {
             self.io.reqs.push(Req::Close(id));
@@ -478,7 +486,12 @@ impl<'a> Worker<'a> {
             ) {
                 let port = c.port;
                 let what = if port == Port::Ingest { "DS" } else { "HTTP" };
-                tracing::warn!("uring worker {w}: dropped the {what} connection {id:?}: {why}");
+                let peer = c
+                    .peer
+                    .map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+                tracing::warn!(
+                    "uring worker {w}: dropped the {what} connection {id:?} from {peer}: {why}"
+                );
                 self.dropped.push((id, port, why));
             }
         }

@@ -321,6 +321,8 @@ struct Live {
 
 struct Http {
     _guard: Option<ConnGuard>,
+    /// The client's address, for the access log (None for a direct socket).
+    peer: Option<std::net::SocketAddr>,
     buf: Vec<u8>,
     request_started: Option<Instant>,
     idle_since: Instant,
@@ -1252,12 +1254,12 @@ fn send_response(h: &mut Http, id: ConnId, mut resp: http::Response, io: &mut Io
     let x = std::mem::take(&mut resp.exchange);
     io.send(id, resp.head);
     match resp.body {
-        Body::None => x.finish(reg, 0, true),
+        Body::None => x.finish(reg, h.peer, 0, true),
         Body::Bytes(b) => {
             reg.metrics
                 .http_bytes
                 .fetch_add(b.len() as u64, Ordering::Relaxed);
-            x.finish(reg, b.len() as u64, true);
+            x.finish(reg, h.peer, b.len() as u64, true);
             io.send(id, b);
         }
         Body::File { file, offset, len } => {
@@ -1266,7 +1268,7 @@ fn send_response(h: &mut Http, id: ConnId, mut resp: http::Response, io: &mut Io
                 h.file_exchanges.push_back(x);
                 io.send_file(id, Arc::new(file), offset, len, TOKEN_BODY);
             } else {
-                x.finish(reg, 0, true);
+                x.finish(reg, h.peer, 0, true);
             }
         }
         Body::Wait(_) => {} // handled by send_or_wait
@@ -1282,7 +1284,7 @@ fn send_response(h: &mut Http, id: ConnId, mut resp: http::Response, io: &mut Io
                 return;
             }
             Err(e) => {
-                x.finish(reg, 0, false);
+                x.finish(reg, h.peer, 0, false);
                 tracing::error!("cannot open the live match file: {e}");
                 io.abort(id);
                 h.closing = true;
@@ -1317,7 +1319,7 @@ fn pump_live(h: &mut Http, id: ConnId, io: &mut Io, reg: &Registry) {
         reg.metrics
             .http_bytes
             .fetch_add(live.tail.sent, Ordering::Relaxed);
-        live.exchange.finish(reg, live.tail.sent, true);
+        live.exchange.finish(reg, h.peer, live.tail.sent, true);
         let close = live.close_after;
         h.live = None;
         h.idle_since = now;
@@ -1331,7 +1333,7 @@ fn pump_live(h: &mut Http, id: ConnId, io: &mut Io, reg: &Registry) {
         reg.metrics
             .http_bytes
             .fetch_add(live.tail.sent, Ordering::Relaxed);
-        live.exchange.finish(reg, live.tail.sent, false);
+        live.exchange.finish(reg, h.peer, live.tail.sent, false);
         h.live = None;
         h.closing = true;
         io.close(id);
@@ -1391,6 +1393,7 @@ impl Service for Recorder {
                 Some(g) => {
                     let h = Http {
                         _guard: Some(g),
+                        peer: io.opening_peer(),
                         buf: Vec::new(),
                         request_started: None,
                         idle_since: io.now(),
@@ -1528,7 +1531,7 @@ impl Service for Recorder {
                     reg.metrics.http_bytes.fetch_add(n, Ordering::Relaxed);
                 }
                 if let Some(x) = h.file_exchanges.pop_front() {
-                    x.finish(&reg, *res.as_ref().unwrap_or(&0), res.is_ok());
+                    x.finish(&reg, h.peer, *res.as_ref().unwrap_or(&0), res.is_ok());
                 }
                 h.idle_since = io.now();
             }

@@ -170,6 +170,9 @@ pub struct Io {
     /// numbered it (`net.listeners=acceptor`): only connections accepted before it
     /// count in [`Io::waiting_elsewhere`].
     pub(super) opening_seq: Option<u64>,
+    /// The peer address of the connection being opened (None for a direct socket, which
+    /// has no fd to ask).
+    pub(super) opening_peer: Option<std::net::SocketAddr>,
     pub(super) files: Rc<RefCell<FileTable>>,
     pub(super) link_sync: bool,
     pub(super) write_behind: bool,
@@ -432,6 +435,11 @@ impl Io {
     }
     pub fn now(&self) -> Instant {
         self.now
+    }
+    /// In [`super::Service::open`]: the new connection's peer address (None for a direct
+    /// socket, `net.direct-sockets`, which has no fd for getpeername).
+    pub fn opening_peer(&self) -> Option<std::net::SocketAddr> {
+        self.opening_peer
     }
     /// Connections on `port` that other workers hold but have not opened yet: in their
     /// listeners' accept queues (`net.listeners=reuseport`) or handed over by the

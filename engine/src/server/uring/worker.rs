@@ -376,6 +376,7 @@ impl<'a> Worker<'a> {
             peers: mailboxes.clone(),
             reuseport: net.listeners == Listeners::Reuseport,
             opening_seq: None,
+            opening_peer: None,
             files: table,
             link_sync: cfg.file.link_sync,
             write_behind: cfg.file.write_behind,
