@@ -3,7 +3,8 @@
 //!
 //! Every trial is judged as CI judges a change: `compare` with each cell's margins from an
 //! A/A sweep of the same study (`--aa`): an injected trial with the A/A trial of the same
-//! round, an A/A trial with another round's A/A trial (never its own pairs). Per kind of
+//! round (in a study with fewer A/A than injected rounds, the nearest earlier A/A trial,
+//! else the next), an A/A trial with another round's A/A trial (never its own pairs). Per kind of
 //! trial (aa, each injection) and per cell and metric: how many trials were called
 //! REGRESSION, INCONCLUSIVE, SAME, IMPROVED, and the change measured (median head/base over
 //! the trials, with its range); per kind, how many trials had any gated REGRESSION (what
@@ -104,7 +105,12 @@ pub fn power(dir: &Path) -> Result<Power> {
         .collect();
     let margins_for = |t: u32, kind: &str| -> Option<PathBuf> {
         if kind != "aa" {
-            return aa.get(&t).cloned();
+            // Its own round's A/A, else the nearest earlier one, else the next.
+            return aa
+                .range(..=t)
+                .next_back()
+                .or_else(|| aa.range(t + 1..).next())
+                .map(|(_, d)| d.clone());
         }
         // Another round's A/A: the previous one, else the next.
         aa.range(..t)

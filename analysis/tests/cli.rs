@@ -691,6 +691,9 @@ fn power_counts_false_alarms_and_detections_per_trial_kind() {
             assert!(b.exists() && h.exists());
         }
     }
+    // A round without an A/A trial of its own (`--aa-trials` below `--trials`).
+    let (b, h) = ab(&trials.join("03-s15"), 0.15, Some(3));
+    assert!(b.exists() && h.exists());
     // A trial whose head side never finished (no manifest).
     std::fs::create_dir_all(trials.join("03-aa/base")).unwrap();
     std::fs::write(
@@ -716,8 +719,8 @@ fn power_counts_false_alarms_and_detections_per_trial_kind() {
     };
     assert_eq!(kind("aa")["trials"], 2, "{j}");
     assert_eq!(kind("aa")["trials_with_gated_regression"], 0, "{j}");
-    assert_eq!(kind("s15")["trials"], 2, "{j}");
-    assert_eq!(kind("s15")["trials_with_gated_regression"], 2, "{j}");
+    assert_eq!(kind("s15")["trials"], 3, "{j}");
+    assert_eq!(kind("s15")["trials_with_gated_regression"], 3, "{j}");
     assert_eq!(kind("s15")["head_args"], "--test-burn-rounds-per-kib 99");
     // Each trial's margins come from an A/A trial, never from its own pairs.
     for t in j["trials"].as_array().unwrap() {
@@ -726,12 +729,15 @@ fn power_counts_false_alarms_and_detections_per_trial_kind() {
             .as_str()
             .expect("margins from an A/A trial");
         assert!(from.ends_with("-aa") && from != own, "{t}");
+        if own.ends_with("03-s15") {
+            assert!(from.ends_with("02-aa"), "the nearest earlier A/A: {t}");
+        }
     }
     assert!(
         j["unfinished"][0].as_str().unwrap().ends_with("03-aa"),
         "{j}"
     );
     let md = std::fs::read_to_string(d.join("power.md")).unwrap();
-    assert!(md.contains("2 of 2") && md.contains("0 of 2"), "{md}");
+    assert!(md.contains("3 of 3") && md.contains("0 of 2"), "{md}");
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -49,8 +49,9 @@ struct PowerArgs {
     /// Trials of each kind
     #[arg(long, default_value_t = 10)]
     trials: u32,
-    /// A/A trials, if more than --trials: the extra rounds are A/A only, run between the
-    /// full rounds
+    /// A/A trials (default --trials). More: the extra rounds are A/A only, run between the
+    /// full rounds. Fewer (at least 1): only that many rounds, spread evenly from round 1,
+    /// have an A/A sweep; the others' injected trials take the nearest earlier one's margins
     #[arg(long)]
     aa_trials: Option<u32>,
     /// An injected slowdown, NAME=ARGS: the head recorder runs with ARGS (repeatable), e.g.

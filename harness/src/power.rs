@@ -5,6 +5,11 @@
 //! `DIR/trials/TT-NAME/{base,head}` written as it runs. `analysis power DIR` turns them into
 //! false-alarm and detection rates.
 //!
+//! With `--aa-trials` below `--trials`, only some rounds have an A/A sweep (spread over the
+//! study, round 1 always among them), and the injected trials of the other rounds take their
+//! margins from the nearest earlier A/A trial: a study whose bench time buys, say, 13 sweeps
+//! spends 10 on the detection rate instead of splitting them 50/50.
+//!
 //! The study is long, so it runs in chunks: `--max-minutes M` stops before a trial that
 //! would end past M minutes, and running the same command again continues where it
 //! stopped (finished trials are kept; an interrupted one is resumed).
@@ -21,9 +26,10 @@ pub struct PowerOpts {
     pub recorder: PathBuf,
     pub out: PathBuf,
     pub trials: u32,
-    /// A/A trials (at least `trials`): the rounds beyond `trials` are A/A only, run
-    /// between the full rounds, so that the false-alarm rate gets more trials than the
-    /// detection rates without running every injection as often.
+    /// A/A trials. Above `trials`: the rounds beyond `trials` are A/A only, run between the
+    /// full rounds, so that the false-alarm rate gets more trials than the detection rates
+    /// without running every injection as often. Below `trials` (at least 1): only that
+    /// many rounds, spread evenly and starting with round 1, have an A/A sweep.
     pub aa_trials: u32,
     /// (name, recorder arguments) of each injection.
     pub injections: Vec<(String, Vec<String>)>,
@@ -54,10 +60,22 @@ pub fn parse_injection(s: &str) -> Result<(String, Vec<String>), String> {
     Ok((name.to_string(), args))
 }
 
+/// Whether round `t` (1..=trials) has an A/A sweep: every round when `aa_trials >= trials`,
+/// else `aa_trials` rounds spread evenly, round 1 first (round t has one when
+/// ceil(t * aa / trials) > ceil((t - 1) * aa / trials)).
+pub fn round_has_aa(t: u32, trials: u32, aa_trials: u32) -> bool {
+    if aa_trials >= trials {
+        return true;
+    }
+    let c = |x: u32| (x * aa_trials).div_ceil(trials);
+    c(t) > c(t - 1)
+}
+
 /// The trial directories in the order they run: round `t` (1..=trials) is an A/A sweep
-/// followed by one sweep per injection; the A/A-only rounds trials+1..=aa_trials come
-/// between them, spread evenly (A/A-only round trials+j after full round
-/// ceil(j * trials / extra)), so that every part of the study sees the same machine.
+/// (see [`round_has_aa`]) followed by one sweep per injection; the A/A-only rounds
+/// trials+1..=aa_trials come between them, spread evenly (A/A-only round trials+j after
+/// full round ceil(j * trials / extra)), so that every part of the study sees the same
+/// machine.
 pub fn plan(opts: &PowerOpts) -> Vec<(String, Vec<String>, PathBuf)> {
     let dir = |t: u32, name: &str| opts.out.join("trials").join(format!("{t:02}-{name}"));
     let extra = opts.aa_trials.saturating_sub(opts.trials);
@@ -65,7 +83,9 @@ pub fn plan(opts: &PowerOpts) -> Vec<(String, Vec<String>, PathBuf)> {
     let mut j = 1;
     for t in 1..=opts.trials.max(1) {
         if t <= opts.trials {
-            out.push(("aa".to_string(), Vec::new(), dir(t, "aa")));
+            if round_has_aa(t, opts.trials, opts.aa_trials) {
+                out.push(("aa".to_string(), Vec::new(), dir(t, "aa")));
+            }
             for (name, args) in &opts.injections {
                 out.push((name.clone(), args.clone(), dir(t, name)));
             }
@@ -130,11 +150,11 @@ pub fn run(opts: &PowerOpts, stop: Arc<AtomicBool>) -> Result<i32, String> {
             opts.recorder.display()
         ));
     }
-    if opts.aa_trials < opts.trials {
-        return Err(format!(
-            "--aa-trials {} is fewer than --trials {}: every round's injected trials take their margins from that round's A/A trial",
-            opts.aa_trials, opts.trials
-        ));
+    if opts.aa_trials == 0 && opts.trials > 0 && !opts.injections.is_empty() {
+        return Err(
+            "--aa-trials 0: the injected trials take their margins from an A/A trial of the study; use at least 1"
+                .into(),
+        );
     }
     write_study(opts)?;
     let trials = plan(opts);
@@ -265,6 +285,15 @@ mod tests {
             ]
         );
         assert_eq!(names(0, 2), ["01-aa", "02-aa"]);
+        // Fewer A/A rounds than full rounds: spread, round 1 first.
+        assert_eq!(
+            names(4, 2),
+            ["01-aa", "01-k5", "02-k5", "03-aa", "03-k5", "04-k5"]
+        );
+        let n = names(10, 3);
+        let aa: Vec<&String> = n.iter().filter(|x| x.ends_with("-aa")).collect();
+        assert_eq!(aa, ["01-aa", "04-aa", "07-aa"]);
+        assert_eq!(n.iter().filter(|x| x.ends_with("-k5")).count(), 10);
         // Every round's A/A exactly once.
         let mut n = names(10, 20);
         assert_eq!(n.iter().filter(|x| x.ends_with("-aa")).count(), 20);
