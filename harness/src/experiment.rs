@@ -99,7 +99,7 @@ impl Cell {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Repeat {
     pub min: u32,
     pub max: u32,
@@ -140,6 +140,9 @@ pub struct Experiment {
     pub seed_fresh: bool,
     pub random_order: bool,
     pub repeat: Repeat,
+    /// Cells whose `[[include]]` entry sets `repeat.*` (by cell id): their own counts, the
+    /// `[repeat]` table's for every key the entry leaves out. Every other cell uses `repeat`.
+    pub cell_repeat: BTreeMap<String, Repeat>,
     pub target: TargetSpec,
     pub steal_limit_pct: f64,
     pub gen_cpu_limit_pct: f64,
@@ -198,6 +201,9 @@ pub const LOAD_KEYS: &[&str] = &[
     "prefill-s",
     "file-size",
 ];
+/// Keys of `[repeat]`, which an `[[include]]` entry may also set for its own cells
+/// (`"repeat.min" = 20`).
+pub const REPEAT_KEYS: &[&str] = &["min", "max", "rsd_pct", "retries"];
 pub const KINDS: &[&str] = &["recorder", "fio", "iperf3", "nginx", "nop"];
 pub const WORKLOADS: &[&str] = &[
     "ingest",
@@ -268,6 +274,11 @@ fn flatten(
 pub fn check_key(k: &str) -> Result<(), String> {
     if k == "kind" || k == "workload" {
         return Ok(());
+    }
+    if k.starts_with("repeat.") {
+        return Err(format!(
+            "key {k:?}: a cell's own repetition counts go in its [[include]] entry; [repeat] sets every cell's"
+        ));
     }
     let (ns, rest) = k.split_once('.').ok_or_else(|| {
         format!(
@@ -416,13 +427,7 @@ impl Experiment {
             o => return Err(ctx(format!("order = {o:?}; use random or sequential"))),
         };
         let empty = toml::Table::new();
-        let rep = section(
-            &doc,
-            "repeat",
-            &["min", "max", "rsd_pct", "retries"],
-            &empty,
-        )
-        .map_err(ctx)?;
+        let rep = section(&doc, "repeat", REPEAT_KEYS, &empty).map_err(ctx)?;
         let min = get_f(rep, "min", 1.0).map_err(ctx)? as u32;
         let repeat = Repeat {
             min,
@@ -530,8 +535,14 @@ impl Experiment {
             }
             Ok(out)
         };
-        let includes = table_list("include").map_err(ctx)?;
+        let mut includes = table_list("include").map_err(ctx)?;
         let excludes = table_list("exclude").map_err(ctx)?;
+        // `repeat.*` of an [[include]] entry: its cells' own counts, not a cell key.
+        let include_repeats = includes
+            .iter_mut()
+            .map(|inc| include_repeat(inc, &repeat))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ctx)?;
         for (k, vals, _) in base
             .iter()
             .chain(includes.iter().flatten())
@@ -567,6 +578,8 @@ impl Experiment {
             }
         }
         let mut cells_v: Vec<BTreeMap<String, String>> = Vec::new();
+        // Per cell (same index as cells_v): its own repeat counts, if an include set them.
+        let mut reps_v: Vec<Option<Repeat>> = Vec::new();
         let mut excluded = 0;
         let has_cell_table = doc.contains_key("cell");
         if has_cell_table || includes.is_empty() {
@@ -575,12 +588,13 @@ impl Experiment {
                     excluded += 1;
                 } else {
                     cells_v.push(c);
+                    reps_v.push(None);
                 }
             }
         }
         let base_scalars: Vec<(String, Vec<String>, bool)> =
             base.iter().filter(|(_, _, l)| !l).cloned().collect();
-        for inc in &includes {
+        for (inc, own_rep) in includes.iter().zip(&include_repeats) {
             let mut keys: Vec<(String, Vec<String>, bool)> = base_scalars
                 .iter()
                 .filter(|(k, _, _)| !inc.iter().any(|(ik, _, _)| ik == k))
@@ -602,8 +616,25 @@ impl Experiment {
             for c in product(&keys) {
                 if excludes.iter().any(|r| rule_matches(r, &c)) {
                     excluded += 1;
-                } else if !cells_v.contains(&c) {
+                } else if let Some(i) = cells_v.iter().position(|x| *x == c) {
+                    // The same cell again: an entry's own counts apply to it, but two
+                    // entries may not give it different ones.
+                    match (&reps_v[i], own_rep) {
+                        (Some(a), Some(b)) if a != b => {
+                            return Err(ctx(format!(
+                                "two [[include]] entries give one cell different repeat.* counts: {}",
+                                c.iter()
+                                    .map(|(k, v)| format!("{k}={v}"))
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            )));
+                        }
+                        (None, Some(b)) => reps_v[i] = Some(b.clone()),
+                        _ => {}
+                    }
+                } else {
                     cells_v.push(c);
+                    reps_v.push(own_rep.clone());
                 }
             }
         }
@@ -624,13 +655,18 @@ impl Experiment {
             }
         }
         dims.retain(|d| d != "kind" && d != "workload");
-        let cells = cells_v
+        let cells: Vec<Cell> = cells_v
             .into_iter()
             .enumerate()
             .map(|(i, values)| Cell {
                 id: format!("c{i:04}"),
                 values,
             })
+            .collect();
+        let cell_repeat = cells
+            .iter()
+            .zip(reps_v)
+            .filter_map(|(c, r)| r.map(|r| (c.id.clone(), r)))
             .collect();
         Ok(Experiment {
             path: path.to_path_buf(),
@@ -643,6 +679,7 @@ impl Experiment {
             seed_fresh,
             random_order,
             repeat,
+            cell_repeat,
             target,
             steal_limit_pct,
             gen_cpu_limit_pct,
@@ -652,12 +689,78 @@ impl Experiment {
         })
     }
 
+    /// The repetition counts of one cell: its [[include]] entry's `repeat.*`, else `[repeat]`.
+    pub fn repeat_for(&self, cell_id: &str) -> &Repeat {
+        self.cell_repeat.get(cell_id).unwrap_or(&self.repeat)
+    }
+
     /// Does any cell change the block layer?
     pub fn touches_block(&self) -> bool {
         self.cells
             .iter()
             .any(|c| c.values.keys().any(|k| k.starts_with("block.")))
     }
+}
+
+/// Takes the `repeat.*` keys out of one `[[include]]` entry: `None` when it sets none, else
+/// `global` with the keys it sets (a larger `repeat.min` without `repeat.max` raises max to
+/// it). A key of another name, a list, or counts that do not fit are the file's error.
+fn include_repeat(inc: &mut KeyVals, global: &Repeat) -> Result<Option<Repeat>, String> {
+    let (own, rest): (KeyVals, KeyVals) = std::mem::take(inc)
+        .into_iter()
+        .partition(|(k, _, _)| k.starts_with("repeat."));
+    *inc = rest;
+    if own.is_empty() {
+        return Ok(None);
+    }
+    if inc.is_empty() {
+        return Err("an [[include]] entry with only repeat.* keys names no cells".into());
+    }
+    let mut r = global.clone();
+    let mut max_set = false;
+    for (k, vals, is_list) in &own {
+        let name = &k["repeat.".len()..];
+        if !REPEAT_KEYS.contains(&name) {
+            return Err(format!(
+                "[[include]] {k}: unknown key; use repeat.{}",
+                REPEAT_KEYS.join(", repeat.")
+            ));
+        }
+        if *is_list {
+            return Err(format!(
+                "[[include]] {k}: one number, not a list (the repetition count is not a dimension)"
+            ));
+        }
+        let v: f64 = vals[0]
+            .parse()
+            .map_err(|_| format!("[[include]] {k} = {:?} must be a number", vals[0]))?;
+        let whole = || -> Result<u32, String> {
+            if v >= 0.0 && v.fract() == 0.0 && v <= u32::MAX as f64 {
+                Ok(v as u32)
+            } else {
+                Err(format!("[[include]] {k} = {v} must be a whole number"))
+            }
+        };
+        match name {
+            "min" => r.min = whole()?,
+            "max" => {
+                r.max = whole()?;
+                max_set = true;
+            }
+            "retries" => r.retries = whole()?,
+            _ => r.rsd_pct = v,
+        }
+    }
+    if !max_set {
+        r.max = r.max.max(r.min);
+    }
+    if r.min == 0 || r.max < r.min {
+        return Err(format!(
+            "[[include]] repeat: min {} must be at least 1 and max {} at least min",
+            r.min, r.max
+        ));
+    }
+    Ok(Some(r))
 }
 
 /// The table `[name]` of an experiment file (`empty` when absent), refusing a value that is
@@ -803,5 +906,89 @@ mod tests {
         )
         .unwrap();
         assert_eq!((e.target.min_free_mb, e.steal_limit_pct), (10, 5.0));
+    }
+
+    /// ci.toml's bulk-ingest cell needs 20 pairs to see 5% while the other cells keep 10;
+    /// `[repeat]` is global, so an [[include]] entry sets its own cells' counts.
+    #[test]
+    fn an_include_entry_sets_its_own_cells_repetitions() {
+        let e = Experiment::parse(
+            Path::new("t.toml"),
+            r#"
+            [repeat]
+            min = 10
+            max = 10
+            retries = 6
+            [[include]]
+            workload = "bulk-ingest"
+            "load.delta" = "fixed:16k"
+            "repeat.min" = 20
+            [[include]]
+            workload = "serve"
+            repeat = { min = 4, max = 8, retries = 2 }
+            [[include]]
+            workload = "ingest"
+            "#,
+        )
+        .unwrap();
+        let by = |w: &str| e.cells.iter().find(|c| c.workload() == w).unwrap();
+        let bulk = e.repeat_for(&by("bulk-ingest").id);
+        assert_eq!(
+            (bulk.min, bulk.max, bulk.retries),
+            (20, 20, 6),
+            "max follows min"
+        );
+        let serve = e.repeat_for(&by("serve").id);
+        assert_eq!((serve.min, serve.max, serve.retries), (4, 8, 2));
+        assert_eq!(e.repeat_for(&by("ingest").id), &e.repeat);
+        assert!(
+            e.cells
+                .iter()
+                .all(|c| c.values.keys().all(|k| !k.starts_with("repeat"))),
+            "the counts are not cell keys (nor columns, nor recorder arguments)"
+        );
+        assert!(
+            !e.dims.iter().any(|d| d.starts_with("repeat")),
+            "{:?}",
+            e.dims
+        );
+
+        for (text, named) in [
+            (
+                "[[include]]\nworkload = \"serve\"\n\"repeat.minimum\" = 3\n",
+                "repeat.minimum",
+            ),
+            (
+                "[[include]]\nworkload = \"serve\"\n\"repeat.min\" = [3, 5]\n",
+                "not a list",
+            ),
+            (
+                "[[include]]\nworkload = \"serve\"\n\"repeat.min\" = 2.5\n",
+                "whole number",
+            ),
+            (
+                "[[include]]\nworkload = \"serve\"\n\"repeat.min\" = 5\n\"repeat.max\" = 3\n",
+                "at least min",
+            ),
+            (
+                "[[include]]\n\"repeat.min\" = 5\n",
+                "names no cells",
+            ),
+            (
+                "[cell]\n\"repeat.min\" = 5\n",
+                "[repeat] sets every cell's",
+            ),
+            (
+                "[[include]]\nworkload = \"serve\"\n[[exclude]]\n\"repeat.min\" = 5\n",
+                "[[include]] entry",
+            ),
+            (
+                "[[include]]\nworkload = \"serve\"\n\"repeat.min\" = 5\n[[include]]\nworkload = \"serve\"\n\"repeat.min\" = 7\n",
+                "different repeat.* counts",
+            ),
+        ] {
+            let err = Experiment::parse(Path::new("t.toml"), text).unwrap_err();
+            assert!(err.contains(named), "{text}: {err}");
+        }
     }
 }

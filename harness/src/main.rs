@@ -421,35 +421,57 @@ fn plan_main(a: PlanArgs) -> ExitCode {
             break; // stdout closed (| head): not an error
         }
     }
-    // Bench time, roughly: each run is its ramp-up and measured window plus ~3 s of start
-    // and stop (a serve run also prefills its replays), times repeat.min..=repeat.max.
-    let per_run: f64 = e
+    // Bench time, roughly: each run is its ramp-up and measured window plus ~1 s of start
+    // and stop (a serve run also prefills its replays), times each cell's repeat.min..max
+    // (measured: a ci.toml A/A sweep, 60 runs of 4 s windows, took 287 s).
+    let per_run = |c: &harness::experiment::Cell| {
+        let prefill = match (c.kind(), c.workload().as_str()) {
+            ("recorder", "serve" | "wrk-serve") => {
+                c.f64_or("load.prefill-s", 3.0).unwrap_or(3.0) + 0.2
+            }
+            _ => 0.0,
+        };
+        let window = if c.kind() == "nop" {
+            e.measure_s
+        } else {
+            e.ramp_up_s + e.measure_s
+        };
+        window + prefill + 1.0
+    };
+    let (mut runs, mut secs) = ((0u64, 0u64), (0.0f64, 0.0f64));
+    for c in &e.cells {
+        let r = e.repeat_for(&c.id);
+        runs = (runs.0 + r.min as u64, runs.1 + r.max as u64);
+        secs = (
+            secs.0 + per_run(c) * r.min as f64,
+            secs.1 + per_run(c) * r.max as f64,
+        );
+    }
+    let own: Vec<String> = e
         .cells
         .iter()
-        .map(|c| {
-            let prefill = match (c.kind(), c.workload().as_str()) {
-                ("recorder", "serve" | "wrk-serve") => {
-                    c.f64_or("load.prefill-s", 3.0).unwrap_or(3.0) + 1.0
-                }
-                _ => 0.0,
-            };
-            let window = if c.kind() == "nop" {
-                e.measure_s
-            } else {
-                e.ramp_up_s + e.measure_s
-            };
-            window + prefill + 3.0
+        .filter_map(|c| {
+            e.cell_repeat
+                .get(&c.id)
+                .map(|r| format!("{} {}..{}", c.id, r.min, r.max))
         })
-        .sum();
+        .collect();
     let _ = writeln!(
         out,
-        "runs: {}..{} (repeat {}..{}), about {:.0}..{:.0} min of bench time",
-        e.cells.len() as u32 * e.repeat.min,
-        e.cells.len() as u32 * e.repeat.max,
+        "runs: {}..{} (repeat {}..{}{}), about {:.1}..{:.1} min of bench time; an A/B sweep (--ab, --base-recorder) runs each twice: about {:.1}..{:.1} min",
+        runs.0,
+        runs.1,
         e.repeat.min,
         e.repeat.max,
-        per_run * e.repeat.min as f64 / 60.0,
-        per_run * e.repeat.max as f64 / 60.0
+        if own.is_empty() {
+            String::new()
+        } else {
+            format!("; own counts: {}", own.join(", "))
+        },
+        secs.0 / 60.0,
+        secs.1 / 60.0,
+        2.0 * secs.0 / 60.0,
+        2.0 * secs.1 / 60.0
     );
     drop(out);
     match harness::validate::check_all(&e) {

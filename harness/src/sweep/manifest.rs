@@ -104,6 +104,10 @@ pub(crate) struct SweepFacts<'a> {
     pub head_args: &'a [String],
 }
 
+fn repeat_json(r: &crate::experiment::Repeat) -> serde_json::Value {
+    serde_json::json!({"min": r.min, "max": r.max, "rsd_pct": r.rsd_pct, "retries": r.retries})
+}
+
 pub(crate) fn write_manifest(
     dir: &Path,
     ctx: &Ctx,
@@ -141,7 +145,9 @@ pub(crate) fn write_manifest(
         "experiment_name": exp.name,
         "cells": exp.cells.len(),
         "excluded_cells": exp.excluded,
-        "repeat": {"min": exp.repeat.min, "max": exp.repeat.max, "rsd_pct": exp.repeat.rsd_pct, "retries": exp.repeat.retries},
+        "repeat": repeat_json(&exp.repeat),
+        // Cells whose [[include]] entry sets its own repetition counts.
+        "cell_repeat": exp.cell_repeat.iter().map(|(id, r)| (id.clone(), repeat_json(r))).collect::<serde_json::Map<_, _>>(),
         "seed": exp.seed,
         "seed_fresh": exp.seed_fresh,
         "ramp_up_s": exp.ramp_up_s,

@@ -227,11 +227,11 @@ pub(crate) fn sweep_inner(
     let ab = opts.ab.is_some() || opts.base_recorder.is_some();
     let mut rng = rand::rngs::StdRng::seed_from_u64(exp.seed ^ 0xA5A5);
     let mut tally = resumed_tally(exp, &csvs, ab);
-    let rp = &exp.repeat;
+    let rp = |c: &Cell| exp.repeat_for(&c.id);
     let est_runs: u64 = exp
         .cells
         .iter()
-        .map(|c| rp.min.saturating_sub(tally[&c.id].good) as u64)
+        .map(|c| rp(c).min.saturating_sub(tally[&c.id].good) as u64)
         .sum::<u64>()
         * revs.len() as u64;
     let per_run_s = exp.ramp_up_s + exp.measure_s + 3.0;
@@ -243,14 +243,35 @@ pub(crate) fn sweep_inner(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let tty = std::io::stderr().is_terminal();
+    let own_counts: Vec<String> = exp
+        .cells
+        .iter()
+        .filter_map(|c| {
+            exp.cell_repeat.get(&c.id).map(|r| {
+                format!(
+                    "{} {}: {}..{} +{}",
+                    c.id,
+                    c.short_label(&exp.dims),
+                    r.min,
+                    r.max,
+                    r.retries
+                )
+            })
+        })
+        .collect();
     eprintln!(
-        "harness: sweep {}: {} cells ({} excluded), {}..{} repetitions (+{} for rejected ones), ~{:.0} s per run, seed {}{}, results in {}",
+        "harness: sweep {}: {} cells ({} excluded), {}..{} repetitions (+{} for rejected ones){}, ~{:.0} s per run, seed {}{}, results in {}",
         exp.name,
         exp.cells.len(),
         exp.excluded,
-        rp.min,
-        rp.max,
-        rp.retries,
+        exp.repeat.min,
+        exp.repeat.max,
+        exp.repeat.retries,
+        if own_counts.is_empty() {
+            String::new()
+        } else {
+            format!(" (own counts: {})", own_counts.join("; "))
+        },
         per_run_s,
         exp.seed,
         if exp.seed_fresh { " (fresh)" } else { "" },
@@ -264,7 +285,7 @@ pub(crate) fn sweep_inner(
         let mut todo: Vec<&Cell> = exp
             .cells
             .iter()
-            .filter(|c| tally[&c.id].needs_more(rp))
+            .filter(|c| tally[&c.id].needs_more(rp(c)))
             .collect();
         if todo.is_empty() || stop.load(Relaxed) {
             break;
@@ -277,7 +298,7 @@ pub(crate) fn sweep_inner(
             .iter()
             .map(|c| {
                 let t = &tally[&c.id];
-                t.attempts as u64 + u64::from(t.needs_more(rp))
+                t.attempts as u64 + u64::from(t.needs_more(rp(c)))
             })
             .sum::<u64>()
             * revs.len() as u64;
@@ -392,10 +413,12 @@ pub(crate) fn sweep_inner(
             let st: Vec<&str> = statuses.iter().map(String::as_str).collect();
             let t = tally.get_mut(&cell.id).expect("every cell");
             t.record(&st, v);
-            if st.contains(&"rejected") && t.needs_more(rp) {
+            if st.contains(&"rejected") && t.needs_more(rp(cell)) {
                 let line = format!(
                     "{}-r{rep} rejected: re-run in a later round ({} of {} planned good repetitions so far)",
-                    cell.id, t.good, rp.min
+                    cell.id,
+                    t.good,
+                    rp(cell).min
                 );
                 if tty {
                     pb.println(line);
@@ -418,10 +441,13 @@ pub(crate) fn sweep_inner(
         eprintln!("harness: some runs failed; their rows say why and their logs are kept");
     }
     for c in &exp.cells {
-        if let Some(short) = tally[&c.id].short_of(rp) {
+        if let Some(short) = tally[&c.id].short_of(rp(c)) {
             eprintln!(
                 "harness: {} is {short} good repetition(s) short of the {} planned: {} rejected, no retries left (repeat.retries = {})",
-                c.id, rp.min, tally[&c.id].rejected, rp.retries
+                c.id,
+                rp(c).min,
+                tally[&c.id].rejected,
+                rp(c).retries
             );
         }
     }
