@@ -789,3 +789,80 @@ fn in_ring_file_management_opens_straight_into_the_file_table() {
         &["file table"],
     );
 }
+
+/// Downloads of one replay on `conns` connections at once, each client pausing before it
+/// reads, so that every connection wants an arena slot while the few there are stay held
+/// (small socket send buffers keep the SENDs pending): each download must still finish,
+/// byte for byte.
+fn concurrent_downloads_beyond_the_arena(extra: &[&str], conns: usize) {
+    let dir = TempDir::new("uring-arena-wait");
+    let mut args = vec![
+        "--workers",
+        "1",
+        "--serve-chunk-bytes",
+        "16k",
+        "--sndbuf-bytes",
+        "16384",
+    ];
+    args.extend_from_slice(extra);
+    let srv = spawn_server("uring", dir.path(), &args);
+    let (_, r) = stream_match(srv.ingest, "w00", 40, 20_000);
+    assert!(matches!(r, Reply::Sealed { .. }), "{r:?}");
+    let disk = std::fs::read(dir.path().join("w00.rpl")).unwrap();
+    let http = srv.http;
+    let gate = std::sync::Arc::new(std::sync::Barrier::new(conns));
+    let handles: Vec<_> = (0..conns)
+        .map(|_| {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(http).unwrap();
+                s.write_all(b"GET /matches/w00 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                gate.wait();
+                std::thread::sleep(Duration::from_millis(300));
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut got = Vec::new();
+                let r = s.read_to_end(&mut got);
+                (r.map_err(|e| e.to_string()), got)
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (r, got) = h.join().unwrap();
+        let body = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| &got[p + 4..])
+            .unwrap_or(&[]);
+        assert!(
+            r.is_ok() && body == disk.as_slice(),
+            "download {i} of {conns}: {r:?}, {} of {} body bytes (a connection that found the arena empty must be resumed when a slot frees) ({})",
+            body.len(),
+            disk.len(),
+            srv.log_text()
+        );
+    }
+}
+
+/// Regression: a file output whose READ found the arena empty was never resumed, so with
+/// more concurrent downloads than slots (SEND_ZC holds a slot until its notification:
+/// `net.send=send-zc` under `wrk -c32` served 0 requests in 5 s) the download stalled.
+#[test]
+fn downloads_waiting_for_an_arena_slot_are_resumed() {
+    concurrent_downloads_beyond_the_arena(&["--worker-arena-slots", "4"], 8);
+}
+
+#[test]
+fn send_zc_downloads_waiting_for_an_arena_slot_are_resumed() {
+    concurrent_downloads_beyond_the_arena(
+        &[
+            "--worker-arena-slots",
+            "4",
+            "--send",
+            "send-zc",
+            "--register-buffers",
+            "true",
+        ],
+        8,
+    );
+}

@@ -307,6 +307,22 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Pumps, in arrival order, the connections whose file output found the arena empty,
+    /// while slots are free; one that finds it empty again goes back in the queue (so each
+    /// is tried at most once per call). Closed or reused connections are skipped.
+    pub(super) fn retry_slot_waiters<S: Service>(&mut self, svc: &mut S) {
+        let mut n = self.slot_waiters.len();
+        while n > 0 && self.arena.free_slots() > 0 {
+            n -= 1;
+            let Some(id) = self.slot_waiters.pop_front() else {
+                break;
+            };
+            if self.conn_mut(id).is_some() {
+                self.pump(id, svc);
+            }
+        }
+    }
+
     /// READ (page cache or O_DIRECT) of the next chunk into an arena slot; SEND follows.
     fn pump_read<S: Service>(&mut self, id: ConnId, svc: &mut S) {
         let net = &self.cfg.net;
@@ -317,7 +333,11 @@ impl<'a> Worker<'a> {
             Err(e) => return self.fail_file(id, e, svc),
         };
         let Some(mut slot) = self.arena.alloc() else {
-            // Arena exhausted: retry on the next completion or tick.
+            // Arena exhausted: pumped again once completions give slots back
+            // (`retry_slot_waiters`, after every dispatch and on the tick).
+            if !self.slot_waiters.contains(&id) {
+                self.slot_waiters.push_back(id);
+            }
             return;
         };
         let Some(Out::File(f)) = conn_of(&mut self.conns, id).and_then(|c| c.out.front_mut())

@@ -44,6 +44,9 @@ pub(super) struct Worker<'a> {
     /// `ring.wait-timeout = ext-arg`: the tick is a deadline of the wait, not a TIMEOUT SQE.
     pub(super) tick_in_enter: bool,
     pub(super) next_tick: Instant,
+    /// Connections whose file output found the arena empty (`pump_read`), in arrival
+    /// order: pumped again when completions have given slots back.
+    pub(super) slot_waiters: std::collections::VecDeque<ConnId>,
 }
 
 pub(super) const BGID: u16 = 7;
@@ -420,6 +423,7 @@ impl<'a> Worker<'a> {
             writes_issued: 0,
             tick_in_enter,
             next_tick: Instant::now(),
+            slot_waiters: std::collections::VecDeque::new(),
         })
     }
 
@@ -631,6 +635,7 @@ impl<'a> Worker<'a> {
             self.on_file(c, svc);
             self.exec(svc)?;
         }
+        self.retry_slot_waiters(svc);
         self.exec(svc)
     }
 
@@ -681,6 +686,7 @@ impl<'a> Worker<'a> {
         for id in lingered {
             self.abort(id);
         }
+        self.retry_slot_waiters(svc);
         let (ti, th) = (self.opts.send_timeout_ingest, self.opts.send_timeout_http);
         let stalled: Vec<ConnId> = self
             .conns
