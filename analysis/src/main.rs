@@ -31,6 +31,10 @@ enum Cmd {
         /// Output directory (default DIR/report).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also group each workload's configurations by this dimension or engine option in
+        /// effect (`opt.net.send`, `ring.sqpoll`; repeatable or comma-separated).
+        #[arg(long, value_name = "NAME", value_delimiter = ',')]
+        by: Vec<String>,
     },
     /// Paired comparison of two sweeps of the same experiment; exit code 1 only on a gated REGRESSION.
     Compare {
@@ -167,8 +171,8 @@ fn emit(s: &str) {
 
 fn run(cli: Cli) -> analysis::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Report { dir, run, out } => {
-            let r = report::report(&dir, &report::ReportOptions { run, out })?;
+        Cmd::Report { dir, run, out, by } => {
+            let r = report::report(&dir, &report::ReportOptions { run, out, by })?;
             emit(&format!("{}\n{}\n", r.markdown.display(), r.html.display()));
             eprintln!(
                 "analysis: {} runs, {} time series, {} charts in {:.2} s",

@@ -741,3 +741,67 @@ fn power_counts_false_alarms_and_detections_per_trial_kind() {
     assert!(md.contains("3 of 3") && md.contains("0 of 2"), "{md}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `report --by NAME`: each workload's configurations grouped by one dimension's value,
+/// with the ratio of medians to the first value; an unknown name is a usage error that
+/// lists the names there are.
+#[test]
+fn report_by_groups_configurations_and_rejects_unknown_names() {
+    let d = tmp("report-by");
+    let sweep = d.join("sweep");
+    generate(
+        &sweep,
+        &FixtureSpec {
+            runs: 192,
+            reps: 3,
+            samples: 4,
+            ..FixtureSpec::default()
+        },
+    )
+    .unwrap();
+    let out = bin()
+        .args(["report", "--by", "server.backend,file.direct"])
+        .arg(&sweep)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(sweep.join("report/report.md")).unwrap();
+    assert!(md.contains("Grouped by `file.direct`"), "{md}");
+    // The fixture makes the blocking backend 0.55x uring's throughput: the `blocking` row's
+    // ratio of medians to the first value, `uring`.
+    let row = md
+        .lines()
+        .skip_while(|l| !l.contains("Grouped by `server.backend`"))
+        .find(|l| l.starts_with("| blocking |"))
+        .unwrap_or_else(|| panic!("no `blocking` row in the --by section:\n{md}"));
+    let ratio: f64 = row
+        .split('|')
+        .nth(5)
+        .and_then(|c| {
+            c.trim()
+                .split(|ch: char| !ch.is_ascii_digit() && ch != '.')
+                .next()
+        })
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in {row:?}"));
+    assert!(
+        (0.45..0.65).contains(&ratio),
+        "blocking ratio {ratio} in {row:?}"
+    );
+    let out = bin()
+        .args(["report", "--by", "ring.nope"])
+        .arg(&sweep)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--by ring.nope") && err.contains("ring.sqpoll"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

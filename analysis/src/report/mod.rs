@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod by;
 mod effects;
 mod efficiency;
 mod floor;
@@ -34,6 +35,8 @@ pub struct ReportOptions {
     pub run: Option<String>,
     /// Output directory (default DIR/report).
     pub out: Option<PathBuf>,
+    /// Dimensions or options (`opt.net.send`) to group each workload's configurations by.
+    pub by: Vec<String>,
 }
 
 /// Time spent per phase, for the scale benchmark.
@@ -71,6 +74,7 @@ pub(crate) fn pct(r: f64) -> String {
 pub fn report(dir: &Path, opts: &ReportOptions) -> Result<ReportOutput> {
     let t0 = Instant::now();
     let rs = ResultSet::load(dir)?;
+    by::check_names(&rs, &opts.by)?;
     let load_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let sum = Summary::build(&rs);
@@ -263,6 +267,9 @@ fn build(ctx: &Ctx, doc: &mut Doc, made: &mut Vec<charts::ChartFiles>) -> Result
         ranking::latency_section(ctx, w, doc, made)?;
         if wi == 0 || w.rank.len() > 3 {
             effects::heatmaps_and_effects(ctx, w, doc, made)?;
+        }
+        for name in &ctx.opts.by {
+            by::by_section(ctx, w, name, doc);
         }
         efficiency::efficiency_section(ctx, w, doc, made)?;
         ratios::ratios_section(ctx, w, doc, made)?;
