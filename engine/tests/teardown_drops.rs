@@ -79,14 +79,11 @@ fn ds_connection_reset_is_logged_with_its_reason_and_counted(backend: &str) {
         )
         .unwrap();
     }
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while c.acked < 3 {
-        assert!(
-            std::time::Instant::now() < until,
-            "{backend}: frames not acked"
-        );
-        let _ = c.recv(Duration::from_secs(1));
-    }
+    let r = c.wait_ack(3, Duration::from_secs(10));
+    assert!(
+        matches!(r, Ok(Reply::Ack(3))),
+        "{backend}: frames not acked: {r:?}"
+    );
     c.reset();
     let counted = {
         let until = std::time::Instant::now() + Duration::from_secs(10);
