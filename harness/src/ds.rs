@@ -485,15 +485,9 @@ impl DsReport {
     }
 }
 
-/// Percentile `q` (100 = max) of `h`, None when it is empty.
+/// Percentile `q` (100 = max) of `h`, None when it is empty (the clients' definition).
 fn pct(h: &Histogram<u64>, q: f64) -> Option<f64> {
-    if h.is_empty() {
-        None
-    } else if q >= 100.0 {
-        Some(h.max() as f64)
-    } else {
-        Some(h.value_at_quantile(q / 100.0) as f64)
-    }
+    crate::clients::ClientsReport::pct(h, q)
 }
 
 /// Distinct payload bodies per size.
