@@ -409,6 +409,47 @@ fn runs_over_the_generator_limit_are_rejected_with_the_reason() {
 }
 
 #[test]
+fn a_refusal_after_start_is_unsupported_and_a_crash_whose_log_mentions_the_word_is_failed() {
+    let d = tmpdir("refuse");
+    // Both recorders exit during the run. The first prints the recorder's own refusal line;
+    // the second's log has a line with "unsupported" in it (the fake recorder echoes the
+    // option) before it aborts: only the first is unsupported.
+    let exp = write_exp(
+        &d,
+        r#"
+        ramp_up_s = 0.3
+        measure_s = 1
+        [cell]
+        "load.matches" = 4
+        [[include]]
+        "raw.fake-refuse-after-ms" = "300"
+        [[include]]
+        "raw.fake-note" = "iopoll unsupported on vda"
+        "raw.fake-crash-after-ms" = "300"
+        "#,
+    );
+    let out = d.join("out");
+    let (code, err) = sweep(&exp, &out, &d.join("state"), &["--fail-on-failed"]);
+    assert_eq!(code, 3, "the crash is a failed run: {err}");
+    let rows = read_runs(&out);
+    let by = |cell: &str| rows.iter().find(|r| r["cell_id"] == cell).unwrap();
+    assert_eq!(rows.len(), 3, "{err}");
+    assert_eq!(by("c0000")["status"], "ok");
+    let u = by("c0001");
+    assert_eq!(u["status"], "unsupported", "{u:?}");
+    assert_eq!(
+        u["reason"], "unsupported: fake refusal at first use",
+        "{u:?}"
+    );
+    assert!(u["throughput_mb_per_s"].is_empty(), "{u:?}");
+    assert!(out.join(&u["log"]).exists(), "{u:?}");
+    let f = by("c0002");
+    assert_eq!(f["status"], "failed", "{f:?}");
+    assert!(f["reason"].contains("crashing on purpose"), "{f:?}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn a_sweep_where_no_cell_can_run_exits_4() {
     let d = tmpdir("none");
     let exp = write_exp(

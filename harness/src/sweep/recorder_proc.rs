@@ -10,18 +10,46 @@ use std::time::{Duration, Instant};
 
 use super::Outcome;
 
-/// Reads the recorder's log for a line saying the config is unsupported.
-pub(crate) fn classify_exit(log: &str, status: &str) -> Outcome {
-    let hit = log.lines().find(|l| {
-        let l = l.to_ascii_lowercase();
-        l.contains("unsupported")
-            || l.contains("not supported")
-            || l.contains("eopnotsupp")
-            || l.contains("unknown option")
+/// When a recorder exited on its own: before it printed both listening addresses, or during
+/// the run, after it had started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExitPhase {
+    Startup,
+    Run,
+}
+
+/// The one classification of a recorder that exited without being asked to (`status`: its
+/// exit status): `unsupported` with the recorder's reason when it refused the configuration,
+/// `failed` with the end of its log otherwise.
+/// - In either phase, the recorder's own refusal `recorder serve: unsupported: ...` (its
+///   fatal error for what the kernel or device refuses: at start, or at first use after it
+///   started listening, e.g. FALLOC_FL_WRITE_ZEROES on this store's device).
+/// - At start-up only, also a line saying so in other words (`unsupported`, `not supported`,
+///   EOPNOTSUPP, `unknown option`): an exit before listening is the configuration or the
+///   command line being refused. After the recorder started, such a word proves nothing (a
+///   probe line, a crash quoting it): without the refusal line the run stays `failed`.
+pub(crate) fn classify_exit(log: &str, status: &str, phase: ExitPhase) -> Outcome {
+    let refusal = log.lines().find_map(|l| {
+        l.split_once("recorder serve: unsupported: ")
+            .map(|(_, r)| format!("unsupported: {}", r.trim()))
     });
-    match hit {
-        Some(l) => Outcome::bad("unsupported", l.trim().to_string()),
-        None => {
+    if let Some(reason) = refusal {
+        return Outcome::bad("unsupported", reason);
+    }
+    if phase == ExitPhase::Startup {
+        let hit = log.lines().find(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("unsupported")
+                || l.contains("not supported")
+                || l.contains("eopnotsupp")
+                || l.contains("unknown option")
+        });
+        if let Some(l) = hit {
+            return Outcome::bad("unsupported", l.trim().to_string());
+        }
+    }
+    let reason = match phase {
+        ExitPhase::Startup => {
             let tail: Vec<&str> = log
                 .lines()
                 .rev()
@@ -30,15 +58,22 @@ pub(crate) fn classify_exit(log: &str, status: &str) -> Outcome {
                 .into_iter()
                 .rev()
                 .collect();
-            Outcome::bad(
-                "failed",
-                format!(
-                    "recorder exited ({status}) before listening: {}",
-                    tail.join(" | ")
-                ),
+            format!(
+                "recorder exited ({status}) before listening: {}",
+                tail.join(" | ")
             )
         }
-    }
+        ExitPhase::Run => {
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim();
+            format!("recorder exited during the run ({status}); last log line: {last}")
+        }
+    };
+    Outcome::bad("failed", reason)
 }
 
 /// Setup flags the recorder reports in its log. The uring backend prints, per worker,
@@ -255,7 +290,7 @@ pub(crate) fn spawn_recorder(
         if let Ok(Some(st)) = child.try_wait() {
             std::thread::sleep(Duration::from_millis(50));
             let text = std::fs::read_to_string(log_path).unwrap_or_default();
-            return Err(classify_exit(&text, &st.to_string()));
+            return Err(classify_exit(&text, &st.to_string(), ExitPhase::Startup));
         }
         if t0.elapsed() > Duration::from_secs(30) || stop.load(Relaxed) {
             let _ = child.kill();
@@ -270,12 +305,11 @@ pub(crate) fn spawn_recorder(
 }
 
 impl Recorder {
-    /// SIGTERM, wait up to 10 s, then SIGKILL. Err if it had died before we asked.
+    /// SIGTERM, wait up to 10 s, then SIGKILL. Err(its exit status) if it had died before
+    /// we asked (`classify_exit` with `ExitPhase::Run` says what that was).
     pub(crate) fn stop(mut self) -> Result<(), String> {
         if let Ok(Some(st)) = self.child.try_wait() {
-            return Err(format!(
-                "recorder exited during the run ({st}); see the log"
-            ));
+            return Err(st.to_string());
         }
         let _ = crate::util::send_signal(self.child.id(), "TERM");
         let t0 = Instant::now();
@@ -337,16 +371,79 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_is_told_from_failed() {
+    fn an_exit_at_start_up_is_unsupported_when_its_log_says_so_in_any_words() {
         let o = classify_exit(
             "starting\nrecorder: ring.iopoll: IOPOLL unsupported on vda (no poll queues)\n",
             "exit status: 3",
+            ExitPhase::Startup,
         );
         assert_eq!(o.status, "unsupported");
         assert!(o.reason.contains("IOPOLL"));
-        let o = classify_exit("thread main panicked at x.rs\n", "signal: 6");
+        let o = classify_exit(
+            "error: unknown option '--ring.nope'\n",
+            "exit status: 2",
+            ExitPhase::Startup,
+        );
+        assert_eq!(o.status, "unsupported", "{}", o.reason);
+        // The recorder's own refusal line is its reason, even after a probe line.
+        let o = classify_exit(
+            "probe: sqpoll not supported here\nERROR engine::server: recorder serve: unsupported: ring.iopoll: no poll queues on vda\n",
+            "exit status: 1",
+            ExitPhase::Startup,
+        );
+        assert_eq!(o.status, "unsupported");
+        assert_eq!(o.reason, "unsupported: ring.iopoll: no poll queues on vda");
+        let o = classify_exit(
+            "thread main panicked at x.rs\n",
+            "signal: 6",
+            ExitPhase::Startup,
+        );
         assert_eq!(o.status, "failed");
         assert!(o.reason.contains("panicked"), "{}", o.reason);
+        assert!(o.reason.contains("before listening"), "{}", o.reason);
+        assert!(o.reason.contains("signal: 6"), "{}", o.reason);
+    }
+
+    #[test]
+    fn an_exit_during_the_run_is_unsupported_only_with_the_recorders_refusal_line() {
+        let log = "2026-12-01T17:11:37Z INFO engine::server: ingest listening on 127.0.0.1:1\n\
+                   2026-12-01T17:11:37Z ERROR engine::server: recorder serve: unsupported: file.prealloc-mode=write-zeroes: FALLOC_FL_WRITE_ZEROES on the store /s is refused (Operation not supported (os error 95))\n";
+        let o = classify_exit(log, "exit status: 1", ExitPhase::Run);
+        assert_eq!(o.status, "unsupported");
+        assert_eq!(
+            o.reason,
+            "unsupported: file.prealloc-mode=write-zeroes: FALLOC_FL_WRITE_ZEROES on the store /s is refused (Operation not supported (os error 95))"
+        );
+        // A crash, or a log line merely mentioning the word, is not a refusal once the
+        // recorder has started: failed, with the status and the last log line.
+        let o = classify_exit(
+            "recorder serve: storage: No space left on device\n",
+            "exit status: 1",
+            ExitPhase::Run,
+        );
+        assert_eq!(o.status, "failed");
+        assert_eq!(
+            o.reason,
+            "recorder exited during the run (exit status: 1); last log line: recorder serve: storage: No space left on device"
+        );
+        let o = classify_exit(
+            "probe: iopoll unsupported on vda\npanicked at src/x.rs\n\n",
+            "signal: 6",
+            ExitPhase::Run,
+        );
+        assert_eq!(o.status, "failed", "{}", o.reason);
+        assert!(
+            o.reason.ends_with("last log line: panicked at src/x.rs"),
+            "{}",
+            o.reason
+        );
+        // The same log at start-up is read with the looser words: unsupported.
+        let o = classify_exit(
+            "probe: iopoll unsupported on vda\npanicked at src/x.rs\n",
+            "signal: 6",
+            ExitPhase::Startup,
+        );
+        assert_eq!(o.status, "unsupported");
     }
 
     #[test]

@@ -10,8 +10,8 @@ use super::engine_args::cell_engine_args;
 use super::load::drive_recorder;
 use super::outcome::{fill_derived, reject_if_noisy};
 use super::recorder_proc::{
-    flags_from_log, journal_columns, options_in_effect, recorder_metrics, spawn_recorder,
-    uring_counters, vmhwm_kb,
+    classify_exit, flags_from_log, journal_columns, options_in_effect, recorder_metrics,
+    spawn_recorder, uring_counters, vmhwm_kb, ExitPhase,
 };
 use super::{Ctx, Outcome};
 use crate::experiment::Cell;
@@ -154,32 +154,27 @@ pub(crate) fn run_recorder(
                 b.log = log_rel.clone();
                 return b;
             }
-            match (res, stopped) {
+            // A recorder that exited during the run: `classify_exit` says whether it refused
+            // the cell (its `recorder serve: unsupported: ...`, e.g. a kernel or device
+            // refusal at first use: unsupported, whatever the load saw) or failed.
+            let exited = stopped
+                .err()
+                .map(|st| classify_exit(&text, &st, ExitPhase::Run));
+            match (res, exited) {
+                (_, Some(mut b)) if b.status == "unsupported" => {
+                    b.log = log_rel.clone();
+                    b
+                }
                 (Err(e), _) => {
                     let mut b = Outcome::bad("failed", e);
                     b.log = log_rel.clone();
                     b
                 }
-                (Ok(_), Err(e)) => {
-                    // A refusal after the recorder started listening (a kernel or device
-                    // refusal at first use, e.g. FALLOC_FL_WRITE_ZEROES on this store) is
-                    // what this machine cannot do: unsupported, with the recorder's reason.
-                    if let Some(reason) = refused_after_start(&text) {
-                        let mut b = Outcome::bad("unsupported", reason);
-                        b.log = log_rel.clone();
-                        return b;
-                    }
-                    let last = text
-                        .lines()
-                        .rev()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("")
-                        .trim();
-                    let mut b = Outcome::bad("failed", format!("{e}; last log line: {last}"));
+                (Ok(_), Some(mut b)) => {
                     b.log = log_rel.clone();
                     b
                 }
-                (Ok((ws, measure_s, bytes)), Ok(())) => {
+                (Ok((ws, measure_s, bytes)), None) => {
                     let we = ws + Duration::from_secs_f64(measure_s);
                     let d = telemetry::derive(&samples, ws, we);
                     let _ = telemetry::write_timeseries(
@@ -203,39 +198,4 @@ pub(crate) fn run_recorder(
     }
     reject_if_noisy(ctx, cell, &mut o);
     o
-}
-
-/// The reason of a recorder that exited with `recorder serve: unsupported: ...` (its fatal
-/// error for what the kernel or device refuses), if its log has one.
-fn refused_after_start(log: &str) -> Option<String> {
-    log.lines()
-        .find_map(|l| {
-            l.split_once("recorder serve: unsupported: ")
-                .map(|(_, r)| r.trim())
-        })
-        .map(|r| format!("unsupported: {r}"))
-}
-
-#[cfg(test)]
-mod refusal_tests {
-    use super::refused_after_start;
-
-    #[test]
-    fn a_refusal_after_start_is_unsupported_and_other_exits_are_not() {
-        let log = "2026-12-01T17:11:37Z INFO engine::server: ingest listening on 127.0.0.1:1\n\
-                   2026-12-01T17:11:37Z ERROR engine::server: recorder serve: unsupported: file.prealloc-mode=write-zeroes: FALLOC_FL_WRITE_ZEROES on the store /s is refused (Operation not supported (os error 95))\n";
-        assert_eq!(
-            refused_after_start(log).as_deref(),
-            Some("unsupported: file.prealloc-mode=write-zeroes: FALLOC_FL_WRITE_ZEROES on the store /s is refused (Operation not supported (os error 95))")
-        );
-        // A crash, or a line merely mentioning the word, is not a refusal.
-        assert_eq!(
-            refused_after_start("recorder serve: storage: No space left on device\n"),
-            None
-        );
-        assert_eq!(
-            refused_after_start("probe: iopoll unsupported on vda\npanicked at src/x.rs\n"),
-            None
-        );
-    }
 }

@@ -6,6 +6,8 @@
 //! `u32 length + payload`, acked at once. HTTP: `GET /matches` (JSON), `GET /matches/{id}`
 //! (whole file, `Range: bytes=a-b`). Test hooks: `--fake-corrupt-frame SEQ` stores that frame altered; `--fake-unsupported REASON` exits at start-up
 //! saying the configuration is unsupported; `--fake-crash-after-ms N` aborts after N ms;
+//! `--fake-refuse-after-ms N` exits after N ms with `recorder serve: unsupported: ...` (a
+//! refusal at first use, after it started listening);
 //! `--fake-frame-delay-ms N` stores one frame per N ms (each acked at once: a slow recorder
 //! that keeps making progress); `--fake-welcome-delay-ms N` answers HELLO after N ms.
 //! Every other `--NAME VALUE` is accepted and echoed to stderr.
@@ -66,6 +68,14 @@ fn main() {
             }
             "fake-welcome-delay-ms" => {
                 WELCOME_DELAY_MS.store(v.parse().unwrap_or(0), Ordering::Relaxed)
+            }
+            "fake-refuse-after-ms" => {
+                let ms: u64 = v.parse().unwrap_or(0);
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    eprintln!("recorder serve: unsupported: fake refusal at first use");
+                    std::process::exit(1);
+                });
             }
             "fake-crash-after-ms" => {
                 let ms: u64 = v.parse().unwrap_or(0);
