@@ -4,8 +4,9 @@
 //!
 //! DS connections: read with a timeout (to notice the ack cadence, idle timeout and
 //! shutdown), execute each storage operation with pwrite / fdatasync / rename. HTTP
-//! connections: parse, route, send the head, then the body with `std::io::copy` (sendfile
-//! on Linux) or a chunked live tail waiting on the match's condition variable.
+//! connections: parse, route, send the head, then the body with sendfile in turns shared by
+//! the connection threads ([`SendTurns`]) or a chunked live tail waiting on the match's
+//! condition variable.
 
 use super::registry::{ConnGuard, Registry};
 use super::replay_files::ReplayFiles;
@@ -14,7 +15,7 @@ use super::{ServerContext, ServerError};
 use crate::http::{self, Body, LiveTail};
 use crate::protocol::{self, ErrorCode, Msg};
 use crate::storage;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
@@ -147,17 +148,19 @@ pub fn run(ctx: ServerContext) -> Result<(), ServerError> {
         let max = cfg.server.http_max_request_bytes as usize;
         let timeout = Duration::from_millis(cfg.server.http_timeout_ms);
         let conns = conns.clone();
+        let turns = Arc::new(SendTurns::new(send_slots()));
         spawn("http-accept", move || {
             accept_loop(http, &stop, |s| {
                 let (reg, active, shutdown) = (reg.clone(), active.clone(), shutdown.clone());
                 let conns = conns.clone();
+                let turns = turns.clone();
                 let admitted = reg.try_http_connection();
                 active.fetch_add(1, Ordering::AcqRel);
                 let peer = s.peer_addr().ok();
                 let (reg2, active2) = (reg.clone(), active.clone());
                 let r = spawn("http-conn", move || {
                     let id = conns.add(&s);
-                    http_connection(s, admitted, reg, max, timeout, &shutdown);
+                    http_connection(s, admitted, reg, max, timeout, &shutdown, &turns);
                     conns.remove(id);
                     active.fetch_sub(1, Ordering::AcqRel);
                 });
@@ -430,6 +433,7 @@ fn http_connection(
     max_head: usize,
     timeout: Duration,
     shutdown: &AtomicBool,
+    turns: &SendTurns,
 ) {
     let Some(_guard) = admitted else {
         let r = http::error_response(&http::HttpError {
@@ -474,7 +478,7 @@ fn http_connection(
                         text: "the object store did not answer in time; retry later".into(),
                     });
                 }
-                match send_response(&mut s, resp, &reg, peer) {
+                match send_response(&mut s, resp, &reg, peer, turns) {
                     Ok(true) => {
                         idle_since = Instant::now();
                         if shutdown.load(Ordering::Acquire) {
@@ -492,7 +496,7 @@ fn http_connection(
             Ok(None) => {}
             Err(e) => {
                 reg.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
-                let _ = send_response(&mut s, http::error_response(&e), &reg, peer);
+                let _ = send_response(&mut s, http::error_response(&e), &reg, peer, turns);
                 break;
             }
         }
@@ -516,6 +520,7 @@ fn http_connection(
                     }),
                     &reg,
                     peer,
+                    turns,
                 );
             }
             break;
@@ -588,10 +593,11 @@ fn send_response(
     mut resp: http::Response,
     reg: &Registry,
     peer: Option<std::net::SocketAddr>,
+    turns: &SendTurns,
 ) -> io::Result<bool> {
     let x = std::mem::take(&mut resp.exchange);
     let mut sent = 0u64;
-    let r = send_body(s, resp, reg, &mut sent);
+    let r = send_body(s, resp, reg, &mut sent, turns);
     x.finish(reg, peer, sent, r.is_ok());
     r
 }
@@ -601,6 +607,7 @@ fn send_body(
     resp: http::Response,
     reg: &Registry,
     sent: &mut u64,
+    turns: &SendTurns,
 ) -> io::Result<bool> {
     s.write_all(&resp.head)?;
     match resp.body {
@@ -610,12 +617,11 @@ fn send_body(
             *sent = b.len() as u64;
         }
         Body::File {
-            file: mut f,
+            file: f,
             offset,
             len,
         } => {
-            f.seek(SeekFrom::Start(offset))?;
-            let n = send_file_fairly(&mut f, len, s)?;
+            let n = send_file_in_turns(&f, offset, len, s, turns)?;
             *sent = n;
             if n != len {
                 return Err(io::Error::new(
@@ -637,27 +643,149 @@ fn send_body(
     Ok(!resp.close)
 }
 
-/// How much of a replay one connection thread sends before it lets the others run.
-const FILE_CHUNK: u64 = 256 << 10;
+/// The most of a replay body one connection thread sends in one turn. 256 KiB and 2 MiB
+/// (nginx's `sendfile_max_chunk` default) measured alike (commit of issue 12 bug 14's
+/// throughput fix).
+const SEND_TURN_BYTES: u64 = 256 << 10;
 
-/// Sends `len` bytes of `f` (from its position) with sendfile, [`FILE_CHUNK`] at a time,
-/// yielding the CPU between chunks. One sendfile of a whole 16 MiB replay kept a thread on
-/// the CPU while the other downloads' threads waited: under `wrk -t2 -c32` 12-21 requests
-/// per 8 s took over 2 s (issue 12 bug 14); with the yield none did, at about 24% fewer
-/// requests per second (figures in commit 60a9bc2).
-fn send_file_fairly(f: &mut std::fs::File, len: u64, s: &mut TcpStream) -> io::Result<u64> {
-    let mut n = 0u64;
-    while n < len {
-        let want = FILE_CHUNK.min(len - n);
-        // std::io::copy uses sendfile/splice for File -> TcpStream on Linux
-        let got = io::copy(&mut Read::by_ref(f).take(want), s)?;
-        n += got;
-        if got < want {
-            break; // the file is shorter: the caller reports it
+/// How many connection threads may be in sendfile at once: one per CPU (1 and 2 measured
+/// alike on 2 CPUs). Before the turns every connection thread was sending at once, and
+/// `std::io::copy` did it with read + send through a user buffer (perf), not sendfile:
+/// the 32 downloads' threads used ~1.4 CPUs of two, the client ~0.5, for half nginx's
+/// requests/s; with the turns the recorder uses ~0.25 and the client ~1.7.
+fn send_slots() -> usize {
+    thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Turns at sending replay bodies, shared by the HTTP connection threads (issue 12 bug 14).
+/// At most `slots` threads hold a turn; a thread that asks while none is free waits, and
+/// waiting threads get turns in the order they asked (FIFO: the turn is handed to the first
+/// of them directly, so a thread that just had one queues behind the others). The kernel's
+/// scheduler alone was not fair here: with one blocking sendfile per replay (and with
+/// smaller blocking chunks) some downloads under `wrk -t2 -c32` waited over 2 s while the
+/// others' threads kept the CPUs.
+pub(crate) struct SendTurns {
+    state: std::sync::Mutex<TurnState>,
+}
+
+struct TurnState {
+    free: usize,
+    waiting: std::collections::VecDeque<Arc<TurnWaiter>>,
+}
+
+struct TurnWaiter {
+    thread: thread::Thread,
+    granted: AtomicBool,
+}
+
+impl SendTurns {
+    pub(crate) fn new(slots: usize) -> SendTurns {
+        SendTurns {
+            state: std::sync::Mutex::new(TurnState {
+                free: slots.max(1),
+                waiting: Default::default(),
+            }),
         }
-        thread::yield_now();
     }
+
+    /// Waits for a turn (FIFO); the turn ends when the guard is dropped.
+    pub(crate) fn take(&self) -> Turn<'_> {
+        let w = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.free > 0 {
+                st.free -= 1;
+                return Turn(self);
+            }
+            let w = Arc::new(TurnWaiter {
+                thread: thread::current(),
+                granted: AtomicBool::new(false),
+            });
+            st.waiting.push_back(w.clone());
+            w
+        };
+        while !w.granted.load(Ordering::Acquire) {
+            thread::park();
+        }
+        Turn(self)
+    }
+
+    fn give_back(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match st.waiting.pop_front() {
+            Some(w) => {
+                w.granted.store(true, Ordering::Release);
+                w.thread.unpark();
+            }
+            None => st.free += 1,
+        }
+    }
+}
+
+/// A turn at sending; handed to the longest-waiting thread (or freed) when dropped.
+pub(crate) struct Turn<'a>(&'a SendTurns);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.give_back();
+    }
+}
+
+/// Sends `len` bytes of `f` from `offset` with sendfile on the non-blocking socket, in
+/// turns of at most [`SEND_TURN_BYTES`]: a turn ends after that many bytes or when the
+/// socket's buffer is full; the thread then waits for its socket to take bytes again
+/// (up to the connection's write timeout, http-timeout-ms) without holding a turn, and
+/// queues for the next one. So a client that does not read never holds up the others, and
+/// no download waits for more than a round of the others' turns (bug 14). Returns the bytes
+/// sent (fewer than `len` when the file is shorter: the caller reports it).
+fn send_file_in_turns(
+    f: &std::fs::File,
+    offset: u64,
+    len: u64,
+    s: &mut TcpStream,
+    turns: &SendTurns,
+) -> io::Result<u64> {
+    let timeout = s.write_timeout()?.unwrap_or(Duration::from_secs(10));
+    s.set_nonblocking(true)?;
+    let r = send_turns(f, offset, len, s, turns, timeout);
+    let back = s.set_nonblocking(false);
+    let n = r?;
+    back?;
     Ok(n)
+}
+
+fn send_turns(
+    f: &std::fs::File,
+    offset: u64,
+    len: u64,
+    s: &TcpStream,
+    turns: &SendTurns,
+    timeout: Duration,
+) -> io::Result<u64> {
+    let (mut off, end) = (offset, offset + len);
+    while off < end {
+        let mut full = false;
+        {
+            let _turn = turns.take();
+            let stop = end.min(off + SEND_TURN_BYTES);
+            while off < stop {
+                let want = (stop - off) as usize;
+                match crate::sys::fs::sendfile(s, f, &mut off, want) {
+                    Ok(0) => return Ok(off - offset), // the file is shorter
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        full = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if full && !crate::sys::fs::wait_writable(s, timeout)? {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "send timeout"));
+        }
+    }
+    Ok(off - offset)
 }
 
 /// Streams a live match as chunks until it is sealed (Ok(true)) or the recorder stops (Ok(false)).
@@ -688,5 +816,70 @@ fn live_tail(s: &mut TcpStream, tail: &mut LiveTail, reg: &Registry) -> io::Resu
             None => SHUTDOWN_POLL * 10,
         };
         tail.shared.wait_change(v, wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SendTurns;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    fn queued(t: &SendTurns) -> usize {
+        t.state.lock().unwrap().waiting.len()
+    }
+
+    fn wait_queued(t: &SendTurns, n: usize) {
+        let t0 = Instant::now();
+        while queued(t) < n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no thread queued for a turn"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Bug 14's guarantee: turns go to the waiting threads in the order they asked, and a
+    /// thread that just had one (and asks again at once) queues behind the others, so no
+    /// download waits for more than a round of the others' turns.
+    #[test]
+    fn turns_go_first_come_first_served_and_a_returning_sender_queues_behind() {
+        let turns = Arc::new(SendTurns::new(1));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = turns.take();
+        let mut hs = Vec::new();
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            let (t, o) = (turns.clone(), order.clone());
+            hs.push(std::thread::spawn(move || {
+                let _turn = t.take();
+                o.lock().unwrap().push(name);
+            }));
+            wait_queued(&turns, i + 1);
+        }
+        drop(first);
+        let again = turns.take();
+        order.lock().unwrap().push("first again");
+        drop(again);
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["a", "b", "c", "first again"],
+            "turns were not taken in order"
+        );
+    }
+
+    #[test]
+    fn free_turns_are_taken_without_waiting() {
+        let turns = SendTurns::new(2);
+        let a = turns.take();
+        let b = turns.take();
+        assert_eq!(queued(&turns), 0);
+        drop(a);
+        let c = turns.take();
+        drop((b, c));
+        assert_eq!(turns.state.lock().unwrap().free, 2);
     }
 }

@@ -391,3 +391,42 @@ pub fn syncfs(fd: &impl AsRawFd) -> io::Result<()> {
 
 /// FALLOC_FL_WRITE_ZEROES (Linux 6.17): allocate written, zeroed extents.
 pub const FALLOC_FL_WRITE_ZEROES: i32 = 0x80;
+
+/// sendfile(2) from `file` at `*offset` to `sock`: returns the bytes sent (0 at end of
+/// file) and advances `*offset` by them. On a non-blocking socket with a full send buffer
+/// it fails with `WouldBlock`.
+pub fn sendfile(
+    sock: &impl AsRawFd,
+    file: &impl AsRawFd,
+    offset: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
+    let mut off = *offset as libc::off_t;
+    // SAFETY: plain syscall on two valid fds; `off` is valid for reads and writes.
+    let n =
+        cvt_size(unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, count) })?;
+    *offset = off as u64;
+    Ok(n)
+}
+
+/// Waits until `sock` is writable (or has an error) for at most `timeout`; Ok(false) when
+/// the time ran out.
+pub fn wait_writable(sock: &impl AsRawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    loop {
+        // SAFETY: `p` is one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r >= 0 {
+            return Ok(r > 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
