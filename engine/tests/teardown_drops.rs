@@ -99,7 +99,16 @@ fn ds_connection_reset_is_logged_with_its_reason_and_counted(backend: &str) {
         counted, 1,
         "{backend}: the reset DS connection was not counted once"
     );
-    let log = srv.log_text();
+    // The counter can be seen before the log line reaches the file (both are written by
+    // the worker, the line after the count): wait for the line as for the count.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = srv.log_text();
+        if log.contains("dropped the DS connection") || std::time::Instant::now() > until {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let line = log
         .lines()
         .find(|l| l.contains("dropped the DS connection"))
