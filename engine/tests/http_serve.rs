@@ -412,3 +412,42 @@ fn slow_reader_is_dropped_and_others_are_served() {
         g.body.len()
     );
 }
+
+/// Issue 12 bug 14: the blocking backend sends replay bodies in turns (at most one sender per
+/// CPU). A client that stops reading must give its turn up, or a few such clients would hold
+/// every turn and stall all other downloads until the write timeout dropped them. Here more
+/// clients than there are CPUs ask for a replay far larger than the socket buffers and do not
+/// read; another client must still download it whole, and the stalled ones, which the long
+/// write timeout keeps connected, must then get every byte as well.
+fn clients_that_stop_reading_do_not_hold_up_other_downloads(backend: &str) {
+    let dir = TempDir::new("bug14turns");
+    let srv = spawn_server(backend, dir.path(), &["--http-timeout-ms", "120000"]);
+    let (sent, r) = stream_match(srv.ingest, "big14", 600, 60_000);
+    assert!(matches!(r, Reply::Sealed { .. }), "{r:?}");
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let req = b"GET /matches/big14 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let mut stalled: Vec<TcpStream> = (0..2 * cpus)
+        .map(|_| {
+            let mut s = TcpStream::connect(srv.http).unwrap();
+            s.write_all(req).unwrap();
+            s
+        })
+        .collect();
+    // Let their senders fill the socket buffers and block.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut other = TcpStream::connect(srv.http).unwrap();
+    let g = testkit::http_exchange(&mut other, req, false, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{backend}: a download beside stalled clients failed: {e}"));
+    assert_eq!(g.status, 200);
+    check_replay(&g.body, "big14", &sent, true);
+    for (k, s) in stalled.iter_mut().enumerate() {
+        let r = testkit::read_response(s, false, Duration::from_secs(60), &mut Vec::new())
+            .unwrap_or_else(|e| panic!("{backend}: stalled client {k} did not get its body: {e}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.body, g.body,
+            "{backend}: stalled client {k} got other bytes"
+        );
+    }
+}
+both_backends!(clients_that_stop_reading_do_not_hold_up_other_downloads);
