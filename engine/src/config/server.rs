@@ -94,9 +94,6 @@ pub struct ServerConfig {
     pub journal_flush_bytes: u64,
     pub journal_checkpoint_ms: u64,
     pub journal_bypass_bytes: u64,
-    /// storage-layout=journal: replay-file write-back is started (SYNC_FILE_RANGE_WRITE)
-    /// each time a file's written bytes cross a multiple of this; 0 = off.
-    pub journal_write_behind_bytes: u64,
     /// Replay files kept open per io_uring worker (blocking: in total); 0 = auto.
     pub replay_fd_cache: u64,
     pub max_frame_bytes: u64,
@@ -194,7 +191,6 @@ impl Default for ServerConfig {
             journal_flush_bytes: 256 << 10,
             journal_checkpoint_ms: 1000,
             journal_bypass_bytes: 256 << 10,
-            journal_write_behind_bytes: 0,
             replay_fd_cache: 0,
         }
     }
@@ -234,7 +230,6 @@ const KNOBS: &[Knob] = &[
     k("journal-flush-bytes", "bytes", "262144", "storage-layout=journal: flush at once, whatever journal-flush-us says, when this many bytes wait for a flush."),
     k("journal-checkpoint-ms", "u64", "1000", "storage-layout=journal: at least this often (and at once when a journal is half full) the replay files are made durable (syncfs of the store) and a checkpoint lets the journal space before it be reused."),
     k("journal-bypass-bytes", "bytes", "262144", "storage-layout=journal: a replay-file write at least this large (a bulk sender's append) is not journaled but made durable in its replay file itself (fdatasync) before its ack, so bulk bytes reach the disk once. From its second such write on, the match's replay file is written with O_DIRECT, aligned like a per-match file (file.direct on and taken by the store; not with replay-write=ring), so bulk bytes skip the page cache too; 0 = journal every write."),
-    k("journal-write-behind-bytes", "bytes", "0", "storage-layout=journal: each time a replay file's buffered writes cross a multiple of this many bytes (a multiple of 4096), write-back of the whole chunk before that boundary starts at once (sync_file_range SYNC_FILE_RANGE_WRITE on the thread that wrote it; both backends, every replay-write; refused with file-ops=ring, whose direct descriptors leave no fd for the call), so dirty replay pages never pile up for the checkpoint's syncfs to write in one burst that the journal's flushes wait behind; 0 = off (replay files are written out by checkpoints only). Measured at 1,000 DS (issue 9, docs/architecture.md): 16384 did not shorten the ack tail and cost CPU, so it is off by default."),
     k("replay-fd-cache", "u64", "0", "storage-layout=journal (io_uring: with replay-write=inline): replay files kept open per io_uring worker (the blocking backend: in total); a write to a file that is not open opens it, and the least recently used one is closed (no sync needed: checkpoints sync the whole store). A DS connection then holds only its socket, so max-connections is no longer bound to two descriptors per DS. 0 = auto: an eighth of RLIMIT_NOFILE's descriptors, 16 to 1024 per cache; the effective value is in --print-config. With per-match or replay-write=ring each match holds its file while its DS is connected (set 0)."),
     k("max-frame-bytes", "bytes", "1048576", "Largest frame payload a DS may send (FRAME_TOO_LARGE above; messages above it + 64 are refused before their body is read)."),
     k("max-matches", "u64", "10000", "Matches in progress at once; a new match over it gets TOO_MANY_MATCHES."),
@@ -282,7 +277,6 @@ impl Section for ServerConfig {
             "journal-flush-bytes" => self.journal_flush_bytes = parse_bytes(v)?,
             "journal-checkpoint-ms" => self.journal_checkpoint_ms = parse_num(v)?,
             "journal-bypass-bytes" => self.journal_bypass_bytes = parse_bytes(v)?,
-            "journal-write-behind-bytes" => self.journal_write_behind_bytes = parse_bytes(v)?,
             "replay-fd-cache" => self.replay_fd_cache = parse_num(v)?,
             "max-frame-bytes" => self.max_frame_bytes = parse_bytes(v)?,
             "max-matches" => self.max_matches = parse_num(v)?,
@@ -327,7 +321,6 @@ impl Section for ServerConfig {
             "journal-flush-bytes" => self.journal_flush_bytes.to_string(),
             "journal-checkpoint-ms" => self.journal_checkpoint_ms.to_string(),
             "journal-bypass-bytes" => self.journal_bypass_bytes.to_string(),
-            "journal-write-behind-bytes" => self.journal_write_behind_bytes.to_string(),
             "replay-fd-cache" => self.replay_fd_cache.to_string(),
             "max-frame-bytes" => self.max_frame_bytes.to_string(),
             "max-matches" => self.max_matches.to_string(),
@@ -530,21 +523,6 @@ pub fn validate_serve(cfg: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             &["sync-interval-ms", "sync-interval-bytes", "ack-interval-ms"],
             "the recorder's group commit is server.ack-interval-ms (frames are written, synced and acked together at that cadence): set file.sync-interval-ms and file.sync-interval-bytes to 0",
-        ));
-    }
-    if s.journal_write_behind_bytes % 4096 != 0 {
-        return Err(ConfigError::new(
-            &["journal-write-behind-bytes"],
-            "journal-write-behind-bytes starts write-back of whole pages: use 0 (off) or a multiple of 4096",
-        ));
-    }
-    if s.journal_write_behind_bytes != 0
-        && s.storage_layout == StorageLayout::Journal
-        && f.file_ops == crate::config::file::FileOpsMode::Ring
-    {
-        return Err(ConfigError::new(
-            &["journal-write-behind-bytes", "file-ops"],
-            "journal-write-behind-bytes calls sync_file_range on the replay file's descriptor; file-ops=ring opens replay files as direct descriptors, which have none: use file-ops=threads or journal-write-behind-bytes=0",
         ));
     }
     if s.replay_write == ReplayWrite::Inline && s.storage_layout == StorageLayout::PerMatch {

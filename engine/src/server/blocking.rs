@@ -286,10 +286,6 @@ pub fn exec_io(
                     storage::io::sync(&f)
                 }
                 (Ok(()), Some(w), f) => {
-                    if let Ok(f) = &f {
-                        let chunk = sess.config().journal_write_behind_bytes;
-                        storage::io::write_behind(f, &req, chunk);
-                    }
                     // the group commit needs no replay file: let the cache close it meanwhile
                     drop(f);
                     w.append_wait(&id, &req)

@@ -218,11 +218,6 @@ pub fn session_config(cfg: &Config) -> SessionConfig {
         } else {
             0
         },
-        journal_write_behind_bytes: if s.storage_layout == StorageLayout::Journal {
-            s.journal_write_behind_bytes
-        } else {
-            0
-        },
     }
 }
 

@@ -42,9 +42,6 @@ pub struct SessionConfig {
     /// storage-layout=journal: replay-file writes at least this large bypass the journal
     /// and are fdatasynced in their file instead (`journal-bypass-bytes`; 0 = never).
     pub journal_bypass_bytes: usize,
-    /// storage-layout=journal: start write-back of a replay file's chunks of this many
-    /// bytes as they fill (`journal-write-behind-bytes`; 0 = off).
-    pub journal_write_behind_bytes: u64,
 }
 
 impl SessionConfig {
@@ -100,7 +97,6 @@ impl Default for SessionConfig {
             test_write_delay: Duration::ZERO,
             test_burn: TestBurn::default(),
             journal_bypass_bytes: 0,
-            journal_write_behind_bytes: 0,
         }
     }
 }

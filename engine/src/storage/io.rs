@@ -84,27 +84,6 @@ pub fn write_replay_req(
     write_req(fd, req, rw_flags, vectored)
 }
 
-/// Write-behind of the journal layout's buffered replay files
-/// (`server.journal-write-behind-bytes` = `chunk`, 0 = off): when the write `req` just
-/// completed crossed one or more multiples of `chunk`, starts write-back
-/// (SYNC_FILE_RANGE_WRITE, no wait for it) of the whole chunks before the last boundary
-/// crossed. Each chunk is started once, by the write that completes it, and no later
-/// append touches it, so write-back never rewrites a page. Dirty replay pages then leave
-/// at the ingest rate instead of piling up for one checkpoint syncfs. A hint only: the
-/// checkpoint's syncfs still makes the files durable (and reports errors), so its result
-/// is ignored. O_DIRECT writes (bulk matches) have no dirty pages and are skipped.
-pub fn write_behind(fd: &OwnedFd, req: &super::WriteReq, chunk: u64) {
-    if chunk == 0 || req.direct {
-        return;
-    }
-    let end = req.offset + req.bytes().len() as u64;
-    let lo = req.offset / chunk * chunk;
-    let hi = end / chunk * chunk;
-    if hi > lo {
-        sysfs::sync_file_range_write(fd, lo, hi - lo);
-    }
-}
-
 /// Turns O_DIRECT on for a replay file opened buffered (a bulk match of the journal
 /// layout); a no-op when it is on.
 pub fn set_direct(fd: &OwnedFd) -> io::Result<()> {

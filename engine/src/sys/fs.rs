@@ -382,21 +382,6 @@ mod tests {
     }
 }
 
-/// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts write-back of the dirty pages of
-/// `len` bytes at `off` without waiting for it (a hint; errors are ignored: a later
-/// fdatasync or syncfs reports them).
-pub fn sync_file_range_write(fd: &impl AsRawFd, off: u64, len: u64) {
-    // SAFETY: plain syscall on a valid descriptor, no memory passed.
-    let _ = unsafe {
-        libc::sync_file_range(
-            fd.as_raw_fd(),
-            off as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        )
-    };
-}
-
 /// syncfs(2): writes back every dirty file of the file system that holds `fd` and commits
 /// its journal once (the recorder's journal checkpoints).
 pub fn syncfs(fd: &impl AsRawFd) -> io::Result<()> {

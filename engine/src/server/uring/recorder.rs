@@ -431,12 +431,6 @@ impl Recorder {
             }
             return;
         }
-        let chunk = self.scfg.journal_write_behind_bytes;
-        if let Some(ds) = self.ds_mut(id) {
-            if let Some(f) = &ds.file {
-                storage::io::write_behind(f, &req, chunk);
-            }
-        }
         drop(hold);
         self.journal_append(id, req);
         self.pump_journal(io);
@@ -877,15 +871,7 @@ impl Recorder {
                         (Ok(()), Some(_)) if ds.sess.config().bypasses_journal(&req) => {
                             bypass_sync(ds, id, req, io, f.ok().flatten())
                         }
-                        (Ok(()), Some(wj)) => {
-                            let chunk = ds.sess.config().journal_write_behind_bytes;
-                            match (&f, &ds.file) {
-                                (Ok(Some(f)), _) => storage::io::write_behind(f, &req, chunk),
-                                (_, Some(f)) => storage::io::write_behind(f, &req, chunk),
-                                _ => {}
-                            }
-                            journal_append_to(wj, ds, id, req)
-                        }
+                        (Ok(()), Some(wj)) => journal_append_to(wj, ds, id, req),
                         (r, _) => {
                             if let (Err(_), Some(c)) = (&r, &files) {
                                 c.remove(ds.sess.match_id()); // its state is unknown now
