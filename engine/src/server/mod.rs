@@ -577,7 +577,7 @@ fn storage_json(cfg: &Config, o: &StoreOptions, notes: Vec<String>) -> serde_jso
             "flush_bytes": jo.flush_bytes,
             "checkpoint_ms": jo.checkpoint_interval.as_millis() as u64,
             "checkpoint_fill_pct": jo.checkpoint_fill_pct,
-            "checkpoint_sync": "syncfs",
+            "checkpoint_sync": "per-file sync_file_range, then syncfs",
             "replay_files": {
                 "direct": replay.direct,
                 "durability": replay.durability.name(),

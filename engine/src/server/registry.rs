@@ -633,6 +633,18 @@ impl Registry {
         v
     }
 
+    /// The partial replay files of every live match: what a journal checkpoint writes back
+    /// one file at a time before its syncfs (a sealed file was made durable at its seal).
+    pub fn live_part_paths(&self) -> Vec<std::path::PathBuf> {
+        let all: Vec<Arc<MatchShared>> = self.map().values().cloned().collect();
+        all.iter()
+            .filter_map(|m| {
+                let st = m.lock();
+                (st.info.phase == Phase::Live).then(|| self.paths.part_path(&st.info.id))
+            })
+            .collect()
+    }
+
     pub fn live_matches(&self) -> usize {
         self.live_count.load(Ordering::Acquire)
     }

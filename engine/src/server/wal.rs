@@ -206,7 +206,7 @@ impl Wal {
             if !delay.is_zero() {
                 std::thread::sleep(delay); // TEST ONLY (test-checkpoint-delay-ms)
             }
-            let r = journal_io::sync_store(&self.root);
+            let r = journal_io::sync_store(&self.root, &self.reg.live_part_paths());
             if let Err(e) = &r {
                 tracing::error!("storage: checkpoint: {e}; retried at the next interval");
             }

@@ -389,6 +389,13 @@ pub fn syncfs(fd: &impl AsRawFd) -> io::Result<()> {
     cvt(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(|_| ())
 }
 
+/// sync_file_range(2) over the whole file with `flags` (SYNC_FILE_RANGE_*): starts and/or
+/// waits for the writeback of its dirty pages; writes no metadata and flushes no cache.
+pub fn sync_file_range_all(fd: &impl AsRawFd, flags: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd; offset 0, nbytes 0 = to the end of the file.
+    cvt(unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, flags) }).map(|_| ())
+}
+
 /// FALLOC_FL_WRITE_ZEROES (Linux 6.17): allocate written, zeroed extents.
 pub const FALLOC_FL_WRITE_ZEROES: i32 = 0x80;
 

@@ -511,12 +511,13 @@ impl Recorder {
         {
             let redo = wj.file.journal.begin_checkpoint();
             let root = self.reg.paths.root.clone();
+            let reg = self.reg.clone();
             let delay = wj.file.journal.options().test_checkpoint_delay;
             let job = move || {
                 if !delay.is_zero() {
                     std::thread::sleep(delay); // TEST ONLY (test-checkpoint-delay-ms)
                 }
-                storage::journal_io::sync_store(&root)
+                storage::journal_io::sync_store(&root, &reg.live_part_paths())
             };
             match pool {
                 Some(p) => {
