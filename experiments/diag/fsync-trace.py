@@ -1,4 +1,5 @@
 # Analyses a trace of fsync-trace.sh (issue 9 diagnosis): journal fsync latency inside and outside
+# Flush requests are paired with completions oldest-first (an approximation when two flushes overlap).
 # syncfs windows, flush request latency, and the io_uring workers' wake-up and on-CPU times.
 import re,sys,collections
 f=sys.argv[1]

@@ -510,14 +510,13 @@ impl Recorder {
                 .is_some_and(|t| t <= now)
         {
             let redo = wj.file.journal.begin_checkpoint();
-            let root = self.reg.paths.root.clone();
             let reg = self.reg.clone();
             let delay = wj.file.journal.options().test_checkpoint_delay;
             let job = move || {
                 if !delay.is_zero() {
                     std::thread::sleep(delay); // TEST ONLY (test-checkpoint-delay-ms)
                 }
-                storage::journal_io::sync_store(&root, &reg.live_part_paths())
+                storage::journal_io::sync_store(&reg.paths.root, &reg.live_part_paths())
             };
             match pool {
                 Some(p) => {
