@@ -40,14 +40,19 @@ fn build(c: &RingConfig) -> (Ring, Effective) {
     uring::build(c, None).unwrap_or_else(|e| panic!("build {c:?}: {e}"))
 }
 
+/// Waits for one completion, up to 30 s. On an IOPOLL ring `submit_and_wait` returns at
+/// once when nothing is pollable, so this spins; a count of spins (100,000 here before) ran
+/// out within ~0.1 s while a write punted to io-wq waited for a CPU on a guest with 30%
+/// steal (seen in CI), so the bound is time, not spins.
 fn wait_one(ring: &mut Ring) -> Cqe {
-    for _ in 0..100_000 {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(30) {
         if let Some(c) = ring.pop_cqe() {
             return c;
         }
         ring.submit_and_wait(1).expect("submit_and_wait");
     }
-    panic!("no completion");
+    panic!("no completion in 30 s");
 }
 
 fn run(ring: &mut Ring, sqe: io_uring::squeue::Entry) -> Cqe {
