@@ -507,8 +507,8 @@ pub fn effective_config(
     ring.taskrun_flag = has(IORING_SETUP_TASKRUN_FLAG);
     ring.sqe128 = has(IORING_SETUP_SQE128);
     ring.cqe32 = has(IORING_SETUP_CQE32);
-    ring.single_issuer = has(IORING_SETUP_SINGLE_ISSUER);
-    ring.defer_taskrun = has(IORING_SETUP_DEFER_TASKRUN);
+    ring.single_issuer = Some(has(IORING_SETUP_SINGLE_ISSUER));
+    ring.defer_taskrun = Some(has(IORING_SETUP_DEFER_TASKRUN));
     ring.no_mmap = has(IORING_SETUP_NO_MMAP);
     ring.registered_fd_only = has(IORING_SETUP_REGISTERED_FD_ONLY);
     ring.no_sqarray = has(IORING_SETUP_NO_SQARRAY);

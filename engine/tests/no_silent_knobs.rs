@@ -201,17 +201,42 @@ static CHECKS: &[Check] = &[
         &[],
         Shown(|o| o.effective("ring.cqe32", "true")),
     ),
+    // single-issuer and defer-taskrun default to auto, which is on for the workers: their
+    // `true` checks start from a configuration where auto is off (defer-taskrun false;
+    // coop-taskrun on), so that they can fail without the option.
     c(
         "ring.single-issuer",
         "true",
-        &[],
+        &[("ring.defer-taskrun", "false")],
         Shown(|o| o.effective("ring.single-issuer", "true")),
     ),
     c(
         "ring.defer-taskrun",
         "true",
-        &[("ring.single-issuer", "true")],
-        Shown(|o| o.effective("ring.defer-taskrun", "true")),
+        &[("ring.coop-taskrun", "true")],
+        Shown(|o| {
+            o.effective("ring.defer-taskrun", "true")?;
+            o.effective("ring.single-issuer", "true")
+        }),
+    ),
+    // auto (the default) turns both on for the workers; false must reach the ring.
+    c(
+        "ring.single-issuer",
+        "false",
+        &[],
+        Shown(|o| {
+            o.effective("ring.single-issuer", "false")?;
+            o.effective("ring.defer-taskrun", "false")
+        }),
+    ),
+    c(
+        "ring.defer-taskrun",
+        "false",
+        &[],
+        Shown(|o| {
+            o.effective("ring.defer-taskrun", "false")?;
+            o.effective("ring.single-issuer", "false")
+        }),
     ),
     c(
         "ring.no-mmap",

@@ -45,8 +45,8 @@ fn config_for(bits: u32) -> RingConfig {
     c.taskrun_flag = on(IORING_SETUP_TASKRUN_FLAG);
     c.sqe128 = on(IORING_SETUP_SQE128);
     c.cqe32 = on(IORING_SETUP_CQE32);
-    c.single_issuer = on(IORING_SETUP_SINGLE_ISSUER);
-    c.defer_taskrun = on(IORING_SETUP_DEFER_TASKRUN);
+    c.single_issuer = Some(on(IORING_SETUP_SINGLE_ISSUER));
+    c.defer_taskrun = Some(on(IORING_SETUP_DEFER_TASKRUN));
     c.no_mmap = on(IORING_SETUP_NO_MMAP);
     c.registered_fd_only = on(IORING_SETUP_REGISTERED_FD_ONLY);
     c.no_sqarray = on(IORING_SETUP_NO_SQARRAY);

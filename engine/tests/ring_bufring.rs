@@ -74,8 +74,8 @@ fn multishot_recv_through_buffer_ring() {
     for cfg in [
         RingConfig::default(),
         RingConfig {
-            single_issuer: true,
-            defer_taskrun: true,
+            single_issuer: Some(true),
+            defer_taskrun: Some(true),
             ..Default::default()
         },
         RingConfig {

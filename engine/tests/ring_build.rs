@@ -364,18 +364,18 @@ fn sqe128_cqe32_cqe_mixed() {
 
 #[test]
 fn single_issuer_and_defer_taskrun() {
-    exercise(&cfg(|c| c.single_issuer = true), "single");
+    exercise(&cfg(|c| c.single_issuer = Some(true)), "single");
     exercise(
         &cfg(|c| {
-            c.single_issuer = true;
-            c.defer_taskrun = true;
+            c.single_issuer = Some(true);
+            c.defer_taskrun = Some(true);
         }),
         "defer",
     );
     exercise(
         &cfg(|c| {
-            c.single_issuer = true;
-            c.defer_taskrun = true;
+            c.single_issuer = Some(true);
+            c.defer_taskrun = Some(true);
             c.taskrun_flag = true;
         }),
         "defer-flag",
@@ -433,8 +433,8 @@ fn useful_combinations() {
     // fio / t/io_uring style: single issuer, deferred task work, registered ring, big CQ.
     exercise(
         &cfg(|c| {
-            c.single_issuer = true;
-            c.defer_taskrun = true;
+            c.single_issuer = Some(true);
+            c.defer_taskrun = Some(true);
             c.register_ring_fd = true;
             c.cq_entries = Some(64);
             c.no_sqarray = true;
@@ -461,7 +461,7 @@ fn useful_combinations() {
             c.coop_taskrun = true;
             c.taskrun_flag = true;
             c.submit_all = true;
-            c.single_issuer = true;
+            c.single_issuer = Some(true);
         }),
         "big-mixed",
     );
@@ -475,8 +475,8 @@ fn useful_combinations() {
             c.taskrun_flag = true;
             c.sqe128 = true;
             c.cqe32 = true;
-            c.single_issuer = true;
-            c.defer_taskrun = true;
+            c.single_issuer = Some(true);
+            c.defer_taskrun = Some(true);
             c.no_mmap = true;
             c.registered_fd_only = true;
             c.no_sqarray = true;
@@ -488,7 +488,10 @@ fn useful_combinations() {
 
 #[test]
 fn refused_config_never_reaches_the_kernel() {
-    let c = cfg(|c| c.defer_taskrun = true);
+    let c = cfg(|c| {
+        c.defer_taskrun = Some(true);
+        c.single_issuer = Some(false)
+    });
     match uring::build(&c, None) {
         Err(uring::RingError::Config(e)) => assert!(e.message.contains("SINGLE_ISSUER"), "{e}"),
         Err(e) => panic!("expected a configuration error, got {e}"),

@@ -58,8 +58,8 @@ fn nop_rate_by_configuration() {
         (
             "single-issuer+defer",
             RingConfig {
-                single_issuer: true,
-                defer_taskrun: true,
+                single_issuer: Some(true),
+                defer_taskrun: Some(true),
                 ..base.clone()
             },
         ),

@@ -20,7 +20,10 @@ struct Case {
 const CASES: &[Case] = &[
     Case {
         name: "defer without single issuer",
-        cfg: |c| c.defer_taskrun = true,
+        cfg: |c| {
+            c.defer_taskrun = Some(true);
+            c.single_issuer = Some(false)
+        },
         says: &[
             "DEFER_TASKRUN needs SINGLE_ISSUER",
             "--single-issuer true",
@@ -31,8 +34,8 @@ const CASES: &[Case] = &[
     Case {
         name: "defer with sqpoll",
         cfg: |c| {
-            c.defer_taskrun = true;
-            c.single_issuer = true;
+            c.defer_taskrun = Some(true);
+            c.single_issuer = Some(true);
             c.sqpoll = true
         },
         says: &["DEFER_TASKRUN excludes SQPOLL", "--sqpoll"],
@@ -260,9 +263,11 @@ fn kernel_enforced_rules_match_the_kernel() {
 fn accepted_neighbours_of_the_rules() {
     let ok: &[fn(&mut RingConfig)] = &[
         |c| {
-            c.defer_taskrun = true;
-            c.single_issuer = true
+            c.defer_taskrun = Some(true);
+            c.single_issuer = Some(true)
         },
+        // auto single-issuer follows defer-taskrun
+        |c| c.defer_taskrun = Some(true),
         |c| {
             c.taskrun_flag = true;
             c.coop_taskrun = true

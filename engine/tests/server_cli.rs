@@ -93,6 +93,79 @@ fn refused_options_say_what_to_change() {
     assert!(err.contains("--store"), "{err}");
 }
 
+/// `auto` single-issuer / defer-taskrun: on for io_uring workers, off with sqpoll, with
+/// coop-taskrun, with single-issuer false; left auto on the blocking backend (no ring); explicit values kept. (That the
+/// rings really carry the flags is checked from the kernel's side in no_silent_knobs.)
+#[test]
+fn auto_taskrun_is_on_for_uring_workers_unless_sqpoll() {
+    let dir = std::env::temp_dir().join(format!("cli-taskrun-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let get = |extra: &[&str]| -> (String, String, String, String) {
+        let mut args = vec!["--store", dir.to_str().unwrap(), "--print-config"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = serve(&args);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let s = |w: &str, k: &str| v[w][k].as_str().unwrap().to_string();
+        (
+            s("requested", "ring.single-issuer"),
+            s("requested", "ring.defer-taskrun"),
+            s("effective", "ring.single-issuer"),
+            s("effective", "ring.defer-taskrun"),
+        )
+    };
+    let t = |a: &str, b: &str, c: &str, d: &str| {
+        (a.to_string(), b.to_string(), c.to_string(), d.to_string())
+    };
+    assert_eq!(get(&[]), t("auto", "auto", "true", "true"));
+    assert_eq!(
+        get(&["--sqpoll", "true"]),
+        t("auto", "auto", "false", "false")
+    );
+    assert_eq!(
+        get(&["--coop-taskrun", "true"]),
+        t("auto", "auto", "false", "false")
+    );
+    assert_eq!(
+        get(&["--single-issuer", "false"]),
+        t("false", "auto", "false", "false")
+    );
+    assert_eq!(
+        get(&["--defer-taskrun", "false"]),
+        t("auto", "false", "false", "false")
+    );
+    assert_eq!(
+        get(&["--defer-taskrun", "false", "--single-issuer", "true"]),
+        t("true", "false", "true", "false")
+    );
+    assert_eq!(
+        get(&["--backend", "blocking"]),
+        t("auto", "auto", "auto", "auto")
+    );
+    // an explicit defer-taskrun with sqpoll is refused, naming both
+    let (code, _, err) = serve(&[
+        "--store",
+        dir.to_str().unwrap(),
+        "--print-config",
+        "--sqpoll",
+        "true",
+        "--defer-taskrun",
+        "true",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("DEFER_TASKRUN excludes SQPOLL"), "{err}");
+    let (code, _, err) = serve(&[
+        "--store",
+        dir.to_str().unwrap(),
+        "--print-config",
+        "--defer-taskrun",
+        "maybe",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("auto, true or false"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn durable_uring_serve_raises_unset_iowq_bounded_workers_and_says_so() {
     let dir = std::env::temp_dir().join(format!("cli-iowq-{}", std::process::id()));

@@ -29,7 +29,9 @@ pub enum WaitTimeout {
 pub const WAIT_TIMEOUTS: &[(&str, WaitTimeout)] =
     &[("sqe", WaitTimeout::Sqe), ("ext-arg", WaitTimeout::ExtArg)];
 
-/// The typed [ring] configuration. Defaults: a plain ring of 256 SQ entries, all off.
+/// The typed [ring] configuration. Defaults: a plain ring of 256 SQ entries, all off, but
+/// single-issuer and defer-taskrun, which are `auto` (on for `recorder serve`'s io_uring
+/// workers, see `resolve_auto`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RingConfig {
     pub iopoll: bool,
@@ -50,8 +52,12 @@ pub struct RingConfig {
     pub taskrun_flag: bool,
     pub sqe128: bool,
     pub cqe32: bool,
-    pub single_issuer: bool,
-    pub defer_taskrun: bool,
+    /// SINGLE_ISSUER; None = auto: on exactly when DEFER_TASKRUN ends up on.
+    pub single_issuer: Option<bool>,
+    /// DEFER_TASKRUN; None = auto: on for `recorder serve`'s io_uring rings unless sqpoll
+    /// or coop-taskrun is on or single-issuer is set false (`RingConfig::resolve_auto`), off elsewhere
+    /// (bench tools, probes).
+    pub defer_taskrun: Option<bool>,
     pub no_mmap: bool,
     pub registered_fd_only: bool,
     pub no_sqarray: bool,
@@ -92,8 +98,8 @@ impl Default for RingConfig {
             taskrun_flag: false,
             sqe128: false,
             cqe32: false,
-            single_issuer: false,
-            defer_taskrun: false,
+            single_issuer: None,
+            defer_taskrun: None,
             no_mmap: false,
             registered_fd_only: false,
             no_sqarray: false,
@@ -161,10 +167,10 @@ const KNOBS: &[Knob] = &[
         "128-byte SQEs (needed by some URING_CMD users); doubles SQ memory."),
     knob("cqe32", "IORING_SETUP_CQE32", "5.19", "bool", "false",
         "32-byte CQEs for every completion; doubles CQ memory. Not with cqe-mixed."),
-    knob("single-issuer", "IORING_SETUP_SINGLE_ISSUER", "6.0", "bool", "false",
-        "Promise that one thread submits; lets the kernel skip locking. A submit from another thread fails with EEXIST."),
-    knob("defer-taskrun", "IORING_SETUP_DEFER_TASKRUN", "6.1", "bool", "false",
-        "Run completion work only when the task waits for completions (io_uring_enter with GETEVENTS). Needs single-issuer; not with sqpoll."),
+    knob("single-issuer", "IORING_SETUP_SINGLE_ISSUER", "6.0", "auto|true|false", "auto",
+        "Promise that one thread submits; lets the kernel skip locking. A submit from another thread fails with EEXIST. auto: on exactly when defer-taskrun is on."),
+    knob("defer-taskrun", "IORING_SETUP_DEFER_TASKRUN", "6.1", "auto|true|false", "auto",
+        "Run completion work only when the task waits for completions (io_uring_enter with GETEVENTS). Needs single-issuer; not with sqpoll. auto: on in recorder serve's io_uring workers unless sqpoll or coop-taskrun is on or single-issuer is false (about 10% less CPU per GiB at 1,000 DS, docs/architecture.md), off in bench tools."),
     knob("no-mmap", "IORING_SETUP_NO_MMAP", "6.5", "bool", "false",
         "The engine allocates the ring and SQE memory itself and hands it to the kernel instead of mmap-ing the ring fd."),
     knob("registered-fd-only", "IORING_SETUP_REGISTERED_FD_ONLY", "6.5", "bool", "false",
@@ -199,6 +205,21 @@ fn parse_opt_num(v: &str) -> Result<Option<u32>, String> {
     } else {
         parse_num::<u32>(v).map(Some)
     }
+}
+
+/// `auto` (None), or a bool as `parse_bool` takes it.
+fn parse_auto_bool(v: &str) -> Result<Option<bool>, String> {
+    if v.trim().eq_ignore_ascii_case("auto") {
+        Ok(None)
+    } else {
+        parse_bool(v)
+            .map(Some)
+            .map_err(|_| format!("expected auto, true or false, got {v:?}"))
+    }
+}
+
+fn auto_b(v: Option<bool>) -> Option<String> {
+    Some(v.map_or("auto".to_string(), |b| b.to_string()))
 }
 
 fn opt(v: Option<u32>) -> String {
@@ -275,8 +296,8 @@ impl Section for RingConfig {
             "taskrun-flag" => self.taskrun_flag = parse_bool(v)?,
             "sqe128" => self.sqe128 = parse_bool(v)?,
             "cqe32" => self.cqe32 = parse_bool(v)?,
-            "single-issuer" => self.single_issuer = parse_bool(v)?,
-            "defer-taskrun" => self.defer_taskrun = parse_bool(v)?,
+            "single-issuer" => self.single_issuer = parse_auto_bool(v)?,
+            "defer-taskrun" => self.defer_taskrun = parse_auto_bool(v)?,
             "no-mmap" => self.no_mmap = parse_bool(v)?,
             "registered-fd-only" => self.registered_fd_only = parse_bool(v)?,
             "no-sqarray" => self.no_sqarray = parse_bool(v)?,
@@ -313,8 +334,8 @@ impl Section for RingConfig {
             "taskrun-flag" => b(self.taskrun_flag),
             "sqe128" => b(self.sqe128),
             "cqe32" => b(self.cqe32),
-            "single-issuer" => b(self.single_issuer),
-            "defer-taskrun" => b(self.defer_taskrun),
+            "single-issuer" => auto_b(self.single_issuer),
+            "defer-taskrun" => auto_b(self.defer_taskrun),
             "no-mmap" => b(self.no_mmap),
             "registered-fd-only" => b(self.registered_fd_only),
             "no-sqarray" => b(self.no_sqarray),
@@ -339,17 +360,45 @@ pub const SQ_ENTRIES_MAX: u32 = 32768;
 pub const CQ_ENTRIES_MAX: u32 = 65536;
 
 impl RingConfig {
+    /// (single-issuer, defer-taskrun) as set up: `auto` defer-taskrun is off here (bench
+    /// tools, probes) unless `resolve_auto` made it concrete; `auto` single-issuer follows
+    /// defer-taskrun.
+    pub fn taskrun_in_force(&self) -> (bool, bool) {
+        let defer = self.defer_taskrun.unwrap_or(false);
+        (self.single_issuer.unwrap_or(defer), defer)
+    }
+
+    /// Makes `auto` concrete for `recorder serve`'s io_uring workers (`uring_workers`) or
+    /// for anything else. Each worker ring is created, submitted to and waited on by its
+    /// own thread, so DEFER_TASKRUN + SINGLE_ISSUER hold; they are left off with SQPOLL
+    /// (the kernel runs the SQ from its own thread; DEFER_TASKRUN excludes it), when
+    /// single-issuer is set false, and when coop-taskrun is set (the other way of running
+    /// completion work, asked for by name).
+    pub fn resolve_auto(&mut self, uring_workers: bool) {
+        if self.defer_taskrun.is_none() {
+            self.defer_taskrun = Some(
+                uring_workers
+                    && !self.sqpoll
+                    && !self.coop_taskrun
+                    && self.single_issuer != Some(false),
+            );
+        }
+        let (single, defer) = self.taskrun_in_force();
+        self.single_issuer = Some(single);
+        self.defer_taskrun = Some(defer);
+    }
+
     /// Every cross-flag rule of the [ring] section, checked before the kernel is asked.
     /// The first broken rule is returned; its message names the flags and what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let e = |knobs: &[&'static str], m: String| Err(ConfigError::new(knobs, m));
-        if self.defer_taskrun && !self.single_issuer {
+        if self.defer_taskrun == Some(true) && self.single_issuer == Some(false) {
             return e(
                 &["defer-taskrun", "single-issuer"],
-                "DEFER_TASKRUN needs SINGLE_ISSUER: add --single-issuer true, or drop --defer-taskrun".into(),
+                "DEFER_TASKRUN needs SINGLE_ISSUER: set --single-issuer true (or auto), or drop --defer-taskrun".into(),
             );
         }
-        if self.defer_taskrun && self.sqpoll {
+        if self.defer_taskrun == Some(true) && self.sqpoll {
             return e(
                 &["defer-taskrun", "sqpoll"],
                 "DEFER_TASKRUN excludes SQPOLL (the SQ thread, not the task, would run completions): drop --sqpoll or --defer-taskrun".into(),
@@ -361,7 +410,7 @@ impl RingConfig {
                 "COOP_TASKRUN excludes SQPOLL (the kernel refuses it with EINVAL): drop --sqpoll or --coop-taskrun".into(),
             );
         }
-        if self.taskrun_flag && !(self.coop_taskrun || self.defer_taskrun) {
+        if self.taskrun_flag && !(self.coop_taskrun || self.defer_taskrun == Some(true)) {
             return e(
                 &["taskrun-flag", "coop-taskrun", "defer-taskrun"],
                 "TASKRUN_FLAG needs COOP_TASKRUN or DEFER_TASKRUN: add --coop-taskrun true (or --defer-taskrun true with --single-issuer true), or drop --taskrun-flag".into(),
@@ -546,8 +595,9 @@ impl RingConfig {
         set(self.taskrun_flag, IORING_SETUP_TASKRUN_FLAG);
         set(self.sqe128, IORING_SETUP_SQE128);
         set(self.cqe32, IORING_SETUP_CQE32);
-        set(self.single_issuer, IORING_SETUP_SINGLE_ISSUER);
-        set(self.defer_taskrun, IORING_SETUP_DEFER_TASKRUN);
+        let (single, defer) = self.taskrun_in_force();
+        set(single, IORING_SETUP_SINGLE_ISSUER);
+        set(defer, IORING_SETUP_DEFER_TASKRUN);
         set(self.no_mmap, IORING_SETUP_NO_MMAP);
         set(self.registered_fd_only, IORING_SETUP_REGISTERED_FD_ONLY);
         set(self.no_sqarray, IORING_SETUP_NO_SQARRAY);

@@ -633,6 +633,13 @@ fn effective(cfg: &Config) -> Config {
             StorageLayout::PerMatch => crate::config::server::ReplayWrite::Ring,
         };
     }
+    // auto single-issuer / defer-taskrun: concrete here, so that what is printed and
+    // validated is what the rings are set up with (on for io_uring workers unless sqpoll).
+    // The blocking backend has no ring: left auto there (a ring option it is given
+    // explicitly is refused by validate()).
+    if e.server.backend == Backend::Uring {
+        e.ring.resolve_auto(true);
+    }
     if e.server.workers == 0 {
         e.server.workers = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
