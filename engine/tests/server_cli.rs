@@ -94,8 +94,9 @@ fn refused_options_say_what_to_change() {
 }
 
 /// `auto` single-issuer / defer-taskrun: on for io_uring workers, off with sqpoll, with
-/// coop-taskrun, with single-issuer false; left auto on the blocking backend (no ring); explicit values kept. (That the
-/// rings really carry the flags is checked from the kernel's side in no_silent_knobs.)
+/// coop-taskrun, with single-issuer false; left auto on the blocking backend (no ring);
+/// explicit values kept. (That the rings really carry the flags is checked from the
+/// kernel's side in no_silent_knobs.)
 #[test]
 fn auto_taskrun_is_on_for_uring_workers_unless_sqpoll() {
     let dir = std::env::temp_dir().join(format!("cli-taskrun-{}", std::process::id()));

@@ -634,11 +634,11 @@ fn effective(cfg: &Config) -> Config {
         };
     }
     // auto single-issuer / defer-taskrun: concrete here, so that what is printed and
-    // validated is what the rings are set up with (on for io_uring workers unless sqpoll).
-    // The blocking backend has no ring: left auto there (a ring option it is given
-    // explicitly is refused by validate()).
+    // validated is what the rings are set up with (RingConfig::resolve_auto). The blocking
+    // backend has no ring: left auto there (a ring option it is given explicitly is
+    // refused by validate()).
     if e.server.backend == Backend::Uring {
-        e.ring.resolve_auto(true);
+        e.ring.resolve_auto();
     }
     if e.server.workers == 0 {
         e.server.workers = std::thread::available_parallelism()
