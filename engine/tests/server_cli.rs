@@ -81,6 +81,12 @@ fn refused_options_say_what_to_change() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("ack-interval-ms"), "{err}");
+    let (code, _, err) = serve(&["--store", "/tmp/x", "--journal-checkpoint-spread-pct", "95"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("journal-checkpoint-spread-pct 95 must be between 0 and 90"),
+        "{err}"
+    );
     let (code, _, err) = serve(&[
         "--backend",
         "blocking",
@@ -193,4 +199,34 @@ fn durable_uring_serve_raises_unset_iowq_bounded_workers_and_says_so() {
         ""
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The checkpoint's writeback spread is the given share of its interval, shown in
+/// --print-config (the storage section) as the milliseconds it will take.
+#[test]
+fn checkpoint_spread_is_shown_as_a_share_of_the_interval() {
+    let dir = std::env::temp_dir().join(format!("cli-spread-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spread = |extra: &[&str]| -> u64 {
+        let mut args = vec!["--store", dir.to_str().unwrap(), "--print-config"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = serve(&args);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["storage"]["journal"]["checkpoint_spread_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(spread(&[]), 0);
+    assert_eq!(
+        spread(&[
+            "--journal-checkpoint-ms",
+            "500",
+            "--journal-checkpoint-spread-pct",
+            "50"
+        ]),
+        250
+    );
+    assert_eq!(spread(&["--journal-checkpoint-spread-pct", "80"]), 800);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

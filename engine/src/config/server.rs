@@ -93,6 +93,8 @@ pub struct ServerConfig {
     pub journal_flush_us: u64,
     pub journal_flush_bytes: u64,
     pub journal_checkpoint_ms: u64,
+    /// Share of the checkpoint interval a checkpoint's replay-file writeback is spread over.
+    pub journal_checkpoint_spread_pct: u64,
     pub journal_bypass_bytes: u64,
     /// Replay files kept open per io_uring worker (blocking: in total); 0 = auto.
     pub replay_fd_cache: u64,
@@ -190,6 +192,7 @@ impl Default for ServerConfig {
             journal_flush_us: 1000,
             journal_flush_bytes: 256 << 10,
             journal_checkpoint_ms: 1000,
+            journal_checkpoint_spread_pct: 0,
             journal_bypass_bytes: 256 << 10,
             replay_fd_cache: 0,
         }
@@ -228,7 +231,8 @@ const KNOBS: &[Knob] = &[
     k("journal-bytes", "bytes", "67108864", "storage-layout=journal: size of each journal file (STORE/journal/w<N>.wal), preallocated and written once, then reused as a ring. A full journal slows acks until a checkpoint frees space."),
     k("journal-flush-us", "u64", "1000", "storage-layout=journal: minimum spacing between the starts of two flushes of one journal (flushes per second <= journals x 1e6 / this). One flush is in flight per journal; the next takes everything appended meanwhile. 0 = flush as soon as the previous one completed."),
     k("journal-flush-bytes", "bytes", "262144", "storage-layout=journal: flush at once, whatever journal-flush-us says, when this many bytes wait for a flush."),
-    k("journal-checkpoint-ms", "u64", "1000", "storage-layout=journal: at least this often (and at once when a journal is half full) the replay files are made durable (live replay files written back one at a time with sync_file_range, then one syncfs of the store) and a checkpoint lets the journal space before it be reused."),
+    k("journal-checkpoint-ms", "u64", "1000", "storage-layout=journal: at least this often (and at once when a journal is half full) the replay files are made durable (live replay files written back one at a time with sync_file_range, spread over journal-checkpoint-spread-pct of this interval, then one syncfs of the store) and a checkpoint lets the journal space before it be reused."),
+    k("journal-checkpoint-spread-pct", "u64", "0", "storage-layout=journal: a checkpoint started by its interval writes the live replay files back one at a time spread evenly over this share of journal-checkpoint-ms (io_uring: each worker its own matches' files, on its own checkpoint thread), then runs its syncfs; on a disk with a volatile write cache every journal flush is a cache flush that makes the device write out everything written before it, so a back-to-back writeback of a whole interval's replay data at once holds up the journal flushes (and the acks) behind it. 0 = back to back. A checkpoint started because a journal is half full is never spread, and one under way stops pacing when its journal reaches half full."),
     k("journal-bypass-bytes", "bytes", "262144", "storage-layout=journal: a replay-file write at least this large (a bulk sender's append) is not journaled but made durable in its replay file itself (fdatasync) before its ack, so bulk bytes reach the disk once. From its second such write on, the match's replay file is written with O_DIRECT, aligned like a per-match file (file.direct on and taken by the store; not with replay-write=ring), so bulk bytes skip the page cache too; 0 = journal every write."),
     k("replay-fd-cache", "u64", "0", "storage-layout=journal (io_uring: with replay-write=inline): replay files kept open per io_uring worker (the blocking backend: in total); a write to a file that is not open opens it, and the least recently used one is closed (no sync needed: checkpoints sync the whole store). A DS connection then holds only its socket, so max-connections is no longer bound to two descriptors per DS. 0 = auto: an eighth of RLIMIT_NOFILE's descriptors, 16 to 1024 per cache; the effective value is in --print-config. With per-match or replay-write=ring each match holds its file while its DS is connected (set 0)."),
     k("max-frame-bytes", "bytes", "1048576", "Largest frame payload a DS may send (FRAME_TOO_LARGE above; messages above it + 64 are refused before their body is read)."),
@@ -276,6 +280,7 @@ impl Section for ServerConfig {
             "journal-flush-us" => self.journal_flush_us = parse_num(v)?,
             "journal-flush-bytes" => self.journal_flush_bytes = parse_bytes(v)?,
             "journal-checkpoint-ms" => self.journal_checkpoint_ms = parse_num(v)?,
+            "journal-checkpoint-spread-pct" => self.journal_checkpoint_spread_pct = parse_num(v)?,
             "journal-bypass-bytes" => self.journal_bypass_bytes = parse_bytes(v)?,
             "replay-fd-cache" => self.replay_fd_cache = parse_num(v)?,
             "max-frame-bytes" => self.max_frame_bytes = parse_bytes(v)?,
@@ -320,6 +325,7 @@ impl Section for ServerConfig {
             "journal-flush-us" => self.journal_flush_us.to_string(),
             "journal-flush-bytes" => self.journal_flush_bytes.to_string(),
             "journal-checkpoint-ms" => self.journal_checkpoint_ms.to_string(),
+            "journal-checkpoint-spread-pct" => self.journal_checkpoint_spread_pct.to_string(),
             "journal-bypass-bytes" => self.journal_bypass_bytes.to_string(),
             "replay-fd-cache" => self.replay_fd_cache.to_string(),
             "max-frame-bytes" => self.max_frame_bytes.to_string(),
@@ -484,6 +490,15 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             format!(
                 "journal-checkpoint-ms {} must be between 10 and 600000",
                 s.journal_checkpoint_ms
+            ),
+        ));
+    }
+    if s.journal_checkpoint_spread_pct > 90 {
+        return Err(ConfigError::new(
+            &["journal-checkpoint-spread-pct"],
+            format!(
+                "journal-checkpoint-spread-pct {} must be between 0 and 90: the writeback must end before the next checkpoint is due (0 = back to back)",
+                s.journal_checkpoint_spread_pct
             ),
         ));
     }

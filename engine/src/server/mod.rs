@@ -103,6 +103,9 @@ pub fn journal_options(cfg: &Config, align: usize) -> storage::journal::JournalO
         flush_bytes: s.journal_flush_bytes as usize,
         checkpoint_interval: Duration::from_millis(s.journal_checkpoint_ms),
         checkpoint_fill_pct: JOURNAL_CHECKPOINT_FILL_PCT,
+        checkpoint_spread: Duration::from_millis(
+            s.journal_checkpoint_ms * s.journal_checkpoint_spread_pct / 100,
+        ),
         test_checkpoint_delay: Duration::from_millis(s.test_checkpoint_delay_ms),
     }
 }
@@ -577,7 +580,8 @@ fn storage_json(cfg: &Config, o: &StoreOptions, notes: Vec<String>) -> serde_jso
             "flush_bytes": jo.flush_bytes,
             "checkpoint_ms": jo.checkpoint_interval.as_millis() as u64,
             "checkpoint_fill_pct": jo.checkpoint_fill_pct,
-            "checkpoint_sync": "per-file sync_file_range, then syncfs",
+            "checkpoint_spread_ms": jo.checkpoint_spread.as_millis() as u64,
+            "checkpoint_sync": "per-file sync_file_range (spread over checkpoint_spread_ms, not when a journal is half full), then syncfs",
             "replay_files": {
                 "direct": replay.direct,
                 "durability": replay.durability.name(),

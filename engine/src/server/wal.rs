@@ -12,6 +12,7 @@ use crate::storage::{AlignedBuf, WriteReq};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ pub struct Wal {
     fd: OwnedFd,
     jio: JournalIo,
     path: PathBuf,
+    /// Set when the journal fills up during a checkpoint: its writeback stops pacing.
+    hurry: std::sync::atomic::AtomicBool,
 }
 
 /// Longest a thread waits on a condition variable before it looks again.
@@ -59,6 +62,7 @@ impl Wal {
             work: Condvar::new(),
             root: reg.paths.root.clone(),
             reg,
+            hurry: Default::default(),
         });
         let w = wal.clone();
         std::thread::Builder::new()
@@ -87,8 +91,14 @@ impl Wal {
         let lsn = loop {
             let j = &mut st.journal;
             match j.append(id, req.first_seq, req.last_seq, req.offset, req.data()) {
-                Ok(l) => break l,
+                Ok(l) => {
+                    if j.checkpointing() && j.filling() {
+                        self.hurry.store(true, Ordering::Relaxed);
+                    }
+                    break l;
+                }
                 Err(AppendError::Full) => {
+                    self.hurry.store(true, Ordering::Relaxed);
                     // back-pressure: wait for a checkpoint to free space
                     self.work.notify_all();
                     st = self
@@ -178,13 +188,17 @@ impl Wal {
     fn checkpoint_loop(&self) {
         loop {
             let mut st = self.lock();
-            let redo = loop {
+            let (redo, spread) = loop {
                 if st.stop {
                     return;
                 }
                 let now = Instant::now();
                 match st.journal.checkpoint_due_at() {
-                    Some(t) if t <= now => break st.journal.begin_checkpoint(),
+                    Some(t) if t <= now => {
+                        let spread = st.journal.checkpoint_spread();
+                        self.hurry.store(false, Ordering::Relaxed);
+                        break (st.journal.begin_checkpoint(), spread);
+                    }
                     Some(t) => {
                         st = self
                             .work
@@ -206,7 +220,12 @@ impl Wal {
             if !delay.is_zero() {
                 std::thread::sleep(delay); // TEST ONLY (test-checkpoint-delay-ms)
             }
-            let r = journal_io::sync_store(&self.root, &self.reg.live_part_paths());
+            let r = journal_io::sync_store(
+                &self.root,
+                &self.reg.live_part_paths(),
+                spread,
+                &self.hurry,
+            );
             if let Err(e) = &r {
                 tracing::error!("storage: checkpoint: {e}; retried at the next interval");
             }

@@ -58,6 +58,10 @@ pub struct JournalOptions {
     pub checkpoint_interval: Duration,
     /// A checkpoint at once when the ring is this full (percent of its capacity).
     pub checkpoint_fill_pct: u64,
+    /// How long a checkpoint started by its interval spreads its replay-file writeback
+    /// over (`journal-checkpoint-spread-pct` of the interval; zero: back to back). A
+    /// checkpoint started by a filling journal is never spread.
+    pub checkpoint_spread: Duration,
     /// TEST ONLY (`test-checkpoint-delay-ms`): the backend sleeps this long before a
     /// checkpoint's store sync.
     pub test_checkpoint_delay: Duration,
@@ -412,10 +416,26 @@ impl Journal {
         if self.ckpt != Ckpt::Idle || self.head == self.reclaim || self.failed.is_some() {
             return None;
         }
-        if self.occupancy() * 100 >= self.cap * self.o.checkpoint_fill_pct {
+        if self.filling() {
             return Some(self.last_ckpt); // in the past: now
         }
         Some(self.last_ckpt + self.o.checkpoint_interval)
+    }
+
+    /// The ring has reached `checkpoint_fill_pct`: a checkpoint is due at once (and one
+    /// in progress should stop spreading its writeback).
+    pub fn filling(&self) -> bool {
+        self.occupancy() * 100 >= self.cap * self.o.checkpoint_fill_pct
+    }
+
+    /// How long the checkpoint about to start may spread its replay-file writeback over:
+    /// `checkpoint_spread`, or zero when the journal is filling (space is needed now).
+    pub fn checkpoint_spread(&self) -> Duration {
+        if self.filling() {
+            Duration::ZERO
+        } else {
+            self.o.checkpoint_spread
+        }
     }
 
     /// Starts a checkpoint: make every replay file durable up to what was written so far,
@@ -727,6 +747,7 @@ mod tests {
             flush_bytes: 1 << 20,
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_fill_pct: 50,
+            checkpoint_spread: Duration::ZERO,
             test_checkpoint_delay: Duration::ZERO,
         }
     }
@@ -775,6 +796,30 @@ mod tests {
         let s = scan(&file, MAX_RECORD_DATA);
         assert_eq!(s.records.len(), 2);
         assert_eq!(j.stats().written_bytes, 2 * 4096);
+    }
+
+    #[test]
+    fn a_checkpoint_is_spread_unless_the_journal_is_filling() {
+        let bytes = 2 * 4096 + 1024 * 1024;
+        let now = Instant::now();
+        let mut o = opts(bytes);
+        o.checkpoint_spread = Duration::from_millis(800);
+        let mut j = Journal::new(o, 0, 1, now);
+        let mut file = vec![0u8; bytes as usize];
+        j.append("m", 1, 1, 0, &[1u8; 1000]).unwrap();
+        flush_all(&mut j, &mut file, now);
+        // due by its interval: spread
+        assert_eq!(j.checkpoint_due_at(), Some(now + Duration::from_secs(1)));
+        assert_eq!(j.checkpoint_spread(), Duration::from_millis(800));
+        let mut n = 2;
+        while j.occupancy() * 100 < j.capacity() * 50 {
+            j.append("m", n, n, 0, &[1u8; 100 << 10]).unwrap();
+            flush_all(&mut j, &mut file, now);
+            n += 1;
+        }
+        // half full: due now, and not spread (the space is needed)
+        assert_eq!(j.checkpoint_due_at(), Some(now));
+        assert_eq!(j.checkpoint_spread(), Duration::ZERO);
     }
 
     #[test]

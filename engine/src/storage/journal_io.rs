@@ -12,7 +12,8 @@ use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// How journal writes are made durable (from `file.direct` and `file.durability`).
 #[derive(Clone, Copy, Debug)]
@@ -270,12 +271,34 @@ pub fn write(fd: &OwnedFd, jio: JournalIo, w: &JournalWrite, bytes: &[u8]) -> io
 /// (the live matches' replay files) is written back one file at a time
 /// (`sync_file_range` WAIT_BEFORE | WRITE | WAIT_AFTER: no metadata, no cache flush), so the
 /// device never holds a whole interval's writeback at once in front of the journals'
-/// flushes; a file that is gone (sealed and renamed meanwhile: made durable at its seal)
-/// is skipped. Then one syncfs of the store's file system writes what is left (metadata,
-/// files closed meanwhile) and flushes the cache once (one journal commit for all files,
-/// where an fdatasync per file would commit and flush once per file).
-pub fn sync_store(root: &Path, live: &[PathBuf]) -> io::Result<()> {
-    for p in live {
+/// flushes; with a non-zero `spread` the files are started evenly over that long (file i
+/// of n not before `spread * i / n`), so every journal flush in the meantime carries only
+/// a slice of the writeback; a file that is gone (sealed and renamed meanwhile: made
+/// durable at its seal) is skipped. Then one syncfs of the store's file system writes what
+/// is left (metadata, files closed meanwhile, files `live` does not name) and flushes the
+/// cache once (one journal commit for all files, where an fdatasync per file would commit
+/// and flush once per file). Correctness rests on the syncfs alone: `live` only shapes
+/// when the data goes out. Once `hurry` is set (a journal filled up meanwhile and needs
+/// the space), the rest goes back to back.
+pub fn sync_store(
+    root: &Path,
+    live: &[PathBuf],
+    spread: Duration,
+    hurry: &AtomicBool,
+) -> io::Result<()> {
+    let start = Instant::now();
+    let n = live.len().max(1) as u32;
+    for (i, p) in live.iter().enumerate() {
+        // Sleep only when at least a millisecond ahead (fewer, longer sleeps), at most
+        // 10 ms at a time so that `hurry` is seen soon.
+        let at = start + spread * i as u32 / n;
+        loop {
+            let now = Instant::now();
+            if at < now + Duration::from_millis(1) || hurry.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep((at - now).min(Duration::from_millis(10)));
+        }
         let f = match File::open(p) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -291,4 +314,41 @@ pub fn sync_store(root: &Path, live: &[PathBuf]) -> io::Result<()> {
     }
     let d = File::open(root).map_err(named(root))?;
     sysfs::syncfs(&d).map_err(named(root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_store_spreads_the_writeback_and_skips_files_gone_meanwhile() {
+        let dir = std::env::temp_dir().join(format!("sync-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut live: Vec<PathBuf> = (0..4)
+            .map(|i| {
+                let p = dir.join(format!("m{i}.rpl.part"));
+                std::fs::write(&p, vec![i as u8; 64 << 10]).unwrap();
+                p
+            })
+            .collect();
+        live.insert(1, dir.join("sealed-meanwhile.rpl.part")); // not there: skipped
+                                                               // five files over 200 ms: the last starts 160 ms in
+        let calm = AtomicBool::new(false);
+        let t = Instant::now();
+        sync_store(&dir, &live, Duration::from_millis(200), &calm).unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(160),
+            "{:?}",
+            t.elapsed()
+        );
+        // in a hurry (a journal filled up): back to back even over a whole minute's spread
+        let t = Instant::now();
+        sync_store(&dir, &live, Duration::from_secs(60), &AtomicBool::new(true)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+        // a store that is gone is an error naming it
+        let gone = dir.join("no-such-store");
+        let e = sync_store(&gone, &[], Duration::ZERO, &calm).unwrap_err();
+        assert!(e.to_string().contains("no-such-store"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

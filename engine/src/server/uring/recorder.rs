@@ -52,13 +52,14 @@ struct StoragePool {
 const STORAGE_THREADS: usize = 2;
 
 impl StoragePool {
-    fn start() -> Result<Arc<StoragePool>, ServerError> {
+    /// `threads` helper threads named `name-<i>`.
+    fn start(name: &str, threads: usize) -> Result<Arc<StoragePool>, ServerError> {
         let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
         let rx = Arc::new(Mutex::new(rx));
-        for i in 0..STORAGE_THREADS {
+        for i in 0..threads {
             let rx = rx.clone();
             std::thread::Builder::new()
-                .name(format!("storage-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || loop {
                     // Ends when every sender (the workers' recorders) is gone.
                     let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
@@ -111,8 +112,11 @@ struct WorkerJournal {
     waiters: VecDeque<(u64, ConnId)>,
     /// Sessions whose append found the journal full, in arrival order.
     full: VecDeque<ConnId>,
-    /// A checkpoint's store sync runs on a storage thread.
+    /// A checkpoint's store sync runs on this worker's checkpoint thread.
     syncing: bool,
+    ckpt_pool: Option<Arc<StoragePool>>,
+    /// Set when the journal fills up during a checkpoint: its writeback stops pacing.
+    hurry: Arc<std::sync::atomic::AtomicBool>,
     reported: JournalStats,
     /// How ring requests name the journal file (its registered-file slot with
     /// file.register-files), set at its first write.
@@ -180,7 +184,23 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
     }
     let handle = Arc::new(super::Handle::default());
     let http_max = cfg.server.http_max_request_bytes as usize;
-    let pool = StoragePool::start()?;
+    let pool = StoragePool::start("storage", STORAGE_THREADS)?;
+    // One checkpoint thread per journal: a checkpoint's writeback is spread over most of
+    // its interval (journal-checkpoint-spread-pct), which must not hold a storage thread
+    // that opens and seals matches.
+    let mut ckpt_pools = Vec::new();
+    for w in 0..workers {
+        let has_journal = journals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(w)
+            .is_some_and(Option::is_some);
+        ckpt_pools.push(if has_journal {
+            Some(StoragePool::start(&format!("ckpt{w}"), 1)?)
+        } else {
+            None
+        });
+    }
     let make = |w: usize| {
         let mut r = Recorder::new(w, registry.clone(), session.clone(), http_max, http_timeout);
         r.pool = Some(pool.clone());
@@ -200,6 +220,8 @@ pub fn run_server(ctx: ServerContext) -> Result<(), ServerError> {
         r.journal = jf.map(|file| WorkerJournal {
             n: w,
             file,
+            ckpt_pool: ckpt_pools.get(w).cloned().flatten(),
+            hurry: Default::default(),
             in_flight: None,
             waiters: VecDeque::new(),
             full: VecDeque::new(),
@@ -454,10 +476,13 @@ impl Recorder {
     /// none is in flight, and starts a checkpoint when one is due.
     fn pump_journal(&mut self, io: &mut Io) {
         let now = io.now();
-        let (pool, inbox) = (self.pool.clone(), self.inbox.clone());
+        let inbox = self.inbox.clone();
         let Some(wj) = self.journal.as_mut() else {
             return;
         };
+        if wj.syncing && wj.file.journal.filling() {
+            wj.hurry.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if wj.in_flight.is_none() && wj.file.journal.write_due_at().is_some_and(|t| t <= now) {
             if let Some(mut slot) = io.alloc_slot() {
                 let cap = slot.capacity();
@@ -509,16 +534,26 @@ impl Recorder {
                 .checkpoint_due_at()
                 .is_some_and(|t| t <= now)
         {
+            // This worker's matches only: the syncfs that ends the checkpoint makes every
+            // file durable, the per-file writeback before it only paces the data, and the
+            // other workers pace theirs.
+            let live = self.live_part_paths();
+            let root = self.reg.paths.root.clone();
+            let Some(wj) = self.journal.as_mut() else {
+                return;
+            };
+            let spread = wj.file.journal.checkpoint_spread();
+            let hurry = wj.hurry.clone();
+            hurry.store(false, std::sync::atomic::Ordering::Relaxed);
             let redo = wj.file.journal.begin_checkpoint();
-            let reg = self.reg.clone();
             let delay = wj.file.journal.options().test_checkpoint_delay;
             let job = move || {
                 if !delay.is_zero() {
                     std::thread::sleep(delay); // TEST ONLY (test-checkpoint-delay-ms)
                 }
-                storage::journal_io::sync_store(&reg.paths.root, &reg.live_part_paths())
+                storage::journal_io::sync_store(&root, &live, spread, &hurry)
             };
-            match pool {
+            match wj.ckpt_pool.clone() {
                 Some(p) => {
                     wj.syncing = true;
                     let waker = io.waker();
@@ -541,6 +576,21 @@ impl Recorder {
                 }
             }
         }
+    }
+
+    /// The replay files of the live matches this worker holds (connected or detached): what
+    /// its checkpoints write back before their syncfs.
+    fn live_part_paths(&self) -> Vec<std::path::PathBuf> {
+        let connected = self.conns.values().filter_map(|c| match c {
+            Conn::Ds(d) => Some(&**d),
+            _ => None,
+        });
+        connected
+            .chain(self.detached.values().map(|d| &**d))
+            .map(|d| d.sess.match_id())
+            .filter(|id| !id.is_empty())
+            .map(|id| self.reg.paths.part_path(id))
+            .collect()
     }
 
     /// A journal file operation completed.
