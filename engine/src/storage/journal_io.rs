@@ -331,8 +331,9 @@ mod tests {
                 p
             })
             .collect();
-        live.insert(1, dir.join("sealed-meanwhile.rpl.part")); // not there: skipped
-                                                               // five files over 200 ms: the last starts 160 ms in
+        // a file that is not there (sealed meanwhile) is skipped
+        live.insert(1, dir.join("sealed-meanwhile.rpl.part"));
+        // five files over 200 ms: the last starts 160 ms in
         let calm = AtomicBool::new(false);
         let t = Instant::now();
         sync_store(&dir, &live, Duration::from_millis(200), &calm).unwrap();
