@@ -280,13 +280,15 @@ fn test_burn_knobs_reach_the_session_and_count_rounds_by_frame_size() {
         b,
         TestBurn {
             per_frame: 7,
-            per_kib: 3
+            per_kib: 3,
+            cpu_pct: 0
         }
     );
     let by_rounds = |n: u64| {
         TestBurn {
             per_frame: n,
             per_kib: 0,
+            cpu_pct: 0,
         }
         .burn(0, 42)
     };
@@ -299,4 +301,65 @@ fn test_burn_knobs_reach_the_session_and_count_rounds_by_frame_size() {
         "zero rounds: off"
     );
     assert!(!b.is_off() && TestBurn::default().is_off());
+}
+
+/// TEST ONLY CPU share (`test-burn-cpu-pct`): the knob reaches the session, values above
+/// 100 are refused with the key named, and a thread that parses frames burns that share
+/// of its own CPU time, once per 16 frames (or 64 KiB), never burning its own burn again.
+#[test]
+fn test_burn_cpu_share_burns_that_share_of_the_threads_own_cpu_time() {
+    use engine::server::session::TestBurn;
+    use engine::sys::fs::thread_cpu_ns;
+    let mut cfg = engine::config::Config::default();
+    cfg.set("server.test-burn-cpu-pct", "50").unwrap();
+    let b = engine::server::session_config(&cfg).test_burn;
+    assert_eq!(b.cpu_pct, 50);
+    assert!(!b.is_off());
+    let mut bad = engine::config::Config::default();
+    bad.set("server.test-burn-cpu-pct", "101").unwrap();
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("test-burn-cpu-pct") && e.contains("101"), "{e}");
+
+    // Work of a known CPU time between burns: the thread's total is 1.5x its work.
+    let (work, total, before_16th, after_16th) = std::thread::spawn(move || {
+        let spin = |n: u64| {
+            let mut x = 1u64;
+            for _ in 0..n {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            x
+        };
+        b.burn_cpu_share(1); // the first call only sets the mark
+        let start = thread_cpu_ns();
+        let mut work = 0;
+        for i in 0..100 {
+            let t0 = thread_cpu_ns();
+            spin(200_000);
+            work += thread_cpu_ns() - t0;
+            b.burn_cpu_share(i);
+        }
+        let total = thread_cpu_ns() - start;
+        // Per frame: 15 small frames burn nothing, the 16th burns for all of them.
+        let t0 = thread_cpu_ns();
+        spin(2_000_000);
+        for i in 0..15 {
+            b.burn(100, i);
+        }
+        let before_16th = thread_cpu_ns() - t0;
+        b.burn(100, 15);
+        let after_16th = thread_cpu_ns() - t0;
+        (work, total, before_16th, after_16th)
+    })
+    .join()
+    .unwrap();
+    let ratio = total as f64 / work as f64;
+    assert!(
+        (1.40..1.65).contains(&ratio),
+        "50% share: the thread used {total} ns for {work} ns of work ({ratio:.3}x)"
+    );
+    let r16 = after_16th as f64 / before_16th as f64;
+    assert!(
+        (1.40..1.65).contains(&r16),
+        "the 16th frame burns 50% of the CPU since the last burn: {before_16th} ns before it, {after_16th} after ({r16:.3}x)"
+    );
 }

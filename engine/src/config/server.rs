@@ -119,6 +119,8 @@ pub struct ServerConfig {
     /// TEST ONLY: CPU burnt per accepted frame (hash rounds per frame and per KiB).
     pub test_burn_rounds_per_frame: u64,
     pub test_burn_rounds_per_kib: u64,
+    /// TEST ONLY: CPU burnt as a share of the frame-parsing thread's own CPU time (percent).
+    pub test_burn_cpu_pct: u64,
     /// Log filter (tracing EnvFilter directives); "" = RUST_LOG, else `info`.
     pub log_level: String,
     pub log_format: LogFormat,
@@ -181,6 +183,7 @@ impl Default for ServerConfig {
             test_checkpoint_delay_ms: 0,
             test_burn_rounds_per_frame: 0,
             test_burn_rounds_per_kib: 0,
+            test_burn_cpu_pct: 0,
             write_buffer: WriteBuffer::Arena,
             log_level: String::new(),
             log_format: LogFormat::Text,
@@ -252,6 +255,7 @@ const KNOBS: &[Knob] = &[
     k("test-write-delay-us", "u64", "0", "TEST ONLY: sleep this many microseconds after every replay-file write completes, on the thread that handles it. Injects a known slowdown so the regression check can be shown to catch one; never set it in production."),
     k("test-burn-rounds-per-frame", "u64", "0", "TEST ONLY: burn this many rounds of a 64-bit hash on the thread that parses every accepted frame (plus test-burn-rounds-per-kib per KiB of its payload). A known slowdown proportional to the work, calibrated by CI to cost 5% (docs/analysis.md); never set it in production."),
     k("test-burn-rounds-per-kib", "u64", "0", "TEST ONLY: burn this many rounds of a 64-bit hash per KiB of every accepted frame's payload (see test-burn-rounds-per-frame); never set it in production."),
+    k("test-burn-cpu-pct", "u64", "0", "TEST ONLY: every thread that parses accepted frames burns this share (percent, 0-100) of the CPU time it used itself since its last burn, measured on its own CPU clock (CLOCK_THREAD_CPUTIME_ID, read every 16 frames or 64 KiB of payload): that thread's CPU time grows by this share whatever the machine's speed (hash rounds cost what the machine makes them cost). Other threads (io-wq, storage, checkpoints) burn nothing, and the recorder absorbs a small burn: in experiments/ci-bulk.toml 10% moved MB/s by -0.1..+1.2%, 15% by -0.9..-11.5%, 30% by -11.6..-18.8% (docs/analysis.md, Power of the check). For power studies of the regression check; never set it in production."),
     k("log-level", "filter", "", "Log filter: a level (error, warn, info, debug, trace) or tracing EnvFilter directives such as `info,recorder::startup=debug` (the per-worker ring set-up lines are `recorder::startup` at debug). Empty: RUST_LOG if set, else info; a value given here wins over RUST_LOG."),
     k("log-format", "text|json", "text", "Log lines on stderr (or log-file): text (RFC 3339 UTC timestamp, level, target, message) or json (one object per line: timestamp, level, target, message and fields)."),
     k("log-file", "path", "", "Append log lines to this file instead of stderr; SIGHUP reopens it (for logrotate). Empty: stderr."),
@@ -299,6 +303,7 @@ impl Section for ServerConfig {
             "test-write-delay-us" => self.test_write_delay_us = parse_num(v)?,
             "test-burn-rounds-per-frame" => self.test_burn_rounds_per_frame = parse_num(v)?,
             "test-burn-rounds-per-kib" => self.test_burn_rounds_per_kib = parse_num(v)?,
+            "test-burn-cpu-pct" => self.test_burn_cpu_pct = parse_num(v)?,
             "log-level" => self.log_level = v.trim().to_string(),
             "log-format" => self.log_format = parse_choice(v, LOG_FORMATS)?,
             "log-file" => self.log_file = v.to_string(),
@@ -344,6 +349,7 @@ impl Section for ServerConfig {
             "test-write-delay-us" => self.test_write_delay_us.to_string(),
             "test-burn-rounds-per-frame" => self.test_burn_rounds_per_frame.to_string(),
             "test-burn-rounds-per-kib" => self.test_burn_rounds_per_kib.to_string(),
+            "test-burn-cpu-pct" => self.test_burn_cpu_pct.to_string(),
             "log-level" => self.log_level.clone(),
             "log-format" => choice_name(self.log_format, LOG_FORMATS).to_string(),
             "log-file" => self.log_file.clone(),
@@ -499,6 +505,15 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             format!(
                 "journal-checkpoint-spread-pct {} must be between 0 and 90: the writeback must end before the next checkpoint is due (0 = back to back)",
                 s.journal_checkpoint_spread_pct
+            ),
+        ));
+    }
+    if s.test_burn_cpu_pct > 100 {
+        return Err(ConfigError::new(
+            &["test-burn-cpu-pct"],
+            format!(
+                "test-burn-cpu-pct {} must be between 0 and 100 (a share of the parsing thread's own CPU time; 0 = off)",
+                s.test_burn_cpu_pct
             ),
         ));
     }

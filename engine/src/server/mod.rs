@@ -215,6 +215,7 @@ pub fn session_config(cfg: &Config) -> SessionConfig {
         test_burn: session::TestBurn {
             per_frame: s.test_burn_rounds_per_frame,
             per_kib: s.test_burn_rounds_per_kib,
+            cpu_pct: s.test_burn_cpu_pct,
         },
         journal_bypass_bytes: if s.storage_layout == StorageLayout::Journal {
             s.journal_bypass_bytes as usize

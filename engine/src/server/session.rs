@@ -55,25 +55,94 @@ impl SessionConfig {
 /// TEST ONLY: a known, proportional slowdown for the regression check (a sleep cannot
 /// make a small one). Every accepted frame costs `per_frame + per_kib * payload / 1024`
 /// rounds of a 64-bit mixing function on the thread that parses it; CI calibrates the
-/// rounds once to cost 5% of the recorder's CPU (docs/analysis.md). Zero = off.
+/// rounds once to cost 5% of the recorder's CPU (docs/analysis.md). On top of that,
+/// `cpu_pct` makes the parsing thread burn that share of its own CPU time (see
+/// [`TestBurn::burn_cpu_share`]). Zero = off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TestBurn {
     pub per_frame: u64,
     pub per_kib: u64,
+    pub cpu_pct: u64,
+}
+
+/// The thread's CPU clock is read once per this many accepted frames or payload bytes
+/// (whichever comes first), so that the reads themselves cost little.
+const CPU_SHARE_FRAMES: u32 = 16;
+const CPU_SHARE_BYTES: usize = 64 << 10;
+
+/// Per thread: (CPU ns at the end of its last burn, frames and bytes since the last
+/// clock read). The mark is taken after each burn, so burnt time is never burnt again.
+struct CpuShare {
+    mark_ns: u64,
+    frames: u32,
+    bytes: usize,
+}
+
+thread_local! {
+    static CPU_SHARE: std::cell::RefCell<CpuShare> = const {
+        std::cell::RefCell::new(CpuShare { mark_ns: 0, frames: 0, bytes: 0 })
+    };
 }
 
 impl TestBurn {
     pub fn is_off(&self) -> bool {
-        self.per_frame == 0 && self.per_kib == 0
+        self.per_frame == 0 && self.per_kib == 0 && self.cpu_pct == 0
     }
 
-    /// Burns the rounds due for a frame of `payload_len` bytes; returns the hash (so the
-    /// work cannot be optimised away).
+    /// Burns the rounds due for a frame of `payload_len` bytes, then the CPU share due
+    /// (when `cpu_pct` > 0); returns the hash (so the work cannot be optimised away).
     pub fn burn(&self, payload_len: usize, seed: u64) -> u64 {
         let rounds = self.per_frame + self.per_kib * payload_len as u64 / 1024;
+        let x = Self::rounds(seed, rounds);
+        if self.cpu_pct == 0 {
+            return x;
+        }
+        let due = CPU_SHARE.with(|c| {
+            let mut c = c.borrow_mut();
+            c.frames += 1;
+            c.bytes += payload_len;
+            let due = c.frames >= CPU_SHARE_FRAMES || c.bytes >= CPU_SHARE_BYTES;
+            if due {
+                c.frames = 0;
+                c.bytes = 0;
+            }
+            due
+        });
+        if due {
+            self.burn_cpu_share(x)
+        } else {
+            x
+        }
+    }
+
+    /// Burns `cpu_pct`% of the CPU time this thread has used since the end of its previous
+    /// burn (its first call only sets the mark), measured on its own CPU clock: the
+    /// thread's CPU time becomes (1 + cpu_pct/100) times its work, whatever each hash
+    /// round costs on this machine.
+    pub fn burn_cpu_share(&self, seed: u64) -> u64 {
+        let now = crate::sys::fs::thread_cpu_ns();
+        let mark = CPU_SHARE.with(|c| c.borrow().mark_ns);
+        let mut x = seed;
+        let mut end = now;
+        if mark != 0 && now > mark {
+            let owed = (now - mark).saturating_mul(self.cpu_pct) / 100;
+            let target = now + owed;
+            while end < target {
+                x = Self::rounds(x, 256);
+                end = crate::sys::fs::thread_cpu_ns();
+                if end == 0 {
+                    break; // no clock: burn nothing rather than spin forever
+                }
+            }
+        }
+        CPU_SHARE.with(|c| c.borrow_mut().mark_ns = end);
+        x
+    }
+
+    /// `rounds` rounds of splitmix64 from `seed`.
+    fn rounds(seed: u64, rounds: u64) -> u64 {
         let mut x = seed;
         for _ in 0..rounds {
-            // splitmix64
             x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let mut z = x;
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

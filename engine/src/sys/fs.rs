@@ -305,6 +305,21 @@ pub fn cpu_times() -> (f64, f64) {
     (t(r.ru_utime), t(r.ru_stime))
 }
 
+/// CPU nanoseconds the calling thread has used (user + system), from
+/// clock_gettime(CLOCK_THREAD_CPUTIME_ID); 0 if the clock cannot be read.
+pub fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid out-pointer for one timespec.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    if r != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 /// User and system CPU seconds of all waited-for children (getrusage(RUSAGE_CHILDREN)):
 /// the delta around running a child counts every thread of it, io-wq and SQPOLL included.
 pub fn children_cpu_times() -> (f64, f64) {
