@@ -36,8 +36,9 @@ pub struct SessionConfig {
     pub max_buffered_input: usize,
     /// TEST ONLY (`test-write-delay-us`): sleep after every completed write.
     pub test_write_delay: Duration,
-    /// TEST ONLY (`test-burn-rounds-per-frame`, `test-burn-rounds-per-kib`): CPU burnt
-    /// for every accepted frame, a slowdown proportional to the work.
+    /// TEST ONLY (`test-burn-rounds-per-frame`, `test-burn-rounds-per-kib`,
+    /// `test-burn-cpu-pct`): CPU burnt for accepted frames, a slowdown proportional to the
+    /// work.
     pub test_burn: TestBurn,
     /// storage-layout=journal: replay-file writes at least this large bypass the journal
     /// and are fdatasynced in their file instead (`journal-bypass-bytes`; 0 = never).
@@ -54,8 +55,8 @@ impl SessionConfig {
 
 /// TEST ONLY: a known, proportional slowdown for the regression check (a sleep cannot
 /// make a small one). Every accepted frame costs `per_frame + per_kib * payload / 1024`
-/// rounds of a 64-bit mixing function on the thread that parses it; CI calibrates the
-/// rounds once to cost 5% of the recorder's CPU (docs/analysis.md). On top of that,
+/// rounds of a 64-bit mixing function on the thread that parses it; what a round costs
+/// depends on the machine (docs/analysis.md, Calibrated injection). On top of that,
 /// `cpu_pct` makes the parsing thread burn that share of its own CPU time (see
 /// [`TestBurn::burn_cpu_share`]). Zero = off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
